@@ -1,0 +1,400 @@
+import { BlockList, isIP } from 'node:net';
+import { AmbitError } from '../shared/errors.ts';
+import { MESH_NAMESPACE } from '../shared/resources/types.ts';
+import type { AuthorizationPolicy, PolicyOperation, PolicySource, Workload } from '../shared/resources/types.ts';
+import type { SpiffeId } from '../shared/spiffe-id.ts';
+
+/**
+ * L4 authorization (DESIGN.md §3), Istio-compatible: any matching DENY denies;
+ * with no applicable ALLOW the connection is allowed; otherwise an ALLOW must
+ * match. Pure and synchronous: the inbound proxy calls evaluate() per accepted
+ * connection and again for every live connection when policies change, so all
+ * parsing happens once in the constructor and evaluate() allocates at most one
+ * small peer view per call.
+ *
+ * An Authorizer is immutable: the agent builds a new one on every policy change.
+ */
+
+export interface ConnectionFacts {
+  /** Verified peer identity; undefined for plaintext (permissive mode) connections. */
+  readonly sourceIdentity: SpiffeId | undefined;
+  /** IP of the client as seen by the destination agent. */
+  readonly sourceAddress: string;
+  /** The local destination workload. */
+  readonly destination: Workload;
+  readonly destinationPort: number;
+}
+
+export type DecisionReason = 'denied_by_policy' | 'no_allow_match' | 'allowed_by_policy' | 'no_policies';
+
+export interface Decision {
+  readonly allowed: boolean;
+  /** "<namespace>/<name>" of the deciding policy; undefined when allowed because no ALLOW policy applies. */
+  readonly policy: string | undefined;
+  /** Short machine-readable reason. */
+  readonly reason: DecisionReason;
+}
+
+const NO_POLICIES: Decision = Object.freeze({ allowed: true, policy: undefined, reason: 'no_policies' });
+// No single ALLOW policy is to blame when none matched, so none is named.
+const NO_ALLOW_MATCH: Decision = Object.freeze({ allowed: false, policy: undefined, reason: 'no_allow_match' });
+
+const SPIFFE_SCHEME = 'spiffe://';
+const MAPPED_V4 = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
+
+/**
+ * Istio's string match on one list: "*" matches any non-empty value,
+ * "prefix*" and "*suffix" match by prefix/suffix, anything else exactly.
+ * A "*" anywhere else is literal (as in Istio).
+ */
+class StringMatcher {
+  readonly #any: boolean;
+  readonly #exact: ReadonlySet<string>;
+  readonly #prefixes: readonly string[];
+  readonly #suffixes: readonly string[];
+
+  constructor(patterns: readonly string[]) {
+    let any = false;
+    const exact = new Set<string>();
+    const prefixes: string[] = [];
+    const suffixes: string[] = [];
+    for (const p of patterns) {
+      if (p === '*') any = true;
+      else if (p.startsWith('*')) suffixes.push(p.slice(1));
+      else if (p.endsWith('*')) prefixes.push(p.slice(0, -1));
+      else exact.add(p);
+    }
+    this.#any = any;
+    this.#exact = exact;
+    this.#prefixes = prefixes;
+    this.#suffixes = suffixes;
+  }
+
+  matches(value: string): boolean {
+    if (this.#any && value.length > 0) return true;
+    if (this.#exact.has(value)) return true;
+    for (const p of this.#prefixes) if (value.startsWith(p)) return true;
+    for (const s of this.#suffixes) if (value.endsWith(s)) return true;
+    return false;
+  }
+}
+
+/** What a connection offers for matching, derived once per evaluate(). */
+interface Peer {
+  /** Istio form "<td>/<path>"; undefined for plaintext. */
+  readonly principal: string | undefined;
+  /** Only workload identities have these. */
+  readonly namespace: string | undefined;
+  /** "<ns>/<sa>". */
+  readonly serviceAccount: string | undefined;
+  /** undefined when the source address is not an IP (never expected, but must not fail open). */
+  readonly ip: string | undefined;
+  readonly family: 'ipv4' | 'ipv6';
+  readonly port: number;
+}
+
+type IdentityAttribute = 'principal' | 'namespace' | 'serviceAccount';
+
+interface IdentityCheck {
+  readonly attribute: IdentityAttribute;
+  /** true for the not-forms: the field matches when no pattern does. */
+  readonly negated: boolean;
+  readonly matcher: StringMatcher;
+}
+
+interface IpCheck {
+  readonly negated: boolean;
+  readonly blocks: BlockList;
+}
+
+/** A source's set fields; unset (empty) fields are simply absent, so they never constrain. */
+interface CompiledSource {
+  readonly identity: readonly IdentityCheck[];
+  readonly ip: readonly IpCheck[];
+}
+
+interface CompiledOperation {
+  /** undefined: unset, any port. */
+  readonly ports: readonly number[] | undefined;
+  readonly notPorts: readonly number[] | undefined;
+}
+
+interface CompiledRule {
+  /** Empty: any source. */
+  readonly from: readonly CompiledSource[];
+  /** Empty: any port. */
+  readonly to: readonly CompiledOperation[];
+}
+
+interface CompiledPolicy {
+  readonly policy: AuthorizationPolicy;
+  readonly deny: boolean;
+  /** Label pairs a workload must all carry; empty (no selector, or {}): every workload in scope. */
+  readonly selector: readonly (readonly [string, string])[];
+  readonly rules: readonly CompiledRule[];
+  /** Returned as-is when this policy decides, so evaluate() allocates no decision. */
+  readonly decision: Decision;
+}
+
+interface Applicable {
+  readonly deny: readonly CompiledPolicy[];
+  readonly allow: readonly CompiledPolicy[];
+  readonly policies: readonly AuthorizationPolicy[];
+}
+
+/** Code-unit order, not localeCompare: the order must not depend on the host's locale. */
+function comparePolicies(a: AuthorizationPolicy, b: AuthorizationPolicy): number {
+  const x = a.metadata, y = b.metadata;
+  if (x.namespace !== y.namespace) return x.namespace < y.namespace ? -1 : 1;
+  return x.name < y.name ? -1 : x.name > y.name ? 1 : 0;
+}
+
+export class Authorizer {
+  /** Policies of MESH_NAMESPACE: candidates for every workload. Sorted by name. */
+  readonly #mesh: readonly CompiledPolicy[];
+  /** Other policies by namespace (never holds MESH_NAMESPACE, so nothing is seen twice). */
+  readonly #byNamespace: ReadonlyMap<string, readonly CompiledPolicy[]>;
+  /**
+   * Applicable policies per workload object. Keyed by object identity, not by
+   * name: resources are immutable values, and a workload whose labels change
+   * arrives as a new object, so an entry can never be stale.
+   */
+  readonly #cache = new WeakMap<Workload, Applicable>();
+
+  /** @throws AmbitError AMBIT_ERR_RESOURCE_INVALID when a policy cannot be compiled (the caller rejects the whole update). */
+  constructor(policies: readonly AuthorizationPolicy[]) {
+    const mesh: CompiledPolicy[] = [];
+    const byNamespace = new Map<string, CompiledPolicy[]>();
+    // Sorting makes the deciding policy (the one named in decisions and logs)
+    // independent of the order the controller sent policies in.
+    for (const p of [...policies].sort(comparePolicies)) {
+      const compiled = compilePolicy(p);
+      const ns = p.metadata.namespace;
+      if (ns === MESH_NAMESPACE) {
+        mesh.push(compiled);
+      } else {
+        let list = byNamespace.get(ns);
+        if (list === undefined) byNamespace.set(ns, (list = []));
+        list.push(compiled);
+      }
+    }
+    this.#mesh = mesh;
+    this.#byNamespace = byNamespace;
+  }
+
+  evaluate(facts: ConnectionFacts): Decision {
+    const { deny, allow } = this.#applicable(facts.destination);
+    if (deny.length === 0 && allow.length === 0) return NO_POLICIES;
+    const peer = peerOf(facts);
+    for (const p of deny) if (policyMatches(p, peer)) return p.decision;
+    if (allow.length === 0) return NO_POLICIES;
+    for (const p of allow) if (policyMatches(p, peer)) return p.decision;
+    return NO_ALLOW_MATCH;
+  }
+
+  /** Policies that could apply to this workload (mesh-wide first, then its namespace's; each by name). */
+  applicable(workload: Workload): readonly AuthorizationPolicy[] {
+    return this.#applicable(workload).policies;
+  }
+
+  #applicable(workload: Workload): Applicable {
+    const cached = this.#cache.get(workload);
+    if (cached !== undefined) return cached;
+    const deny: CompiledPolicy[] = [];
+    const allow: CompiledPolicy[] = [];
+    const policies: AuthorizationPolicy[] = [];
+    const labels = workload.metadata.labels;
+    const collect = (list: readonly CompiledPolicy[] | undefined): void => {
+      if (list === undefined) return;
+      for (const p of list) {
+        if (!selectorMatches(p.selector, labels)) continue;
+        (p.deny ? deny : allow).push(p);
+        policies.push(p.policy);
+      }
+    };
+    collect(this.#mesh);
+    collect(this.#byNamespace.get(workload.metadata.namespace));
+    const result: Applicable = Object.freeze({
+      deny: Object.freeze(deny),
+      allow: Object.freeze(allow),
+      policies: Object.freeze(policies),
+    });
+    this.#cache.set(workload, result);
+    return result;
+  }
+}
+
+function selectorMatches(selector: CompiledPolicy['selector'], labels: Readonly<Record<string, string>>): boolean {
+  // hasOwn: a selector key such as "constructor" must not be satisfied by Object.prototype.
+  for (const [k, v] of selector) if (!Object.hasOwn(labels, k) || labels[k] !== v) return false;
+  return true;
+}
+
+function peerOf(facts: ConnectionFacts): Peer {
+  const id = facts.sourceIdentity;
+  let principal: string | undefined;
+  let namespace: string | undefined;
+  let serviceAccount: string | undefined;
+  if (id !== undefined) {
+    // Istio's principal form is the SPIFFE ID without its scheme. Node, admin and
+    // controller IDs get a principal too, but no namespace or service account.
+    principal = id.uri.startsWith(SPIFFE_SCHEME) ? id.uri.slice(SPIFFE_SCHEME.length) : id.uri;
+    if (id.kind === 'workload' && id.namespace !== undefined && id.serviceAccount !== undefined) {
+      namespace = id.namespace;
+      serviceAccount = `${id.namespace}/${id.serviceAccount}`;
+    }
+  }
+  let ip: string | undefined = facts.sourceAddress;
+  // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; they must match
+  // IPv4 blocks. BlockList already maps them, but checking the plain IPv4 form
+  // keeps that security property from resting on an undocumented-as-contract detail.
+  const mapped = ip.startsWith('::') ? MAPPED_V4.exec(ip) : null; // skip the regex (and its array) for most peers
+  if (mapped?.[1] !== undefined) ip = mapped[1];
+  const version = isIP(ip);
+  if (version === 0) ip = undefined;
+  return { principal, namespace, serviceAccount, ip, family: version === 6 ? 'ipv6' : 'ipv4', port: facts.destinationPort };
+}
+
+function policyMatches(p: CompiledPolicy, peer: Peer): boolean {
+  for (const rule of p.rules) if (ruleMatches(rule, peer, p.deny)) return true;
+  return false;
+}
+
+function ruleMatches(rule: CompiledRule, peer: Peer, deny: boolean): boolean {
+  if (rule.from.length > 0) {
+    let any = false;
+    for (const s of rule.from) if (sourceMatches(s, peer, deny)) { any = true; break; }
+    if (!any) return false;
+  }
+  if (rule.to.length > 0) {
+    for (const op of rule.to) if (operationMatches(op, peer.port)) return true;
+    return false;
+  }
+  return true;
+}
+
+/**
+ * Every set field must match. When the connection lacks the attribute a field
+ * tests — plaintext has no identity at all, node/admin/controller identities
+ * have no namespace or service account, an unparseable address has no IP — the
+ * field fails closed, which depends on the action (Istio does the same):
+ *  - ALLOW: the field does not match, so e.g. `notPrincipals: [x]` cannot admit
+ *    a plaintext client that merely has no principal to compare;
+ *  - DENY: the field counts as matching, so `principals: ["*"]` or
+ *    `notNamespaces: [x]` deny plaintext too — otherwise an attacker could dodge
+ *    a DENY simply by not using mTLS.
+ * Fields on present attributes (e.g. ipBlocks) still have to match as usual.
+ */
+function sourceMatches(s: CompiledSource, peer: Peer, deny: boolean): boolean {
+  for (const check of s.identity) {
+    const value = peer[check.attribute];
+    if (value === undefined) {
+      if (!deny) return false;
+      continue;
+    }
+    if (check.matcher.matches(value) === check.negated) return false;
+  }
+  for (const check of s.ip) {
+    if (peer.ip === undefined) {
+      if (!deny) return false;
+      continue;
+    }
+    if (check.blocks.check(peer.ip, peer.family) === check.negated) return false;
+  }
+  return true;
+}
+
+function operationMatches(op: CompiledOperation, port: number): boolean {
+  if (op.ports !== undefined && !op.ports.includes(port)) return false;
+  if (op.notPorts !== undefined && op.notPorts.includes(port)) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------- compilation
+
+function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
+  const name = `${p.metadata.namespace}/${p.metadata.name}`;
+  const action = p.spec.action;
+  if (action !== 'ALLOW' && action !== 'DENY') {
+    throw invalidPolicy(name, 'spec.action', action);
+  }
+  const deny = action === 'DENY';
+  return {
+    policy: p,
+    deny,
+    selector: Object.entries(p.spec.selector ?? {}),
+    rules: p.spec.rules.map((r, i) => ({
+      from: r.from.map((s, j) => compileSource(s, name, `spec.rules[${i}].from[${j}]`)),
+      to: r.to.map(compileOperation),
+    })),
+    decision: Object.freeze(deny
+      ? { allowed: false, policy: name, reason: 'denied_by_policy' as const }
+      : { allowed: true, policy: name, reason: 'allowed_by_policy' as const }),
+  };
+}
+
+function compileSource(s: PolicySource, policy: string, path: string): CompiledSource {
+  const identity: IdentityCheck[] = [];
+  const addIdentity = (attribute: IdentityAttribute, negated: boolean, patterns: readonly string[], strip: boolean): void => {
+    if (patterns.length === 0) return;
+    // Principals should already be scheme-less (Istio form); stripping a stray
+    // scheme here keeps a spelled-out SPIFFE ID from silently never matching.
+    const normalised = strip ? patterns.map((p) => (p.startsWith(SPIFFE_SCHEME) ? p.slice(SPIFFE_SCHEME.length) : p)) : patterns;
+    identity.push({ attribute, negated, matcher: new StringMatcher(normalised) });
+  };
+  addIdentity('principal', false, s.principals, true);
+  addIdentity('principal', true, s.notPrincipals, true);
+  addIdentity('namespace', false, s.namespaces, false);
+  addIdentity('namespace', true, s.notNamespaces, false);
+  addIdentity('serviceAccount', false, s.serviceAccounts, false);
+  addIdentity('serviceAccount', true, s.notServiceAccounts, false);
+  const ip: IpCheck[] = [];
+  if (s.ipBlocks.length > 0) ip.push({ negated: false, blocks: compileBlocks(s.ipBlocks, policy, `${path}.ipBlocks`) });
+  if (s.notIpBlocks.length > 0) ip.push({ negated: true, blocks: compileBlocks(s.notIpBlocks, policy, `${path}.notIpBlocks`) });
+  return { identity, ip };
+}
+
+function compileOperation(op: PolicyOperation): CompiledOperation {
+  return {
+    ports: op.ports.length > 0 ? op.ports : undefined,
+    notPorts: op.notPorts.length > 0 ? op.notPorts : undefined,
+  };
+}
+
+/**
+ * net.BlockList matches IPv4 rules against IPv4-mapped IPv6 addresses and vice
+ * versa, so one list holds both families.
+ */
+function compileBlocks(blocks: readonly string[], policy: string, path: string): BlockList {
+  const list = new BlockList();
+  blocks.forEach((block, i) => {
+    const field = `${path}[${i}]`;
+    const slash = block.indexOf('/');
+    const address = slash === -1 ? block : block.slice(0, slash);
+    const version = isIP(address);
+    if (version === 0) throw invalidPolicy(policy, field, block);
+    const family = version === 6 ? 'ipv6' : 'ipv4';
+    try {
+      if (slash === -1) {
+        list.addAddress(address, family);
+      } else {
+        const text = block.slice(slash + 1);
+        const prefix = Number(text);
+        if (!/^\d{1,3}$/.test(text) || prefix > (version === 6 ? 128 : 32)) throw invalidPolicy(policy, field, block);
+        list.addSubnet(address, prefix, family);
+      }
+    } catch (err) {
+      if (err instanceof AmbitError) throw err;
+      throw invalidPolicy(policy, field, block, err);
+    }
+  });
+  return list;
+}
+
+function invalidPolicy(policy: string, field: string, value: unknown, cause?: unknown): AmbitError {
+  return new AmbitError(
+    'AMBIT_ERR_RESOURCE_INVALID',
+    `AuthorizationPolicy ${policy}: ${field}: invalid value ${JSON.stringify(value)}`,
+    { cause, details: { policy, field, value } },
+  );
+}

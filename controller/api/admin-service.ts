@@ -1,0 +1,171 @@
+import type { ServerUnaryCall } from '@grpc/grpc-js';
+import type * as pb from '../../shared/proto/gen/ambit.ts';
+import { AmbitError } from '../../shared/errors.ts';
+import { keyFromWire, keyToWire, resourceFromWire, resourceToWire } from '../../shared/resources/wire.ts';
+import { toDocument, validateAll } from '../../shared/resources/validate.ts';
+import { KINDS, type Kind, type ResourceKey } from '../../shared/resources/types.ts';
+import { parsePhase } from '../ca/rotation-phase.ts';
+import type { Logger } from '../../shared/logger.ts';
+import type { CertificateAuthority } from '../ca/authority.ts';
+import type { JoinTokens } from '../registry/join-tokens.ts';
+import { DEFAULT_TOKEN_TTL_MS } from '../registry/join-tokens.ts';
+import type { NodeTracker, NodeView } from '../registry/node-tracker.ts';
+import type { Registry } from '../registry/registry.ts';
+import type { Store } from '../store/store.ts';
+import type { ControllerMetrics } from '../metrics.ts';
+import { unary, type PeerAuthenticator } from './peer.ts';
+
+export interface AdminDeps {
+  readonly registry: Registry;
+  readonly store: Store;
+  readonly ca: CertificateAuthority;
+  readonly tokens: JoinTokens;
+  readonly nodes: NodeTracker;
+  readonly auth: PeerAuthenticator;
+  readonly logger: Logger;
+  readonly metrics: ControllerMetrics;
+  readonly version: string;
+  readonly startedAt: number;
+  readonly now: () => number;
+}
+
+/** Optimistic-concurrency retries when another writer commits between plan and commit. */
+const COMMIT_ATTEMPTS = 5;
+
+/**
+ * Admin: everything ambitctl does. Only the admin identity
+ * (spiffe://<td>/ambit/admin/<name>) is admitted. Writes are validated whole
+ * on the controller (never trusting the client's validation) and committed as
+ * one revision, or not at all.
+ */
+export function adminService(d: AdminDeps): pb.AdminServer {
+  const admin = <Req, Res>(method: string, fn: (req: Req, who: string) => Promise<Res>) =>
+    unary(d.logger, method, async (call: ServerUnaryCall<Req, Res>) => {
+      try {
+        const caller = d.auth.require(call);
+        if (caller.kind !== 'admin') {
+          d.logger.warn({ caller: caller.uri, method, peer: call.getPeer() }, 'admin API refused a non-admin identity');
+          throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `the admin API admits only admin identities; caller is ${caller.uri}`);
+        }
+        const res = await fn(call.request, caller.uri);
+        d.metrics.admin.inc({ method, result: 'ok' });
+        return res;
+      } catch (err) {
+        d.metrics.admin.inc({ method, result: 'error' });
+        throw err;
+      }
+    });
+
+  const nodeStatus = (n: NodeView): pb.NodeStatus => ({
+    name: n.name,
+    connected: n.connected,
+    ackedRevision: n.ackedRevision,
+    nackedRevision: n.nackedRevision,
+    nackReason: n.nackReason,
+    lastSeenMs: n.lastSeen,
+    registeredAtMs: n.registeredAt,
+    certExpiresAtMs: n.certExpiresAt,
+    workloads: d.registry.workloadsOnNode(n.name).length,
+  });
+
+  const caResponse = (): pb.GetCaResponse => ({
+    trustDomain: d.ca.trustDomain,
+    trustBundlePem: d.ca.bundlePem(),
+    roots: d.ca.roots().map((r) => ({
+      pem: r.pem, subject: r.subject, fingerprintSha256: r.fingerprint, notBeforeMs: r.notBefore, notAfterMs: r.notAfter, active: r.active,
+    })),
+  });
+
+  const parseKind = (kind: string): Kind | undefined => {
+    if (kind === '') return undefined;
+    if (!(KINDS as readonly string[]).includes(kind)) {
+      throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `unknown kind ${JSON.stringify(kind)}; expected one of ${KINDS.join(', ')}`, { details: { field: 'kind', value: kind } });
+    }
+    return kind as Kind;
+  };
+
+  return {
+    createJoinToken: admin('CreateJoinToken', async (req: pb.CreateJoinTokenRequest, who) => {
+      const ttl = req.ttlMs > 0 ? req.ttlMs : DEFAULT_TOKEN_TTL_MS;
+      const t = await d.tokens.create(req.node, ttl, d.ca.activeRootFingerprint());
+      d.logger.info({ node: req.node, by: who, expiresAt: new Date(t.expiresAt).toISOString() }, 'join token created');
+      return { token: t.token, expiresAtMs: t.expiresAt };
+    }),
+
+    listNodes: admin('ListNodes', async () => ({ nodes: (await d.nodes.list()).map(nodeStatus), revision: d.registry.revision })),
+
+    apply: admin('Apply', async (req: pb.ApplyRequest, who) => {
+      // Validate every document first: a batch with one bad resource writes nothing.
+      const resources = validateAll(req.resources.map((w, i) => ({ doc: toDocument(resourceFromWire(w)), where: `resource #${i + 1}` })));
+      for (let attempt = 1; ; attempt++) {
+        const expected = d.registry.revision;
+        const plan = d.registry.planApply(resources, req.createOnly);
+        if (req.dryRun || plan.changes.length === 0) {
+          return { revision: expected, results: plan.results.map((r) => ({ key: keyToWire(r.key), outcome: r.outcome })) };
+        }
+        try {
+          const cs = await d.store.commit(plan.changes, expected);
+          d.logger.info({ by: who, revision: cs.revision, changes: plan.results.filter((r) => r.outcome !== 'unchanged').map((r) => `${r.key.kind}/${r.key.namespace}/${r.key.name} ${r.outcome}`) }, 'resources applied');
+          return { revision: cs.revision, results: plan.results.map((r) => ({ key: keyToWire(r.key), outcome: r.outcome })) };
+        } catch (err) {
+          if (err instanceof AmbitError && err.code === 'AMBIT_ERR_RESOURCE_CONFLICT' && d.registry.revision !== expected && attempt < COMMIT_ATTEMPTS) continue;
+          throw err;
+        }
+      }
+    }),
+
+    delete: admin('Delete', async (req: pb.DeleteRequest, who) => {
+      const keys: ResourceKey[] = req.keys.map(keyFromWire);
+      for (let attempt = 1; ; attempt++) {
+        const expected = d.registry.revision;
+        const plan = d.registry.planDelete(keys, req.ignoreNotFound);
+        if (plan.changes.length === 0) return { revision: expected, deleted: [] };
+        try {
+          const cs = await d.store.commit(plan.changes, expected);
+          d.logger.info({ by: who, revision: cs.revision, deleted: plan.deleted.map((k) => `${k.kind}/${k.namespace}/${k.name}`) }, 'resources deleted');
+          return { revision: cs.revision, deleted: plan.deleted.map(keyToWire) };
+        } catch (err) {
+          if (err instanceof AmbitError && err.code === 'AMBIT_ERR_RESOURCE_CONFLICT' && d.registry.revision !== expected && attempt < COMMIT_ATTEMPTS) continue;
+          throw err;
+        }
+      }
+    }),
+
+    get: admin('Get', async (req: pb.GetRequest) => {
+      const key = keyFromWire(req.key);
+      const r = d.registry.get(key);
+      if (!r) throw new AmbitError('AMBIT_ERR_RESOURCE_NOT_FOUND', `${key.kind} ${key.namespace}/${key.name} not found`, { details: { ...key } });
+      return resourceToWire(r);
+    }),
+
+    list: admin('List', async (req: pb.ListRequest) => ({
+      resources: d.registry.list(parseKind(req.kind), req.namespace || undefined).map(resourceToWire),
+      revision: d.registry.revision,
+    })),
+
+    getCa: admin('GetCa', async () => caResponse()),
+
+    rotateCa: admin('RotateCa', async (req: pb.RotateCaRequest, who) => {
+      const phase = parsePhase(req.phase);
+      d.ca.rotate(phase);
+      d.logger.warn({ by: who, phase }, 'CA root rotation phase applied');
+      return { ca: caResponse(), phase };
+    }),
+
+    status: admin('Status', async () => {
+      const counts = d.registry.counts();
+      return {
+        version: d.version,
+        trustDomain: d.ca.trustDomain,
+        store: d.store.backend,
+        revision: d.registry.revision,
+        workloads: counts.Workload,
+        services: counts.Service,
+        policies: counts.AuthorizationPolicy,
+        nodes: (await d.nodes.list()).map(nodeStatus),
+        ca: caResponse(),
+        uptimeMs: d.now() - d.startedAt,
+      };
+    }),
+  };
+}

@@ -1,0 +1,147 @@
+import { status, type ServerDuplexStream } from '@grpc/grpc-js';
+import type { DiscoveryServer, WatchRequest, WatchResponse } from '../../shared/proto/gen/ambit.ts';
+import { AmbitError } from '../../shared/errors.ts';
+import { toStatus } from '../../shared/grpc-errors.ts';
+import { changeToWire, resourceToWire } from '../../shared/resources/wire.ts';
+import type { ChangeSet } from '../../shared/resources/types.ts';
+import type { Logger } from '../../shared/logger.ts';
+import type { CertificateAuthority } from '../ca/authority.ts';
+import type { NodeTracker } from '../registry/node-tracker.ts';
+import type { Registry } from '../registry/registry.ts';
+import type { Store } from '../store/store.ts';
+import type { ControllerMetrics } from '../metrics.ts';
+import type { PeerAuthenticator } from './peer.ts';
+
+export interface DiscoveryDeps {
+  readonly registry: Registry;
+  readonly store: Store;
+  readonly ca: CertificateAuthority;
+  readonly nodes: NodeTracker;
+  readonly auth: PeerAuthenticator;
+  readonly logger: Logger;
+  readonly metrics: ControllerMetrics;
+  /** How long a new stream may take to send its WatchStart. */
+  readonly startTimeoutMs?: number;
+}
+
+type Stream = ServerDuplexStream<WatchRequest, WatchResponse>;
+
+/**
+ * Discovery.Watch. Per stream: authenticate the node, wait for WatchStart,
+ * send what the agent lacks (deltas since its revision when the store still
+ * has them, else a full snapshot), then every later change set in revision
+ * order. Change sets that arrive while the first response is being prepared
+ * are buffered, so nothing falls between the catch-up and the live feed.
+ */
+export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; closeAll: () => void } {
+  const open = new Set<Stream>();
+  const watch = (call: Stream): void => {
+    let node: string;
+    try {
+      const caller = d.auth.require(call);
+      if (caller.kind !== 'node' || !caller.name) throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `only node identities may watch; caller is ${caller.uri}`);
+      node = caller.name;
+    } catch (err) {
+      call.destroy(Object.assign(new Error((err as Error).message), toStatus(err)));
+      return;
+    }
+    open.add(call);
+    const log = d.logger.child({ node, peer: call.getPeer() });
+    let started = false;
+    let live = false;
+    let sentRevision = 0;
+    const pending: ChangeSet[] = [];
+    let closed = false;
+
+    const send = (res: WatchResponse, type: 'snapshot' | 'delta'): void => {
+      if (closed) return;
+      call.write(res);
+      sentRevision = res.revision;
+      d.metrics.watchPushes.inc({ type });
+    };
+    const sendChangeSet = (cs: ChangeSet): void => {
+      if (cs.revision <= sentRevision) return;
+      send({ revision: cs.revision, snapshot: false, resources: [], changes: cs.changes.map(changeToWire), trustBundlePem: '' }, 'delta');
+    };
+    const unsubscribe = d.registry.onChange((cs) => (live ? sendChangeSet(cs) : pending.push(cs)));
+    const unsubscribeBundle = d.ca.onBundleChange((pem) => {
+      if (live) send({ revision: sentRevision, snapshot: false, resources: [], changes: [], trustBundlePem: pem }, 'delta');
+    });
+    const startTimer = setTimeout(() => {
+      if (!started) call.destroy(Object.assign(new Error('no WatchStart within the deadline'), { code: status.DEADLINE_EXCEEDED }));
+    }, d.startTimeoutMs ?? 15_000);
+
+    const cleanup = (why: string): void => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(startTimer);
+      unsubscribe();
+      unsubscribeBundle();
+      open.delete(call);
+      d.metrics.watchStreams.dec();
+      d.nodes.streamClosed(node);
+      log.info({ why, revision: sentRevision }, 'watch stream closed');
+    };
+    d.metrics.watchStreams.inc();
+    d.nodes.streamOpened(node);
+    call.on('end', () => {
+      cleanup('agent ended the stream');
+      call.end();
+    });
+    call.on('error', (err: Error) => cleanup(`stream error: ${err.message}`));
+    call.on('cancelled', () => cleanup('cancelled'));
+    call.on('close', () => cleanup('closed'));
+
+    const catchUp = async (resume: number): Promise<void> => {
+      const current = d.registry.revision;
+      const bundle = d.ca.bundlePem();
+      if (resume > 0 && resume <= current) {
+        const sets = resume === current ? [] : await d.store.changesSince(resume);
+        if (sets !== undefined) {
+          const changes = sets.filter((cs) => cs.revision <= current).flatMap((cs) => cs.changes.map(changeToWire));
+          send({ revision: current, snapshot: false, resources: [], changes, trustBundlePem: bundle }, 'delta');
+          log.info({ resume, revision: current, changes: changes.length }, 'watch resumed with deltas');
+          return;
+        }
+      }
+      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), changes: [], trustBundlePem: bundle }, 'snapshot');
+      log.info({ resume, revision: current }, 'watch started with snapshot');
+    };
+
+    call.on('data', (req: WatchRequest) => {
+      const r = req.request;
+      if (!r) return;
+      if (r.$case === 'start') {
+        if (started) return;
+        started = true;
+        clearTimeout(startTimer);
+        void d.nodes.seen(node, r.start.certExpiresAtMs > 0 ? { certExpiresAt: r.start.certExpiresAtMs } : {}).catch(() => undefined);
+        catchUp(r.start.resumeRevision).then(
+          () => {
+            live = true;
+            for (const cs of pending.splice(0)) sendChangeSet(cs);
+          },
+          (err: unknown) => {
+            log.error({ err }, 'watch catch-up failed');
+            call.destroy(Object.assign(new Error('catch-up failed'), toStatus(err)));
+          },
+        );
+        return;
+      }
+      const ack = r.ack;
+      if (ack.ok) {
+        void d.nodes.ack(node, ack.revision, ack.certExpiresAtMs).catch((err: unknown) => log.warn({ err }, 'recording ack failed'));
+      } else {
+        d.metrics.watchNacks.inc();
+        log.warn({ revision: ack.revision, reason: ack.reason }, 'agent refused (nacked) a watch response');
+        void d.nodes.nack(node, ack.revision, ack.reason).catch((err: unknown) => log.warn({ err }, 'recording nack failed'));
+      }
+    });
+  };
+  return {
+    server: { watch },
+    closeAll: () => {
+      for (const s of open) s.end();
+    },
+  };
+}

@@ -1,0 +1,247 @@
+import { Server } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { AmbitError } from '../shared/errors.ts';
+import { ensurePrivateDir, writeFileAtomic } from '../shared/files.ts';
+import { formatHostPort, type HostPort } from '../shared/config-parse.ts';
+import { HttpEndpoint } from '../shared/http-endpoint.ts';
+import type { Logger } from '../shared/logger.ts';
+import { createMetricsRegistry } from '../shared/metrics.ts';
+import { AdminService, BootstrapService, CertificateAuthorityService, DiscoveryService } from '../shared/proto/gen/ambit.ts';
+import { adminId, controllerId } from '../shared/spiffe-id.ts';
+import { CertificateAuthority } from './ca/authority.ts';
+import type { ControllerConfig } from './config.ts';
+import { adminService } from './api/admin-service.ts';
+import { discoveryService } from './api/discovery-service.ts';
+import { bootstrapService, certificateService } from './api/identity-services.ts';
+import { peerAuthenticator, ServingCertificates } from './api/peer.ts';
+import { createControllerMetrics } from './metrics.ts';
+import { JoinTokens } from './registry/join-tokens.ts';
+import { NodeTracker } from './registry/node-tracker.ts';
+import { Registry } from './registry/registry.ts';
+import { SqliteStore } from './store/sqlite-store.ts';
+import type { Store } from './store/store.ts';
+
+export const VERSION = '0.1.0';
+
+/** Serving and admin certificates live this long and are re-issued at half-life. */
+const LOCAL_CERT_TTL_MS = 30 * 86_400_000;
+const LOCAL_RENEW_CHECK_MS = 3_600_000;
+
+export interface ControllerApp {
+  readonly grpcAddress: HostPort;
+  readonly monitoringAddress: HostPort;
+  readonly ca: CertificateAuthority;
+  readonly store: Store;
+  /** Graceful: stop accepting, end watch streams, finish in-flight calls (up to 5 s), close the store. */
+  close(): Promise<void>;
+}
+
+export interface ControllerDeps {
+  readonly logger: Logger;
+  readonly now?: () => number;
+}
+
+/** Builds and starts every part of the controller; the only place that knows them all. */
+export async function startController(cfg: ControllerConfig, deps: ControllerDeps): Promise<ControllerApp> {
+  const now = deps.now ?? Date.now;
+  const logger = deps.logger;
+  if (cfg.store !== 'sqlite') {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--store ${cfg.store} is not available in this build yet; use --store sqlite`, {
+      details: { key: 'store', value: cfg.store },
+    });
+  }
+  ensurePrivateDir(cfg.dataDir);
+  const store = SqliteStore.open({ path: join(cfg.dataDir, 'ambit.db'), now });
+  const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
+  try {
+    // Changing the trust domain would silently orphan every identity already issued.
+    const savedTd = await store.getSetting('trustDomain');
+    if (savedTd !== undefined && savedTd !== cfg.trustDomain) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--trust-domain ${cfg.trustDomain} differs from ${savedTd}, the trust domain this data directory was created with`, {
+        details: { key: 'trust-domain', value: cfg.trustDomain },
+      });
+    }
+    if (savedTd === undefined) await store.putSetting('trustDomain', cfg.trustDomain);
+
+    const ca = CertificateAuthority.open({
+      dir: join(cfg.dataDir, 'ca'),
+      trustDomain: cfg.trustDomain,
+      now,
+      ...(cfg.caCert && cfg.caKey
+        ? {
+            userCa: {
+              certPem: readFileSync(cfg.caCert, 'utf8'),
+              keyPem: readFileSync(cfg.caKey, 'utf8'),
+              ...(cfg.caRoots ? { rootsPem: readFileSync(cfg.caRoots, 'utf8') } : {}),
+            },
+          }
+        : {}),
+    });
+    const { registry, stop: stopFollowing } = await Registry.follow(store);
+    cleanups.unshift(stopFollowing);
+
+    const metricsRegistry = createMetricsRegistry();
+    const metrics = createControllerMetrics(metricsRegistry);
+    const refreshGauges = (): void => {
+      metrics.storeRevision.set(registry.revision);
+      const counts = registry.counts();
+      for (const [kind, n] of Object.entries(counts)) metrics.resources.set({ kind }, n);
+      metrics.caRootExpiry.reset();
+      for (const r of ca.roots()) metrics.caRootExpiry.set({ fingerprint: r.fingerprint.slice(0, 16), active: String(r.active) }, r.notAfter / 1000);
+    };
+    refreshGauges();
+    registry.onChange(refreshGauges);
+
+    // --- local credentials: serving certificate and admin client credentials
+    const servingSans = (): { dnsNames: string[]; ips: string[] } => {
+      const ips = new Set(['127.0.0.1', '::1']);
+      if (isIP(cfg.listen.host) && cfg.listen.host !== '0.0.0.0' && cfg.listen.host !== '::') ips.add(cfg.listen.host);
+      const dns = new Set(['localhost', hostname()]);
+      if (!isIP(cfg.listen.host)) dns.add(cfg.listen.host);
+      return { dnsNames: [...dns].filter((n) => /^[A-Za-z0-9.-]+$/.test(n)), ips: [...ips] };
+    };
+    const issueServing = () => ca.issueLocal(controllerId(cfg.trustDomain), LOCAL_CERT_TTL_MS, servingSans());
+    let serving = issueServing();
+    const servingCerts = new ServingCertificates(serving.chainPem, serving.keyPem, clientCaPem(ca));
+    const adminDir = join(cfg.dataDir, 'admin');
+    writeAdminCredentials(ca, adminDir, cfg.adminName, now, false);
+
+    const renewLocal = (force: boolean): void => {
+      if (force || now() > serving.notBefore + (serving.notAfter - serving.notBefore) / 2) {
+        serving = issueServing();
+        servingCerts.setIdentity(serving.chainPem, serving.keyPem);
+        logger.info({ expiresAt: new Date(serving.notAfter).toISOString() }, 'controller serving certificate renewed');
+      }
+      writeAdminCredentials(ca, adminDir, cfg.adminName, now, force);
+    };
+    const renewTimer = setInterval(() => renewLocal(false), LOCAL_RENEW_CHECK_MS);
+    renewTimer.unref();
+    cleanups.unshift(() => clearInterval(renewTimer));
+    ca.onBundleChange(() => {
+      servingCerts.setCa(clientCaPem(ca));
+      // A new active root (rotation) must also sign what the controller itself presents.
+      renewLocal(true);
+      refreshGauges();
+    });
+
+    // --- gRPC API
+    const auth = peerAuthenticator(ca, now);
+    const nodes = new NodeTracker(store, now);
+    const tokens = new JoinTokens(store, now);
+    const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl };
+    const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics });
+    const server = new Server({
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+      'grpc.max_receive_message_length': 4 * 1024 * 1024,
+      'grpc.max_concurrent_streams': 1000,
+    });
+    server.addService(BootstrapService, bootstrapService(identityDeps));
+    server.addService(CertificateAuthorityService, certificateService(identityDeps));
+    server.addService(DiscoveryService, discovery.server);
+    server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, version: VERSION, startedAt: now(), now }));
+    const grpcPort = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(formatHostPort(cfg.listen), servingCerts.credentials(), (err, port) => (err ? reject(err) : resolve(port)));
+    }).catch((cause: unknown) => {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --listen ${formatHostPort(cfg.listen)}: ${(cause as Error).message}`, { cause, details: { key: 'listen' } });
+    });
+    cleanups.unshift(
+      () =>
+        new Promise<void>((resolve) => {
+          discovery.closeAll();
+          const force = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, 5_000);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        }),
+    );
+
+    // --- monitoring
+    let ready = true;
+    const monitoring = new HttpEndpoint({
+      '/metrics': async (_req, res) => {
+        res.writeHead(200, { 'content-type': metricsRegistry.contentType }).end(await metricsRegistry.metrics());
+      },
+      '/healthz/ready': (_req, res) => {
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'shutting down\n');
+      },
+    });
+    const mon = await monitoring.listen(cfg.monitoring).catch((cause: unknown) => {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --monitoring ${formatHostPort(cfg.monitoring)}: ${(cause as Error).message}`, { cause, details: { key: 'monitoring' } });
+    });
+    cleanups.unshift(() => monitoring.close());
+
+    logger.info(
+      { grpc: formatHostPort({ host: cfg.listen.host, port: grpcPort }), monitoring: `${mon.address}:${mon.port}`, trustDomain: cfg.trustDomain, revision: registry.revision, caRoot: ca.activeRootFingerprint(), admin: adminDir },
+      'controller ready',
+    );
+    let closing: Promise<void> | undefined;
+    return {
+      grpcAddress: { host: cfg.listen.host, port: grpcPort },
+      monitoringAddress: { host: cfg.monitoring.host, port: mon.port },
+      ca,
+      store,
+      close: () => {
+        ready = false;
+        closing ??= runAll(cleanups, logger);
+        return closing;
+      },
+    };
+  } catch (err) {
+    await runAll(cleanups, logger);
+    throw err;
+  }
+}
+
+async function runAll(steps: readonly (() => Promise<void> | void)[], logger: Logger): Promise<void> {
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      logger.warn({ err }, 'shutdown step failed');
+    }
+  }
+}
+
+/** Client certificates are verified against roots plus the signer (covers a user-supplied intermediate). */
+function clientCaPem(ca: CertificateAuthority): string {
+  return [...ca.bundle(), ...ca.intermediates()].map((c) => c.toString()).join('');
+}
+
+/**
+ * Writes <data-dir>/admin/{cert.pem,key.pem,ca.pem} (0600, directory 0700)
+ * at first start, and again when past half-life or forced (root rotation).
+ */
+function writeAdminCredentials(ca: CertificateAuthority, dir: string, name: string, now: () => number, force: boolean): void {
+  ensurePrivateDir(dir);
+  const certPath = join(dir, 'cert.pem');
+  if (!force) {
+    try {
+      const cert = new X509Certificate(readFileSync(certPath));
+      const from = Date.parse(cert.validFrom);
+      const to = Date.parse(cert.validTo);
+      const trusted = ca.bundle().some((r) => cert.checkIssued(r) && cert.verify(r.publicKey)) ||
+        ca.intermediates().some((c) => cert.checkIssued(c) && cert.verify(c.publicKey));
+      if (trusted && now() < from + (to - from) / 2 && cert.subjectAltName?.includes(adminId(ca.trustDomain, name).uri)) {
+        writeFileAtomic(join(dir, 'ca.pem'), ca.bundlePem());
+        return;
+      }
+    } catch {
+      // missing or unreadable: issue below
+    }
+  }
+  const creds = ca.issueLocal(adminId(ca.trustDomain, name), LOCAL_CERT_TTL_MS);
+  writeFileAtomic(join(dir, 'key.pem'), creds.keyPem);
+  writeFileAtomic(certPath, creds.chainPem);
+  writeFileAtomic(join(dir, 'ca.pem'), ca.bundlePem());
+}

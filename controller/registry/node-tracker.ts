@@ -1,0 +1,61 @@
+import type { NodeRecord, Store } from '../store/store.ts';
+
+export interface NodeView extends NodeRecord {
+  readonly connected: boolean;
+}
+
+/**
+ * What the controller knows of each node's agent: connected streams (in
+ * memory: a restarted controller starts with none), and last seen / acked
+ * revision / certificate expiry (persisted, so `ambitctl node list` survives
+ * a restart). lastSeen writes are throttled so a busy node costs one store
+ * write per interval, not one per CSR.
+ */
+export class NodeTracker {
+  readonly #store: Store;
+  readonly #now: () => number;
+  readonly #streams = new Map<string, number>();
+  readonly #lastWrite = new Map<string, number>();
+  readonly #throttleMs: number;
+
+  constructor(store: Store, now: () => number, throttleMs = 10_000) {
+    this.#store = store;
+    this.#now = now;
+    this.#throttleMs = throttleMs;
+  }
+
+  async seen(node: string, fields: Partial<Omit<NodeRecord, 'name'>> = {}): Promise<void> {
+    const now = this.#now();
+    const last = this.#lastWrite.get(node) ?? 0;
+    if (Object.keys(fields).length === 0 && now - last < this.#throttleMs) return;
+    this.#lastWrite.set(node, now);
+    await this.#store.upsertNode(node, { lastSeen: now, ...fields });
+  }
+
+  streamOpened(node: string): void {
+    this.#streams.set(node, (this.#streams.get(node) ?? 0) + 1);
+  }
+
+  streamClosed(node: string): void {
+    const n = (this.#streams.get(node) ?? 1) - 1;
+    if (n <= 0) this.#streams.delete(node);
+    else this.#streams.set(node, n);
+  }
+
+  isConnected(node: string): boolean {
+    return this.#streams.has(node);
+  }
+
+  async ack(node: string, revision: number, certExpiresAt: number): Promise<void> {
+    await this.seen(node, { ackedRevision: revision, nackedRevision: 0, nackReason: '', ...(certExpiresAt > 0 ? { certExpiresAt } : {}) });
+  }
+
+  async nack(node: string, revision: number, reason: string): Promise<void> {
+    await this.seen(node, { nackedRevision: revision, nackReason: reason.slice(0, 1024) });
+  }
+
+  async list(): Promise<NodeView[]> {
+    const records = await this.#store.listNodes();
+    return records.map((r) => ({ ...r, connected: this.isConnected(r.name) }));
+  }
+}

@@ -1,0 +1,198 @@
+import { isDeepStrictEqual } from 'node:util';
+import { AmbitError } from '../../shared/errors.ts';
+import type { SpiffeId } from '../../shared/spiffe-id.ts';
+import {
+  keyString,
+  resourceKey,
+  type Change,
+  type ChangeSet,
+  type Kind,
+  type Resource,
+  type ResourceKey,
+  type Workload,
+} from '../../shared/resources/types.ts';
+import type { Store } from '../store/store.ts';
+
+export type ApplyOutcome = 'created' | 'configured' | 'unchanged';
+
+export interface ApplyPlan {
+  readonly changes: readonly Change[];
+  readonly results: readonly { readonly key: ResourceKey; readonly outcome: ApplyOutcome }[];
+}
+
+/**
+ * The controller's in-memory view of the mesh state at one revision: what the
+ * watch stream serves and what node authorization reads. Pure and synchronous;
+ * it follows the store through applyChangeSet (whole change sets only, in
+ * revision order), so every read sees one consistent revision.
+ */
+export class Registry {
+  #revision = 0;
+  readonly #resources = new Map<string, Resource>();
+  /** node → "ns/sa" identities scheduled on it: the node-authorization index. */
+  #identitiesByNode = new Map<string, Set<string>>();
+  readonly #listeners = new Set<(cs: ChangeSet) => void>();
+
+  /** Loads the store's snapshot and follows its commits. Returns the registry and an unsubscribe function. */
+  static async follow(store: Store): Promise<{ registry: Registry; stop: () => void }> {
+    const registry = new Registry();
+    // Subscribe before the snapshot so no commit falls between the two; commits
+    // the snapshot already holds are skipped by revision.
+    const early: ChangeSet[] = [];
+    let loaded = false;
+    const stop = store.subscribe((cs) => (loaded ? registry.applyChangeSet(cs) : early.push(cs)));
+    const snap = await store.snapshot();
+    registry.load(snap.revision, snap.resources);
+    for (const cs of early) if (cs.revision > snap.revision) registry.applyChangeSet(cs);
+    loaded = true;
+    return { registry, stop };
+  }
+
+  load(revision: number, resources: readonly Resource[]): void {
+    this.#resources.clear();
+    for (const r of resources) this.#resources.set(resourceKey(r), r);
+    this.#revision = revision;
+    this.#reindex();
+  }
+
+  get revision(): number {
+    return this.#revision;
+  }
+
+  applyChangeSet(cs: ChangeSet): void {
+    if (cs.revision <= this.#revision) return; // already seen (snapshot overlap)
+    let workloadsChanged = false;
+    for (const c of cs.changes) {
+      if (c.op === 'put') {
+        this.#resources.set(resourceKey(c.resource), c.resource);
+        workloadsChanged ||= c.resource.kind === 'Workload';
+      } else {
+        this.#resources.delete(keyString(c.key));
+        workloadsChanged ||= c.key.kind === 'Workload';
+      }
+    }
+    this.#revision = cs.revision;
+    if (workloadsChanged) this.#reindex();
+    for (const l of this.#listeners) l(cs);
+  }
+
+  /** Called after each applied change set, in revision order. */
+  onChange(listener: (cs: ChangeSet) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #reindex(): void {
+    const idx = new Map<string, Set<string>>();
+    for (const r of this.#resources.values()) {
+      if (r.kind !== 'Workload') continue;
+      let set = idx.get(r.spec.node);
+      if (!set) idx.set(r.spec.node, (set = new Set()));
+      set.add(`${r.metadata.namespace}/${r.spec.serviceAccount}`);
+    }
+    this.#identitiesByNode = idx;
+  }
+
+  get(key: ResourceKey): Resource | undefined {
+    return this.#resources.get(keyString(key));
+  }
+
+  /** Resources of a kind (all kinds when undefined), optionally in one namespace, ordered by namespace then name. */
+  list(kind?: Kind, namespace?: string): Resource[] {
+    const out: Resource[] = [];
+    for (const r of this.#resources.values()) {
+      if (kind !== undefined && r.kind !== kind) continue;
+      if (namespace && r.metadata.namespace !== namespace) continue;
+      out.push(r);
+    }
+    return out.sort((a, b) => a.kind.localeCompare(b.kind) || a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name));
+  }
+
+  all(): Resource[] {
+    return this.list();
+  }
+
+  workloadsOnNode(node: string): Workload[] {
+    return this.list('Workload').filter((w): w is Workload => w.kind === 'Workload' && w.spec.node === node);
+  }
+
+  /**
+   * Node authorization (DESIGN §2): may `node` hold `identity`? Its own node
+   * identity, or a workload identity with a workload of that namespace and
+   * service account registered on that node. Nothing else.
+   */
+  mayIssue(node: string, identity: SpiffeId): boolean {
+    if (identity.kind === 'node') return identity.name === node;
+    if (identity.kind !== 'workload') return false;
+    return this.#identitiesByNode.get(node)?.has(`${identity.namespace}/${identity.serviceAccount}`) ?? false;
+  }
+
+  counts(): Record<Kind, number> {
+    const c: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0 };
+    for (const r of this.#resources.values()) c[r.kind]++;
+    return c;
+  }
+
+  /**
+   * Plans an apply of already validated resources against this view: rejects
+   * the whole batch (nothing written) on an address another workload holds,
+   * or, with createOnly, on a name that exists.
+   */
+  planApply(resources: readonly Resource[], createOnly: boolean): ApplyPlan {
+    const changes: Change[] = [];
+    const results: { key: ResourceKey; outcome: ApplyOutcome }[] = [];
+    const batchKeys = new Set(resources.map(resourceKey));
+    const addressOwner = new Map<string, string>();
+    for (const r of this.#resources.values()) {
+      if (r.kind === 'Workload' && !batchKeys.has(resourceKey(r))) addressOwner.set(r.spec.address, resourceKey(r));
+    }
+    for (const r of resources) {
+      const key: ResourceKey = { kind: r.kind, namespace: r.metadata.namespace, name: r.metadata.name };
+      const existing = this.#resources.get(resourceKey(r));
+      if (existing && createOnly) {
+        throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `${r.kind} ${r.metadata.namespace}/${r.metadata.name} already exists`, {
+          details: { kind: r.kind, namespace: r.metadata.namespace, name: r.metadata.name, field: 'metadata.name' },
+        });
+      }
+      if (r.kind === 'Workload') {
+        const owner = addressOwner.get(r.spec.address);
+        if (owner && owner !== resourceKey(r)) {
+          throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `Workload ${r.metadata.namespace}/${r.metadata.name}: spec.address ${r.spec.address} is already used by ${owner}`, {
+            details: { field: 'spec.address', value: r.spec.address, owner },
+          });
+        }
+        addressOwner.set(r.spec.address, resourceKey(r));
+      }
+      if (existing && sameContent(existing, r)) {
+        results.push({ key, outcome: 'unchanged' });
+        continue;
+      }
+      changes.push({ op: 'put', resource: r });
+      results.push({ key, outcome: existing ? 'configured' : 'created' });
+    }
+    return { changes, results };
+  }
+
+  /** Plans a delete; a missing key fails the batch unless ignoreNotFound. */
+  planDelete(keys: readonly ResourceKey[], ignoreNotFound: boolean): { changes: Change[]; deleted: ResourceKey[] } {
+    const changes: Change[] = [];
+    const deleted: ResourceKey[] = [];
+    const seen = new Set<string>();
+    for (const key of keys) {
+      const k = keyString(key);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      if (!this.#resources.has(k)) {
+        if (ignoreNotFound) continue;
+        throw new AmbitError('AMBIT_ERR_RESOURCE_NOT_FOUND', `${key.kind} ${key.namespace}/${key.name} not found`, { details: { ...key } });
+      }
+      changes.push({ op: 'delete', key });
+      deleted.push(key);
+    }
+    return { changes, deleted };
+  }
+}
+
+function sameContent(a: Resource, b: Resource): boolean {
+  return isDeepStrictEqual({ ...a, metadata: { ...a.metadata, revision: 0 } }, { ...b, metadata: { ...b.metadata, revision: 0 } });
+}

@@ -1,0 +1,96 @@
+import type { Change, ChangeSet, Resource } from '../../shared/resources/types.ts';
+
+export type { Change, ChangeSet };
+
+/**
+ * The controller's persistence contract. Three backends implement it
+ * (sqlite: embedded default; etcd: HA; kubernetes: derived from the API).
+ *
+ * Invariants every backend keeps:
+ * - The revision is a single mesh-wide counter. Every successful commit bumps it
+ *   by exactly one; all changes of one commit share that revision, and are seen
+ *   by readers and subscribers all together or not at all.
+ * - A resource's metadata.revision is the revision of the commit that last wrote it.
+ * - changesSince(r) returns every commit with revision > r in order, or
+ *   undefined when the backend no longer holds all of them (compacted); the
+ *   caller then falls back to a snapshot.
+ * - subscribe() listeners see commits in revision order, exactly once each,
+ *   after they are durable.
+ * Methods are async because the etcd and Kubernetes backends are; the sqlite
+ * backend resolves immediately.
+ */
+export interface Snapshot {
+  readonly revision: number;
+  /** Every resource, ordered by kind, namespace, name. */
+  readonly resources: readonly Resource[];
+}
+
+export interface NodeRecord {
+  readonly name: string;
+  /** ms since epoch of the first bootstrap */
+  readonly registeredAt: number;
+  /** ms since epoch the node last talked to a controller (watch, CSR); 0 if never */
+  readonly lastSeen: number;
+  /** highest revision the node's agent acknowledged */
+  readonly ackedRevision: number;
+  /** revision the agent last refused (nack), 0 if none since its last ack */
+  readonly nackedRevision: number;
+  readonly nackReason: string;
+  /** Earliest expiry (ms since epoch) among the node's certificates, as the agent reports it; 0 if unknown. */
+  readonly certExpiresAt: number;
+}
+
+export interface TokenRecord {
+  /** Public token id (first part of the token string); the secret is never stored. */
+  readonly id: string;
+  /** hex SHA-256 of the token secret */
+  readonly secretHash: string;
+  readonly node: string;
+  readonly createdAt: number;
+  readonly expiresAt: number;
+  /** ms since epoch it was used, 0 if unused */
+  readonly usedAt: number;
+}
+
+export interface Store {
+  readonly backend: 'sqlite' | 'etcd' | 'kubernetes';
+
+  revision(): Promise<number>;
+  snapshot(): Promise<Snapshot>;
+  changesSince(revision: number): Promise<readonly ChangeSet[] | undefined>;
+
+  /**
+   * Atomically applies changes as one new revision. When expectedRevision is
+   * given and the store's revision differs, nothing is written and an
+   * AMBIT_ERR_RESOURCE_CONFLICT error is thrown (optimistic concurrency, so
+   * several controllers can validate against their view and commit safely).
+   * Deleting a missing resource throws AMBIT_ERR_RESOURCE_NOT_FOUND and writes nothing.
+   * An empty change list writes nothing and returns the current revision.
+   */
+  commit(changes: readonly Change[], expectedRevision?: number): Promise<ChangeSet>;
+
+  /** Listener is called for each commit (by any writer) in revision order. Returns an unsubscribe function. */
+  subscribe(listener: (cs: ChangeSet) => void): () => void;
+
+  putToken(token: TokenRecord): Promise<void>;
+  /**
+   * Marks the token used, atomically: of two concurrent calls for one token
+   * only one succeeds. Throws AMBIT_ERR_TOKEN_INVALID (details.reason:
+   * 'unknown' | 'used' | 'expired' | 'mismatch') when the id is unknown, the
+   * hash differs, it was used, or it expired at `now`. Returns the record as it
+   * was before use.
+   */
+  consumeToken(id: string, secretHash: string, now: number): Promise<TokenRecord>;
+  listTokens(): Promise<readonly TokenRecord[]>;
+
+  /** Inserts or merges (given fields win) a node record. */
+  upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord>;
+  getNode(name: string): Promise<NodeRecord | undefined>;
+  listNodes(): Promise<readonly NodeRecord[]>;
+
+  /** Small opaque key/value settings (CA bundle history, cluster id). */
+  getSetting(key: string): Promise<string | undefined>;
+  putSetting(key: string, value: string): Promise<void>;
+
+  close(): Promise<void>;
+}

@@ -1,0 +1,161 @@
+import { AmbitError } from '../errors.ts';
+import type * as pb from '../proto/gen/ambit.ts';
+import {
+  KINDS,
+  type AuthorizationPolicy,
+  type Change,
+  type Kind,
+  type ObjectMeta,
+  type PolicyAction,
+  type Resource,
+  type ResourceKey,
+  type Service,
+  type Workload,
+} from './types.ts';
+
+/**
+ * Conversions between the protobuf wire types and the core resource types.
+ * The only module (with the generated code) that knows the wire shape, so the
+ * core never depends on protobuf (DESIGN §9 rule 5). fromWire does NOT
+ * validate: callers that accept resources from outside (the Admin API) run
+ * validateResource on the result.
+ */
+function metaToWire(m: ObjectMeta): pb.ObjectMeta {
+  return { name: m.name, namespace: m.namespace, labels: { ...m.labels }, revision: m.revision };
+}
+
+function metaFromWire(m: pb.ObjectMeta | undefined): ObjectMeta {
+  return { name: m?.name ?? '', namespace: m?.namespace ?? '', labels: { ...(m?.labels ?? {}) }, revision: m?.revision ?? 0 };
+}
+
+export function resourceToWire(r: Resource): pb.Resource {
+  switch (r.kind) {
+    case 'Workload': {
+      const s = r.spec;
+      const spec: pb.WorkloadSpec = {
+        serviceAccount: s.serviceAccount, node: s.node, address: s.address, ports: [...s.ports],
+        weight: s.weight, locality: s.locality, healthy: s.healthy,
+      };
+      if (s.uid !== undefined) spec.uid = s.uid;
+      return { kind: { $case: 'workload', workload: { metadata: metaToWire(r.metadata), spec } } };
+    }
+    case 'Service':
+      return {
+        kind: {
+          $case: 'service',
+          service: {
+            metadata: metaToWire(r.metadata),
+            spec: {
+              addresses: [...r.spec.addresses],
+              ports: r.spec.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort })),
+              selector: { ...r.spec.selector },
+            },
+          },
+        },
+      };
+    case 'AuthorizationPolicy':
+      return {
+        kind: {
+          $case: 'authorizationPolicy',
+          authorizationPolicy: {
+            metadata: metaToWire(r.metadata),
+            spec: {
+              hasSelector: r.spec.selector !== undefined,
+              selector: { ...(r.spec.selector ?? {}) },
+              action: r.spec.action,
+              rules: r.spec.rules.map((rule) => ({
+                from: rule.from.map((s) => ({
+                  principals: [...s.principals], notPrincipals: [...s.notPrincipals],
+                  namespaces: [...s.namespaces], notNamespaces: [...s.notNamespaces],
+                  serviceAccounts: [...s.serviceAccounts], notServiceAccounts: [...s.notServiceAccounts],
+                  ipBlocks: [...s.ipBlocks], notIpBlocks: [...s.notIpBlocks],
+                })),
+                to: rule.to.map((o) => ({ ports: [...o.ports], notPorts: [...o.notPorts] })),
+              })),
+            },
+          },
+        },
+      };
+  }
+}
+
+export function resourceFromWire(w: pb.Resource): Resource {
+  const k = w.kind;
+  if (!k) throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', 'resource has no kind');
+  switch (k.$case) {
+    case 'workload': {
+      const s = k.workload.spec;
+      const wl: Workload = {
+        kind: 'Workload',
+        metadata: metaFromWire(k.workload.metadata),
+        spec: {
+          serviceAccount: s?.serviceAccount ?? '', node: s?.node ?? '', address: s?.address ?? '', ports: [...(s?.ports ?? [])],
+          weight: s?.weight ?? 0, locality: s?.locality ?? '', healthy: s?.healthy ?? false,
+          ...(s?.uid === undefined ? {} : { uid: s.uid }),
+        },
+      };
+      return wl;
+    }
+    case 'service': {
+      const s = k.service.spec;
+      const svc: Service = {
+        kind: 'Service',
+        metadata: metaFromWire(k.service.metadata),
+        spec: {
+          addresses: [...(s?.addresses ?? [])],
+          ports: (s?.ports ?? []).map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort })),
+          selector: { ...(s?.selector ?? {}) },
+        },
+      };
+      return svc;
+    }
+    case 'authorizationPolicy': {
+      const s = k.authorizationPolicy.spec;
+      const pol: AuthorizationPolicy = {
+        kind: 'AuthorizationPolicy',
+        metadata: metaFromWire(k.authorizationPolicy.metadata),
+        spec: {
+          ...(s?.hasSelector ? { selector: { ...s.selector } } : {}),
+          action: (s?.action ?? '') as PolicyAction,
+          rules: (s?.rules ?? []).map((r) => ({
+            from: r.from.map((f) => ({
+              principals: [...f.principals], notPrincipals: [...f.notPrincipals],
+              namespaces: [...f.namespaces], notNamespaces: [...f.notNamespaces],
+              serviceAccounts: [...f.serviceAccounts], notServiceAccounts: [...f.notServiceAccounts],
+              ipBlocks: [...f.ipBlocks], notIpBlocks: [...f.notIpBlocks],
+            })),
+            to: r.to.map((o) => ({ ports: [...o.ports], notPorts: [...o.notPorts] })),
+          })),
+        },
+      };
+      return pol;
+    }
+  }
+}
+
+export function keyToWire(k: ResourceKey): pb.ResourceKey {
+  return { kind: k.kind, namespace: k.namespace, name: k.name };
+}
+
+export function keyFromWire(k: pb.ResourceKey | undefined): ResourceKey {
+  const kind = k?.kind ?? '';
+  if (!(KINDS as readonly string[]).includes(kind)) {
+    throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `unknown kind ${JSON.stringify(kind)}; expected one of ${KINDS.join(', ')}`, {
+      details: { field: 'kind', value: kind },
+    });
+  }
+  return { kind: kind as Kind, namespace: k?.namespace || 'default', name: k?.name ?? '' };
+}
+
+export function changeToWire(c: Change): pb.Change {
+  return c.op === 'put'
+    ? { change: { $case: 'put', put: resourceToWire(c.resource) } }
+    : { change: { $case: 'delete', delete: keyToWire(c.key) } };
+}
+
+export function changeFromWire(c: pb.Change): Change {
+  if (!c.change) throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', 'change has neither put nor delete');
+  return c.change.$case === 'put'
+    ? { op: 'put', resource: resourceFromWire(c.change.put) }
+    : { op: 'delete', key: keyFromWire(c.change.delete) };
+}
