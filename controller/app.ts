@@ -105,15 +105,19 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
       return { dnsNames: [...dns].filter((n) => /^[A-Za-z0-9.-]+$/.test(n)), ips: [...ips] };
     };
     const issueServing = () => ca.issueLocal(controllerId(cfg.trustDomain), LOCAL_CERT_TTL_MS, servingSans());
+    // The serving chain carries the root too: a joining agent holds only the
+    // root's fingerprint (from its token) and must find the root in the
+    // handshake to check the pin before it sends the token.
+    const servingChain = (): string => serving.chainPem + ca.activeRootPem();
     let serving = issueServing();
-    const servingCerts = new ServingCertificates(serving.chainPem, serving.keyPem, clientCaPem(ca));
+    const servingCerts = new ServingCertificates(servingChain(), serving.keyPem, clientCaPem(ca));
     const adminDir = join(cfg.dataDir, 'admin');
     writeAdminCredentials(ca, adminDir, cfg.adminName, now, false);
 
     const renewLocal = (force: boolean): void => {
       if (force || now() > serving.notBefore + (serving.notAfter - serving.notBefore) / 2) {
         serving = issueServing();
-        servingCerts.setIdentity(serving.chainPem, serving.keyPem);
+        servingCerts.setIdentity(servingChain(), serving.keyPem);
         logger.info({ expiresAt: new Date(serving.notAfter).toISOString() }, 'controller serving certificate renewed');
       }
       writeAdminCredentials(ca, adminDir, cfg.adminName, now, force);

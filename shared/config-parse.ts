@@ -277,7 +277,8 @@ export function parseHostPort(raw: unknown, defaultPort?: number): HostPort {
     return { host, port: defaultPort };
   }
   const port = Number(portText);
-  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) throw new Error('port must be 1-65535');
+  // Port 0 asks the OS for a free port (tests, several instances on one host).
+  if (!/^\d+$/.test(portText) || port > 65535) throw new Error('port must be 0-65535');
   return { host, port };
 }
 

@@ -142,6 +142,12 @@ export class CertificateAuthority {
     return certificateFingerprint(root ?? top);
   }
 
+  /** PEM of the root the active signer chains to. */
+  activeRootPem(): string {
+    const fp = this.activeRootFingerprint();
+    return this.#bundle.find((c) => certificateFingerprint(c) === fp)?.toString() ?? '';
+  }
+
   roots(): CaRoot[] {
     const activeFp = this.activeRootFingerprint();
     return this.#bundle.map((c) => {

@@ -1,0 +1,151 @@
+/**
+ * Runs the real binaries (ambit-controller, ambitctl) as child processes on
+ * loopback for end-to-end tests. Entry points run from source through Node's
+ * type stripping — the same modules package.json's bin entries are built from
+ * (test/e2e/bin.test.ts checks the built ones start too).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { once } from 'node:events';
+import type { HostPort } from '../../shared/config-parse.ts';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CONTROLLER_MAIN = join(ROOT, 'controller/main.ts');
+export const AMBITCTL_MAIN = join(ROOT, 'controller/cli/main.ts');
+export const AGENT_MAIN = join(ROOT, 'agent/main.ts');
+
+export interface LogLine {
+  readonly level: string;
+  readonly msg: string;
+  readonly [k: string]: unknown;
+}
+
+export class Proc {
+  readonly child: ChildProcess;
+  readonly logs: LogLine[] = [];
+  stderrText = '';
+  readonly #waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(file: string, args: readonly string[], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [file, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let buf = '';
+    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      this.stderrText += d;
+      buf += d;
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (!line.startsWith('{')) continue;
+        try {
+          const l = JSON.parse(line) as LogLine;
+          this.logs.push(l);
+          for (const w of this.#waiters) if (w.pred(l)) {
+            this.#waiters.delete(w);
+            w.resolve(l);
+          }
+        } catch {
+          // not a log line
+        }
+      }
+    });
+    this.child.stdout!.resume();
+    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
+  }
+
+  /** Resolves with the first log line (already seen or future) matching pred; rejects on timeout or exit. */
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
+    const seen = this.logs.find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const w = { pred, resolve: (l: LogLine) => { clearTimeout(timer); resolve(l); } };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(w);
+        reject(new Error(`timed out waiting for a log line; stderr so far:\n${this.stderrText.slice(-3000)}`));
+      }, timeoutMs);
+      this.#waiters.add(w);
+      void this.exited.then(({ code, signal }) => {
+        if (this.#waiters.delete(w)) {
+          clearTimeout(timer);
+          reject(new Error(`process exited (code ${code}, signal ${signal}) before the log line; stderr:\n${this.stderrText.slice(-3000)}`));
+        }
+      });
+    });
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
+    this.child.kill(signal);
+    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    const r = await this.exited;
+    clearTimeout(t);
+    return r;
+  }
+}
+
+export interface RunningController {
+  readonly proc: Proc;
+  readonly grpc: HostPort;
+  readonly monitoring: HostPort;
+  readonly dataDir: string;
+  readonly credentials: string;
+  readonly address: string;
+}
+
+/** Starts ambit-controller on 127.0.0.1 with OS-chosen ports and waits for "controller ready". */
+export async function startController(dataDir: string, extra: readonly string[] = [], host = '127.0.0.1', ports: { grpc?: number; monitoring?: number } = {}): Promise<RunningController> {
+  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...extra]);
+  const ready = await proc.waitForLog((l) => l.msg === 'controller ready');
+  const grpcPort = Number(String(ready.grpc).split(':').pop());
+  const monPort = Number(String(ready.monitoring).split(':').pop());
+  return {
+    proc,
+    grpc: { host, port: grpcPort },
+    monitoring: { host, port: monPort },
+    dataDir,
+    credentials: join(dataDir, 'admin'),
+    address: `${host}:${grpcPort}`,
+  };
+}
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs ambitctl against a controller; stdin optional. */
+export async function ambitctl(c: { address: string; credentials: string }, args: readonly string[], stdin?: string): Promise<CliResult> {
+  const child = spawn(process.execPath, [AMBITCTL_MAIN, '--controller', c.address, '--credentials', c.credentials, ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_NO_WARNINGS: '1' },
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  child.stdin.end(stdin ?? '');
+  const [code] = await once(child, 'exit');
+  return { code: code as number | null, stdout, stderr };
+}
+
+export async function httpGet(at: HostPort, path: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://${at.host}:${at.port}${path}`);
+  return { status: res.status, body: await res.text() };
+}
+
+/** The value of one Prometheus sample (name + exact label subset), or 0 when absent. */
+export function metricValue(body: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of body.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got: Record<string, string> = {};
+    for (const kv of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) got[kv[1]!] = kv[2]!;
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) total += Number(m[3]);
+  }
+  return total;
+}
