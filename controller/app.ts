@@ -135,6 +135,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     // --- gRPC API
     const auth = peerAuthenticator(ca, now);
     const nodes = new NodeTracker(store, now);
+    await nodes.load();
     const tokens = new JoinTokens(store, now);
     const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl };
     const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics });

@@ -270,7 +270,8 @@ export function parseHostPort(raw: unknown, defaultPort?: number): HostPort {
       host = raw.slice(0, i);
       portText = raw.slice(i + 1);
     }
-    if (!/^[A-Za-z0-9.-]+$/.test(host)) throw new Error('host must be a DNS name or an IP address');
+    // A bare IPv6 address (no port) is taken whole above; only names need the pattern.
+    if (isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error('host must be a DNS name or an IP address');
   }
   if (portText === undefined) {
     if (defaultPort === undefined) throw new Error('must be HOST:PORT');

@@ -1,7 +1,7 @@
 import { createHash, createPublicKey, randomBytes, sign, verify, X509Certificate, type KeyObject } from 'node:crypto';
-import { isIP } from 'node:net';
 import forge from 'node-forge';
 import { AmbitError } from './errors.ts';
+import { parseIp } from './net-address.ts';
 
 /**
  * X.509 certificates and PKCS#10 CSRs as node-forge ASN.1 objects, signed and
@@ -160,18 +160,11 @@ function sanExtensionValue(sans: { uris?: readonly string[]; dns?: readonly stri
 }
 
 function ipBytes(ip: string): Buffer {
-  const v = isIP(ip);
-  if (v === 4) return Buffer.from(ip.split('.').map(Number));
-  if (v === 6) {
-    const [head = '', tail = ''] = ip.split('::') as [string, string?];
-    const h = head ? head.split(':') : [];
-    const t = ip.includes('::') && tail ? tail.split(':') : [];
-    const groups = ip.includes('::') ? [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t] : h;
-    const out = Buffer.alloc(16);
-    groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
-    return out;
-  }
-  throw new AmbitError('AMBIT_ERR_CA_SIGN', `not an IP address: ${ip}`);
+  // net-address's parser handles every IPv6 spelling, including an embedded
+  // IPv4 tail (::ffff:10.0.0.1), which a split on ":" would mis-encode.
+  const parsed = parseIp(ip);
+  if (parsed === undefined) throw new AmbitError('AMBIT_ERR_CA_SIGN', `not an IP address: ${ip}`);
+  return Buffer.from(parsed.bytes);
 }
 
 function extension(o: string, critical: boolean, value: Buffer): Asn1 {
@@ -307,40 +300,47 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
   if (!ok) throw new AmbitError('AMBIT_ERR_CSR_INVALID', 'CSR signature does not verify with its own public key');
 
   const subject: string[] = [];
-  for (const rdn of (info[1]?.value as Asn1[]) ?? []) {
-    for (const atv of (rdn.value as Asn1[]) ?? []) {
-      const [o, v] = atv.value as Asn1[];
-      if (o && v) subject.push(`${asn1.derToOid(forge.util.createBuffer(o.value as string))}=${String(v.value)}`);
-    }
-  }
   const uris: string[] = [];
   const otherSans: string[] = [];
   const otherExtensions: string[] = [];
   const attrs = info[3];
-  for (const attr of attrs && Array.isArray(attrs.value) ? (attrs.value as Asn1[]) : []) {
-    const [aOid, aSet] = attr.value as Asn1[];
-    if (!aOid || !aSet) continue;
-    const attrOid = asn1.derToOid(forge.util.createBuffer(aOid.value as string));
-    if (attrOid !== OID.extensionRequest) {
-      otherExtensions.push(`attribute:${attrOid}`);
-      continue;
+  // The signature is good, but its signer controls every byte: a malformed
+  // name or extension must be refused as an invalid CSR, not escape as a TypeError.
+  try {
+    for (const rdn of (info[1]?.value as Asn1[]) ?? []) {
+      for (const atv of (rdn.value as Asn1[]) ?? []) {
+        const [o, v] = atv.value as Asn1[];
+        if (o && v) subject.push(`${asn1.derToOid(forge.util.createBuffer(o.value as string))}=${String(v.value)}`);
+      }
     }
-    for (const exts of aSet.value as Asn1[]) {
-      for (const ext of exts.value as Asn1[]) {
-        const parts = ext.value as Asn1[];
-        const extOid = asn1.derToOid(forge.util.createBuffer(parts[0]!.value as string));
-        const valueNode = parts[parts.length - 1]!;
-        if (extOid !== OID.subjectAltName) {
-          otherExtensions.push(extOid);
-          continue;
-        }
-        const names = fromDer(fromBin(valueNode.value as string)).value as Asn1[];
-        for (const n of names) {
-          if (n.tagClass === asn1.Class.CONTEXT_SPECIFIC && n.type === 6) uris.push(String(n.value));
-          else otherSans.push(`${n.type}:${typeof n.value === 'string' ? n.value : '(structured)'}`);
+    for (const attr of attrs && Array.isArray(attrs.value) ? (attrs.value as Asn1[]) : []) {
+      const [aOid, aSet] = attr.value as Asn1[];
+      if (!aOid || !aSet) continue;
+      const attrOid = asn1.derToOid(forge.util.createBuffer(aOid.value as string));
+      if (attrOid !== OID.extensionRequest) {
+        otherExtensions.push(`attribute:${attrOid}`);
+        continue;
+      }
+      for (const exts of aSet.value as Asn1[]) {
+        for (const ext of exts.value as Asn1[]) {
+          const parts = ext.value as Asn1[];
+          const extOid = asn1.derToOid(forge.util.createBuffer(parts[0]!.value as string));
+          const valueNode = parts[parts.length - 1]!;
+          if (extOid !== OID.subjectAltName) {
+            otherExtensions.push(extOid);
+            continue;
+          }
+          const names = fromDer(fromBin(valueNode.value as string)).value;
+          if (!Array.isArray(names)) throw new Error('subjectAltName is not a SEQUENCE of names');
+          for (const n of names) {
+            if (n.tagClass === asn1.Class.CONTEXT_SPECIFIC && n.type === 6) uris.push(String(n.value));
+            else otherSans.push(`${n.type}:${typeof n.value === 'string' ? n.value : '(structured)'}`);
+          }
         }
       }
     }
+  } catch (cause) {
+    throw new AmbitError('AMBIT_ERR_CSR_INVALID', 'CSR subject, attributes or extensions are malformed', { cause });
   }
   return { publicKey: checked.key, spkiDer, keyDescription: checked.description, uris, otherSans, otherExtensions, subject };
 }
@@ -369,8 +369,14 @@ export interface IssueOptions {
 export const EKU = { serverAuth: OID.serverAuth, clientAuth: OID.clientAuth } as const;
 export const NAME_OID = { organization: OID.organizationName, commonName: OID.commonName } as const;
 
-/** Subject name DER and subjectPublicKeyInfo DER of a certificate, sliced from its TBS. */
-function certParts(certDer: Buffer): { subjectDer: Buffer; spkiDer: Buffer } {
+/** DER of the OID 2.5.29.14 (subjectKeyIdentifier), to find the extension without a full parse. */
+const SKI_OID_DER = Buffer.from([0x06, 0x03, 0x55, 0x1d, 0x0e]);
+
+/**
+ * Subject name DER, subjectPublicKeyInfo DER and subjectKeyIdentifier (if the
+ * certificate has one) of a certificate, sliced from its TBS.
+ */
+function certParts(certDer: Buffer): { subjectDer: Buffer; spkiDer: Buffer; subjectKeyId: Buffer | undefined } {
   const [tbs] = firstChildren(certDer);
   const t = tlv(tbs, 0);
   let e = tlv(tbs, t.valueStart);
@@ -380,7 +386,27 @@ function certParts(certDer: Buffer): { subjectDer: Buffer; spkiDer: Buffer } {
   e = tlv(tbs, e.end); // validity
   const subject = tlv(tbs, e.end);
   const spki = tlv(tbs, subject.end);
-  return { subjectDer: tbs.subarray(subject.start, subject.end), spkiDer: tbs.subarray(spki.start, spki.end) };
+  let subjectKeyId: Buffer | undefined;
+  for (let f = spki.end; f < t.end && subjectKeyId === undefined; ) {
+    const field = tlv(tbs, f);
+    if (field.tag === 0xa3) {
+      const exts = tlv(tbs, field.valueStart);
+      for (let x = exts.valueStart; x < exts.end; ) {
+        const ext = tlv(tbs, x);
+        const o = tlv(tbs, ext.valueStart);
+        if (tbs.subarray(o.start, o.end).equals(SKI_OID_DER)) {
+          let v = tlv(tbs, o.end);
+          if (v.tag === 0x01) v = tlv(tbs, v.end); // critical flag
+          const keyId = tlv(tbs, v.valueStart); // the OCTET STRING inside the extnValue
+          subjectKeyId = Buffer.from(tbs.subarray(keyId.valueStart, keyId.end));
+          break;
+        }
+        x = ext.end;
+      }
+    }
+    f = field.end;
+  }
+  return { subjectDer: tbs.subarray(subject.start, subject.end), spkiDer: tbs.subarray(spki.start, spki.end), subjectKeyId };
 }
 
 /** Issues a certificate; returns its DER. The caller has already authorized every name in it. */
@@ -405,9 +431,14 @@ export function issueCertificate(o: IssueOptions): Buffer {
     exts.push(extension(OID.extKeyUsage, false, der(seq(o.extKeyUsage.map(oid)))));
   }
   if (o.isCa) exts.push(extension(OID.subjectKeyId, false, der(octets(toBin(keyIdentifier(o.subjectPublicKey))))));
-  const issuerSpki = issuerParts ? issuerParts.spkiDer : o.subjectPublicKey;
+  // The authority key id must equal the issuer's own subjectKeyIdentifier, which
+  // a user-supplied CA may have computed by another method than ours: verifiers
+  // (OpenSSL) reject a leaf whose AKI differs from its issuer's SKI.
+  const authorityKeyId = issuerParts
+    ? issuerParts.subjectKeyId ?? keyIdentifier(Buffer.from(issuerParts.spkiDer))
+    : keyIdentifier(o.subjectPublicKey);
   exts.push(extension(OID.authorityKeyId, false, der(seq([
-    asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, false, toBin(keyIdentifier(Buffer.from(issuerSpki)))),
+    asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, false, toBin(authorityKeyId)),
   ]))));
   const hasSan = (o.uris?.length ?? 0) + (o.dnsNames?.length ?? 0) + (o.ips?.length ?? 0) > 0;
   if (hasSan) {

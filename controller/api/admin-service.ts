@@ -66,6 +66,7 @@ export function adminService(d: AdminDeps): pb.AdminServer {
     registeredAtMs: n.registeredAt,
     certExpiresAtMs: n.certExpiresAt,
     workloads: d.registry.workloadsOnNode(n.name).length,
+    hboneAddress: n.hboneAddress,
   });
 
   const caResponse = (): pb.GetCaResponse => ({

@@ -1,4 +1,5 @@
 import { status, type ServerDuplexStream } from '@grpc/grpc-js';
+import { isIP } from 'node:net';
 import type { DiscoveryServer, WatchRequest, WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import { toStatus } from '../../shared/grpc-errors.ts';
@@ -33,6 +34,15 @@ type Stream = ServerDuplexStream<WatchRequest, WatchResponse>;
  * order. Change sets that arrive while the first response is being prepared
  * are buffered, so nothing falls between the catch-up and the live feed.
  */
+/** "ip:port" with a real IP and port, else undefined (ignored rather than trusted). */
+function validEndpoint(addr: string): string | undefined {
+  const i = addr.lastIndexOf(':');
+  if (i <= 0) return undefined;
+  const host = addr.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+  const port = Number(addr.slice(i + 1));
+  return isIP(host) && Number.isInteger(port) && port > 0 && port < 65536 ? addr : undefined;
+}
+
 export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; closeAll: () => void } {
   const open = new Set<Stream>();
   const watch = (call: Stream): void => {
@@ -53,19 +63,23 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     const pending: ChangeSet[] = [];
     let closed = false;
 
-    const send = (res: WatchResponse, type: 'snapshot' | 'delta'): void => {
+    const send = (partial: Partial<WatchResponse> & { revision: number }, type: 'snapshot' | 'delta'): void => {
       if (closed) return;
+      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], ...partial };
       call.write(res);
       sentRevision = res.revision;
       d.metrics.watchPushes.inc({ type });
     };
     const sendChangeSet = (cs: ChangeSet): void => {
       if (cs.revision <= sentRevision) return;
-      send({ revision: cs.revision, snapshot: false, resources: [], changes: cs.changes.map(changeToWire), trustBundlePem: '' }, 'delta');
+      send({ revision: cs.revision, changes: cs.changes.map(changeToWire) }, 'delta');
     };
     const unsubscribe = d.registry.onChange((cs) => (live ? sendChangeSet(cs) : pending.push(cs)));
     const unsubscribeBundle = d.ca.onBundleChange((pem) => {
-      if (live) send({ revision: sentRevision, snapshot: false, resources: [], changes: [], trustBundlePem: pem }, 'delta');
+      if (live) send({ revision: sentRevision, trustBundlePem: pem }, 'delta');
+    });
+    const unsubscribeNodes = d.nodes.onEndpointsChange(() => {
+      if (live) send({ revision: sentRevision, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
     });
     const startTimer = setTimeout(() => {
       if (!started) call.destroy(Object.assign(new Error('no WatchStart within the deadline'), { code: status.DEADLINE_EXCEEDED }));
@@ -77,6 +91,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       clearTimeout(startTimer);
       unsubscribe();
       unsubscribeBundle();
+      unsubscribeNodes();
       open.delete(call);
       d.metrics.watchStreams.dec();
       d.nodes.streamClosed(node);
@@ -99,12 +114,12 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
         const sets = resume === current ? [] : await d.store.changesSince(resume);
         if (sets !== undefined) {
           const changes = sets.filter((cs) => cs.revision <= current).flatMap((cs) => cs.changes.map(changeToWire));
-          send({ revision: current, snapshot: false, resources: [], changes, trustBundlePem: bundle }, 'delta');
+          send({ revision: current, changes, trustBundlePem: bundle, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
           log.info({ resume, revision: current, changes: changes.length }, 'watch resumed with deltas');
           return;
         }
       }
-      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), changes: [], trustBundlePem: bundle }, 'snapshot');
+      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), trustBundlePem: bundle, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
       log.info({ resume, revision: current }, 'watch started with snapshot');
     };
 
@@ -116,7 +131,11 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
         started = true;
         clearTimeout(startTimer);
         void d.nodes.seen(node, r.start.certExpiresAtMs > 0 ? { certExpiresAt: r.start.certExpiresAtMs } : {}).catch(() => undefined);
-        catchUp(r.start.resumeRevision).then(
+        const endpoint = validEndpoint(r.start.hboneAddress);
+        (endpoint ? d.nodes.setEndpoint(node, endpoint) : Promise.resolve())
+          .catch((err: unknown) => log.warn({ err }, 'recording the node HBONE address failed'))
+          .then(() => catchUp(r.start.resumeRevision))
+          .then(
           () => {
             live = true;
             for (const cs of pending.splice(0)) sendChangeSet(cs);

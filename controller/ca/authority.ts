@@ -114,10 +114,12 @@ export class CertificateAuthority {
       throw new AmbitError('AMBIT_ERR_CA_LOAD', `cannot load the CA from ${o.userCa ? 'the supplied files' : o.dir}: ${(cause as Error).message}`, { cause });
     }
     const root = createRoot(o.trustDomain, o.now(), o.rootTtlMs ?? DEFAULT_ROOT_TTL_MS);
+    // signer-cert.pem is written last: its presence means "the CA is complete",
+    // so a crash part-way leaves a directory that simply starts over.
     writeFileAtomic(p('signer-key.pem'), root.keyPem);
-    writeFileAtomic(p('signer-cert.pem'), root.certPem);
     writeFileAtomic(p('signer-chain.pem'), '');
     writeFileAtomic(p('bundle.pem'), root.certPem);
+    writeFileAtomic(p('signer-cert.pem'), root.certPem);
     const signer = loadSigner(root.certPem, root.keyPem);
     return new CertificateAuthority(o, signer, [signer.cert]);
   }
@@ -244,16 +246,22 @@ export class CertificateAuthority {
     const now = this.#now();
     if (phase === 'prepare') {
       if (existsSync(p('next-cert.pem'))) throw new AmbitError('AMBIT_ERR_CA_LOAD', 'a rotation is already prepared; activate it first');
+      if (this.#bundle.length > 1) throw new AmbitError('AMBIT_ERR_CA_LOAD', 'the bundle still holds a previous root; retire it before preparing another rotation');
       const root = createRoot(this.trustDomain, now, this.#rootTtlMs);
+      // Publish before the root can ever sign: bundle first, then the prepared root.
+      this.#setBundle([...this.#bundle, new X509Certificate(root.certPem)]);
       writeFileAtomic(p('next-key.pem'), root.keyPem);
       writeFileAtomic(p('next-cert.pem'), root.certPem);
-      this.#setBundle([...this.#bundle, new X509Certificate(root.certPem)]);
       return;
     }
     if (phase === 'activate') {
       if (!existsSync(p('next-cert.pem'))) throw new AmbitError('AMBIT_ERR_CA_LOAD', 'no prepared root; run the prepare phase first');
       const certPem = readFileSync(p('next-cert.pem'), 'utf8');
       const keyPem = readFileSync(p('next-key.pem'), 'utf8');
+      const next = new X509Certificate(certPem);
+      if (!this.#bundle.some((c) => c.fingerprint256 === next.fingerprint256)) {
+        throw new AmbitError('AMBIT_ERR_CA_LOAD', 'the prepared root was never published in the trust bundle; run the prepare phase again');
+      }
       writeFileAtomic(p('previous-cert.pem'), this.#signer.cert.toString());
       writeFileAtomic(p('signer-key.pem'), keyPem);
       writeFileAtomic(p('signer-cert.pem'), certPem);

@@ -17,11 +17,36 @@ export class NodeTracker {
   readonly #streams = new Map<string, number>();
   readonly #lastWrite = new Map<string, number>();
   readonly #throttleMs: number;
+  /** node → HBONE address, the map every agent receives. */
+  readonly #endpoints = new Map<string, string>();
+  readonly #endpointListeners = new Set<() => void>();
 
   constructor(store: Store, now: () => number, throttleMs = 10_000) {
     this.#store = store;
     this.#now = now;
     this.#throttleMs = throttleMs;
+  }
+
+  /** Loads persisted HBONE addresses so agents get them even before their peers reconnect. */
+  async load(): Promise<void> {
+    for (const n of await this.#store.listNodes()) if (n.hboneAddress) this.#endpoints.set(n.name, n.hboneAddress);
+  }
+
+  endpoints(): { name: string; hboneAddress: string }[] {
+    return [...this.#endpoints].sort(([a], [b]) => a.localeCompare(b)).map(([name, hboneAddress]) => ({ name, hboneAddress }));
+  }
+
+  onEndpointsChange(listener: () => void): () => void {
+    this.#endpointListeners.add(listener);
+    return () => this.#endpointListeners.delete(listener);
+  }
+
+  /** Records where a node's agent accepts HBONE; tells listeners when it changed. */
+  async setEndpoint(node: string, hboneAddress: string): Promise<void> {
+    if (this.#endpoints.get(node) === hboneAddress) return;
+    this.#endpoints.set(node, hboneAddress);
+    await this.#store.upsertNode(node, { hboneAddress, lastSeen: this.#now() });
+    for (const l of this.#endpointListeners) l();
   }
 
   async seen(node: string, fields: Partial<Omit<NodeRecord, 'name'>> = {}): Promise<void> {

@@ -65,7 +65,8 @@ const MIGRATIONS: readonly string[] = [
     acked_revision  INTEGER NOT NULL,
     nacked_revision INTEGER NOT NULL,
     nack_reason     TEXT NOT NULL,
-    cert_expires_at INTEGER NOT NULL
+    cert_expires_at INTEGER NOT NULL,
+    hbone_address   TEXT NOT NULL DEFAULT ''
   ) WITHOUT ROWID;
 
   CREATE TABLE settings (
@@ -128,6 +129,7 @@ export interface NodeRow {
   readonly nacked_revision: number;
   readonly nack_reason: string;
   readonly cert_expires_at: number;
+  readonly hbone_address: string;
 }
 
 export function tokenFromRow(r: TokenRow): TokenRecord {
@@ -147,6 +149,7 @@ export function nodeFromRow(r: NodeRow): NodeRecord {
     nackedRevision: r.nacked_revision,
     nackReason: r.nack_reason,
     certExpiresAt: r.cert_expires_at,
+    hboneAddress: r.hbone_address,
   };
 }
 
@@ -159,6 +162,7 @@ export function nodeToRow(n: NodeRecord): NodeRow {
     nacked_revision: n.nackedRevision,
     nack_reason: n.nackReason,
     cert_expires_at: n.certExpiresAt,
+    hbone_address: n.hboneAddress,
   };
 }
 
@@ -196,11 +200,11 @@ export function prepareStatements(db: Database.Database) {
     listTokens: db.prepare<[], TokenRow>('SELECT * FROM tokens ORDER BY created_at, id'),
     getNode: db.prepare<[string], NodeRow>('SELECT * FROM nodes WHERE name = ?'),
     putNode: db.prepare<NodeRow>(
-      `INSERT INTO nodes (name, registered_at, last_seen, acked_revision, nacked_revision, nack_reason, cert_expires_at)
-       VALUES (@name, @registered_at, @last_seen, @acked_revision, @nacked_revision, @nack_reason, @cert_expires_at)
+      `INSERT INTO nodes (name, registered_at, last_seen, acked_revision, nacked_revision, nack_reason, cert_expires_at, hbone_address)
+       VALUES (@name, @registered_at, @last_seen, @acked_revision, @nacked_revision, @nack_reason, @cert_expires_at, @hbone_address)
        ON CONFLICT (name) DO UPDATE SET registered_at = excluded.registered_at, last_seen = excluded.last_seen,
          acked_revision = excluded.acked_revision, nacked_revision = excluded.nacked_revision,
-         nack_reason = excluded.nack_reason, cert_expires_at = excluded.cert_expires_at`,
+         nack_reason = excluded.nack_reason, cert_expires_at = excluded.cert_expires_at, hbone_address = excluded.hbone_address`,
     ),
     listNodes: db.prepare<[], NodeRow>('SELECT * FROM nodes ORDER BY name'),
     getSetting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),

@@ -219,7 +219,7 @@ export class SqliteStore implements Store {
         const existing = this.#stmt.getNode.get(name);
         const base: NodeRecord =
           existing === undefined
-            ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0 }
+            ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' }
             : nodeFromRow(existing);
         // Listed field by field so stray keys (a `name` smuggled in) cannot change the record.
         const merged: NodeRecord = {
@@ -230,6 +230,7 @@ export class SqliteStore implements Store {
           nackedRevision: fields.nackedRevision ?? base.nackedRevision,
           nackReason: fields.nackReason ?? base.nackReason,
           certExpiresAt: fields.certExpiresAt ?? base.certExpiresAt,
+          hboneAddress: fields.hboneAddress ?? base.hboneAddress,
         };
         this.#stmt.putNode.run(nodeToRow(merged));
         return merged;

@@ -38,6 +38,8 @@ export interface NodeRecord {
   readonly nackReason: string;
   /** Earliest expiry (ms since epoch) among the node's certificates, as the agent reports it; 0 if unknown. */
   readonly certExpiresAt: number;
+  /** Where the node's agent accepts HBONE ("ip:port"), as the agent reports it; "" if unknown. */
+  readonly hboneAddress: string;
 }
 
 export interface TokenRecord {

@@ -183,6 +183,14 @@ export interface WatchStart {
    * controller can show how long the node would survive without it.
    */
   certExpiresAtMs: number;
+  /**
+   * Where this node's agent accepts HBONE ("ip:port"). Other agents tunnel to
+   * workloads of this node there. A node can only speak for itself (the stream
+   * is authenticated by its node certificate), and a wrong address can only
+   * misroute, never impersonate: tunnels verify the destination workload's
+   * certificate.
+   */
+  hboneAddress: string;
 }
 
 export interface WatchAck {
@@ -202,6 +210,17 @@ export interface WatchResponse {
   changes: Change[];
   /** Set on snapshots and whenever the trust bundle changes (root rotation). */
   trustBundlePem: string;
+  /**
+   * The complete node → HBONE address map; set (nodes_set true) on snapshots
+   * and whenever any node's address changes.
+   */
+  nodesSet: boolean;
+  nodes: NodeEndpoint[];
+}
+
+export interface NodeEndpoint {
+  name: string;
+  hboneAddress: string;
 }
 
 export interface CreateJoinTokenRequest {
@@ -228,6 +247,7 @@ export interface NodeStatus {
   registeredAtMs: number;
   certExpiresAtMs: number;
   workloads: number;
+  hboneAddress: string;
 }
 
 export interface ListNodesResponse {
@@ -2276,7 +2296,7 @@ export const WatchRequest: MessageFns<WatchRequest> = {
 };
 
 function createBaseWatchStart(): WatchStart {
-  return { resumeRevision: 0, certExpiresAtMs: 0 };
+  return { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: "" };
 }
 
 export const WatchStart: MessageFns<WatchStart> = {
@@ -2286,6 +2306,9 @@ export const WatchStart: MessageFns<WatchStart> = {
     }
     if (message.certExpiresAtMs !== 0) {
       writer.uint32(16).int64(message.certExpiresAtMs);
+    }
+    if (message.hboneAddress !== "") {
+      writer.uint32(26).string(message.hboneAddress);
     }
     return writer;
   },
@@ -2319,6 +2342,14 @@ export const WatchStart: MessageFns<WatchStart> = {
             message.certExpiresAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.hboneAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2338,6 +2369,7 @@ export const WatchStart: MessageFns<WatchStart> = {
     const message = createBaseWatchStart();
     message.resumeRevision = object.resumeRevision ?? 0;
     message.certExpiresAtMs = object.certExpiresAtMs ?? 0;
+    message.hboneAddress = object.hboneAddress ?? "";
     return message;
   },
 };
@@ -2434,7 +2466,7 @@ export const WatchAck: MessageFns<WatchAck> = {
 };
 
 function createBaseWatchResponse(): WatchResponse {
-  return { revision: 0, snapshot: false, resources: [], changes: [], trustBundlePem: "" };
+  return { revision: 0, snapshot: false, resources: [], changes: [], trustBundlePem: "", nodesSet: false, nodes: [] };
 }
 
 export const WatchResponse: MessageFns<WatchResponse> = {
@@ -2453,6 +2485,12 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     }
     if (message.trustBundlePem !== "") {
       writer.uint32(42).string(message.trustBundlePem);
+    }
+    if (message.nodesSet !== false) {
+      writer.uint32(48).bool(message.nodesSet);
+    }
+    for (const v of message.nodes) {
+      NodeEndpoint.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -2510,6 +2548,22 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             message.trustBundlePem = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.nodesSet = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.nodes.push(NodeEndpoint.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2532,6 +2586,75 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     message.resources = object.resources?.map((e) => Resource.fromPartial(e)) || [];
     message.changes = object.changes?.map((e) => Change.fromPartial(e)) || [];
     message.trustBundlePem = object.trustBundlePem ?? "";
+    message.nodesSet = object.nodesSet ?? false;
+    message.nodes = object.nodes?.map((e) => NodeEndpoint.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseNodeEndpoint(): NodeEndpoint {
+  return { name: "", hboneAddress: "" };
+}
+
+export const NodeEndpoint: MessageFns<NodeEndpoint> = {
+  encode(message: NodeEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.hboneAddress !== "") {
+      writer.uint32(18).string(message.hboneAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hboneAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<NodeEndpoint>): NodeEndpoint {
+    return NodeEndpoint.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NodeEndpoint>): NodeEndpoint {
+    const message = createBaseNodeEndpoint();
+    message.name = object.name ?? "";
+    message.hboneAddress = object.hboneAddress ?? "";
     return message;
   },
 };
@@ -2724,6 +2847,7 @@ function createBaseNodeStatus(): NodeStatus {
     registeredAtMs: 0,
     certExpiresAtMs: 0,
     workloads: 0,
+    hboneAddress: "",
   };
 }
 
@@ -2755,6 +2879,9 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     }
     if (message.workloads !== 0) {
       writer.uint32(72).uint32(message.workloads);
+    }
+    if (message.hboneAddress !== "") {
+      writer.uint32(82).string(message.hboneAddress);
     }
     return writer;
   },
@@ -2844,6 +2971,14 @@ export const NodeStatus: MessageFns<NodeStatus> = {
             message.workloads = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.hboneAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2870,6 +3005,7 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     message.registeredAtMs = object.registeredAtMs ?? 0;
     message.certExpiresAtMs = object.certExpiresAtMs ?? 0;
     message.workloads = object.workloads ?? 0;
+    message.hboneAddress = object.hboneAddress ?? "";
     return message;
   },
 };

@@ -249,7 +249,7 @@ t.test('state survives close and reopen', async (t) => {
   t.strictSame(await second.listTokens(), tokens);
   t.equal(tokens.find((x) => x.id === 't2')?.usedAt, 2_000);
   t.strictSame(await second.listNodes(), nodes);
-  t.strictSame(await second.getNode('node-1'), { name: 'node-1', registeredAt: 500, lastSeen: 7, ackedRevision: 2, nackedRevision: 0, nackReason: '', certExpiresAt: 0 });
+  t.strictSame(await second.getNode('node-1'), { name: 'node-1', registeredAt: 500, lastSeen: 7, ackedRevision: 2, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' });
   t.equal(await second.getSetting('cluster-id'), 'c-123');
   t.strictSame((await second.changesSince(1))?.map((cs) => cs.revision), [2]);
   t.equal((await second.commit([del(service('s'))])).revision, 3);
@@ -382,10 +382,10 @@ t.test('upsertNode merges given fields into the record', async (t) => {
   const store = open(t, { path: dbPath(t), now: () => clock });
   t.equal(await store.getNode('n2'), undefined);
   const created = await store.upsertNode('n2', { lastSeen: 5 });
-  t.strictSame(created, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0 });
+  t.strictSame(created, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' });
   clock = 200;
   const merged = await store.upsertNode('n2', { ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', lastSeen: undefined });
-  t.strictSame(merged, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', certExpiresAt: 0 });
+  t.strictSame(merged, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', certExpiresAt: 0, hboneAddress: '' });
   await store.upsertNode('n2', { nackedRevision: 0, nackReason: '', certExpiresAt: 9_000 });
   await store.upsertNode('n1', { registeredAt: 1 });
   t.strictSame(await store.getNode('n2'), { ...merged, nackedRevision: 0, nackReason: '', certExpiresAt: 9_000 }, 'zero and empty values win too');

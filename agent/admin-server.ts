@@ -1,0 +1,74 @@
+import { HttpEndpoint } from '../shared/http-endpoint.ts';
+import { LOG_LEVELS, type Logger, type LogLevel } from '../shared/logger.ts';
+import { toDocument } from '../shared/resources/validate.ts';
+import { parseCertificates } from '../shared/tls.ts';
+import type { CertManager } from './identity/cert-manager.ts';
+import type { MeshState } from './state/mesh-state.ts';
+
+export interface AdminDeps {
+  readonly state: MeshState;
+  readonly certs: CertManager;
+  /** Loggers whose level /logging changes together. */
+  readonly loggers: readonly Logger[];
+  /** Everything else worth dumping: config, watch status, pool, capture rules. */
+  readonly extra: () => Record<string, unknown>;
+  readonly now: () => number;
+}
+
+const json = (body: unknown): string => `${JSON.stringify(body, null, 2)}\n`;
+
+/**
+ * The agent's admin endpoint (loopback only, DESIGN §3): /config_dump,
+ * /certs, /workloads, /logging. It never shows private keys.
+ */
+export function adminEndpoint(d: AdminDeps): HttpEndpoint {
+  return new HttpEndpoint({
+    '/config_dump': (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(json({
+        node: d.state.node,
+        trustDomain: d.state.trustDomain,
+        revision: d.state.revision,
+        nodes: d.state.nodes(),
+        resources: d.state.resources().map(toDocument),
+        ...d.extra(),
+      }));
+    },
+    '/certs': (_req, res) => {
+      const now = d.now();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(json(d.certs.status().map((s) => {
+        const entry = d.certs.get(s.identity);
+        const leaf = entry ? parseCertificates(entry.chainPem)[0] : undefined;
+        return {
+          identity: s.identity,
+          state: entry ? 'valid' : s.notAfter > 0 && s.notAfter <= now ? 'expired' : 'pending',
+          serial: leaf?.serialNumber ?? '',
+          notBefore: s.notBefore ? new Date(s.notBefore).toISOString() : '',
+          notAfter: s.notAfter ? new Date(s.notAfter).toISOString() : '',
+          secondsLeft: s.notAfter ? Math.max(0, Math.round((s.notAfter - now) / 1000)) : 0,
+          lastError: s.lastError,
+          chainPem: entry?.chainPem ?? '',
+        };
+      })));
+    },
+    '/workloads': (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(json({
+        local: d.state.localWorkloads().map((w) => ({ ...toDocument(w), identity: d.state.identityOf(w).uri, certificate: d.certs.get(d.state.identityOf(w).uri) ? 'valid' : 'pending' })),
+        all: d.state.resources().filter((r) => r.kind === 'Workload').map(toDocument),
+      }));
+    },
+    '/logging': {
+      methods: ['GET', 'POST', 'PUT'],
+      handler: (req, res) => {
+        const level = new URL(req.url ?? '/', 'http://admin').searchParams.get('level');
+        if (req.method !== 'GET' || level !== null) {
+          if (!level || !(LOG_LEVELS as readonly string[]).includes(level)) {
+            res.writeHead(400, { 'content-type': 'text/plain' }).end(`level must be one of ${LOG_LEVELS.join(', ')}\n`);
+            return;
+          }
+          for (const l of d.loggers) l.level = level as LogLevel;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(json({ level: d.loggers[0]?.level ?? 'info' }));
+      },
+    },
+  });
+}

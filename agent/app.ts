@@ -1,0 +1,272 @@
+import type { Server } from 'node:net';
+import { join } from 'node:path';
+import { ensurePrivateDir } from '../shared/files.ts';
+import { formatHostPort } from '../shared/config-parse.ts';
+import { HttpEndpoint } from '../shared/http-endpoint.ts';
+import type { Logger } from '../shared/logger.ts';
+import { createMetricsRegistry } from '../shared/metrics.ts';
+import { nodeId } from '../shared/spiffe-id.ts';
+import { getTracer } from '../shared/tracing.ts';
+import { adminEndpoint } from './admin-server.ts';
+import { loopbackAddressFor, type AgentConfig } from './config.ts';
+import { CaClient } from './identity/ca-client.ts';
+import { CertManager } from './identity/cert-manager.ts';
+import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts';
+import { ConnectionTracker } from './proxy/connection-tracker.ts';
+import { socksServer, upstreamServer, type ExplicitDeps } from './proxy/explicit-listeners.ts';
+import { HboneServer } from './proxy/hbone-server.ts';
+import { handleInbound } from './proxy/inbound.ts';
+import { createAgentMetrics } from './proxy/metrics.ts';
+import type { OutboundDeps } from './proxy/outbound.ts';
+import { TunnelPool } from './proxy/tunnel-pool.ts';
+import { MeshState, type StateUpdate } from './state/mesh-state.ts';
+import { loadState, saveState } from './state/state-cache.ts';
+import { WatchClient } from './state/watch-client.ts';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentApp {
+  readonly hboneAddress: string;
+  /** Graceful (SIGTERM): stop accepting, drain open connections up to --drain-timeout, then close everything. */
+  close(): Promise<void>;
+}
+
+export interface AgentDeps {
+  readonly logger: Logger;
+  /** Access log: one JSON line per connection (DESIGN §7). */
+  readonly accessLog: Logger;
+  readonly now?: () => number;
+}
+
+/**
+ * Builds and starts the agent. Startup order matters for resilience: the
+ * node identity and the cached state are loaded before anything listens, so
+ * an agent restarted while the controller is down serves at once from disk.
+ */
+export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<AgentApp> {
+  const now = deps.now ?? Date.now;
+  const log = deps.logger;
+  ensurePrivateDir(cfg.dataDir);
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const runCleanups = async (): Promise<void> => {
+    for (const c of cleanups.splice(0).reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        log.warn({ err }, 'shutdown step failed');
+      }
+    }
+  };
+  try {
+    // --- identity
+    let caClient: CaClient | undefined;
+    const certs = new CertManager({
+      dir: join(cfg.dataDir, 'certs'),
+      logger: log,
+      now,
+      issuer: () => (identity, keys) => {
+        if (!caClient) throw new Error('no controller client yet');
+        return caClient.createCertificate(identity, keys);
+      },
+    });
+    cleanups.push(() => certs.close());
+    certs.load();
+    const info = await establishNodeIdentity({ dataDir: cfg.dataDir, node: cfg.node, controller: cfg.controller, joinToken: cfg.join, certs, logger: log, now });
+    const nodeIdentity = nodeId(info.trustDomain, cfg.node);
+
+    // --- state: last good state from disk first
+    const state = new MeshState(cfg.node, info.trustDomain);
+    const cached = loadState(cfg.dataDir, log);
+    if (cached) {
+      state.apply({ revision: cached.revision, snapshot: cached.resources, bundlePem: cached.bundlePem, nodes: cached.nodes });
+      log.info({ revision: cached.revision, resources: cached.resources.length }, 'serving cached mesh state until the controller answers');
+    }
+    const bundlePem = (): string => state.bundlePem || info.bundlePem;
+    const rebuildCaClient = (): void => {
+      const node = certs.get(nodeIdentity.uri);
+      if (!node) return;
+      caClient?.close();
+      caClient = new CaClient(cfg.controller, { keyPem: node.keyPem, certChainPem: node.chainPem, bundlePem: bundlePem(), trustDomain: info.trustDomain, node: cfg.node, expiresAt: node.notAfter }, { now });
+    };
+    rebuildCaClient();
+    cleanups.push(() => caClient?.close());
+
+    // --- telemetry
+    const registry = createMetricsRegistry();
+    const metrics = createAgentMetrics(registry);
+    const tracer = getTracer('ambit-agent', AGENT_VERSION);
+    const refreshCertGauges = (): void => {
+      metrics.certExpiry.reset();
+      for (const e of certs.entries()) metrics.certExpiry.set({ identity: e.identity.uri }, e.notAfter / 1000);
+      const earliest = certs.earliestExpiry();
+      metrics.survival.set(earliest > 0 ? Math.max(0, (earliest - now()) / 1000) : 0);
+    };
+
+    // --- data plane
+    const tracker = new ConnectionTracker();
+    const pool = new TunnelPool({ certs, bundlePem, metrics, logger: log, connectTimeoutMs: cfg.connectTimeout });
+    const hbone = new HboneServer({
+      host: cfg.address,
+      port: cfg.hbonePort,
+      trustDomain: info.trustDomain,
+      certs,
+      bundlePem,
+      metrics,
+      logger: log,
+      now,
+      onStream: (stream, headers, peer) => handleInbound({ state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout }, stream, headers, peer),
+    });
+    const hboneAddr = await hbone.listen();
+    const hboneAddress = formatHostPort({ host: cfg.address, port: hboneAddr.port });
+    cleanups.push(() => hbone.destroy());
+
+    const localIdentities = (): string[] => [...new Set(state.localWorkloads().map((w) => state.identityOf(w).uri))];
+    const syncCertificates = async (): Promise<void> => {
+      const ids = [nodeIdentity, ...new Map(state.localWorkloads().map((w) => [state.identityOf(w).uri, state.identityOf(w)])).values()];
+      hbone.refresh(localIdentities());
+      await certs.want(ids);
+    };
+    certs.onChange((id) => {
+      metrics.certRenewals.inc({ identity: id.uri });
+      refreshCertGauges();
+      if (id.uri === nodeIdentity.uri) rebuildCaClient();
+    });
+
+    const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
+    const explicit: ExplicitDeps = { state, outbound: outboundDeps, metrics, logger: log, handshakeTimeoutMs: 10_000 };
+    const loopback = loopbackAddressFor(cfg.address);
+    const servers: Server[] = [];
+    const socks = socksServer(explicit);
+    await socks.listen(loopback, cfg.socksPort);
+    servers.push(socks.server);
+    for (const u of cfg.upstreams) {
+      const up = upstreamServer(explicit, u);
+      await up.listen(loopback);
+      servers.push(up.server);
+    }
+    cleanups.push(() => Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined));
+
+    // --- controller watch
+    let saveTimer: NodeJS.Timeout | undefined;
+    const persist = (): void => {
+      clearTimeout(saveTimer);
+      saveTimer = setTimeout(() => saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem }), 100);
+    };
+    cleanups.push(() => {
+      clearTimeout(saveTimer);
+      if (state.revision > 0) saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
+    });
+    const applyUpdate = (u: StateUpdate): void => {
+      const effect = state.apply(u);
+      metrics.watchUpdates.inc({ result: 'ack' });
+      metrics.watchRevision.set(state.revision);
+      if (effect.bundleChanged) {
+        saveNodeInfo(cfg.dataDir, { ...info, bundlePem: state.bundlePem });
+        rebuildCaClient();
+      }
+      if (effect.policiesChanged) {
+        const closed = tracker.recheck((facts) => state.authorizer.evaluate(facts));
+        if (closed > 0) log.warn({ closed, revision: state.revision }, 'closed live connections a policy change now denies');
+      }
+      if (effect.localWorkloadsChanged || effect.bundleChanged) void syncCertificates().catch((err: unknown) => log.error({ err }, 'certificate sync failed'));
+      persist();
+    };
+    const watch = new WatchClient({
+      controller: cfg.controller,
+      credentials: () => {
+        const node = certs.get(nodeIdentity.uri);
+        return { keyPem: node?.keyPem ?? '', certChainPem: node?.chainPem ?? '', bundlePem: bundlePem(), trustDomain: info.trustDomain, node: cfg.node, expiresAt: node?.notAfter ?? 0 };
+      },
+      hboneAddress,
+      revision: () => state.revision,
+      certExpiresAt: () => certs.earliestExpiry(),
+      apply: (u) => {
+        try {
+          applyUpdate(u);
+        } catch (err) {
+          metrics.watchUpdates.inc({ result: 'nack' });
+          throw err;
+        }
+      },
+      logger: log,
+      onStatus: (c) => metrics.watchConnected.set(c ? 1 : 0),
+    });
+    watch.start();
+    cleanups.push(() => watch.close());
+    // Certificates for cached workloads are requested (or reloaded) now, not only after the controller answers.
+    void syncCertificates().catch((err: unknown) => log.error({ err }, 'certificate sync failed'));
+
+    // --- operational endpoints
+    let draining = false;
+    const isReady = (): { ready: boolean; why: string } => {
+      if (draining) return { ready: false, why: 'draining' };
+      if (state.revision === 0) return { ready: false, why: 'no mesh state yet (controller not reached, no cache)' };
+      const missing = localIdentities().filter((u) => !certs.get(u));
+      if (missing.length > 0) return { ready: false, why: `waiting for certificates: ${missing.join(', ')}` };
+      return { ready: true, why: 'ready' };
+    };
+    const metricsEndpoint = new HttpEndpoint({
+      '/metrics': async (_req, res) => {
+        refreshCertGauges();
+        res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
+      },
+    });
+    const readyEndpoint = new HttpEndpoint({
+      '/healthz/ready': (_req, res) => {
+        const r = isReady();
+        res.writeHead(r.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${r.why}\n`);
+      },
+    });
+    const admin = adminEndpoint({
+      state,
+      certs,
+      loggers: [log, deps.accessLog],
+      now,
+      extra: () => ({
+        config: { ...cfg, join: cfg.join ? '(set)' : undefined },
+        hboneAddress,
+        watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
+        tunnelPool: pool.stats(),
+        connections: tracker.size,
+        ready: isReady(),
+      }),
+    });
+    const metricsAddr = await metricsEndpoint.listen({ host: cfg.address, port: cfg.metricsPort });
+    cleanups.push(() => metricsEndpoint.close());
+    const readyAddr = await readyEndpoint.listen({ host: cfg.address, port: cfg.readyPort });
+    cleanups.push(() => readyEndpoint.close());
+    const adminAddr = await admin.listen({ host: loopback, port: cfg.adminPort });
+    cleanups.push(() => admin.close());
+
+    log.info({
+      node: cfg.node, identity: nodeIdentity.uri, hbone: hboneAddress,
+      socks: formatHostPort({ host: loopback, port: cfg.socksPort }),
+      metrics: formatHostPort({ host: cfg.address, port: metricsAddr.port }),
+      ready: formatHostPort({ host: cfg.address, port: readyAddr.port }),
+      admin: formatHostPort({ host: loopback, port: adminAddr.port }),
+      upstreams: cfg.upstreams.map((u) => `${loopback}:${u.localPort} -> ${formatHostPort(u.destination)} as ${u.namespace}/${u.workload}`),
+      capture: cfg.capture, mode: cfg.mode,
+    }, 'agent started');
+    if (cfg.capture === 'transparent') log.warn('transparent capture is not wired in this build yet; use --capture none (SOCKS5 and upstream listeners)');
+
+    let closing: Promise<void> | undefined;
+    return {
+      hboneAddress,
+      close: () => {
+        closing ??= (async () => {
+          draining = true;
+          hbone.stopAccepting();
+          for (const s of servers) s.close();
+          const cut = await tracker.drain(cfg.drainTimeout);
+          log.info({ cut }, cut > 0 ? 'drain deadline reached; closed remaining connections' : 'drained');
+          pool.destroy();
+          await runCleanups();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await runCleanups();
+    throw err;
+  }
+}

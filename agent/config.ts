@@ -1,0 +1,82 @@
+import { isIP } from 'node:net';
+import {
+  durationOption, enumOption, hostPortOption, intOption, ipOption, parseConfig, parseHostPort, stringOption,
+  type ConfigSources, type ConfigValues, type HostPort,
+} from '../shared/config-parse.ts';
+import { AmbitError } from '../shared/errors.ts';
+import { LOG_LEVELS } from '../shared/logger.ts';
+
+/**
+ * An explicit (no-iptables) outbound listener: the named local workload's
+ * clients connect to 127.0.0.1:localPort (or the agent's loopback address) and
+ * are tunnelled to `destination` (a service name "name.namespace", a service
+ * VIP or a workload address, with a port).
+ */
+export interface UpstreamListener {
+  readonly namespace: string;
+  readonly workload: string;
+  readonly localPort: number;
+  readonly destination: HostPort;
+}
+
+/** "ns/name:localPort=host:port", comma-separated. */
+export function parseUpstreams(raw: unknown): UpstreamListener[] {
+  if (typeof raw !== 'string') throw new Error('must be a list like "shop/client:9080=web.shop:80"');
+  return raw.split(',').map((s) => s.trim()).filter(Boolean).map((item) => {
+    const m = /^([a-z0-9][a-z0-9-]*)\/([a-z0-9][a-z0-9.-]*):(\d{1,5})=(.+)$/.exec(item);
+    if (!m) throw new Error(`${JSON.stringify(item)} is not NAMESPACE/WORKLOAD:LOCAL_PORT=HOST:PORT`);
+    const localPort = Number(m[3]);
+    if (localPort < 1 || localPort > 65535) throw new Error(`${JSON.stringify(item)}: local port must be 1-65535`);
+    const destination = parseHostPort(m[4]);
+    if (destination.port < 1) throw new Error(`${JSON.stringify(item)}: destination port must be 1-65535`);
+    return { namespace: m[1]!, workload: m[2]!, localPort, destination };
+  });
+}
+
+const port = (description: string, def: number) => intOption(description, def, 0, 65535);
+
+/** ambit-agent's options (DESIGN §6). */
+export const AGENT_OPTIONS = {
+  node: { ...stringOption('this host\'s node name', undefined, { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS-1123 name' }), required: true },
+  controller: { ...hostPortOption('controller gRPC address HOST:PORT', undefined, 15012), required: true },
+  address: { ...ipOption('this host\'s address: HBONE, metrics and readiness listen here'), required: true },
+  dataDir: { ...stringOption('directory for node credentials, workload certificates and cached state'), required: true },
+  join: stringOption('join token from "ambitctl node token create" (first start of a VM)'),
+  capture: enumOption('transparent: iptables capture (needs CAP_NET_ADMIN); none: SOCKS5 and upstream listeners only', ['transparent', 'none'] as const, 'transparent'),
+  captureMode: enumOption('what the transparent capture matches: vm (by workload uid) or pod (by pod source address)', ['vm', 'pod'] as const, 'vm'),
+  podCidrs: stringOption('pod mode: comma-separated CIDRs of this node\'s pod network'),
+  mode: enumOption('plaintext to captured workloads: strict refuses it, permissive allows it subject to policy', ['strict', 'permissive'] as const, 'strict'),
+  hbonePort: port('HBONE (mTLS HTTP/2 CONNECT) port', 15008),
+  outboundPort: port('transparent outbound capture port', 15001),
+  inboundPlaintextPort: port('inbound plaintext capture port', 15006),
+  socksPort: port('SOCKS5 port (loopback)', 15080),
+  adminPort: port('admin port (loopback)', 15000),
+  metricsPort: port('Prometheus /metrics port', 15020),
+  readyPort: port('readiness /healthz/ready port', 15021),
+  upstreams: { description: 'explicit outbound listeners "ns/workload:localPort=host:port", comma-separated', parse: parseUpstreams, default: [] as UpstreamListener[] },
+  passthrough: enumOption('outbound connections to destinations outside the mesh', ['allow', 'deny'] as const, 'allow'),
+  drainTimeout: durationOption('how long SIGTERM waits for open connections', 20_000, { maxMs: 3_600_000 }),
+  connectTimeout: durationOption('timeout for dialling workloads and peer agents', 5_000, { minMs: 100, maxMs: 120_000 }),
+  logLevel: enumOption('log level', LOG_LEVELS, 'info'),
+} as const;
+
+export type AgentConfig = ConfigValues<typeof AGENT_OPTIONS>;
+
+export function parseAgentConfig(sources: ConfigSources): AgentConfig & { readonly help: boolean } {
+  const cfg = parseConfig(AGENT_OPTIONS, sources);
+  if (!cfg.help && cfg.captureMode === 'pod' && cfg.capture === 'transparent' && !cfg.podCidrs) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--capture-mode pod needs --pod-cidrs', { details: { key: 'pod-cidrs' } });
+  }
+  return cfg;
+}
+
+/**
+ * Loopback-only listeners (SOCKS5, admin, upstreams) bind to --address when
+ * it is itself a loopback address (several agents on one machine as several
+ * hosts), else to 127.0.0.1 (DESIGN §6).
+ */
+export function loopbackAddressFor(address: string): string {
+  if (isIP(address) === 4 && address.startsWith('127.')) return address;
+  if (address === '::1') return address;
+  return '127.0.0.1';
+}

@@ -1,0 +1,68 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AmbitError } from '../../shared/errors.ts';
+import { writeFileAtomic } from '../../shared/files.ts';
+import type { HostPort } from '../../shared/config-parse.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { nodeId } from '../../shared/spiffe-id.ts';
+import { parseJoinToken } from '../../shared/join-token.ts';
+import { joinWithToken } from './ca-client.ts';
+import type { CertManager } from './cert-manager.ts';
+
+/** What an agent remembers about its node identity besides the certificate (<data-dir>/node.json, 0600). */
+export interface NodeInfo {
+  readonly node: string;
+  readonly trustDomain: string;
+  readonly bundlePem: string;
+}
+
+const FILE = 'node.json';
+
+export function loadNodeInfo(dataDir: string): NodeInfo | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dataDir, FILE), 'utf8')) as NodeInfo;
+  } catch {
+    return undefined;
+  }
+}
+
+export function saveNodeInfo(dataDir: string, info: NodeInfo): void {
+  writeFileAtomic(join(dataDir, FILE), JSON.stringify(info));
+}
+
+/**
+ * The node's identity at start: saved credentials when still valid, else a
+ * bootstrap with the join token. A saved identity for another node name, or
+ * neither credentials nor token, is a configuration error the operator must
+ * see at once.
+ */
+export async function establishNodeIdentity(o: {
+  readonly dataDir: string;
+  readonly node: string;
+  readonly controller: HostPort;
+  readonly joinToken: string | undefined;
+  readonly certs: CertManager;
+  readonly logger: Logger;
+  readonly now: () => number;
+}): Promise<NodeInfo> {
+  const saved = loadNodeInfo(o.dataDir);
+  if (saved && saved.node !== o.node) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `data dir ${o.dataDir} belongs to node ${saved.node}, not --node ${o.node}`, { details: { key: 'node', value: o.node } });
+  }
+  if (saved && o.certs.get(nodeId(saved.trustDomain, o.node).uri)) {
+    o.logger.info({ node: o.node, identity: nodeId(saved.trustDomain, o.node).uri }, 'using saved node credentials');
+    return saved;
+  }
+  if (!o.joinToken) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', saved
+      ? `the saved node certificate in ${o.dataDir} has expired; create a new join token (ambitctl node token create --node ${o.node}) and pass --join`
+      : `no node credentials in ${o.dataDir}: pass --join TOKEN (from "ambitctl node token create --node ${o.node}")`, { details: { key: 'join' } });
+  }
+  const pin = parseJoinToken(o.joinToken).caFingerprint;
+  const creds = await joinWithToken({ controller: o.controller, node: o.node, token: o.joinToken, caFingerprint: pin, now: o.now });
+  const info: NodeInfo = { node: o.node, trustDomain: creds.trustDomain, bundlePem: creds.bundlePem };
+  o.certs.put(nodeId(creds.trustDomain, o.node), creds.keyPem, creds.certChainPem);
+  saveNodeInfo(o.dataDir, info);
+  o.logger.info({ node: o.node, identity: nodeId(creds.trustDomain, o.node).uri, expiresAt: new Date(creds.expiresAt).toISOString() }, 'node joined the mesh');
+  return info;
+}

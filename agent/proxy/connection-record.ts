@@ -1,0 +1,115 @@
+import type { Counter } from 'prom-client';
+import type { Logger } from '../../shared/logger.ts';
+import type { Span } from '../../shared/tracing.ts';
+import type { AgentMetrics, TcpLabels } from './metrics.ts';
+
+export type Direction = 'inbound' | 'outbound';
+
+export interface Peer {
+  readonly addr: string;
+  readonly workload: string;
+  readonly namespace: string;
+  readonly identity: string;
+}
+
+export const UNKNOWN_PEER: Peer = { addr: '', workload: 'unknown', namespace: 'unknown', identity: 'unknown' };
+
+/**
+ * One connection's telemetry, recorded exactly once (DESIGN §3: "record the
+ * result once"): opened counted at start, bytes counted as they flow (so
+ * long-lived connections show up in rates), closed counter + one access log
+ * line + span end at finish(), whichever path ends the connection.
+ */
+export class ConnectionRecord {
+  readonly direction: Direction;
+  readonly started = performance.now();
+  src: Peer;
+  dst: Peer;
+  service: string;
+  security: 'mutual_tls' | 'none';
+  responseFlags = '-';
+  error = '';
+  bytesFromSource = 0;
+  bytesToSource = 0;
+  readonly #metrics: AgentMetrics;
+  readonly #log: Logger;
+  #span: Span | undefined;
+  #traceId = '';
+  #received: ReturnType<Counter<string>['labels']> | undefined;
+  #sent: ReturnType<Counter<string>['labels']> | undefined;
+  #opened = false;
+  #finished = false;
+
+  constructor(o: { direction: Direction; src: Peer; dst: Peer; service: string; security: 'mutual_tls' | 'none'; metrics: AgentMetrics; log: Logger }) {
+    this.direction = o.direction;
+    this.src = o.src;
+    this.dst = o.dst;
+    this.service = o.service;
+    this.security = o.security;
+    this.#metrics = o.metrics;
+    this.#log = o.log;
+    o.metrics.active.inc({ direction: o.direction });
+  }
+
+  setSpan(span: Span, traceId: string): void {
+    this.#span = span;
+    this.#traceId = traceId;
+  }
+
+  labels(): TcpLabels {
+    return {
+      reporter: this.direction === 'outbound' ? 'source' : 'destination',
+      source_workload: this.src.workload,
+      source_workload_namespace: this.src.namespace,
+      source_principal: this.src.identity,
+      destination_workload: this.dst.workload,
+      destination_workload_namespace: this.dst.namespace,
+      destination_principal: this.dst.identity,
+      destination_service: this.service || 'unknown',
+      connection_security_policy: this.security,
+      response_flags: this.responseFlags,
+    };
+  }
+
+  /** The tunnel (or plaintext pipe) is established: count it opened and start counting bytes live. */
+  open(): void {
+    if (this.#opened || this.#finished) return;
+    this.#opened = true;
+    const l = this.labels();
+    this.#metrics.opened.inc(l);
+    this.#received = this.#metrics.received.labels(l);
+    this.#sent = this.#metrics.sent.labels(l);
+  }
+
+  fromSource(n: number): void {
+    this.bytesFromSource += n;
+    this.#received?.inc(n);
+  }
+
+  toSource(n: number): void {
+    this.bytesToSource += n;
+    this.#sent?.inc(n);
+  }
+
+  /** Ends the record; later calls do nothing. A connection never opened is logged but not counted as opened/closed. */
+  finish(error?: string, flags?: string): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    if (error && !this.error) this.error = error;
+    if (flags) this.responseFlags = flags;
+    this.#metrics.active.dec({ direction: this.direction });
+    if (this.#opened) this.#metrics.closed.inc(this.labels());
+    const duration = Math.round(performance.now() - this.started);
+    this.#log.info({
+      'src.addr': this.src.addr, 'src.workload': this.src.workload, 'src.namespace': this.src.namespace, 'src.identity': this.src.identity,
+      'dst.addr': this.dst.addr, 'dst.workload': this.dst.workload, 'dst.namespace': this.dst.namespace, 'dst.identity': this.dst.identity,
+      'dst.service': this.service, direction: this.direction, security: this.security, response_flags: this.responseFlags,
+      bytes_sent: this.bytesToSource, bytes_recv: this.bytesFromSource, duration_ms: duration, error: this.error, trace_id: this.#traceId,
+    }, 'connection');
+    if (this.#span) {
+      this.#span.setAttributes({ 'ambit.bytes_sent': this.bytesToSource, 'ambit.bytes_recv': this.bytesFromSource, 'ambit.response_flags': this.responseFlags });
+      if (this.error) this.#span.setStatus({ code: 2, message: this.error });
+      this.#span.end();
+    }
+  }
+}

@@ -1,0 +1,190 @@
+import http2, { type Http2SecureServer, type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { X509Certificate, createHash } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { AmbitError } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import type { SpiffeId } from '../../shared/spiffe-id.ts';
+import { parseCertificates, TLS_MIN_VERSION, verifyPeer } from '../../shared/tls.ts';
+import type { CertManager } from '../identity/cert-manager.ts';
+import type { AgentMetrics } from './metrics.ts';
+
+/**
+ * The TLS server name a client uses to ask for a destination identity. The
+ * server presents the destination workload's certificate (DESIGN §3), and
+ * several workloads with different identities share one agent address, so
+ * the client names the identity it expects; a hash keeps it a valid DNS label.
+ */
+export function serverNameFor(identityUri: string): string {
+  return `w${createHash('sha256').update(identityUri).digest('hex').slice(0, 40)}.hbone.ambit`;
+}
+
+/** HTTP/2 settings for tunnels: large windows so one stream can fill a fast link (tuned with bench/dataplane.ts). */
+export const HBONE_SETTINGS = {
+  initialWindowSize: 4 * 1024 * 1024,
+  maxFrameSize: 64 * 1024,
+  maxConcurrentStreams: 1000,
+  enablePush: false,
+} as const;
+export const HBONE_SESSION_WINDOW = 32 * 1024 * 1024;
+
+export interface PeerInfo {
+  /** The verified source identity (client certificate). */
+  readonly identity: SpiffeId;
+  /** The identity the client asked us to present (from SNI). */
+  readonly servedIdentity: string;
+  readonly remoteAddress: string;
+}
+
+export interface HboneServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly trustDomain: string;
+  readonly certs: CertManager;
+  readonly bundlePem: () => string;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+  readonly now?: () => number;
+  /** Handles one verified CONNECT (or any other request, which it refuses). */
+  readonly onStream: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: PeerInfo) => void;
+  /** How long a TLS handshake may take: slow clients must not hold sockets. */
+  readonly handshakeTimeoutMs?: number;
+}
+
+/**
+ * Inbound HBONE on :15008: TLS 1.3 only, ALPN h2, a client certificate that
+ * chains to the trust bundle in our trust domain, then HTTP/2 CONNECT streams.
+ */
+export class HboneServer {
+  readonly #o: HboneServerOptions;
+  readonly #server: Http2SecureServer;
+  readonly #peers = new WeakMap<Http2Session, PeerInfo>();
+  readonly #sessions = new Set<Http2Session>();
+  #contexts = new Map<string, { ctx: SecureContext; version: string }>();
+  #names = new Map<string, string>();
+  #bundleCerts: X509Certificate[] = [];
+  #bundleSeen = '';
+
+  constructor(o: HboneServerOptions) {
+    this.#o = o;
+    this.#server = http2.createSecureServer({
+      allowHTTP1: false,
+      minVersion: TLS_MIN_VERSION,
+      ALPNProtocols: ['h2'],
+      requestCert: true,
+      // Verified in 'session' against the current bundle and trust domain:
+      // the bundle changes on root rotation, and OpenSSL's check knows
+      // nothing of SPIFFE trust domains.
+      rejectUnauthorized: false,
+      handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
+      SNICallback: (name, cb) => {
+        try {
+          cb(null, this.#contextFor(name));
+        } catch (err) {
+          o.metrics.refused.inc({ direction: 'inbound', reason: 'unknown_server_name' });
+          cb(err as Error);
+        }
+      },
+      settings: HBONE_SETTINGS,
+      maxSessionMemory: 64,
+      peerMaxConcurrentStreams: 1000,
+    });
+    this.#server.on('session', (session) => this.#onSession(session));
+    this.#server.on('stream', (stream, headers) => {
+      const peer = this.#peers.get(stream.session!);
+      if (!peer) {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
+      o.onStream(stream, headers, peer);
+    });
+    this.#server.on('unknownProtocol', (socket) => {
+      o.metrics.refused.inc({ direction: 'inbound', reason: 'not_h2' });
+      socket.destroy();
+    });
+    this.#server.on('tlsClientError', (err, socket) => {
+      o.metrics.refused.inc({ direction: 'inbound', reason: 'tls' });
+      o.logger.debug({ err: err.message, peer: socket.remoteAddress }, 'HBONE TLS handshake failed');
+    });
+    this.#server.setTimeout(0);
+  }
+
+  /** Maps local identities to the SNI names clients use; called when local workloads or certificates change. */
+  refresh(identityUris: readonly string[]): void {
+    this.#names = new Map(identityUris.map((u) => [serverNameFor(u), u]));
+    this.#contexts = new Map([...this.#contexts].filter(([uri]) => identityUris.includes(uri)));
+  }
+
+  #bundle(): X509Certificate[] {
+    const pem = this.#o.bundlePem();
+    if (pem !== this.#bundleSeen) {
+      this.#bundleCerts = parseCertificates(pem);
+      this.#bundleSeen = pem;
+    }
+    return this.#bundleCerts;
+  }
+
+  #contextFor(serverName: string): SecureContext {
+    const uri = this.#names.get(serverName.toLowerCase());
+    if (!uri) throw new AmbitError('AMBIT_ERR_CERT_INVALID', `no local workload answers to server name ${serverName}`);
+    const entry = this.#o.certs.get(uri);
+    if (!entry) throw new AmbitError('AMBIT_ERR_CERT_INVALID', `no valid certificate for ${uri} yet`);
+    const bundle = this.#o.bundlePem();
+    const version = `${entry.notAfter}|${entry.chainPem.length}|${bundle.length}|${bundle.slice(-64)}`;
+    const cached = this.#contexts.get(uri);
+    if (cached && cached.version === version) return cached.ctx;
+    const ctx = createSecureContext({ key: entry.keyPem, cert: entry.chainPem, ca: bundle, minVersion: TLS_MIN_VERSION });
+    this.#contexts.set(uri, { ctx, version });
+    return ctx;
+  }
+
+  #onSession(session: Http2Session): void {
+    const socket = session.socket as TLSSocket;
+    try {
+      const leaf = socket.getPeerX509Certificate();
+      if (!leaf) throw new AmbitError('AMBIT_ERR_AUTH_UNAUTHENTICATED', 'no client certificate');
+      const chain: X509Certificate[] = [];
+      let c = socket.getPeerCertificate(true);
+      const seen = new Set<string>();
+      while (c?.raw && !seen.has(c.fingerprint256)) {
+        seen.add(c.fingerprint256);
+        chain.push(new X509Certificate(c.raw));
+        c = c.issuerCertificate;
+      }
+      const identity = verifyPeer(leaf.raw, chain.slice(1), this.#bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)());
+      if (identity.kind !== 'workload') throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `${identity.uri} is not a workload identity`);
+      const servedIdentity = this.#names.get(String((socket as TLSSocket & { servername?: string }).servername ?? '').toLowerCase()) ?? '';
+      this.#peers.set(session, { identity, servedIdentity, remoteAddress: socket.remoteAddress ?? '' });
+    } catch (err) {
+      this.#o.metrics.refused.inc({ direction: 'inbound', reason: 'peer_certificate' });
+      this.#o.logger.warn({ err: (err as Error).message, peer: socket.remoteAddress }, 'HBONE peer rejected');
+      session.destroy();
+      return;
+    }
+    this.#sessions.add(session);
+    session.setLocalWindowSize(HBONE_SESSION_WINDOW);
+    session.on('close', () => this.#sessions.delete(session));
+    session.on('error', () => undefined);
+  }
+
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(this.#o.port, this.#o.host, () => {
+        this.#server.off('error', reject);
+        resolve(this.#server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** Stops accepting and asks peers (GOAWAY) to open no new streams; open streams continue. */
+  stopAccepting(): void {
+    this.#server.close();
+    for (const s of this.#sessions) if (!s.closed) s.close();
+  }
+
+  destroy(): void {
+    this.#server.close();
+    for (const s of this.#sessions) s.destroy();
+  }
+}

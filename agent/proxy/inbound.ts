@@ -1,0 +1,146 @@
+import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { connect, isIP, type Socket } from 'node:net';
+import type { Logger } from '../../shared/logger.ts';
+import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
+import type { Workload } from '../../shared/resources/types.ts';
+import type { MeshState } from '../state/mesh-state.ts';
+import { ConnectionRecord, UNKNOWN_PEER, type Peer } from './connection-record.ts';
+import type { ConnectionTracker } from './connection-tracker.ts';
+import type { PeerInfo } from './hbone-server.ts';
+import type { AgentMetrics } from './metrics.ts';
+import { relay } from './relay.ts';
+
+export interface InboundDeps {
+  readonly state: MeshState;
+  readonly metrics: AgentMetrics;
+  readonly accessLog: Logger;
+  readonly tracer: Tracer;
+  readonly tracker: ConnectionTracker;
+  readonly connectTimeoutMs: number;
+  /** Where to dial a local workload (tests and VMs: its address; a pod network could map differently). */
+  readonly dialAddress?: (w: Workload) => string;
+}
+
+/** "ip:port" or "[v6]:port" → parts, or undefined when malformed. */
+export function parseAuthority(authority: string | undefined): { ip: string; port: number } | undefined {
+  if (!authority || authority.length > 64) return undefined;
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(authority) ?? /^([0-9.]+):(\d{1,5})$/.exec(authority);
+  if (!m || !isIP(m[1]!)) return undefined;
+  const port = Number(m[2]);
+  return port >= 1 && port <= 65535 ? { ip: m[1]!, port } : undefined;
+}
+
+/** The client address the source agent reports in `Forwarded: for=…` (RFC 7239). */
+export function forwardedFor(header: string | string[] | undefined): string | undefined {
+  const v = Array.isArray(header) ? header[0] : header;
+  const m = v ? /(?:^|[;,\s])for=(?:"\[?([^"\]]+)\]?(?::\d+)?"|([0-9.]+))/i.exec(v) : null;
+  const ip = m?.[1] ?? m?.[2];
+  return ip && isIP(ip) ? ip : undefined;
+}
+
+/** Baggage "k=v,k=v" → the source workload's name/namespace if it names them. */
+function baggageWorkload(header: string | string[] | undefined): { name?: string; namespace?: string } {
+  const v = Array.isArray(header) ? header.join(',') : header ?? '';
+  const out: { name?: string; namespace?: string } = {};
+  for (const part of v.split(',').slice(0, 32)) {
+    const [k, val] = part.trim().split('=');
+    if (k === 'k8s.workload.name' && val) out.name = decodeURIComponent(val).slice(0, 253);
+    if (k === 'k8s.namespace.name' && val) out.namespace = decodeURIComponent(val).slice(0, 63);
+  }
+  return out;
+}
+
+function respond(stream: ServerHttp2Stream, status: number, reason: string): void {
+  if (stream.destroyed || stream.closed) return;
+  if (!stream.headersSent) stream.respond({ ':status': status, 'x-ambit-reason': reason }, { endStream: true });
+  else stream.close(http2.constants.NGHTTP2_CANCEL);
+}
+
+/**
+ * One inbound tunnelled connection, top to bottom: accept the CONNECT →
+ * resolve the local workload → authorize → dial it → pipe both ways →
+ * record once. Responses: 200 tunnel open; 400 authority is not a local
+ * workload (or not the identity the client asked for); 401 denied by
+ * policy; 503 the workload refused or timed out.
+ */
+export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: PeerInfo): void {
+  const bag = baggageWorkload(headers.baggage);
+  const srcAddr = forwardedFor(headers.forwarded) ?? peer.remoteAddress;
+  const srcWorkload = d.state.workloadByAddress(srcAddr);
+  // Name the source workload only when its registered identity is the certificate's: telemetry must not be spoofable by a header.
+  const srcNamed = srcWorkload && d.state.identityOf(srcWorkload).uri === peer.identity.uri ? srcWorkload : undefined;
+  const src: Peer = {
+    addr: srcAddr,
+    workload: srcNamed?.metadata.name ?? (bag.namespace === peer.identity.namespace ? bag.name ?? 'unknown' : 'unknown'),
+    namespace: peer.identity.namespace ?? 'unknown',
+    identity: peer.identity.uri,
+  };
+  const record = new ConnectionRecord({ direction: 'inbound', src, dst: { ...UNKNOWN_PEER, addr: String(headers[':authority'] ?? '') }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
+  const parent = parseTraceparent(headers.traceparent as string | undefined);
+  const span = startConnectionSpan(d.tracer, 'ambit.inbound', SpanKind.SERVER, parent, { 'ambit.source.identity': peer.identity.uri, 'ambit.destination.authority': String(headers[':authority'] ?? '') });
+  record.setSpan(span.span, span.context.traceId);
+
+  const refuse = (status: number, reason: string, flags: string): void => {
+    d.metrics.refused.inc({ direction: 'inbound', reason });
+    respond(stream, status, reason);
+    record.finish(reason, flags);
+  };
+
+  if (headers[':method'] !== 'CONNECT') return refuse(405, 'not_connect', 'NR');
+  const target = parseAuthority(headers[':authority']);
+  if (!target) return refuse(400, 'bad_authority', 'NR');
+  const dst = d.state.localWorkloadAt(target.ip, target.port);
+  if (!dst) return refuse(400, 'not_a_local_workload', 'NR');
+  const dstIdentity = d.state.identityOf(dst).uri;
+  record.dst = { addr: `${target.ip}:${target.port}`, workload: dst.metadata.name, namespace: dst.metadata.namespace, identity: dstIdentity };
+  record.service = d.state.serviceNameFor(dst, target.port);
+  // The client verified our certificate for peer.servedIdentity; tunnelling it to a workload of another identity would break that promise.
+  if (dstIdentity !== peer.servedIdentity) return refuse(400, 'identity_mismatch', 'NR');
+
+  const facts = { sourceIdentity: peer.identity, sourceAddress: srcAddr, destination: dst, destinationPort: target.port };
+  const decision = d.state.authorizer.evaluate(facts);
+  if (!decision.allowed) {
+    d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
+    return refuse(401, `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`, 'DENY');
+  }
+
+  const socket: Socket = connect({ host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port, allowHalfOpen: true, noDelay: true });
+  socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
+  let established = false;
+  let resolveDone: () => void = () => undefined;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  d.tracker.add({
+    direction: 'inbound',
+    facts,
+    close: (reason, flags) => {
+      record.finish(reason, flags);
+      if (flags === 'DENY') d.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
+      socket.destroy();
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+    },
+    done,
+  });
+  socket.once('error', (err: NodeJS.ErrnoException) => {
+    if (established) return; // the relay reports it
+    refuse(503, `workload_unreachable: ${err.code ?? err.message}`, 'UF');
+    resolveDone();
+  });
+  stream.once('close', () => {
+    if (!established) {
+      socket.destroy();
+      record.finish('client went away before the tunnel opened', 'DC');
+      resolveDone();
+    }
+  });
+  socket.once('connect', () => {
+    if (stream.destroyed || stream.closed) return;
+    established = true;
+    socket.setTimeout(0);
+    stream.respond({ ':status': 200 });
+    record.open();
+    void relay(stream, socket, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) }).then((err) => {
+      record.finish(err);
+      resolveDone();
+    });
+  });
+}

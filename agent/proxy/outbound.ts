@@ -1,0 +1,145 @@
+import { connect, isIP, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../../shared/logger.ts';
+import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
+import type { Workload } from '../../shared/resources/types.ts';
+import { pickEndpoint, type MeshState } from '../state/mesh-state.ts';
+import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
+import type { ConnectionTracker } from './connection-tracker.ts';
+import type { AgentMetrics } from './metrics.ts';
+import { relay } from './relay.ts';
+import { tunnelErrorOf, type TunnelPool } from './tunnel-pool.ts';
+
+export interface OutboundDeps {
+  readonly state: MeshState;
+  readonly pool: TunnelPool;
+  readonly metrics: AgentMetrics;
+  readonly accessLog: Logger;
+  readonly tracer: Tracer;
+  readonly tracker: ConnectionTracker;
+  readonly passthrough: 'allow' | 'deny';
+  readonly connectTimeoutMs: number;
+  readonly random?: () => number;
+}
+
+/** Why an outbound connection failed, in terms the front end (SOCKS reply, capture reset) can act on. */
+export type OutboundFailure = 'denied' | 'no_route' | 'unreachable' | 'refused' | 'passthrough_denied';
+
+export interface OutboundRequest {
+  /** The application's connection (allowHalfOpen). */
+  readonly client: Socket;
+  /** The authenticated local source workload. */
+  readonly source: Workload;
+  readonly host: string;
+  readonly port: number;
+  /** Called once, before any byte flows: the tunnel is open (undefined) or why not. */
+  readonly ready: (failure: OutboundFailure | undefined, detail: string) => void;
+}
+
+function failureOf(status: number): OutboundFailure {
+  if (status === 401) return 'denied';
+  if (status === 400) return 'no_route';
+  if (status === 503) return 'refused';
+  return 'unreachable';
+}
+
+/**
+ * One outbound connection, top to bottom: resolve the destination (service →
+ * endpoint, or workload address) → open a pooled HBONE stream to the
+ * destination's agent presenting the source's certificate → pipe both ways →
+ * record once. Destinations outside the mesh are dialled directly
+ * (passthrough) unless --passthrough deny.
+ */
+export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Promise<void> {
+  const sourceId = d.state.identityOf(req.source);
+  const src = { addr: req.client.remoteAddress ?? '', workload: req.source.metadata.name, namespace: req.source.metadata.namespace, identity: sourceId.uri };
+  const record = new ConnectionRecord({ direction: 'outbound', src, dst: { ...UNKNOWN_PEER, addr: `${req.host}:${req.port}` }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
+  const span = startConnectionSpan(d.tracer, 'ambit.outbound', SpanKind.CLIENT, undefined, { 'ambit.source.identity': sourceId.uri, 'ambit.destination': `${req.host}:${req.port}` });
+  record.setSpan(span.span, span.context.traceId);
+
+  const fail = (failure: OutboundFailure, detail: string, flags: string): void => {
+    d.metrics.refused.inc({ direction: 'outbound', reason: failure });
+    req.ready(failure, detail);
+    record.finish(detail, flags);
+  };
+
+  // --- resolve
+  let target: Workload | undefined;
+  let targetPort = req.port;
+  const svc = d.state.resolveService(req.host, req.port);
+  if (svc) {
+    record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
+    targetPort = svc.port.targetPort;
+    target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
+    if (!target) return fail('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
+  } else if (isIP(req.host)) {
+    target = d.state.workloadByAddress(req.host);
+  }
+
+  let upstream: Duplex;
+  if (!target) {
+    // --- passthrough: not a mesh destination
+    record.service = 'PassthroughCluster';
+    record.security = 'none';
+    if (d.passthrough === 'deny') return fail('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
+    const socket: Socket = connect({ host: req.host, port: req.port, allowHalfOpen: true, noDelay: true });
+    socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('connect', resolve);
+        socket.once('error', reject);
+      });
+    } catch (err) {
+      return fail('unreachable', `passthrough to ${req.host}:${req.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
+    }
+    socket.setTimeout(0);
+    upstream = socket;
+  } else {
+    // --- tunnel to the destination's agent
+    const dstId = d.state.identityOf(target);
+    record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
+    const hbone = d.state.hboneAddressOf(target.spec.node);
+    if (!hbone) return fail('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
+    const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
+    const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
+    try {
+      upstream = await d.pool.open({
+        source: sourceId,
+        destination: dstId,
+        hboneAddress: hbone,
+        authority,
+        headers: {
+          traceparent: span.traceparent,
+          baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
+          forwarded: `for=${forAddr}`,
+        },
+      });
+    } catch (err) {
+      const te = tunnelErrorOf(err);
+      if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
+      return fail(failureOf(te.status), te.message, te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF');
+    }
+  }
+
+  if (req.client.destroyed) {
+    upstream.destroy();
+    record.finish('client went away before the tunnel opened', 'DC');
+    return;
+  }
+  req.ready(undefined, '');
+  record.open();
+  let resolveDone: () => void = () => undefined;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  d.tracker.add({
+    direction: 'outbound',
+    close: (reason, flags) => {
+      record.finish(reason, flags);
+      upstream.destroy();
+      req.client.destroy();
+    },
+    done,
+  });
+  const err = await relay(req.client, upstream, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) });
+  record.finish(err);
+  resolveDone();
+}

@@ -1,0 +1,232 @@
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
+import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { AmbitError } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import type { SpiffeId } from '../../shared/spiffe-id.ts';
+import { spiffeIdOfCertificate, TLS_MIN_VERSION } from '../../shared/tls.ts';
+import type { CertManager } from '../identity/cert-manager.ts';
+import { HBONE_SESSION_WINDOW, HBONE_SETTINGS, serverNameFor } from './hbone-server.ts';
+import type { AgentMetrics } from './metrics.ts';
+
+/** A refused or failed tunnel, with the HTTP status the peer agent answered (0: no answer). */
+export class TunnelError extends Error {
+  readonly status: number;
+  readonly reason: string;
+  constructor(status: number, reason: string, message: string) {
+    super(message);
+    this.name = 'TunnelError';
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+export interface TunnelRequest {
+  readonly source: SpiffeId;
+  readonly destination: SpiffeId;
+  /** The destination node's agent, "ip:port". */
+  readonly hboneAddress: string;
+  /** The destination workload "ip:port" (the CONNECT authority). */
+  readonly authority: string;
+  readonly headers: OutgoingHttpHeaders;
+}
+
+interface PooledSession {
+  readonly session: ClientHttp2Session;
+  readonly key: string;
+  streams: number;
+  idleTimer: NodeJS.Timeout | undefined;
+}
+
+export interface TunnelPoolOptions {
+  readonly certs: CertManager;
+  readonly bundlePem: () => string;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+  readonly connectTimeoutMs: number;
+  /** Streams per connection before another connection to the same peer is opened. */
+  readonly maxStreamsPerSession?: number;
+  /** Close a connection that carried no stream for this long. */
+  readonly idleTimeoutMs?: number;
+}
+
+/**
+ * Pooled HBONE connections. Many CONNECT streams share one HTTP/2 connection
+ * per (source identity, destination identity, destination agent): the
+ * identity pair is part of the key because the client presents the source's
+ * certificate and the server presents the destination's (DESIGN §3), and the
+ * source certificate's version is part of it so connections opened after a
+ * renewal use the new certificate while older ones finish on the old.
+ */
+export class TunnelPool {
+  readonly #o: TunnelPoolOptions;
+  readonly #pool = new Map<string, PooledSession[]>();
+  readonly #dialing = new Map<string, Promise<PooledSession>>();
+  #closed = false;
+
+  constructor(o: TunnelPoolOptions) {
+    this.#o = o;
+  }
+
+  /** Opens a CONNECT stream; resolves once the peer answered 200, rejects with TunnelError otherwise. */
+  async open(req: TunnelRequest): Promise<ClientHttp2Stream> {
+    if (this.#closed) throw new TunnelError(0, 'shutting_down', 'agent is shutting down');
+    const cert = this.#o.certs.get(req.source.uri);
+    if (!cert) throw new TunnelError(0, 'no_source_certificate', `no valid certificate for ${req.source.uri} yet`);
+    const key = `${req.source.uri}|${cert.notAfter}|${req.destination.uri}|${req.hboneAddress}`;
+    const pooled = await this.#session(key, req, cert);
+    pooled.streams++;
+    clearTimeout(pooled.idleTimer);
+    this.#o.metrics.poolStreams.inc();
+    let stream: ClientHttp2Stream;
+    try {
+      stream = pooled.session.request({ ':method': 'CONNECT', ':authority': req.authority, ...req.headers }, { endStream: false });
+    } catch (err) {
+      this.#release(pooled);
+      throw new TunnelError(0, 'stream_failed', `cannot open a stream to ${req.hboneAddress}: ${(err as Error).message}`);
+    }
+    stream.once('close', () => this.#release(pooled));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new TunnelError(0, 'timeout', `no answer from ${req.hboneAddress} within ${this.#o.connectTimeoutMs} ms`));
+      }, this.#o.connectTimeoutMs);
+      stream.once('response', (headers) => {
+        clearTimeout(timer);
+        const status = Number(headers[':status']);
+        if (status === 200) return resolve(stream);
+        const reason = String(headers['x-ambit-reason'] ?? '');
+        stream.close();
+        reject(new TunnelError(status, reason || `status_${status}`, `peer agent ${req.hboneAddress} answered ${status}${reason ? ` (${reason})` : ''}`));
+      });
+      stream.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new TunnelError(0, 'stream_error', `tunnel to ${req.hboneAddress} failed: ${err.message}`));
+      });
+    });
+  }
+
+  #release(p: PooledSession): void {
+    p.streams--;
+    this.#o.metrics.poolStreams.dec();
+    if (p.streams === 0 && !p.session.closed) {
+      p.idleTimer = setTimeout(() => p.session.close(), this.#o.idleTimeoutMs ?? 60_000);
+      p.idleTimer.unref();
+    }
+  }
+
+  async #session(key: string, req: TunnelRequest, cert: { keyPem: string; chainPem: string }): Promise<PooledSession> {
+    const max = this.#o.maxStreamsPerSession ?? 100;
+    const usable = (this.#pool.get(key) ?? []).find((p) => !p.session.closed && !p.session.destroyed && p.streams < max);
+    if (usable) return usable;
+    // One dial at a time per key: a burst of new connections shares the first handshake.
+    const inflight = this.#dialing.get(key);
+    if (inflight) {
+      const p = await inflight;
+      if (p.streams < max && !p.session.closed) return p;
+    }
+    const dial = this.#dial(key, req, cert).finally(() => this.#dialing.delete(key));
+    this.#dialing.set(key, dial);
+    return dial;
+  }
+
+  #dial(key: string, req: TunnelRequest, cert: { keyPem: string; chainPem: string }): Promise<PooledSession> {
+    const i = req.hboneAddress.lastIndexOf(':');
+    const host = req.hboneAddress.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+    const port = Number(req.hboneAddress.slice(i + 1));
+    const expected = req.destination.uri;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const session = http2.connect(`https://${req.hboneAddress}`, {
+        settings: HBONE_SETTINGS,
+        maxSessionMemory: 64,
+        createConnection: () =>
+          tlsConnect({
+            host,
+            port,
+            servername: serverNameFor(expected),
+            ALPNProtocols: ['h2'],
+            minVersion: TLS_MIN_VERSION,
+            key: cert.keyPem,
+            cert: cert.chainPem,
+            ca: this.#o.bundlePem(),
+            // The chain is verified against the bundle by OpenSSL; identity is
+            // the SPIFFE ID, which must be exactly the destination's.
+            checkServerIdentity: (_h: string, pc: PeerCertificate) => {
+              try {
+                const got = spiffeIdOfCertificate(new X509Certificate(pc.raw)).uri;
+                return got === expected ? undefined : new Error(`peer presented ${got}, expected ${expected}`);
+              } catch (err) {
+                return err as Error;
+              }
+            },
+          }),
+      });
+      const timer = setTimeout(() => fail(new Error('handshake timed out')), this.#o.connectTimeoutMs);
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        if (settled) return;
+        settled = true;
+        this.#o.metrics.poolDials.inc({ result: 'error' });
+        session.destroy();
+        reject(new TunnelError(0, 'connect_failed', `cannot open HBONE to ${req.hboneAddress} for ${expected}: ${err.message}`));
+      };
+      session.once('error', fail);
+      session.once('connect', () => {
+        clearTimeout(timer);
+        if (settled) return;
+        settled = true;
+        session.off('error', fail);
+        session.on('error', (err) => this.#o.logger.debug({ err: err.message, peer: req.hboneAddress }, 'HBONE session error'));
+        session.setLocalWindowSize(HBONE_SESSION_WINDOW);
+        this.#o.metrics.poolDials.inc({ result: 'ok' });
+        this.#o.metrics.poolConnections.inc();
+        const pooled: PooledSession = { session, key, streams: 0, idleTimer: undefined };
+        const list = this.#pool.get(key) ?? [];
+        list.push(pooled);
+        this.#pool.set(key, list);
+        session.once('close', () => {
+          clearTimeout(pooled.idleTimer);
+          this.#o.metrics.poolConnections.dec();
+          const l = (this.#pool.get(key) ?? []).filter((p) => p !== pooled);
+          if (l.length > 0) this.#pool.set(key, l);
+          else this.#pool.delete(key);
+        });
+        session.once('goaway', () => {
+          const l = (this.#pool.get(key) ?? []).filter((p) => p !== pooled);
+          if (l.length > 0) this.#pool.set(key, l);
+          else this.#pool.delete(key);
+        });
+        resolve(pooled);
+      });
+    });
+  }
+
+  stats(): { connections: number; streams: number; peers: string[] } {
+    let connections = 0;
+    let streams = 0;
+    for (const l of this.#pool.values()) for (const p of l) {
+      connections++;
+      streams += p.streams;
+    }
+    return { connections, streams, peers: [...this.#pool.keys()].map((k) => k.split('|').slice(2).join(' @ ')) };
+  }
+
+  /** Stops new streams; open ones finish (GOAWAY). */
+  close(): void {
+    this.#closed = true;
+    for (const l of this.#pool.values()) for (const p of l) p.session.close();
+  }
+
+  destroy(): void {
+    this.#closed = true;
+    for (const l of this.#pool.values()) for (const p of l) p.session.destroy();
+    this.#pool.clear();
+  }
+}
+
+export function tunnelErrorOf(err: unknown): TunnelError {
+  if (err instanceof TunnelError) return err;
+  if (err instanceof AmbitError) return new TunnelError(0, err.code, err.message);
+  return new TunnelError(0, 'internal', (err as Error).message ?? String(err));
+}

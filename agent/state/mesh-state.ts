@@ -1,0 +1,217 @@
+import { isDeepStrictEqual } from 'node:util';
+import { Authorizer } from '../rbac.ts';
+import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
+import { canonicalIp } from '../../shared/net-address.ts';
+import { keyString, resourceKey, type Change, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';
+
+export interface NodeEndpoint {
+  readonly name: string;
+  readonly hboneAddress: string;
+}
+
+export interface StateUpdate {
+  readonly revision: number;
+  /** Full state: replaces everything held (resources). */
+  readonly snapshot?: readonly Resource[];
+  readonly changes?: readonly Change[];
+  readonly bundlePem?: string;
+  readonly nodes?: readonly NodeEndpoint[];
+}
+
+export interface UpdateEffect {
+  readonly policiesChanged: boolean;
+  readonly localWorkloadsChanged: boolean;
+  readonly bundleChanged: boolean;
+}
+
+export interface ResolvedService {
+  readonly service: Service;
+  readonly port: ServicePort;
+}
+
+/**
+ * The agent's view of the mesh at one revision, indexed for the data path:
+ * workloads by address, services by VIP and by "name.namespace", this node's
+ * workloads, node HBONE endpoints, and a compiled Authorizer. Pure and
+ * synchronous; updates replace whole indexes so a reader never sees a half
+ * applied revision.
+ */
+export class MeshState {
+  readonly node: string;
+  readonly trustDomain: string;
+  #revision = 0;
+  #resources = new Map<string, Resource>();
+  #bundlePem = '';
+  #nodes = new Map<string, string>();
+  #byAddress = new Map<string, Workload>();
+  #servicesByVip = new Map<string, Service>();
+  #servicesByName = new Map<string, Service>();
+  #local: Workload[] = [];
+  #authorizer = new Authorizer([]);
+
+  constructor(node: string, trustDomain: string) {
+    this.node = node;
+    this.trustDomain = trustDomain;
+  }
+
+  get revision(): number {
+    return this.#revision;
+  }
+  get bundlePem(): string {
+    return this.#bundlePem;
+  }
+  get authorizer(): Authorizer {
+    return this.#authorizer;
+  }
+
+  /**
+   * Applies one controller response. Throws (without changing anything) when
+   * the update cannot be applied — e.g. policies the engine refuses — so the
+   * caller nacks it and keeps serving the last good state.
+   */
+  apply(u: StateUpdate): UpdateEffect {
+    const next = u.snapshot ? new Map<string, Resource>() : new Map(this.#resources);
+    for (const r of u.snapshot ?? []) next.set(resourceKey(r), r);
+    for (const c of u.changes ?? []) {
+      if (c.op === 'put') next.set(resourceKey(c.resource), c.resource);
+      else next.delete(keyString(c.key));
+    }
+    const policies = [...next.values()].filter((r) => r.kind === 'AuthorizationPolicy');
+    const oldPolicies = [...this.#resources.values()].filter((r) => r.kind === 'AuthorizationPolicy');
+    const policiesChanged = !isDeepStrictEqual(stripRev(policies), stripRev(oldPolicies));
+    const authorizer = policiesChanged ? new Authorizer(policies) : this.#authorizer; // may throw: nothing changed yet
+
+    const byAddress = new Map<string, Workload>();
+    const vips = new Map<string, Service>();
+    const names = new Map<string, Service>();
+    const local: Workload[] = [];
+    for (const r of next.values()) {
+      if (r.kind === 'Workload') {
+        byAddress.set(canonicalIp(r.spec.address) ?? r.spec.address, r);
+        if (r.spec.node === this.node) local.push(r);
+      } else if (r.kind === 'Service') {
+        names.set(`${r.metadata.name}.${r.metadata.namespace}`, r);
+        for (const a of r.spec.addresses) vips.set(canonicalIp(a) ?? a, r);
+      }
+    }
+    local.sort((a, b) => resourceKey(a).localeCompare(resourceKey(b)));
+    const localWorkloadsChanged = !isDeepStrictEqual(stripRev(local), stripRev(this.#local));
+    const bundleChanged = u.bundlePem !== undefined && u.bundlePem !== '' && u.bundlePem !== this.#bundlePem;
+
+    this.#resources = next;
+    this.#byAddress = byAddress;
+    this.#servicesByVip = vips;
+    this.#servicesByName = names;
+    this.#local = local;
+    this.#authorizer = authorizer;
+    this.#revision = u.revision;
+    if (bundleChanged) this.#bundlePem = u.bundlePem!;
+    if (u.nodes) this.#nodes = new Map(u.nodes.map((n) => [n.name, n.hboneAddress]));
+    return { policiesChanged, localWorkloadsChanged, bundleChanged };
+  }
+
+  resources(): Resource[] {
+    return [...this.#resources.values()];
+  }
+
+  nodes(): NodeEndpoint[] {
+    return [...this.#nodes].map(([name, hboneAddress]) => ({ name, hboneAddress }));
+  }
+
+  /** Workloads scheduled on this node. */
+  localWorkloads(): readonly Workload[] {
+    return this.#local;
+  }
+
+  workloadByAddress(ip: string): Workload | undefined {
+    return this.#byAddress.get(canonicalIp(ip) ?? ip);
+  }
+
+  /** The local workload at ip, if it serves `port` (empty port list: any port). */
+  localWorkloadAt(ip: string, port: number): Workload | undefined {
+    const w = this.workloadByAddress(ip);
+    if (!w || w.spec.node !== this.node) return undefined;
+    return w.spec.ports.length === 0 || w.spec.ports.includes(port) ? w : undefined;
+  }
+
+  localWorkloadByName(namespace: string, name: string): Workload | undefined {
+    return this.#local.find((w) => w.metadata.namespace === namespace && w.metadata.name === name);
+  }
+
+  identityOf(w: Workload): SpiffeId {
+    return workloadId(this.trustDomain, w.metadata.namespace, w.spec.serviceAccount);
+  }
+
+  hboneAddressOf(node: string): string | undefined {
+    return this.#nodes.get(node);
+  }
+
+  /**
+   * A service by VIP or by name ("web.shop", "web.shop.svc", "web.shop.svc.cluster.local")
+   * serving `port`.
+   */
+  resolveService(host: string, port: number): ResolvedService | undefined {
+    const ip = canonicalIp(host);
+    let svc: Service | undefined;
+    if (ip) svc = this.#servicesByVip.get(ip);
+    else {
+      const parts = host.toLowerCase().replace(/\.$/, '').split('.');
+      if (parts.length >= 2) svc = this.#servicesByName.get(`${parts[0]}.${parts[1]}`);
+    }
+    const p = svc?.spec.ports.find((sp) => sp.port === port);
+    return svc && p ? { service: svc, port: p } : undefined;
+  }
+
+  /** "name.namespace.svc" of the first service (by name) that selects `w` and targets `port`, or '' — for inbound telemetry. */
+  serviceNameFor(w: Workload, port: number): string {
+    let best: Service | undefined;
+    for (const svc of this.#servicesByName.values()) {
+      if (svc.metadata.namespace !== w.metadata.namespace || !svc.spec.ports.some((p) => p.targetPort === port)) continue;
+      const sel = Object.entries(svc.spec.selector);
+      if (sel.length === 0 || !sel.every(([k, v]) => w.metadata.labels[k] === v)) continue;
+      if (!best || svc.metadata.name < best.metadata.name) best = svc;
+    }
+    return best ? `${best.metadata.name}.${best.metadata.namespace}.svc` : '';
+  }
+
+  /** Workloads a service selects (same namespace, every selector pair present); an empty selector selects none. */
+  endpointsOf(svc: Service): Workload[] {
+    const sel = Object.entries(svc.spec.selector);
+    if (sel.length === 0) return [];
+    const out: Workload[] = [];
+    for (const r of this.#resources.values()) {
+      if (r.kind !== 'Workload' || r.metadata.namespace !== svc.metadata.namespace) continue;
+      if (sel.every(([k, v]) => r.metadata.labels[k] === v)) out.push(r);
+    }
+    return out;
+  }
+}
+
+function stripRev(rs: readonly Resource[]): unknown[] {
+  return rs.map((r) => ({ ...r, metadata: { ...r.metadata, revision: 0 } }));
+}
+
+/**
+ * Picks an endpoint: healthy ones first (all, if none is healthy — better to
+ * try than to fail for sure), preferring the caller's locality (same zone,
+ * then region), then weighted random among those.
+ */
+export function pickEndpoint(endpoints: readonly Workload[], locality: string, port: number, random: () => number = Math.random): Workload | undefined {
+  const serving = endpoints.filter((w) => w.spec.ports.length === 0 || w.spec.ports.includes(port));
+  if (serving.length === 0) return undefined;
+  const healthy = serving.filter((w) => w.spec.healthy);
+  let pool = healthy.length > 0 ? healthy : serving;
+  if (locality) {
+    const [region, zone] = locality.split('/');
+    const sameZone = pool.filter((w) => { const [r, z] = w.spec.locality.split('/'); return r === region && z === zone; });
+    const sameRegion = pool.filter((w) => w.spec.locality.split('/')[0] === region);
+    pool = sameZone.length > 0 ? sameZone : sameRegion.length > 0 ? sameRegion : pool;
+  }
+  const total = pool.reduce((s, w) => s + w.spec.weight, 0);
+  let x = random() * total;
+  for (const w of pool) {
+    x -= w.spec.weight;
+    if (x < 0) return w;
+  }
+  return pool[pool.length - 1];
+}

@@ -1,0 +1,139 @@
+import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
+import { DiscoveryClient, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
+import { Backoff } from '../../shared/backoff.ts';
+import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
+import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { errorMessage } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { changeFromWire, resourceFromWire } from '../../shared/resources/wire.ts';
+import { toDocument, validateResource } from '../../shared/resources/validate.ts';
+import type { Change, Resource } from '../../shared/resources/types.ts';
+import type { NodeCredentials } from '../identity/ca-client.ts';
+import type { StateUpdate } from './mesh-state.ts';
+
+export interface WatchClientOptions {
+  readonly controller: HostPort;
+  readonly credentials: () => NodeCredentials;
+  readonly hboneAddress: string;
+  /** Revision to resume from (the cached state's), read at each (re)connect. */
+  readonly revision: () => number;
+  readonly certExpiresAt: () => number;
+  /** Applies an update; throwing makes the client nack it with the error's message. */
+  readonly apply: (u: StateUpdate) => void;
+  readonly logger: Logger;
+  readonly onStatus?: (connected: boolean) => void;
+  readonly backoff?: Backoff;
+}
+
+/** Resources from the wire are validated again: a nack is better than serving what the agent cannot understand. */
+function checked(r: Resource): Resource {
+  const v = validateResource(toDocument(r), `${r.kind} ${r.metadata.namespace}/${r.metadata.name}`);
+  return { ...v, metadata: { ...v.metadata, revision: r.metadata.revision } } as Resource;
+}
+
+function toUpdate(res: WatchResponse): StateUpdate {
+  const changes: Change[] = res.changes.map(changeFromWire).map((c) => (c.op === 'put' ? { op: 'put', resource: checked(c.resource) } : c));
+  return {
+    revision: res.revision,
+    ...(res.snapshot ? { snapshot: res.resources.map((r) => checked(resourceFromWire(r))) } : {}),
+    ...(changes.length > 0 ? { changes } : {}),
+    ...(res.trustBundlePem ? { bundlePem: res.trustBundlePem } : {}),
+    ...(res.nodesSet ? { nodes: res.nodes.map((n) => ({ name: n.name, hboneAddress: n.hboneAddress })) } : {}),
+  };
+}
+
+/**
+ * Follows the controller's Watch stream: resume from the held revision, apply
+ * and ack each response (nack with the reason when it cannot be applied), and
+ * reconnect with jittered exponential backoff whenever the stream breaks —
+ * the agent keeps serving its last state meanwhile.
+ */
+export class WatchClient {
+  readonly #o: WatchClientOptions;
+  readonly #backoff: Backoff;
+  #client: DiscoveryClient | undefined;
+  #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+  #connected = false;
+  lastError = '';
+  lastUpdateAt = 0;
+
+  constructor(o: WatchClientOptions) {
+    this.#o = o;
+    this.#backoff = o.backoff ?? new Backoff({ initialMs: 500, maxMs: 30_000 });
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  start(): void {
+    this.#connect();
+  }
+
+  #setConnected(v: boolean): void {
+    if (this.#connected === v) return;
+    this.#connected = v;
+    this.#o.onStatus?.(v);
+  }
+
+  #connect(): void {
+    if (this.#closed) return;
+    const creds = this.#o.credentials();
+    this.#client?.close();
+    // A fresh client per attempt picks up renewed node credentials and bundle.
+    const client = new DiscoveryClient(
+      formatHostPort(this.#o.controller),
+      controllerCredentials({ caPem: creds.bundlePem, trustDomain: creds.trustDomain, keyPem: creds.keyPem, certChainPem: creds.certChainPem }),
+      CONTROLLER_CHANNEL_OPTIONS,
+    );
+    this.#client = client;
+    const call = client.watch(new Metadata());
+    this.#call = call;
+    let failed = false;
+    const fail = (why: string): void => {
+      if (failed || this.#call !== call) return;
+      failed = true;
+      this.#setConnected(false);
+      this.lastError = why;
+      call.cancel();
+      if (this.#closed) return;
+      const delay = this.#backoff.next();
+      this.#o.logger.warn({ err: why, retryInMs: delay }, 'controller watch lost; serving cached state');
+      this.#timer = setTimeout(() => this.#connect(), delay);
+    };
+    call.on('data', (res: WatchResponse) => {
+      this.#setConnected(true);
+      this.#backoff.reset();
+      try {
+        this.#o.apply(toUpdate(res));
+        this.lastUpdateAt = Date.now();
+        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: this.#o.certExpiresAt() } } });
+      } catch (err) {
+        const reason = errorMessage(err);
+        this.#o.logger.error({ err, revision: res.revision }, 'refusing (nack) a controller update; keeping the last good state');
+        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: false, reason, certExpiresAtMs: this.#o.certExpiresAt() } } });
+      }
+    });
+    call.on('error', (err: Error) => fail(err.message));
+    call.on('end', () => fail('controller ended the stream'));
+    call.write({ request: { $case: 'start', start: { resumeRevision: this.#o.revision(), certExpiresAtMs: this.#o.certExpiresAt(), hboneAddress: this.#o.hboneAddress } } });
+  }
+
+  /** Reconnects now (e.g. after node certificate renewal). */
+  reconnect(): void {
+    clearTimeout(this.#timer);
+    this.#call?.cancel();
+    this.#call = undefined;
+    this.#connect();
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#call?.cancel();
+    this.#client?.close();
+    this.#setConnected(false);
+  }
+}

@@ -1,0 +1,56 @@
+import { randomBytes } from 'node:crypto';
+import { trace, ROOT_CONTEXT, SpanKind, type Span, type Tracer, type SpanContext } from '@opentelemetry/api';
+
+export type { Tracer, Span };
+export { SpanKind };
+
+/**
+ * Tracing through @opentelemetry/api: one span per tunnelled connection, the
+ * W3C traceparent carried in the CONNECT request (DESIGN §7).
+ *
+ * Without an OpenTelemetry SDK registered the API hands out non-recording
+ * spans with an all-zero context, which would put an invalid traceparent on
+ * the wire; so when the tracer gives no valid context we make real ids and
+ * wrap them, and every hop still joins one trace that an SDK (or any log
+ * reader) can follow.
+ */
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+
+export function parseTraceparent(header: string | undefined): SpanContext | undefined {
+  const m = header ? TRACEPARENT.exec(header.trim()) : null;
+  if (!m || /^0+$/.test(m[1]!) || /^0+$/.test(m[2]!)) return undefined;
+  return { traceId: m[1]!, spanId: m[2]!, traceFlags: parseInt(m[3]!, 16), isRemote: true };
+}
+
+export function formatTraceparent(sc: SpanContext): string {
+  return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, '0')}`;
+}
+
+export interface ConnectionSpan {
+  readonly span: Span;
+  readonly context: SpanContext;
+  readonly traceparent: string;
+}
+
+/** Starts a connection span, child of `parent` when given (the CONNECT's traceparent), else a new trace. */
+export function startConnectionSpan(
+  tracer: Tracer,
+  name: string,
+  kind: SpanKind,
+  parent: SpanContext | undefined,
+  attributes: Record<string, string | number>,
+): ConnectionSpan {
+  const parentCtx = parent ? trace.setSpanContext(ROOT_CONTEXT, parent) : ROOT_CONTEXT;
+  let span = tracer.startSpan(name, { kind, attributes }, parentCtx);
+  let sc = span.spanContext();
+  if (!trace.isSpanContextValid(sc)) {
+    sc = { traceId: parent?.traceId ?? randomBytes(16).toString('hex'), spanId: randomBytes(8).toString('hex'), traceFlags: parent?.traceFlags ?? 1 };
+    span = trace.wrapSpanContext(sc);
+  }
+  return { span, context: sc, traceparent: formatTraceparent(sc) };
+}
+
+/** The OpenTelemetry API's tracer for a component (a no-op until an SDK is registered). */
+export function getTracer(name: string, version: string): Tracer {
+  return trace.getTracer(name, version);
+}

@@ -1,0 +1,236 @@
+import t from 'tap';
+import path from 'node:path';
+import { Registry } from '../../../controller/registry/registry.ts';
+import { SqliteStore } from '../../../controller/store/sqlite-store.ts';
+import type { Store } from '../../../controller/store/store.ts';
+import type { AuthorizationPolicy, ChangeSet, Resource, Service, Workload } from '../../../shared/resources/types.ts';
+import { adminId, controllerId, nodeId, workloadId } from '../../../shared/spiffe-id.ts';
+
+const TD = 'cluster.local';
+
+function workload(name: string, o: { ns?: string; sa?: string; node?: string; address?: string; revision?: number; weight?: number } = {}): Workload {
+  return {
+    kind: 'Workload',
+    metadata: { name, namespace: o.ns ?? 'default', labels: { app: name }, revision: o.revision ?? 0 },
+    spec: {
+      serviceAccount: o.sa ?? name, node: o.node ?? 'node-1', address: o.address ?? '10.0.0.1', ports: [8080],
+      weight: o.weight ?? 1, locality: '', healthy: true,
+    },
+  };
+}
+
+function service(name: string, ns = 'default'): Service {
+  return {
+    kind: 'Service',
+    metadata: { name, namespace: ns, labels: {}, revision: 0 },
+    spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: name } },
+  };
+}
+
+function policy(name: string, ns = 'default'): AuthorizationPolicy {
+  return { kind: 'AuthorizationPolicy', metadata: { name, namespace: ns, labels: {}, revision: 0 }, spec: { action: 'DENY', rules: [] } };
+}
+
+const at = <R extends Resource>(r: R, revision: number): R => ({ ...r, metadata: { ...r.metadata, revision } });
+const put = (revision: number, ...rs: Resource[]): ChangeSet => ({ revision, changes: rs.map((r) => ({ op: 'put', resource: at(r, revision) })) });
+const key = (r: Resource) => ({ kind: r.kind, namespace: r.metadata.namespace, name: r.metadata.name });
+
+// ------------------------------------------------------------------ node authorization
+
+t.test('mayIssue: a node may hold its own identity and those of its workloads, nothing else', async (t) => {
+  const reg = new Registry();
+  reg.load(3, [
+    workload('web', { node: 'node-1', address: '10.0.0.1' }),
+    workload('db', { ns: 'data', sa: 'postgres', node: 'node-2', address: '10.0.0.2' }),
+  ]);
+  t.ok(reg.mayIssue('node-1', nodeId(TD, 'node-1')), 'own node id');
+  t.notOk(reg.mayIssue('node-1', nodeId(TD, 'node-2')), 'another node id');
+  t.ok(reg.mayIssue('node-1', workloadId(TD, 'default', 'web')), 'a workload on its node');
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'data', 'postgres')), 'a workload on another node');
+  t.ok(reg.mayIssue('node-2', workloadId(TD, 'data', 'postgres')));
+  t.notOk(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')));
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'default', 'postgres')), 'service account of another namespace');
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'data', 'web')), 'namespace with another service account');
+  t.notOk(reg.mayIssue('node-1', adminId(TD, 'admin')), 'admin identity');
+  t.notOk(reg.mayIssue('node-1', controllerId(TD)), 'controller identity');
+  t.notOk(reg.mayIssue('node-3', workloadId(TD, 'default', 'web')), 'a node with no workloads');
+});
+
+t.test('mayIssue: same ns/sa registered only on another node is refused', async (t) => {
+  const reg = new Registry();
+  reg.load(1, [workload('a', { sa: 'shared', node: 'node-2', address: '10.0.0.1' }), workload('b', { sa: 'other', node: 'node-1', address: '10.0.0.2' })]);
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'default', 'shared')));
+  t.ok(reg.mayIssue('node-2', workloadId(TD, 'default', 'shared')));
+});
+
+t.test('the authorization index follows applied change sets', async (t) => {
+  const reg = new Registry();
+  const web = workload('web', { node: 'node-1', address: '10.0.0.1' });
+  const web2 = workload('web-2', { sa: 'web', node: 'node-1', address: '10.0.0.2' });
+  reg.applyChangeSet(put(1, web, web2));
+  t.ok(reg.mayIssue('node-1', workloadId(TD, 'default', 'web')));
+  t.notOk(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')));
+
+  reg.applyChangeSet(put(2, workload('web', { node: 'node-2', address: '10.0.0.1' })));
+  t.ok(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')), 'the new node gains the identity');
+  t.ok(reg.mayIssue('node-1', workloadId(TD, 'default', 'web')), 'node-1 still runs web-2 with that service account');
+
+  reg.applyChangeSet(put(3, workload('web-2', { sa: 'web', node: 'node-3', address: '10.0.0.2' })));
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'default', 'web')), 'moved away: node-1 loses authorization');
+
+  reg.applyChangeSet({ revision: 4, changes: [{ op: 'delete', key: key(web) }] });
+  t.notOk(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')), 'deleted: node-2 loses authorization');
+  t.ok(reg.mayIssue('node-3', workloadId(TD, 'default', 'web')));
+  t.same(reg.workloadsOnNode('node-3').map((w) => w.metadata.name), ['web-2']);
+  t.same(reg.workloadsOnNode('node-2'), []);
+});
+
+t.test('applyChangeSet: revision order, stale sets skipped, listeners told', async (t) => {
+  const reg = new Registry();
+  const seen: number[] = [];
+  const off = reg.onChange((cs) => seen.push(cs.revision));
+  reg.load(5, [workload('web')]);
+  t.equal(reg.revision, 5);
+  reg.applyChangeSet(put(4, workload('old', { address: '10.0.0.9' })));
+  t.equal(reg.get({ kind: 'Workload', namespace: 'default', name: 'old' }), undefined, 'a set at or below the revision is ignored');
+  reg.applyChangeSet(put(5, workload('old', { address: '10.0.0.9' })));
+  t.equal(reg.revision, 5);
+  reg.applyChangeSet(put(6, service('web')));
+  t.equal(reg.revision, 6);
+  t.same(seen, [6], 'listeners see applied sets only');
+  off();
+  reg.applyChangeSet(put(7, policy('p')));
+  t.same(seen, [6], 'unsubscribed');
+  t.same(reg.counts(), { Workload: 1, Service: 1, AuthorizationPolicy: 1 });
+  t.same(reg.list().map((r) => r.kind), ['AuthorizationPolicy', 'Service', 'Workload']);
+  t.same(reg.list('Workload', 'other'), []);
+  t.equal(reg.all().length, 3);
+});
+
+t.test('list orders by kind, namespace, name', async (t) => {
+  const reg = new Registry();
+  reg.load(1, [workload('b', { ns: 'z', address: '10.0.0.1' }), workload('a', { ns: 'z', address: '10.0.0.2' }), workload('c', { ns: 'a', address: '10.0.0.3' })]);
+  t.same(reg.list('Workload').map((r) => `${r.metadata.namespace}/${r.metadata.name}`), ['a/c', 'z/a', 'z/b']);
+  t.same(reg.list('Workload', 'z').map((r) => r.metadata.name), ['a', 'b']);
+});
+
+// ------------------------------------------------------------------ planning
+
+t.test('planApply: created, configured, unchanged', async (t) => {
+  const reg = new Registry();
+  reg.load(2, [at(workload('web', { address: '10.0.0.1' }), 2), at(service('web'), 2)]);
+  const plan = reg.planApply([
+    workload('web', { address: '10.0.0.1' }), // same content, revision 0 as from a file
+    { ...service('web'), spec: { ...service('web').spec, addresses: ['10.96.0.11'] } },
+    workload('db', { address: '10.0.0.2' }),
+  ], false);
+  t.same(plan.results.map((r) => [r.key.kind, r.key.name, r.outcome]), [
+    ['Workload', 'web', 'unchanged'],
+    ['Service', 'web', 'configured'],
+    ['Workload', 'db', 'created'],
+  ]);
+  t.same(plan.changes.map((c) => (c.op === 'put' ? `${c.resource.kind}/${c.resource.metadata.name}` : 'delete')), ['Service/web', 'Workload/db'], 'unchanged resources are not written');
+  t.same(reg.planApply([workload('web', { address: '10.0.0.1' })], false).changes, [], 're-applying the same workload writes nothing');
+  t.equal(reg.revision, 2, 'planning changes nothing');
+  t.equal(reg.list().length, 2);
+});
+
+t.test('planApply: createOnly refuses an existing name', async (t) => {
+  const reg = new Registry();
+  reg.load(1, [at(workload('web'), 1)]);
+  t.throws(() => reg.planApply([workload('other', { address: '10.0.0.5' }), workload('web')], true), {
+    code: 'AMBIT_ERR_RESOURCE_CONFLICT', message: /Workload default\/web already exists/, details: { field: 'metadata.name' },
+  });
+  t.equal(reg.planApply([workload('other', { address: '10.0.0.5' })], true).results[0]!.outcome, 'created');
+});
+
+t.test('planApply: an address another workload holds is a conflict', async (t) => {
+  const reg = new Registry();
+  reg.load(1, [at(workload('web', { address: '10.0.0.1' }), 1), at(workload('db', { address: '10.0.0.2' }), 1)]);
+  t.throws(() => reg.planApply([workload('api', { address: '10.0.0.1' })], false), {
+    code: 'AMBIT_ERR_RESOURCE_CONFLICT', details: { field: 'spec.address', value: '10.0.0.1', owner: 'Workload/default/web' },
+  }, 'a new workload on a taken address');
+  t.throws(() => reg.planApply([workload('db', { address: '10.0.0.1' })], false), { code: 'AMBIT_ERR_RESOURCE_CONFLICT' }, 'moving onto a taken address');
+  t.throws(() => reg.planApply([workload('x', { address: '10.0.0.7' }), workload('y', { address: '10.0.0.7' })], false), {
+    code: 'AMBIT_ERR_RESOURCE_CONFLICT',
+  }, 'two workloads of one batch on one address');
+  const sameNs = workload('web', { ns: 'other', address: '10.0.0.1' });
+  t.throws(() => reg.planApply([sameNs], false), { code: 'AMBIT_ERR_RESOURCE_CONFLICT' }, 'same name in another namespace is another workload');
+
+  const swap = reg.planApply([workload('web', { address: '10.0.0.2' }), workload('db', { address: '10.0.0.1' })], false);
+  t.same(swap.results.map((r) => r.outcome), ['configured', 'configured'], 'two workloads may swap addresses in one batch');
+  const move = reg.planApply([workload('web', { address: '10.0.0.9' }), workload('api', { address: '10.0.0.1' })], false);
+  t.same(move.results.map((r) => r.outcome), ['configured', 'created'], 'an address freed in the batch may be taken in it');
+});
+
+t.test('planDelete', async (t) => {
+  const reg = new Registry();
+  const web = workload('web');
+  reg.load(1, [at(web, 1)]);
+  const missing = { kind: 'Service' as const, namespace: 'default', name: 'nope' };
+  t.throws(() => reg.planDelete([key(web), missing], false), { code: 'AMBIT_ERR_RESOURCE_NOT_FOUND', details: missing });
+  const plan = reg.planDelete([key(web), missing, key(web)], true);
+  t.same(plan.changes, [{ op: 'delete', key: key(web) }], 'missing ignored, duplicates collapsed');
+  t.same(plan.deleted, [key(web)]);
+  t.same(reg.planDelete([missing], true).changes, []);
+  t.ok(reg.get(key(web)), 'planning deletes nothing');
+});
+
+// ------------------------------------------------------------------ following a real store
+
+t.test('Registry.follow: snapshot, then every commit of a real SqliteStore', async (t) => {
+  const store = SqliteStore.open({ path: path.join(t.testdir(), 'ambit.db') });
+  t.teardown(() => store.close());
+  await store.commit([{ op: 'put', resource: workload('web', { node: 'node-1', address: '10.0.0.1' }) }]);
+  await store.commit([{ op: 'put', resource: service('web') }]);
+
+  const { registry, stop } = await Registry.follow(store);
+  t.equal(registry.revision, 2);
+  t.equal(registry.list().length, 2);
+  t.equal(registry.get({ kind: 'Workload', namespace: 'default', name: 'web' })?.metadata.revision, 1);
+  t.ok(registry.mayIssue('node-1', workloadId(TD, 'default', 'web')));
+
+  // The admin flow: plan against the registry, commit to the store, see it in the registry.
+  const plan = registry.planApply([workload('web', { node: 'node-2', address: '10.0.0.1' })], false);
+  t.same(plan.results.map((r) => r.outcome), ['configured']);
+  await store.commit(plan.changes, registry.revision);
+  t.equal(registry.revision, 3);
+  t.notOk(registry.mayIssue('node-1', workloadId(TD, 'default', 'web')), 'moved workload: old node refused');
+  t.ok(registry.mayIssue('node-2', workloadId(TD, 'default', 'web')));
+  t.same(registry.planApply([workload('web', { node: 'node-2', address: '10.0.0.1' })], false).results.map((r) => r.outcome), ['unchanged'],
+    'the stored copy (with its revision) counts as the same content');
+
+  await store.commit(registry.planDelete([{ kind: 'Service', namespace: 'default', name: 'web' }], false).changes);
+  t.equal(registry.revision, 4);
+  t.same(registry.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0 });
+
+  stop();
+  await store.commit([{ op: 'put', resource: policy('p') }]);
+  t.equal(registry.revision, 4, 'stopped following');
+});
+
+t.test('Registry.follow: a commit that lands while the snapshot is read is not lost or doubled', async (t) => {
+  const store = SqliteStore.open({ path: path.join(t.testdir(), 'ambit.db') });
+  t.teardown(() => store.close());
+  await store.commit([{ op: 'put', resource: workload('a', { address: '10.0.0.1' }) }]);
+  // Commits race the snapshot: one before it is read (so the snapshot holds it and the
+  // early queue does too), one after it is read but before follow() loads it.
+  const racing = {
+    subscribe: (l: (cs: ChangeSet) => void) => store.subscribe(l),
+    snapshot: async () => {
+      await store.commit([{ op: 'put', resource: workload('b', { address: '10.0.0.2' }) }]);
+      const snap = await store.snapshot();
+      await store.commit([{ op: 'put', resource: workload('c', { address: '10.0.0.3' }) }]);
+      return snap;
+    },
+  } as unknown as Store;
+  const seen: number[] = [];
+  const { registry, stop } = await Registry.follow(racing);
+  t.teardown(stop);
+  registry.onChange((cs) => seen.push(cs.revision));
+  t.equal(registry.revision, 3);
+  t.same(registry.list('Workload').map((w) => w.metadata.name), ['a', 'b', 'c']);
+  await store.commit([{ op: 'delete', key: { kind: 'Workload', namespace: 'default', name: 'b' } }]);
+  t.same(seen, [4]);
+  t.same(registry.list('Workload').map((w) => w.metadata.name), ['a', 'c']);
+});
