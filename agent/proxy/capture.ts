@@ -38,8 +38,10 @@
  * one (a pod-facing veth without an address drops redirected packets).
  */
 import { spawn } from 'node:child_process';
-import { SocketAddress, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
+import { canonicalIp, parseCidr } from '../../shared/net-address.ts';
+import type { IpFamily } from '../../shared/net-address.ts';
 
 export type CaptureMode = 'vm' | 'pod';
 
@@ -78,8 +80,6 @@ export interface CaptureOptions {
 
 export const CAPTURE_CHAINS = { output: 'AMBIT_OUTPUT', prerouting: 'AMBIT_PREROUTING' } as const;
 
-type Family = 4 | 6;
-
 const FAMILY = {
   4: { iptables: 'iptables', restore: 'iptables-restore', loopback: '127.0.0.0/8', hostBits: 32 },
   6: { iptables: 'ip6tables', restore: 'ip6tables-restore', loopback: '::1/128', hostBits: 128 },
@@ -102,8 +102,9 @@ interface Rendered {
   readonly prerouting: readonly RuleSpec[];
 }
 
-interface Cidr {
-  readonly family: Family;
+interface CidrText {
+  readonly family: IpFamily;
+  /** Canonical text, as `iptables -S` prints it. */
   readonly text: string;
 }
 
@@ -113,7 +114,7 @@ export class CaptureRules {
   readonly #inboundPlaintextPort: number;
   readonly #hbonePort: number;
   readonly #agentUid: number;
-  readonly #podCidrs: readonly Cidr[];
+  readonly #podCidrs: readonly CidrText[];
   readonly #exec: CaptureExec;
   #workloadUids: readonly number[];
   #localWorkloads: readonly CaptureWorkload[];
@@ -134,7 +135,7 @@ export class CaptureRules {
       throw invalid('ports', [this.#outboundPort, this.#inboundPlaintextPort, this.#hbonePort], 'outbound, inbound plaintext and HBONE ports must differ');
     }
     this.#agentUid = checkUid('agentUid', options.agentUid);
-    const podCidrs = (options.podCidrs ?? []).map((cidr, i) => parseCidr(`podCidrs[${i}]`, cidr));
+    const podCidrs = (options.podCidrs ?? []).map((cidr, i) => checkCidr(`podCidrs[${i}]`, cidr));
     if (this.#mode === 'pod' && podCidrs.length === 0) {
       throw invalid('podCidrs', options.podCidrs, 'pod mode needs at least one pod CIDR');
     }
@@ -216,12 +217,12 @@ export class CaptureRules {
   }
 
   /** IPv4 always; IPv6 only when something to capture is IPv6. */
-  #families(): Family[] {
+  #families(): IpFamily[] {
     const v6 = this.#podCidrs.some((c) => c.family === 6) || this.#localWorkloads.some((w) => isIP(w.address) === 6);
     return v6 ? [4, 6] : [4];
   }
 
-  #render(family: Family): Rendered {
+  #render(family: IpFamily): Rendered {
     const { loopback, hostBits } = FAMILY[family];
     const output: RuleSpec[] = [
       ['-p', 'tcp', '-m', 'owner', '--uid-owner', String(this.#agentUid), '-j', 'RETURN'],
@@ -256,7 +257,7 @@ export class CaptureRules {
     if (!wanted.includes(6)) await this.#removeFamily(6, { tolerateUnavailable: true });
   }
 
-  async #applyFamily(family: Family): Promise<void> {
+  async #applyFamily(family: IpFamily): Promise<void> {
     const state = await this.#listNat(family);
     const rendered = this.#render(family);
     const lines = ['*nat'];
@@ -278,7 +279,7 @@ export class CaptureRules {
     await this.#run(family, [FAMILY[family].restore, ...LOCK_WAIT, '--noflush'], lines.join('\n'));
   }
 
-  async #removeFamily(family: Family, options: { tolerateUnavailable: boolean }): Promise<void> {
+  async #removeFamily(family: IpFamily, options: { tolerateUnavailable: boolean }): Promise<void> {
     let state: NatState;
     try {
       state = await this.#listNat(family);
@@ -296,12 +297,12 @@ export class CaptureRules {
   }
 
   /** Our chains and every rule anywhere in the nat table that jumps into one. */
-  async #listNat(family: Family): Promise<NatState> {
+  async #listNat(family: IpFamily): Promise<NatState> {
     const { stdout } = await this.#run(family, [FAMILY[family].iptables, ...LOCK_WAIT, '-t', 'nat', '-S']);
     return parseNat(stdout);
   }
 
-  async #run(family: Family, argv: readonly string[], input?: string): Promise<{ stdout: string }> {
+  async #run(family: IpFamily, argv: readonly string[], input?: string): Promise<{ stdout: string }> {
     try {
       return await this.#exec(argv, input === undefined ? undefined : { input });
     } catch (err) {
@@ -400,7 +401,7 @@ function checkUid(key: string, uid: unknown): number {
 }
 
 /**
- * Validates, canonicalizes (IPv6 text as iptables prints it) and de-duplicates
+ * Validates, canonicalizes (addresses as iptables prints them) and de-duplicates
  * the workloads, so that every rendered rule is unique and matches `-S` output.
  */
 function checkWorkloads(workloads: readonly CaptureWorkload[]): readonly CaptureWorkload[] {
@@ -411,9 +412,8 @@ function checkWorkloads(workloads: readonly CaptureWorkload[]): readonly Capture
     if (typeof workload !== 'object' || workload === null || typeof workload.address !== 'string') {
       throw invalid(`localWorkloads[${i}]`, workload, 'must be { address, ports }');
     }
-    const family = isIP(workload.address);
-    if (family === 0) throw invalid(`localWorkloads[${i}].address`, workload.address, 'must be an IP address');
-    const address = canonicalAddress(workload.address, family === 4 ? 4 : 6);
+    const address = canonicalIp(workload.address);
+    if (address === undefined) throw invalid(`localWorkloads[${i}].address`, workload.address, 'must be an IP address');
     const given: unknown = workload.ports;
     if (!Array.isArray(given)) throw invalid(`localWorkloads[${i}].ports`, given, 'must be an array');
     const ports: number[] = [];
@@ -429,59 +429,13 @@ function checkWorkloads(workloads: readonly CaptureWorkload[]): readonly Capture
   return Object.freeze(result);
 }
 
-function canonicalAddress(address: string, family: Family): string {
-  return new SocketAddress({ address, family: family === 4 ? 'ipv4' : 'ipv6' }).address;
-}
-
-function parseCidr(key: string, cidr: unknown): Cidr {
-  if (typeof cidr !== 'string') throw invalid(key, cidr, 'must be a CIDR such as 10.244.1.0/24');
-  const slash = cidr.indexOf('/');
-  const address = slash < 0 ? cidr : cidr.slice(0, slash);
-  const lengthText = slash < 0 ? '' : cidr.slice(slash + 1);
-  const ipFamily = isIP(address);
-  if (ipFamily === 0 || !/^\d{1,3}$/.test(lengthText)) throw invalid(key, cidr, 'must be a CIDR such as 10.244.1.0/24');
-  const family: Family = ipFamily === 4 ? 4 : 6;
-  const prefix = Number(lengthText);
-  if (prefix > FAMILY[family].hostBits) throw invalid(key, cidr, `has a prefix longer than ${FAMILY[family].hostBits}`);
-  const bytes = addressBytes(address, family);
-  const network = bytes.map((byte, i) => {
-    const bitsInByte = Math.min(8, Math.max(0, prefix - i * 8));
-    return byte & ((0xff << (8 - bitsInByte)) & 0xff);
-  });
-  const networkText = formatBytes(network, family);
-  // iptables would silently mask the host bits; a typo there would capture a
-  // different range than the operator meant, so say so instead.
-  if (networkText !== canonicalAddress(address, family)) {
-    throw invalid(key, cidr, `has host bits set (the network is ${networkText}/${prefix})`);
-  }
-  return { family, text: `${networkText}/${prefix}` };
-}
-
-/** Bytes of a valid (isIP-checked) address. */
-function addressBytes(address: string, family: Family): number[] {
-  if (family === 4) return address.split('.').map(Number);
-  let text = address;
-  const tail: number[] = [];
-  const lastColon = text.lastIndexOf(':');
-  if (text.includes('.', lastColon)) {
-    tail.push(...addressBytes(text.slice(lastColon + 1), 4));
-    text = `${text.slice(0, lastColon + 1)}0:0`;
-  }
-  const [head = '', rest] = text.split('::');
-  const headGroups = head === '' ? [] : head.split(':');
-  const restGroups = rest === undefined || rest === '' ? [] : rest.split(':');
-  const zeros = rest === undefined ? 0 : 8 - headGroups.length - restGroups.length;
-  const groups = [...headGroups, ...Array<string>(zeros).fill('0'), ...restGroups].map((g) => parseInt(g, 16));
-  const bytes = groups.flatMap((g) => [g >> 8, g & 0xff]);
-  if (tail.length === 4) bytes.splice(12, 4, ...tail);
-  return bytes;
-}
-
-function formatBytes(bytes: readonly number[], family: Family): string {
-  if (family === 4) return bytes.join('.');
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
-  return canonicalAddress(groups.join(':'), 6);
+function checkCidr(key: string, value: unknown): CidrText {
+  if (typeof value !== 'string') throw invalid(key, value, 'must be a CIDR such as 10.244.1.0/24');
+  const parsed = parseCidr(value);
+  // Host bits are refused rather than masked as iptables would: a typo there
+  // would capture a different range than the operator meant.
+  if (!parsed.ok) throw invalid(key, value, parsed.reason);
+  return { family: parsed.cidr.network.family, text: parsed.text };
 }
 
 function dedupeBy<T>(items: readonly T[], key: (item: T) => string): readonly T[] {

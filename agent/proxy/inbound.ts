@@ -53,7 +53,7 @@ function baggageWorkload(header: string | string[] | undefined): { name?: string
 function respond(stream: ServerHttp2Stream, status: number, reason: string): void {
   if (stream.destroyed || stream.closed) return;
   if (!stream.headersSent) stream.respond({ ':status': status, 'x-ambit-reason': reason }, { endStream: true });
-  else stream.close(http2.constants.NGHTTP2_CANCEL);
+  else stream.destroy(new Error(reason));
 }
 
 /**
@@ -115,8 +115,11 @@ export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers
     close: (reason, flags) => {
       record.finish(reason, flags);
       if (flags === 'DENY') d.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
-      socket.destroy();
-      stream.close(http2.constants.NGHTTP2_CANCEL);
+      // destroy(err), not close(CANCEL): close() defers its RST until the
+      // write side finishes, and the relay destroying the stream first would
+      // drop it, leaving the peer agent's stream (and its client) hanging.
+      stream.destroy(new Error(reason));
+      socket.resetAndDestroy();
     },
     done,
   });

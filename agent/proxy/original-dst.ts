@@ -75,6 +75,9 @@ function isAddon(value: unknown): value is OriginalDstAddon {
  * back, not an error; compare with `socket.localAddress`/`localPort` to refuse
  * such loops. Throws an AmbitError (AMBIT_ERR_INTERNAL) when the socket has no
  * fd or the kernel holds no NAT record for it (ENOENT: not redirected).
+ *
+ * The capture listener should call loadOriginalDstAddon() once at start (so a
+ * missing build fails the start, not the first connection) and pass it here.
  */
 export function originalDestination(socket: Socket, addon: OriginalDstAddon = loadOriginalDstAddon()): OriginalDestination {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;

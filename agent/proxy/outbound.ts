@@ -134,8 +134,8 @@ export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Pro
     direction: 'outbound',
     close: (reason, flags) => {
       record.finish(reason, flags);
-      upstream.destroy();
-      req.client.destroy();
+      upstream.destroy(new Error(reason));
+      req.client.resetAndDestroy();
     },
     done,
   });

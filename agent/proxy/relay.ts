@@ -1,5 +1,17 @@
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
+
+/**
+ * An abnormal end is passed on as an abnormal end: TCP peers get a reset and
+ * HTTP/2 streams an RST_STREAM with an error code — not a clean FIN or
+ * NO_ERROR that would look like success to the other side.
+ */
+function abort(s: Duplex): void {
+  if (s.destroyed) return;
+  if (s instanceof Socket) s.resetAndDestroy();
+  else s.destroy(new Error('relay aborted'));
+}
 
 /**
  * Copies bytes both ways between two duplex streams with back-pressure
@@ -8,7 +20,8 @@ import { pipeline } from 'node:stream';
  * the reverse direction keeps flowing — a client that sends a request and
  * shuts down its write side still gets the whole response. Resolves once
  * both directions are done, with the first error's message ('' when clean);
- * on an error both sides are destroyed. Sockets must be allowHalfOpen.
+ * on an error (including the other side vanishing mid-stream) both sides are
+ * aborted, TCP sockets with a reset. Sockets must be allowHalfOpen.
  */
 export function relay(
   left: Duplex,
@@ -25,8 +38,8 @@ export function relay(
         firstError = err.code ?? err.message;
       }
       if (err) {
-        left.destroy();
-        right.destroy();
+        abort(left);
+        abort(right);
       }
       if (--pending === 0) {
         // Both halves finished: release the descriptors now rather than waiting for GC or peer close.
@@ -35,6 +48,15 @@ export function relay(
         resolve(firstError);
       }
     };
+    // An HTTP/2 stream reset by the peer can still end its readable side
+    // cleanly; 'aborted' is the signal that it did not finish normally.
+    const onAborted = (): void => {
+      if (!firstError) firstError = 'peer reset the tunnel';
+      abort(left);
+      abort(right);
+    };
+    left.once('aborted', onAborted);
+    right.once('aborted', onAborted);
     pipeline(left, right, done);
     pipeline(right, left, done);
   });

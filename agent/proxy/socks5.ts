@@ -80,7 +80,10 @@ interface Refusal {
 }
 
 /** One parse step: more bytes needed, a message of `size` bytes, or a refusal. */
-type Step<T> = { readonly kind: 'more' } | { readonly kind: 'ok'; readonly size: number; readonly value: T } | { readonly kind: 'refuse'; readonly refusal: Refusal };
+type Step<T> =
+  | { readonly kind: 'more' }
+  | { readonly kind: 'ok'; readonly size: number; readonly value: T }
+  | { readonly kind: 'refuse'; readonly refusal: Refusal };
 
 const MORE = { kind: 'more' } as const;
 
@@ -215,6 +218,9 @@ export function acceptSocks5(
   socket: Socket,
   options: { readonly authRequired: boolean; readonly timeoutMs: number },
 ): Promise<SocksRequest> {
+  if (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0) {
+    throw new RangeError(`timeoutMs must be a positive number, got ${options.timeoutMs}`);
+  }
   return new Promise<SocksRequest>((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
     let phase: Socks5Phase = 'greeting';

@@ -149,3 +149,56 @@ export function metricValue(body: string, name: string, labels: Record<string, s
   }
   return total;
 }
+
+export interface RunningAgent {
+  readonly proc: Proc;
+  readonly node: string;
+  readonly address: string;
+  readonly dataDir: string;
+  /** Ports as the agent reported them. */
+  readonly hbone: string;
+  readonly socks: string;
+  readonly metrics: string;
+  readonly ready: string;
+  readonly admin: string;
+}
+
+/** Starts ambit-agent (--capture none) on `address` and waits for "agent started". */
+export async function startAgent(o: {
+  readonly node: string;
+  readonly address: string;
+  readonly controller: string;
+  readonly dataDir: string;
+  readonly join?: string;
+  readonly extra?: readonly string[];
+  readonly env?: Record<string, string>;
+}): Promise<RunningAgent> {
+  const args = ['--node', o.node, '--controller', o.controller, '--address', o.address, '--data-dir', o.dataDir, '--capture', 'none', ...(o.join ? ['--join', o.join] : []), ...(o.extra ?? [])];
+  const proc = new Proc(AGENT_MAIN, args, o.env);
+  const started = await proc.waitForLog((l) => l.msg === 'agent started');
+  return {
+    proc, node: o.node, address: o.address, dataDir: o.dataDir,
+    hbone: String(started.hbone), socks: String(started.socks), metrics: String(started.metrics), ready: String(started.ready), admin: String(started.admin),
+  };
+}
+
+/** Polls until fn resolves truthy (bounded). */
+export async function eventually<T>(fn: () => Promise<T | undefined | false>, what: string, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+export function hostPortOf(s: string): HostPort {
+  const i = s.lastIndexOf(':');
+  return { host: s.slice(0, i), port: Number(s.slice(i + 1)) };
+}

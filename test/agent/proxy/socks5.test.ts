@@ -438,6 +438,7 @@ t.test('an already closed socket rejects at once', async (t) => {
   const s = new Socket();
   s.destroy();
   await t.rejects(acceptSocks5(s, { authRequired: false, timeoutMs: 1000 }), Socks5Error);
+  t.throws(() => acceptSocks5(s, { authRequired: false, timeoutMs: 0 }), RangeError, 'a non-positive timeout is a caller bug');
 });
 
 t.test('sendSocksReply encodes bound addresses and validates its input', async (t) => {

@@ -1,0 +1,243 @@
+// Load generators of bench/dataplane.ts: each drives one path (a host:port
+// that ends at bench/dataplane-server.ts, directly or through proxies) from a
+// fixed source address, and every loop is bounded by a count and a time.
+import { connect, type Socket } from 'node:net';
+import { MODE, ONCE_BYTES } from './dataplane-server.ts';
+
+export interface Target {
+  readonly host: string;
+  readonly port: number;
+  /** The client's source address (the Ambit agent checks it is the workload's). */
+  readonly localAddress: string;
+}
+
+const MiB = 1024 * 1024;
+const CHUNK = Buffer.alloc(256 * 1024, 0x61);
+
+/** Connects (bounded by timeoutMs) and resolves once established. */
+export function open(t: Target, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: t.host, port: t.port, localAddress: t.localAddress, noDelay: true, allowHalfOpen: true });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`connect to ${t.host}:${t.port} timed out`));
+    }, timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      // Later errors show up as 'close'; an unhandled 'error' must not end the bench.
+      s.removeAllListeners('error');
+      s.on('error', () => undefined);
+      resolve(s);
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+function drain(s: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      s.off('close', onClose);
+      resolve();
+    };
+    const onClose = (): void => {
+      s.off('drain', onDrain);
+      reject(new Error('connection closed while sending'));
+    };
+    s.once('drain', onDrain);
+    s.once('close', onClose);
+  });
+}
+
+export interface ThroughputResult {
+  readonly bytes: number;
+  readonly seconds: number;
+  readonly mibPerSecond: number;
+}
+
+/**
+ * Sends `bytes` to the sink over one connection and resolves when the sink
+ * has confirmed it received them all ('K'): delivery end to end, not just
+ * into the first socket buffer. Rejects after timeoutMs.
+ */
+async function sinkOne(t: Target, bytes: number, timeoutMs: number): Promise<void> {
+  const s = await open(t, timeoutMs);
+  try {
+    const acked = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`sink did not confirm ${bytes} bytes within ${timeoutMs} ms`)), timeoutMs);
+      s.once('data', (d: Buffer) => {
+        clearTimeout(timer);
+        if (d[0] === 0x4b) resolve();
+        else reject(new Error('unexpected answer from the sink'));
+      });
+      s.once('close', () => {
+        clearTimeout(timer);
+        reject(new Error('connection closed before the sink confirmed'));
+      });
+    });
+    acked.catch(() => undefined);
+    const header = Buffer.alloc(9);
+    header[0] = MODE.sink;
+    header.writeBigUInt64BE(BigInt(bytes), 1);
+    s.write(header);
+    let sent = 0;
+    const deadline = performance.now() + timeoutMs;
+    while (sent < bytes) {
+      const n = Math.min(CHUNK.length, bytes - sent);
+      const ok = s.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n));
+      sent += n;
+      if (!ok) await drain(s);
+      if (performance.now() > deadline) throw new Error(`sending ${bytes} bytes took longer than ${timeoutMs} ms`);
+    }
+    await acked;
+  } finally {
+    s.destroy();
+  }
+}
+
+/** `connections` connections in parallel share `totalBytes`; the rate is over the slowest. */
+export async function throughput(t: Target, totalBytes: number, connections: number, timeoutMs: number): Promise<ThroughputResult> {
+  const per = Math.floor(totalBytes / connections);
+  const start = performance.now();
+  await Promise.all(Array.from({ length: connections }, () => sinkOne(t, per, timeoutMs)));
+  const seconds = (performance.now() - start) / 1000;
+  const bytes = per * connections;
+  return { bytes, seconds, mibPerSecond: bytes / MiB / seconds };
+}
+
+export interface LatencyResult {
+  readonly rounds: number;
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly meanUs: number;
+}
+
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/**
+ * 1 KiB echo round trips on one established connection: `warmup` untimed,
+ * then up to `rounds` timed (stops early after timeoutMs).
+ */
+export async function latency(t: Target, rounds: number, warmup: number, size: number, timeoutMs: number): Promise<LatencyResult> {
+  const s = await open(t, timeoutMs);
+  const msg = Buffer.alloc(size, 0x62);
+  msg[0] = MODE.echo;
+  const samples = new Float64Array(rounds);
+  let got = 0;
+  let wake: (() => void) | undefined;
+  let failed: Error | undefined;
+  s.on('data', (d: Buffer) => {
+    got += d.length;
+    if (got >= size && wake) {
+      const w = wake;
+      wake = undefined;
+      w();
+    }
+  });
+  s.on('error', (err) => (failed = err));
+  s.on('close', () => {
+    failed ??= new Error('echo connection closed');
+    wake?.();
+  });
+  const roundTrip = (): Promise<void> =>
+    new Promise<void>((resolve) => {
+      got = 0;
+      wake = resolve;
+      s.write(msg);
+    });
+  const deadline = performance.now() + timeoutMs;
+  let done = 0;
+  try {
+    for (let i = 0; i < warmup + rounds; i++) {
+      const t0 = performance.now();
+      await roundTrip();
+      const t1 = performance.now();
+      if (failed) throw failed;
+      if (got !== size) throw new Error(`echo returned ${got} bytes, expected ${size}`);
+      if (i >= warmup) samples[done++] = (t1 - t0) * 1000;
+      if (t1 > deadline) break;
+    }
+  } finally {
+    s.destroy();
+  }
+  const sorted = samples.subarray(0, done).sort();
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return { rounds: done, p50Us: percentile(sorted, 50), p99Us: percentile(sorted, 99), meanUs: sum / done };
+}
+
+export interface ConnRateResult {
+  readonly ok: number;
+  readonly failures: number;
+  readonly seconds: number;
+  readonly perSecond: number;
+  readonly firstError: string;
+}
+
+/** One short connection: connect, send ONCE_BYTES, read them back, see the server's EOF, close. */
+function shortConnection(t: Target, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: t.host, port: t.port, localAddress: t.localAddress, noDelay: true });
+    let got = 0;
+    let settled = false;
+    const finish = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      s.destroy();
+      if (err) reject(err);
+      else resolve();
+    };
+    const timer = setTimeout(() => finish(new Error('timeout')), timeoutMs);
+    s.once('connect', () => {
+      const msg = Buffer.alloc(ONCE_BYTES, 0x63);
+      msg[0] = MODE.once;
+      s.write(msg);
+    });
+    s.on('data', (d: Buffer) => (got += d.length));
+    s.once('end', () => finish(got === ONCE_BYTES ? undefined : new Error(`got ${got} of ${ONCE_BYTES} bytes`)));
+    s.once('error', (err: NodeJS.ErrnoException) => finish(new Error(err.code ?? err.message)));
+    s.once('close', () => finish(new Error(`closed after ${got} bytes`)));
+  });
+}
+
+/**
+ * New connections per second: `concurrency` loops each run short connections
+ * back to back until durationMs has passed or maxConnections were started;
+ * connections in flight at the deadline finish and count.
+ */
+export async function connectionRate(t: Target, durationMs: number, concurrency: number, maxConnections: number, perConnTimeoutMs: number): Promise<ConnRateResult> {
+  let started = 0;
+  let ok = 0;
+  let failures = 0;
+  let firstError = '';
+  const start = performance.now();
+  const deadline = start + durationMs;
+  const worker = async (): Promise<void> => {
+    while (performance.now() < deadline && started < maxConnections) {
+      started++;
+      try {
+        await shortConnection(t, perConnTimeoutMs);
+        ok++;
+      } catch (err) {
+        failures++;
+        firstError ||= (err as Error).message;
+        // A failing path must not spin: back off a little.
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = (performance.now() - start) / 1000;
+  return { ok, failures, seconds, perSecond: ok / seconds, firstError };
+}
+
+/** One short connection through `t`, for readiness probes; rejects when it fails. */
+export function probeOnce(t: Target, timeoutMs: number): Promise<void> {
+  return shortConnection(t, timeoutMs);
+}
