@@ -1,4 +1,4 @@
-import type { Server } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { join } from 'node:path';
 import { ensurePrivateDir } from '../shared/files.ts';
 import { formatHostPort } from '../shared/config-parse.ts';
@@ -14,6 +14,9 @@ import { CertManager } from './identity/cert-manager.ts';
 import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts';
 import { ConnectionTracker } from './proxy/connection-tracker.ts';
 import { socksServer, upstreamServer, type ExplicitDeps } from './proxy/explicit-listeners.ts';
+import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
+import { inboundPlaintextServer, outboundCaptureServer } from './proxy/capture-listeners.ts';
+import { loadOriginalDstAddon, originalDestination } from './proxy/original-dst.ts';
 import { HboneServer } from './proxy/hbone-server.ts';
 import { handleInbound } from './proxy/inbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
@@ -146,6 +149,41 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     }
     cleanups.push(() => Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined));
 
+    // --- transparent capture (iptables + SO_ORIGINAL_DST); needs CAP_NET_ADMIN
+    let capture: CaptureRules | undefined;
+    const captureTargets = (): { uids: number[]; workloads: { address: string; ports: number[] }[] } => ({
+      uids: [...new Set(state.localWorkloads().flatMap((w) => (w.spec.uid === undefined ? [] : [w.spec.uid])))],
+      workloads: state.localWorkloads().map((w) => ({ address: w.spec.address, ports: [...w.spec.ports] })),
+    });
+    if (cfg.capture === 'transparent') {
+      const addon = loadOriginalDstAddon(); // fails fast, naming the missing file, before any rule exists
+      const captureDeps = { state, metrics, logger: log, originalDestination: (s: Socket) => originalDestination(s, addon), captureMode: cfg.captureMode };
+      // Redirected connections arrive on the address iptables picked (loopback for
+      // OUTPUT, the pod-facing interface for PREROUTING): listen on all addresses.
+      const any = cfg.address.includes(':') ? '::' : '0.0.0.0';
+      const out = outboundCaptureServer(captureDeps, outboundDeps);
+      await out.listen(any, cfg.outboundPort);
+      servers.push(out.server);
+      const plain = inboundPlaintextServer({ ...captureDeps, mode: cfg.mode, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout });
+      await plain.listen(any, cfg.inboundPlaintextPort);
+      servers.push(plain.server);
+      const targets = captureTargets();
+      capture = new CaptureRules({
+        mode: cfg.captureMode,
+        outboundPort: cfg.outboundPort,
+        inboundPlaintextPort: cfg.inboundPlaintextPort,
+        hbonePort: cfg.hbonePort,
+        agentUid: process.getuid?.() ?? 0,
+        workloadUids: targets.uids,
+        localWorkloads: targets.workloads,
+        podCidrs: (cfg.podCidrs ?? '').split(',').map((c) => c.trim()).filter(Boolean),
+        exec: spawnCaptureExec,
+      });
+      await capture.install();
+      cleanups.push(() => capture?.remove());
+      log.info({ rules: capture.rules() }, 'capture rules installed');
+    }
+
     // --- controller watch
     let saveTimer: NodeJS.Timeout | undefined;
     const persist = (): void => {
@@ -169,6 +207,10 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         if (closed > 0) log.warn({ closed, revision: state.revision }, 'closed live connections a policy change now denies');
       }
       if (effect.localWorkloadsChanged || effect.bundleChanged) void syncCertificates().catch((err: unknown) => log.error({ err }, 'certificate sync failed'));
+      if (effect.localWorkloadsChanged && capture) {
+        const t = captureTargets();
+        void capture.updateWorkloads(t.uids, t.workloads).catch((err: unknown) => log.error({ err }, 'updating capture rules failed'));
+      }
       persist();
     };
     const watch = new WatchClient({
@@ -228,6 +270,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
         tunnelPool: pool.stats(),
         connections: tracker.size,
+        captureRules: capture?.rules() ?? [],
         ready: isReady(),
       }),
     });
@@ -247,7 +290,6 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       upstreams: cfg.upstreams.map((u) => `${loopback}:${u.localPort} -> ${formatHostPort(u.destination)} as ${u.namespace}/${u.workload}`),
       capture: cfg.capture, mode: cfg.mode,
     }, 'agent started');
-    if (cfg.capture === 'transparent') log.warn('transparent capture is not wired in this build yet; use --capture none (SOCKS5 and upstream listeners)');
 
     let closing: Promise<void> | undefined;
     return {
