@@ -287,6 +287,39 @@ t.test('DENY policy: 401 for new tunnels and existing connections are closed', a
   }, 'allowed again after the policy is deleted');
 });
 
+t.test('a registered workload that is not listening: 503, reported as an upstream failure', async (t) => {
+  await ok(['workload', 'register', '--name', 'down', '--service-account', 'down', '--node', 'node-b', '--address', '127.0.3.14', '--port', '9999']);
+  await eventually(async () => {
+    const dump = JSON.parse((await httpGet(hostPortOf(agentB.admin), '/workloads')).body) as { local: { metadata: { name: string } ; certificate: string }[] };
+    return dump.local.some((w) => w.metadata.name === 'down' && w.certificate === 'valid');
+  }, 'node-b holds a certificate for the new workload');
+  const { socket, reply } = await socks(agentA.socks, 'default/client', '127.0.3.14', 9999);
+  socket.destroy();
+  t.equal(reply, 5, 'SOCKS client sees "connection refused"');
+  const log = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l['dst.workload'] === 'down');
+  t.equal(log.response_flags, 'UF', 'destination log: upstream failure');
+  t.match(String(log.error), /workload_unreachable/, 'and why');
+});
+
+t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
+  const admin = hostPortOf(agentA.admin);
+  t.equal(admin.host, A, 'admin listens on the agent\'s loopback address');
+  const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number } };
+  t.equal(dump.node, 'node-a');
+  t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
+  const certsText = (await httpGet(admin, '/certs')).body;
+  const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number }[];
+  t.ok(certs.some((c) => c.identity === CLIENT_ID && c.state === 'valid' && c.secondsLeft > 3600), 'workload certificate listed with its lifetime');
+  t.ok(certs.some((c) => c.identity === `spiffe://${TD}/ambit/node/node-a`), 'node certificate listed');
+  t.notMatch(certsText, /PRIVATE KEY/, 'no private key is ever shown');
+  const wl = JSON.parse((await httpGet(admin, '/workloads')).body) as { local: { identity: string }[] };
+  t.same(wl.local.map((w) => w.identity), [CLIENT_ID], 'local workloads with identities');
+  const set = await fetch(`http://${A}:${admin.port}/logging?level=debug`, { method: 'POST' });
+  t.same(await set.json(), { level: 'debug' }, 'log level changed');
+  t.equal((await fetch(`http://${A}:${admin.port}/logging?level=loud`, { method: 'POST' })).status, 400, 'bad level refused');
+  await fetch(`http://${A}:${admin.port}/logging?level=info`, { method: 'POST' });
+});
+
 t.test('controller down: a restarted agent serves from its cached state and certificates', async (t) => {
   await ctl.proc.stop('SIGTERM');
   await agentB.proc.stop('SIGTERM');
@@ -299,4 +332,36 @@ t.test('controller down: a restarted agent serves from its cached state and cert
   t.equal(r.received, r.sent, 'bytes intact');
   t.ok(agentB.proc.logs.some((l) => l.msg === 'serving cached mesh state until the controller answers'), 'agent says it serves from cache');
   t.ok(agentB.proc.logs.some((l) => l.msg === 'controller watch lost; serving cached state'), 'and that the controller is unreachable');
+});
+
+t.test('SIGTERM drains: open connections finish, new ones are refused, then the agent exits', async (t) => {
+  const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+  t.equal(reply, 0);
+  const sent = createHash('sha256');
+  const received = createHash('sha256');
+  socket.on('data', (d: Buffer) => received.update(d));
+  const ended = new Promise<void>((r) => socket.on('end', () => r()));
+  socket.resume();
+  const chunk = (): Buffer => {
+    const c = randomBytes(256 * 1024);
+    sent.update(c);
+    return c;
+  };
+  socket.write(chunk());
+  agentB.proc.child.kill('SIGTERM');
+  await agentB.proc.waitForLog((l) => l.msg === 'draining');
+  t.equal((await httpGet(hostPortOf(agentB.ready), '/healthz/ready').catch(() => ({ status: 0 }))).status !== 200, true, 'not ready while draining');
+  const fresh = await socks(agentA.socks, 'default/client', 'web.default', 80);
+  fresh.socket.destroy();
+  t.not(fresh.reply, 0, 'a new tunnel to the draining agent is refused');
+  for (let i = 0; i < 8; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    socket.write(chunk());
+  }
+  socket.end();
+  await ended;
+  t.equal(received.digest('hex'), sent.digest('hex'), 'the open connection finished intact during the drain');
+  const exit = await agentB.proc.exited;
+  t.equal(exit.code, 0, 'agent exited cleanly after draining');
+  t.ok(agentB.proc.logs.some((l) => l.msg === 'drained'), 'it says it drained without cutting anyone');
 });

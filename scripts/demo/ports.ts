@@ -1,0 +1,125 @@
+/**
+ * Before the demo starts anything: is every address:port it needs free? A
+ * port in use is reported with the process holding it (from /proc), so a
+ * demo left running in another terminal is recognisable at a glance.
+ */
+import { createServer } from 'node:net';
+import { readdir, readFile, readlink } from 'node:fs/promises';
+import { parseProcNetTcp, type ProcNetTcpEntry } from '../../agent/proxy/socket-owner.ts';
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  /** What the demo runs there, e.g. "node-a HBONE". */
+  readonly what: string;
+}
+
+export interface Busy extends Endpoint {
+  /** EADDRINUSE, EADDRNOTAVAIL, EACCES, ... */
+  readonly code: string;
+  /** Who holds it, when it can be found. */
+  readonly holder?: Holder;
+}
+
+export interface Holder {
+  readonly pid?: number;
+  readonly uid: number;
+  readonly command?: string;
+}
+
+const TCP_LISTEN = 10;
+
+function tryBind(host: string, port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    s.listen({ host, port, exclusive: true }, () => s.close(() => resolve(undefined)));
+  });
+}
+
+async function readOptional(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'latin1');
+  } catch {
+    return '';
+  }
+}
+
+/** Listening sockets bound to host:port or to the wildcard address on that port. */
+async function listeners(host: string, port: number): Promise<ProcNetTcpEntry[]> {
+  const [v4, v6] = await Promise.all([readOptional('/proc/net/tcp'), readOptional('/proc/net/tcp6')]);
+  const matches = new Set([host, '0.0.0.0', '::', `::ffff:${host}`]);
+  return [...parseProcNetTcp(v4, false), ...parseProcNetTcp(v6, true)]
+    .filter((e) => e.state === TCP_LISTEN && e.local.port === port && matches.has(e.local.address));
+}
+
+/** The process holding socket `inode` open, among those this user may inspect. */
+async function pidOfInode(inode: number): Promise<number | undefined> {
+  const want = `socket:[${inode}]`;
+  let pids: string[];
+  try {
+    pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p));
+  } catch {
+    return undefined;
+  }
+  for (const pid of pids) {
+    let fds: string[];
+    try {
+      fds = await readdir(`/proc/${pid}/fd`);
+    } catch {
+      continue; // another user's process, or gone
+    }
+    for (const fd of fds) {
+      try {
+        if ((await readlink(`/proc/${pid}/fd/${fd}`)) === want) return Number(pid);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+async function commandOf(pid: number): Promise<string | undefined> {
+  const raw = await readOptional(`/proc/${pid}/cmdline`);
+  const cmd = raw.split('\0').filter(Boolean).join(' ');
+  return cmd || undefined;
+}
+
+async function holderOf(host: string, port: number): Promise<Holder | undefined> {
+  const entry = (await listeners(host, port))[0];
+  if (!entry) return undefined;
+  const pid = entry.inode > 0 ? await pidOfInode(entry.inode) : undefined;
+  const command = pid === undefined ? undefined : await commandOf(pid);
+  return { uid: entry.uid, ...(pid === undefined ? {} : { pid }), ...(command === undefined ? {} : { command }) };
+}
+
+/** Every endpoint that cannot be bound now, with the holder where /proc tells. */
+export async function busyEndpoints(endpoints: readonly Endpoint[]): Promise<Busy[]> {
+  const out: Busy[] = [];
+  for (const e of endpoints) {
+    const code = await tryBind(e.host, e.port);
+    if (code === undefined) continue;
+    const holder = code === 'EADDRINUSE' ? await holderOf(e.host, e.port) : undefined;
+    out.push({ ...e, code, ...(holder ? { holder } : {}) });
+  }
+  return out;
+}
+
+/** One line per busy endpoint, for a person. */
+export function describeBusy(b: Busy): string {
+  const at = `${b.host}:${b.port} (${b.what})`;
+  if (b.code === 'EADDRNOTAVAIL') return `${at}: ${b.host} is not an address of this machine`;
+  if (b.code !== 'EADDRINUSE') return `${at}: cannot listen there (${b.code})`;
+  const h = b.holder;
+  if (!h) return `${at} is in use (the holder is not visible from here)`;
+  if (h.pid === undefined) return `${at} is in use by a process of uid ${h.uid} (not visible to this user)`;
+  const cmd = h.command ?? '?';
+  return `${at} is in use by pid ${h.pid}: ${cmd.length > 160 ? `${cmd.slice(0, 157)}...` : cmd}`;
+}
+
+/** Does the holder look like a process of an Ambit demo (the demo itself, or its controller/agents)? */
+export function isDemoProcess(h: Holder | undefined): boolean {
+  const cmd = h?.command ?? '';
+  return /scripts\/demo\.ts|(agent|controller)\/main\.ts/.test(cmd);
+}
