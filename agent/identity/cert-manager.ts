@@ -37,6 +37,8 @@ export interface CertManagerOptions {
 
 interface Slot {
   entry: CertEntry | undefined;
+  /** When `entry` arrived (its notBefore when loaded from disk): where its renewal clock starts. */
+  since: number;
   timer: NodeJS.Timeout | undefined;
   backoff: Backoff;
   inflight: Promise<void> | undefined;
@@ -72,7 +74,9 @@ export class CertManager {
         const raw = JSON.parse(readFileSync(join(this.#o.dir, f), 'utf8')) as { uri: string; keyPem: string; chainPem: string };
         const entry = toEntry(parseSpiffeId(raw.uri), raw.keyPem, raw.chainPem);
         if (entry.notAfter <= this.#now()) continue;
-        this.#slot(entry.identity.uri).entry = entry;
+        const slot = this.#slot(entry.identity.uri);
+        slot.entry = entry;
+        slot.since = entry.notBefore;
         n++;
       } catch (err) {
         this.#o.logger.warn({ err, file: f }, 'ignoring an unreadable cached certificate');
@@ -151,7 +155,7 @@ export class CertManager {
   #slot(uri: string): Slot {
     let s = this.#slots.get(uri);
     if (!s) {
-      s = { entry: undefined, timer: undefined, backoff: new Backoff({ initialMs: 1000, maxMs: 60_000, ...(this.#o.random ? { random: this.#o.random } : {}) }), inflight: undefined, lastError: '' };
+      s = { entry: undefined, since: 0, timer: undefined, backoff: new Backoff({ initialMs: 1000, maxMs: 60_000, ...(this.#o.random ? { random: this.#o.random } : {}) }), inflight: undefined, lastError: '' };
       this.#slots.set(uri, s);
     }
     return s;
@@ -165,6 +169,7 @@ export class CertManager {
     writeFileAtomic(this.#file(entry.identity.uri), JSON.stringify({ uri: entry.identity.uri, keyPem: entry.keyPem, chainPem: entry.chainPem }));
     const slot = this.#slot(entry.identity.uri);
     slot.entry = entry;
+    slot.since = this.#now();
     slot.lastError = '';
     slot.backoff.reset();
     this.#schedule(entry.identity, slot);
@@ -175,9 +180,13 @@ export class CertManager {
     clearTimeout(slot.timer);
     if (this.#closed || !slot.entry) return;
     // Renew at renewAt ± jitter of the lifetime (0.5 ± 0.1: between 40 % and 60 %).
-    const life = slot.entry.notAfter - slot.entry.notBefore;
+    // The lifetime counts from when the certificate arrived, not from its
+    // notBefore: the CA backdates notBefore (clock skew), and with a short TTL
+    // the backdated half-life would already be past, renewing in a tight loop.
+    const start = slot.entry.notBefore;
+    const life = slot.entry.notAfter - start;
     const spread = (this.#o.jitter ?? 0.1) * (2 * (this.#o.random ?? Math.random)() - 1);
-    const at = slot.entry.notBefore + life * ((this.#o.renewAt ?? 0.5) + spread);
+    const at = start + life * ((this.#o.renewAt ?? 0.5) + spread);
     const delay = Math.max(0, at - this.#now());
     slot.timer = setTimeout(() => void this.#renew(identity), Math.min(delay, 2 ** 31 - 1));
     slot.timer.unref();
@@ -191,23 +200,29 @@ export class CertManager {
       try {
         const keys = newKeyPair();
         const issued = await this.#o.issuer()(identity, keys);
+        // want() dropped the identity while the request was in flight: do not bring it back.
+        if (this.#slots.get(identity.uri) !== slot) return;
         const keyPem = keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
         this.#store(toEntry(identity, keyPem, issued.certChainPem));
         this.#o.logger.info({ identity: identity.uri, expiresAt: new Date(slot.entry!.notAfter).toISOString() }, 'certificate issued');
       } catch (err) {
         slot.lastError = errorMessage(err);
-        if (this.#closed) return;
+        if (this.#closed || this.#slots.get(identity.uri) !== slot) return;
         const delay = slot.backoff.next();
         // Keep the old certificate (if any) until it expires; just try again later.
         this.#o.logger.warn({ identity: identity.uri, err: slot.lastError, retryInMs: delay, validUntil: slot.entry ? new Date(slot.entry.notAfter).toISOString() : 'none' }, 'certificate request failed; will retry');
         slot.timer = setTimeout(() => void this.#renew(identity), delay);
         slot.timer.unref();
-      } finally {
-        slot.inflight = undefined;
       }
     };
-    slot.inflight = run();
-    return slot.inflight;
+    // Cleared after the attempt settles. Not in run()'s own finally: an issuer
+    // that throws synchronously would settle run() before slot.inflight is
+    // assigned, leaving a settled promise there that blocks every later attempt.
+    const attempt: Promise<void> = run().finally(() => {
+      if (slot.inflight === attempt) slot.inflight = undefined;
+    });
+    slot.inflight = attempt;
+    return attempt;
   }
 }
 

@@ -1,5 +1,6 @@
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
+import { listenOn } from '../../shared/listen.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
@@ -21,15 +22,6 @@ export interface CaptureListenerDeps {
   readonly captureMode: 'vm' | 'pod';
 }
 
-function listen(server: Server, host: string, port: number): Promise<AddressInfo> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve(server.address() as AddressInfo);
-    });
-  });
-}
 
 /** Direct connections to a capture port (not redirected) would have the agent dial itself. */
 function isLoop(socket: Socket, dst: OriginalDestination): boolean {
@@ -87,7 +79,7 @@ export function outboundCaptureServer(d: CaptureListenerDeps, outbound: Outbound
       });
     })();
   });
-  return { server, listen: (host, port) => listen(server, host, port) };
+  return { server, listen: (host, port) => listenOn(server, host, port) };
 }
 
 export interface PlaintextDeps extends CaptureListenerDeps {
@@ -155,5 +147,5 @@ export function inboundPlaintextServer(d: PlaintextDeps): { server: Server; list
       });
     });
   });
-  return { server, listen: (host, port) => listen(server, host, port) };
+  return { server, listen: (host, port) => listenOn(server, host, port) };
 }

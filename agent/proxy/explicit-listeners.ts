@@ -1,5 +1,6 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
+import { listenOn } from '../../shared/listen.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import type { UpstreamListener } from '../config.ts';
@@ -46,15 +47,6 @@ export interface ExplicitDeps {
   readonly procRoot?: string;
 }
 
-function listen(server: Server, host: string, port: number): Promise<AddressInfo> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve(server.address() as AddressInfo);
-    });
-  });
-}
 
 /**
  * SOCKS5 on loopback (DESIGN §3 explicit mode): the username names the source
@@ -99,7 +91,7 @@ export function socksServer(d: ExplicitDeps): { server: Server; listen: (host: s
       });
     })();
   });
-  return { server, listen: (host, port) => listen(server, host, port) };
+  return { server, listen: (host, port) => listenOn(server, host, port) };
 }
 
 /**
@@ -133,5 +125,5 @@ export function upstreamServer(d: ExplicitDeps, u: UpstreamListener): { server: 
       });
     })();
   });
-  return { server, listen: (host) => listen(server, host, u.localPort) };
+  return { server, listen: (host) => listenOn(server, host, u.localPort) };
 }

@@ -163,6 +163,7 @@ export function httpGet(socket: Socket, host: string, path: string, timeoutMs = 
       resolve({ status: Number(m[1]), headers, body: raw.slice(split + 4) });
     });
     socket.resume();
-    socket.end(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: ambit-demo\r\nAccept: application/json\r\nConnection: close\r\n\r\n`);
+    // write, not end: a half-close could reach the server before it answers, and Node's HTTP server aborts on it.
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: ambit-demo\r\nAccept: application/json\r\nConnection: close\r\n\r\n`);
   });
 }

@@ -1,0 +1,602 @@
+/**
+ * A small multi-host network built from Linux network namespaces, for the
+ * end-to-end suite that runs the real binaries with real kernels and real
+ * iptables (issue 4, "Multi-host end-to-end suite").
+ *
+ *                       <p>-net: bridge br0 (10.200.0.254)
+ *        ┌────────────────┬───────────┴────┬────────────────┐
+ *   <p>-ctl 10.200.0.10  <p>-h1 .11       <p>-h2 .12       <p>-h3 .13
+ *   controller :15012    ambit-agent      ambit-agent      ambit-agent
+ *                         │ p1 p2 …        │ p1 p2 …        │ p1 …
+ *                      <p>-h1p1 …       <p>-h2p1 …       <p>-h3p1 …
+ *                      10.201.1.11 …    10.201.2.11 …    10.201.3.11 …
+ *
+ * Pod wiring is the routed, Calico-style kind: each pod has its address as a
+ * /32 and a default route via 10.201.<h>.1, which every pod-facing veth on the
+ * host carries (a /32 too, so several veths can share it without fighting
+ * over a connected /24 route); the host routes each pod's /32 to its veth, and
+ * other hosts' pod /24s via their bridge address. Every pod-facing veth has an
+ * address because REDIRECT in PREROUTING rewrites to it.
+ *
+ * Everything is named `<prefix>-…` with prefix `amb<pid>`; interface names are
+ * short and local to their namespace. The root namespace's networking and
+ * iptables are never touched: every command runs with `ip -n` or `ip netns exec`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, ROOT, type LogLine } from '../harness.ts';
+
+/** Node 24 by absolute path: PATH inside `ip netns exec` may lead to another node. */
+export const NODE = join(ROOT, 'node_modules/.bin/node');
+const FIXTURES = join(ROOT, 'test/e2e/netns/fixtures');
+export const POD_FIXTURE = join(FIXTURES, 'pod.ts');
+export const HBONE_PROBE = join(FIXTURES, 'hbone-probe.ts');
+export const CA_REQUEST = join(FIXTURES, 'ca-request.ts');
+/** What fixtures/pod.ts sends with pattern 'marker' (kept equal to its MARKER). */
+export const MARKER = 'AMBIT-SECRET-PAYLOAD-';
+
+export const CONTROLLER_ADDRESS = '10.200.0.10';
+export const CONTROLLER_GRPC = `${CONTROLLER_ADDRESS}:15012`;
+export const BRIDGE_ADDRESS = '10.200.0.254';
+export const hostAddress = (h: number): string => `10.200.0.1${h}`;
+export const podCidr = (h: number): string => `10.201.${h}.0/24`;
+export const podAddress = (h: number, i: number): string => `10.201.${h}.${10 + i}`;
+const podGateway = (h: number): string => `10.201.${h}.1`;
+
+// ------------------------------------------------------------------ commands
+
+export interface RunResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs a command without a shell; never rejects (a failure is in the result). */
+export function run(argv: readonly string[], o: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const [command = '', ...args] = argv;
+    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: o.timeoutMs ?? 20_000, env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(o.input ?? '');
+    child.on('error', (err) => resolve({ code: -1, stdout, stderr: `${stderr}${err.message}` }));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Runs a command that must succeed; its stdout. */
+export async function sh(argv: readonly string[], o: { timeoutMs?: number; input?: string } = {}): Promise<string> {
+  const r = await run(argv, o);
+  if (r.code !== 0) throw new Error(`${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/**
+ * Throws, with a message saying what is missing, unless this process is root
+ * and can create network namespaces. The suite turns that into a failure: a
+ * machine that cannot run it must not look like one where it passed.
+ */
+export async function requireNetns(): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    throw new Error(`the multi-host e2e suite needs root (to create network namespaces and iptables rules); running as uid ${process.getuid?.()}`);
+  }
+  const probe = `amb${process.pid}-probe`;
+  const add = await run(['ip', 'netns', 'add', probe]);
+  if (add.code !== 0) throw new Error(`cannot create a network namespace with "ip netns add" (iproute2 installed? kernel netns support?): ${add.stderr.trim()}`);
+  await run(['ip', 'netns', 'del', probe]);
+  for (const tool of ['iptables', 'tcpdump', 'curl']) {
+    const r = await run(['sh', '-c', `command -v ${tool}`]);
+    if (r.code !== 0) throw new Error(`the multi-host e2e suite needs ${tool} on PATH`);
+  }
+}
+
+/** Kills leftovers of earlier runs of this suite that died before their teardown (owner pid gone). */
+export async function deleteStaleNamespaces(): Promise<void> {
+  const list = await run(['ip', 'netns', 'list']);
+  for (const line of list.stdout.split('\n')) {
+    const m = /^(amb(\d+)-\S+)/.exec(line);
+    if (!m?.[1] || !m[2] || Number(m[2]) === process.pid) continue;
+    try {
+      process.kill(Number(m[2]), 0);
+      continue; // its run is still going
+    } catch {
+      // owner gone: ours to clean
+    }
+    await killNamespacePids(m[1]);
+    await run(['ip', 'netns', 'del', m[1]]);
+  }
+}
+
+async function killNamespacePids(ns: string): Promise<void> {
+  const pids = await run(['ip', 'netns', 'pids', ns]);
+  for (const pid of pids.stdout.split('\n').map(Number).filter((p) => p > 1)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+// ------------------------------------------------------------------ processes
+
+type Json = Record<string, unknown>;
+
+/**
+ * A Node process inside a namespace (`ip netns exec` execs, so the child is
+ * the process itself and signals reach it directly). JSON lines on stderr
+ * (pino logs) go to `logs`, JSON lines on stdout to `out`.
+ */
+export class NsProc {
+  readonly ns: string;
+  readonly child: ChildProcess;
+  readonly logs: LogLine[] = [];
+  readonly out: Json[] = [];
+  stderrText = '';
+  stdoutText = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  readonly #waiters = new Set<{ stream: 'logs' | 'out'; pred: (l: Json) => boolean; resolve: (l: Json) => void }>();
+
+  constructor(ns: string, file: string, args: readonly string[]) {
+    this.ns = ns;
+    this.child = spawn('ip', ['netns', 'exec', ns, NODE, file, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: ROOT,
+      env: { ...process.env, NODE_NO_WARNINGS: '1' },
+    });
+    this.child.stdin!.on('error', () => undefined);
+    this.#lines(this.child.stderr!, 'logs', (t) => (this.stderrText += t));
+    this.#lines(this.child.stdout!, 'out', (t) => (this.stdoutText += t));
+    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  #lines(stream: NodeJS.ReadableStream, into: 'logs' | 'out', raw: (t: string) => void): void {
+    let buf = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (d: string) => {
+      raw(d);
+      buf += d;
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (!line.startsWith('{')) continue;
+        let parsed: Json;
+        try {
+          parsed = JSON.parse(line) as Json;
+        } catch {
+          continue;
+        }
+        (into === 'logs' ? this.logs : this.out).push(parsed as LogLine);
+        for (const w of this.#waiters) {
+          if (w.stream === into && w.pred(parsed)) {
+            this.#waiters.delete(w);
+            w.resolve(parsed);
+          }
+        }
+      }
+    });
+  }
+
+  #wait(stream: 'logs' | 'out', pred: (l: Json) => boolean, timeoutMs: number, what: string): Promise<Json> {
+    const seen = (stream === 'logs' ? this.logs : this.out).find((l) => pred(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const w = { stream, pred, resolve: (l: Json) => { clearTimeout(timer); resolve(l); } };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(w);
+        reject(new Error(`${this.ns}: timed out after ${timeoutMs} ms waiting for ${what}; stderr tail:\n${this.stderrText.slice(-2500)}`));
+      }, timeoutMs);
+      this.#waiters.add(w);
+      void this.exited.then(({ code, signal }) => {
+        if (this.#waiters.delete(w)) {
+          clearTimeout(timer);
+          reject(new Error(`${this.ns}: process exited (code ${code}, signal ${signal}) while waiting for ${what}; stderr tail:\n${this.stderrText.slice(-2500)}`));
+        }
+      });
+    });
+  }
+
+  /** The first log line (seen or future) matching pred. */
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs = 20_000, what = 'a log line'): Promise<LogLine> {
+    return this.#wait('logs', (l) => pred(l as LogLine), timeoutMs, what) as Promise<LogLine>;
+  }
+
+  waitForOut(pred: (l: Json) => boolean, timeoutMs = 20_000, what = 'an output line'): Promise<Json> {
+    return this.#wait('out', pred, timeoutMs, what);
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (!this.running) return this.exited;
+    this.child.kill(signal);
+    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    const r = await this.exited;
+    clearTimeout(t);
+    return r;
+  }
+}
+
+export interface TransferResult {
+  readonly ok: boolean;
+  readonly connected: boolean;
+  readonly error: string;
+  readonly sentBytes: number;
+  readonly sha256: string;
+  /** The raw response text; for a sink server one JSON line (see server()). */
+  readonly response: string;
+  readonly ms: number;
+}
+
+export interface SinkReport {
+  readonly server: string;
+  readonly port: number;
+  readonly bytes: number;
+  readonly sha256: string;
+  readonly peer: string;
+  readonly marker: boolean;
+}
+
+/** The applications of one pod (fixtures/pod.ts), driven over stdin/stdout. */
+export class Pod {
+  readonly name: string;
+  readonly address: string;
+  readonly proc: NsProc;
+  #nextId = 1;
+
+  constructor(name: string, address: string, proc: NsProc) {
+    this.name = name;
+    this.address = address;
+    this.proc = proc;
+  }
+
+  async request(body: Json, timeoutMs = 40_000): Promise<Json> {
+    const id = this.#nextId++;
+    this.proc.child.stdin!.write(`${JSON.stringify({ id, ...body })}\n`);
+    return this.proc.waitForOut((l) => l.id === id, timeoutMs, `the answer to ${JSON.stringify(body)}`);
+  }
+
+  async listen(port: number, name: string, kind: 'sink' | 'echo' = 'sink'): Promise<void> {
+    const r = await this.request({ op: 'listen', port, name, kind });
+    if (r.ok !== true) throw new Error(`${this.name}: listen ${port} failed: ${String(r.error)}`);
+  }
+
+  /** One connection: send `bytes`, half-close, read the answer. */
+  async connect(host: string, port: number, o: { bytes?: number; pattern?: 'marker' | 'random'; paceMs?: number } = {}): Promise<TransferResult> {
+    return (await this.request({ op: 'connect', host, port, bytes: o.bytes ?? 16, pattern: o.pattern ?? 'random', paceMs: o.paceMs ?? 0 })) as unknown as TransferResult;
+  }
+
+  async repeat(host: string, port: number, count: number): Promise<TransferResult[]> {
+    return (await this.request({ op: 'repeat', host, port, count }, 60_000)).results as TransferResult[];
+  }
+
+  async open(host: string, port: number): Promise<{ ok: boolean; sid: number; error?: string }> {
+    return (await this.request({ op: 'open', host, port })) as unknown as { ok: boolean; sid: number; error?: string };
+  }
+
+  async ping(sid: number, text: string): Promise<{ ok: boolean; echoed: string; error: string }> {
+    return (await this.request({ op: 'ping', sid, text })) as unknown as { ok: boolean; echoed: string; error: string };
+  }
+
+  async close(sid: number): Promise<void> {
+    await this.request({ op: 'close', sid });
+  }
+}
+
+/** The sink server's report in a successful transfer's response. */
+export function sinkReport(r: TransferResult): SinkReport | undefined {
+  if (!r.ok) return undefined;
+  try {
+    return JSON.parse(r.response.trim()) as SinkReport;
+  } catch {
+    return undefined;
+  }
+}
+
+// ------------------------------------------------------------------ the topology
+
+export interface HostState {
+  readonly n: number;
+  readonly node: string;
+  readonly ns: string;
+  readonly address: string;
+  readonly dataDir: string;
+  agent: NsProc | undefined;
+}
+
+export interface TopologyOptions {
+  readonly hosts: number;
+  /** Pods per host: host number → count (pods are h<n>p1 … at podAddress(n, i)). */
+  readonly pods: Readonly<Record<number, number>>;
+}
+
+export class Topology {
+  readonly prefix = `amb${process.pid}`;
+  readonly dir = mkdtempSync(join(tmpdir(), 'ambit-netns-'));
+  readonly netNs = `${this.prefix}-net`;
+  readonly ctlNs = `${this.prefix}-ctl`;
+  readonly ctlDataDir = join(this.dir, 'ctl');
+  readonly hosts = new Map<number, HostState>();
+  controller: NsProc | undefined;
+  readonly #namespaces: string[] = [];
+  readonly #procs = new Set<NsProc>();
+  readonly #children = new Set<ChildProcess>();
+
+  podNs(h: number, i: number): string {
+    return `${this.prefix}-h${h}p${i}`;
+  }
+
+  host(h: number): HostState {
+    const s = this.hosts.get(h);
+    if (!s) throw new Error(`no host ${h}`);
+    return s;
+  }
+
+  async #addNs(name: string): Promise<void> {
+    await run(['ip', 'netns', 'del', name]);
+    await sh(['ip', 'netns', 'add', name]);
+    this.#namespaces.push(name);
+    await sh(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
+  }
+
+  /** Runs `ip -n <ns> -batch -` with one command per line. */
+  async #ipBatch(ns: string, lines: readonly string[]): Promise<void> {
+    await sh(['ip', '-n', ns, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+  }
+
+  /** Builds namespaces, bridge, veths, addresses and routes. */
+  async build(o: TopologyOptions): Promise<void> {
+    await this.#addNs(this.netNs);
+    await this.#ipBatch(this.netNs, [
+      'link add br0 type bridge',
+      'link set br0 up',
+      `addr add ${BRIDGE_ADDRESS}/24 dev br0`,
+    ]);
+    const attach = async (ns: string, port: string, address: string): Promise<void> => {
+      await sh(['ip', '-n', this.netNs, 'link', 'add', port, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+      await this.#ipBatch(this.netNs, [`link set ${port} master br0`, `link set ${port} up`]);
+      await this.#ipBatch(ns, [`addr add ${address}/24 dev eth0`, 'link set eth0 up']);
+    };
+    await this.#addNs(this.ctlNs);
+    await attach(this.ctlNs, 'vctl', CONTROLLER_ADDRESS);
+    for (let h = 1; h <= o.hosts; h++) {
+      const ns = `${this.prefix}-h${h}`;
+      await this.#addNs(ns);
+      await attach(ns, `vh${h}`, hostAddress(h));
+      this.hosts.set(h, { n: h, node: `h${h}`, ns, address: hostAddress(h), dataDir: join(this.dir, `h${h}`), agent: undefined });
+      await sh(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+    }
+    const routes: Record<string, string[]> = {};
+    for (let h = 1; h <= o.hosts; h++) {
+      // The bridge namespace (where an outside client runs) reaches every pod network.
+      (routes[this.netNs] ??= []).push(`route add ${podCidr(h)} via ${hostAddress(h)}`);
+      for (let other = 1; other <= o.hosts; other++) {
+        if (other !== h) (routes[this.host(h).ns] ??= []).push(`route add ${podCidr(other)} via ${hostAddress(other)}`);
+      }
+    }
+    for (const [ns, lines] of Object.entries(routes)) await this.#ipBatch(ns, lines);
+    for (const [hs, count] of Object.entries(o.pods)) {
+      const h = Number(hs);
+      const host = this.host(h);
+      for (let i = 1; i <= count; i++) {
+        const ns = this.podNs(h, i);
+        await this.#addNs(ns);
+        await sh(['ip', '-n', host.ns, 'link', 'add', `p${i}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+        await this.#ipBatch(host.ns, [
+          `addr add ${podGateway(h)}/32 dev p${i}`,
+          `link set p${i} up`,
+          `route add ${podAddress(h, i)}/32 dev p${i}`,
+        ]);
+        await this.#ipBatch(ns, [
+          `addr add ${podAddress(h, i)}/32 dev eth0`,
+          'link set eth0 up',
+          `route add ${podGateway(h)} dev eth0 scope link`,
+          `route add default via ${podGateway(h)} dev eth0`,
+        ]);
+      }
+    }
+  }
+
+  /** Starts a Node process in a namespace, torn down with the topology. */
+  spawn(ns: string, file: string, args: readonly string[]): NsProc {
+    const p = new NsProc(ns, file, args);
+    this.#procs.add(p);
+    void p.exited.then(() => this.#procs.delete(p));
+    return p;
+  }
+
+  /** Starts fixtures/pod.ts in `ns` and waits until it reads commands. */
+  async pod(ns: string, name: string, address: string): Promise<Pod> {
+    const p = this.spawn(ns, POD_FIXTURE, []);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${ns}: pod driver not ready: ${p.stderrText}`)), 15_000);
+      const check = (): void => {
+        if (p.stdoutText.includes('ready\n')) {
+          clearTimeout(timer);
+          resolve();
+        } else if (!p.running) {
+          clearTimeout(timer);
+          reject(new Error(`${ns}: pod driver exited: ${p.stderrText}`));
+        } else setTimeout(check, 20);
+      };
+      check();
+    });
+    return new Pod(name, address, p);
+  }
+
+  // ---------------------------------------------------------------- control plane
+
+  async startController(): Promise<void> {
+    this.controller = this.spawn(this.ctlNs, CONTROLLER_MAIN, ['--data-dir', this.ctlDataDir, '--listen', CONTROLLER_GRPC, '--monitoring', `${CONTROLLER_ADDRESS}:15014`]);
+    await this.controller.waitForLog((l) => l.msg === 'controller ready', 30_000, '"controller ready"');
+  }
+
+  /** ambitctl in the controller's namespace with the admin credentials from its data dir. */
+  ambitctl(args: readonly string[], stdin?: string): Promise<RunResult> {
+    return run(['ip', 'netns', 'exec', this.ctlNs, NODE, AMBITCTL_MAIN, '--controller', CONTROLLER_GRPC, '--credentials', join(this.ctlDataDir, 'admin'), ...args], { input: stdin ?? '', timeoutMs: 30_000 });
+  }
+
+  async ambitctlOk(args: readonly string[], stdin?: string): Promise<string> {
+    const r = await this.ambitctl(args, stdin);
+    if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  // ---------------------------------------------------------------- agents
+
+  /** Starts host h's agent (pod capture) and waits for "agent started"; with join, bootstraps with a fresh token. */
+  async startAgent(h: number, o: { mode?: 'strict' | 'permissive'; join?: boolean } = {}): Promise<NsProc> {
+    const host = this.host(h);
+    if (host.agent?.running) throw new Error(`agent on h${h} is already running`);
+    const join = o.join ? ['--join', (await this.ambitctlOk(['node', 'token', 'create', '--node', host.node])).trim()] : [];
+    const agent = this.spawn(host.ns, AGENT_MAIN, [
+      '--node', host.node, '--address', host.address, '--controller', CONTROLLER_GRPC, '--data-dir', host.dataDir,
+      '--capture', 'transparent', '--capture-mode', 'pod', '--pod-cidrs', podCidr(h), '--mode', o.mode ?? 'strict',
+      '--drain-timeout', '2s', ...join,
+    ]);
+    host.agent = agent;
+    await agent.waitForLog((l) => l.msg === 'agent started', 30_000, '"agent started"');
+    return agent;
+  }
+
+  agent(h: number): NsProc {
+    const a = this.host(h).agent;
+    if (!a) throw new Error(`no agent on h${h}`);
+    return a;
+  }
+
+  /** SIGTERM (graceful: drain, remove capture rules) and wait for exit. */
+  async stopAgent(h: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.agent(h).stop('SIGTERM', 15_000);
+  }
+
+  /** GET from inside a namespace with curl; status 0 when nothing answered. */
+  async httpGet(ns: string, url: string): Promise<{ status: number; body: string }> {
+    const r = await run(['ip', 'netns', 'exec', ns, 'curl', '-s', '--max-time', '5', '-w', '\n%{http_code}', url]);
+    const i = r.stdout.lastIndexOf('\n');
+    return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, Math.max(0, i)) };
+  }
+
+  /** Host h's Prometheus text, read from inside its namespace. */
+  async metrics(h: number): Promise<string> {
+    const r = await this.httpGet(this.host(h).ns, `http://${hostAddress(h)}:15020/metrics`);
+    if (r.status !== 200) throw new Error(`h${h} /metrics answered ${r.status}`);
+    return r.body;
+  }
+
+  async ready(h: number): Promise<boolean> {
+    return (await this.httpGet(this.host(h).ns, `http://${hostAddress(h)}:15021/healthz/ready`)).status === 200;
+  }
+
+  /** Host h's admin /config_dump (loopback admin port, read from inside its namespace). */
+  async configDump(h: number): Promise<Json> {
+    const r = await this.httpGet(this.host(h).ns, 'http://127.0.0.1:15000/config_dump');
+    if (r.status !== 200) throw new Error(`h${h} /config_dump answered ${r.status}`);
+    return JSON.parse(r.body) as Json;
+  }
+
+  /** `iptables -t nat -S` inside host h. */
+  async natRules(h: number): Promise<string[]> {
+    return (await sh(['ip', 'netns', 'exec', this.host(h).ns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).split('\n').filter((l) => l !== '');
+  }
+
+  // ---------------------------------------------------------------- packet capture
+
+  /** tcpdump on `iface` in `ns`, writing a pcap; stop() ends it and returns the file's bytes. */
+  async tcpdump(ns: string, iface: string, name: string): Promise<{ stop: () => Promise<Buffer> }> {
+    const file = join(this.dir, `${name}.pcap`);
+    // -U: write each packet as it comes; -Z root: no privilege drop, so it can write into our 0700 dir.
+    const child = spawn('ip', ['netns', 'exec', ns, 'tcpdump', '-i', iface, '-n', '-U', '-s', '0', '-Z', 'root', '-w', file, 'tcp'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#children.add(child);
+    let stderr = '';
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${stderr}`)), 10_000);
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (stderr.includes('listening on')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`tcpdump exited ${code}: ${stderr}`));
+      });
+    });
+    return {
+      stop: async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          const exited = once(child, 'exit');
+          child.kill('SIGINT');
+          await exited;
+        }
+        this.#children.delete(child);
+        return readFileSync(file);
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- teardown
+
+  /** Kills every process started here and deletes every namespace and file. Safe to call twice. */
+  async destroy(): Promise<void> {
+    for (const c of this.#children) c.kill('SIGKILL');
+    await Promise.all([...this.#procs].map((p) => p.stop('SIGKILL', 2000)));
+    for (const ns of this.#namespaces.splice(0).reverse()) {
+      await killNamespacePids(ns);
+      await run(['ip', 'netns', 'del', ns]);
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+// ------------------------------------------------------------------ pcap
+
+export interface TcpPacket {
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number;
+  readonly dport: number;
+  readonly payload: Buffer;
+}
+
+/** The IPv4 TCP packets of a classic pcap file with Ethernet framing (what tcpdump -w writes). */
+export function parsePcap(file: Buffer): TcpPacket[] {
+  if (file.length < 24) return [];
+  const magic = file.readUInt32LE(0);
+  const le = magic === 0xa1b2c3d4 || magic === 0xa1b23c4d;
+  if (!le && file.readUInt32BE(0) !== 0xa1b2c3d4 && file.readUInt32BE(0) !== 0xa1b23c4d) throw new Error('not a pcap file');
+  const u32 = (o: number): number => (le ? file.readUInt32LE(o) : file.readUInt32BE(o));
+  if (u32(20) !== 1) throw new Error(`pcap link type ${u32(20)} is not Ethernet`);
+  const packets: TcpPacket[] = [];
+  for (let off = 24; off + 16 <= file.length;) {
+    const incl = u32(off + 8);
+    const frame = file.subarray(off + 16, off + 16 + incl);
+    off += 16 + incl;
+    if (frame.length < 14 + 20 || frame.readUInt16BE(12) !== 0x0800) continue;
+    const ip = frame.subarray(14);
+    const ihl = (ip[0]! & 0x0f) * 4;
+    if (ip[9] !== 6) continue;
+    const total = ip.readUInt16BE(2);
+    const tcp = ip.subarray(ihl, total);
+    if (tcp.length < 20) continue;
+    const dataOff = (tcp[12]! >> 4) * 4;
+    packets.push({
+      src: `${ip[12]}.${ip[13]}.${ip[14]}.${ip[15]}`,
+      dst: `${ip[16]}.${ip[17]}.${ip[18]}.${ip[19]}`,
+      sport: tcp.readUInt16BE(0),
+      dport: tcp.readUInt16BE(2),
+      payload: tcp.subarray(dataOff),
+    });
+  }
+  return packets;
+}
