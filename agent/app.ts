@@ -74,7 +74,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     });
     cleanups.push(() => certs.close());
     certs.load();
-    const info = await establishNodeIdentity({ dataDir: cfg.dataDir, node: cfg.node, controller: cfg.controller, joinToken: cfg.join, certs, logger: log, now });
+    const info = await establishNodeIdentity({ dataDir: cfg.dataDir, node: cfg.node, controller: cfg.controller, joinToken: cfg.join, kubernetesTokenFile: cfg.kubernetesTokenFile, caBundle: cfg.caBundle, certs, logger: log, now });
     const nodeIdentity = nodeId(info.trustDomain, cfg.node);
 
     // --- state: last good state from disk first

@@ -42,6 +42,8 @@ export const AGENT_OPTIONS = {
   address: { ...ipOption('this host\'s address: HBONE, metrics and readiness listen here'), required: true },
   dataDir: { ...stringOption('directory for node credentials, workload certificates and cached state'), required: true },
   join: stringOption('join token from "ambitctl node token create" (first start of a VM)'),
+  kubernetesTokenFile: stringOption('path of a projected service-account token (audience ambit) to join with'),
+  caBundle: stringOption('PEM file of the controller\'s CA bundle (a ConfigMap on Kubernetes); needed with --kubernetes-token-file, whose token pins no CA'),
   capture: enumOption('transparent: iptables capture (needs CAP_NET_ADMIN); none: SOCKS5 and upstream listeners only', ['transparent', 'none'] as const, 'transparent'),
   captureMode: enumOption('what the transparent capture matches: vm (by workload uid) or pod (by pod source address)', ['vm', 'pod'] as const, 'vm'),
   podCidrs: stringOption('pod mode: comma-separated CIDRs of this node\'s pod network'),
@@ -64,6 +66,9 @@ export type AgentConfig = ConfigValues<typeof AGENT_OPTIONS>;
 
 export function parseAgentConfig(sources: ConfigSources): AgentConfig & { readonly help: boolean } {
   const cfg = parseConfig(AGENT_OPTIONS, sources);
+  if (!cfg.help && cfg.kubernetesTokenFile && !cfg.caBundle) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--kubernetes-token-file needs --ca-bundle: a Kubernetes token pins no CA, so the controller is verified against the bundle', { details: { key: 'ca-bundle' } });
+  }
   if (!cfg.help && cfg.captureMode === 'pod' && cfg.capture === 'transparent' && !cfg.podCidrs) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--capture-mode pod needs --pod-cidrs', { details: { key: 'pod-cidrs' } });
   }

@@ -9,5 +9,7 @@ void runDaemon({
   options: AGENT_OPTIONS,
   parse: parseAgentConfig,
   start: (cfg, logger) => startAgent(cfg, { logger, accessLog: logger.child({ log: 'access' }) }),
+  argv: process.argv.slice(2),
+  env: process.env,
   stoppingMessage: 'draining',
 });

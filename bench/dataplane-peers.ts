@@ -4,7 +4,7 @@
 // client certificate, plaintext to the server) — plus the child-process
 // bookkeeping the bench uses to stop everything it started.
 import { spawn, spawnSync, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 
@@ -26,7 +26,11 @@ export class Children {
     child.once('exit', () => this.#all.delete(child));
   }
 
-  /** Synchronous, for process.on('exit'): SIGKILL whatever is still running. */
+  /**
+   * Synchronous, for process.on('exit'): SIGKILL whatever is still running —
+   * the tracked children and any other direct child of this process (an
+   * agent whose start timed out in the harness was never handed to track()).
+   */
   killAllNow(): void {
     for (const c of this.#all) {
       try {
@@ -35,7 +39,37 @@ export class Children {
         // already gone
       }
     }
+    for (const pid of childPidsOf(process.pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
   }
+}
+
+/** PIDs whose parent is `ppid` (from /proc/<pid>/stat); empty where /proc is not readable. */
+export function childPidsOf(ppid: number): number[] {
+  const out: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      // Field 4 (ppid) follows the ") state " part; the command name may contain spaces.
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(rest[1]) === ppid) out.push(Number(e));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
 }
 
 export class TrackedChild {

@@ -80,7 +80,7 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --rate-seconds N    length of one new-connections run (default 5)
   --concurrency N     concurrent clients in the new-connections run (default 16)
   --cpu-prof DIR      run the agents with --cpu-prof, profiles written to DIR at exit
-  --agent-arg ARG     extra ambit-agent argument (repeatable), e.g. --agent-arg=--log-level=warn
+  --agent-arg ARG     extra ambit-agent argument (repeatable)
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
 `;
 
@@ -178,7 +178,7 @@ async function main(): Promise<void> {
   const remainingMs = (): number => TIME_BUDGET_MS - (performance.now() - t0);
   const clk = clockTicksPerSecond();
   const children = new Children();
-  const tmp = mkdtempSync(join(tmpdir(), 'ambit-bench-dataplane-'));
+  const tmp = mkdtempSync(join(tmpdir(), 'dataplane-bench-'));
   let cleaned = false;
   const cleanupNow = (): void => {
     if (cleaned) return;

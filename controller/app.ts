@@ -23,6 +23,9 @@ import { JoinTokens } from './registry/join-tokens.ts';
 import { NodeTracker } from './registry/node-tracker.ts';
 import { Registry } from './registry/registry.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
+import { KubernetesStore } from './store/kubernetes-store.ts';
+import { loadKubeConfig } from './store/kubernetes/kube-config.ts';
+import { kubernetesTokenReviewer } from './api/token-review.ts';
 import type { Store } from './store/store.ts';
 
 export const VERSION = '0.1.0';
@@ -49,13 +52,27 @@ export interface ControllerDeps {
 export async function startController(cfg: ControllerConfig, deps: ControllerDeps): Promise<ControllerApp> {
   const now = deps.now ?? Date.now;
   const logger = deps.logger;
-  if (cfg.store !== 'sqlite') {
-    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--store ${cfg.store} is not available in this build yet; use --store sqlite`, {
+  if (cfg.store === 'etcd') {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--store ${cfg.store} is not available in this build yet; use --store sqlite or kubernetes`, {
       details: { key: 'store', value: cfg.store },
     });
   }
   ensurePrivateDir(cfg.dataDir);
-  const store = SqliteStore.open({ path: join(cfg.dataDir, 'ambit.db'), now });
+  const local = SqliteStore.open({ path: join(cfg.dataDir, 'ambit.db'), now });
+  // Kubernetes mode: mesh resources from the API, tokens/nodes/settings in the embedded store; agents may join with projected tokens.
+  let store: Store = local;
+  let reviewKubernetesToken: ((token: string, node: string) => Promise<void>) | undefined;
+  if (cfg.store === 'kubernetes') {
+    try {
+      const kubeConfig = loadKubeConfig(cfg.kubeconfig);
+      const k8s = await KubernetesStore.open({ kubeConfig, local, logger });
+      store = k8s;
+      reviewKubernetesToken = kubernetesTokenReviewer({ kubeConfig, cache: k8s, agentServiceAccount: cfg.agentServiceAccount, logger });
+    } catch (err) {
+      await local.close();
+      throw err;
+    }
+  }
   const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
   try {
     // Changing the trust domain would silently orphan every identity already issued.
@@ -137,7 +154,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     const nodes = new NodeTracker(store, now);
     await nodes.load();
     const tokens = new JoinTokens(store, now);
-    const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl };
+    const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl, reviewKubernetesToken };
     const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics });
     const server = new Server({
       'grpc.keepalive_time_ms': 30_000,

@@ -12,6 +12,10 @@ export const CONTROLLER_OPTIONS = {
   monitoring: hostPortOption('/metrics and /healthz/ready address', { host: '0.0.0.0', port: 15014 }, 15014),
   trustDomain: stringOption('SPIFFE trust domain', 'cluster.local', { re: /^[a-z0-9._-]{1,255}$/, what: 'lower-case letters, digits, ".", "-", "_"' }),
   store: enumOption('state store backend', ['sqlite', 'kubernetes', 'etcd'] as const, 'sqlite'),
+  kubeconfig: stringOption('--store kubernetes: kubeconfig file of the API server (default: the in-cluster service account)'),
+  agentServiceAccount: stringOption('--store kubernetes: NAMESPACE/NAME of the agents\' service account; only its tokens may join', 'ambit-system/ambit-agent', {
+    re: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, what: 'NAMESPACE/NAME, e.g. ambit-system/ambit-agent',
+  }),
   certTtl: durationOption('lifetime of workload certificates', 24 * 3_600_000, { minMs: 60_000, maxMs: 90 * 86_400_000 }),
   nodeCertTtl: durationOption('lifetime of node (agent) certificates', 7 * 86_400_000, { minMs: 60_000, maxMs: 365 * 86_400_000 }),
   caCert: stringOption('PEM file of a user-supplied signing CA (root or intermediate, optionally followed by its chain)'),

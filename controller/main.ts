@@ -9,5 +9,7 @@ void runDaemon({
   options: CONTROLLER_OPTIONS,
   parse: parseControllerConfig,
   start: (cfg, logger) => startController(cfg, { logger }),
+  argv: process.argv.slice(2),
+  env: process.env,
   stoppingMessage: 'shutting down',
 });

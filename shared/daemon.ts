@@ -12,6 +12,9 @@ export interface DaemonSpec<C extends { readonly help: boolean; readonly logLeve
   readonly start: (cfg: C, logger: Logger) => Promise<{ close(): Promise<void> }>;
   /** Logged when a stop signal arrives (the agent says "draining"). */
   readonly stoppingMessage: string;
+  /** The process's arguments and environment, passed in by main.ts (the only place that reads them). */
+  readonly argv: readonly string[];
+  readonly env: Readonly<Record<string, string | undefined>>;
 }
 
 /**
@@ -25,7 +28,7 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
   tls.DEFAULT_MIN_VERSION = 'TLSv1.3';
   let cfg: C;
   try {
-    cfg = spec.parse({ argv: process.argv.slice(2), env: process.env, readFile: (p) => readFileSync(p, 'utf8') });
+    cfg = spec.parse({ argv: spec.argv, env: spec.env, readFile: (p) => readFileSync(p, 'utf8') });
   } catch (err) {
     process.stderr.write(`${spec.name}: ${errorMessage(err)}\n`);
     process.exit(2);

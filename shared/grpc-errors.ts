@@ -46,7 +46,7 @@ export function fromServiceError(err: unknown, what: string): AmbitError {
   if (err instanceof AmbitError) return err;
   const se = err as Partial<ServiceError>;
   const code = se.metadata?.get(CODE_TRAILER)[0];
-  if (typeof code === 'string' && code in ERROR_CODES) {
+  if (typeof code === 'string' && Object.hasOwn(ERROR_CODES, code)) { // not `in`: "toString" is in every object
     const field = se.metadata?.get(FIELD_TRAILER)[0];
     return new AmbitError(code as ErrorCode, se.details ?? se.message ?? what, {
       cause: err,

@@ -43,7 +43,9 @@ export function startConnectionSpan(
   const parentCtx = parent ? trace.setSpanContext(ROOT_CONTEXT, parent) : ROOT_CONTEXT;
   let span = tracer.startSpan(name, { kind, attributes }, parentCtx);
   let sc = span.spanContext();
-  if (!trace.isSpanContextValid(sc)) {
+  // The no-op API hands a child the parent's own context (same span id, isRemote):
+  // that is no new span either.
+  if (!trace.isSpanContextValid(sc) || (parent !== undefined && sc.spanId === parent.spanId)) {
     sc = { traceId: parent?.traceId ?? randomBytes(16).toString('hex'), spanId: randomBytes(8).toString('hex'), traceFlags: parent?.traceFlags ?? 1 };
     span = trace.wrapSpanContext(sc);
   }

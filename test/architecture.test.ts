@@ -190,9 +190,11 @@ function layerViolation(from: string, to: string): string | undefined {
 
 // ---------------------------------------------------------------- process.env
 
+/** Config modules and entry points: main.ts files, and the programs directly in scripts/ and bench/. */
 function mayReadEnv(path: string): boolean {
   const name = basename(path);
-  return name === 'config.ts' || name.endsWith('-config.ts') || name === 'main.ts';
+  const entry = /^(scripts|bench)\/[^/]+\.ts$/.test(path.replace(/\\/g, '/'));
+  return name === 'config.ts' || name.endsWith('-config.ts') || name === 'main.ts' || entry;
 }
 
 function envReads(path: string, text: string): number[] {
@@ -380,6 +382,8 @@ t.test('the checks themselves catch what they look for', async (t) => {
     t.same(envReads('x.ts', src), [1, 2, 3, 4, 5]);
     t.ok(mayReadEnv('agent/config.ts'));
     t.ok(mayReadEnv('controller/cli/main.ts'));
+    t.ok(mayReadEnv('scripts/demo.ts'), 'a program in scripts/ is an entry point');
+    t.notOk(mayReadEnv('scripts/demo/processes.ts'), 'a module under it is not');
     t.ok(mayReadEnv('shared/tls-config.ts'));
     t.notOk(mayReadEnv('shared/config-parse.ts'));
     t.notOk(mayReadEnv('agent/app.ts'));

@@ -1,7 +1,7 @@
 import { connect as tlsConnect, type PeerCertificate, type DetailedPeerCertificate } from 'node:tls';
 import { generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
 import { Metadata } from '@grpc/grpc-js';
-import { BootstrapClient, CertificateAuthorityClient, type JoinResponse } from '../../shared/proto/gen/ambit.ts';
+import { BootstrapClient, CertificateAuthorityClient, type JoinRequest, type JoinResponse } from '../../shared/proto/gen/ambit.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
 import { fromServiceError } from '../../shared/grpc-errors.ts';
@@ -33,15 +33,24 @@ export function newKeyPair(): { privateKey: KeyObject; publicKey: KeyObject } {
   return generateKeyPairSync('ec', { namedCurve: 'P-256' });
 }
 
+/** The certificates a TLS server presented, leaf first (issuer links followed, loops cut). */
+function presentedChain(socket: ReturnType<typeof tlsConnect>): X509Certificate[] {
+  const presented: X509Certificate[] = [];
+  const seen = new Set<string>();
+  for (let c: DetailedPeerCertificate | PeerCertificate | undefined = socket.getPeerCertificate(true); c?.raw && !seen.has(c.fingerprint256); c = (c as DetailedPeerCertificate).issuerCertificate) {
+    seen.add(c.fingerprint256);
+    presented.push(new X509Certificate(c.raw));
+  }
+  return presented;
+}
+
 /**
- * Trust on first use, made safe by the token: connect without verification,
- * find among the certificates the controller presents the root whose SHA-256
- * equals the token's pin, and check the presented leaf really chains to it and
- * names the controller. Only then is the token sent (over a connection that
- * verifies against that root). A controller that cannot prove the pin never
- * sees the token.
+ * One TLS handshake with the controller, verified by hand: `trust` picks the
+ * root(s) the presented chain must lead to; the leaf must name the
+ * controller. Resolves with the root it chained to and the trust domain the
+ * controller's identity names. Nothing is sent over this connection.
  */
-export function discoverPinnedRoot(controller: HostPort, fingerprint: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
+function probeController(controller: HostPort, trust: (presented: X509Certificate[]) => X509Certificate[], now: () => number, timeoutMs: number): Promise<{ rootPem: string; trustDomain: string }> {
   return new Promise((resolve, reject) => {
     const socket = tlsConnect({
       host: controller.host,
@@ -49,7 +58,7 @@ export function discoverPinnedRoot(controller: HostPort, fingerprint: string, no
       servername: 'ambit-controller',
       ALPNProtocols: ['h2'],
       minVersion: TLS_MIN_VERSION,
-      rejectUnauthorized: false, // verified by hand below against the pin
+      rejectUnauthorized: false, // verified by hand below
     });
     const fail = (err: unknown): void => {
       socket.destroy();
@@ -59,30 +68,61 @@ export function discoverPinnedRoot(controller: HostPort, fingerprint: string, no
     socket.once('error', fail);
     socket.once('secureConnect', () => {
       try {
-        const presented: X509Certificate[] = [];
-        const seen = new Set<string>();
-        for (let c: DetailedPeerCertificate | PeerCertificate | undefined = socket.getPeerCertificate(true); c?.raw && !seen.has(c.fingerprint256); c = (c as DetailedPeerCertificate).issuerCertificate) {
-          seen.add(c.fingerprint256);
-          presented.push(new X509Certificate(c.raw));
-        }
+        const presented = presentedChain(socket);
         const leaf = presented[0];
-        const pinned = presented.find((c) => certificateFingerprint(c) === fingerprint);
-        if (!leaf || !pinned) {
-          throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} did not present the CA pinned by the join token (sha256 ${fingerprint.slice(0, 16)}…); refusing to send the token`, {
-            details: { reason: 'ca-pin-mismatch' },
-          });
-        }
-        verifyChain(leaf, presented.slice(1), [pinned], now());
+        if (!leaf) throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} presented no certificate`);
+        const roots = trust(presented);
+        const chain = verifyChain(leaf, presented.slice(1), roots, now());
         const id = spiffeIdOfCertificate(leaf);
         if (id.kind !== 'controller' || id.uri !== controllerId(id.trustDomain).uri) {
           throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the server presented ${id.uri}, not a controller identity`);
         }
+        const root = chain[chain.length - 1]!;
         socket.end();
-        resolve({ rootPem: pinned.toString(), trustDomain: id.trustDomain });
+        resolve({ rootPem: root.toString(), trustDomain: id.trustDomain });
       } catch (err) {
         fail(err);
       }
     });
+  });
+}
+
+/**
+ * Trust on first use, made safe by the token: connect without verification,
+ * find among the certificates the controller presents the root whose SHA-256
+ * equals the token's pin, and check the presented leaf really chains to it and
+ * names the controller. Only then is the token sent (over a connection that
+ * verifies against that root). A controller that cannot prove the pin never
+ * sees the token.
+ */
+export function discoverPinnedRoot(controller: HostPort, fingerprint: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
+  return probeController(controller, (presented) => {
+    const pinned = presented.find((c) => certificateFingerprint(c) === fingerprint);
+    if (!pinned) {
+      throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} did not present the CA pinned by the join token (sha256 ${fingerprint.slice(0, 16)}…); refusing to send the token`, {
+        details: { reason: 'ca-pin-mismatch' },
+      });
+    }
+    return [pinned];
+  }, now, timeoutMs);
+}
+
+/**
+ * A Kubernetes token pins no CA, so the controller must chain to a bundle
+ * the agent was given (--ca-bundle); the trust domain is read from the
+ * verified controller certificate. A controller that cannot chain to the
+ * bundle never sees the token.
+ */
+export function discoverTrustedController(controller: HostPort, bundlePem: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
+  const roots = parseCertificates(bundlePem);
+  if (roots.length === 0) throw new AmbitError('AMBIT_ERR_CERT_INVALID', 'the CA bundle holds no certificate', { details: { reason: 'empty-bundle' } });
+  return probeController(controller, () => roots, now, timeoutMs).catch((err: unknown) => {
+    if (err instanceof AmbitError && err.code === 'AMBIT_ERR_CERT_INVALID') {
+      throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} is not trusted by the CA bundle (${err.message}); refusing to send the token`, {
+        cause: err, details: { reason: 'ca-bundle-mismatch' },
+      });
+    }
+    throw err;
   });
 }
 
@@ -99,14 +139,39 @@ export async function joinWithToken(o: {
   readonly now?: () => number;
   readonly timeoutMs?: number;
 }): Promise<NodeCredentials> {
-  const { rootPem, trustDomain } = await discoverPinnedRoot(o.controller, o.caFingerprint, o.now, o.timeoutMs);
+  const trusted = await discoverPinnedRoot(o.controller, o.caFingerprint, o.now, o.timeoutMs);
+  return join(o, trusted, { $case: 'joinToken', joinToken: o.token });
+}
+
+/**
+ * First start of an agent pod: prove the node with the pod's projected
+ * service-account token (the controller checks it with TokenReview and that
+ * the pod runs on `node`); the controller is verified against `bundlePem`.
+ */
+export async function joinWithKubernetesToken(o: {
+  readonly controller: HostPort;
+  readonly node: string;
+  readonly token: string;
+  readonly bundlePem: string;
+  readonly now?: () => number;
+  readonly timeoutMs?: number;
+}): Promise<NodeCredentials> {
+  const trusted = await discoverTrustedController(o.controller, o.bundlePem, o.now, o.timeoutMs);
+  return join(o, { rootPem: o.bundlePem, trustDomain: trusted.trustDomain }, { $case: 'kubernetesToken', kubernetesToken: o.token });
+}
+
+async function join(
+  o: { readonly controller: HostPort; readonly node: string; readonly now?: () => number; readonly timeoutMs?: number },
+  trusted: { readonly rootPem: string; readonly trustDomain: string },
+  credential: JoinRequest['credential'],
+): Promise<NodeCredentials> {
   const { privateKey, publicKey } = newKeyPair();
-  const identity = nodeId(trustDomain, o.node);
-  const client = new BootstrapClient(formatHostPort(o.controller), controllerCredentials({ caPem: rootPem, trustDomain }), CONTROLLER_CHANNEL_OPTIONS);
+  const identity = nodeId(trusted.trustDomain, o.node);
+  const client = new BootstrapClient(formatHostPort(o.controller), controllerCredentials({ caPem: trusted.rootPem, trustDomain: trusted.trustDomain }), CONTROLLER_CHANNEL_OPTIONS);
   try {
     const res = await new Promise<JoinResponse>((resolve, reject) => {
       client.join(
-        { node: o.node, credential: { $case: 'joinToken', joinToken: o.token }, csrPem: createCsr(privateKey, publicKey, identity.uri) },
+        { node: o.node, credential, csrPem: createCsr(privateKey, publicKey, identity.uri) },
         new Metadata(),
         deadline(o.timeoutMs ?? DEFAULT_TIMEOUT_MS),
         (err, r) => (err ? reject(fromServiceError(err, 'Join')) : resolve(r)),

@@ -183,7 +183,7 @@ export class CertManager {
     // The lifetime counts from when the certificate arrived, not from its
     // notBefore: the CA backdates notBefore (clock skew), and with a short TTL
     // the backdated half-life would already be past, renewing in a tight loop.
-    const start = slot.entry.notBefore;
+    const start = Math.min(Math.max(slot.entry.notBefore, slot.since), slot.entry.notAfter);
     const life = slot.entry.notAfter - start;
     const spread = (this.#o.jitter ?? 0.1) * (2 * (this.#o.random ?? Math.random)() - 1);
     const at = start + life * ((this.#o.renewAt ?? 0.5) + spread);

@@ -57,6 +57,15 @@ export function relay(
     };
     left.once('aborted', onAborted);
     right.once('aborted', onAborted);
+    // Registered before pipeline's own listeners: on an error pipeline destroys
+    // both streams (a plain destroy: a FIN) before calling done, so by then
+    // abort() would find them destroyed and the peer would see a clean close.
+    const onError = (): void => {
+      abort(left);
+      abort(right);
+    };
+    left.on('error', onError);
+    right.on('error', onError);
     pipeline(left, right, done);
     pipeline(right, left, done);
   });

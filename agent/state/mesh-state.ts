@@ -124,7 +124,10 @@ export class MeshState {
   }
 
   workloadByAddress(ip: string): Workload | undefined {
-    return this.#byAddress.get(canonicalIp(ip) ?? ip);
+    const c = canonicalIp(ip) ?? ip;
+    const w = this.#byAddress.get(c);
+    // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: that is the IPv4 workload.
+    return w ?? (c.startsWith('::ffff:') && c.includes('.') ? this.#byAddress.get(c.slice('::ffff:'.length)) : undefined);
   }
 
   /** The local workload at ip, if it serves `port` (empty port list: any port). */
@@ -156,7 +159,9 @@ export class MeshState {
     if (ip) svc = this.#servicesByVip.get(ip);
     else {
       const parts = host.toLowerCase().replace(/\.$/, '').split('.');
-      if (parts.length >= 2) svc = this.#servicesByName.get(`${parts[0]}.${parts[1]}`);
+      // name.namespace, or name.namespace.svc[.<cluster domain>]; any other name
+      // (api.github.com) is outside the mesh even if a service "api" lives in a namespace "github".
+      if (parts.length === 2 || (parts.length >= 3 && parts[2] === 'svc')) svc = this.#servicesByName.get(`${parts[0]}.${parts[1]}`);
     }
     const p = svc?.spec.ports.find((sp) => sp.port === port);
     return svc && p ? { service: svc, port: p } : undefined;

@@ -106,16 +106,32 @@ export async function busyEndpoints(endpoints: readonly Endpoint[]): Promise<Bus
   return out;
 }
 
+function holderText(h: Holder): string {
+  if (h.pid === undefined) return `a process of uid ${h.uid} (not visible to this user)`;
+  const cmd = (h.command ?? '?').replace(/^\S*\/node /, 'node ');
+  return `pid ${h.pid}: ${cmd.length > 140 ? `${cmd.slice(0, 137)}...` : cmd}`;
+}
+
 /** One line per busy endpoint, for a person. */
 export function describeBusy(b: Busy): string {
   const at = `${b.host}:${b.port} (${b.what})`;
   if (b.code === 'EADDRNOTAVAIL') return `${at}: ${b.host} is not an address of this machine`;
   if (b.code !== 'EADDRINUSE') return `${at}: cannot listen there (${b.code})`;
-  const h = b.holder;
-  if (!h) return `${at} is in use (the holder is not visible from here)`;
-  if (h.pid === undefined) return `${at} is in use by a process of uid ${h.uid} (not visible to this user)`;
-  const cmd = h.command ?? '?';
-  return `${at} is in use by pid ${h.pid}: ${cmd.length > 160 ? `${cmd.slice(0, 157)}...` : cmd}`;
+  return b.holder ? `${at} is in use by ${holderText(b.holder)}` : `${at} is in use (the holder is not visible from here)`;
+}
+
+/** The busy endpoints grouped by the process holding them: one line per holder. */
+export function describeBusyByHolder(busy: readonly Busy[]): string[] {
+  const groups = new Map<string, Busy[]>();
+  for (const b of busy) {
+    const key = b.code === 'EADDRINUSE' && b.holder ? holderText(b.holder) : `${b.host}:${b.port}`;
+    groups.set(key, [...(groups.get(key) ?? []), b]);
+  }
+  return [...groups].map(([key, bs]) => {
+    const first = bs[0]!;
+    if (bs.length === 1 || first.code !== 'EADDRINUSE' || !first.holder) return bs.map(describeBusy).join('\n');
+    return `${bs.map((b) => `${b.host}:${b.port} (${b.what})`).join(', ')} are in use by ${key}`;
+  });
 }
 
 /** Does the holder look like a process of an Ambit demo (the demo itself, or its controller/agents)? */

@@ -139,7 +139,7 @@ export function describeExit(e: Exit): string {
 }
 
 /** Runs a short-lived command (ambitctl) to completion, appending its command line and output to a log. */
-export async function runOnce(o: { entry: string; args: readonly string[]; cwd: string; env: NodeJS.ProcessEnv; log: WriteStream; shown: string }): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function runOnce(o: { entry: string; args: readonly string[]; cwd: string; env: NodeJS.ProcessEnv; log: WriteStream; shown: string; redact?: boolean }): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [o.entry, ...o.args], { cwd: o.cwd, env: o.env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -147,6 +147,7 @@ export async function runOnce(o: { entry: string; args: readonly string[]; cwd: 
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   child.on('error', (err) => (stderr += `${err.message}\n`));
   const [code] = (await once(child, 'close')) as [number | null];
-  o.log.write(`$ ${o.shown}\n${stdout}${stderr}${code === 0 ? '' : `(exit status ${code})\n`}\n`);
+  // A redacted command's output (a join token) stays out of the log.
+  o.log.write(`$ ${o.shown}\n${o.redact ? '(output not logged)\n' : stdout}${stderr}${code === 0 ? '' : `(exit status ${code})\n`}\n`);
   return { code, stdout, stderr };
 }

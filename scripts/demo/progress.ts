@@ -37,6 +37,8 @@ export class Progress {
   readonly #tty: boolean;
   readonly style: Style;
   #n = 0;
+  /** Ends the running step's line early (the demo is stopping); undefined when no step runs. */
+  #cut: (() => void) | undefined;
 
   constructor(o: { total: number; write: (s: string) => void; tty: boolean; style: Style }) {
     this.#total = o.total;
@@ -45,12 +47,16 @@ export class Progress {
     this.style = o.style;
   }
 
-  /** Runs one numbered step; its result says what to print after the title. Rethrows after printing "failed". */
-  async step<T>(title: string, fn: () => Promise<T>, result: (value: T) => StepResult): Promise<T> {
+  /**
+   * Runs one numbered step; its result says what to print after the title.
+   * Rethrows after printing "failed". `since` (a performance.now() time) is
+   * when the work began, for work started before its step is shown.
+   */
+  async step<T>(title: string, fn: () => Promise<T>, result: (value: T) => StepResult, since = performance.now()): Promise<T> {
     this.#n++;
     const s = this.style;
     const head = `${s.dim(`[${this.#n}/${this.#total}]`)} ${title} …`;
-    const started = performance.now();
+    const started = since;
     const ms = (): string => `${Math.round(performance.now() - started)} ms`;
     let spinner: NodeJS.Timeout | undefined;
     if (this.#tty) {
@@ -61,11 +67,16 @@ export class Progress {
     } else {
       this.#write(`${head} `);
     }
+    let ended = false;
     const end = (text: string, notes: readonly string[] = []): void => {
       clearInterval(spinner);
+      this.#cut = undefined;
+      if (ended) return;
+      ended = true;
       this.#write(this.#tty ? `\r${head} ${text}\x1b[K\n` : `${text}\n`);
       for (const n of notes) this.#write(`      ${n}\n`);
     };
+    this.#cut = () => end(s.yellow('interrupted'));
     try {
       const value = await fn();
       const r = result(value);
@@ -75,5 +86,10 @@ export class Progress {
       end(`${s.red('failed')} ${s.dim(`(${ms()})`)}`);
       throw err;
     }
+  }
+
+  /** Closes the line of a step still running (stop requested, or an error elsewhere). */
+  interrupt(): void {
+    this.#cut?.();
   }
 }

@@ -60,11 +60,11 @@ function pad(s: string, n: number): string {
   return s.length >= n ? s : s + ' '.repeat(n - s.length);
 }
 
-/** One access-log line as "src → dst, security, bytes, duration[, error]". */
+/** One access-log line as "src → dst [security, bytes from / to the source, duration, flags, error]". */
 function logLine(l: LogLine): string {
   const flags = l.response_flags && l.response_flags !== '-' ? `, response_flags ${String(l.response_flags)}` : '';
   const err = l.error ? `, error "${String(l.error)}"` : '';
-  return `${String(l['src.identity'])} → ${String(l['dst.identity'])}  [${String(l.security)}, sent ${bytes(l.bytes_sent)}, received ${bytes(l.bytes_recv)}, ${String(l.duration_ms)} ms${flags}${err}]`;
+  return `${String(l['src.identity'])} → ${String(l['dst.identity'])}  [${String(l.security)}, bytes_recv ${bytes(l.bytes_recv)}, bytes_sent ${bytes(l.bytes_sent)}, ${String(l.duration_ms)} ms${flags}${err}]`;
 }
 
 export function formatSummary(i: SummaryInput): string {
@@ -79,7 +79,7 @@ export function formatSummary(i: SummaryInput): string {
 
   h(`Identities issued by the mesh CA (root ${i.caRoot.slice(0, 16)}…; keys made on each agent, never sent)`);
   const w = Math.max(...i.identities.map((r) => r.identity.length));
-  for (const r of i.identities) out.push(`  ${pad(r.identity, w)}  ${pad(r.holders.join(', '), 15)}  expires ${utc(r.notAfter)} (in ${until(r.notAfter, i.now)})`);
+  for (const r of i.identities) out.push(`  ${pad(r.identity, w)}  ${pad(r.holders.join(', '), 16)}  expires ${utc(r.notAfter)} (in ${until(r.notAfter, i.now)})`);
 
   const x = i.showcase;
   const ans = x.answer;

@@ -134,9 +134,9 @@ t.test('renews at half-life ± jitter (40 %–60 % of the lifetime)', async (t) 
   const { ca, certDir } = setup(t);
   // Three managers in parallel: jitter at its low end, its high end, and Math.random.
   const cases = [
-    { name: 'random 0 → 40 %', random: () => 0, lo: 0.37, hi: 0.44 },
-    { name: 'random 1 → 60 %', random: () => 1, lo: 0.57, hi: 0.64 },
-    { name: 'Math.random → 40–60 %', random: undefined, lo: 0.37, hi: 0.64 },
+    { name: 'random 0 → 40 %', random: () => 0, lo: 0.38, hi: 0.47 },
+    { name: 'random 1 → 60 %', random: () => 1, lo: 0.58, hi: 0.67 },
+    { name: 'Math.random → 40–60 %', random: undefined, lo: 0.38, hi: 0.67 },
   ];
   const runs = cases.map(async (c, i) => {
     const { calls, issuer } = realIssuer(ca, { ttlMs: 3000 });
@@ -190,9 +190,10 @@ t.test('on failure it retries with growing backoff and keeps the old certificate
   await waitFor('three retries', () => calls.length >= 5, 3000);
   const at = calls.slice(1).map((c) => c.at);
   const gaps = at.slice(1).map((x, i) => x - at[i]!);
-  t.ok(gaps[0]! >= 130 && gaps[0]! < 400, `first retry after ~145 ms (${gaps[0]} ms)`);
-  t.ok(gaps[1]! > gaps[0]! + 50, `the second wait is longer (${gaps[1]} ms)`);
-  t.ok(gaps[2]! > gaps[1]! + 100, `the third wait is longer still (${gaps[2]} ms)`);
+  // Timers never fire early (give or take the clock's millisecond); late is possible on a busy host.
+  t.ok(gaps[0]! >= 135 && gaps[0]! < 1000, `first retry after ~145 ms (${gaps[0]} ms)`);
+  t.ok(gaps[1]! >= 235, `the second wait is longer: ~245 ms (${gaps[1]} ms)`);
+  t.ok(gaps[2]! >= 435, `the third wait is longer still: ~445 ms (${gaps[2]} ms)`);
   t.equal(m.get(WEB.uri), old, 'still the old certificate while retrying');
   t.equal(m.earliestExpiry(), old.notAfter);
 

@@ -27,16 +27,13 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, ROOT, type LogLine } from '../harness.ts';
+import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, ROOT } from '../harness.ts';
+import { Pod, POD_FIXTURE } from './pod-driver.ts';
+import { NODE, NsProc, run, sh, type Json, type RunResult } from './processes.ts';
 
-/** Node 24 by absolute path: PATH inside `ip netns exec` may lead to another node. */
-export const NODE = join(ROOT, 'node_modules/.bin/node');
 const FIXTURES = join(ROOT, 'test/e2e/netns/fixtures');
-export const POD_FIXTURE = join(FIXTURES, 'pod.ts');
 export const HBONE_PROBE = join(FIXTURES, 'hbone-probe.ts');
 export const CA_REQUEST = join(FIXTURES, 'ca-request.ts');
-/** What fixtures/pod.ts sends with pattern 'marker' (kept equal to its MARKER). */
-export const MARKER = 'AMBIT-SECRET-PAYLOAD-';
 
 export const CONTROLLER_ADDRESS = '10.200.0.10';
 export const CONTROLLER_GRPC = `${CONTROLLER_ADDRESS}:15012`;
@@ -46,36 +43,7 @@ export const podCidr = (h: number): string => `10.201.${h}.0/24`;
 export const podAddress = (h: number, i: number): string => `10.201.${h}.${10 + i}`;
 const podGateway = (h: number): string => `10.201.${h}.1`;
 
-// ------------------------------------------------------------------ commands
-
-export interface RunResult {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs a command without a shell; never rejects (a failure is in the result). */
-export function run(argv: readonly string[], o: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const [command = '', ...args] = argv;
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: o.timeoutMs ?? 20_000, env: { ...process.env, NODE_NO_WARNINGS: '1' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(o.input ?? '');
-    child.on('error', (err) => resolve({ code: -1, stdout, stderr: `${stderr}${err.message}` }));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-/** Runs a command that must succeed; its stdout. */
-export async function sh(argv: readonly string[], o: { timeoutMs?: number; input?: string } = {}): Promise<string> {
-  const r = await run(argv, o);
-  if (r.code !== 0) throw new Error(`${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
-  return r.stdout;
-}
+// ------------------------------------------------------------------ preconditions and leftovers
 
 /**
  * Throws, with a message saying what is missing, unless this process is root
@@ -121,184 +89,6 @@ async function killNamespacePids(ns: string): Promise<void> {
     } catch {
       // already gone
     }
-  }
-}
-
-// ------------------------------------------------------------------ processes
-
-type Json = Record<string, unknown>;
-
-/**
- * A Node process inside a namespace (`ip netns exec` execs, so the child is
- * the process itself and signals reach it directly). JSON lines on stderr
- * (pino logs) go to `logs`, JSON lines on stdout to `out`.
- */
-export class NsProc {
-  readonly ns: string;
-  readonly child: ChildProcess;
-  readonly logs: LogLine[] = [];
-  readonly out: Json[] = [];
-  stderrText = '';
-  stdoutText = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  readonly #waiters = new Set<{ stream: 'logs' | 'out'; pred: (l: Json) => boolean; resolve: (l: Json) => void }>();
-
-  constructor(ns: string, file: string, args: readonly string[]) {
-    this.ns = ns;
-    this.child = spawn('ip', ['netns', 'exec', ns, NODE, file, ...args], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      cwd: ROOT,
-      env: { ...process.env, NODE_NO_WARNINGS: '1' },
-    });
-    this.child.stdin!.on('error', () => undefined);
-    this.#lines(this.child.stderr!, 'logs', (t) => (this.stderrText += t));
-    this.#lines(this.child.stdout!, 'out', (t) => (this.stdoutText += t));
-    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  #lines(stream: NodeJS.ReadableStream, into: 'logs' | 'out', raw: (t: string) => void): void {
-    let buf = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (d: string) => {
-      raw(d);
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.startsWith('{')) continue;
-        let parsed: Json;
-        try {
-          parsed = JSON.parse(line) as Json;
-        } catch {
-          continue;
-        }
-        (into === 'logs' ? this.logs : this.out).push(parsed as LogLine);
-        for (const w of this.#waiters) {
-          if (w.stream === into && w.pred(parsed)) {
-            this.#waiters.delete(w);
-            w.resolve(parsed);
-          }
-        }
-      }
-    });
-  }
-
-  #wait(stream: 'logs' | 'out', pred: (l: Json) => boolean, timeoutMs: number, what: string): Promise<Json> {
-    const seen = (stream === 'logs' ? this.logs : this.out).find((l) => pred(l));
-    if (seen) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const w = { stream, pred, resolve: (l: Json) => { clearTimeout(timer); resolve(l); } };
-      const timer = setTimeout(() => {
-        this.#waiters.delete(w);
-        reject(new Error(`${this.ns}: timed out after ${timeoutMs} ms waiting for ${what}; stderr tail:\n${this.stderrText.slice(-2500)}`));
-      }, timeoutMs);
-      this.#waiters.add(w);
-      void this.exited.then(({ code, signal }) => {
-        if (this.#waiters.delete(w)) {
-          clearTimeout(timer);
-          reject(new Error(`${this.ns}: process exited (code ${code}, signal ${signal}) while waiting for ${what}; stderr tail:\n${this.stderrText.slice(-2500)}`));
-        }
-      });
-    });
-  }
-
-  /** The first log line (seen or future) matching pred. */
-  waitForLog(pred: (l: LogLine) => boolean, timeoutMs = 20_000, what = 'a log line'): Promise<LogLine> {
-    return this.#wait('logs', (l) => pred(l as LogLine), timeoutMs, what) as Promise<LogLine>;
-  }
-
-  waitForOut(pred: (l: Json) => boolean, timeoutMs = 20_000, what = 'an output line'): Promise<Json> {
-    return this.#wait('out', pred, timeoutMs, what);
-  }
-
-  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    if (!this.running) return this.exited;
-    this.child.kill(signal);
-    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
-    const r = await this.exited;
-    clearTimeout(t);
-    return r;
-  }
-}
-
-export interface TransferResult {
-  readonly ok: boolean;
-  readonly connected: boolean;
-  readonly error: string;
-  readonly sentBytes: number;
-  readonly sha256: string;
-  /** The raw response text; for a sink server one JSON line (see server()). */
-  readonly response: string;
-  readonly ms: number;
-}
-
-export interface SinkReport {
-  readonly server: string;
-  readonly port: number;
-  readonly bytes: number;
-  readonly sha256: string;
-  readonly peer: string;
-  readonly marker: boolean;
-}
-
-/** The applications of one pod (fixtures/pod.ts), driven over stdin/stdout. */
-export class Pod {
-  readonly name: string;
-  readonly address: string;
-  readonly proc: NsProc;
-  #nextId = 1;
-
-  constructor(name: string, address: string, proc: NsProc) {
-    this.name = name;
-    this.address = address;
-    this.proc = proc;
-  }
-
-  async request(body: Json, timeoutMs = 40_000): Promise<Json> {
-    const id = this.#nextId++;
-    this.proc.child.stdin!.write(`${JSON.stringify({ id, ...body })}\n`);
-    return this.proc.waitForOut((l) => l.id === id, timeoutMs, `the answer to ${JSON.stringify(body)}`);
-  }
-
-  async listen(port: number, name: string, kind: 'sink' | 'echo' = 'sink'): Promise<void> {
-    const r = await this.request({ op: 'listen', port, name, kind });
-    if (r.ok !== true) throw new Error(`${this.name}: listen ${port} failed: ${String(r.error)}`);
-  }
-
-  /** One connection: send `bytes`, half-close, read the answer. */
-  async connect(host: string, port: number, o: { bytes?: number; pattern?: 'marker' | 'random'; paceMs?: number } = {}): Promise<TransferResult> {
-    return (await this.request({ op: 'connect', host, port, bytes: o.bytes ?? 16, pattern: o.pattern ?? 'random', paceMs: o.paceMs ?? 0 })) as unknown as TransferResult;
-  }
-
-  async repeat(host: string, port: number, count: number): Promise<TransferResult[]> {
-    return (await this.request({ op: 'repeat', host, port, count }, 60_000)).results as TransferResult[];
-  }
-
-  async open(host: string, port: number): Promise<{ ok: boolean; sid: number; error?: string }> {
-    return (await this.request({ op: 'open', host, port })) as unknown as { ok: boolean; sid: number; error?: string };
-  }
-
-  async ping(sid: number, text: string): Promise<{ ok: boolean; echoed: string; error: string }> {
-    return (await this.request({ op: 'ping', sid, text })) as unknown as { ok: boolean; echoed: string; error: string };
-  }
-
-  async close(sid: number): Promise<void> {
-    await this.request({ op: 'close', sid });
-  }
-}
-
-/** The sink server's report in a successful transfer's response. */
-export function sinkReport(r: TransferResult): SinkReport | undefined {
-  if (!r.ok) return undefined;
-  try {
-    return JSON.parse(r.response.trim()) as SinkReport;
-  } catch {
-    return undefined;
   }
 }
 
@@ -418,7 +208,7 @@ export class Topology {
   async pod(ns: string, name: string, address: string): Promise<Pod> {
     const p = this.spawn(ns, POD_FIXTURE, []);
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${ns}: pod driver not ready: ${p.stderrText}`)), 15_000);
+      const timer = setTimeout(() => reject(new Error(`${ns}: pod driver not ready: ${p.stderrText}`)), 30_000);
       const check = (): void => {
         if (p.stdoutText.includes('ready\n')) {
           clearTimeout(timer);
@@ -442,7 +232,7 @@ export class Topology {
 
   /** ambitctl in the controller's namespace with the admin credentials from its data dir. */
   ambitctl(args: readonly string[], stdin?: string): Promise<RunResult> {
-    return run(['ip', 'netns', 'exec', this.ctlNs, NODE, AMBITCTL_MAIN, '--controller', CONTROLLER_GRPC, '--credentials', join(this.ctlDataDir, 'admin'), ...args], { input: stdin ?? '', timeoutMs: 30_000 });
+    return run(['ip', 'netns', 'exec', this.ctlNs, NODE, AMBITCTL_MAIN, '--controller', CONTROLLER_GRPC, '--credentials', join(this.ctlDataDir, 'admin'), ...args], { input: stdin ?? '', timeoutMs: 60_000 });
   }
 
   async ambitctlOk(args: readonly string[], stdin?: string): Promise<string> {
@@ -514,8 +304,11 @@ export class Topology {
   /** tcpdump on `iface` in `ns`, writing a pcap; stop() ends it and returns the file's bytes. */
   async tcpdump(ns: string, iface: string, name: string): Promise<{ stop: () => Promise<Buffer> }> {
     const file = join(this.dir, `${name}.pcap`);
-    // -U: write each packet as it comes; -Z root: no privilege drop, so it can write into our 0700 dir.
-    const child = spawn('ip', ['netns', 'exec', ns, 'tcpdump', '-i', iface, '-n', '-U', '-s', '0', '-Z', 'root', '-w', file, 'tcp'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // --immediate-mode: hand each packet over at once (with the default TPACKET_V3
+    // ring, packets of a block not yet retired are lost when tcpdump is
+    // interrupted); -U: write each packet as it comes; -Z root: no privilege
+    // drop, so it can write into our 0700 directory.
+    const child = spawn('ip', ['netns', 'exec', ns, 'tcpdump', '-i', iface, '-n', '--immediate-mode', '-U', '-s', '0', '-Z', 'root', '-w', file, 'tcp'], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.#children.add(child);
     let stderr = '';
     await new Promise<void>((resolve, reject) => {
@@ -535,6 +328,7 @@ export class Topology {
     return {
       stop: async () => {
         if (child.exitCode === null && child.signalCode === null) {
+          await new Promise((r) => setTimeout(r, 200)); // the last ACKs and FINs
           const exited = once(child, 'exit');
           child.kill('SIGINT');
           await exited;
@@ -557,46 +351,4 @@ export class Topology {
     }
     rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-// ------------------------------------------------------------------ pcap
-
-export interface TcpPacket {
-  readonly src: string;
-  readonly dst: string;
-  readonly sport: number;
-  readonly dport: number;
-  readonly payload: Buffer;
-}
-
-/** The IPv4 TCP packets of a classic pcap file with Ethernet framing (what tcpdump -w writes). */
-export function parsePcap(file: Buffer): TcpPacket[] {
-  if (file.length < 24) return [];
-  const magic = file.readUInt32LE(0);
-  const le = magic === 0xa1b2c3d4 || magic === 0xa1b23c4d;
-  if (!le && file.readUInt32BE(0) !== 0xa1b2c3d4 && file.readUInt32BE(0) !== 0xa1b23c4d) throw new Error('not a pcap file');
-  const u32 = (o: number): number => (le ? file.readUInt32LE(o) : file.readUInt32BE(o));
-  if (u32(20) !== 1) throw new Error(`pcap link type ${u32(20)} is not Ethernet`);
-  const packets: TcpPacket[] = [];
-  for (let off = 24; off + 16 <= file.length;) {
-    const incl = u32(off + 8);
-    const frame = file.subarray(off + 16, off + 16 + incl);
-    off += 16 + incl;
-    if (frame.length < 14 + 20 || frame.readUInt16BE(12) !== 0x0800) continue;
-    const ip = frame.subarray(14);
-    const ihl = (ip[0]! & 0x0f) * 4;
-    if (ip[9] !== 6) continue;
-    const total = ip.readUInt16BE(2);
-    const tcp = ip.subarray(ihl, total);
-    if (tcp.length < 20) continue;
-    const dataOff = (tcp[12]! >> 4) * 4;
-    packets.push({
-      src: `${ip[12]}.${ip[13]}.${ip[14]}.${ip[15]}`,
-      dst: `${ip[16]}.${ip[17]}.${ip[18]}.${ip[19]}`,
-      sport: tcp.readUInt16BE(0),
-      dport: tcp.readUInt16BE(2),
-      payload: tcp.subarray(dataOff),
-    });
-  }
-  return packets;
 }

@@ -1,0 +1,101 @@
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadState, saveState, type CachedState } from '../../../agent/state/state-cache.ts';
+import { createLogger, type Logger } from '../../../shared/logger.ts';
+import type { AuthorizationPolicy, Service, Workload } from '../../../shared/resources/types.ts';
+
+const mode = (p: string): number => fs.statSync(p).mode & 0o777;
+
+/** A warn-level logger whose JSON lines land in `lines`. */
+function capture(): { logger: Logger; lines: () => Record<string, unknown>[] } {
+  const raw: string[] = [];
+  const logger = createLogger({ name: 'test', level: 'warn', destination: { write: (s: string) => void raw.push(s) } });
+  return { logger, lines: () => raw.map((l) => JSON.parse(l) as Record<string, unknown>) };
+}
+
+const web: Workload = {
+  kind: 'Workload',
+  metadata: { name: 'web', namespace: 'shop', labels: { app: 'web', tier: 'front' }, revision: 7 },
+  spec: { serviceAccount: 'web', node: 'node-a', address: '2001:db8::7', ports: [8080, 9090], uid: 1001, weight: 3, locality: 'eu/a', healthy: false },
+};
+const db: Workload = {
+  kind: 'Workload',
+  metadata: { name: 'db', namespace: 'shop', labels: {}, revision: 3 },
+  spec: { serviceAccount: 'db', node: 'node-b', address: '10.0.0.2', ports: [], weight: 1, locality: '', healthy: true },
+};
+const svc: Service = {
+  kind: 'Service',
+  metadata: { name: 'web', namespace: 'shop', labels: {}, revision: 9 },
+  spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: 'web' } },
+};
+const pol: AuthorizationPolicy = {
+  kind: 'AuthorizationPolicy',
+  metadata: { name: 'allow-shop', namespace: 'shop', labels: {}, revision: 11 },
+  spec: {
+    selector: { app: 'web' },
+    action: 'ALLOW',
+    rules: [{
+      from: [{ principals: ['cluster.local/ns/shop/sa/client'], notPrincipals: [], namespaces: [], notNamespaces: [], serviceAccounts: [], notServiceAccounts: [], ipBlocks: ['10.0.0.0/8'], notIpBlocks: [] }],
+      to: [{ ports: [8080], notPorts: [] }],
+    }],
+  },
+};
+const state: CachedState = {
+  revision: 42,
+  resources: [web, db, svc, pol],
+  nodes: [{ name: 'node-b', hboneAddress: '192.0.2.2:15008' }],
+  bundlePem: '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
+};
+
+t.test('save then load gives back the same state, revisions included', async (t) => {
+  const dir = t.testdir();
+  const { logger, lines } = capture();
+  saveState(dir, state);
+  const file = path.join(dir, 'state.json');
+  t.equal(mode(file), 0o600, 'state file is 0600');
+  const loaded = loadState(dir, logger);
+  t.same(loaded, state, 'deep equal');
+  t.strictSame(loaded?.resources.map((r) => r.metadata.revision), [7, 3, 9, 11], 'each resource keeps its own revision');
+  t.same(lines(), [], 'nothing logged');
+
+  // Overwriting keeps the mode and replaces the content.
+  saveState(dir, { ...state, revision: 43, resources: [db] });
+  t.equal(mode(file), 0o600);
+  t.same(loadState(dir, logger), { ...state, revision: 43, resources: [db] });
+  t.same(fs.readdirSync(dir), ['state.json'], 'no temporary files left behind');
+});
+
+t.test('no cache: undefined, silently', async (t) => {
+  const { logger, lines } = capture();
+  t.equal(loadState(t.testdir(), logger), undefined);
+  t.same(lines(), []);
+});
+
+t.test('an unreadable cache is ignored with a warning', async (t) => {
+  const good = (() => {
+    const dir = t.testdir();
+    saveState(dir, state);
+    return JSON.parse(fs.readFileSync(path.join(dir, 'state.json'), 'utf8')) as { version: number; resources: { revision: number; doc: Record<string, unknown> }[] };
+  })();
+  const variants: Record<string, string> = {
+    'not JSON': '{"version": 1, "revision": ',
+    'unknown version': JSON.stringify({ ...good, version: 2 }),
+    'an invalid resource': JSON.stringify({ ...good, resources: [{ revision: 1, doc: { ...good.resources[0]!.doc, kind: 'Gadget' } }] }),
+    'resources not a list': JSON.stringify({ ...good, resources: 'oops' }),
+    'null': 'null',
+  };
+  for (const [what, text] of Object.entries(variants)) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-state-cache-'));
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    fs.writeFileSync(path.join(dir, 'state.json'), text, { mode: 0o600 });
+    const { logger, lines } = capture();
+    t.equal(loadState(dir, logger), undefined, `${what}: undefined`);
+    const warned = lines();
+    t.equal(warned.length, 1, `${what}: one warning`);
+    t.equal(warned[0]?.level, 'warn');
+    t.match(warned[0]?.msg, /cached mesh state is unreadable/);
+    if (what === 'unknown version') t.match(JSON.stringify(warned[0]?.err), /unknown cache version 2/, 'the reason names the version');
+  }
+});

@@ -1,0 +1,112 @@
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { lintDockerfile, parseDockerfile, stages, type Stage } from './dockerfile.ts';
+import { DAEMONSET_DIR, ROOT, at, find, loadManifests } from './load.ts';
+
+/*
+ * daemonset/Dockerfile, read rather than built (no Docker engine here): the
+ * general lint, then what this project's image needs, each rule also shown to
+ * fail on a Dockerfile broken on purpose.
+ */
+
+const dockerfile = readFileSync(join(DAEMONSET_DIR, 'Dockerfile'), 'utf8');
+const manifests = loadManifests();
+
+function runs(stage: Stage | undefined, re: RegExp): boolean {
+  return stage?.instructions.some((i) => i.op === 'RUN' && re.test(i.args)) ?? false;
+}
+
+/** What Ambit's image needs, beyond the general lint. */
+function projectProblems(text: string): string[] {
+  const problems: string[] = [];
+  const all = stages(parseDockerfile(text));
+  const build = all.find((s) => s.name === 'build');
+  const final = all.at(-1);
+  if (all.length < 2 || build === undefined || final === undefined || final === build) return ['multi-stage: a "build" stage and a separate runtime stage'];
+  for (const s of all) if (!/^node:24[.-]/.test(s.image)) problems.push(`FROM ${s.image}: Node 24 (package.json engines) on a node: image`);
+  if (!runs(build, /apt-get install\b.*\bpython3\b/) || !runs(build, /\bmake\b/) || !runs(build, /\bg\+\+/)) problems.push('build stage: node-gyp needs python3, make and g++');
+  if (!runs(build, /\bnpm ci\b/)) problems.push('build stage: npm ci (reproducible, builds the addon)');
+  if (!runs(build, /\bnpm run build\b/)) problems.push('build stage: npm run build');
+  if (!runs(build, /\bnpm prune --omit=dev\b/)) problems.push('build stage: npm prune --omit=dev');
+  // Every source COPY'd into the build stage must exist in the repository.
+  for (const i of build.instructions.filter((x) => x.op === 'COPY' && !x.args.includes('--from'))) {
+    const words = i.args.split(/\s+/).filter((w) => !w.startsWith('--'));
+    for (const src of words.slice(0, -1)) if (!existsSync(join(ROOT, src))) problems.push(`line ${i.line}: COPY ${src}: no such file in the repository`);
+  }
+  const workdir = final.instructions.filter((i) => i.op === 'WORKDIR').at(-1)?.args;
+  if (workdir !== '/app') problems.push('runtime stage: WORKDIR /app (the manifests run /app/dist/...)');
+  if (!runs(final, /apt-get install\b.*\biptables\b/)) problems.push('runtime stage: the agent needs iptables');
+  const copies = final.instructions.filter((i) => i.op === 'COPY' && i.args.includes('--from=build')).map((i) => i.args);
+  for (const want of [/\/app\/dist\/? dist\/?$/, /\/app\/node_modules\/? node_modules\/?$/, /\/app\/package\.json \.\/?$/, /\/app\/build\/Release\/original_dst\.node build\/Release\/$/]) {
+    if (!copies.some((c) => want.test(c))) problems.push(`runtime stage: COPY --from=build matching ${want.source}`);
+  }
+  if (final.instructions.some((i) => i.op === 'RUN' && /\b(python3|g\+\+|build-essential)\b/.test(i.args))) problems.push('runtime stage: no compilers');
+  return problems;
+}
+
+t.test('the Dockerfile passes the general lint', async (tt) => {
+  tt.same(lintDockerfile(dockerfile), []);
+  const broken: [string, string][] = [
+    ['a latest base image', dockerfile.replace('FROM node:24-bookworm-slim AS runtime', 'FROM node:latest AS runtime')],
+    ['an untagged base image', dockerfile.replace('FROM node:24-bookworm-slim AS build', 'FROM node AS build')],
+    ['no USER', dockerfile.replace(/^USER .*$/m, '')],
+    ['USER root', dockerfile.replace(/^USER .*$/m, 'USER 0')],
+    ['a named USER', dockerfile.replace(/^USER .*$/m, 'USER ambit')],
+    ['ADD of a URL', `${dockerfile}\nADD https://example.com/x.tgz /tmp/\n`],
+    ['an ENTRYPOINT', `${dockerfile}\nENTRYPOINT ["node"]\n`],
+    ['a stage name used twice', dockerfile.replace('AS runtime', 'AS build')],
+    ['an unterminated line', `${dockerfile}\nRUN true \\`],
+  ];
+  for (const [what, text] of broken) {
+    tt.not(text, dockerfile, `${what}: the file was changed`);
+    tt.not(lintDockerfile(text), [], `detects: ${what}`);
+  }
+});
+
+/** RUN lines in shell form that `sh -n` (parse only, run nothing) refuses. */
+function shellSyntaxProblems(text: string): string[] {
+  return parseDockerfile(text)
+    .filter((i) => i.op === 'RUN' && !i.args.startsWith('['))
+    .flatMap((i) => {
+      const r = spawnSync('sh', ['-n', '-c', i.args], { encoding: 'utf8' });
+      return r.status === 0 ? [] : [`line ${i.line}: ${r.stderr.trim()}`];
+    });
+}
+
+t.test('every RUN is valid shell', async (tt) => {
+  tt.same(shellSyntaxProblems(dockerfile), []);
+  tt.not(shellSyntaxProblems(`${dockerfile}\nRUN for p in a b; do echo "$p"\n`), [], 'detects: an unterminated loop');
+});
+
+t.test('the image builds what the manifests run', async (tt) => {
+  tt.same(projectProblems(dockerfile), []);
+  const broken: [string, string][] = [
+    ['no iptables', dockerfile.replace(/install -y --no-install-recommends iptables/, 'install -y --no-install-recommends curl')],
+    ['no compilers', dockerfile.replace('python3 make g++', 'curl')],
+    ['npm install instead of npm ci', dockerfile.replace('npm ci ', 'npm install ')],
+    ['dev dependencies kept', dockerfile.replace('npm prune --omit=dev', 'true')],
+    ['the addon left out', dockerfile.replace(/^COPY --from=build \/app\/build\/Release.*$/m, '')],
+    ['a source that does not exist', dockerfile.replace('COPY agent/ agent/', 'COPY agents/ agents/')],
+    ['another WORKDIR', dockerfile.replace(/WORKDIR \/app\nENV/, 'WORKDIR /srv\nENV')],
+    ['a single stage', `FROM node:24-bookworm-slim\nRUN true\nUSER 10001\n`],
+  ];
+  for (const [what, text] of broken) {
+    tt.not(text, dockerfile, `${what}: the file was changed`);
+    tt.not(projectProblems(text), [], `detects: ${what}`);
+  }
+});
+
+t.test('the image user is the controller\'s uid', async (tt) => {
+  const final = stages(parseDockerfile(dockerfile)).at(-1);
+  const user = final?.instructions.filter((i) => i.op === 'USER').at(-1)?.args.split(':')[0];
+  const controller = find(manifests, 'Deployment', 'ambit-controller');
+  tt.equal(Number(user), at(controller, 'spec.template.spec.securityContext.runAsUser'), 'USER = runAsUser');
+  tt.match(final?.instructions.filter((i) => i.op === 'RUN').map((i) => i.args).join('\n') ?? '', new RegExp(`useradd .*--uid ${String(user)}\\b`), 'the user exists in the image');
+});
+
+t.test('host build output stays out of the build context', async (tt) => {
+  const ignore = readFileSync(join(DAEMONSET_DIR, 'Dockerfile.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  for (const p of ['**/node_modules', 'dist', 'build']) tt.ok(ignore.includes(p), `ignores ${p}`);
+});
