@@ -368,17 +368,17 @@ async function main(): Promise<void> {
       }
       return best;
     };
-    const rows: { label: string; k: Key; digits: number; higher: boolean; vsDirect: boolean }[] = [
-      { label: 'throughput, 1 conn (MiB/s)', k: 'tp1', digits: 0, higher: true, vsDirect: true },
-      { label: 'throughput, 4 conns (MiB/s)', k: 'tp4', digits: 0, higher: true, vsDirect: true },
-      { label: 'latency p50, 1 KiB echo (µs)', k: 'p50', digits: 0, higher: false, vsDirect: true },
-      { label: 'latency p99, 1 KiB echo (µs)', k: 'p99', digits: 0, higher: false, vsDirect: true },
-      { label: 'added p50 over direct (µs)', k: 'added', digits: 0, higher: false, vsDirect: false },
-      { label: `new conns/s (concurrency ${concurrency})`, k: 'rate', digits: 0, higher: true, vsDirect: true },
-      { label: 'new conn failures (all runs)', k: 'failures', digits: 0, higher: false, vsDirect: false },
-      { label: 'CPU s/GiB, proxies', k: 'cpuProxy', digits: 2, higher: false, vsDirect: false },
-      { label: 'CPU s/GiB, proxies+client+server', k: 'cpuAll', digits: 2, higher: false, vsDirect: true },
-      { label: 'proxy RSS after runs (MiB)', k: 'rss', digits: 1, higher: false, vsDirect: false },
+    const rows: { label: string; k: Key; digits: number; higher: boolean; vsDirect: boolean; vsPeer: boolean }[] = [
+      { label: 'throughput, 1 conn (MiB/s)', k: 'tp1', digits: 0, higher: true, vsDirect: true, vsPeer: true },
+      { label: 'throughput, 4 conns (MiB/s)', k: 'tp4', digits: 0, higher: true, vsDirect: true, vsPeer: true },
+      { label: 'latency p50, 1 KiB echo (µs)', k: 'p50', digits: 0, higher: false, vsDirect: true, vsPeer: true },
+      { label: 'latency p99, 1 KiB echo (µs)', k: 'p99', digits: 0, higher: false, vsDirect: true, vsPeer: true },
+      { label: 'added p50 over direct (µs)', k: 'added', digits: 0, higher: false, vsDirect: false, vsPeer: true },
+      { label: `new conns/s (concurrency ${concurrency})`, k: 'rate', digits: 0, higher: true, vsDirect: true, vsPeer: true },
+      { label: 'new conn failures (all runs)', k: 'failures', digits: 0, higher: false, vsDirect: false, vsPeer: false },
+      { label: 'CPU s/GiB, proxies', k: 'cpuProxy', digits: 2, higher: false, vsDirect: false, vsPeer: true },
+      { label: 'CPU s/GiB, proxies+client+server', k: 'cpuAll', digits: 2, higher: false, vsDirect: true, vsPeer: true },
+      { label: 'proxy RSS after runs (MiB)', k: 'rss', digits: 1, higher: false, vsDirect: false, vsPeer: true },
     ];
     const names = paths.map((p) => p.name);
     const hasTunnel = names.includes('tunnel');
@@ -390,7 +390,7 @@ async function main(): Promise<void> {
     out.push(`${runs} run(s) per measurement, median shown; throughput ${totalBytes / MiB} MiB; latency ${rounds} rounds after 200 warm-up; new connections ${rateMs / 1000} s at concurrency ${concurrency}`);
     for (const s of skipped) out.push(`skipped ${s}`);
     out.push('');
-    out.push(['metric'.padEnd(W), ...names.map((n) => n.padStart(C)), ...(hasTunnel ? ['tunnel/direct'.padStart(14), 'tunnel/best-peer'.padStart(17)] : [])].join(''));
+    out.push(['metric'.padEnd(W), ...names.map((n) => n.padStart(C)), ...(hasTunnel ? ['tunnel/direct'.padStart(15), '  tunnel/best-peer'] : [])].join(''));
     for (const row of rows) {
       const cells = names.map((n) => fmt(value(n, row.k), row.digits).padStart(C));
       let extra: string[] = [];
@@ -398,8 +398,8 @@ async function main(): Promise<void> {
         const tv = value('tunnel', row.k);
         const bp = bestPeer(row.k, row.higher);
         extra = [
-          (row.vsDirect ? ratio(tv, value('direct', row.k)) : '').padStart(14),
-          (bp.name ? `${ratio(tv, bp.v)} (${bp.name})` : '-').padStart(17),
+          (row.vsDirect ? ratio(tv, value('direct', row.k)) : '').padStart(15),
+          row.vsPeer && bp.name ? `${ratio(tv, bp.v).padStart(9)} (${bp.name})` : '',
         ];
       }
       out.push([row.label.padEnd(W), ...cells, ...extra].join(''));

@@ -20,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseCertificates } from '../shared/tls.ts';
 import { RunningWebApp } from './demo/apps.ts';
 import { AGENT_PORTS, CONTROLLER, demoEndpoints, layoutFrom, NODES, TRUST_DOMAIN, type Layout, type NodeSpec } from './demo/layout.ts';
-import { busyEndpoints, describeBusy, describeBusyByHolder, isDemoProcess, type Endpoint } from './demo/ports.ts';
+import { busyEndpoints, describeBusy, describeBusyByHolder, isOrphanedDaemon, isRunningDemo, type Endpoint } from './demo/ports.ts';
 import { childEnv, DemoProcess, describeExit, runOnce } from './demo/processes.ts';
 import { Progress, styleFor, type Style } from './demo/progress.ts';
 import { formatSummary, type IdentityRow } from './demo/summary.ts';
@@ -188,12 +188,14 @@ class Demo {
       .then((busy) => {
         if (busy.length === 0) return;
         const lines = describeBusyByHolder(busy).map((l) => `  ${l}`);
-        const demoPids = [...new Set(busy.filter((b) => isDemoProcess(b.holder)).map((b) => b.holder?.pid))];
-        const hint = demoPids.length > 0
-          ? `\nA previous demo is probably still running: press Ctrl-C in its terminal, or run\n  pkill -f scripts/demo.ts\n(and if its processes outlived it: kill ${demoPids.join(' ')})`
-          : busy.some((b) => b.code === 'EADDRNOTAVAIL')
-            ? '\nThe demo needs the loopback range 127.0.0.0/8 (standard on Linux).'
-            : '\nStop what holds these ports (see `ss -ltnp`), then run the demo again.';
+        const orphans = [...new Set(busy.filter((b) => isOrphanedDaemon(b.holder, this.#o.dir)).map((b) => b.holder?.pid))];
+        const hints: string[] = [];
+        if (busy.some((b) => isRunningDemo(b.holder))) hints.push('Another demo is running: press Ctrl-C in its terminal, or run\n  pkill -f scripts/demo.ts');
+        // Such leftovers cannot log any more, and an Ambit daemon whose log pipe is gone does not stop on SIGTERM.
+        if (orphans.length > 0) hints.push(`Processes of an earlier demo that was killed outright are still running; stop them with\n  kill -9 ${orphans.join(' ')}`);
+        if (busy.some((b) => b.code === 'EADDRNOTAVAIL')) hints.push('The demo needs the loopback range 127.0.0.0/8 (standard on Linux).');
+        if (hints.length === 0) hints.push('Stop what holds these ports (`ss -ltnp` shows them), then run the demo again.');
+        const hint = `\n${hints.join('\n')}`;
         throw new UserError(`the demo cannot listen where it needs to:\n${lines.join('\n')}${hint}`);
       });
 

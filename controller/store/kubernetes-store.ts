@@ -207,9 +207,9 @@ export class KubernetesStore implements Store {
     }
     this.#logger.info({ resource: source, items }, 'Kubernetes resources re-listed; reconciling');
     this.#relisted.add(source);
-    // The list's own callbacks covered what ListWatch saw change; re-deriving
-    // every key of the kind also catches what it cannot see (an object whose
-    // resourceVersion string repeats in a new API server history).
+    // ListWatch fired callbacks for what it saw change; re-deriving every key
+    // of the kind (current and listed) makes the reconciliation independent of
+    // that, and the diff still commits only real differences.
     if (source === 'nodes') {
       for (const node of this.#sources.nodes.list()) this.#nodeChanged(node, 'update');
       for (const key of this.#resources.keys()) if (key.startsWith('Workload/')) this.#mark(key);

@@ -25,6 +25,8 @@ export interface Holder {
   readonly pid?: number;
   readonly uid: number;
   readonly command?: string;
+  /** The holder's parent's command line, when readable. */
+  readonly parentCommand?: string;
 }
 
 const TCP_LISTEN = 10;
@@ -91,7 +93,16 @@ async function holderOf(host: string, port: number): Promise<Holder | undefined>
   if (!entry) return undefined;
   const pid = entry.inode > 0 ? await pidOfInode(entry.inode) : undefined;
   const command = pid === undefined ? undefined : await commandOf(pid);
-  return { uid: entry.uid, ...(pid === undefined ? {} : { pid }), ...(command === undefined ? {} : { command }) };
+  // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ")".
+  const stat = pid === undefined ? '' : await readOptional(`/proc/${pid}/stat`);
+  const ppid = Number(stat.slice(stat.lastIndexOf(')') + 1).trim().split(/\s+/)[1]);
+  const parentCommand = ppid > 0 ? await commandOf(ppid) : undefined;
+  return {
+    uid: entry.uid,
+    ...(pid === undefined ? {} : { pid }),
+    ...(command === undefined ? {} : { command }),
+    ...(parentCommand === undefined ? {} : { parentCommand }),
+  };
 }
 
 /** Every endpoint that cannot be bound now, with the holder where /proc tells. */
@@ -134,8 +145,19 @@ export function describeBusyByHolder(busy: readonly Busy[]): string[] {
   });
 }
 
-/** Does the holder look like a process of an Ambit demo (the demo itself, or its controller/agents)? */
-export function isDemoProcess(h: Holder | undefined): boolean {
+const DEMO = /scripts\/demo\.ts/;
+const DAEMON = /(agent|controller)\/main\.ts/;
+
+/** Is the holder a running demo (scripts/demo.ts), or a controller/agent whose demo still runs? */
+export function isRunningDemo(h: Holder | undefined): boolean {
+  return DEMO.test(h?.command ?? '') || (DAEMON.test(h?.command ?? '') && DEMO.test(h?.parentCommand ?? ''));
+}
+
+/**
+ * Is the holder a controller/agent of a demo with data in `dataDir` whose demo
+ * is gone (killed with SIGKILL, so it could not stop its children)?
+ */
+export function isOrphanedDaemon(h: Holder | undefined, dataDir: string): boolean {
   const cmd = h?.command ?? '';
-  return /scripts\/demo\.ts|(agent|controller)\/main\.ts/.test(cmd);
+  return DAEMON.test(cmd) && cmd.includes(` ${dataDir}/`) && !DEMO.test(h?.parentCommand ?? '');
 }

@@ -77,7 +77,7 @@ export function formatSummary(i: SummaryInput): string {
   const rule = '─'.repeat(78);
   out.push('', rule, s.bold(` Ambit demo mesh is up: a controller and ${i.nodes.length} agents, ready in ${(i.startupMs / 1000).toFixed(1)} s`), rule);
 
-  h(`Identities issued by the mesh CA (root ${i.caRoot.slice(0, 16)}…; keys made on each agent, never sent)`);
+  h(`Identities issued by the mesh CA (root ${i.caRoot.slice(0, 16)}…); workload and node keys are made on their agent and never leave it`);
   const w = Math.max(...i.identities.map((r) => r.identity.length));
   for (const r of i.identities) out.push(`  ${pad(r.identity, w)}  ${pad(r.holders.join(', '), 16)}  expires ${utc(r.notAfter)} (in ${until(r.notAfter, i.now)})`);
 

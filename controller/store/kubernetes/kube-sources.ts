@@ -181,7 +181,7 @@ export class KubeSources {
         clearTimeout(timer);
         resolve();
       };
-      for (const s of this.#sources.values()) void s.informer.start();
+      for (const s of this.#sources.values()) this.#run(s);
     });
   }
 
@@ -219,7 +219,12 @@ export class KubeSources {
     clearTimeout(s.restartTimer);
     s.restartTimer = setTimeout(() => {
       s.restartTimer = undefined;
-      if (!this.#closed) void s.informer.start();
+      if (!this.#closed) this.#run(s);
     }, delayMs);
+  }
+
+  /** (Re)starts an informer; what it throws itself (not through its error callback, e.g. unreadable credentials) is a failure too. */
+  #run(s: Source): void {
+    s.informer.start().catch((err: unknown) => this.#failed(s, err));
   }
 }

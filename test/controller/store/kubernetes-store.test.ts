@@ -6,7 +6,9 @@ import t from 'tap';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { KubernetesStore } from '../../../controller/store/kubernetes-store.ts';
+import { ChangeFeed } from '../../../controller/store/kubernetes/change-feed.ts';
 import { loadKubeConfig } from '../../../controller/store/kubernetes/kube-config.ts';
+import { kubeErrorMessage } from '../../../controller/store/kubernetes/kube-sources.ts';
 import { SqliteStore } from '../../../controller/store/sqlite-store.ts';
 import type { ChangeSet } from '../../../controller/store/store.ts';
 import { isAmbitError } from '../../../shared/errors.ts';
@@ -250,3 +252,35 @@ function loadKubeConfigError(fn: () => unknown): unknown {
     return err;
   }
 }
+
+t.test('change feed: revision order under re-entry, a throwing listener does not starve the others', async (t) => {
+  const feed = new ChangeFeed();
+  const seen: string[] = [];
+  const uncaught: unknown[] = [];
+  const onUncaught = (err: unknown): void => {
+    uncaught.push(err);
+  };
+  process.on('uncaughtException', onUncaught);
+  t.teardown(() => process.off('uncaughtException', onUncaught));
+  feed.subscribe((cs) => {
+    seen.push(`a${cs.revision}`);
+    if (cs.revision === 1) feed.deliver({ revision: 2, changes: [] });
+  });
+  feed.subscribe(() => {
+    throw new Error('listener bug');
+  });
+  const off = feed.subscribe((cs) => seen.push(`c${cs.revision}`));
+  feed.deliver({ revision: 1, changes: [] });
+  t.same(seen, ['a1', 'c1', 'a2', 'c2'], 'the re-entrant commit is delivered after the current one, to everyone');
+  await new Promise((r) => setImmediate(r));
+  t.equal(uncaught.length, 2, 'listener errors are rethrown asynchronously, not swallowed');
+  off();
+  feed.deliver({ revision: 3, changes: [] });
+  t.same(seen.slice(4), ['a3'], 'unsubscribed listeners see nothing more');
+});
+
+t.test('API errors read as the server\'s Status message', async (t) => {
+  t.equal(kubeErrorMessage(Object.assign(new Error('HTTP-Code: 403\nMessage: ...\nHeaders: {...}'), { code: 403, body: { kind: 'Status', message: 'pods is forbidden: User "x" cannot list' } })),
+    'HTTP 403: pods is forbidden: User "x" cannot list');
+  t.equal(kubeErrorMessage(new Error('fetch failed')), 'fetch failed');
+});

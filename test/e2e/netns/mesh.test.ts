@@ -301,7 +301,7 @@ async function main(): Promise<void> {
       let d = await untilRefused(pods.other!, API, 8080, 2, 'ALLOW by principal takes effect');
       t.ok(refused(d), `ALLOW principal client: other/other is refused (${d.error})`);
       let log = await logAfter(a2, mark, (l) => conn(l, 'inbound', `${API}:8080`) && l.response_flags === 'DENY', 'DENY record');
-      t.match(log, { 'src.identity': OTHER_ID, error: /no_allow_match/ }, 'h2 log: denied, no ALLOW rule matched');
+      t.match(log, { 'src.identity': OTHER_ID, 'dst.identity': API_ID, error: /no_allow_match/ }, 'h2 log: denied, no ALLOW rule matched');
       t.ok((await pods.client!.connect(API, 8080)).ok, 'ALLOW principal client: default/client allowed');
 
       await topo.ambitctlOk(['apply', '-f', '-'], allowNamespace);
