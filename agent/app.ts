@@ -80,6 +80,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- state: last good state from disk first
     const state = new MeshState(cfg.node, info.trustDomain);
     const cached = loadState(cfg.dataDir, log);
+    // Ready needs *some* state (cached or from the controller), not a
+    // non-zero revision: an empty mesh's first snapshot is revision 0.
+    let haveState = cached !== undefined;
     if (cached) {
       state.apply({ revision: cached.revision, snapshot: cached.resources, bundlePem: cached.bundlePem, nodes: cached.nodes });
       log.info({ revision: cached.revision, resources: cached.resources.length }, 'serving cached mesh state until the controller answers');
@@ -192,10 +195,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     };
     cleanups.push(() => {
       clearTimeout(saveTimer);
-      if (state.revision > 0) saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
+      if (haveState) saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
     });
     const applyUpdate = (u: StateUpdate): void => {
       const effect = state.apply(u);
+      haveState = true;
       metrics.watchUpdates.inc({ result: 'ack' });
       metrics.watchRevision.set(state.revision);
       if (effect.bundleChanged) {
@@ -242,7 +246,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     let draining = false;
     const isReady = (): { ready: boolean; why: string } => {
       if (draining) return { ready: false, why: 'draining' };
-      if (state.revision === 0) return { ready: false, why: 'no mesh state yet (controller not reached, no cache)' };
+      if (!haveState) return { ready: false, why: 'no mesh state yet (controller not reached, no cache)' };
       const missing = localIdentities().filter((u) => !certs.get(u));
       if (missing.length > 0) return { ready: false, why: `waiting for certificates: ${missing.join(', ')}` };
       return { ready: true, why: 'ready' };

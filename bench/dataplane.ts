@@ -81,6 +81,7 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --concurrency N     concurrent clients in the new-connections run (default 16)
   --cpu-prof DIR      run the agents with --cpu-prof, profiles written to DIR at exit
   --agent-arg ARG     extra ambit-agent argument (repeatable)
+  --agent-env K=V     extra environment variable for both agents (repeatable), e.g. NODE_OPTIONS=--perf-basic-prof
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
 `;
 
@@ -136,6 +137,7 @@ function quietStderr(agent: { proc: { child: ChildProcess; stderrText: string } 
   stderr.removeAllListeners('data');
   if (copyTo) {
     const file = createWriteStream(copyTo, { flags: 'a' });
+    file.on('error', (err) => log(`cannot write ${copyTo}: ${err.message}`));
     file.write(agent.proc.stderrText);
     stderr.pipe(file);
   }
@@ -157,6 +159,7 @@ async function main(): Promise<void> {
       'cpu-prof': { type: 'string' },
       'agent-arg': { type: 'string', multiple: true },
       'agent-logs': { type: 'string' },
+      'agent-env': { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -224,7 +227,13 @@ async function main(): Promise<void> {
       const tokenB = await ok(['node', 'token', 'create', '--node', 'node-b']);
       const ports = ['--hbone-port', '0', '--socks-port', '0', '--admin-port', '0', '--metrics-port', '0', '--ready-port', '0', '--drain-timeout', '2s'];
       const env: Record<string, string> = values['cpu-prof'] ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${values['cpu-prof']}` } : {};
+      for (const kv of values['agent-env'] ?? []) {
+        const eq = kv.indexOf('=');
+        if (eq < 1) throw new Error(`--agent-env wants NAME=VALUE, got ${kv}`);
+        env[kv.slice(0, eq)] = kv.slice(eq + 1);
+      }
       const extra = values['agent-arg'] ?? [];
+      if (values['agent-logs']) mkdirSync(values['agent-logs'], { recursive: true });
       const [a, b] = await Promise.all([
         startAgent({ node: 'node-a', address: ADDR.agentA, controller: ctl.address, dataDir: join(tmp, 'agent-a'), join: tokenA, env,
           extra: [...ports, '--upstreams', `default/client:${UPSTREAM_PORT}=${ADDR.server}:${srv.port}`, ...extra] }),

@@ -13,16 +13,17 @@
  * join tokens and starts fast. AMBIT_DEMO_EXIT_AFTER_SUMMARY=1 stops right
  * after the summary (tests, CI).
  */
-import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, type WriteStream } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseCertificates } from '../shared/tls.ts';
 import { RunningWebApp } from './demo/apps.ts';
+import { eventually, getJson, type CertStatus } from './demo/http-poll.ts';
 import { AGENT_PORTS, CONTROLLER, demoEndpoints, layoutFrom, NODES, TRUST_DOMAIN, type Layout, type NodeSpec } from './demo/layout.ts';
 import { busyEndpoints, describeBusy, describeBusyByHolder, isOrphanedDaemon, isRunningDemo, type Endpoint } from './demo/ports.ts';
 import { childEnv, DemoProcess, describeExit, runOnce } from './demo/processes.ts';
 import { Progress, styleFor, type Style } from './demo/progress.ts';
+import { savedNodeCredentials } from './demo/saved-credentials.ts';
 import { formatSummary, type IdentityRow } from './demo/summary.ts';
 import { clientRequest, intruderRequest, type Exchange, type TrafficDeps } from './demo/traffic.ts';
 
@@ -57,59 +58,6 @@ function demoOptions(env: NodeJS.ProcessEnv, stdout: NodeJS.WriteStream): DemoOp
 }
 
 class UserError extends Error {}
-
-/** Polls fn until it returns a value (not undefined), or throws with the last reason. */
-async function eventually<T>(fn: () => Promise<T | undefined>, what: string, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (${last})` : ''}`);
-    await sleep(100);
-  }
-}
-
-async function getJson<T>(url: string): Promise<{ status: number; body: T }> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-  const text = await res.text();
-  return { status: res.status, body: (res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text) as T };
-}
-
-interface CertStatus {
-  readonly identity: string;
-  readonly state: string;
-  readonly notAfter: string;
-}
-
-/**
- * Can the agent in `dir` start from its saved node credentials? Only when its
- * node certificate is still valid and was issued by this controller's CA —
- * credentials from an older, deleted .demo/controller would never be trusted.
- */
-function savedNodeCredentials(dir: string, node: string, caDir: string, now: number): 'valid' | 'none' | 'stale' {
-  if (!existsSync(join(dir, 'node.json'))) return 'none';
-  try {
-    const info = JSON.parse(readFileSync(join(dir, 'node.json'), 'utf8')) as { node: string; trustDomain: string };
-    const uri = `spiffe://${info.trustDomain}/ambit/node/${node}`;
-    if (info.node !== node) return 'stale';
-    const issuers = [...parseCertificates(readFileSync(join(caDir, 'bundle.pem'), 'utf8')), ...parseCertificates(readFileSync(join(caDir, 'signer-cert.pem'), 'utf8'))];
-    for (const f of readdirSync(join(dir, 'certs'))) {
-      const e = JSON.parse(readFileSync(join(dir, 'certs', f), 'utf8')) as { uri: string; chainPem: string };
-      if (e.uri !== uri) continue;
-      const leaf = parseCertificates(e.chainPem)[0];
-      if (!leaf || Date.parse(leaf.validTo) < now + 60_000) return 'stale';
-      return issuers.some((c) => leaf.checkIssued(c) && leaf.verify(c.publicKey)) ? 'valid' : 'stale';
-    }
-  } catch {
-    // unreadable: treat as stale
-  }
-  return 'stale';
-}
 
 class Demo {
   readonly #o: DemoOptions;

@@ -43,7 +43,6 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
     app = await spec.start(cfg, logger);
   } catch (err) {
     logger.fatal({ err, code: err instanceof AmbitError ? err.code : undefined }, `${spec.name} failed to start`);
-    logger.flush();
     process.stderr.write(`${spec.name}: ${errorMessage(err)}\n`);
     process.exit(1);
   }
@@ -55,13 +54,11 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
     app.close().then(
       () => {
         logger.info('stopped');
-        logger.flush();
-        process.exit(0);
+            process.exit(0);
       },
       (err: unknown) => {
         logger.error({ err }, 'shutdown failed');
-        logger.flush();
-        process.exit(1);
+            process.exit(1);
       },
     );
   };

@@ -234,6 +234,8 @@ if [ "$ROLE" = agent ]; then
 
   [ -z "$TOKEN" ] || check_token "$TOKEN" "(--token)"
   if [ -f "$AGENT_STATE/node.json" ]; then
+    joined=$(sed -n 's/.*"node":"\([^"]*\)".*/\1/p' "$AGENT_STATE/node.json")
+    [ -z "$joined" ] || [ "$joined" = "$NODE_NAME" ] || die "this host joined the mesh as node $joined ($AGENT_STATE/node.json), not --node $NODE_NAME: keep --node $joined, or remove $AGENT_STATE to join anew with a token for $NODE_NAME"
     [ -z "$TOKEN" ] || note "this node has already joined ($AGENT_STATE/node.json holds its credentials): the token is not written (join tokens are single-use)"
   else
     WRITE_TOKEN=$TOKEN

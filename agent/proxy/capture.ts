@@ -23,7 +23,8 @@
  *   1. to one of the agent's ports on a local address → RETURN (HBONE from
  *      other agents, and pods talking to their node's agent, stay untouched
  *      even if a workload claims the same port)
- *   2. pod mode: source in a pod CIDR     → REDIRECT outboundPort. This comes
+ *   2. pod mode: source is a registered local pod (its address, inside a
+ *      pod CIDR)                          → REDIRECT outboundPort. This comes
  *      before the inbound rules so that pod→pod traffic on the same node is
  *      captured as outbound (keeping the source identity) rather than as
  *      plaintext inbound.
@@ -40,7 +41,7 @@
 import { spawn } from 'node:child_process';
 import { isIP } from 'node:net';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
-import { canonicalIp, parseCidr } from '../../shared/net-address.ts';
+import { canonicalIp, cidrContains, parseCidr, parseIp } from '../../shared/net-address.ts';
 import type { IpFamily } from '../../shared/net-address.ts';
 
 export type CaptureMode = 'vm' | 'pod';
@@ -222,6 +223,15 @@ export class CaptureRules {
     return v6 ? [4, 6] : [4];
   }
 
+  #isPodAddress(address: string): boolean {
+    const ip = parseIp(address);
+    if (!ip) return false;
+    return this.#podCidrs.some((c) => {
+      const parsed = parseCidr(c.text);
+      return parsed.ok && cidrContains(parsed.cidr, ip);
+    });
+  }
+
   #render(family: IpFamily): Rendered {
     const { loopback, hostBits } = FAMILY[family];
     const output: RuleSpec[] = [
@@ -233,9 +243,13 @@ export class CaptureRules {
     const prerouting: RuleSpec[] = [
       ['-p', 'tcp', '-m', 'addrtype', '--dst-type', 'LOCAL', '-m', 'multiport', '--dports', agentPorts, '-j', 'RETURN'],
     ];
-    for (const cidr of this.#podCidrs) {
-      if (cidr.family !== family) continue;
-      prerouting.push(['-s', cidr.text, '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(this.#outboundPort)]);
+    // Pod mode captures the outbound traffic of *registered* pods only (their
+    // addresses inside the node's pod CIDRs), as Istio ambient captures only
+    // enrolled pods: a pod outside the mesh keeps its own networking instead
+    // of being redirected to an agent that does not know it and must reset it.
+    for (const workload of this.#localWorkloads) {
+      if (isIP(workload.address) !== family || !this.#isPodAddress(workload.address)) continue;
+      prerouting.push(['-s', `${workload.address}/${hostBits}`, '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(this.#outboundPort)]);
     }
     for (const workload of this.#localWorkloads) {
       if (isIP(workload.address) !== family) continue;
@@ -424,7 +438,8 @@ function checkWorkloads(workloads: readonly CaptureWorkload[]): readonly Capture
       seen.add(key);
       ports.push(port);
     });
-    if (ports.length > 0) result.push(Object.freeze({ address, ports: Object.freeze(ports) }));
+    // Kept even without ports: a pod's outbound capture needs only its address.
+    result.push(Object.freeze({ address, ports: Object.freeze(ports) }));
   });
   return Object.freeze(result);
 }

@@ -88,9 +88,18 @@ export class HboneServer {
       settings: HBONE_SETTINGS,
       maxSessionMemory: 64,
       peerMaxConcurrentStreams: 1000,
+      // Peers are mTLS-authenticated agents, and applications abort
+      // connections legitimately; nghttp2's default rapid-reset guard (1,000
+      // burst, 33/s) would GOAWAY every tunnel of a busy source's session.
+      streamResetBurst: 10_000,
+      streamResetRate: 1_000,
     });
     this.#server.on('session', (session) => this.#onSession(session));
     this.#server.on('stream', (stream, headers) => {
+      // A stream can fail (session error, REFUSED_STREAM) before anything
+      // else listens to it; an unhandled 'error' would take the agent down.
+      // Failures still surface through 'close' and the relay.
+      stream.on('error', () => undefined);
       const peer = this.#peers.get(stream.session!);
       if (!peer) {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);

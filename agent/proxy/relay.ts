@@ -42,9 +42,16 @@ export function relay(
         abort(right);
       }
       if (--pending === 0) {
-        // Both halves finished: release the descriptors now rather than waiting for GC or peer close.
-        left.destroy();
-        right.destroy();
+        // Both halves finished: release socket descriptors now rather than
+        // waiting for the peer. An HTTP/2 stream is left to close by itself:
+        // destroying it here would send RST_STREAM for every clean tunnel,
+        // and a peer's nghttp2 rapid-reset guard answers a burst of those
+        // with GOAWAY for the whole shared session (measured: every
+        // in-flight tunnel failed after ~1,300 short connections).
+        for (const s of [left, right]) {
+          if (s instanceof Socket) s.destroy();
+          else if (!s.destroyed) setTimeout(() => s.destroy(), 5_000).unref();
+        }
         resolve(firstError);
       }
     };

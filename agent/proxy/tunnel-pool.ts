@@ -86,6 +86,8 @@ export class TunnelPool {
       throw new TunnelError(0, 'stream_failed', `cannot open a stream to ${req.hboneAddress}: ${(err as Error).message}`);
     }
     stream.once('close', () => this.#release(pooled));
+    // Never let a late stream error (after the answer, before the relay takes over) crash the agent.
+    stream.on('error', () => undefined);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         stream.close(http2.constants.NGHTTP2_CANCEL);

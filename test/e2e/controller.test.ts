@@ -226,3 +226,20 @@ t.test('data dir secrets are 0600', async (t) => {
   }
   t.notMatch(readFileSync(join(dataDir, 'ambit.db')).toString('latin1'), /ambit-join\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}/, 'no token secret in the store');
 });
+
+t.test('a daemon whose stderr reader is gone still stops on SIGTERM', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-e2e-epipe-'));
+  const child = spawn(process.execPath, [join(import.meta.dirname, '../../controller/main.ts'), '--data-dir', dir, '--listen', '127.0.0.1:0', '--monitoring', '127.0.0.1:0', '--log-level', 'debug'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Read one line, then close our end: every later log write hits EPIPE.
+  await new Promise<void>((resolve) => child.stderr!.once('data', () => resolve()));
+  child.stderr!.destroy();
+  await new Promise((r) => setTimeout(r, 500));
+  child.kill('SIGTERM');
+  const exited = await Promise.race([
+    new Promise<number | null>((r) => child.once('exit', (code) => r(code))),
+    new Promise<string>((r) => setTimeout(() => r('hung'), 10_000)),
+  ]);
+  if (exited === 'hung') child.kill('SIGKILL');
+  t.equal(exited, 0, 'exited cleanly instead of spinning on the broken pipe');
+});

@@ -10,7 +10,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { ROOT } from './harness.ts';
 
 const DEMO = join(ROOT, 'scripts/demo.ts');
 const dir = mkdtempSync(join(tmpdir(), 'ambit-e2e-demo-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const CLIENT_ID = 'spiffe://cluster.local/ns/demo/sa/client';
 const WEB_ID = 'spiffe://cluster.local/ns/demo/sa/web';
 const INTRUDER_ID = 'spiffe://cluster.local/ns/demo/sa/intruder';

@@ -43,6 +43,8 @@ let ctl: RunningController | undefined;
 
 t.teardown(async () => {
   await ctl?.proc.stop();
+  // Each run installs a few hundred MB of runtime tree here.
+  rmSync(base, { recursive: true, force: true });
 });
 
 interface RunResult {
@@ -319,6 +321,10 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
     t.equal(again.code, 0, `exit 0; stderr: ${again.stderr}`);
     t.match(again.stderr, /already joined/);
     t.same(changedPaths(before, snapshot(host)), [], 'nothing changed');
+    const renamed = await install('agent', '--root', host, '--no-start', '--node', 'vm-2', '--controller', ctl!.address, '--address', '10.0.0.21');
+    t.equal(renamed.code, 1, 'another node name for a host that joined as vm-1 fails');
+    t.match(renamed.stderr, /this host joined the mesh as node vm-1 .*not --node vm-2/);
+    t.same(changedPaths(before, snapshot(host)), [], 'and changes nothing');
   });
 
   await t.test('install.sh controller on the same host: its unit verifies and stays sandboxed', async (t) => {

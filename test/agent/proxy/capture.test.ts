@@ -237,7 +237,7 @@ t.test('rules(): pod mode captures pod sources before inbound so same-node pod t
   const pre = capture.rules().filter((r) => r.includes('-A AMBIT_PREROUTING'));
   t.same(pre, [
     'iptables -t nat -A AMBIT_PREROUTING -p tcp -m addrtype --dst-type LOCAL -m multiport --dports 15001,15006,15008 -j RETURN',
-    'iptables -t nat -A AMBIT_PREROUTING -s 10.244.1.0/24 -p tcp -j REDIRECT --to-ports 15001',
+    'iptables -t nat -A AMBIT_PREROUTING -s 10.244.1.7/32 -p tcp -j REDIRECT --to-ports 15001',
     'iptables -t nat -A AMBIT_PREROUTING -d 10.244.1.7/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 15006',
   ]);
 });

@@ -16,7 +16,7 @@ export interface TransferResult {
   readonly error: string;
   readonly sentBytes: number;
   readonly sha256: string;
-  /** The raw response text; for a sink server one JSON line (see server()). */
+  /** The raw response text; from a sink server, one JSON line (a SinkReport). */
   readonly response: string;
   readonly ms: number;
 }
