@@ -12,6 +12,8 @@ export interface Peer {
   readonly identity: string;
 }
 
+const FLUSH_BYTES = 1024 * 1024;
+
 export const UNKNOWN_PEER: Peer = { addr: '', workload: 'unknown', namespace: 'unknown', identity: 'unknown' };
 
 /**
@@ -81,14 +83,27 @@ export class ConnectionRecord {
     this.#sent = this.#metrics.sent.labels(l);
   }
 
+  // Bytes reach the Prometheus counters in batches: a label-hashed inc() per
+  // 64 KiB chunk was ~4 % of the agent's CPU at full throughput. A live
+  // connection's counters lag by less than FLUSH_BYTES; finish() flushes the rest.
+  #pendingFrom = 0;
+  #pendingTo = 0;
+
   fromSource(n: number): void {
     this.bytesFromSource += n;
-    this.#received?.inc(n);
+    if ((this.#pendingFrom += n) >= FLUSH_BYTES) this.#flushBytes();
   }
 
   toSource(n: number): void {
     this.bytesToSource += n;
-    this.#sent?.inc(n);
+    if ((this.#pendingTo += n) >= FLUSH_BYTES) this.#flushBytes();
+  }
+
+  #flushBytes(): void {
+    if (this.#pendingFrom > 0) this.#received?.inc(this.#pendingFrom);
+    if (this.#pendingTo > 0) this.#sent?.inc(this.#pendingTo);
+    this.#pendingFrom = 0;
+    this.#pendingTo = 0;
   }
 
   /** Ends the record; later calls do nothing. A connection never opened is logged but not counted as opened/closed. */
@@ -97,6 +112,7 @@ export class ConnectionRecord {
     this.#finished = true;
     if (error && !this.error) this.error = error;
     if (flags) this.responseFlags = flags;
+    this.#flushBytes();
     this.#metrics.active.dec({ direction: this.direction });
     if (this.#opened) this.#metrics.closed.inc(this.labels());
     const duration = Math.round(performance.now() - this.started);
