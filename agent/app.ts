@@ -235,7 +235,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         }
       },
       logger: log,
-      onStatus: (c) => metrics.watchConnected.set(c ? 1 : 0),
+      onStatus: (c) => {
+        metrics.watchConnected.set(c ? 1 : 0);
+        // The controller answers again: renewals waiting out a backoff go now.
+        if (c) certs.retryFailed();
+      },
     });
     watch.start();
     cleanups.push(() => watch.close());

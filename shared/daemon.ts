@@ -2,14 +2,15 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { AmbitError, errorMessage } from './errors.ts';
 import { configHelp, type ConfigSources, type OptionSpecs } from './config-parse.ts';
-import { createLogger, type Logger, type LogLevel } from './logger.ts';
+import { createLogger, stderrSink, type LogSink, type Logger, type LogLevel } from './logger.ts';
 
 export interface DaemonSpec<C extends { readonly help: boolean; readonly logLevel: LogLevel }> {
   readonly name: string;
   readonly usage: string;
   readonly options: OptionSpecs;
   readonly parse: (sources: ConfigSources) => C;
-  readonly start: (cfg: C, logger: Logger) => Promise<{ close(): Promise<void> }>;
+  /** `sink` is the logger's stderr sink; its `batched` entrance suits high-volume logs (the access log). */
+  readonly start: (cfg: C, logger: Logger, sink: LogSink) => Promise<{ close(): Promise<void> }>;
   /** Logged when a stop signal arrives (the agent says "draining"). */
   readonly stoppingMessage: string;
   /** The process's arguments and environment, passed in by main.ts (the only place that reads them). */
@@ -37,12 +38,14 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
     process.stdout.write(`${configHelp(spec.usage, spec.options)}\n`);
     return;
   }
-  const logger = createLogger({ name: spec.name, level: cfg.logLevel });
+  const sink = stderrSink();
+  const logger = createLogger({ name: spec.name, level: cfg.logLevel, destination: sink.destination });
   let app: { close(): Promise<void> };
   try {
-    app = await spec.start(cfg, logger);
+    app = await spec.start(cfg, logger, sink);
   } catch (err) {
     logger.fatal({ err, code: err instanceof AmbitError ? err.code : undefined }, `${spec.name} failed to start`);
+    sink.flush();
     process.stderr.write(`${spec.name}: ${errorMessage(err)}\n`);
     process.exit(1);
   }
@@ -54,11 +57,13 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
     app.close().then(
       () => {
         logger.info('stopped');
-            process.exit(0);
+        sink.flush();
+        process.exit(0);
       },
       (err: unknown) => {
         logger.error({ err }, 'shutdown failed');
-            process.exit(1);
+        sink.flush();
+        process.exit(1);
       },
     );
   };

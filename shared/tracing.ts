@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { trace, ROOT_CONTEXT, SpanKind, type Span, type Tracer, type SpanContext } from '@opentelemetry/api';
 
 export type { Tracer, Span };
@@ -32,6 +32,23 @@ export interface ConnectionSpan {
   readonly traceparent: string;
 }
 
+/**
+ * Random bytes for trace and span ids, drawn from a pool refilled 4 KiB at a
+ * time: one randomFillSync per 170 connections instead of two randomBytes
+ * calls (and buffers) per connection.
+ */
+const ID_POOL = Buffer.alloc(4096);
+let idPoolOffset = ID_POOL.length;
+function randomHex(bytes: number): string {
+  if (idPoolOffset + bytes > ID_POOL.length) {
+    randomFillSync(ID_POOL);
+    idPoolOffset = 0;
+  }
+  const hex = ID_POOL.toString('hex', idPoolOffset, idPoolOffset + bytes);
+  idPoolOffset += bytes;
+  return hex;
+}
+
 /** Starts a connection span, child of `parent` when given (the CONNECT's traceparent), else a new trace. */
 export function startConnectionSpan(
   tracer: Tracer,
@@ -46,7 +63,7 @@ export function startConnectionSpan(
   // The no-op API hands a child the parent's own context (same span id, isRemote):
   // that is no new span either.
   if (!trace.isSpanContextValid(sc) || (parent !== undefined && sc.spanId === parent.spanId)) {
-    sc = { traceId: parent?.traceId ?? randomBytes(16).toString('hex'), spanId: randomBytes(8).toString('hex'), traceFlags: parent?.traceFlags ?? 1 };
+    sc = { traceId: parent?.traceId ?? randomHex(16), spanId: randomHex(8), traceFlags: parent?.traceFlags ?? 1 };
     span = trace.wrapSpanContext(sc);
   }
   return { span, context: sc, traceparent: formatTraceparent(sc) };

@@ -147,6 +147,21 @@ export class CertManager {
     return this.#renew(identity);
   }
 
+  /**
+   * Retries at once every identity whose last request failed (it is waiting
+   * out its backoff), e.g. when the controller is reachable again: an agent
+   * whose certificates expired during an outage must not wait up to a full
+   * backoff interval after the controller returns.
+   */
+  retryFailed(): void {
+    if (this.#closed) return;
+    for (const [uri, slot] of this.#slots) {
+      if (slot.lastError === '' || slot.inflight) continue;
+      slot.backoff.reset();
+      void this.#renew(parseSpiffeId(uri));
+    }
+  }
+
   close(): void {
     this.#closed = true;
     for (const s of this.#slots.values()) clearTimeout(s.timer);

@@ -19,7 +19,10 @@ import { acceptSocks5, sendSocksReply, SOCKS_REPLY } from './socks5.ts';
  * uid (read from /proc/net/tcp).
  */
 export async function isSourceWorkload(socket: Socket, claimed: Workload, procRoot?: string): Promise<boolean> {
-  const from = canonicalIp(socket.remoteAddress ?? '');
+  const remote = socket.remoteAddress ?? '';
+  // Usually the same text as the registered address: no parsing needed then.
+  if (remote !== '' && remote === claimed.spec.address) return true;
+  const from = canonicalIp(remote);
   if (from !== undefined && from === canonicalIp(claimed.spec.address)) return true;
   if (claimed.spec.uid === undefined) return false;
   const uid = await socketOwnerUid(

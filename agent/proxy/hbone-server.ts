@@ -105,7 +105,13 @@ export class HboneServer {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         return;
       }
-      o.onStream(stream, headers, peer);
+      try {
+        o.onStream(stream, headers, peer);
+      } catch (err) {
+        // A bug in request handling must cost one stream, not the agent and every tunnel on it.
+        o.logger.error({ err: (err as Error).message, peer: peer.identity.uri }, 'HBONE stream handler failed');
+        if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      }
     });
     this.#server.on('unknownProtocol', (socket) => {
       o.metrics.refused.inc({ direction: 'inbound', reason: 'not_h2' });

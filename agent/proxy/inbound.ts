@@ -38,14 +38,24 @@ export function forwardedFor(header: string | string[] | undefined): string | un
   return ip && isIP(ip) ? ip : undefined;
 }
 
+/** decodeURIComponent that yields undefined for malformed escapes instead of throwing (a peer's header must not crash the agent). */
+function decodeOrUndefined(v: string): string | undefined {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Baggage "k=v,k=v" → the source workload's name/namespace if it names them. */
 function baggageWorkload(header: string | string[] | undefined): { name?: string; namespace?: string } {
   const v = Array.isArray(header) ? header.join(',') : header ?? '';
   const out: { name?: string; namespace?: string } = {};
   for (const part of v.split(',').slice(0, 32)) {
     const [k, val] = part.trim().split('=');
-    if (k === 'k8s.workload.name' && val) out.name = decodeURIComponent(val).slice(0, 253);
-    if (k === 'k8s.namespace.name' && val) out.namespace = decodeURIComponent(val).slice(0, 63);
+    const decoded = val ? decodeOrUndefined(val) : undefined;
+    if (k === 'k8s.workload.name' && decoded) out.name = decoded.slice(0, 253);
+    if (k === 'k8s.namespace.name' && decoded) out.namespace = decoded.slice(0, 63);
   }
   return out;
 }

@@ -1,6 +1,6 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { pipeline } from 'node:stream';
+import { finished } from 'node:stream';
 
 /**
  * An abnormal end is passed on as an abnormal end: TCP peers get a reset and
@@ -14,8 +14,65 @@ function abort(s: Duplex): void {
 }
 
 /**
+ * One direction of the relay: src.pipe(dst) (back-pressure), dst's write half
+ * ended when src ends (half-close), and `done` called once: with null when
+ * src has ended and dst has finished writing, or with the first error —
+ * including ERR_STREAM_PREMATURE_CLOSE when either closes before that. What
+ * stream.pipeline does for two streams, without its per-call AbortController
+ * (and the DOMException its abort builds at every end): a measurable part of
+ * a short connection's cost.
+ */
+function pipeOneWay(src: Duplex, dst: Duplex, done: (err: NodeJS.ErrnoException | null) => void): void {
+  let called = false;
+  let srcDone = false;
+  let dstDone = false;
+  const finish = (err: NodeJS.ErrnoException | null | undefined): void => {
+    if (called) return;
+    if (err) {
+      called = true;
+      done(err);
+    } else if (srcDone && dstDone) {
+      called = true;
+      done(null);
+    }
+  };
+  src.pipe(dst, { end: false });
+  let ended = false;
+  const endDst = (): void => {
+    ended = true;
+    dst.end();
+  };
+  // A stream that already emitted 'end' (an HTTP/2 stream whose peer sent
+  // END_STREAM before the relay started) will not emit it again.
+  if (src.readableEnded) process.nextTick(endDst);
+  else src.once('end', endDst);
+  // dst closing before src has ended (the other side vanished) is an abnormal end.
+  dst.once('close', () => {
+    if (!ended) finish(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+  });
+  finished(src, { readable: true, writable: false }, (err) => {
+    const rState = (src as unknown as { _readableState?: { ended: boolean; errored: unknown; errorEmitted: boolean } })._readableState;
+    if (err && (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' && rState && rState.ended && !rState.errored && !rState.errorEmitted) {
+      // Its data ended but 'end' has not been emitted yet: wait for it.
+      src.once('end', () => {
+        srcDone = true;
+        finish(null);
+      });
+      src.once('error', finish);
+      return;
+    }
+    if (!err) srcDone = true;
+    finish(err);
+  });
+  finished(dst, { readable: false, writable: true }, (err) => {
+    if (!err) dstDone = true;
+    finish(err);
+  });
+}
+
+/**
  * Copies bytes both ways between two duplex streams with back-pressure
- * (pipeline pauses a side whose peer's buffer is full) and TCP half-close:
+ * (a side is paused while its peer's buffer is full) and TCP half-close:
  * when one side finishes sending, the other side's write half is ended and
  * the reverse direction keeps flowing — a client that sends a request and
  * shuts down its write side still gets the whole response. Resolves once
@@ -64,16 +121,14 @@ export function relay(
     };
     left.once('aborted', onAborted);
     right.once('aborted', onAborted);
-    // Registered before pipeline's own listeners: on an error pipeline destroys
-    // both streams (a plain destroy: a FIN) before calling done, so by then
-    // abort() would find them destroyed and the peer would see a clean close.
+    // Both sides are aborted (a reset, not a FIN) as soon as either errors.
     const onError = (): void => {
       abort(left);
       abort(right);
     };
     left.on('error', onError);
     right.on('error', onError);
-    pipeline(left, right, done);
-    pipeline(right, left, done);
+    pipeOneWay(left, right, done);
+    pipeOneWay(right, left, done);
   });
 }

@@ -50,6 +50,12 @@ export function bootstrapService(d: IdentityDeps): BootstrapServer {
         }
         const identity = nodeId(d.ca.trustDomain, req.node);
         const csr = parseCsr(req.csrPem);
+        // What signCsr would refuse about the names asked for, refused before the token is spent (see above).
+        if (csr.uris.length !== 1 || csr.uris[0] !== identity.uri || csr.otherSans.length > 0 || csr.otherExtensions.length > 0) {
+          throw new AmbitError('AMBIT_ERR_CSR_INVALID', `a Join CSR must ask for exactly ${identity.uri} and nothing else; it asks for ${JSON.stringify([...csr.uris, ...csr.otherSans, ...csr.otherExtensions])}`, {
+            details: { requested: csr.uris, otherSans: csr.otherSans, extensions: csr.otherExtensions, identity: identity.uri },
+          });
+        }
         const cred = req.credential;
         if (cred?.$case === 'joinToken') {
           await d.tokens.consume(cred.joinToken, req.node, d.ca.roots().map((r) => r.fingerprint));

@@ -218,6 +218,24 @@ t.test('a first request that fails resolves want() and keeps retrying in the bac
   }
 });
 
+t.test('retryFailed() retries failed identities at once instead of waiting out the backoff', async (t) => {
+  const { ca, certDir } = setup(t);
+  const o: { ttlMs: number; fail: false | 'async' } = { ttlMs: 60_000, fail: 'async' };
+  const { calls, issuer } = realIssuer(ca, o);
+  // random 0.99: the first backoff is ~990 ms.
+  const m = manager(t, { dir: certDir, issuer: () => issuer, logger: silent, random: () => 0.99 });
+  await m.want([WEB, API]);
+  t.equal(m.get(WEB.uri), undefined, 'no certificate while the issuer fails');
+  o.fail = false;
+  const before = calls.length;
+  m.retryFailed();
+  await waitFor('certificates right after retryFailed()', () => m.get(WEB.uri) !== undefined && m.get(API.uri) !== undefined, 300);
+  t.equal(calls.length - before, 2, 'one request per failed identity');
+  m.retryFailed();
+  await sleep(20);
+  t.equal(calls.length - before, 2, 'identities holding a fresh certificate are not renewed again');
+});
+
 t.test('dropping an identity from want() forgets it and deletes its file', async (t) => {
   const { ca, certDir } = setup(t);
   const { issuer } = realIssuer(ca, { ttlMs: 3_600_000 });
