@@ -3,7 +3,7 @@ import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { resourceKey } from '../../shared/resources/types.ts';
 import type { Kind, Resource } from '../../shared/resources/types.ts';
-import { ChangeFeed } from './kubernetes/change-feed.ts';
+import { ChangeFeed } from './change-feed.ts';
 import { localityOf, policyFromCustomResource, serviceFromKubernetes, workloadFromPod } from './kubernetes/convert.ts';
 import { diffResources, parseKey } from './kubernetes/diff.ts';
 import { KubeSources, type SourceName, type Verb } from './kubernetes/kube-sources.ts';

@@ -1,3 +1,4 @@
+import { ChangeFeed } from './change-feed.ts';
 import fs from 'node:fs';
 import { timingSafeEqual } from 'node:crypto';
 import Database from 'better-sqlite3';
@@ -78,10 +79,7 @@ export class SqliteStore implements Store {
   readonly #read: <T>(fn: () => T) => T;
   /** Runs fn in an IMMEDIATE transaction: the write lock is taken at BEGIN, so a read-then-write inside cannot race another connection. */
   readonly #write: <T>(fn: () => T) => T;
-  readonly #listeners = new Set<Listener>();
-  /** Change sets committed but not yet handed to listeners, in revision order. */
-  readonly #pending: ChangeSet[] = [];
-  #delivering = false;
+  readonly #feed = new ChangeFeed();
   /** Highest revision queued for listeners; commits by other connections above it are caught up on our next commit. */
   #queuedRevision: number;
   #closed = false;
@@ -167,18 +165,13 @@ export class SqliteStore implements Store {
     const { missed, changeSet } = this.#io('commit', () => this.#write(() => this.#writeChangeSet(changes, expectedRevision)));
     // Listeners run only now, after COMMIT, so they never see a rolled-back change.
     this.#queuedRevision = changeSet.revision;
-    this.#deliver([...missed, changeSet]);
+    this.#feed.deliver(...missed, changeSet);
     return changeSet;
   }
 
   subscribe(listener: Listener): () => void {
     this.#assertOpen();
-    // Wrap so subscribing one function twice yields two independent subscriptions.
-    const entry: Listener = (cs) => listener(cs);
-    this.#listeners.add(entry);
-    return () => {
-      this.#listeners.delete(entry);
-    };
+    return this.#feed.subscribe(listener);
   }
 
   async putToken(token: TokenRecord): Promise<void> {
@@ -261,8 +254,7 @@ export class SqliteStore implements Store {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#listeners.clear();
-    this.#pending.length = 0;
+    this.#feed.clear();
     try {
       this.#db.close();
     } catch (err) {
@@ -326,39 +318,6 @@ export class SqliteStore implements Store {
     return row.value;
   }
 
-  /**
-   * Hands change sets to listeners in revision order. A listener that commits
-   * re-enters here; its change set is queued behind the current one rather
-   * than delivered first. A throwing listener does not stop the others (each
-   * must see every commit exactly once); its error is rethrown asynchronously,
-   * because the commit itself succeeded and must not be reported as failed.
-   */
-  #deliver(sets: readonly ChangeSet[]): void {
-    this.#pending.push(...sets);
-    if (this.#delivering) return;
-    this.#delivering = true;
-    const errors: unknown[] = [];
-    try {
-      for (let cs = this.#pending.shift(); cs !== undefined; cs = this.#pending.shift()) {
-        // Copy: a listener added during delivery starts with the next commit.
-        for (const listener of [...this.#listeners]) {
-          if (!this.#listeners.has(listener)) continue;
-          try {
-            listener(cs);
-          } catch (err) {
-            errors.push(err);
-          }
-        }
-      }
-    } finally {
-      this.#delivering = false;
-    }
-    for (const err of errors) {
-      queueMicrotask(() => {
-        throw err;
-      });
-    }
-  }
 
   #assertOpen(): void {
     if (this.#closed) {

@@ -6,7 +6,7 @@ import t from 'tap';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { KubernetesStore } from '../../../controller/store/kubernetes-store.ts';
-import { ChangeFeed } from '../../../controller/store/kubernetes/change-feed.ts';
+import { ChangeFeed } from '../../../controller/store/change-feed.ts';
 import { loadKubeConfig } from '../../../controller/store/kubernetes/kube-config.ts';
 import { kubeErrorMessage } from '../../../controller/store/kubernetes/kube-sources.ts';
 import { SqliteStore } from '../../../controller/store/sqlite-store.ts';

@@ -1,9 +1,10 @@
-import type { ChangeSet } from '../../../shared/resources/types.ts';
+import type { ChangeSet } from '../../shared/resources/types.ts';
 
 type Listener = (cs: ChangeSet) => void;
 
 /**
- * Hands change sets to subscribers in revision order, exactly once each. A
+ * Hands change sets to subscribers in revision order, exactly once each
+ * (shared by the SQLite and Kubernetes stores). A
  * listener that causes a commit re-enters here; its change set is queued
  * behind the current one rather than delivered first. A throwing listener
  * does not stop the others; its error is rethrown asynchronously, because the
@@ -23,8 +24,9 @@ export class ChangeFeed {
     };
   }
 
-  deliver(cs: ChangeSet): void {
-    this.#pending.push(cs);
+  /** Delivers change sets (several at once when catching up, so a re-entrant commit queues behind all of them). */
+  deliver(...sets: ChangeSet[]): void {
+    this.#pending.push(...sets);
     if (this.#delivering) return;
     this.#delivering = true;
     const errors: unknown[] = [];
