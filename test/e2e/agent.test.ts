@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const CTL = '127.0.3.1';
 const A = '127.0.3.2';
@@ -46,39 +46,9 @@ async function ok(args: string[], stdin?: string): Promise<string> {
   return r.stdout;
 }
 
-/** SOCKS5 CONNECT through an agent as `user`, source bound to the client workload's address. Resolves with the reply code. */
+/** SOCKS5 CONNECT through an agent as `user`, source bound to the client workload's address. */
 function socks(proxy: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
-  const p = hostPortOf(proxy);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: p.host, port: p.port, localAddress: CLIENT_IP, allowHalfOpen: true });
-    let buf = Buffer.alloc(0);
-    let phase = 0;
-    socket.on('error', reject);
-    socket.on('connect', () => socket.write(Buffer.from([5, 1, 2])));
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (phase === 0 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 1;
-        const u = Buffer.from(user);
-        socket.write(Buffer.concat([Buffer.from([1, u.length]), u, Buffer.from([1, 0x78])]));
-      }
-      if (phase === 1 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 2;
-        const h = Buffer.from(host);
-        const portBuf = Buffer.alloc(2);
-        portBuf.writeUInt16BE(port);
-        socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, h.length]), h, portBuf]));
-      }
-      if (phase === 2 && buf.length >= 10) {
-        socket.off('data', onData);
-        socket.pause();
-        resolve({ socket, reply: buf[1]! });
-      }
-    };
-    socket.on('data', onData);
-  });
+  return socksConnect(proxy, CLIENT_IP, user, host, port);
 }
 
 /** Sends `bytes` of random data and reads the echo; resolves with the hashes of what was sent and what came back. */

@@ -5,6 +5,7 @@
  * (test/e2e/bin.test.ts checks the built ones start too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
@@ -201,4 +202,47 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, wh
 export function hostPortOf(s: string): HostPort {
   const i = s.lastIndexOf(':');
   return { host: s.slice(0, i), port: Number(s.slice(i + 1)) };
+}
+
+/**
+ * SOCKS5 CONNECT through an agent as `user` (username/password auth), the
+ * client socket bound to `localAddress` (the workload's address, which the
+ * agent checks). Resolves with the SOCKS reply code and the socket, paused:
+ * the caller resumes it (or attaches a pipe) when it wants the data.
+ */
+export function socksConnect(proxy: string, localAddress: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
+  const p = hostPortOf(proxy);
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: p.host, port: p.port, localAddress, allowHalfOpen: true });
+    let buf = Buffer.alloc(0);
+    let phase = 0;
+    socket.on('error', reject);
+    socket.on('connect', () => socket.write(Buffer.from([5, 1, 2])));
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (phase === 0 && buf.length >= 2) {
+        buf = buf.subarray(2);
+        phase = 1;
+        const u = Buffer.from(user);
+        socket.write(Buffer.concat([Buffer.from([1, u.length]), u, Buffer.from([1, 0x78])]));
+      }
+      if (phase === 1 && buf.length >= 2) {
+        buf = buf.subarray(2);
+        phase = 2;
+        const h = Buffer.from(host);
+        const portBuf = Buffer.alloc(2);
+        portBuf.writeUInt16BE(port);
+        socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, h.length]), h, portBuf]));
+      }
+      if (phase === 2 && buf.length >= 10) {
+        socket.off('data', onData);
+        socket.off('error', reject);
+        // A later reset must not crash a test that attached no error listener.
+        socket.on('error', () => undefined);
+        socket.pause();
+        resolve({ socket, reply: buf[1]! });
+      }
+    };
+    socket.on('data', onData);
+  });
 }

@@ -14,7 +14,7 @@
  */
 import t from 'tap';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CaClient, joinWithKubernetesToken, newKeyPair, type NodeCredentials } from '../../agent/identity/ca-client.ts';
@@ -24,7 +24,7 @@ import { AdminClient, type ListResponse } from '../../shared/proto/gen/ambit.ts'
 import { resourceFromWire } from '../../shared/resources/wire.ts';
 import { workloadId } from '../../shared/spiffe-id.ts';
 import { CertificateAuthority } from '../../controller/ca/authority.ts';
-import { ambitctl, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { ambitctl, eventually, hostPortOf, socksConnect, httpGet, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
 import { FakeKube, node, pod, service, type KubeObject } from './fake-kube/server.ts';
 
 const CTL = '127.0.7.1';
@@ -95,39 +95,8 @@ function nodeCredentials(ag: RunningAgent): NodeCredentials {
   throw new Error(`no node credentials in ${ag.dataDir}`);
 }
 
-/** SOCKS5 CONNECT through an agent as `user` from the client pod's address; resolves once the tunnel answers. */
 function socks(proxy: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
-  const p = hostPortOf(proxy);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: p.host, port: p.port, localAddress: CLIENT_IP });
-    let buf = Buffer.alloc(0);
-    let phase = 0;
-    socket.on('error', reject);
-    socket.on('connect', () => socket.write(Buffer.from([5, 1, 2])));
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (phase === 0 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 1;
-        const u = Buffer.from(user);
-        socket.write(Buffer.concat([Buffer.from([1, u.length]), u, Buffer.from([1, 0x78])]));
-      }
-      if (phase === 1 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 2;
-        const h = Buffer.from(host);
-        const portBuf = Buffer.alloc(2);
-        portBuf.writeUInt16BE(port);
-        socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, h.length]), h, portBuf]));
-      }
-      if (phase === 2 && buf.length >= 10) {
-        socket.off('data', onData);
-        socket.off('error', reject);
-        resolve({ socket, reply: buf[1]! });
-      }
-    };
-    socket.on('data', onData);
-  });
+  return socksConnect(proxy, CLIENT_IP, user, host, port);
 }
 
 /** Writes a line and waits for its echo. */
@@ -143,6 +112,7 @@ function echo(socket: Socket, text: string): Promise<string> {
     };
     socket.on('data', onData);
     socket.once('error', reject);
+    socket.resume();
     socket.write(text);
   });
 }

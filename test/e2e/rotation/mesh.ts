@@ -8,11 +8,11 @@
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCertificates } from '../../../shared/tls.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController } from '../harness.ts';
+import { ambitctl, eventually, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -104,41 +104,8 @@ export function issuedBy(chainPem: string, root: X509Certificate): boolean {
   return leaf !== undefined && leaf.checkIssued(root) && leaf.verify(root.publicKey);
 }
 
-/** SOCKS5 CONNECT through `proxy` as `user` from `localAddress`; resolves with the reply code. */
-export function socks(proxy: string, localAddress: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
-  const p = hostPortOf(proxy);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: p.host, port: p.port, localAddress, allowHalfOpen: true });
-    let buf = Buffer.alloc(0);
-    let phase = 0;
-    socket.on('error', reject);
-    socket.on('connect', () => socket.write(Buffer.from([5, 1, 2])));
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (phase === 0 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 1;
-        const u = Buffer.from(user);
-        socket.write(Buffer.concat([Buffer.from([1, u.length]), u, Buffer.from([1, 0x78])]));
-      }
-      if (phase === 1 && buf.length >= 2) {
-        buf = buf.subarray(2);
-        phase = 2;
-        const h = Buffer.from(host);
-        const portBuf = Buffer.alloc(2);
-        portBuf.writeUInt16BE(port);
-        socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, h.length]), h, portBuf]));
-      }
-      if (phase === 2 && buf.length >= 10) {
-        socket.off('data', onData);
-        socket.off('error', reject);
-        socket.pause();
-        resolve({ socket, reply: buf[1]! });
-      }
-    };
-    socket.on('data', onData);
-  });
-}
+/** SOCKS5 CONNECT as a workload (the harness's helper, under the name this suite uses). */
+export const socks = socksConnect;
 
 /** Writes `chunk` and resolves once exactly the same bytes came back (rejects on mismatch, close or timeout). */
 function echoRound(socket: Socket, chunk: Buffer, timeoutMs: number): Promise<void> {
