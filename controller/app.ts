@@ -33,6 +33,8 @@ export const VERSION = '0.1.0';
 /** Serving and admin certificates live this long and are re-issued at half-life. */
 const LOCAL_CERT_TTL_MS = 30 * 86_400_000;
 const LOCAL_RENEW_CHECK_MS = 3_600_000;
+/** A TLS handshake on the gRPC port must finish within this (as on the agent's HBONE port). */
+const GRPC_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export interface ControllerApp {
   readonly grpcAddress: HostPort;
@@ -169,7 +171,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     server.addService(DiscoveryService, discovery.server);
     server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, version: VERSION, startedAt: now(), now }));
     const grpcPort = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(formatHostPort(cfg.listen), servingCerts.credentials(), (err, port) => (err ? reject(err) : resolve(port)));
+      server.bindAsync(formatHostPort(cfg.listen), servingCerts.credentials(GRPC_HANDSHAKE_TIMEOUT_MS), (err, port) => (err ? reject(err) : resolve(port)));
     }).catch((cause: unknown) => {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --listen ${formatHostPort(cfg.listen)}: ${(cause as Error).message}`, { cause, details: { key: 'listen' } });
     });

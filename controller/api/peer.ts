@@ -59,8 +59,17 @@ export class ServingCertificates implements experimental.CertificateProvider {
    * authenticates the peer itself (authenticate below), so an unverified
    * certificate never grants anything.
    */
-  credentials(): ServerCredentials {
-    return experimental.createCertificateProviderServerCredentials(this, this, false);
+  credentials(handshakeTimeoutMs: number): ServerCredentials {
+    const creds = experimental.createCertificateProviderServerCredentials(this, this, false);
+    // grpc-js has no option for the TLS handshake timeout, so a client that
+    // opens TCP and never finishes its ClientHello would hold a socket for
+    // Node's default 120 s. grpc-js builds its http2 secure server from these
+    // constructor options (read once, at bindAsync), which Node passes on to
+    // tls.Server: `handshakeTimeout` bounds the handshake only, never an
+    // established connection.
+    const base = creds._getConstructorOptions.bind(creds);
+    creds._getConstructorOptions = () => ({ ...base(), handshakeTimeout: handshakeTimeoutMs });
+    return creds;
   }
 }
 

@@ -1,0 +1,130 @@
+/**
+ * Issue 6, promise 5 ("slow clients holding handshakes") on the controller's
+ * gRPC port (:15012), with a real controller: a client that opens TCP and
+ * sends nothing, or half a ClientHello and then nothing, is disconnected by
+ * the TLS handshake timeout (10 s, like the agent's HBONE port) instead of
+ * Node's default 120 s; while 40 such clients are held the controller keeps
+ * answering ambitctl, and afterwards its descriptors are back at the baseline.
+ */
+import t from 'tap';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { connect as netConnect, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { ambitctl, eventually, startController, type RunningController } from '../harness.ts';
+
+const HOST = '127.0.15.10';
+/** The bound under test, plus scheduling slack for a loaded 2-core machine. */
+const CUT_BY_MS = 12_500;
+const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-ctl-handshake-'));
+let ctl: RunningController;
+
+t.before(async () => {
+  ctl = await startController(join(root, 'ctl'), [], HOST);
+});
+t.teardown(async () => {
+  await ctl?.proc.stop();
+});
+
+const fdCount = (): number => readdirSync(`/proc/${ctl.proc.child.pid}/fd`).length;
+
+/** Opens TCP, writes `bytes` (if any) and then stays silent; resolves when the server closes, or after timeoutMs. */
+function holdOpen(bytes: Buffer, timeoutMs: number): Promise<{ closed: boolean; ms: number }> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const s = netConnect({ host: HOST, port: ctl.grpc.port, allowHalfOpen: true });
+    const finish = (closed: boolean): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ closed, ms: Date.now() - started });
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    s.on('data', () => undefined);
+    s.on('error', () => finish(true));
+    s.on('end', () => finish(true));
+    s.on('close', () => finish(true));
+    s.on('connect', () => {
+      if (bytes.length > 0) s.write(bytes);
+    });
+  });
+}
+
+/** A genuine TLS 1.3 ClientHello with ALPN h2, captured from Node's own client. */
+async function clientHello(): Promise<Buffer> {
+  const server = createServer();
+  const got = new Promise<Buffer>((resolve) => server.once('connection', (s: Socket) => s.once('data', (d: Buffer) => {
+    resolve(d);
+    s.destroy();
+  })));
+  await new Promise<void>((r) => server.listen(0, HOST, r));
+  const c = tls.connect({ host: HOST, port: (server.address() as { port: number }).port, servername: 'localhost', ALPNProtocols: ['h2'] });
+  c.on('error', () => undefined);
+  const hello = await got;
+  c.destroy();
+  server.close();
+  return hello;
+}
+
+t.test('silent and half-ClientHello clients are cut by the 10 s handshake timeout; the controller keeps serving', async (t) => {
+  const fdBaseline = fdCount();
+  const hello = await clientHello();
+  const half = hello.subarray(0, Math.floor(hello.length / 2));
+  const started = Date.now();
+  const held = [
+    ...Array.from({ length: 20 }, () => holdOpen(Buffer.alloc(0), 20_000)),
+    ...Array.from({ length: 20 }, () => holdOpen(half, 20_000)),
+  ];
+  // While the 40 stalled handshakes are held, the controller answers as usual.
+  await new Promise((r) => setTimeout(r, 1_000));
+  t.ok(fdCount() >= fdBaseline + 40, `the 40 stalled connections are held open (${fdCount() - fdBaseline} more descriptors)`);
+  const during = await ambitctl(ctl, ['status', '-o', 'json']);
+  t.equal(during.code, 0, `ambitctl status works while they are held (${Date.now() - started} ms in)`);
+
+  const results = await Promise.all(held);
+  const silent = results.slice(0, 20);
+  const partial = results.slice(20);
+  const maxOf = (rs: { ms: number }[]): number => Math.max(...rs.map((r) => r.ms));
+  const minOf = (rs: { ms: number }[]): number => Math.min(...rs.map((r) => r.ms));
+  t.ok(silent.every((r) => r.closed && r.ms <= CUT_BY_MS), `TCP open, nothing sent: all 20 closed after ${minOf(silent)}–${maxOf(silent)} ms`);
+  t.ok(partial.every((r) => r.closed && r.ms <= CUT_BY_MS), `half a ClientHello, then silence: all 20 closed after ${minOf(partial)}–${maxOf(partial)} ms`);
+  t.ok(results.every((r) => r.ms >= 9_000), 'none is cut before the 10 s bound (a slow but live client gets its full 10 s)');
+
+  t.equal((await ambitctl(ctl, ['status'])).code, 0, 'ambitctl status works after');
+  t.ok(ctl.proc.child.exitCode === null && ctl.proc.child.signalCode === null, 'the controller is still running');
+  await eventually(async () => fdCount() <= fdBaseline + 2, `descriptors back near the baseline (${fdBaseline})`, 5_000);
+  t.pass(`descriptors back to ${fdCount()} (baseline ${fdBaseline})`);
+});
+
+t.test('a complete handshake is not affected: a TLS client that finishes within the bound stays connected past 10 s', async (t) => {
+  // The bound applies to the handshake only; an established connection is governed by gRPC keepalive.
+  const s = tls.connect({ host: HOST, port: ctl.grpc.port, servername: 'localhost', ALPNProtocols: ['h2'], rejectUnauthorized: false });
+  s.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    s.once('secureConnect', () => resolve());
+    s.once('error', reject);
+  });
+  t.equal(s.alpnProtocol, 'h2', 'handshake completed with ALPN h2');
+  // Send the HTTP/2 preface and an empty SETTINGS frame, as a real client would.
+  s.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+  s.on('data', (d: Buffer) => {
+    // Acknowledge the server's SETTINGS so the session is healthy (answer PINGs too).
+    for (let i = 0; i + 9 <= d.length;) {
+      const len = d.readUIntBE(i, 3);
+      const type = d[i + 3];
+      const flags = d[i + 4]!;
+      if (type === 4 && (flags & 1) === 0) s.write(Buffer.from([0, 0, 0, 4, 1, 0, 0, 0, 0]));
+      if (type === 6 && (flags & 1) === 0) s.write(Buffer.concat([Buffer.from([0, 0, 8, 6, 1, 0, 0, 0, 0]), d.subarray(i + 9, i + 17)]));
+      i += 9 + len;
+    }
+  });
+  const closedEarly = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 13_000);
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  t.notOk(closedEarly, 'still connected 13 s after the handshake');
+  s.destroy();
+});
