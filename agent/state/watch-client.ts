@@ -23,7 +23,22 @@ export interface WatchClientOptions {
   readonly logger: Logger;
   readonly onStatus?: (connected: boolean) => void;
   readonly backoff?: Backoff;
+  /**
+   * The controller answers every WatchStart at once (snapshot or deltas). A
+   * stream still silent after this long is treated as lost, so a controller
+   * that hangs (or a stream dropped without a status) cannot leave the agent
+   * waiting forever instead of reconnecting. Default 30 s.
+   */
+  readonly firstResponseTimeoutMs?: number;
 }
+
+/**
+ * Reconnect policy (DESIGN §3 "reconnects with jittered backoff"): full
+ * jitter, the ceiling doubling from 0.5 s up to 30 s, so a fleet of agents
+ * does not reconnect in lock-step after a controller restart, and none waits
+ * longer than 30 s once the controller is back.
+ */
+export const WATCH_BACKOFF = { initialMs: 500, maxMs: 30_000 } as const;
 
 /** Resources from the wire are validated again: a nack is better than serving what the agent cannot understand. */
 function checked(r: Resource): Resource {
@@ -54,6 +69,7 @@ export class WatchClient {
   #client: DiscoveryClient | undefined;
   #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #firstResponseTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #connected = false;
   lastError = '';
@@ -61,7 +77,7 @@ export class WatchClient {
 
   constructor(o: WatchClientOptions) {
     this.#o = o;
-    this.#backoff = o.backoff ?? new Backoff({ initialMs: 500, maxMs: 30_000 });
+    this.#backoff = o.backoff ?? new Backoff(WATCH_BACKOFF);
   }
 
   get connected(): boolean {
@@ -95,6 +111,7 @@ export class WatchClient {
     const fail = (why: string): void => {
       if (failed || this.#call !== call) return;
       failed = true;
+      clearTimeout(this.#firstResponseTimer);
       this.#setConnected(false);
       this.lastError = why;
       call.cancel();
@@ -103,7 +120,11 @@ export class WatchClient {
       this.#o.logger.warn({ err: why, retryInMs: delay }, 'controller watch lost; serving cached state');
       this.#timer = setTimeout(() => this.#connect(), delay);
     };
+    const firstResponseMs = this.#o.firstResponseTimeoutMs ?? 30_000;
+    clearTimeout(this.#firstResponseTimer);
+    this.#firstResponseTimer = setTimeout(() => fail(`no answer from the controller within ${firstResponseMs} ms of WatchStart`), firstResponseMs);
     call.on('data', (res: WatchResponse) => {
+      if (this.#call === call) clearTimeout(this.#firstResponseTimer);
       this.#setConnected(true);
       this.#backoff.reset();
       try {
@@ -124,6 +145,7 @@ export class WatchClient {
   /** Reconnects now (e.g. after node certificate renewal). */
   reconnect(): void {
     clearTimeout(this.#timer);
+    clearTimeout(this.#firstResponseTimer);
     this.#call?.cancel();
     this.#call = undefined;
     this.#connect();
@@ -132,6 +154,7 @@ export class WatchClient {
   close(): void {
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#firstResponseTimer);
     this.#call?.cancel();
     this.#client?.close();
     this.#setConnected(false);

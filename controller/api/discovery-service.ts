@@ -1,4 +1,4 @@
-import { status, type ServerDuplexStream } from '@grpc/grpc-js';
+import { status, type ServerDuplexStream, type StatusObject } from '@grpc/grpc-js';
 import { isIP } from 'node:net';
 import type { DiscoveryServer, WatchRequest, WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { AmbitError } from '../../shared/errors.ts';
@@ -43,6 +43,16 @@ function validEndpoint(addr: string): string | undefined {
   return isIP(host) && Number.isInteger(port) && port > 0 && port < 65536 ? addr : undefined;
 }
 
+/**
+ * Ends a Watch stream with an error status the agent receives. Not
+ * call.destroy(err): grpc-js then drops the stream without ever sending the
+ * status, and the agent waits on a silent stream instead of reconnecting.
+ * Emitting 'error' is grpc-js's way to finish a server stream with a status.
+ */
+function endWithStatus(call: Stream, message: string, st: Partial<StatusObject>): void {
+  call.emit('error', Object.assign(new Error(message), st));
+}
+
 export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; closeAll: () => void } {
   const open = new Set<Stream>();
   const watch = (call: Stream): void => {
@@ -52,7 +62,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       if (caller.kind !== 'node' || !caller.name) throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `only node identities may watch; caller is ${caller.uri}`);
       node = caller.name;
     } catch (err) {
-      call.destroy(Object.assign(new Error((err as Error).message), toStatus(err)));
+      endWithStatus(call, (err as Error).message, toStatus(err));
       return;
     }
     open.add(call);
@@ -82,7 +92,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       if (live) send({ revision: sentRevision, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
     });
     const startTimer = setTimeout(() => {
-      if (!started) call.destroy(Object.assign(new Error('no WatchStart within the deadline'), { code: status.DEADLINE_EXCEEDED }));
+      if (!started) endWithStatus(call, 'no WatchStart within the deadline', { code: status.DEADLINE_EXCEEDED, details: 'no WatchStart within the deadline' });
     }, d.startTimeoutMs ?? 15_000);
 
     const cleanup = (why: string): void => {
@@ -142,7 +152,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
           },
           (err: unknown) => {
             log.error({ err }, 'watch catch-up failed');
-            call.destroy(Object.assign(new Error('catch-up failed'), toStatus(err)));
+            endWithStatus(call, 'catch-up failed', toStatus(err));
           },
         );
         return;
