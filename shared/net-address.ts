@@ -101,6 +101,9 @@ export function formatIp(ip: IpAddress): string {
 
 /** The canonical text form of an IP address, or undefined if `s` is not one. */
 export function canonicalIp(s: string): string | undefined {
+  // Dotted decimal without leading zeros is already canonical: the common
+  // case, on every connection's source-address lookup.
+  if (typeof s === 'string' && V4.test(s)) return s;
   const ip = parseIp(s);
   return ip === undefined ? undefined : formatIp(ip);
 }

@@ -22,7 +22,7 @@ export function serverNameFor(identityUri: string): string {
 /** HTTP/2 settings for tunnels: large windows so one stream can fill a fast link (tuned with bench/dataplane.ts). */
 export const HBONE_SETTINGS = {
   initialWindowSize: 4 * 1024 * 1024,
-  maxFrameSize: 64 * 1024,
+  maxFrameSize: 1024 * 1024,
   maxConcurrentStreams: 1000,
   enablePush: false,
 } as const;
@@ -69,6 +69,7 @@ export class HboneServer {
     this.#o = o;
     this.#server = http2.createSecureServer({
       allowHTTP1: false,
+      noDelay: true,
       minVersion: TLS_MIN_VERSION,
       ALPNProtocols: ['h2'],
       requestCert: true,

@@ -1,6 +1,5 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { finished } from 'node:stream';
 
 /**
  * An abnormal end is passed on as an abnormal end: TCP peers get a reset and
@@ -13,61 +12,13 @@ function abort(s: Duplex): void {
   else s.destroy(new Error('relay aborted'));
 }
 
-/**
- * One direction of the relay: src.pipe(dst) (back-pressure), dst's write half
- * ended when src ends (half-close), and `done` called once: with null when
- * src has ended and dst has finished writing, or with the first error —
- * including ERR_STREAM_PREMATURE_CLOSE when either closes before that. What
- * stream.pipeline does for two streams, without its per-call AbortController
- * (and the DOMException its abort builds at every end): a measurable part of
- * a short connection's cost.
- */
-function pipeOneWay(src: Duplex, dst: Duplex, done: (err: NodeJS.ErrnoException | null) => void): void {
-  let called = false;
-  let srcDone = false;
-  let dstDone = false;
-  const finish = (err: NodeJS.ErrnoException | null | undefined): void => {
-    if (called) return;
-    if (err) {
-      called = true;
-      done(err);
-    } else if (srcDone && dstDone) {
-      called = true;
-      done(null);
-    }
-  };
-  src.pipe(dst, { end: false });
-  let ended = false;
-  const endDst = (): void => {
-    ended = true;
-    dst.end();
-  };
-  // A stream that already emitted 'end' (an HTTP/2 stream whose peer sent
-  // END_STREAM before the relay started) will not emit it again.
-  if (src.readableEnded) process.nextTick(endDst);
-  else src.once('end', endDst);
-  // dst closing before src has ended (the other side vanished) is an abnormal end.
-  dst.once('close', () => {
-    if (!ended) finish(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-  });
-  finished(src, { readable: true, writable: false }, (err) => {
-    const rState = (src as unknown as { _readableState?: { ended: boolean; errored: unknown; errorEmitted: boolean } })._readableState;
-    if (err && (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' && rState && rState.ended && !rState.errored && !rState.errorEmitted) {
-      // Its data ended but 'end' has not been emitted yet: wait for it.
-      src.once('end', () => {
-        srcDone = true;
-        finish(null);
-      });
-      src.once('error', finish);
-      return;
-    }
-    if (!err) srcDone = true;
-    finish(err);
-  });
-  finished(dst, { readable: false, writable: true }, (err) => {
-    if (!err) dstDone = true;
-    finish(err);
-  });
+/** One side of the relay and how far each of its halves got. */
+interface Side {
+  readonly s: Duplex;
+  /** Its readable half emitted 'end' (the peer finished sending). */
+  readEnded: boolean;
+  /** Its writable half emitted 'finish' (everything we wrote was flushed, then FIN / END_STREAM). */
+  writeFinished: boolean;
 }
 
 /**
@@ -77,8 +28,14 @@ function pipeOneWay(src: Duplex, dst: Duplex, done: (err: NodeJS.ErrnoException 
  * the reverse direction keeps flowing — a client that sends a request and
  * shuts down its write side still gets the whole response. Resolves once
  * both directions are done, with the first error's message ('' when clean);
- * on an error (including the other side vanishing mid-stream) both sides are
- * aborted, TCP sockets with a reset. Sockets must be allowHalfOpen.
+ * on an error (including either side closing before both of its halves are
+ * done, or an HTTP/2 peer resetting the stream) both sides are aborted, TCP
+ * sockets with a reset, and it resolves at once. Sockets must be allowHalfOpen.
+ *
+ * Written with plain 'data'/'drain'/'end'/'finish'/'close' listeners rather
+ * than pipe() + stream.finished(): those attach about twenty listeners and
+ * closures per connection, a measurable part of a short connection's cost
+ * (bench/dataplane.ts, new connections per second).
  */
 export function relay(
   left: Duplex,
@@ -86,19 +43,17 @@ export function relay(
   count: { leftToRight: (n: number) => void; rightToLeft: (n: number) => void },
 ): Promise<string> {
   return new Promise((resolve) => {
-    let pending = 2;
-    let firstError = '';
-    left.on('data', (c: Buffer) => count.leftToRight(c.length));
-    right.on('data', (c: Buffer) => count.rightToLeft(c.length));
-    const done = (err: NodeJS.ErrnoException | null | undefined): void => {
-      if (err && !firstError && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') {
-        firstError = err.code ?? err.message;
-      }
-      if (err) {
+    const L: Side = { s: left, readEnded: left.readableEnded, writeFinished: false };
+    const R: Side = { s: right, readEnded: right.readableEnded, writeFinished: false };
+    let settled = false;
+
+    const settle = (error: string): void => {
+      if (settled) return;
+      settled = true;
+      if (error !== '') {
         abort(left);
         abort(right);
-      }
-      if (--pending === 0) {
+      } else {
         // Both halves finished: release socket descriptors now rather than
         // waiting for the peer. An HTTP/2 stream is left to close by itself:
         // destroying it here would send RST_STREAM for every clean tunnel,
@@ -109,26 +64,84 @@ export function relay(
           if (s instanceof Socket) s.destroy();
           else if (!s.destroyed) setTimeout(() => s.destroy(), 5_000).unref();
         }
-        resolve(firstError);
       }
+      resolve(error);
     };
-    // An HTTP/2 stream reset by the peer can still end its readable side
-    // cleanly; 'aborted' is the signal that it did not finish normally.
-    const onAborted = (): void => {
-      if (!firstError) firstError = 'peer reset the tunnel';
-      abort(left);
-      abort(right);
+    const maybeDone = (): void => {
+      if (L.readEnded && L.writeFinished && R.readEnded && R.writeFinished) settle('');
     };
-    left.once('aborted', onAborted);
-    right.once('aborted', onAborted);
-    // Both sides are aborted (a reset, not a FIN) as soon as either errors.
-    const onError = (): void => {
-      abort(left);
-      abort(right);
+    // A premature close is an abnormal end but not an error worth naming: the
+    // other side simply went away (its own error, if any, names the cause).
+    const fail = (err: NodeJS.ErrnoException | undefined): void => {
+      if (settled) return;
+      settle(err ? err.code ?? err.message : 'closed before the end');
     };
-    left.on('error', onError);
-    right.on('error', onError);
-    pipeOneWay(left, right, done);
-    pipeOneWay(right, left, done);
+
+    const wire = (from: Side, to: Side, counted: (n: number) => void): void => {
+      const src = from.s;
+      const dst = to.s;
+      // Writes from an HTTP/2 stream arrive as many small chunks (one per
+      // DATA frame piece, ~8 KiB) within one socket read: corking until the
+      // event loop's check phase turns them into one writev instead of a
+      // write(2) each. A TCP source delivers up to 64 KiB per read, once.
+      const batch = !(src instanceof Socket);
+      let corked = false;
+      const uncork = (): void => {
+        corked = false;
+        dst.uncork();
+      };
+      src.on('data', (chunk: Buffer) => {
+        counted(chunk.length);
+        if (batch && !corked) {
+          corked = true;
+          dst.cork();
+          setImmediate(uncork);
+        }
+        if (!dst.write(chunk)) src.pause();
+      });
+      dst.on('drain', () => src.resume());
+      const onEnd = (): void => {
+        from.readEnded = true;
+        if (!dst.destroyed) dst.end();
+        maybeDone();
+      };
+      // A stream that already emitted 'end' (an HTTP/2 stream whose peer sent
+      // END_STREAM before the relay started) will not emit it again.
+      if (from.readEnded) process.nextTick(onEnd);
+      else src.once('end', onEnd);
+      // Callers may hold a source paused until its tunnel is open; as with
+      // pipe(), the relay starting is what lets its bytes flow.
+      src.resume();
+    };
+    const watch = (side: Side): void => {
+      const s = side.s;
+      s.once('finish', () => {
+        side.writeFinished = true;
+        maybeDone();
+      });
+      s.on('error', fail);
+      // An HTTP/2 stream reset by the peer can still end its readable side
+      // cleanly; 'aborted' is the signal that it did not finish normally.
+      s.once('aborted', () => fail(new Error('peer reset the tunnel')));
+      s.once('close', () => {
+        if (settled) return;
+        // What the stream's own state says, in case 'close' overtook the
+        // 'end'/'finish' events. Once closed it emits neither any more, so
+        // whatever half is not done by now never will be: an abnormal end.
+        if (s.writableFinished) side.writeFinished = true;
+        if (s.readableEnded) side.readEnded = true;
+        if (side.readEnded && side.writeFinished) maybeDone();
+        else fail(undefined);
+      });
+    };
+
+    if (left.destroyed || right.destroyed) {
+      fail(undefined);
+      return;
+    }
+    watch(L);
+    watch(R);
+    wire(L, R, count.leftToRight);
+    wire(R, L, count.rightToLeft);
   });
 }

@@ -142,8 +142,8 @@ export class TunnelPool {
       const session = http2.connect(`https://${req.hboneAddress}`, {
         settings: HBONE_SETTINGS,
         maxSessionMemory: 64,
-        createConnection: () =>
-          tlsConnect({
+        createConnection: () => {
+          const socket = tlsConnect({
             host,
             port,
             servername: serverNameFor(expected),
@@ -162,7 +162,12 @@ export class TunnelPool {
                 return err as Error;
               }
             },
-          }),
+          });
+          // Small frames (CONNECT headers, 1 KiB requests) must not wait for
+          // an ACK behind Nagle's algorithm.
+          socket.setNoDelay(true);
+          return socket;
+        },
       });
       const timer = setTimeout(() => fail(new Error('handshake timed out')), this.#o.connectTimeoutMs);
       const fail = (err: Error): void => {

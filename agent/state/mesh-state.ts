@@ -48,6 +48,10 @@ export class MeshState {
   #servicesByName = new Map<string, Service>();
   #local: Workload[] = [];
   #authorizer = new Authorizer([]);
+  // Workload objects are immutable and replaced on every change, so an
+  // identity computed once per object stays right; it is asked for on every
+  // connection (source and destination), and building one validates each part.
+  readonly #ids = new WeakMap<Workload, SpiffeId>();
 
   constructor(node: string, trustDomain: string) {
     this.node = node;
@@ -142,7 +146,12 @@ export class MeshState {
   }
 
   identityOf(w: Workload): SpiffeId {
-    return workloadId(this.trustDomain, w.metadata.namespace, w.spec.serviceAccount);
+    let id = this.#ids.get(w);
+    if (id === undefined) {
+      id = workloadId(this.trustDomain, w.metadata.namespace, w.spec.serviceAccount);
+      this.#ids.set(w, id);
+    }
+    return id;
   }
 
   hboneAddressOf(node: string): string | undefined {

@@ -171,3 +171,22 @@ t.test('a destroyed side (not reset) still ends the other side abnormally', asyn
   t.equal(await peerOutcome, 'ECONNRESET', 'the client gets a reset');
   t.equal(await r.result, 'EBOOM', 'the first error is reported');
 });
+
+t.test('a source paused before the relay starts flows once it starts (capture listeners pause until the upstream connects)', async (t) => {
+  const upstreamAccepted = deferred<Socket>();
+  const port = await listen(t, (s) => upstreamAccepted.resolve(s));
+  const relayed = deferred<Promise<string>>();
+  const frontPort = await listen(t, (left) => {
+    left.pause();
+    const right = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    right.once('connect', () => relayed.resolve(relay(left, right, { leftToRight: () => undefined, rightToLeft: () => undefined })));
+  });
+  const client = connect({ host: '127.0.0.1', port: frontPort, allowHalfOpen: true });
+  t.teardown(() => client.destroy());
+  client.end('hello, paused relay');
+  const upstream = await upstreamAccepted.promise;
+  t.teardown(() => upstream.destroy());
+  t.equal((await readAll(upstream)).toString(), 'hello, paused relay', 'the bytes sent before the relay started arrive');
+  upstream.end();
+  t.equal(await (await relayed.promise), '', 'and the relay ends cleanly');
+});
