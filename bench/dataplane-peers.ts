@@ -247,6 +247,20 @@ export async function startStunnel(children: Children, stunnel: string, dir: str
   return startPair('stunnel', (side) => children.spawn(stunnel, [join(dir, `stunnel-${side}.conf`)], { cwd: dir }), entry, tls);
 }
 
+/**
+ * The node-h2 baseline (bench/dataplane-nodeh2.ts): the agents' HTTP/2 +
+ * TLS transport and relay alone, one Node.js process per side, started
+ * with the same Node.js binary as the agents.
+ */
+export async function startNodeH2(children: Children, script: string, certs: PeerCerts, a: PairAddresses): Promise<ProxyPair> {
+  const entry = { host: a.clientSide, port: await freePort(a.clientSide) };
+  const tls = { host: a.serverSide, port: await freePort(a.serverSide) };
+  const at = (h: HostPort): string => `${h.host}:${h.port}`;
+  return startPair('node-h2', (side) => side === 'server'
+    ? children.spawn(process.execPath, [script, 'server', at(tls), at(a.upstream), certs.serverCert, certs.serverKey, certs.ca])
+    : children.spawn(process.execPath, [script, 'client', at(entry), at(tls), certs.clientCert, certs.clientKey, certs.ca, certs.serverName]), entry, tls);
+}
+
 /** Why nginx cannot be a peer here (undefined: it can), and the load_module line it needs. */
 export function nginxStreamSupport(nginx: string): { missing?: string; loadModule?: string } {
   // nginx -V prints its build configuration on stderr.

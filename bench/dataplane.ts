@@ -7,6 +7,9 @@
 //            mTLS, TLS 1.3) → agent B → server
 //   stunnel  client → stunnel (client mode) → TLS 1.3 mTLS → stunnel → server
 //   nginx    client → nginx stream (proxy_ssl) → TLS 1.3 mTLS → nginx stream → server
+//   node-h2  client → the agents' HTTP/2 CONNECT transport and relay alone, no
+//            identity, policy or telemetry (bench/dataplane-nodeh2.ts) → server:
+//            the floor of an agent built on node:http2 + node:tls here
 //
 // Metrics per path: throughput over 1 and 4 connections, 1 KiB echo latency
 // (p50/p99), new connections per second at concurrency 16, CPU seconds per
@@ -25,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { ambitctl, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 import { connectionRate, latency, probeOnce, throughput, type Target } from './dataplane-load.ts';
 import {
-  Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startStunnel, which,
+  Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startStunnel, which,
   type ProxyPair, type TrackedChild,
 } from './dataplane-peers.ts';
 
@@ -40,6 +43,8 @@ const ADDR = {
   stunnelServer: '127.0.9.23',
   nginxClient: '127.0.9.32',
   nginxServer: '127.0.9.33',
+  nodeH2Client: '127.0.9.42',
+  nodeH2Server: '127.0.9.43',
 } as const;
 /** Agent A's explicit upstream listener: connections to agentA:UPSTREAM_PORT are the client workload's, to the server. */
 const UPSTREAM_PORT = 19080;
@@ -48,7 +53,7 @@ const TIME_BUDGET_MS = 170_000;
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-const PATHS = ['direct', 'tunnel', 'stunnel', 'nginx'] as const;
+const PATHS = ['direct', 'tunnel', 'node-h2', 'stunnel', 'nginx'] as const;
 type PathName = (typeof PATHS)[number];
 const PEERS: readonly PathName[] = ['stunnel', 'nginx'];
 
@@ -69,6 +74,7 @@ interface Samples {
   firstError: string;
   cpuProxy: number[];
   cpuAll: number[];
+  cpuConn: number[];
   errors: string[];
 }
 
@@ -251,11 +257,22 @@ async function main(): Promise<void> {
     }
 
     const openssl = which('openssl');
-    const wantPeers = PEERS.filter((p) => wanted.has(p));
+    const wantPeers = [...PEERS, 'node-h2' as const].filter((p) => wanted.has(p));
     const certsDir = join(tmp, 'peers');
     mkdirSync(certsDir);
     const certs = wantPeers.length > 0 && openssl ? makePeerCerts(certsDir, openssl) : undefined;
-    if (wantPeers.length > 0 && !openssl) skipped.push('stunnel, nginx: openssl (to make their certificates) is not installed');
+    if (wantPeers.length > 0 && !openssl) skipped.push(`${wantPeers.join(', ')}: openssl (to make their certificates) is not installed`);
+    if (certs && wanted.has('node-h2')) {
+      try {
+        const pair = await startNodeH2(children, join(HERE, 'dataplane-nodeh2.ts'), certs, { clientSide: ADDR.nodeH2Client, serverSide: ADDR.nodeH2Server, upstream: serverAt });
+        pairs.push(pair);
+        const target = { ...pair.entry, localAddress: ADDR.client };
+        await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through node-h2', 15_000);
+        paths.push({ name: 'node-h2', target, procs: pair.procs });
+      } catch (err) {
+        skipped.push(`node-h2: failed to start: ${(err as Error).message}`);
+      }
+    }
     if (certs && wanted.has('stunnel')) {
       const stunnel = which('stunnel') ?? which('stunnel4');
       if (!stunnel) skipped.push('stunnel: not installed');
@@ -291,7 +308,7 @@ async function main(): Promise<void> {
     log(`setup done in ${fmt((performance.now() - t0) / 1000, 1)} s; paths: ${paths.map((p) => p.name).join(', ')}`);
 
     const idleRss = new Map(paths.flatMap((p) => p.procs.map((pr) => [pr.label, memoryOf(pr.pid)] as const)));
-    const samples = new Map<PathName, Samples>(paths.map((p) => [p.name, { tp1: [], tp4: [], p50: [], p99: [], rate: [], failures: 0, firstError: '', cpuProxy: [], cpuAll: [], errors: [] }]));
+    const samples = new Map<PathName, Samples>(paths.map((p) => [p.name, { tp1: [], tp4: [], p50: [], p99: [], rate: [], failures: 0, firstError: '', cpuProxy: [], cpuAll: [], cpuConn: [], errors: [] }]));
     const S = (p: PathUnderTest): Samples => samples.get(p.name)!;
     const notes: string[] = [];
     const loadBefore = loadavg();
@@ -342,8 +359,11 @@ async function main(): Promise<void> {
     // ------------------------------------------------------------ c. new connections
     log(`new connections: ${rateMs / 1000} s at concurrency ${concurrency} (x${runs})`);
     await phase('new connections', rateMs + 3_000, async (p) => {
+      const proxy0 = p.procs.reduce((s, pr) => s + cpuSecondsOf(pr.pid, clk), 0);
       const r = await connectionRate(p.target, rateMs, concurrency, 200_000, 5_000);
+      const proxy = p.procs.reduce((s, pr) => s + cpuSecondsOf(pr.pid, clk), 0) - proxy0;
       S(p).rate.push(r.perSecond);
+      if (p.procs.length > 0 && r.ok > 0) S(p).cpuConn.push((proxy * 1000) / r.ok);
       S(p).failures += r.failures;
       S(p).firstError ||= r.firstError;
       // Let the closing connections of this run leave the accept queues before the next path starts.
@@ -360,12 +380,12 @@ async function main(): Promise<void> {
       const procRss = p.procs.reduce((sum, pr) => sum + (rss.get(pr.label)?.rssMiB ?? Number.NaN), 0);
       return [p.name, {
         tp1: median(s.tp1), tp4: median(s.tp4), p50: median(s.p50), p99: median(s.p99), rate: median(s.rate),
-        failures: s.failures, cpuProxy: median(s.cpuProxy), cpuAll: median(s.cpuAll), rss: p.procs.length ? procRss : Number.NaN,
+        failures: s.failures, cpuProxy: median(s.cpuProxy), cpuAll: median(s.cpuAll), cpuConn: median(s.cpuConn), rss: p.procs.length ? procRss : Number.NaN,
       }] as const;
     }));
     const direct = med.get('direct')!;
     const added = (n: PathName): number => (med.get(n)?.p50 ?? Number.NaN) - direct.p50;
-    type Key = 'tp1' | 'tp4' | 'p50' | 'p99' | 'rate' | 'failures' | 'cpuProxy' | 'cpuAll' | 'rss' | 'added';
+    type Key = 'tp1' | 'tp4' | 'p50' | 'p99' | 'rate' | 'failures' | 'cpuProxy' | 'cpuAll' | 'cpuConn' | 'rss' | 'added';
     const value = (n: PathName, k: Key): number => (k === 'added' ? (n === 'direct' ? Number.NaN : added(n)) : med.get(n)?.[k] ?? Number.NaN);
     const peersHere = paths.filter((p) => PEERS.includes(p.name)).map((p) => p.name);
     const bestPeer = (k: Key, higherIsBetter: boolean): { name: PathName | undefined; v: number } => {
@@ -384,6 +404,7 @@ async function main(): Promise<void> {
       { label: 'latency p99, 1 KiB echo (µs)', k: 'p99', digits: 0, higher: false, vsDirect: true, vsPeer: true },
       { label: 'added p50 over direct (µs)', k: 'added', digits: 0, higher: false, vsDirect: false, vsPeer: true },
       { label: `new conns/s (concurrency ${concurrency})`, k: 'rate', digits: 0, higher: true, vsDirect: true, vsPeer: true },
+      { label: 'CPU ms per new conn, proxies', k: 'cpuConn', digits: 3, higher: false, vsDirect: false, vsPeer: true },
       { label: 'new conn failures (all runs)', k: 'failures', digits: 0, higher: false, vsDirect: false, vsPeer: false },
       { label: 'CPU s/GiB, proxies', k: 'cpuProxy', digits: 2, higher: false, vsDirect: false, vsPeer: true },
       { label: 'CPU s/GiB, proxies+client+server', k: 'cpuAll', digits: 2, higher: false, vsDirect: true, vsPeer: true },
@@ -454,6 +475,12 @@ async function main(): Promise<void> {
       const la = added('tunnel');
       const laRatio = la / lat.v;
       out.push(`  added p50 latency <= 1.5x best peer's added:  ${fmt(la)} vs ${fmt(lat.v)} µs (${lat.name}) = ${Number.isFinite(laRatio) ? laRatio.toFixed(2) : '-'}x  ${verdict(la <= 1.5 * lat.v)}`);
+      const h = med.get('node-h2');
+      if (h) {
+        // The same three ratios for the bare transport: what node:http2 + node:tls allow here at all.
+        out.push(`  node-h2 (the transport alone) vs best peer:   throughput ${(h.tp1 / tp.v).toFixed(2)}x, new connections/s ${(h.rate / cr.v).toFixed(2)}x, added p50 ${(added('node-h2') / lat.v).toFixed(2)}x`);
+        out.push(`  tunnel vs node-h2 (Ambit's own cost):         throughput ${(t.tp1 / h.tp1).toFixed(2)}x, new connections/s ${(t.rate / h.rate).toFixed(2)}x, CPU per new connection ${(t.cpuConn / h.cpuConn).toFixed(2)}x`);
+      }
     }
     out.push(`total time ${fmt((performance.now() - t0) / 1000, 1)} s`);
     process.stdout.write(`${out.join('\n')}\n`);
