@@ -10,7 +10,7 @@ import { getTracer } from '../shared/tracing.ts';
 import { adminEndpoint } from './admin-server.ts';
 import { loopbackAddressFor, type AgentConfig } from './config.ts';
 import { CaClient } from './identity/ca-client.ts';
-import { CertManager } from './identity/cert-manager.ts';
+import { CertManager, chainsTo } from './identity/cert-manager.ts';
 import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts';
 import { ConnectionTracker } from './proxy/connection-tracker.ts';
 import { socksServer, upstreamServer, type ExplicitDeps } from './proxy/explicit-listeners.ts';
@@ -22,11 +22,20 @@ import { handleInbound } from './proxy/inbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel-pool.ts';
-import { MeshState, type StateUpdate } from './state/mesh-state.ts';
+import { MeshState } from './state/mesh-state.ts';
 import { loadState, saveState } from './state/state-cache.ts';
-import { WatchClient } from './state/watch-client.ts';
+import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
+import { certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 
 export const AGENT_VERSION = '0.1.0';
+
+/**
+ * When the controller activates a new CA root, certificates from the old root
+ * are renewed within this spread (random per certificate, so a fleet does not
+ * hit the CA at one instant) rather than at half-life: the old root can then be
+ * retired minutes after activation, not one certificate lifetime later.
+ */
+const ROOT_ROTATION_RENEW_SPREAD_MS = 10_000;
 
 export interface AgentApp {
   readonly hboneAddress: string;
@@ -197,7 +206,19 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       clearTimeout(saveTimer);
       if (haveState) saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
     });
-    const applyUpdate = (u: StateUpdate): void => {
+    // The root the controller signs with, as it last said (empty until it does).
+    let activeRoot = '';
+    const trustedRoots = (): string[] => parseCertificates(bundlePem()).map(certificateFingerprint);
+    const renewFromOldRoots = (): void => {
+      const root = parseCertificates(bundlePem()).find((c) => certificateFingerprint(c) === activeRoot);
+      if (!root) {
+        if (activeRoot) log.warn({ activeRoot }, 'the controller signs with a root that is not in the trust bundle; not renewing');
+        return;
+      }
+      const n = certs.renewWhere((e) => !chainsTo(e.chainPem, root), ROOT_ROTATION_RENEW_SPREAD_MS);
+      if (n > 0) log.info({ activeRoot, certificates: n, withinMs: ROOT_ROTATION_RENEW_SPREAD_MS }, 'renewing certificates that do not chain to the active CA root');
+    };
+    const applyUpdate = (u: WatchUpdate): void => {
       const effect = state.apply(u);
       haveState = true;
       metrics.watchUpdates.inc({ result: 'ack' });
@@ -211,6 +232,10 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         if (closed > 0) log.warn({ closed, revision: state.revision }, 'closed live connections a policy change now denies');
       }
       if (effect.localWorkloadsChanged || effect.bundleChanged) void syncCertificates().catch((err: unknown) => log.error({ err }, 'certificate sync failed'));
+      if (u.activeRoot !== undefined && (u.activeRoot !== activeRoot || effect.bundleChanged)) {
+        activeRoot = u.activeRoot;
+        renewFromOldRoots();
+      }
       if (effect.localWorkloadsChanged && capture) {
         const t = captureTargets();
         void capture.updateWorkloads(t.uids, t.workloads).catch((err: unknown) => log.error({ err }, 'updating capture rules failed'));
@@ -226,6 +251,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       hboneAddress,
       revision: () => state.revision,
       certExpiresAt: () => certs.earliestExpiry(),
+      trustedRoots,
       apply: (u) => {
         try {
           applyUpdate(u);

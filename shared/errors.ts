@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   AMBIT_ERR_CERT_INVALID: 'A certificate is malformed, expired or does not chain to the trust bundle.',
   AMBIT_ERR_CA_LOAD: 'The CA material in the data directory or supplied by the user cannot be loaded.',
   AMBIT_ERR_CA_SIGN: 'The CA failed to sign a certificate.',
+  AMBIT_ERR_CA_ROTATION_UNSAFE: 'A CA rotation phase would strand nodes or certificates; refused unless forced.',
   AMBIT_ERR_TOKEN_INVALID: 'A join token is malformed, unknown, expired or already used.',
   AMBIT_ERR_AUTH_UNAUTHENTICATED: 'The caller presented no valid mesh identity.',
   AMBIT_ERR_AUTH_DENIED: 'The caller is authenticated but not allowed to do this.',

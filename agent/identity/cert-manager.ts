@@ -40,6 +40,8 @@ interface Slot {
   /** When `entry` arrived (its notBefore when loaded from disk): where its renewal clock starts. */
   since: number;
   timer: NodeJS.Timeout | undefined;
+  /** When `timer` fires (ms since epoch); undefined without a timer. */
+  dueAt: number | undefined;
   backoff: Backoff;
   inflight: Promise<void> | undefined;
   lastError: string;
@@ -148,6 +150,28 @@ export class CertManager {
   }
 
   /**
+   * Renews, within `spreadMs` (a random delay each, so a fleet does not hit
+   * the CA at one instant), every certificate for which `stale` holds — e.g.
+   * those that do not chain to the root the CA now signs with, so that
+   * certificates of the old root are gone long before it is retired, instead
+   * of at half-life. A renewal already due sooner is left alone. Returns how
+   * many certificates are (or already were) due within the spread.
+   */
+  renewWhere(stale: (e: CertEntry) => boolean, spreadMs: number): number {
+    if (this.#closed) return 0;
+    let n = 0;
+    for (const [uri, slot] of this.#slots) {
+      if (!slot.entry || !stale(slot.entry)) continue;
+      n++;
+      if (slot.inflight) continue;
+      const delay = Math.round((this.#o.random ?? Math.random)() * spreadMs);
+      if (slot.dueAt !== undefined && slot.dueAt <= this.#now() + delay) continue;
+      this.#setTimer(slot, delay, () => void this.#renew(parseSpiffeId(uri)));
+    }
+    return n;
+  }
+
+  /**
    * Retries at once every identity whose last request failed (it is waiting
    * out its backoff), e.g. when the controller is reachable again: an agent
    * whose certificates expired during an outage must not wait up to a full
@@ -170,7 +194,7 @@ export class CertManager {
   #slot(uri: string): Slot {
     let s = this.#slots.get(uri);
     if (!s) {
-      s = { entry: undefined, since: 0, timer: undefined, backoff: new Backoff({ initialMs: 1000, maxMs: 60_000, ...(this.#o.random ? { random: this.#o.random } : {}) }), inflight: undefined, lastError: '' };
+      s = { entry: undefined, since: 0, timer: undefined, dueAt: undefined, backoff: new Backoff({ initialMs: 1000, maxMs: 60_000, ...(this.#o.random ? { random: this.#o.random } : {}) }), inflight: undefined, lastError: '' };
       this.#slots.set(uri, s);
     }
     return s;
@@ -202,8 +226,17 @@ export class CertManager {
     const life = slot.entry.notAfter - start;
     const spread = (this.#o.jitter ?? 0.1) * (2 * (this.#o.random ?? Math.random)() - 1);
     const at = start + life * ((this.#o.renewAt ?? 0.5) + spread);
-    const delay = Math.max(0, at - this.#now());
-    slot.timer = setTimeout(() => void this.#renew(identity), Math.min(delay, 2 ** 31 - 1));
+    this.#setTimer(slot, Math.max(0, at - this.#now()), () => void this.#renew(identity));
+  }
+
+  #setTimer(slot: Slot, delayMs: number, fn: () => void): void {
+    clearTimeout(slot.timer);
+    const delay = Math.min(delayMs, 2 ** 31 - 1);
+    slot.dueAt = this.#now() + delay;
+    slot.timer = setTimeout(() => {
+      slot.dueAt = undefined;
+      fn();
+    }, delay);
     slot.timer.unref();
   }
 
@@ -211,6 +244,7 @@ export class CertManager {
     const slot = this.#slot(identity.uri);
     if (slot.inflight) return slot.inflight;
     clearTimeout(slot.timer);
+    slot.dueAt = undefined;
     const run = async (): Promise<void> => {
       try {
         const keys = newKeyPair();
@@ -226,8 +260,7 @@ export class CertManager {
         const delay = slot.backoff.next();
         // Keep the old certificate (if any) until it expires; just try again later.
         this.#o.logger.warn({ identity: identity.uri, err: slot.lastError, retryInMs: delay, validUntil: slot.entry ? new Date(slot.entry.notAfter).toISOString() : 'none' }, 'certificate request failed; will retry');
-        slot.timer = setTimeout(() => void this.#renew(identity), delay);
-        slot.timer.unref();
+        this.#setTimer(slot, delay, () => void this.#renew(identity));
       }
     };
     // Cleared after the attempt settles. Not in run()'s own finally: an issuer
@@ -245,4 +278,14 @@ function toEntry(identity: SpiffeId, keyPem: string, chainPem: string): CertEntr
   const leaf: X509Certificate | undefined = parseCertificates(chainPem)[0];
   if (!leaf) throw new Error('no certificate in chain');
   return { identity, keyPem, chainPem, notBefore: Date.parse(leaf.validFrom), notAfter: Date.parse(leaf.validTo) };
+}
+
+/**
+ * Whether a chain (leaf then intermediates, as the CA returns it) leads to
+ * `root`: its last certificate is the root itself or was signed by it.
+ */
+export function chainsTo(chainPem: string, root: X509Certificate): boolean {
+  const top = parseCertificates(chainPem).at(-1);
+  if (!top) return false;
+  return top.fingerprint256 === root.fingerprint256 || (top.checkIssued(root) && top.verify(root.publicKey));
 }

@@ -18,8 +18,10 @@ export interface WatchClientOptions {
   /** Revision to resume from (the cached state's), read at each (re)connect. */
   readonly revision: () => number;
   readonly certExpiresAt: () => number;
+  /** Fingerprints of the roots the agent trusts now, reported with every ack and nack. */
+  readonly trustedRoots?: () => readonly string[];
   /** Applies an update; throwing makes the client nack it with the error's message. */
-  readonly apply: (u: StateUpdate) => void;
+  readonly apply: (u: WatchUpdate) => void;
   readonly logger: Logger;
   readonly onStatus?: (connected: boolean) => void;
   readonly backoff?: Backoff;
@@ -40,13 +42,18 @@ export interface WatchClientOptions {
  */
 export const WATCH_BACKOFF = { initialMs: 500, maxMs: 30_000 } as const;
 
+/** A state update plus what is not mesh state: the root that signs new certificates, when the controller says. */
+export interface WatchUpdate extends StateUpdate {
+  readonly activeRoot?: string;
+}
+
 /** Resources from the wire are validated again: a nack is better than serving what the agent cannot understand. */
 function checked(r: Resource): Resource {
   const v = validateResource(toDocument(r), `${r.kind} ${r.metadata.namespace}/${r.metadata.name}`);
   return { ...v, metadata: { ...v.metadata, revision: r.metadata.revision } } as Resource;
 }
 
-function toUpdate(res: WatchResponse): StateUpdate {
+function toUpdate(res: WatchResponse): WatchUpdate {
   const changes: Change[] = res.changes.map(changeFromWire).map((c) => (c.op === 'put' ? { op: 'put', resource: checked(c.resource) } : c));
   return {
     revision: res.revision,
@@ -54,6 +61,7 @@ function toUpdate(res: WatchResponse): StateUpdate {
     ...(changes.length > 0 ? { changes } : {}),
     ...(res.trustBundlePem ? { bundlePem: res.trustBundlePem } : {}),
     ...(res.nodesSet ? { nodes: res.nodes.map((n) => ({ name: n.name, hboneAddress: n.hboneAddress })) } : {}),
+    ...(res.activeRootSha256 ? { activeRoot: res.activeRootSha256 } : {}),
   };
 }
 
@@ -130,11 +138,11 @@ export class WatchClient {
       try {
         this.#o.apply(toUpdate(res));
         this.lastUpdateAt = Date.now();
-        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: this.#o.certExpiresAt() } } });
+        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: this.#o.certExpiresAt(), trustedRoots: [...(this.#o.trustedRoots?.() ?? [])] } } });
       } catch (err) {
         const reason = errorMessage(err);
         this.#o.logger.error({ err, revision: res.revision }, 'refusing (nack) a controller update; keeping the last good state');
-        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: false, reason, certExpiresAtMs: this.#o.certExpiresAt() } } });
+        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: false, reason, certExpiresAtMs: this.#o.certExpiresAt(), trustedRoots: [...(this.#o.trustedRoots?.() ?? [])] } } });
       }
     });
     call.on('error', (err: Error) => fail(err.message));

@@ -5,6 +5,8 @@ import { keyFromWire, keyToWire, resourceFromWire, resourceToWire } from '../../
 import { toDocument, validateAll } from '../../shared/resources/validate.ts';
 import { KINDS, type Kind, type ResourceKey } from '../../shared/resources/types.ts';
 import { parsePhase } from '../ca/rotation-phase.ts';
+import { assertRotationSafe, rotationStatus, type RotationInput, type RotationStatus } from '../ca/rotation-readiness.ts';
+import { parseSpiffeId } from '../../shared/spiffe-id.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import type { JoinTokens } from '../registry/join-tokens.ts';
@@ -56,7 +58,27 @@ export function adminService(d: AdminDeps): pb.AdminServer {
       }
     });
 
-  const nodeStatus = (n: NodeView): pb.NodeStatus => ({
+  /** Where a root rotation stands, judged from every node's acknowledged bundle and issued certificates. */
+  const rotation = async (): Promise<{ status: RotationStatus; input: RotationInput; nodes: NodeView[] }> => {
+    const nodes = await d.nodes.list();
+    const input: RotationInput = {
+      state: d.ca.rotationState(),
+      bundle: d.ca.roots().map((r) => r.fingerprint),
+      active: d.ca.activeRootFingerprint(),
+      nodes,
+      holds: (node, identity) => {
+        try {
+          return d.registry.mayIssue(node, parseSpiffeId(identity));
+        } catch {
+          return false;
+        }
+      },
+      now: d.now(),
+    };
+    return { status: rotationStatus(input), input, nodes };
+  };
+
+  const nodeStatus = (n: NodeView, r: RotationStatus): pb.NodeStatus => ({
     name: n.name,
     connected: n.connected,
     ackedRevision: n.ackedRevision,
@@ -67,14 +89,28 @@ export function adminService(d: AdminDeps): pb.AdminServer {
     certExpiresAtMs: n.certExpiresAt,
     workloads: d.registry.workloadsOnNode(n.name).length,
     hboneAddress: n.hboneAddress,
+    trustedRoots: [...n.trustedRoots],
+    bundleCurrent: r.byNode.get(n.name)?.bundleCurrent ?? false,
+    oldRootCertificates: r.byNode.get(n.name)?.oldCertificates ?? 0,
+    oldRootCertificatesUntilMs: r.byNode.get(n.name)?.oldUntil ?? 0,
   });
 
-  const caResponse = (): pb.GetCaResponse => ({
+  const caResponse = (r: RotationStatus): pb.GetCaResponse => ({
     trustDomain: d.ca.trustDomain,
     trustBundlePem: d.ca.bundlePem(),
     roots: d.ca.roots().map((r) => ({
       pem: r.pem, subject: r.subject, fingerprintSha256: r.fingerprint, notBeforeMs: r.notBefore, notAfterMs: r.notAfter, active: r.active,
     })),
+    rotation: {
+      phase: r.state,
+      nodesWithoutBundle: [...r.nodesWithoutBundle],
+      oldRootCertificates: r.oldCertificates,
+      nodesWithOldCertificates: [...r.nodesWithOldCertificates],
+      oldRootCertificatesUntilMs: r.oldUntil,
+      safeToActivate: r.safeToActivate,
+      safeToRetire: r.safeToRetire,
+      blocking: r.blocking,
+    },
   });
 
   const parseKind = (kind: string): Kind | undefined => {
@@ -93,7 +129,10 @@ export function adminService(d: AdminDeps): pb.AdminServer {
       return { token: t.token, expiresAtMs: t.expiresAt };
     }),
 
-    listNodes: admin('ListNodes', async () => ({ nodes: (await d.nodes.list()).map(nodeStatus), revision: d.registry.revision })),
+    listNodes: admin('ListNodes', async () => {
+      const { status, nodes } = await rotation();
+      return { nodes: nodes.map((n) => nodeStatus(n, status)), revision: d.registry.revision };
+    }),
 
     apply: admin('Apply', async (req: pb.ApplyRequest, who) => {
       // Validate every document first: a batch with one bad resource writes nothing.
@@ -144,17 +183,30 @@ export function adminService(d: AdminDeps): pb.AdminServer {
       revision: d.registry.revision,
     })),
 
-    getCa: admin('GetCa', async () => caResponse()),
+    getCa: admin('GetCa', async () => caResponse((await rotation()).status)),
 
     rotateCa: admin('RotateCa', async (req: pb.RotateCaRequest, who) => {
       const phase = parsePhase(req.phase);
+      if (phase !== 'prepare') {
+        const { status, input } = await rotation();
+        try {
+          assertRotationSafe(phase, status, input);
+        } catch (err) {
+          if (!req.force) {
+            d.logger.warn({ by: who, phase, blocking: status.blocking }, 'CA root rotation phase refused: not safe yet');
+            throw err;
+          }
+          d.logger.warn({ by: who, phase, overridden: status.blocking }, 'CA root rotation phase forced although not safe');
+        }
+      }
       d.ca.rotate(phase);
-      d.logger.warn({ by: who, phase }, 'CA root rotation phase applied');
-      return { ca: caResponse(), phase };
+      d.logger.warn({ by: who, phase, forced: req.force }, 'CA root rotation phase applied');
+      return { ca: caResponse((await rotation()).status), phase };
     }),
 
     status: admin('Status', async () => {
       const counts = d.registry.counts();
+      const rot = await rotation();
       return {
         version: d.version,
         trustDomain: d.ca.trustDomain,
@@ -163,8 +215,8 @@ export function adminService(d: AdminDeps): pb.AdminServer {
         workloads: counts.Workload,
         services: counts.Service,
         policies: counts.AuthorizationPolicy,
-        nodes: (await d.nodes.list()).map(nodeStatus),
-        ca: caResponse(),
+        nodes: rot.nodes.map((n) => nodeStatus(n, rot.status)),
+        ca: caResponse(rot.status),
         uptimeMs: d.now() - d.startedAt,
       };
     }),

@@ -75,7 +75,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
 
     const send = (partial: Partial<WatchResponse> & { revision: number }, type: 'snapshot' | 'delta'): void => {
       if (closed) return;
-      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], ...partial };
+      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', ...partial };
       call.write(res);
       sentRevision = res.revision;
       d.metrics.watchPushes.inc({ type });
@@ -85,8 +85,9 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       send({ revision: cs.revision, changes: cs.changes.map(changeToWire) }, 'delta');
     };
     const unsubscribe = d.registry.onChange((cs) => (live ? sendChangeSet(cs) : pending.push(cs)));
+    // Also fired when a rotation activates a new root (same bundle, new signer): the agent renews what the old root signed.
     const unsubscribeBundle = d.ca.onBundleChange((pem) => {
-      if (live) send({ revision: sentRevision, trustBundlePem: pem }, 'delta');
+      if (live) send({ revision: sentRevision, trustBundlePem: pem, activeRootSha256: d.ca.activeRootFingerprint() }, 'delta');
     });
     const unsubscribeNodes = d.nodes.onEndpointsChange(() => {
       if (live) send({ revision: sentRevision, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
@@ -120,16 +121,17 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     const catchUp = async (resume: number): Promise<void> => {
       const current = d.registry.revision;
       const bundle = d.ca.bundlePem();
+      const activeRootSha256 = d.ca.activeRootFingerprint();
       if (resume > 0 && resume <= current) {
         const sets = resume === current ? [] : await d.store.changesSince(resume);
         if (sets !== undefined) {
           const changes = sets.filter((cs) => cs.revision <= current).flatMap((cs) => cs.changes.map(changeToWire));
-          send({ revision: current, changes, trustBundlePem: bundle, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
+          send({ revision: current, changes, trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
           log.info({ resume, revision: current, changes: changes.length }, 'watch resumed with deltas');
           return;
         }
       }
-      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), trustBundlePem: bundle, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
+      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
       log.info({ resume, revision: current }, 'watch started with snapshot');
     };
 
@@ -159,11 +161,11 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       }
       const ack = r.ack;
       if (ack.ok) {
-        void d.nodes.ack(node, ack.revision, ack.certExpiresAtMs).catch((err: unknown) => log.warn({ err }, 'recording ack failed'));
+        void d.nodes.ack(node, ack.revision, ack.certExpiresAtMs, ack.trustedRoots).catch((err: unknown) => log.warn({ err }, 'recording ack failed'));
       } else {
         d.metrics.watchNacks.inc();
         log.warn({ revision: ack.revision, reason: ack.reason }, 'agent refused (nacked) a watch response');
-        void d.nodes.nack(node, ack.revision, ack.reason).catch((err: unknown) => log.warn({ err }, 'recording nack failed'));
+        void d.nodes.nack(node, ack.revision, ack.reason, ack.trustedRoots).catch((err: unknown) => log.warn({ err }, 'recording nack failed'));
       }
     });
   };

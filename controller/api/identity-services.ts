@@ -69,6 +69,7 @@ export function bootstrapService(d: IdentityDeps): BootstrapServer {
         }
         const issued = d.ca.signCsr(csr, identity, d.nodeCertTtlMs);
         await d.nodes.seen(req.node, { certExpiresAt: issued.notAfter });
+        await d.nodes.issued(req.node, { identity: identity.uri, root: issued.root, notAfter: issued.notAfter });
         d.metrics.bootstrap.inc({ result: 'ok', reason: '' });
         d.logger.info({ node: req.node, identity: identity.uri, peer, expiresAt: new Date(issued.notAfter).toISOString() }, 'node bootstrapped');
         return { certificateChainPem: issued.chainPem, trustBundlePem: d.ca.bundlePem(), trustDomain: d.ca.trustDomain, expiresAtMs: issued.notAfter };
@@ -110,7 +111,9 @@ export function certificateService(d: IdentityDeps): CertificateAuthorityServer 
           });
         }
         const issued = d.ca.signCsr(csr, identity, identity.kind === 'node' ? d.nodeCertTtlMs : d.certTtlMs);
-        void d.nodes.seen(caller.name).catch((err: unknown) => d.logger.warn({ err }, 'recording node last-seen failed'));
+        // Which root each live certificate chains to is what makes retiring a root safe or not (rotation-readiness.ts).
+        void d.nodes.issued(caller.name, { identity: identity.uri, root: issued.root, notAfter: issued.notAfter })
+          .catch((err: unknown) => d.logger.warn({ err }, 'recording the issued certificate failed'));
         d.metrics.csr.inc({ result: 'signed', reason: '', kind });
         d.metrics.csrSeconds.observe((performance.now() - started) / 1000);
         d.logger.debug({ node: caller.name, identity: identity.uri, serial: issued.serial }, 'certificate issued');

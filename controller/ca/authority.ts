@@ -35,6 +35,8 @@ export interface CaRoot {
 
 export interface IssuedCertificate {
   readonly certPem: string;
+  /** SHA-256 fingerprint of the root the certificate chains to. */
+  readonly root: string;
   /** Leaf then intermediates (never the root). */
   readonly chainPem: string;
   readonly notAfter: number;
@@ -57,6 +59,8 @@ export interface CaOptions {
 
 export const ROTATION_PHASES = ['prepare', 'activate', 'retire'] as const;
 export type RotationPhase = (typeof ROTATION_PHASES)[number];
+/** Where a rotation stands: one root; a new root published, the old one signs; the new one signs, the old one still trusted. */
+export type RotationState = 'none' | 'prepared' | 'activated';
 
 /** Backdating absorbs clock skew between controller and agents. */
 const BACKDATE_MS = 5 * 60_000;
@@ -78,6 +82,8 @@ export class CertificateAuthority {
   #signer: Signer;
   #bundle: X509Certificate[];
   #listeners = new Set<(bundlePem: string) => void>();
+  /** activeRootFingerprint() for the current signer and bundle (a signature check to find), '' until asked. */
+  #activeRootFp = '';
 
   private constructor(o: CaOptions, signer: Signer, bundle: X509Certificate[]) {
     this.trustDomain = o.trustDomain;
@@ -139,9 +145,11 @@ export class CertificateAuthority {
 
   /** Fingerprint of the root the active signer chains to: what join tokens pin. */
   activeRootFingerprint(): string {
+    if (this.#activeRootFp !== '') return this.#activeRootFp;
     const top = this.#signer.chain.length > 0 ? this.#signer.chain[this.#signer.chain.length - 1]! : this.#signer.cert;
     const root = this.#bundle.find((r) => r.fingerprint256 === top.fingerprint256 || (top.checkIssued(r) && top.verify(r.publicKey)));
-    return certificateFingerprint(root ?? top);
+    this.#activeRootFp = certificateFingerprint(root ?? top);
+    return this.#activeRootFp;
   }
 
   /** PEM of the root the active signer chains to. */
@@ -163,6 +171,12 @@ export class CertificateAuthority {
         active: fp === activeFp,
       };
     });
+  }
+
+  rotationState(): RotationState {
+    if (this.#userSupplied) return 'none';
+    if (existsSync(join(this.#dir, 'next-cert.pem'))) return 'prepared';
+    return this.#bundle.length > 1 ? 'activated' : 'none';
   }
 
   /** Called with the new bundle whenever it changes (rotation); returns an unsubscribe function. */
@@ -230,7 +244,7 @@ export class CertificateAuthority {
     const certPem = toPem('CERTIFICATE', der);
     // Peers hold the roots; they need every certificate between the leaf and a root.
     const chainPem = certPem + [this.#signer.cert, ...this.#signer.chain].filter((c) => !this.#isRoot(c)).map((c) => c.toString()).join('');
-    return { certPem, chainPem, notAfter, notBefore, serial: new X509Certificate(der).serialNumber };
+    return { certPem, chainPem, root: this.activeRootFingerprint(), notAfter, notBefore, serial: new X509Certificate(der).serialNumber };
   }
 
   #isRoot(c: X509Certificate): boolean {
@@ -269,6 +283,7 @@ export class CertificateAuthority {
       rmSync(p('next-cert.pem'));
       rmSync(p('next-key.pem'));
       this.#signer = loadSigner(certPem, keyPem);
+      this.#activeRootFp = '';
       for (const l of this.#listeners) l(this.bundlePem());
       return;
     }
@@ -283,6 +298,7 @@ export class CertificateAuthority {
   #setBundle(bundle: X509Certificate[]): void {
     writeFileAtomic(join(this.#dir, 'bundle.pem'), bundle.map((c) => c.toString()).join(''));
     this.#bundle = bundle;
+    this.#activeRootFp = '';
     const pem = this.bundlePem();
     for (const l of this.#listeners) l(pem);
   }

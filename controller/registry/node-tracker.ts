@@ -1,4 +1,4 @@
-import type { NodeRecord, Store } from '../store/store.ts';
+import type { IssuedCertificateRecord, NodeRecord, Store } from '../store/store.ts';
 
 export interface NodeView extends NodeRecord {
   readonly connected: boolean;
@@ -20,6 +20,12 @@ export class NodeTracker {
   /** node → HBONE address, the map every agent receives. */
   readonly #endpoints = new Map<string, string>();
   readonly #endpointListeners = new Set<() => void>();
+  /**
+   * node → latest certificate issued per identity. The persisted list is read
+   * once at load and this process is its only writer, so an update never
+   * waits on a read (two CSRs of one node cannot lose each other's record).
+   */
+  readonly #certificates = new Map<string, readonly IssuedCertificateRecord[]>();
 
   constructor(store: Store, now: () => number, throttleMs = 10_000) {
     this.#store = store;
@@ -29,7 +35,10 @@ export class NodeTracker {
 
   /** Loads persisted HBONE addresses so agents get them even before their peers reconnect. */
   async load(): Promise<void> {
-    for (const n of await this.#store.listNodes()) if (n.hboneAddress) this.#endpoints.set(n.name, n.hboneAddress);
+    for (const n of await this.#store.listNodes()) {
+      if (n.hboneAddress) this.#endpoints.set(n.name, n.hboneAddress);
+      this.#certificates.set(n.name, n.certificates);
+    }
   }
 
   endpoints(): { name: string; hboneAddress: string }[] {
@@ -71,16 +80,34 @@ export class NodeTracker {
     return this.#streams.has(node);
   }
 
-  async ack(node: string, revision: number, certExpiresAt: number): Promise<void> {
-    await this.seen(node, { ackedRevision: revision, nackedRevision: 0, nackReason: '', ...(certExpiresAt > 0 ? { certExpiresAt } : {}) });
+  /** `trustedRoots`: the roots of the bundle the agent holds now (empty from agents that do not report it). */
+  async ack(node: string, revision: number, certExpiresAt: number, trustedRoots: readonly string[] = []): Promise<void> {
+    await this.seen(node, { ackedRevision: revision, nackedRevision: 0, nackReason: '', ...(certExpiresAt > 0 ? { certExpiresAt } : {}), ...rootsField(trustedRoots) });
   }
 
-  async nack(node: string, revision: number, reason: string): Promise<void> {
-    await this.seen(node, { nackedRevision: revision, nackReason: reason.slice(0, 1024) });
+  async nack(node: string, revision: number, reason: string, trustedRoots: readonly string[] = []): Promise<void> {
+    await this.seen(node, { nackedRevision: revision, nackReason: reason.slice(0, 1024), ...rootsField(trustedRoots) });
+  }
+
+  /** Records a certificate just issued to `node`: it replaces the previous one of that identity; expired ones are dropped. */
+  async issued(node: string, cert: IssuedCertificateRecord): Promise<void> {
+    const now = this.#now();
+    const kept = (this.#certificates.get(node) ?? []).filter((c) => c.identity !== cert.identity && c.notAfter > now);
+    const next = [...kept, { identity: cert.identity, root: cert.root, notAfter: cert.notAfter }];
+    this.#certificates.set(node, next);
+    this.#lastWrite.set(node, now);
+    await this.#store.upsertNode(node, { lastSeen: now, certificates: next });
   }
 
   async list(): Promise<NodeView[]> {
     const records = await this.#store.listNodes();
-    return records.map((r) => ({ ...r, connected: this.isConnected(r.name) }));
+    // The in-memory list is authoritative (see #certificates): a record write that failed does not hide a certificate.
+    return records.map((r) => ({ ...r, certificates: this.#certificates.get(r.name) ?? r.certificates, connected: this.isConnected(r.name) }));
   }
+}
+
+/** Fingerprints are 64 hex digits; anything else from an agent is dropped rather than stored. */
+function rootsField(roots: readonly string[]): { trustedRoots?: readonly string[] } {
+  const valid = [...new Set(roots.filter((r) => /^[0-9a-f]{64}$/.test(r)))].slice(0, 16);
+  return valid.length > 0 ? { trustedRoots: valid } : {};
 }

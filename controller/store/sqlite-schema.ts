@@ -1,7 +1,7 @@
 import type Database from 'better-sqlite3';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Kind, Resource } from '../../shared/resources/types.ts';
-import type { Change, ChangeSet, NodeRecord, TokenRecord } from './store.ts';
+import type { Change, ChangeSet, IssuedCertificateRecord, NodeRecord, TokenRecord } from './store.ts';
 
 /**
  * The SQLite store's schema, its migrations, its SQL statements and the
@@ -74,6 +74,14 @@ const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // v2: what CA root rotation needs to know per node. trusted_roots: the
+  // bundle the agent acknowledged (comma-separated SHA-256 fingerprints);
+  // certificates: JSON array of {identity, root, notAfter}, the latest
+  // certificate issued per identity.
+  `
+  ALTER TABLE nodes ADD COLUMN trusted_roots TEXT NOT NULL DEFAULT '';
+  ALTER TABLE nodes ADD COLUMN certificates  TEXT NOT NULL DEFAULT '[]';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -130,6 +138,8 @@ export interface NodeRow {
   readonly nack_reason: string;
   readonly cert_expires_at: number;
   readonly hbone_address: string;
+  readonly trusted_roots: string;
+  readonly certificates: string;
 }
 
 export function tokenFromRow(r: TokenRow): TokenRecord {
@@ -150,6 +160,8 @@ export function nodeFromRow(r: NodeRow): NodeRecord {
     nackReason: r.nack_reason,
     certExpiresAt: r.cert_expires_at,
     hboneAddress: r.hbone_address,
+    trustedRoots: r.trusted_roots === '' ? [] : r.trusted_roots.split(','),
+    certificates: JSON.parse(r.certificates) as IssuedCertificateRecord[],
   };
 }
 
@@ -163,6 +175,8 @@ export function nodeToRow(n: NodeRecord): NodeRow {
     nack_reason: n.nackReason,
     cert_expires_at: n.certExpiresAt,
     hbone_address: n.hboneAddress,
+    trusted_roots: n.trustedRoots.join(','),
+    certificates: JSON.stringify(n.certificates.map((c) => ({ identity: c.identity, root: c.root, notAfter: c.notAfter }))),
   };
 }
 
@@ -200,11 +214,12 @@ export function prepareStatements(db: Database.Database) {
     listTokens: db.prepare<[], TokenRow>('SELECT * FROM tokens ORDER BY created_at, id'),
     getNode: db.prepare<[string], NodeRow>('SELECT * FROM nodes WHERE name = ?'),
     putNode: db.prepare<NodeRow>(
-      `INSERT INTO nodes (name, registered_at, last_seen, acked_revision, nacked_revision, nack_reason, cert_expires_at, hbone_address)
-       VALUES (@name, @registered_at, @last_seen, @acked_revision, @nacked_revision, @nack_reason, @cert_expires_at, @hbone_address)
+      `INSERT INTO nodes (name, registered_at, last_seen, acked_revision, nacked_revision, nack_reason, cert_expires_at, hbone_address, trusted_roots, certificates)
+       VALUES (@name, @registered_at, @last_seen, @acked_revision, @nacked_revision, @nack_reason, @cert_expires_at, @hbone_address, @trusted_roots, @certificates)
        ON CONFLICT (name) DO UPDATE SET registered_at = excluded.registered_at, last_seen = excluded.last_seen,
          acked_revision = excluded.acked_revision, nacked_revision = excluded.nacked_revision,
-         nack_reason = excluded.nack_reason, cert_expires_at = excluded.cert_expires_at, hbone_address = excluded.hbone_address`,
+         nack_reason = excluded.nack_reason, cert_expires_at = excluded.cert_expires_at, hbone_address = excluded.hbone_address,
+         trusted_roots = excluded.trusted_roots, certificates = excluded.certificates`,
     ),
     listNodes: db.prepare<[], NodeRow>('SELECT * FROM nodes ORDER BY name'),
     getSetting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),

@@ -212,7 +212,7 @@ export class SqliteStore implements Store {
         const existing = this.#stmt.getNode.get(name);
         const base: NodeRecord =
           existing === undefined
-            ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' }
+            ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] }
             : nodeFromRow(existing);
         // Listed field by field so stray keys (a `name` smuggled in) cannot change the record.
         const merged: NodeRecord = {
@@ -224,6 +224,8 @@ export class SqliteStore implements Store {
           nackReason: fields.nackReason ?? base.nackReason,
           certExpiresAt: fields.certExpiresAt ?? base.certExpiresAt,
           hboneAddress: fields.hboneAddress ?? base.hboneAddress,
+          trustedRoots: fields.trustedRoots ?? base.trustedRoots,
+          certificates: fields.certificates ?? base.certificates,
         };
         this.#stmt.putNode.run(nodeToRow(merged));
         return merged;

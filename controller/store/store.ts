@@ -40,6 +40,23 @@ export interface NodeRecord {
   readonly certExpiresAt: number;
   /** Where the node's agent accepts HBONE ("ip:port"), as the agent reports it; "" if unknown. */
   readonly hboneAddress: string;
+  /** SHA-256 fingerprints of the roots of the trust bundle the agent last acknowledged; empty if unknown. */
+  readonly trustedRoots: readonly string[];
+  /**
+   * The latest certificate the controller issued to the node for each
+   * identity (its node identity and its workloads'), with the root it chains
+   * to: what tells whether retiring a root would strand a live certificate.
+   */
+  readonly certificates: readonly IssuedCertificateRecord[];
+}
+
+export interface IssuedCertificateRecord {
+  /** SPIFFE ID URI */
+  readonly identity: string;
+  /** SHA-256 fingerprint of the root the certificate chains to */
+  readonly root: string;
+  /** ms since epoch */
+  readonly notAfter: number;
 }
 
 export interface TokenRecord {

@@ -57,7 +57,7 @@ function openWatch(creds: NodeCredentials, resume: number): { responses: WatchRe
         if (responses.length >= n) w.resolve();
         else waiters.push(w);
       }),
-    ack: (rev) => call.write({ request: { $case: 'ack', ack: { revision: rev, ok: true, reason: '', certExpiresAtMs: creds.expiresAt } } }),
+    ack: (rev) => call.write({ request: { $case: 'ack', ack: { revision: rev, ok: true, reason: '', certExpiresAtMs: creds.expiresAt, trustedRoots: [] } } }),
     close: () => {
       call.cancel();
       client.close();

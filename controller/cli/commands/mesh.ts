@@ -10,10 +10,27 @@ function caTable(ca: pb.GetCaResponse, now: number): string {
   );
 }
 
+/** Where a root rotation stands and whether its next phase is safe (what an operator checks before each step). */
+function rotationText(ca: pb.GetCaResponse, now: number): string {
+  const r = ca.rotation;
+  if (!r || r.phase === 'none') return 'rotation: none (one root in the bundle)\n';
+  const lines = [`rotation: ${r.phase}`];
+  lines.push(`  nodes without the current bundle: ${r.nodesWithoutBundle.length === 0 ? 'none' : r.nodesWithoutBundle.join(', ')}`);
+  lines.push(`  live certificates from the old root: ${r.oldRootCertificates}${r.oldRootCertificates > 0 ? ` on ${r.nodesWithOldCertificates.join(', ')}, the last valid until ${new Date(r.oldRootCertificatesUntilMs).toISOString()} (${until(r.oldRootCertificatesUntilMs, now)})` : ''}`);
+  const next = r.phase === 'prepared' ? 'activate' : 'retire';
+  const safe = r.phase === 'prepared' ? r.safeToActivate : r.safeToRetire;
+  lines.push(`  next: ambitctl ca rotate --phase ${next}: ${safe ? 'safe now' : `not safe yet: ${r.blocking}`}`);
+  return `${lines.join('\n')}\n`;
+}
+
 function caJson(ca: pb.GetCaResponse | undefined): unknown {
   return ca && {
     trustDomain: ca.trustDomain,
     roots: ca.roots.map((r) => ({ fingerprintSha256: r.fingerprintSha256, active: r.active, subject: r.subject, notBefore: new Date(r.notBeforeMs).toISOString(), notAfter: new Date(r.notAfterMs).toISOString(), pem: r.pem })),
+    rotation: ca.rotation && {
+      ...ca.rotation,
+      oldRootCertificatesUntil: ca.rotation.oldRootCertificatesUntilMs > 0 ? new Date(ca.rotation.oldRootCertificatesUntilMs).toISOString() : '',
+    },
   };
 }
 
@@ -30,7 +47,7 @@ export function caCommand(ctx: CliContext): Command {
       await withApi(ctx, c, async (api) => {
         const res = await api.call('GetCa', api.client.getCa, {});
         if (o.bundle) ctx.out(res.trustBundlePem);
-        else if (format === 'table') ctx.out(`trust domain: ${res.trustDomain}\n${caTable(res, ctx.now())}`);
+        else if (format === 'table') ctx.out(`trust domain: ${res.trustDomain}\n${caTable(res, ctx.now())}${rotationText(res, ctx.now())}`);
         else ctx.out(formatOne(format, caJson(res)));
       });
     });
@@ -38,12 +55,13 @@ export function caCommand(ctx: CliContext): Command {
     .command('rotate')
     .description('rotate the root CA one phase at a time: prepare → activate → retire')
     .option('--phase <phase>', 'prepare: publish a new root beside the old; activate: sign with it; retire: drop the old root', 'prepare')
-    .addHelpText('after', example('ambitctl ca rotate                   # prepare: agents receive the new root\nambitctl node list                  # wait until every node acked the new revision\nambitctl ca rotate --phase activate # new certificates come from the new root\nambitctl ca rotate --phase retire   # after every certificate renewed (one cert TTL)'))
-    .action(async (o: { phase: string }, c: Command) => {
+    .option('--force', 'apply activate or retire even though the controller judges it unsafe (nodes would fail)')
+    .addHelpText('after', example('ambitctl ca rotate                   # prepare: agents receive the new root\nambitctl node list                  # wait until every node shows BUNDLE current\nambitctl ca rotate --phase activate # new certificates come from the new root; agents renew at once\nambitctl ca show                    # wait until it says retire is safe (no live old-root certificates)\nambitctl ca rotate --phase retire'))
+    .action(async (o: { phase: string; force?: boolean }, c: Command) => {
       await withApi(ctx, c, async (api) => {
-        const res = await api.call('RotateCa', api.client.rotateCa, { phase: o.phase });
-        ctx.out(`phase ${res.phase} done\n`);
-        if (res.ca) ctx.out(caTable(res.ca, ctx.now()));
+        const res = await api.call('RotateCa', api.client.rotateCa, { phase: o.phase, force: o.force === true });
+        ctx.out(`phase ${res.phase} done${o.force ? ' (forced)' : ''}\n`);
+        if (res.ca) ctx.out(`${caTable(res.ca, ctx.now())}${rotationText(res.ca, ctx.now())}`);
       });
     });
   return ca;

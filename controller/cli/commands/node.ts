@@ -29,7 +29,7 @@ export function nodeCommand(ctx: CliContext): Command {
   node.addCommand(token);
   node
     .command('list')
-    .description('nodes: connected, revision acknowledged, last seen, certificate expiry')
+    .description('nodes: connected, revision and trust bundle acknowledged, old-root certificates, last seen, certificate expiry')
     .option('-o, --output <format>', 'table, json or yaml', 'table')
     .addHelpText('after', example('ambitctl node list\nambitctl node list -o json'))
     .action(async (_opts: unknown, cmd: Command) => {
@@ -41,11 +41,16 @@ export function nodeCommand(ctx: CliContext): Command {
           return;
         }
         const now = ctx.now();
+        // BUNDLE: has the agent acknowledged exactly the controller's trust bundle (what a root rotation waits for)?
+        // OLD CERTS: its live certificates that chain to a root other than the active one (what retire waits for).
         ctx.out(table(
-          ['NAME', 'CONNECTED', 'ACKED', 'LAG', 'NACK', 'WORKLOADS', 'LAST SEEN', 'CERT EXPIRES'],
+          ['NAME', 'CONNECTED', 'ACKED', 'LAG', 'NACK', 'BUNDLE', 'OLD CERTS', 'WORKLOADS', 'LAST SEEN', 'CERT EXPIRES'],
           res.nodes.map((n) => [
             n.name, n.connected ? 'yes' : 'no', String(n.ackedRevision), String(Math.max(0, res.revision - n.ackedRevision)),
-            n.nackReason ? `${n.nackedRevision}: ${n.nackReason}` : '-', String(n.workloads), ago(n.lastSeenMs, now), until(n.certExpiresAtMs, now),
+            n.nackReason ? `${n.nackedRevision}: ${n.nackReason}` : '-',
+            n.bundleCurrent ? 'current' : n.trustedRoots.length > 0 ? 'stale' : 'unknown',
+            n.oldRootCertificates > 0 ? `${n.oldRootCertificates} (last ${until(n.oldRootCertificatesUntilMs, now)})` : '0',
+            String(n.workloads), ago(n.lastSeenMs, now), until(n.certExpiresAtMs, now),
           ]),
         ));
       });

@@ -200,6 +200,12 @@ export interface WatchAck {
   /** why a nack */
   reason: string;
   certExpiresAtMs: number;
+  /**
+   * SHA-256 fingerprints of the roots in the trust bundle the agent holds
+   * after this response (whether acked or nacked): how the controller knows
+   * which bundle each node trusts before a CA rotation moves on.
+   */
+  trustedRoots: string[];
 }
 
 export interface WatchResponse {
@@ -216,6 +222,13 @@ export interface WatchResponse {
    */
   nodesSet: boolean;
   nodes: NodeEndpoint[];
+  /**
+   * SHA-256 fingerprint of the root that signs new certificates; set together
+   * with trust_bundle_pem (and re-sent when a rotation activates a new root).
+   * The agent renews at once every certificate it holds that does not chain
+   * to it, instead of waiting for half-life.
+   */
+  activeRootSha256: string;
 }
 
 export interface NodeEndpoint {
@@ -248,6 +261,17 @@ export interface NodeStatus {
   certExpiresAtMs: number;
   workloads: number;
   hboneAddress: string;
+  /** Roots of the bundle the node's agent last acknowledged (SHA-256). */
+  trustedRoots: string[];
+  /** Whether those are exactly the roots of the controller's current bundle. */
+  bundleCurrent: boolean;
+  /**
+   * Certificates issued to the node (node and workload identities it still
+   * holds) that chain to a root other than the active one and are still
+   * valid, and when the last of them expires.
+   */
+  oldRootCertificates: number;
+  oldRootCertificatesUntilMs: number;
 }
 
 export interface ListNodesResponse {
@@ -318,6 +342,29 @@ export interface GetCaResponse {
   trustDomain: string;
   roots: CaCertificate[];
   trustBundlePem: string;
+  rotation: RotationStatus | undefined;
+}
+
+/** Where a root rotation stands and whether its next phase is safe. */
+export interface RotationStatus {
+  /**
+   * "none" (one root), "prepared" (new root published, old one signs),
+   * "activated" (new root signs, old one still trusted).
+   */
+  phase: string;
+  /** Nodes whose agent has not acknowledged every root of the current bundle. */
+  nodesWithoutBundle: string[];
+  /**
+   * Live certificates that chain to a root other than the active one, the
+   * nodes holding them, and when the last of them expires.
+   */
+  oldRootCertificates: number;
+  nodesWithOldCertificates: string[];
+  oldRootCertificatesUntilMs: number;
+  safeToActivate: boolean;
+  safeToRetire: boolean;
+  /** Why the next phase is not safe ("" when it is). */
+  blocking: string;
 }
 
 export interface RotateCaRequest {
@@ -326,6 +373,12 @@ export interface RotateCaRequest {
    * "activate": sign with the new root; "retire": drop the old root.
    */
   phase: string;
+  /**
+   * Apply "activate" or "retire" even though the controller judges it unsafe
+   * (nodes that have not acknowledged the bundle, live certificates from the
+   * old root).
+   */
+  force: boolean;
 }
 
 export interface RotateCaResponse {
@@ -2375,7 +2428,7 @@ export const WatchStart: MessageFns<WatchStart> = {
 };
 
 function createBaseWatchAck(): WatchAck {
-  return { revision: 0, ok: false, reason: "", certExpiresAtMs: 0 };
+  return { revision: 0, ok: false, reason: "", certExpiresAtMs: 0, trustedRoots: [] };
 }
 
 export const WatchAck: MessageFns<WatchAck> = {
@@ -2391,6 +2444,9 @@ export const WatchAck: MessageFns<WatchAck> = {
     }
     if (message.certExpiresAtMs !== 0) {
       writer.uint32(32).int64(message.certExpiresAtMs);
+    }
+    for (const v of message.trustedRoots) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -2440,6 +2496,14 @@ export const WatchAck: MessageFns<WatchAck> = {
             message.certExpiresAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.trustedRoots.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2461,12 +2525,22 @@ export const WatchAck: MessageFns<WatchAck> = {
     message.ok = object.ok ?? false;
     message.reason = object.reason ?? "";
     message.certExpiresAtMs = object.certExpiresAtMs ?? 0;
+    message.trustedRoots = object.trustedRoots?.map((e) => e) || [];
     return message;
   },
 };
 
 function createBaseWatchResponse(): WatchResponse {
-  return { revision: 0, snapshot: false, resources: [], changes: [], trustBundlePem: "", nodesSet: false, nodes: [] };
+  return {
+    revision: 0,
+    snapshot: false,
+    resources: [],
+    changes: [],
+    trustBundlePem: "",
+    nodesSet: false,
+    nodes: [],
+    activeRootSha256: "",
+  };
 }
 
 export const WatchResponse: MessageFns<WatchResponse> = {
@@ -2491,6 +2565,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     }
     for (const v of message.nodes) {
       NodeEndpoint.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.activeRootSha256 !== "") {
+      writer.uint32(66).string(message.activeRootSha256);
     }
     return writer;
   },
@@ -2564,6 +2641,14 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             message.nodes.push(NodeEndpoint.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.activeRootSha256 = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2588,6 +2673,7 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     message.trustBundlePem = object.trustBundlePem ?? "";
     message.nodesSet = object.nodesSet ?? false;
     message.nodes = object.nodes?.map((e) => NodeEndpoint.fromPartial(e)) || [];
+    message.activeRootSha256 = object.activeRootSha256 ?? "";
     return message;
   },
 };
@@ -2848,6 +2934,10 @@ function createBaseNodeStatus(): NodeStatus {
     certExpiresAtMs: 0,
     workloads: 0,
     hboneAddress: "",
+    trustedRoots: [],
+    bundleCurrent: false,
+    oldRootCertificates: 0,
+    oldRootCertificatesUntilMs: 0,
   };
 }
 
@@ -2882,6 +2972,18 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     }
     if (message.hboneAddress !== "") {
       writer.uint32(82).string(message.hboneAddress);
+    }
+    for (const v of message.trustedRoots) {
+      writer.uint32(90).string(v!);
+    }
+    if (message.bundleCurrent !== false) {
+      writer.uint32(96).bool(message.bundleCurrent);
+    }
+    if (message.oldRootCertificates !== 0) {
+      writer.uint32(104).uint32(message.oldRootCertificates);
+    }
+    if (message.oldRootCertificatesUntilMs !== 0) {
+      writer.uint32(112).int64(message.oldRootCertificatesUntilMs);
     }
     return writer;
   },
@@ -2979,6 +3081,38 @@ export const NodeStatus: MessageFns<NodeStatus> = {
             message.hboneAddress = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.trustedRoots.push(reader.string());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.bundleCurrent = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.oldRootCertificates = reader.uint32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.oldRootCertificatesUntilMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3006,6 +3140,10 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     message.certExpiresAtMs = object.certExpiresAtMs ?? 0;
     message.workloads = object.workloads ?? 0;
     message.hboneAddress = object.hboneAddress ?? "";
+    message.trustedRoots = object.trustedRoots?.map((e) => e) || [];
+    message.bundleCurrent = object.bundleCurrent ?? false;
+    message.oldRootCertificates = object.oldRootCertificates ?? 0;
+    message.oldRootCertificatesUntilMs = object.oldRootCertificatesUntilMs ?? 0;
     return message;
   },
 };
@@ -3772,7 +3910,7 @@ export const CaCertificate: MessageFns<CaCertificate> = {
 };
 
 function createBaseGetCaResponse(): GetCaResponse {
-  return { trustDomain: "", roots: [], trustBundlePem: "" };
+  return { trustDomain: "", roots: [], trustBundlePem: "", rotation: undefined };
 }
 
 export const GetCaResponse: MessageFns<GetCaResponse> = {
@@ -3785,6 +3923,9 @@ export const GetCaResponse: MessageFns<GetCaResponse> = {
     }
     if (message.trustBundlePem !== "") {
       writer.uint32(26).string(message.trustBundlePem);
+    }
+    if (message.rotation !== undefined) {
+      RotationStatus.encode(message.rotation, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -3826,6 +3967,14 @@ export const GetCaResponse: MessageFns<GetCaResponse> = {
             message.trustBundlePem = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rotation = RotationStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3846,18 +3995,172 @@ export const GetCaResponse: MessageFns<GetCaResponse> = {
     message.trustDomain = object.trustDomain ?? "";
     message.roots = object.roots?.map((e) => CaCertificate.fromPartial(e)) || [];
     message.trustBundlePem = object.trustBundlePem ?? "";
+    message.rotation = (object.rotation !== undefined && object.rotation !== null)
+      ? RotationStatus.fromPartial(object.rotation)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRotationStatus(): RotationStatus {
+  return {
+    phase: "",
+    nodesWithoutBundle: [],
+    oldRootCertificates: 0,
+    nodesWithOldCertificates: [],
+    oldRootCertificatesUntilMs: 0,
+    safeToActivate: false,
+    safeToRetire: false,
+    blocking: "",
+  };
+}
+
+export const RotationStatus: MessageFns<RotationStatus> = {
+  encode(message: RotationStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.phase !== "") {
+      writer.uint32(10).string(message.phase);
+    }
+    for (const v of message.nodesWithoutBundle) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.oldRootCertificates !== 0) {
+      writer.uint32(24).uint32(message.oldRootCertificates);
+    }
+    for (const v of message.nodesWithOldCertificates) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.oldRootCertificatesUntilMs !== 0) {
+      writer.uint32(40).int64(message.oldRootCertificatesUntilMs);
+    }
+    if (message.safeToActivate !== false) {
+      writer.uint32(48).bool(message.safeToActivate);
+    }
+    if (message.safeToRetire !== false) {
+      writer.uint32(56).bool(message.safeToRetire);
+    }
+    if (message.blocking !== "") {
+      writer.uint32(66).string(message.blocking);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotationStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotationStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.phase = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nodesWithoutBundle.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.oldRootCertificates = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nodesWithOldCertificates.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.oldRootCertificatesUntilMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.safeToActivate = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.safeToRetire = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.blocking = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RotationStatus>): RotationStatus {
+    return RotationStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RotationStatus>): RotationStatus {
+    const message = createBaseRotationStatus();
+    message.phase = object.phase ?? "";
+    message.nodesWithoutBundle = object.nodesWithoutBundle?.map((e) => e) || [];
+    message.oldRootCertificates = object.oldRootCertificates ?? 0;
+    message.nodesWithOldCertificates = object.nodesWithOldCertificates?.map((e) => e) || [];
+    message.oldRootCertificatesUntilMs = object.oldRootCertificatesUntilMs ?? 0;
+    message.safeToActivate = object.safeToActivate ?? false;
+    message.safeToRetire = object.safeToRetire ?? false;
+    message.blocking = object.blocking ?? "";
     return message;
   },
 };
 
 function createBaseRotateCaRequest(): RotateCaRequest {
-  return { phase: "" };
+  return { phase: "", force: false };
 }
 
 export const RotateCaRequest: MessageFns<RotateCaRequest> = {
   encode(message: RotateCaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.phase !== "") {
       writer.uint32(10).string(message.phase);
+    }
+    if (message.force !== false) {
+      writer.uint32(16).bool(message.force);
     }
     return writer;
   },
@@ -3883,6 +4186,14 @@ export const RotateCaRequest: MessageFns<RotateCaRequest> = {
             message.phase = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3901,6 +4212,7 @@ export const RotateCaRequest: MessageFns<RotateCaRequest> = {
   fromPartial(object: DeepPartial<RotateCaRequest>): RotateCaRequest {
     const message = createBaseRotateCaRequest();
     message.phase = object.phase ?? "";
+    message.force = object.force ?? false;
     return message;
   },
 };

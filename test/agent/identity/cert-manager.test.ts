@@ -4,7 +4,7 @@ import { createPrivateKey, createPublicKey, X509Certificate, type KeyObject } fr
 import fs from 'node:fs';
 import path from 'node:path';
 import { CertificateAuthority } from '../../../controller/ca/authority.ts';
-import { CertManager, type Issuer } from '../../../agent/identity/cert-manager.ts';
+import { CertManager, chainsTo, type Issuer } from '../../../agent/identity/cert-manager.ts';
 import { createLogger } from '../../../shared/logger.ts';
 import { workloadId, type SpiffeId } from '../../../shared/spiffe-id.ts';
 import { certificateUris, createCsr, parseCsr } from '../../../shared/x509.ts';
@@ -271,4 +271,41 @@ t.test('an identity dropped while its request is in flight is not brought back',
   t.same(fs.readdirSync(certDir), [], 'no file written');
   t.same(m.status(), [], 'not tracked');
   t.equal(calls.length, 1, 'not renewed later');
+});
+
+t.test('renewWhere(): certificates of a root that no longer signs are renewed within the spread, not at half-life', async (t) => {
+  const { ca, certDir } = setup(t);
+  const { calls, issuer } = realIssuer(ca, { ttlMs: 3_600_000 });
+  const m = manager(t, { dir: certDir, issuer: () => issuer, logger: silent });
+  await m.want([WEB, API]);
+  const oldRoot = new X509Certificate(ca.activeRootPem());
+  t.ok([WEB, API].every((id) => chainsTo(m.get(id.uri)!.chainPem, oldRoot)), 'both chain to the first root');
+
+  ca.rotate('prepare');
+  ca.rotate('activate');
+  const newRoot = new X509Certificate(ca.activeRootPem());
+  t.not(newRoot.fingerprint256, oldRoot.fingerprint256);
+  const stale = (e: { chainPem: string }): boolean => !chainsTo(e.chainPem, newRoot);
+  const started = Date.now();
+  t.equal(m.renewWhere(stale, 300), 2, 'both are due');
+  t.equal(m.renewWhere(stale, 60_000), 2, 'asking again does not postpone them (a renewal due sooner is kept)');
+  await waitFor('both renewed', () => calls.length === 4, 3000);
+  t.ok(Date.now() - started < 1500, `renewed within the 300 ms spread (${Date.now() - started} ms), an hour before half-life`);
+  t.ok([WEB, API].every((id) => chainsTo(m.get(id.uri)!.chainPem, newRoot)), 'both now chain to the new root');
+  t.equal(m.renewWhere(stale, 300), 0, 'nothing left to renew');
+  await sleep(400);
+  t.equal(calls.length, 4, 'and nothing renews again');
+});
+
+t.test('chainsTo() follows the last certificate of a chain to a root', async (t) => {
+  const { ca, certDir } = setup(t);
+  const { issuer } = realIssuer(ca, { ttlMs: 60_000 });
+  const m = manager(t, { dir: certDir, issuer: () => issuer, logger: silent });
+  await m.want([WEB]);
+  const root = new X509Certificate(ca.activeRootPem());
+  const other = CertificateAuthority.open({ dir: path.join(t.testdir(), 'other'), trustDomain: TD, now: Date.now });
+  t.ok(chainsTo(m.get(WEB.uri)!.chainPem, root));
+  t.notOk(chainsTo(m.get(WEB.uri)!.chainPem, new X509Certificate(other.activeRootPem())), 'another CA with the same names does not match');
+  t.ok(chainsTo(ca.activeRootPem(), root), 'the root itself');
+  t.notOk(chainsTo('', root), 'an empty chain');
 });

@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { SqliteStore } from '../../../controller/store/sqlite-store.ts';
 import type { SqliteStoreOptions } from '../../../controller/store/sqlite-store.ts';
+import { SCHEMA_VERSION } from '../../../controller/store/sqlite-schema.ts';
 import type { Change, ChangeSet, TokenRecord } from '../../../controller/store/store.ts';
 import type { AuthorizationPolicy, Resource, Service, Workload } from '../../../shared/resources/types.ts';
 import { resourceKey } from '../../../shared/resources/types.ts';
@@ -249,7 +250,7 @@ t.test('state survives close and reopen', async (t) => {
   t.strictSame(await second.listTokens(), tokens);
   t.equal(tokens.find((x) => x.id === 't2')?.usedAt, 2_000);
   t.strictSame(await second.listNodes(), nodes);
-  t.strictSame(await second.getNode('node-1'), { name: 'node-1', registeredAt: 500, lastSeen: 7, ackedRevision: 2, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' });
+  t.strictSame(await second.getNode('node-1'), { name: 'node-1', registeredAt: 500, lastSeen: 7, ackedRevision: 2, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] });
   t.equal(await second.getSetting('cluster-id'), 'c-123');
   t.strictSame((await second.changesSince(1))?.map((cs) => cs.revision), [2]);
   t.equal((await second.commit([del(service('s'))])).revision, 3);
@@ -382,14 +383,43 @@ t.test('upsertNode merges given fields into the record', async (t) => {
   const store = open(t, { path: dbPath(t), now: () => clock });
   t.equal(await store.getNode('n2'), undefined);
   const created = await store.upsertNode('n2', { lastSeen: 5 });
-  t.strictSame(created, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '' });
+  t.strictSame(created, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] });
   clock = 200;
   const merged = await store.upsertNode('n2', { ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', lastSeen: undefined });
-  t.strictSame(merged, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', certExpiresAt: 0, hboneAddress: '' });
+  t.strictSame(merged, { name: 'n2', registeredAt: 100, lastSeen: 5, ackedRevision: 3, nackedRevision: 4, nackReason: 'bad route', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] });
   await store.upsertNode('n2', { nackedRevision: 0, nackReason: '', certExpiresAt: 9_000 });
   await store.upsertNode('n1', { registeredAt: 1 });
   t.strictSame(await store.getNode('n2'), { ...merged, nackedRevision: 0, nackReason: '', certExpiresAt: 9_000 }, 'zero and empty values win too');
   t.strictSame((await store.listNodes()).map((n) => [n.name, n.registeredAt]), [['n1', 1], ['n2', 100]]);
+});
+
+t.test('rotation facts per node: trusted roots and issued certificates round-trip; a v1 database migrates keeping its nodes', async (t) => {
+  const file = dbPath(t);
+  const store = SqliteStore.open({ path: file, now: () => 100 });
+  const fp = (c: string): string => c.repeat(64);
+  const certs = [{ identity: 'spiffe://cluster.local/ambit/node/n1', root: fp('a'), notAfter: 9_000 }, { identity: 'spiffe://cluster.local/ns/default/sa/web', root: fp('b'), notAfter: 8_000 }];
+  await store.upsertNode('n1', { trustedRoots: [fp('a'), fp('b')], certificates: certs });
+  await store.upsertNode('n1', { ackedRevision: 4 });
+  t.strictSame(await store.getNode('n1'), { name: 'n1', registeredAt: 100, lastSeen: 0, ackedRevision: 4, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [fp('a'), fp('b')], certificates: certs }, 'kept across an unrelated update');
+  await store.close();
+
+  // A database at schema v1 (before these columns) with a node in it.
+  const old = dbPath(t);
+  const raw = new Database(old);
+  raw.exec(`CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+    INSERT INTO schema_version VALUES (1, 1);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID; INSERT INTO meta VALUES ('revision', 0);
+    CREATE TABLE resources (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, namespace, name)) WITHOUT ROWID;
+    CREATE TABLE change_sets (revision INTEGER PRIMARY KEY);
+    CREATE TABLE changes (revision INTEGER NOT NULL REFERENCES change_sets (revision) ON DELETE CASCADE, seq INTEGER NOT NULL, op TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT, PRIMARY KEY (revision, seq)) WITHOUT ROWID;
+    CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, node TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+    CREATE TABLE nodes (name TEXT PRIMARY KEY, registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, acked_revision INTEGER NOT NULL, nacked_revision INTEGER NOT NULL, nack_reason TEXT NOT NULL, cert_expires_at INTEGER NOT NULL, hbone_address TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO nodes VALUES ('legacy', 1, 2, 3, 0, '', 4, '10.0.0.1:15008');`);
+  raw.close();
+  const migrated = SqliteStore.open({ path: old });
+  t.teardown(() => migrated.close());
+  t.strictSame(await migrated.getNode('legacy'), { name: 'legacy', registeredAt: 1, lastSeen: 2, ackedRevision: 3, nackedRevision: 0, nackReason: '', certExpiresAt: 4, hboneAddress: '10.0.0.1:15008', trustedRoots: [], certificates: [] }, 'the v1 node reads with empty rotation facts');
 });
 
 t.test('settings', async (t) => {
@@ -419,7 +449,7 @@ t.test('schema version is recorded and a newer schema is refused', async (t) => 
   const file = dbPath(t);
   await SqliteStore.open({ path: file }).close();
   const raw = new Database(file);
-  t.equal(raw.prepare('SELECT version FROM schema_version').pluck().get(), 1);
+  t.equal(raw.prepare('SELECT version FROM schema_version').pluck().get(), SCHEMA_VERSION);
   raw.prepare('UPDATE schema_version SET version = 99').run();
   raw.close();
   t.throws(() => SqliteStore.open({ path: file }), { code: 'AMBIT_ERR_STORE_IO', details: { version: 99 } });

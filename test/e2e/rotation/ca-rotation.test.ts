@@ -1,11 +1,14 @@
 /**
  * Issue 6, promise 3 — CA root rotation with traffic flowing:
  * `ambitctl ca rotate` (prepare: both roots published) → every agent holds
- * the two-root bundle → `--phase activate` (the new root signs) → every
- * certificate the agents hold (workload and node) chains to the new root
- * (1-minute TTLs, so ordinary renewal gets there in ≤ 36 s) → `--phase retire`
- * → agents hold only the new root → 5 s more traffic. Zero failed connections
- * throughout; the long-lived connection survives it all.
+ * the two-root bundle and `ambitctl node list` shows it acknowledged →
+ * `--phase activate` (the new root signs) → every certificate the agents hold
+ * (workload and node) chains to the new root within seconds: the agents are
+ * told the active root and renew at once (1-hour TTLs, so half-life renewal
+ * would take ~30 min) → `ambitctl ca show` says retire is safe →
+ * `--phase retire` → agents hold only the new root → 5 s more traffic. Zero
+ * failed connections throughout; the long-lived connection survives it all.
+ * The refusals of an unsafe step are in ca-rotation-guard.test.ts.
  */
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
@@ -20,7 +23,7 @@ t.teardown(async () => mesh?.close());
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 t.test('root rotation prepare → activate → retire under traffic', async (t) => {
-  mesh = await startMesh('ca-rotation', 21, ['--cert-ttl', '1m', '--node-cert-ttl', '1m']);
+  mesh = await startMesh('ca-rotation', 21, ['--cert-ttl', '1h', '--node-cert-ttl', '1h']);
   const { agentA, agentB } = mesh;
   const agents = [agentA, agentB];
   const oldRoot = new X509Certificate(readFileSync(join(mesh.ctl.dataDir, 'ca/signer-cert.pem')));
@@ -41,6 +44,11 @@ t.test('root rotation prepare → activate → retire under traffic', async (t) 
   }
   t.pass(`prepare: both agents hold old + new root (${Date.now() - t0} ms)`);
   t.equal((bundle.match(/BEGIN CERTIFICATE/g) ?? []).length, 2, 'the controller publishes both roots');
+  await eventually(async () => {
+    const nodes = JSON.parse(await mesh.ok(['node', 'list', '-o', 'json'])) as { name: string; bundleCurrent: boolean }[];
+    return nodes.length === 2 && nodes.every((n) => n.bundleCurrent);
+  }, 'node list shows both nodes acknowledged the two-root bundle', 15_000);
+  t.pass(`prepare: node list shows BUNDLE current for both nodes (${Date.now() - t0} ms)`);
 
   await mesh.ok(['ca', 'rotate', '--phase', 'activate']);
   const activatedAt = Date.now();
@@ -48,9 +56,15 @@ t.test('root rotation prepare → activate → retire under traffic', async (t) 
     await eventually(async () => {
       const certs = (await certsOf(ag)).filter((c) => c.state === 'valid');
       return certs.length >= 2 && certs.every((c) => issuedBy(c.chainPem, newRoot));
-    }, `every certificate on ${ag.node} (node and workloads) chains to the new root`, 50_000);
+    }, `every certificate on ${ag.node} (node and workloads) chains to the new root`, 30_000);
   }
-  t.pass(`activate: every certificate chains to the new root ${Date.now() - activatedAt} ms after activation`);
+  const renewedMs = Date.now() - activatedAt;
+  t.ok(renewedMs < 20_000, `activate: every certificate chains to the new root ${renewedMs} ms after activation (1-hour TTL)`);
+  await eventually(async () => {
+    const ca = JSON.parse(await mesh.ok(['ca', 'show', '-o', 'json'])) as { rotation: { safeToRetire: boolean; oldRootCertificates: number } };
+    return ca.rotation.safeToRetire && ca.rotation.oldRootCertificates === 0;
+  }, 'ca show says retire is safe', 10_000);
+  t.pass(`ca show: no live certificate from the old root, retire safe (${Date.now() - activatedAt} ms after activation)`);
   const mid = traffic.report();
   t.same(mid.newFailures, [], 'no failed connection through prepare and activate');
 

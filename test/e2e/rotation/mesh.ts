@@ -4,7 +4,8 @@
  * workload on node-a, an echo server (the "web" workload) on node-b, and
  * traffic generators that check every byte that comes back.
  *
- * Each test file passes its own 127.0.13.x block so files can run in parallel.
+ * Each test file passes its own address block (127.0.13.x by default) so
+ * files can run in parallel.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -31,9 +32,9 @@ export interface Mesh {
   close(): Promise<void>;
 }
 
-/** `base` is the first of five consecutive 127.0.13.x addresses, e.g. 1 → .1 controller, .2/.3 agents, .4 client, .5 web. */
-export async function startMesh(name: string, base: number, ctlExtra: readonly string[]): Promise<Mesh> {
-  const ip = (i: number): string => `127.0.13.${base + i}`;
+/** `base` is the first of five consecutive `<net>.x` addresses, e.g. 1 → .1 controller, .2/.3 agents, .4 client, .5 web. */
+export async function startMesh(name: string, base: number, ctlExtra: readonly string[], net = '127.0.13'): Promise<Mesh> {
+  const ip = (i: number): string => `${net}.${base + i}`;
   const ips = { ctl: ip(0), a: ip(1), b: ip(2), client: ip(3), web: ip(4) };
   const root = mkdtempSync(join(tmpdir(), `ambit-e2e-${name}-`));
   const web = createServer({ allowHalfOpen: true }, (s) => {
@@ -228,7 +229,8 @@ export class Traffic {
   }
 }
 
-async function newConnection(mesh: Mesh): Promise<string> {
+/** Opens one connection node-a → node-b and echoes through it; resolves with '' on success or why it failed. */
+export async function newConnection(mesh: Mesh): Promise<string> {
   let socket: Socket | undefined;
   try {
     const r = await socks(mesh.agentA.socks, mesh.ips.client, 'default/client', mesh.ips.web, WEB_PORT);
