@@ -16,7 +16,8 @@ const BATCH_DELAY_MS = 10;
  *   written with one write when it passes 16 KiB or 10 ms after its first
  *   line, whichever comes first.
  * `flush()` writes what is pending synchronously; once anything was batched
- * it also runs on process 'exit', so process.exit() loses nothing.
+ * or held back by a full pipe it also runs on process 'exit', so
+ * process.exit() loses nothing the reader is ready to take.
  */
 export interface LogSink {
   readonly destination: DestinationStream;
@@ -24,34 +25,89 @@ export interface LogSink {
   flush(): void;
 }
 
+/** Output a full pipe refused, held for a later write, at most this many bytes; beyond that, whole writes are dropped (and counted). */
+const MAX_BACKLOG_BYTES = 8 * 1024 * 1024;
+/** How soon output a full pipe refused is offered again. */
+const RETRY_MS = 5;
+
 /**
- * Log lines go to stderr synchronously, in order. Not pino.destination
- * (sonic-boom): when stderr's reader is gone, its synchronous flush retries
- * EPIPE forever and blocks the event loop, which froze the whole daemon and
- * made SIGTERM hang. Here a line that cannot be written is dropped, and once
- * the reader is gone (EPIPE) logging stops: a mesh agent must keep moving
- * bytes whatever happens to its log pipe.
+ * Log lines go to stderr in order, without ever blocking the event loop. Not
+ * pino.destination (sonic-boom): when stderr's reader is gone, its
+ * synchronous flush retries EPIPE forever and blocks the event loop, which
+ * froze the whole daemon and made SIGTERM hang. Here each write goes out at
+ * once when the descriptor takes it; what a full non-blocking pipe refuses
+ * (EAGAIN: the reader is momentarily behind, e.g. during a burst of a few
+ * thousand access log lines) is kept in a backlog, written before anything
+ * newer, retried every few milliseconds. The backlog is bounded: past
+ * MAX_BACKLOG_BYTES whole writes are dropped and a warning line says how many
+ * lines were lost once the pipe takes output again. Once the reader is gone
+ * (EPIPE) logging stops: a mesh agent must keep moving bytes whatever happens
+ * to its log pipe.
  */
 export function stderrSink(fd = 2): LogSink {
   let broken = false;
   let pending = '';
   let timer: NodeJS.Timeout | undefined;
-  const writeOut = (text: string): void => {
-    if (broken) return;
-    const buf = Buffer.from(text);
-    let off = 0;
-    for (let attempts = 0; off < buf.length && attempts < 1000; attempts++) {
+  const backlog: Buffer[] = [];
+  let backlogBytes = 0;
+  let droppedLines = 0;
+  let retry: NodeJS.Timeout | undefined;
+  let exitHooked = false;
+  const hookExit = (): void => {
+    if (exitHooked) return;
+    exitHooked = true;
+    process.on('exit', flush);
+  };
+  /** Writes the backlog, oldest first, as far as the descriptor takes it now; true when it is empty. */
+  const drain = (): boolean => {
+    while (backlog.length > 0 && !broken) {
+      const head = backlog[0]!;
+      let n: number;
       try {
-        off += writeSync(fd, buf, off);
+        n = writeSync(fd, head);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN') continue; // a non-blocking pipe that is full: retry (bounded)
+        if (code === 'EAGAIN') break; // a non-blocking pipe that is full: later
         broken = code === 'EPIPE' || code === 'EBADF';
-        return;
+        n = head.length; // any other error: this write is lost, go on with the next
+      }
+      backlogBytes -= n;
+      if (n < head.length) backlog[0] = head.subarray(n);
+      else backlog.shift();
+      if (backlog.length === 0 && droppedLines > 0 && !broken) {
+        const note = `{"level":"warn","time":"${new Date().toISOString()}","pid":${process.pid},"msg":"${droppedLines} log lines dropped: stderr was not read fast enough"}\n`;
+        droppedLines = 0;
+        backlog.push(Buffer.from(note));
+        backlogBytes += note.length;
       }
     }
+    if (broken) {
+      backlog.length = 0;
+      backlogBytes = 0;
+    }
+    if (backlog.length > 0 && retry === undefined) {
+      hookExit();
+      retry = setTimeout(() => {
+        retry = undefined;
+        drain();
+      }, RETRY_MS).unref();
+    }
+    return backlog.length === 0;
   };
-  const flush = (): void => {
+  const writeOut = (text: string): void => {
+    if (broken) return;
+    if (backlog.length > 0 && backlogBytes + text.length > MAX_BACKLOG_BYTES) {
+      let lines = 0;
+      for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) lines++;
+      droppedLines += Math.max(lines, 1);
+      return;
+    }
+    const buf = Buffer.from(text);
+    backlog.push(buf);
+    backlogBytes += buf.length;
+    drain();
+  };
+  const writePending = (): void => {
     if (timer !== undefined) {
       clearTimeout(timer);
       timer = undefined;
@@ -61,7 +117,11 @@ export function stderrSink(fd = 2): LogSink {
     pending = '';
     writeOut(text);
   };
-  let exitHooked = false;
+  /** Writes everything now: before the process exits. A full pipe is retried a bounded number of times. */
+  const flush = (): void => {
+    writePending();
+    for (let attempts = 0; attempts < 1000 && !drain(); attempts++);
+  };
   return {
     destination: {
       write(line: string): void {
@@ -70,19 +130,16 @@ export function stderrSink(fd = 2): LogSink {
           return;
         }
         pending += line;
-        flush();
+        writePending();
       },
     },
     batched: {
       write(line: string): void {
         if (broken) return;
-        if (!exitHooked) {
-          exitHooked = true;
-          process.on('exit', flush);
-        }
+        hookExit();
         pending += line;
-        if (pending.length >= BATCH_CHARS) flush();
-        else if (timer === undefined) timer = setTimeout(flush, BATCH_DELAY_MS).unref();
+        if (pending.length >= BATCH_CHARS) writePending();
+        else if (timer === undefined) timer = setTimeout(writePending, BATCH_DELAY_MS).unref();
       },
     },
     flush,
