@@ -152,7 +152,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const loopback = loopbackAddressFor(cfg.address);
     const servers: Server[] = [];
     const socks = socksServer(explicit);
-    await socks.listen(loopback, cfg.socksPort);
+    const socksAddr = await socks.listen(loopback, cfg.socksPort);
     servers.push(socks.server);
     for (const u of cfg.upstreams) {
       const up = upstreamServer(explicit, u);
@@ -317,7 +317,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     log.info({
       node: cfg.node, identity: nodeIdentity.uri, hbone: hboneAddress,
-      socks: formatHostPort({ host: loopback, port: cfg.socksPort }),
+      socks: formatHostPort({ host: loopback, port: socksAddr.port }),
       metrics: formatHostPort({ host: cfg.address, port: metricsAddr.port }),
       ready: formatHostPort({ host: cfg.address, port: readyAddr.port }),
       admin: formatHostPort({ host: loopback, port: adminAddr.port }),
