@@ -209,14 +209,28 @@ export function hostPortOf(s: string): HostPort {
  * client socket bound to `localAddress` (the workload's address, which the
  * agent checks). Resolves with the SOCKS reply code and the socket, paused:
  * the caller resumes it (or attaches a pipe) when it wants the data.
+ * With `timeoutMs`, a negotiation that has not finished by then destroys the
+ * socket and rejects.
  */
-export function socksConnect(proxy: string, localAddress: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
+export function socksConnect(proxy: string, localAddress: string, user: string, host: string, port: number, timeoutMs?: number): Promise<{ socket: Socket; reply: number }> {
   const p = hostPortOf(proxy);
   return new Promise((resolve, reject) => {
     const socket = connect({ host: p.host, port: p.port, localAddress, allowHalfOpen: true });
     let buf = Buffer.alloc(0);
     let phase = 0;
-    socket.on('error', reject);
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`SOCKS5 negotiation with ${proxy} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    const onClose = (): void => {
+      clearTimeout(timer);
+      reject(new Error(`${proxy} closed the connection during the SOCKS5 negotiation`));
+    };
+    socket.once('close', onClose);
     socket.on('connect', () => socket.write(Buffer.from([5, 1, 2])));
     const onData = (d: Buffer): void => {
       buf = Buffer.concat([buf, d]);
@@ -235,8 +249,10 @@ export function socksConnect(proxy: string, localAddress: string, user: string, 
         socket.write(Buffer.concat([Buffer.from([5, 1, 0, 3, h.length]), h, portBuf]));
       }
       if (phase === 2 && buf.length >= 10) {
+        clearTimeout(timer);
         socket.off('data', onData);
-        socket.off('error', reject);
+        socket.off('close', onClose);
+        socket.removeAllListeners('error');
         // A later reset must not crash a test that attached no error listener.
         socket.on('error', () => undefined);
         socket.pause();
