@@ -31,6 +31,9 @@ export interface TunnelRequest {
   readonly headers: OutgoingHttpHeaders;
 }
 
+/** CONNECT streams per pooled HTTP/2 connection before another one to the same peer is dialled. */
+export const DEFAULT_MAX_STREAMS_PER_SESSION = 100;
+
 interface PooledSession {
   readonly session: ClientHttp2Session;
   readonly key: string;
@@ -75,7 +78,6 @@ export class TunnelPool {
     if (!cert) throw new TunnelError(0, 'no_source_certificate', `no valid certificate for ${req.source.uri} yet`);
     const key = `${req.source.uri}|${cert.notAfter}|${req.destination.uri}|${req.hboneAddress}`;
     const pooled = await this.#session(key, req, cert);
-    pooled.streams++;
     clearTimeout(pooled.idleTimer);
     this.#o.metrics.poolStreams.inc();
     let stream: ClientHttp2Stream;
@@ -117,19 +119,35 @@ export class TunnelPool {
     }
   }
 
+  /**
+   * A pooled connection with a stream slot reserved for the caller (its
+   * `streams` already counts it). The slot is taken in the same synchronous
+   * step as the check, so a burst of callers waiting for one dial cannot all
+   * see room on it and overfill it past maxStreamsPerSession.
+   */
   async #session(key: string, req: TunnelRequest, cert: { keyPem: string; chainPem: string }): Promise<PooledSession> {
-    const max = this.#o.maxStreamsPerSession ?? 100;
-    const usable = (this.#pool.get(key) ?? []).find((p) => !p.session.closed && !p.session.destroyed && p.streams < max);
-    if (usable) return usable;
-    // One dial at a time per key: a burst of new connections shares the first handshake.
-    const inflight = this.#dialing.get(key);
-    if (inflight) {
-      const p = await inflight;
-      if (p.streams < max && !p.session.closed) return p;
+    const max = this.#o.maxStreamsPerSession ?? DEFAULT_MAX_STREAMS_PER_SESSION;
+    for (;;) {
+      const usable = (this.#pool.get(key) ?? []).find((p) => !p.session.closed && !p.session.destroyed && p.streams < max);
+      if (usable) {
+        usable.streams++;
+        return usable;
+      }
+      // One dial at a time per key: a burst of new connections shares the
+      // first handshake; once it is full, the next waiter dials another.
+      const inflight = this.#dialing.get(key);
+      if (inflight) {
+        await inflight; // its failure is ours too: no retry storm against a dead peer
+        continue;
+      }
+      const dial = this.#dial(key, req, cert).finally(() => this.#dialing.delete(key));
+      this.#dialing.set(key, dial);
+      const p = await dial;
+      if (p.streams < max && !p.session.closed) {
+        p.streams++;
+        return p;
+      }
     }
-    const dial = this.#dial(key, req, cert).finally(() => this.#dialing.delete(key));
-    this.#dialing.set(key, dial);
-    return dial;
   }
 
   #dial(key: string, req: TunnelRequest, cert: { keyPem: string; chainPem: string }): Promise<PooledSession> {

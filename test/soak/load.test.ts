@@ -34,6 +34,7 @@ import { fileURLToPath } from 'node:url';
 import { ambitctl, eventually, hostPortOf, httpGet, metricValue, startAgent, startController, type RunningAgent, type RunningController } from '../e2e/harness.ts';
 import type { EchoServerStats } from './echo-server.ts';
 import type { LoadAnswer, LoadClientConfig, LoadRequest } from './load-client.ts';
+import { DEFAULT_MAX_STREAMS_PER_SESSION } from '../../agent/proxy/tunnel-pool.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const CTL = '127.0.14.1';
@@ -432,6 +433,8 @@ for (let round = 1; round <= ROUNDS; round++) {
     t.ok(activeA >= N, `node-a ambit_connections_active{direction="outbound"} ${activeA} >= ${N}`);
     t.ok(activeB >= N, `node-b ambit_connections_active{direction="inbound"} ${activeB} >= ${N}`);
     t.ok(streams >= N, `node-a ambit_tunnel_pool_streams ${streams} >= ${N} (on ${pooled} pooled HBONE connections)`);
+    // A burst waiting on one dial must not overfill it: at most DEFAULT_MAX_STREAMS_PER_SESSION streams each.
+    t.ok(pooled >= Math.ceil(N / DEFAULT_MAX_STREAMS_PER_SESSION), `${pooled} pooled HBONE connections carry ${streams} streams: none over ${DEFAULT_MAX_STREAMS_PER_SESSION}`);
     const atPeak = await sampleAll();
 
     // A payload through each one, while all are open.
