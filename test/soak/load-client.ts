@@ -258,6 +258,15 @@ interface Tally {
   readonly f: Failures;
 }
 
+/** One checksummed echo of a random payload on a held connection, counted as a frame and a success. */
+async function echoCounted(t: Tally, c: EchoConn, maxPayload: number): Promise<void> {
+  const p = payload(maxPayload);
+  await c.echo(p);
+  t.frames++;
+  t.bytes += p.length;
+  t.ok++;
+}
+
 /** One short connection: open, one echo, clean close. */
 async function shortConnection(t: Tally, socks: boolean, maxPayload: number): Promise<void> {
   let c: EchoConn | undefined;
@@ -291,11 +300,7 @@ async function run(req: LoadRequest, t: Tally): Promise<void> {
           try {
             const c = await openUpstream();
             held.push(c);
-            const p = payload(req.maxPayload);
-            await c.echo(p);
-            t.frames++;
-            t.bytes += p.length;
-            t.ok++;
+            await echoCounted(t, c, req.maxPayload);
           } catch (err) {
             t.f.add(err);
           }
@@ -305,11 +310,7 @@ async function run(req: LoadRequest, t: Tally): Promise<void> {
     case 'push':
       return forEachLimit(held, req.concurrency, async (c) => {
         try {
-          const p = payload(req.maxPayload);
-          await c.echo(p);
-          t.frames++;
-          t.bytes += p.length;
-          t.ok++;
+          await echoCounted(t, c, req.maxPayload);
         } catch (err) {
           t.f.add(err);
         }
