@@ -181,7 +181,10 @@ t.test('a stream that stays silent after WatchStart is given up and retried with
   t.same(retries(), [40, 80], 'each given-up stream counts as a failure for the backoff');
   t.match(w.lastError, /no answer from the controller within 300 ms/);
   const gap = fake.attempts[1]!.at - fake.attempts[0]!.at;
-  t.ok(gap >= 300 + 40 - 5 && gap < 1500, `the first stream was given up after the 300 ms deadline plus its delay (${gap} ms)`);
+  // The deadline runs from the agent's WatchStart, a little before the fake
+  // controller sees the stream (more so on a loaded machine); a stream given up
+  // at once instead would show the 40 ms delay alone.
+  t.ok(gap >= 250 && gap < 1500, `the first stream was given up after the 300 ms deadline plus its delay (${gap} ms)`);
 });
 
 t.test('close() stops reconnecting', async (t) => {
