@@ -3,6 +3,9 @@ import { runDaemon } from '../shared/daemon.ts';
 import { createLogger } from '../shared/logger.ts';
 import { AGENT_OPTIONS, parseAgentConfig } from './config.ts';
 import { startAgent } from './app.ts';
+import { tuneGcForRelaying } from './proxy/gc-tuning.ts';
+
+tuneGcForRelaying();
 
 void runDaemon({
   name: 'ambit-agent',

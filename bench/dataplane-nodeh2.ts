@@ -17,6 +17,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { HBONE_SESSION_WINDOW, HBONE_SETTINGS } from '../agent/proxy/hbone-server.ts';
 import { relay } from '../agent/proxy/relay.ts';
+import { tuneGcForRelaying } from '../agent/proxy/gc-tuning.ts';
 
 const NO_COUNT = { leftToRight: (): void => undefined, rightToLeft: (): void => undefined };
 
@@ -82,6 +83,17 @@ function client(listen: string, serverAt: string, cert: string, key: string, ca:
   });
   srv.listen(hostPort(listen).port, hostPort(listen).host);
 }
+
+// A normal exit on SIGTERM, so that --cpu-prof and the like write their output.
+process.on('SIGTERM', () => process.exit(0));
+// The agents' GC setting for relaying (agent/proxy/gc-tuning.ts), so the
+// baseline differs from them only in what Ambit does per connection.
+tuneGcForRelaying();
+// AMBIT_BENCH_EXTRA_HEAP_MIB: keep about that much more live JavaScript heap, to see
+// how the per-byte cost depends on heap size (it does without the GC setting).
+const extraHeap: unknown[] = [];
+for (let i = 0; i < Number(process.env.AMBIT_BENCH_EXTRA_HEAP_MIB ?? 0) * 10_000; i++) extraHeap.push({ i, s: `x${i}`, a: [i, i + 1] });
+(globalThis as { extraHeap?: unknown }).extraHeap = extraHeap;
 
 const [role, listen, at, cert, key, ca, serverName] = process.argv.slice(2);
 if (role === 'server' && listen && at && cert && key && ca) server(listen, at, cert, key, ca);
