@@ -85,11 +85,18 @@ const MiB = 1024 * KiB;
 //   to round: 48 KiB per connection (234 MiB for 5,000): a connection that
 //   leaks a 64 KiB read buffer fails it.
 // - Phase 2 is the finer leak check: tens of thousands of connections, never
-//   more than LOOPS at once. Measured -29 to +15 MiB over 15,000-38,000
-//   connections. Bound: +48 MiB, i.e. a leak of a few KiB per connection.
+//   more than LOOPS at once. RSS first rises to a working size (relayed
+//   Buffers are collected with the heap: agent/proxy/gc-tuning.ts; measured
+//   +169 to +194 MiB over 60 s and over 150 s, 1,045-1,063 connections/s;
+//   -29 to +15 MiB before that GC setting, at 571-630 connections/s), bound
+//   RSS_PHASE2_WORKING_MAX; then it must stay level over the last third of
+//   the phase, ~20,000 connections at 60 s: bound +48 MiB, i.e. a leak of a
+//   few KiB per connection.
 const RSS_PER_CONNECTION_MAX = 100 * KiB;
 const RSS_ROUND_GROWTH_PER_CONNECTION_MAX = 48 * KiB;
 const RSS_PHASE2_GROWTH_MAX = 48 * MiB;
+/** Phase 2 may take RSS to a working size above phase 1's (see the test); measured up to +194 MiB. */
+const RSS_PHASE2_WORKING_MAX = 320 * MiB;
 /**
  * The children (agents, server, client) run without tap's NODE_OPTIONS hooks
  * (coverage collection): the agents' memory is measured as they run in
@@ -493,6 +500,11 @@ await t.test('phase 1: agent memory after close does not grow by a round\'s wort
 
 await t.test(`phase 2: new connections for ${SOAK_SECONDS} s at concurrency ${LOOPS}, each with a random checksummed payload`, async (t) => {
   const before = await sampleAll();
+  // Memory two thirds of the way through: from there to the end, RSS must
+  // stay level (bounded), whatever it took to reach its working size.
+  let late: Awaited<ReturnType<typeof sampleAll>> | undefined;
+  const lateTimer = setTimeout(() => void sampleAll().then((m) => (late = m)), (SOAK_SECONDS * 1000 * 2) / 3);
+  t.teardown(() => clearTimeout(lateTimer));
   // Bounds: the deadline, and a count no 2-core machine reaches in that time.
   const churn = await lc.run({ op: 'churn', seconds: SOAK_SECONDS, loops: LOOPS, socksEvery: 4, maxPayload: 256 * KiB, maxConnections: SOAK_SECONDS * 5_000 }, SOAK_SECONDS * 1000 + 120_000);
   connectionsDone += churn.ok;
@@ -509,10 +521,16 @@ await t.test(`phase 2: new connections for ${SOAK_SECONDS} s at concurrency ${LO
     const a = after.get(ag)!;
     const r = released.get(ag)!;
     t.comment(`${ag.node}: before ${memText(b)}, after ${memText(a)}; fds before ${b.fds}, after ${r.fds} (${r.pool} pooled HBONE connections)`);
-    // Phase 2 never has more than LOOPS connections open: its needs are far
-    // below phase 1's peak, whose memory RSS "before" already includes; what
-    // grows here grows with the number of connections.
-    t.ok(a.rss - b.rss < RSS_PHASE2_GROWTH_MAX, `${ag.node}: RSS after phase 2 ${mib(a.rss)} vs before ${mib(b.rss)} (${a.rss >= b.rss ? '+' : ''}${mib(a.rss - b.rss)}) < +${mib(RSS_PHASE2_GROWTH_MAX)}`);
+    // Phase 2 never has more than LOOPS connections open, but it moves bytes
+    // several times faster than phase 1: relayed chunks are Buffers that V8
+    // collects with the heap (agent/proxy/gc-tuning.ts), so RSS first rises to
+    // a working size (measured: +169 to +194 MiB over 60 s and the same over
+    // 150 s) and then stays level. What grows with the number of connections
+    // keeps growing in the last third: that is what the second bound catches.
+    t.ok(a.rss - b.rss < RSS_PHASE2_WORKING_MAX, `${ag.node}: RSS after phase 2 ${mib(a.rss)} vs before ${mib(b.rss)} (${a.rss >= b.rss ? '+' : ''}${mib(a.rss - b.rss)}) < +${mib(RSS_PHASE2_WORKING_MAX)}`);
+    const l = late?.get(ag);
+    t.ok(l !== undefined, `${ag.node}: memory sampled two thirds of the way through phase 2`);
+    if (l) t.ok(a.rss - l.rss < RSS_PHASE2_GROWTH_MAX, `${ag.node}: RSS over the last third of phase 2 ${mib(l.rss)} → ${mib(a.rss)} (${a.rss >= l.rss ? '+' : ''}${mib(a.rss - l.rss)}) < +${mib(RSS_PHASE2_GROWTH_MAX)}`);
   }
 });
 
