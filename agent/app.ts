@@ -26,6 +26,7 @@ import { MeshState } from './state/mesh-state.ts';
 import { loadState, saveState } from './state/state-cache.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
 import { certificateFingerprint, parseCertificates } from '../shared/tls.ts';
+import type { X509Certificate } from 'node:crypto';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -208,9 +209,16 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     });
     // The root the controller signs with, as it last said (empty until it does).
     let activeRoot = '';
-    const trustedRoots = (): string[] => parseCertificates(bundlePem()).map(certificateFingerprint);
+    // The bundle's roots with their fingerprints, parsed once per bundle (asked on every ack).
+    let roots: { pem: string; certs: { cert: X509Certificate; fingerprint: string }[] } = { pem: '', certs: [] };
+    const bundleRoots = (): { cert: X509Certificate; fingerprint: string }[] => {
+      const pem = bundlePem();
+      if (pem !== roots.pem) roots = { pem, certs: parseCertificates(pem).map((cert) => ({ cert, fingerprint: certificateFingerprint(cert) })) };
+      return roots.certs;
+    };
+    const trustedRoots = (): string[] => bundleRoots().map((r) => r.fingerprint);
     const renewFromOldRoots = (): void => {
-      const root = parseCertificates(bundlePem()).find((c) => certificateFingerprint(c) === activeRoot);
+      const root = bundleRoots().find((r) => r.fingerprint === activeRoot)?.cert;
       if (!root) {
         if (activeRoot) log.warn({ activeRoot }, 'the controller signs with a root that is not in the trust bundle; not renewing');
         return;

@@ -135,14 +135,17 @@ export class WatchClient {
       if (this.#call === call) clearTimeout(this.#firstResponseTimer);
       this.#setConnected(true);
       this.#backoff.reset();
+      const answer = (ok: boolean, reason: string): void => {
+        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok, reason, certExpiresAtMs: this.#o.certExpiresAt(), trustedRoots: [...(this.#o.trustedRoots?.() ?? [])] } } });
+      };
       try {
         this.#o.apply(toUpdate(res));
         this.lastUpdateAt = Date.now();
-        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: this.#o.certExpiresAt(), trustedRoots: [...(this.#o.trustedRoots?.() ?? [])] } } });
+        answer(true, '');
       } catch (err) {
         const reason = errorMessage(err);
         this.#o.logger.error({ err, revision: res.revision }, 'refusing (nack) a controller update; keeping the last good state');
-        call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: false, reason, certExpiresAtMs: this.#o.certExpiresAt(), trustedRoots: [...(this.#o.trustedRoots?.() ?? [])] } } });
+        answer(false, reason);
       }
     });
     call.on('error', (err: Error) => fail(err.message));

@@ -9,6 +9,7 @@ import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import type { HostPort } from '../../shared/config-parse.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -22,6 +23,26 @@ export interface LogLine {
   readonly [k: string]: unknown;
 }
 
+/**
+ * Every chunk of `stream` (as text) to onText, and each whole line that is a
+ * JSON object to onJson: how the tests read the daemons' JSON logs. Other
+ * lines (a stack trace, a warning) only reach onText.
+ */
+export function readJsonLines(stream: NodeJS.ReadableStream, onText: (text: string) => void, onJson: (value: Record<string, unknown>) => void): void {
+  stream.setEncoding('utf8');
+  stream.on('data', onText);
+  createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+    if (!line.startsWith('{')) return;
+    let value: Record<string, unknown>;
+    try {
+      value = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      return; // not a log line
+    }
+    onJson(value);
+  });
+}
+
 export class Proc {
   readonly child: ChildProcess;
   readonly logs: LogLine[] = [];
@@ -31,25 +52,12 @@ export class Proc {
 
   constructor(file: string, args: readonly string[], env: Record<string, string> = {}) {
     this.child = spawn(process.execPath, [file, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let buf = '';
-    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      this.stderrText += d;
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.startsWith('{')) continue;
-        try {
-          const l = JSON.parse(line) as LogLine;
-          this.logs.push(l);
-          for (const w of this.#waiters) if (w.pred(l)) {
-            this.#waiters.delete(w);
-            w.resolve(l);
-          }
-        } catch {
-          // not a log line
-        }
+    readJsonLines(this.child.stderr!, (d) => (this.stderrText += d), (v) => {
+      const l = v as LogLine;
+      this.logs.push(l);
+      for (const w of this.#waiters) if (w.pred(l)) {
+        this.#waiters.delete(w);
+        w.resolve(l);
       }
     });
     this.child.stdout!.resume();

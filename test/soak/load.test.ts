@@ -361,8 +361,8 @@ await eventually(async () => (await lc.run({ op: 'once', maxPayload: 1024 }, 30_
   const w = await lc.run({ op: 'warmup', count: 400, concurrency: 50, maxPayload: 16 * KiB }, 120_000);
   if (failed(w) > 0) throw new Error(`warm-up failed: ${why(w)}`);
 }
-// relay.ts destroys a finished HTTP/2 stream 5 s after the relay ended.
-await new Promise((r) => setTimeout(r, 6_000));
+// Every connection and pooled stream closed (streams close on END_STREAM both
+// ways; relay.ts's 5 s fallback destroy is only for those that do not).
 await allClosed('the warm-up');
 
 // Counters from here on: the checks at the end compare what changed since.

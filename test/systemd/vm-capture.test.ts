@@ -22,7 +22,7 @@ import { once } from 'node:events';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, eventually, metricValue, ROOT, type LogLine } from '../e2e/harness.ts';
+import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, eventually, metricValue, readJsonLines, ROOT, type LogLine } from '../e2e/harness.ts';
 
 const NODE = join(ROOT, 'node_modules/node/bin/node');
 const PREFIX = `ambvm${process.pid}`;
@@ -81,22 +81,7 @@ class Daemon {
     const [command = '', ...args] = argv;
     this.child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     children.add(this.child);
-    let buf = '';
-    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      this.stderr += d;
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.startsWith('{')) continue;
-        try {
-          this.logs.push(JSON.parse(line) as LogLine);
-        } catch {
-          // not a log line
-        }
-      }
-    });
+    readJsonLines(this.child.stderr!, (d) => (this.stderr += d), (v) => this.logs.push(v as LogLine));
     this.exited = once(this.child, 'exit').then(([code]) => code as number | null);
   }
 

@@ -76,7 +76,7 @@ t.test('silent and half-ClientHello clients are cut by the 10 s handshake timeou
     ...Array.from({ length: 20 }, () => holdOpen(half, 20_000)),
   ];
   // While the 40 stalled handshakes are held, the controller answers as usual.
-  await new Promise((r) => setTimeout(r, 1_000));
+  await eventually(async () => fdCount() >= fdBaseline + 40, 'the 40 stalled connections accepted', 5_000).catch(() => undefined);
   t.ok(fdCount() >= fdBaseline + 40, `the 40 stalled connections are held open (${fdCount() - fdBaseline} more descriptors)`);
   const during = await ambitctl(ctl, ['status', '-o', 'json']);
   t.equal(during.code, 0, `ambitctl status works while they are held (${Date.now() - started} ms in)`);

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, type LogLine } from '../harness.ts';
+import { readJsonLines, ROOT, type LogLine } from '../harness.ts';
 
 /** Node 24 by absolute path: PATH inside `ip netns exec` may lead to another node. */
 export const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -82,28 +82,13 @@ export class NsProc {
   }
 
   #lines(stream: NodeJS.ReadableStream, into: 'logs' | 'out', raw: (t: string) => void): void {
-    let buf = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (d: string) => {
-      raw(d);
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!line.startsWith('{')) continue;
-        let parsed: Json;
-        try {
-          parsed = JSON.parse(line) as Json;
-        } catch {
-          continue;
-        }
-        (into === 'logs' ? this.logs : this.out).push(parsed as LogLine);
-        for (const w of this.#waiters) {
-          if (w.stream === into && w.pred(parsed)) {
-            this.#waiters.delete(w);
-            w.resolve(parsed);
-          }
+    readJsonLines(stream, raw, (value) => {
+      const parsed = value as Json;
+      (into === 'logs' ? this.logs : this.out).push(parsed as LogLine);
+      for (const w of this.#waiters) {
+        if (w.stream === into && w.pred(parsed)) {
+          this.#waiters.delete(w);
+          w.resolve(parsed);
         }
       }
     });
