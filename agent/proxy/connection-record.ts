@@ -1,7 +1,6 @@
-import type { Counter } from 'prom-client';
 import type { Logger } from '../../shared/logger.ts';
 import type { Span } from '../../shared/tracing.ts';
-import type { AgentMetrics, TcpLabels } from './metrics.ts';
+import type { AgentMetrics, TcpLabels, TcpSeries } from './metrics.ts';
 
 export type Direction = 'inbound' | 'outbound';
 
@@ -11,8 +10,6 @@ export interface Peer {
   readonly namespace: string;
   readonly identity: string;
 }
-
-const FLUSH_BYTES = 1024 * 1024;
 
 export const UNKNOWN_PEER: Peer = { addr: '', workload: 'unknown', namespace: 'unknown', identity: 'unknown' };
 
@@ -37,8 +34,8 @@ export class ConnectionRecord {
   readonly #log: Logger;
   #span: Span | undefined;
   #traceId = '';
-  #received: ReturnType<Counter<string>['labels']> | undefined;
-  #sent: ReturnType<Counter<string>['labels']> | undefined;
+  /** The series this connection's bytes are counted in: its labels when it opened. */
+  #series: TcpSeries | undefined;
   #opened = false;
   #finished = false;
 
@@ -50,7 +47,7 @@ export class ConnectionRecord {
     this.security = o.security;
     this.#metrics = o.metrics;
     this.#log = o.log;
-    o.metrics.active.inc({ direction: o.direction });
+    o.metrics.tcp.active[o.direction]++;
   }
 
   setSpan(span: Span, traceId: string): void {
@@ -77,33 +74,20 @@ export class ConnectionRecord {
   open(): void {
     if (this.#opened || this.#finished) return;
     this.#opened = true;
-    const l = this.labels();
-    this.#metrics.opened.inc(l);
-    this.#received = this.#metrics.received.labels(l);
-    this.#sent = this.#metrics.sent.labels(l);
+    this.#series = this.#metrics.tcp.series(this.labels());
+    this.#series.opened++;
   }
 
-  // Bytes reach the Prometheus counters in batches: a label-hashed inc() per
-  // 64 KiB chunk was ~4 % of the agent's CPU at full throughput. A live
-  // connection's counters lag by less than FLUSH_BYTES; finish() flushes the rest.
-  #pendingFrom = 0;
-  #pendingTo = 0;
-
+  // Bytes go straight into the series' totals (plain additions, see
+  // TcpSeriesTable), so a scrape sees a live connection's exact count.
   fromSource(n: number): void {
     this.bytesFromSource += n;
-    if ((this.#pendingFrom += n) >= FLUSH_BYTES) this.#flushBytes();
+    if (this.#series !== undefined) this.#series.received += n;
   }
 
   toSource(n: number): void {
     this.bytesToSource += n;
-    if ((this.#pendingTo += n) >= FLUSH_BYTES) this.#flushBytes();
-  }
-
-  #flushBytes(): void {
-    if (this.#pendingFrom > 0) this.#received?.inc(this.#pendingFrom);
-    if (this.#pendingTo > 0) this.#sent?.inc(this.#pendingTo);
-    this.#pendingFrom = 0;
-    this.#pendingTo = 0;
+    if (this.#series !== undefined) this.#series.sent += n;
   }
 
   /** Ends the record; later calls do nothing. A connection never opened is logged but not counted as opened/closed. */
@@ -112,9 +96,9 @@ export class ConnectionRecord {
     this.#finished = true;
     if (error && !this.error) this.error = error;
     if (flags) this.responseFlags = flags;
-    this.#flushBytes();
-    this.#metrics.active.dec({ direction: this.direction });
-    if (this.#opened) this.#metrics.closed.inc(this.labels());
+    this.#metrics.tcp.active[this.direction]--;
+    // Closed under the labels at the end: response_flags may have changed (a policy close).
+    if (this.#opened) this.#metrics.tcp.series(this.labels()).closed++;
     const duration = Math.round(performance.now() - this.started);
     this.#log.info({
       'src.addr': this.src.addr, 'src.workload': this.src.workload, 'src.namespace': this.src.namespace, 'src.identity': this.src.identity,
