@@ -84,6 +84,16 @@ export class Proc {
     });
   }
 
+  /** waitForLog for a start-up line; a process that never says it started is stopped (not left running) before the error goes on. */
+  async startedWhen(pred: (l: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
+    try {
+      return await this.waitForLog(pred, timeoutMs);
+    } catch (err) {
+      await this.stop('SIGKILL');
+      throw err;
+    }
+  }
+
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
     this.child.kill(signal);
@@ -106,7 +116,7 @@ export interface RunningController {
 /** Starts ambit-controller on 127.0.0.1 with OS-chosen ports and waits for "controller ready". */
 export async function startController(dataDir: string, extra: readonly string[] = [], host = '127.0.0.1', ports: { grpc?: number; monitoring?: number } = {}): Promise<RunningController> {
   const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...extra]);
-  const ready = await proc.waitForLog((l) => l.msg === 'controller ready');
+  const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
   const grpcPort = Number(String(ready.grpc).split(':').pop());
   const monPort = Number(String(ready.monitoring).split(':').pop());
   return {
@@ -184,11 +194,37 @@ export async function startAgent(o: {
 }): Promise<RunningAgent> {
   const args = ['--node', o.node, '--controller', o.controller, '--address', o.address, '--data-dir', o.dataDir, '--capture', 'none', ...(o.join ? ['--join', o.join] : []), ...(o.extra ?? [])];
   const proc = new Proc(AGENT_MAIN, args, o.env);
-  const started = await proc.waitForLog((l) => l.msg === 'agent started');
+  const started = await proc.startedWhen((l) => l.msg === 'agent started');
   return {
     proc, node: o.node, address: o.address, dataDir: o.dataDir,
     hbone: String(started.hbone), socks: String(started.socks), metrics: String(started.metrics), ready: String(started.ready), admin: String(started.admin),
   };
+}
+
+type AgentOptions = Parameters<typeof startAgent>[0];
+
+/** Starts two agents at once; each one that started is registered with setUp's `started`, then a failure of either goes on. */
+export async function startAgentPair(started: (stop: () => unknown) => void, o: readonly [AgentOptions, AgentOptions]): Promise<[RunningAgent, RunningAgent]> {
+  const r = await Promise.allSettled([startAgent(o[0]), startAgent(o[1])]);
+  for (const x of r) if (x.status === 'fulfilled') started(() => x.value.proc.stop());
+  for (const x of r) if (x.status === 'rejected') throw x.reason;
+  return [(r[0] as PromiseFulfilledResult<RunningAgent>).value, (r[1] as PromiseFulfilledResult<RunningAgent>).value];
+}
+
+/**
+ * Runs a multi-step set-up; `started` registers how to stop each part once it
+ * is up. If a later step throws, what was started is stopped in reverse order
+ * before the error goes on: a failed set-up must not leave a controller or an
+ * agent running, holding its addresses, into the next test.
+ */
+export async function setUp<T>(build: (started: (stop: () => unknown) => void) => Promise<T>): Promise<T> {
+  const stops: (() => unknown)[] = [];
+  try {
+    return await build((stop) => void stops.push(stop));
+  } catch (err) {
+    for (const stop of stops.reverse()) await Promise.resolve().then(stop).catch(() => undefined);
+    throw err;
+  }
 }
 
 /** Polls until fn resolves truthy (bounded). */

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, startAgent, startController, type RunningAgent, type RunningController } from '../harness.ts';
+import { ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startController, type RunningAgent, type RunningController } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -32,40 +32,47 @@ export async function startMesh(prefix: string, base: number, name: string): Pro
   const clientIp = ip(3);
   const webIp = ip(4);
   const root = mkdtempSync(join(tmpdir(), `ambit-e2e-${name}-`));
-  const web = createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => undefined);
-    s.pipe(s);
+  return setUp(async (started) => {
+    const web = createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => undefined);
+      s.pipe(s);
+    });
+    await new Promise<void>((r, reject) => {
+      web.once('error', reject);
+      web.listen(WEB_PORT, webIp, r);
+    });
+    started(() => web.close());
+    const ctl = await startController(join(root, 'ctl'), [], ip(0));
+    started(() => ctl.proc.stop());
+    const ok = async (args: string[]): Promise<string> => {
+      const r = await ambitctl(ctl, args);
+      if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
+      return r.stdout;
+    };
+    await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', webIp, '--port', String(WEB_PORT), '--label', 'app=web']);
+    await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', clientIp]);
+    const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
+    const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
+    const [a, b] = await startAgentPair(started, [
+      { node: 'node-a', address: ip(1), controller: ctl.address, dataDir: join(root, 'a'), join: ta },
+      { node: 'node-b', address: ip(2), controller: ctl.address, dataDir: join(root, 'b'), join: tb },
+    ]);
+    for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
+    await eventually(async () => {
+      const certs = JSON.parse((await httpGet(hostPortOf(b.admin), '/certs')).body) as { identity: string; state: string }[];
+      return certs.some((c) => c.identity === WEB_ID && c.state === 'valid');
+    }, 'node-b holds the web certificate');
+    await eventually(async () => clientCredentialsFrom(a.dataDir), 'node-a holds the client certificate');
+    return {
+      ctl, a, b, web, clientIp, webAuthority: `${webIp}:${WEB_PORT}`,
+      stop: async () => {
+        await a.proc.stop();
+        await b.proc.stop();
+        await ctl.proc.stop();
+        web.close();
+      },
+    };
   });
-  await new Promise<void>((r) => web.listen(WEB_PORT, webIp, r));
-  const ctl = await startController(join(root, 'ctl'), [], ip(0));
-  const ok = async (args: string[]): Promise<string> => {
-    const r = await ambitctl(ctl, args);
-    if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
-    return r.stdout;
-  };
-  await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', webIp, '--port', String(WEB_PORT), '--label', 'app=web']);
-  await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', clientIp]);
-  const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
-  const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
-  const [a, b] = await Promise.all([
-    startAgent({ node: 'node-a', address: ip(1), controller: ctl.address, dataDir: join(root, 'a'), join: ta }),
-    startAgent({ node: 'node-b', address: ip(2), controller: ctl.address, dataDir: join(root, 'b'), join: tb }),
-  ]);
-  for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
-  await eventually(async () => {
-    const certs = JSON.parse((await httpGet(hostPortOf(b.admin), '/certs')).body) as { identity: string; state: string }[];
-    return certs.some((c) => c.identity === WEB_ID && c.state === 'valid');
-  }, 'node-b holds the web certificate');
-  await eventually(async () => clientCredentialsFrom(a.dataDir), 'node-a holds the client certificate');
-  return {
-    ctl, a, b, web, clientIp, webAuthority: `${webIp}:${WEB_PORT}`,
-    stop: async () => {
-      await a.proc.stop();
-      await b.proc.stop();
-      await ctl.proc.stop();
-      web.close();
-    },
-  };
 }
 
 export function clientCredentialsFrom(dataDir: string): { key: string; cert: string } | undefined {

@@ -13,7 +13,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCertificates } from '../../../shared/tls.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
+import { ambitctl, eventually, httpGet, hostPortOf, metricValue, setUp, startAgentPair, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -37,39 +37,47 @@ export async function startMesh(name: string, base: number, ctlExtra: readonly s
   const ip = (i: number): string => `${net}.${base + i}`;
   const ips = { ctl: ip(0), a: ip(1), b: ip(2), client: ip(3), web: ip(4) };
   const root = mkdtempSync(join(tmpdir(), `ambit-e2e-${name}-`));
-  const web = createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => undefined);
-    s.pipe(s);
+  return setUp(async (started) => {
+    const web = createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => undefined);
+      s.pipe(s);
+    });
+    await new Promise<void>((r, reject) => {
+      web.once('error', reject);
+      web.listen(WEB_PORT, ips.web, r);
+    });
+    started(() => web.close());
+    const ctl = await startController(join(root, 'ctl'), ctlExtra, ips.ctl);
+    // mesh.ctl, not ctl: a test may replace the controller (a restart).
+    started(() => mesh.ctl.proc.stop());
+    const ok = async (args: string[], stdin?: string): Promise<string> => {
+      const r = await ambitctl(mesh.ctl, args, stdin);
+      if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
+      return r.stdout;
+    };
+    const mesh = { root, ctl, ctlExtra, ips, web, ok } as unknown as Mesh & { agentA: RunningAgent; agentB: RunningAgent };
+    await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', ips.web, '--port', String(WEB_PORT), '--label', 'app=web']);
+    await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', ips.client]);
+    const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
+    const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
+    const [a, b] = await startAgentPair(started, [
+      { node: 'node-a', address: ips.a, controller: ctl.address, dataDir: join(root, 'a'), join: ta },
+      { node: 'node-b', address: ips.b, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
+    ]);
+    mesh.agentA = a;
+    mesh.agentB = b;
+    mesh.close = async () => {
+      await Promise.all([a.proc.stop(), b.proc.stop()]);
+      await mesh.ctl.proc.stop();
+      web.close();
+    };
+    for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 20_000);
+    await eventually(async () => {
+      const dump = JSON.parse((await httpGet(hostPortOf(a.admin), '/config_dump')).body) as { nodes: { name: string }[] };
+      return dump.nodes.some((n) => n.name === 'node-b');
+    }, 'node-a learns node-b');
+    return mesh;
   });
-  await new Promise<void>((r) => web.listen(WEB_PORT, ips.web, r));
-  const ctl = await startController(join(root, 'ctl'), ctlExtra, ips.ctl);
-  const ok = async (args: string[], stdin?: string): Promise<string> => {
-    const r = await ambitctl(mesh.ctl, args, stdin);
-    if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
-    return r.stdout;
-  };
-  const mesh = { root, ctl, ctlExtra, ips, web, ok } as unknown as Mesh & { agentA: RunningAgent; agentB: RunningAgent };
-  await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', ips.web, '--port', String(WEB_PORT), '--label', 'app=web']);
-  await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', ips.client]);
-  const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
-  const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
-  const [a, b] = await Promise.all([
-    startAgent({ node: 'node-a', address: ips.a, controller: ctl.address, dataDir: join(root, 'a'), join: ta }),
-    startAgent({ node: 'node-b', address: ips.b, controller: ctl.address, dataDir: join(root, 'b'), join: tb }),
-  ]);
-  mesh.agentA = a;
-  mesh.agentB = b;
-  mesh.close = async () => {
-    await Promise.all([a.proc.stop(), b.proc.stop()]);
-    await mesh.ctl.proc.stop();
-    web.close();
-  };
-  for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 20_000);
-  await eventually(async () => {
-    const dump = JSON.parse((await httpGet(hostPortOf(a.admin), '/config_dump')).body) as { nodes: { name: string }[] };
-    return dump.nodes.some((n) => n.name === 'node-b');
-  }, 'node-a learns node-b');
-  return mesh;
 }
 
 export interface CertStatus {

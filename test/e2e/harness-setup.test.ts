@@ -1,0 +1,77 @@
+/**
+ * The test harness's set-up guarantees (real processes on 127.0.15.50–52): a
+ * set-up that fails partway stops what it had started, so a failed test
+ * cannot leave a controller or an agent running into the next one.
+ */
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { ambitctl, Proc, setUp, startAgentPair, startController } from './harness.ts';
+
+const alive = (pid: number | undefined): boolean => {
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+t.test('setUp stops what started, in reverse order, when a later step fails; nothing when it succeeds', async (t) => {
+  const stopped: string[] = [];
+  await t.rejects(
+    setUp(async (started) => {
+      started(() => void stopped.push('first'));
+      started(async () => {
+        await new Promise((r) => setTimeout(r, 10));
+        stopped.push('second');
+      });
+      started(() => {
+        stopped.push('third');
+        throw new Error('a stop that fails does not stop the others');
+      });
+      throw new Error('step 4 failed');
+    }),
+    { message: 'step 4 failed' },
+    'the set-up error goes on',
+  );
+  t.same(stopped, ['third', 'second', 'first']);
+  const ok: string[] = [];
+  t.equal(await setUp(async (started) => {
+    started(() => void ok.push('stopped'));
+    return 42;
+  }), 42);
+  t.same(ok, [], 'a set-up that succeeds keeps everything running');
+});
+
+t.test('a process that never logs its start-up line is stopped, not left running', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-harness-'));
+  const file = join(dir, 'silent.mjs');
+  writeFileSync(file, 'setInterval(() => undefined, 1000);\n');
+  const p = new Proc(file, []);
+  await t.rejects(p.startedWhen((l) => l.msg === 'never', 500), /timed out waiting for a log line/);
+  t.notOk(alive(p.child.pid), 'the silent process is gone');
+});
+
+t.test('startAgentPair: when one agent fails to start, the other is stopped', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'ambit-harness-pair-'));
+  const ctl = await startController(join(root, 'ctl'), [], '127.0.15.50');
+  t.teardown(() => ctl.proc.stop());
+  const token = (await ambitctl(ctl, ['node', 'token', 'create', '--node', 'node-a'])).stdout.trim();
+  await t.rejects(
+    setUp(async (started) => startAgentPair(started, [
+      { node: 'node-a', address: '127.0.15.51', controller: ctl.address, dataDir: join(root, 'a'), join: token },
+      // Refused at once: the agent exits with a usage error.
+      { node: 'node-b', address: '127.0.15.52', controller: ctl.address, dataDir: join(root, 'b'), extra: ['--no-such-flag'] },
+    ])),
+    /exited/,
+    'the failing agent fails the set-up',
+  );
+  // The agent that did start is not handed back on failure: look for it among the processes.
+  const ps = execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' });
+  const running = ps.split('\n').filter((l) => l.includes('agent/main.ts') && l.includes('127.0.15.51'));
+  t.same(running, [], 'the agent that did start was stopped');
+});
