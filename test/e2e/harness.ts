@@ -5,7 +5,7 @@
  * (test/e2e/bin.test.ts checks the built ones start too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
@@ -199,6 +199,19 @@ export async function startAgent(o: {
     proc, node: o.node, address: o.address, dataDir: o.dataDir,
     hbone: String(started.hbone), socks: String(started.socks), metrics: String(started.metrics), ready: String(started.ready), admin: String(started.admin),
   };
+}
+
+/** A TCP echo server (half-close aware) listening on host:port, resolved once it listens. */
+export async function startEchoServer(host: string, port: number): Promise<Server> {
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => undefined);
+    s.pipe(s);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, resolve);
+  });
+  return server;
 }
 
 type AgentOptions = Parameters<typeof startAgent>[0];

@@ -5,11 +5,11 @@
  */
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import http2, { type ClientHttp2Session } from 'node:http2';
-import { createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startController, type RunningAgent, type RunningController } from '../harness.ts';
+import { ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -33,14 +33,7 @@ export async function startMesh(prefix: string, base: number, name: string): Pro
   const webIp = ip(4);
   const root = mkdtempSync(join(tmpdir(), `ambit-e2e-${name}-`));
   return setUp(async (started) => {
-    const web = createServer({ allowHalfOpen: true }, (s) => {
-      s.on('error', () => undefined);
-      s.pipe(s);
-    });
-    await new Promise<void>((r, reject) => {
-      web.once('error', reject);
-      web.listen(WEB_PORT, webIp, r);
-    });
+    const web = await startEchoServer(webIp, WEB_PORT);
     started(() => web.close());
     const ctl = await startController(join(root, 'ctl'), [], ip(0));
     started(() => ctl.proc.stop());

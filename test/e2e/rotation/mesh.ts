@@ -9,11 +9,11 @@
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCertificates } from '../../../shared/tls.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, metricValue, setUp, startAgentPair, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
+import { ambitctl, eventually, httpGet, hostPortOf, metricValue, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -38,14 +38,7 @@ export async function startMesh(name: string, base: number, ctlExtra: readonly s
   const ips = { ctl: ip(0), a: ip(1), b: ip(2), client: ip(3), web: ip(4) };
   const root = mkdtempSync(join(tmpdir(), `ambit-e2e-${name}-`));
   return setUp(async (started) => {
-    const web = createServer({ allowHalfOpen: true }, (s) => {
-      s.on('error', () => undefined);
-      s.pipe(s);
-    });
-    await new Promise<void>((r, reject) => {
-      web.once('error', reject);
-      web.listen(WEB_PORT, ips.web, r);
-    });
+    const web = await startEchoServer(ips.web, WEB_PORT);
     started(() => web.close());
     const ctl = await startController(join(root, 'ctl'), ctlExtra, ips.ctl);
     // mesh.ctl, not ctl: a test may replace the controller (a restart).
