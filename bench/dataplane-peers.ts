@@ -261,6 +261,20 @@ export async function startNodeH2(children: Children, script: string, certs: Pee
     : children.spawn(process.execPath, [script, 'client', at(entry), at(tls), certs.clientCert, certs.clientKey, certs.ca, certs.serverName]), entry, tls);
 }
 
+/**
+ * The rust-h2 baseline (bench/native-h2): the same transport in tokio + h2 +
+ * rustls, one thread per side. `binary` is the built executable
+ * (bench/native-h2/build.sh).
+ */
+export async function startRustH2(children: Children, binary: string, certs: PeerCerts, a: PairAddresses): Promise<ProxyPair> {
+  const entry = { host: a.clientSide, port: await freePort(a.clientSide) };
+  const tls = { host: a.serverSide, port: await freePort(a.serverSide) };
+  const at = (h: HostPort): string => `${h.host}:${h.port}`;
+  return startPair('rust-h2', (side) => side === 'server'
+    ? children.spawn(binary, ['server', at(tls), at(a.upstream), certs.serverCert, certs.serverKey, certs.ca])
+    : children.spawn(binary, ['client', at(entry), at(tls), certs.clientCert, certs.clientKey, certs.ca, certs.serverName]), entry, tls);
+}
+
 /** Why nginx cannot be a peer here (undefined: it can), and the load_module line it needs. */
 export function nginxStreamSupport(nginx: string): { missing?: string; loadModule?: string } {
   // nginx -V prints its build configuration on stderr.

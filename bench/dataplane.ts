@@ -10,6 +10,8 @@
 //   node-h2  client → the agents' HTTP/2 CONNECT transport and relay alone, no
 //            identity, policy or telemetry (bench/dataplane-nodeh2.ts) → server:
 //            the floor of an agent built on node:http2 + node:tls here
+//   rust-h2  the same transport in tokio + h2 + rustls (bench/native-h2, built
+//            with bench/native-h2/build.sh): what a native data path reaches here
 //
 // Metrics per path: throughput over 1 and 4 connections, 1 KiB echo latency
 // (p50/p99), new connections per second at concurrency 16, CPU seconds per
@@ -20,7 +22,7 @@
 //
 // Run: npm run bench:dataplane   (node bench/dataplane.ts --help for options)
 import type { ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { ambitctl, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 import { connectionRate, latency, probeOnce, throughput, type Target } from './dataplane-load.ts';
 import {
-  Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startStunnel, which,
+  Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startRustH2, startStunnel, which,
   type ProxyPair, type TrackedChild,
 } from './dataplane-peers.ts';
 
@@ -45,7 +47,11 @@ const ADDR = {
   nginxServer: '127.0.9.33',
   nodeH2Client: '127.0.9.42',
   nodeH2Server: '127.0.9.43',
+  rustH2Client: '127.0.9.52',
+  rustH2Server: '127.0.9.53',
 } as const;
+/** The rust-h2 baseline's executable, once bench/native-h2/build.sh has built it. */
+const RUST_H2_BINARY = join(dirname(fileURLToPath(import.meta.url)), 'native-h2', 'target', 'release', 'ambit-bench-native-h2');
 /** Agent A's explicit upstream listener: connections to agentA:UPSTREAM_PORT are the client workload's, to the server. */
 const UPSTREAM_PORT = 19080;
 /** The whole bench stops starting new measurements after this long (setup included). */
@@ -53,7 +59,9 @@ const TIME_BUDGET_MS = 170_000;
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-const PATHS = ['direct', 'tunnel', 'node-h2', 'stunnel', 'nginx'] as const;
+const PATHS = ['direct', 'tunnel', 'node-h2', 'rust-h2', 'stunnel', 'nginx'] as const;
+/** Baselines: measured and reported, never chosen as the best peer. */
+const BASELINES: readonly PathName[] = ['node-h2', 'rust-h2'];
 type PathName = (typeof PATHS)[number];
 const PEERS: readonly PathName[] = ['stunnel', 'nginx'];
 
@@ -257,52 +265,40 @@ async function main(): Promise<void> {
     }
 
     const openssl = which('openssl');
-    const wantPeers = [...PEERS, 'node-h2' as const].filter((p) => wanted.has(p));
+    const wantPeers = [...PEERS, ...BASELINES].filter((p) => wanted.has(p));
     const certsDir = join(tmp, 'peers');
     mkdirSync(certsDir);
     const certs = wantPeers.length > 0 && openssl ? makePeerCerts(certsDir, openssl) : undefined;
     if (wantPeers.length > 0 && !openssl) skipped.push(`${wantPeers.join(', ')}: openssl (to make their certificates) is not installed`);
-    if (certs && wanted.has('node-h2')) {
+    /** Starts one proxy pair and adds its path once a first connection goes through; a pair that cannot start is skipped with the reason. */
+    const addPair = async (name: PathName, missing: string | undefined, start: () => Promise<ProxyPair>): Promise<void> => {
+      if (!certs || !wanted.has(name)) return;
+      if (missing) {
+        skipped.push(`${name}: ${missing}`);
+        return;
+      }
       try {
-        const pair = await startNodeH2(children, join(HERE, 'dataplane-nodeh2.ts'), certs, { clientSide: ADDR.nodeH2Client, serverSide: ADDR.nodeH2Server, upstream: serverAt });
+        const pair = await start();
         pairs.push(pair);
         const target = { ...pair.entry, localAddress: ADDR.client };
-        await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through node-h2', 15_000);
-        paths.push({ name: 'node-h2', target, procs: pair.procs });
+        await eventually(async () => (await probeOnce(target, 3_000), true), `a first connection through ${name}`, 15_000);
+        paths.push({ name, target, procs: pair.procs });
       } catch (err) {
-        skipped.push(`node-h2: failed to start: ${(err as Error).message}`);
+        skipped.push(`${name}: failed to start: ${(err as Error).message}`);
       }
-    }
-    if (certs && wanted.has('stunnel')) {
+    };
+    const upstream = serverAt;
+    if (certs) {
+      await addPair('node-h2', undefined, () => startNodeH2(children, join(HERE, 'dataplane-nodeh2.ts'), certs, { clientSide: ADDR.nodeH2Client, serverSide: ADDR.nodeH2Server, upstream }));
+      await addPair('rust-h2', existsSync(RUST_H2_BINARY) ? undefined : 'not built (bash bench/native-h2/build.sh)',
+        () => startRustH2(children, RUST_H2_BINARY, certs, { clientSide: ADDR.rustH2Client, serverSide: ADDR.rustH2Server, upstream }));
       const stunnel = which('stunnel') ?? which('stunnel4');
-      if (!stunnel) skipped.push('stunnel: not installed');
-      else {
-        try {
-          const pair = await startStunnel(children, stunnel, certsDir, certs, { clientSide: ADDR.stunnelClient, serverSide: ADDR.stunnelServer, upstream: serverAt });
-          pairs.push(pair);
-          const target = { ...pair.entry, localAddress: ADDR.client };
-          await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through stunnel', 15_000);
-          paths.push({ name: 'stunnel', target, procs: pair.procs });
-        } catch (err) {
-          skipped.push(`stunnel: failed to start: ${(err as Error).message}`);
-        }
-      }
-    }
-    if (certs && wanted.has('nginx')) {
+      await addPair('stunnel', stunnel ? undefined : 'not installed',
+        () => startStunnel(children, stunnel!, certsDir, certs, { clientSide: ADDR.stunnelClient, serverSide: ADDR.stunnelServer, upstream }));
       const nginx = which('nginx');
       const support = nginx ? nginxStreamSupport(nginx) : { missing: 'not installed' };
-      if (!nginx || support.missing) skipped.push(`nginx: ${support.missing}`);
-      else {
-        try {
-          const pair = await startNginx(children, nginx, support.loadModule, certsDir, certs, { clientSide: ADDR.nginxClient, serverSide: ADDR.nginxServer, upstream: serverAt });
-          pairs.push(pair);
-          const target = { ...pair.entry, localAddress: ADDR.client };
-          await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through nginx', 15_000);
-          paths.push({ name: 'nginx', target, procs: pair.procs });
-        } catch (err) {
-          skipped.push(`nginx: failed to start: ${(err as Error).message}`);
-        }
-      }
+      await addPair('nginx', support.missing,
+        () => startNginx(children, nginx!, support.loadModule, certsDir, certs, { clientSide: ADDR.nginxClient, serverSide: ADDR.nginxServer, upstream }));
     }
     for (const s of skipped) log(`skipped ${s}`);
     log(`setup done in ${fmt((performance.now() - t0) / 1000, 1)} s; paths: ${paths.map((p) => p.name).join(', ')}`);
@@ -480,6 +476,11 @@ async function main(): Promise<void> {
         // The same three ratios for the bare transport: what node:http2 + node:tls allow here at all.
         out.push(`  node-h2 (the transport alone) vs best peer:   throughput ${(h.tp1 / tp.v).toFixed(2)}x, new connections/s ${(h.rate / cr.v).toFixed(2)}x, added p50 ${(added('node-h2') / lat.v).toFixed(2)}x`);
         out.push(`  tunnel vs node-h2 (Ambit's own cost):         throughput ${(t.tp1 / h.tp1).toFixed(2)}x, new connections/s ${(t.rate / h.rate).toFixed(2)}x, CPU per new connection ${(t.cpuConn / h.cpuConn).toFixed(2)}x`);
+      }
+      const r = med.get('rust-h2');
+      if (r) {
+        // The same three ratios for a native transport: what a data path outside node:http2 would allow here.
+        out.push(`  rust-h2 (a native transport) vs best peer:    throughput ${(r.tp1 / tp.v).toFixed(2)}x, new connections/s ${(r.rate / cr.v).toFixed(2)}x, added p50 ${(added('rust-h2') / lat.v).toFixed(2)}x`);
       }
     }
     out.push(`total time ${fmt((performance.now() - t0) / 1000, 1)} s`);
