@@ -114,8 +114,8 @@ export interface RunningController {
 }
 
 /** Starts ambit-controller on 127.0.0.1 with OS-chosen ports and waits for "controller ready". */
-export async function startController(dataDir: string, extra: readonly string[] = [], host = '127.0.0.1', ports: { grpc?: number; monitoring?: number } = {}): Promise<RunningController> {
-  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...extra]);
+export async function startController(dataDir: string, extra: readonly string[] = [], host = '127.0.0.1', ports: { grpc?: number; monitoring?: number } = {}, main = CONTROLLER_MAIN): Promise<RunningController> {
+  const proc = new Proc(main, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...extra]);
   const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
   const grpcPort = Number(String(ready.grpc).split(':').pop());
   const monPort = Number(String(ready.monitoring).split(':').pop());
@@ -191,9 +191,11 @@ export async function startAgent(o: {
   readonly join?: string;
   readonly extra?: readonly string[];
   readonly env?: Record<string, string>;
+  /** The entry point: agent/main.ts (from source), or a built dist/agent/main.js. */
+  readonly main?: string;
 }): Promise<RunningAgent> {
   const args = ['--node', o.node, '--controller', o.controller, '--address', o.address, '--data-dir', o.dataDir, '--capture', 'none', ...(o.join ? ['--join', o.join] : []), ...(o.extra ?? [])];
-  const proc = new Proc(AGENT_MAIN, args, o.env);
+  const proc = new Proc(o.main ?? AGENT_MAIN, args, o.env);
   const started = await proc.startedWhen((l) => l.msg === 'agent started');
   return {
     proc, node: o.node, address: o.address, dataDir: o.dataDir,
