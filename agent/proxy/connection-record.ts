@@ -79,15 +79,17 @@ export class ConnectionRecord {
   }
 
   // Bytes go straight into the series' totals (plain additions, see
-  // TcpSeriesTable), so a scrape sees a live connection's exact count.
+  // TcpSeriesTable), so a scrape sees a live connection's exact count. Once
+  // finished, the record is what the access log and span said: a relay's
+  // late callbacks (after a policy close) are not counted.
   fromSource(n: number): void {
     this.bytesFromSource += n;
-    if (this.#series !== undefined) this.#series.received += n;
+    if (this.#series !== undefined && !this.#finished) this.#series.received += n;
   }
 
   toSource(n: number): void {
     this.bytesToSource += n;
-    if (this.#series !== undefined) this.#series.sent += n;
+    if (this.#series !== undefined && !this.#finished) this.#series.sent += n;
   }
 
   /** Ends the record; later calls do nothing. A connection never opened is logged but not counted as opened/closed. */

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const CTL = '127.0.3.1';
 const A = '127.0.3.2';
@@ -96,9 +96,10 @@ t.before(async () => {
   await ok(['service', 'create', '--name', 'web', '--port', `80:${WEB_PORT}`, '--selector', 'app=web']);
   const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
   const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
-  [agentA, agentB] = await Promise.all([
-    startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] }),
-    startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb }),
+  // Whichever agent starts is stopped at the end, even if the other fails to start.
+  [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
+    { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] },
+    { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
   ]);
   for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
   // Both agents must know each other's HBONE address before traffic flows.

@@ -211,7 +211,10 @@ export async function startEchoServer(host: string, port: number): Promise<Serve
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, resolve);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   return server;
 }

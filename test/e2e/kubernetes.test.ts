@@ -24,7 +24,7 @@ import { AdminClient, type ListResponse } from '../../shared/proto/gen/ambit.ts'
 import { resourceFromWire } from '../../shared/resources/wire.ts';
 import { workloadId } from '../../shared/spiffe-id.ts';
 import { CertificateAuthority } from '../../controller/ca/authority.ts';
-import { ambitctl, eventually, hostPortOf, socksConnect, httpGet, startAgent, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { ambitctl, eventually, hostPortOf, socksConnect, httpGet, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 import { FakeKube, node, pod, service, type KubeObject } from './fake-kube/server.ts';
 
 const CTL = '127.0.7.1';
@@ -132,9 +132,10 @@ t.before(async () => {
     '--kubernetes-token-file', tokenFile(`agent-${n}`, fake.issueToken({ namespace: 'ambit-system', serviceAccount: 'ambit-agent', pod: `ambit-agent-${n}` })),
     '--ca-bundle', bundle,
   ];
-  [agentA, agentB] = await Promise.all([
-    startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), extra: k8sArgs('a') }),
-    startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: k8sArgs('b') }),
+  // Whichever agent starts is stopped at the end, even if the other fails to start.
+  [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
+    { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), extra: k8sArgs('a') },
+    { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: k8sArgs('b') },
   ]);
   for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
   await eventually(async () => (await configDump(agentA)).resources.some((r) => r.kind === 'Workload' && r.metadata.name === 'client'), 'node-a sees the client pod');

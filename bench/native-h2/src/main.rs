@@ -69,6 +69,10 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(mut from: R, mut to: SendStream<Bytes>)
         while !data.is_empty() {
             to.reserve_capacity(data.len());
             let granted = std::future::poll_fn(|cx| to.poll_capacity(cx)).await.ok_or("stream closed")??;
+            // Capacity can come back as 0 (what is still buffered is deducted): wait for more.
+            if granted == 0 {
+                continue;
+            }
             let n = granted.min(data.len());
             to.send_data(data.split_to(n), false)?;
         }
@@ -87,15 +91,41 @@ async fn h2_to_tcp<W: AsyncWrite + Unpin>(mut from: RecvStream, mut to: W) -> Re
     Ok(())
 }
 
-/// Both directions of one tunnel; an error on either side ends both.
+/// Both directions of one tunnel in one task, each finishing on its own
+/// (half-close). An error on either side ends both: returning drops the
+/// SendStream and RecvStream (h2 then resets the stream, RST_STREAM) and both
+/// TCP halves (the socket is closed), so no stream is left waiting for a side
+/// that is gone.
 async fn relay(tcp: TcpStream, send: SendStream<Bytes>, recv: RecvStream) {
     let (r, w) = tcp.into_split();
-    let up = tokio::spawn(tcp_to_h2(r, send));
-    let down = h2_to_tcp(recv, w).await;
-    if down.is_err() {
-        up.abort();
+    let up = tcp_to_h2(r, send);
+    let down = h2_to_tcp(recv, w);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            res = &mut up, if !up_done => {
+                if res.is_err() { return; }
+                up_done = true;
+            }
+            res = &mut down, if !down_done => {
+                if res.is_err() { return; }
+                down_done = true;
+            }
+        }
     }
-    let _ = up.await;
+}
+
+/// The next connection; a failed accept (a peer that already reset, EMFILE)
+/// ends that attempt, not the process, after a pause so it cannot spin.
+async fn accept(listener: &TcpListener) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((tcp, _)) => Some(tcp),
+        Err(_) => {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            None
+        }
+    }
 }
 
 async fn run_server(listen: String, upstream: String, cert: String, key_path: String, ca: String) -> Result<(), BoxError> {
@@ -112,8 +142,8 @@ async fn run_server(listen: String, upstream: String, cert: String, key_path: St
     let listener = TcpListener::bind(&listen).await?;
     let upstream = Arc::new(upstream);
     loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
+        let Some(tcp) = accept(&listener).await else { continue };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
@@ -213,11 +243,12 @@ async fn run_client(listen: String, server_at: String, cert: String, key_path: S
     });
     let listener = TcpListener::bind(&listen).await?;
     loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
+        let Some(tcp) = accept(&listener).await else { continue };
+        let _ = tcp.set_nodelay(true);
         let pool = pool.clone();
         tokio::spawn(async move {
-            // A failed tunnel drops the client's socket (closed, as the agents reset it).
+            // A failed tunnel drops the client's socket: it is closed (FIN,
+            // where the agents send a reset; the bench counts either as a failure).
             let _ = tunnel(pool, tcp).await;
         });
     }

@@ -15,7 +15,7 @@ import { mkdtempSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ambitctl, eventually, hostPortOf, httpGet, metricValue, socksConnect, startAgent, startController, type RunningAgent, type RunningController } from '../harness.ts';
+import { ambitctl, eventually, hostPortOf, httpGet, metricValue, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from '../harness.ts';
 
 const ip = (n: number): string => `127.0.15.${n}`;
 const CTL = ip(30);
@@ -72,9 +72,10 @@ t.before(async () => {
   await register('uid-other', 'node-a', UID_OTHER, ['--uid', String(NOT_MY_UID)]);
   await ok(['apply', '-f', '-'], POLICY);
   const [ta, tb] = [(await ok(['node', 'token', 'create', '--node', 'node-a'])).trim(), (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim()];
-  [agentA, agentB] = await Promise.all([
-    startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', `default/other:${UPSTREAM_PORT}=${WEB}:${WEB_PORT}`] }),
-    startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb }),
+  // Whichever agent starts is stopped at the end, even if the other fails to start.
+  [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
+    { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', `default/other:${UPSTREAM_PORT}=${WEB}:${WEB_PORT}`] },
+    { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
   ]);
   for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 20_000);
   await eventually(async () => (await attempt(OTHER, 'default/other')).reply === 0, 'the mesh carries other → web');

@@ -41,8 +41,7 @@ export async function startMesh(name: string, base: number, ctlExtra: readonly s
     const web = await startEchoServer(ips.web, WEB_PORT);
     started(() => web.close());
     const ctl = await startController(join(root, 'ctl'), ctlExtra, ips.ctl);
-    // mesh.ctl, not ctl: a test may replace the controller (a restart).
-    started(() => mesh.ctl.proc.stop());
+    started(() => ctl.proc.stop());
     const ok = async (args: string[], stdin?: string): Promise<string> => {
       const r = await ambitctl(mesh.ctl, args, stdin);
       if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
