@@ -22,7 +22,7 @@
 //
 // Run: npm run bench:dataplane   (node bench/dataplane.ts --help for options)
 import { execFileSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,6 +52,14 @@ const ADDR = {
 } as const;
 /** The rust-h2 baseline's executable, once bench/native-h2/build.sh has built it. */
 const RUST_H2_BINARY = join(dirname(fileURLToPath(import.meta.url)), 'native-h2', 'target', 'release', 'ambit-bench-native-h2');
+
+/** Why rust-h2 cannot run (not built, or built from older sources than those checked out), or undefined. */
+function rustH2Missing(): string | undefined {
+  if (!existsSync(RUST_H2_BINARY)) return 'not built (bash bench/native-h2/build.sh)';
+  const built = statSync(RUST_H2_BINARY).mtimeMs;
+  const sources = ['src/main.rs', 'Cargo.toml'].map((f) => statSync(join(dirname(fileURLToPath(import.meta.url)), 'native-h2', f)).mtimeMs);
+  return sources.some((m) => m > built) ? 'built from older sources than bench/native-h2 now has (bash bench/native-h2/build.sh)' : undefined;
+}
 /** Agent A's explicit upstream listener: connections to agentA:UPSTREAM_PORT are the client workload's, to the server. */
 const UPSTREAM_PORT = 19080;
 /** The whole bench stops starting new measurements after this long (setup included). */
@@ -199,7 +207,13 @@ async function main(): Promise<void> {
   const ROOT = join(HERE, '..');
   if (!fromSource) {
     log('building dist/ (tsc -p tsconfig.json; --from-source skips this)');
-    execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    try {
+      execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    } catch {
+      // tsc still writes dist/ when it finds type errors (noEmitOnError is off):
+      // a type error in a test file must not stop a benchmark of the agents.
+      log('tsc reported errors (above); measuring the dist/ it wrote anyway');
+    }
   }
   const mains = fromSource
     ? { agent: join(ROOT, 'agent', 'main.ts'), controller: join(ROOT, 'controller', 'main.ts'), nodeH2: join(HERE, 'dataplane-nodeh2.ts') }
@@ -307,7 +321,7 @@ async function main(): Promise<void> {
     const upstream = serverAt;
     if (certs) {
       await addPair('node-h2', undefined, () => startNodeH2(children, mains.nodeH2, certs, { clientSide: ADDR.nodeH2Client, serverSide: ADDR.nodeH2Server, upstream }));
-      await addPair('rust-h2', existsSync(RUST_H2_BINARY) ? undefined : 'not built (bash bench/native-h2/build.sh)',
+      await addPair('rust-h2', rustH2Missing(),
         () => startRustH2(children, RUST_H2_BINARY, certs, { clientSide: ADDR.rustH2Client, serverSide: ADDR.rustH2Server, upstream }));
       const stunnel = which('stunnel') ?? which('stunnel4');
       await addPair('stunnel', stunnel ? undefined : 'not installed',
