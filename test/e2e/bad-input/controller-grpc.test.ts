@@ -12,7 +12,6 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -24,6 +23,7 @@ import { parseJoinToken } from '../../../controller/registry/join-tokens.ts';
 import { joinWithToken, type NodeCredentials } from '../../../agent/identity/ca-client.ts';
 import { ambitctl, eventually, startController, type RunningController } from '../harness.ts';
 import { FRAME, frame, frameReader, PREFACE } from './mesh.ts';
+import { sendRaw } from './raw-peer.ts';
 
 const TD = 'cluster.local';
 const HOST = '127.0.12.30';
@@ -52,35 +52,16 @@ function fdCount(): number {
   return readdirSync(`/proc/${ctl.proc.child.pid}/fd`).length;
 }
 
-function sendRaw(bytes: Buffer, timeoutMs = 5000): Promise<{ closed: boolean; received: Buffer; ms: number }> {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const s = netConnect({ host: HOST, port: ctl.grpc.port, allowHalfOpen: true });
-    const chunks: Buffer[] = [];
-    const finish = (closed: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ closed, received: Buffer.concat(chunks), ms: Date.now() - started });
-    };
-    const timer = setTimeout(() => finish(false), timeoutMs);
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('end', () => finish(true));
-    s.on('error', () => finish(true));
-    s.on('close', () => finish(true));
-    s.on('connect', () => s.write(bytes));
-  });
-}
-
 t.test('garbage bytes and plaintext HTTP on the gRPC port: closed; the controller keeps serving', async (t) => {
   const fds = fdCount();
   for (let i = 0; i < 5; i++) {
-    const r = await sendRaw(randomBytes(100 + i * 2000));
+    const r = await sendRaw(ctl.grpc, randomBytes(100 + i * 2000));
     t.ok(r.closed, `random bytes #${i}: closed after ${r.ms} ms`);
   }
-  const h1 = await sendRaw(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  const h1 = await sendRaw(ctl.grpc, Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
   t.ok(h1.closed, 'plaintext HTTP/1: closed');
   t.notMatch(h1.received.toString('latin1'), /HTTP\/1\.1 200/, 'no HTTP answer');
-  const h2c = await sendRaw(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
+  const h2c = await sendRaw(ctl.grpc, Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
   t.ok(h2c.closed, 'cleartext HTTP/2 preface: closed');
   t.ok(alive(), 'controller still running');
   t.ok(await statusWorks(), 'ambitctl status works after');

@@ -8,11 +8,11 @@
  */
 import t from 'tap';
 import { mkdtempSync, readdirSync } from 'node:fs';
-import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { ambitctl, eventually, startController, type RunningController } from '../harness.ts';
+import { captureClientHello, sendRaw } from './raw-peer.ts';
 
 const HOST = '127.0.15.10';
 /** The bound under test, plus scheduling slack for a loaded 2-core machine. */
@@ -29,51 +29,14 @@ t.teardown(async () => {
 
 const fdCount = (): number => readdirSync(`/proc/${ctl.proc.child.pid}/fd`).length;
 
-/** Opens TCP, writes `bytes` (if any) and then stays silent; resolves when the server closes, or after timeoutMs. */
-function holdOpen(bytes: Buffer, timeoutMs: number): Promise<{ closed: boolean; ms: number }> {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const s = netConnect({ host: HOST, port: ctl.grpc.port, allowHalfOpen: true });
-    const finish = (closed: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ closed, ms: Date.now() - started });
-    };
-    const timer = setTimeout(() => finish(false), timeoutMs);
-    s.on('data', () => undefined);
-    s.on('error', () => finish(true));
-    s.on('end', () => finish(true));
-    s.on('close', () => finish(true));
-    s.on('connect', () => {
-      if (bytes.length > 0) s.write(bytes);
-    });
-  });
-}
-
-/** A genuine TLS 1.3 ClientHello with ALPN h2, captured from Node's own client. */
-async function clientHello(): Promise<Buffer> {
-  const server = createServer();
-  const got = new Promise<Buffer>((resolve) => server.once('connection', (s: Socket) => s.once('data', (d: Buffer) => {
-    resolve(d);
-    s.destroy();
-  })));
-  await new Promise<void>((r) => server.listen(0, HOST, r));
-  const c = tls.connect({ host: HOST, port: (server.address() as { port: number }).port, servername: 'localhost', ALPNProtocols: ['h2'] });
-  c.on('error', () => undefined);
-  const hello = await got;
-  c.destroy();
-  server.close();
-  return hello;
-}
-
 t.test('silent and half-ClientHello clients are cut by the 10 s handshake timeout; the controller keeps serving', async (t) => {
   const fdBaseline = fdCount();
-  const hello = await clientHello();
+  const hello = await captureClientHello(HOST, 'localhost');
   const half = hello.subarray(0, Math.floor(hello.length / 2));
   const started = Date.now();
   const held = [
-    ...Array.from({ length: 20 }, () => holdOpen(Buffer.alloc(0), 20_000)),
-    ...Array.from({ length: 20 }, () => holdOpen(half, 20_000)),
+    ...Array.from({ length: 20 }, () => sendRaw(ctl.grpc, Buffer.alloc(0), { timeoutMs: 20_000 })),
+    ...Array.from({ length: 20 }, () => sendRaw(ctl.grpc, half, { timeoutMs: 20_000 })),
   ];
   // While the 40 stalled handshakes are held, the controller answers as usual.
   await eventually(async () => fdCount() >= fdBaseline + 40, 'the 40 stalled connections accepted', 5_000).catch(() => undefined);

@@ -8,7 +8,6 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
@@ -16,6 +15,7 @@ import { eventually, hostPortOf, httpGet, metricValue } from '../harness.ts';
 import {
   alive, clientCredentials, fdCount, FRAME, frame, frameReader, headersFrame, hboneSession, liveConnections, PREFACE, request, rstFrame, startMesh, tunnelWorks, WEB_ID, type Mesh, type RawFrame,
 } from './mesh.ts';
+import { captureClientHello, sendRaw } from './raw-peer.ts';
 
 let m: Mesh;
 let fdBaseline = 0;
@@ -31,45 +31,6 @@ t.teardown(async () => {
 });
 
 const hbone = (): { host: string; port: number } => hostPortOf(m.b.hbone);
-
-/** Writes `bytes` (optionally ending), collects what comes back, resolves when the server closes or after timeoutMs. */
-function sendRaw(bytes: Buffer, o: { end?: boolean; timeoutMs?: number } = {}): Promise<{ closed: boolean; received: Buffer; ms: number }> {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const s = netConnect({ ...hbone(), allowHalfOpen: true });
-    const chunks: Buffer[] = [];
-    const finish = (closed: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ closed, received: Buffer.concat(chunks), ms: Date.now() - started });
-    };
-    const timer = setTimeout(() => finish(false), o.timeoutMs ?? 5000);
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', () => finish(true));
-    s.on('end', () => finish(true)); // the server's FIN: it closed its side
-    s.on('close', () => finish(true));
-    s.on('connect', () => {
-      if (bytes.length) s.write(bytes);
-      if (o.end) s.end();
-    });
-  });
-}
-
-/** A genuine TLS 1.3 ClientHello, captured from Node's own client. */
-async function clientHello(): Promise<Buffer> {
-  const server = createServer();
-  const got = new Promise<Buffer>((resolve) => server.once('connection', (s: Socket) => s.once('data', (d: Buffer) => {
-    resolve(d);
-    s.destroy();
-  })));
-  await new Promise<void>((r) => server.listen(0, '127.0.12.10', r));
-  const c = tls.connect({ host: '127.0.12.10', port: (server.address() as { port: number }).port, servername: serverNameFor(WEB_ID), ALPNProtocols: ['h2'] });
-  c.on('error', () => undefined);
-  const hello = await got;
-  c.destroy();
-  server.close();
-  return hello;
-}
 
 t.test('HTTP/1.1 over TLS (ALPN http/1.1) is refused', async (t) => {
   const refusedBefore = metricValue((await httpGet(hostPortOf(m.b.metrics), '/metrics')).body, 'ambit_connections_refused_total');
@@ -93,10 +54,10 @@ t.test('HTTP/1.1 over TLS (ALPN http/1.1) is refused', async (t) => {
 });
 
 t.test('plaintext HTTP/1 on 15008: closed, no HTTP answer', async (t) => {
-  const r = await sendRaw(Buffer.from('GET / HTTP/1.1\r\nHost: 127.0.12.12\r\n\r\n'));
+  const r = await sendRaw(hbone(), Buffer.from('GET / HTTP/1.1\r\nHost: 127.0.12.12\r\n\r\n'));
   t.ok(r.closed, `closed after ${r.ms} ms`);
   t.notMatch(r.received.toString('latin1'), /HTTP\/1/, 'no HTTP/1 response');
-  const connect = await sendRaw(Buffer.from('CONNECT 127.0.12.14:8080 HTTP/1.1\r\nHost: 127.0.12.14:8080\r\n\r\n'));
+  const connect = await sendRaw(hbone(), Buffer.from('CONNECT 127.0.12.14:8080 HTTP/1.1\r\nHost: 127.0.12.14:8080\r\n\r\n'));
   t.ok(connect.closed, 'an HTTP/1 CONNECT is closed too');
   t.notMatch(connect.received.toString('latin1'), /HTTP\/1/, 'no HTTP/1 response');
 });
@@ -111,26 +72,26 @@ t.test('garbage bytes and a truncated ClientHello: closed', async (t) => {
     const junk = randomBytes(64 + i * 1024);
     if (junk[1] === 0x03) junk[1] = 0x00;
     if ((junk[0]! & 0x80) !== 0 && junk[2] === 0x01) junk[2] = 0x00;
-    const r = await sendRaw(junk);
+    const r = await sendRaw(hbone(), junk);
     t.ok(r.closed, `random bytes #${i}: closed after ${r.ms} ms`);
   }
   // A TLS record header promising a huge record, then nothing useful.
-  const r2 = await sendRaw(Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0xff, 0xfb]), { end: true });
+  const r2 = await sendRaw(hbone(), Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0xff, 0xfb]), { end: true });
   t.ok(r2.closed, 'an oversized handshake record header followed by EOF: closed');
-  const hello = await clientHello();
-  const half = await sendRaw(hello.subarray(0, Math.floor(hello.length / 2)), { end: true });
+  const hello = await captureClientHello('127.0.12.10', serverNameFor(WEB_ID));
+  const half = await sendRaw(hbone(), hello.subarray(0, Math.floor(hello.length / 2)), { end: true });
   t.ok(half.closed, `half a ClientHello then EOF: closed after ${half.ms} ms`);
   const corrupted = Buffer.from(hello);
   for (let i = 5; i < corrupted.length; i += 7) corrupted[i] = corrupted[i]! ^ 0x5a;
-  const bad = await sendRaw(corrupted);
+  const bad = await sendRaw(hbone(), corrupted);
   t.ok(bad.closed, `a corrupted ClientHello: closed after ${bad.ms} ms`);
 });
 
 t.test('slow clients holding handshakes are cut by the handshake timeout (10 s)', async (t) => {
-  const hello = await clientHello();
+  const hello = await captureClientHello('127.0.12.10', serverNameFor(WEB_ID));
   const [silent, half] = await Promise.all([
-    sendRaw(Buffer.alloc(0), { timeoutMs: 14_000 }),
-    sendRaw(hello.subarray(0, Math.floor(hello.length / 2)), { timeoutMs: 14_000 }),
+    sendRaw(hbone(), Buffer.alloc(0), { timeoutMs: 14_000 }),
+    sendRaw(hbone(), hello.subarray(0, Math.floor(hello.length / 2)), { timeoutMs: 14_000 }),
   ]);
   t.ok(silent.closed && silent.ms <= 12_500, `TCP open, nothing sent: closed after ${silent.ms} ms`);
   t.ok(half.closed && half.ms <= 12_500, `half a ClientHello, then silence: closed after ${half.ms} ms`);
