@@ -37,30 +37,28 @@ type Field = 'opened' | 'closed' | 'sent' | 'received';
  * Prometheus client).
  */
 export class TcpSeriesTable {
-  readonly #series = new Map<string, TcpSeries>();
-  /** How much of each series prom-client has been given already. */
-  readonly #reported = new Map<TcpSeries, Record<Field, number>>();
+  /** Each label set's series, with how much of it prom-client has been given already. */
+  readonly #series = new Map<string, { readonly series: TcpSeries; readonly reported: Record<Field, number> }>();
   /** Connections open now, by direction (ambit_connections_active). */
   readonly active = { inbound: 0, outbound: 0 };
 
   series(labels: TcpLabels): TcpSeries {
     const key = `${labels.reporter}\0${labels.source_workload}\0${labels.source_workload_namespace}\0${labels.source_principal}\0${labels.destination_workload}\0${labels.destination_workload_namespace}\0${labels.destination_principal}\0${labels.destination_service}\0${labels.connection_security_policy}\0${labels.response_flags}`;
-    let s = this.#series.get(key);
-    if (s === undefined) {
-      s = { labels, opened: 0, closed: 0, sent: 0, received: 0 };
-      this.#series.set(key, s);
-      this.#reported.set(s, { opened: 0, closed: 0, sent: 0, received: 0 });
+    let entry = this.#series.get(key);
+    if (entry === undefined) {
+      entry = { series: { labels, opened: 0, closed: 0, sent: 0, received: 0 }, reported: { opened: 0, closed: 0, sent: 0, received: 0 } };
+      this.#series.set(key, entry);
     }
-    return s;
+    return entry.series;
   }
 
   /** Passes what `field` grew by since the last call to `counter` (a prom-client collect() step). */
   report(field: Field, counter: Counter<string>): void {
-    for (const [s, done] of this.#reported) {
-      const delta = s[field] - done[field];
+    for (const { series, reported } of this.#series.values()) {
+      const delta = series[field] - reported[field];
       if (delta > 0) {
-        counter.inc(s.labels, delta);
-        done[field] = s[field];
+        counter.inc(series.labels, delta);
+        reported[field] = series[field];
       }
     }
   }
