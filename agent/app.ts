@@ -37,6 +37,8 @@ export const AGENT_VERSION = '0.1.0';
  * retired minutes after activation, not one certificate lifetime later.
  */
 const ROOT_ROTATION_RENEW_SPREAD_MS = 10_000;
+/** After a drain, how long HBONE sessions get at least to flush their last bytes (and cut connections' resets) before they are destroyed. */
+const FLUSH_GRACE_MS = 1_000;
 
 export interface AgentApp {
   readonly hboneAddress: string;
@@ -339,10 +341,21 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       close: () => {
         closing ??= (async () => {
           draining = true;
+          const deadline = Date.now() + cfg.drainTimeout;
           hbone.stopAccepting();
           for (const s of servers) s.close();
           const cut = await tracker.drain(cfg.drainTimeout);
-          log.info({ cut }, cut > 0 ? 'drain deadline reached; closed remaining connections' : 'drained');
+          // Every relay is over, but a connection's last bytes can still be
+          // queued in its HBONE session while the peer host reads slowly:
+          // destroying the sessions, or exiting, would drop them. Whatever
+          // time the deadline left (at least FLUSH_GRACE_MS, for the resets
+          // of cut connections) goes to having peers confirm they read it all.
+          pool.stopOpening();
+          const flushMs = Math.max(FLUSH_GRACE_MS, deadline - Date.now());
+          const [inbound, outbound] = await Promise.all([hbone.flush(flushMs), pool.flush(flushMs)]);
+          const unflushed = inbound + outbound;
+          if (cut > 0 || unflushed > 0) log.warn({ cut, unflushed }, 'drain deadline reached; closed remaining connections');
+          else log.info({ cut }, 'drained');
           pool.destroy();
           await runCleanups();
         })();

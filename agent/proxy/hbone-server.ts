@@ -1,13 +1,14 @@
 import http2, { type Http2SecureServer, type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { X509Certificate, createHash } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import { Server as NetServer, type AddressInfo } from 'node:net';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import { parseCertificates, TLS_MIN_VERSION, verifyPeer } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import type { AgentMetrics } from './metrics.ts';
+import { SessionStreams } from './session-flush.ts';
 
 /**
  * The TLS server name a client uses to ask for a destination identity. The
@@ -59,11 +60,12 @@ export class HboneServer {
   readonly #o: HboneServerOptions;
   readonly #server: Http2SecureServer;
   readonly #peers = new WeakMap<Http2Session, PeerInfo>();
-  readonly #sessions = new Set<Http2Session>();
+  readonly #sessions = new SessionStreams();
   #contexts = new Map<string, { ctx: SecureContext; version: string }>();
   #names = new Map<string, string>();
   #bundleCerts: X509Certificate[] = [];
   #bundleSeen = '';
+  #draining = false;
 
   constructor(o: HboneServerOptions) {
     this.#o = o;
@@ -102,7 +104,15 @@ export class HboneServer {
       // Failures still surface through 'close' and the relay.
       stream.on('error', () => undefined);
       const peer = this.#peers.get(stream.session!);
+      this.#sessions.stream(stream.session!, stream);
       if (!peer) {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
+      if (this.#draining) {
+        // REFUSED_STREAM: not processed, safe to open elsewhere; the peer's
+        // pool stops using this connection on it (see stopAccepting).
+        o.metrics.refused.inc({ direction: 'inbound', reason: 'draining' });
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         return;
       }
@@ -179,7 +189,6 @@ export class HboneServer {
     }
     this.#sessions.add(session);
     session.setLocalWindowSize(HBONE_SESSION_WINDOW);
-    session.on('close', () => this.#sessions.delete(session));
     session.on('error', () => undefined);
   }
 
@@ -193,14 +202,33 @@ export class HboneServer {
     });
   }
 
-  /** Stops accepting and asks peers (GOAWAY) to open no new streams; open streams continue. */
+  /**
+   * Stops accepting connections, and refuses new streams on open ones;
+   * open streams continue. No GOAWAY yet: a Node.js peer answers one by
+   * closing the connection as soon as its own streams end, without
+   * answering the PING flush() relies on, and Node.js gives the server no
+   * sign of that close. The http2 server's own close() is not used either:
+   * it closes every session, and Node.js tears a closed session down as
+   * soon as its last stream ends, dropping output its peer has not read.
+   */
   stopAccepting(): void {
-    this.#server.close();
-    for (const s of this.#sessions) if (!s.closed) s.close();
+    this.#draining = true;
+    NetServer.prototype.close.call(this.#server);
+  }
+
+  /**
+   * After stopAccepting(): waits until every session's streams are over and
+   * its peer confirmed it read everything, then closes it (GOAWAY); resolves
+   * after at most ms with how many were not confirmed.
+   */
+  async flush(ms: number): Promise<number> {
+    const unconfirmed = await this.#sessions.flush(ms);
+    for (const s of this.#sessions.sessions) if (!s.closed && !s.destroyed) s.close();
+    return unconfirmed;
   }
 
   destroy(): void {
     this.#server.close();
-    for (const s of this.#sessions) s.destroy();
+    for (const s of this.#sessions.sessions) s.destroy();
   }
 }

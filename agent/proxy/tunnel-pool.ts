@@ -8,6 +8,7 @@ import { spiffeIdOfCertificate, TLS_MIN_VERSION } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import { HBONE_SESSION_WINDOW, HBONE_SETTINGS, serverNameFor } from './hbone-server.ts';
 import type { AgentMetrics } from './metrics.ts';
+import { SessionStreams } from './session-flush.ts';
 
 /** A refused or failed tunnel, with the HTTP status the peer agent answered (0: no answer). */
 export class TunnelError extends Error {
@@ -65,6 +66,8 @@ export class TunnelPool {
   readonly #o: TunnelPoolOptions;
   readonly #pool = new Map<string, PooledSession[]>();
   readonly #dialing = new Map<string, Promise<PooledSession>>();
+  /** Every connected session until it closes, including those a GOAWAY took out of #pool while their streams finish. */
+  readonly #sessions = new SessionStreams<ClientHttp2Session>();
   #closed = false;
 
   constructor(o: TunnelPoolOptions) {
@@ -88,6 +91,7 @@ export class TunnelPool {
       throw new TunnelError(0, 'stream_failed', `cannot open a stream to ${req.hboneAddress}: ${(err as Error).message}`);
     }
     stream.once('close', () => this.#release(pooled));
+    this.#sessions.stream(pooled.session, stream);
     // Never let a late stream error (after the answer, before the relay takes over) crash the agent.
     stream.on('error', () => undefined);
     return new Promise((resolve, reject) => {
@@ -105,9 +109,23 @@ export class TunnelPool {
       });
       stream.once('error', (err) => {
         clearTimeout(timer);
+        // A draining peer refuses new streams but keeps the connection up to
+        // finish the open ones: open no more on it.
+        if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) this.#retire(pooled);
         reject(new TunnelError(0, 'stream_error', `tunnel to ${req.hboneAddress} failed: ${err.message}`));
       });
     });
+  }
+
+  /**
+   * Takes a session out of the pool: no new streams on it. It is not closed
+   * here: a draining peer still confirms with a PING that we read its last
+   * bytes, and closes the connection itself; otherwise the idle timer does.
+   */
+  #retire(p: PooledSession): void {
+    const l = (this.#pool.get(p.key) ?? []).filter((x) => x !== p);
+    if (l.length > 0) this.#pool.set(p.key, l);
+    else this.#pool.delete(p.key);
   }
 
   #release(p: PooledSession): void {
@@ -210,18 +228,13 @@ export class TunnelPool {
         const list = this.#pool.get(key) ?? [];
         list.push(pooled);
         this.#pool.set(key, list);
+        this.#sessions.add(session);
         session.once('close', () => {
           clearTimeout(pooled.idleTimer);
           this.#o.metrics.poolConnections.dec();
-          const l = (this.#pool.get(key) ?? []).filter((p) => p !== pooled);
-          if (l.length > 0) this.#pool.set(key, l);
-          else this.#pool.delete(key);
+          this.#retire(pooled);
         });
-        session.once('goaway', () => {
-          const l = (this.#pool.get(key) ?? []).filter((p) => p !== pooled);
-          if (l.length > 0) this.#pool.set(key, l);
-          else this.#pool.delete(key);
-        });
+        session.once('goaway', () => this.#retire(pooled));
         resolve(pooled);
       });
     });
@@ -237,15 +250,19 @@ export class TunnelPool {
     return { connections, streams, peers: [...this.#pool.keys()].map((k) => k.split('|').slice(2).join(' @ ')) };
   }
 
-  /** Stops new streams; open ones finish (GOAWAY). */
-  close(): void {
+  /** Opens no more streams; open ones finish. */
+  stopOpening(): void {
     this.#closed = true;
-    for (const l of this.#pool.values()) for (const p of l) p.session.close();
+  }
+
+  /** After stopOpening(): resolves once every session's streams are over and its peer confirmed it read everything, or after ms, with how many were not. */
+  flush(ms: number): Promise<number> {
+    return this.#sessions.flush(ms);
   }
 
   destroy(): void {
     this.#closed = true;
-    for (const l of this.#pool.values()) for (const p of l) p.session.destroy();
+    for (const s of this.#sessions.sessions) s.destroy();
     this.#pool.clear();
   }
 }
