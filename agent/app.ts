@@ -354,8 +354,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
           const flushMs = Math.max(FLUSH_GRACE_MS, deadline - Date.now());
           const [inbound, outbound] = await Promise.all([hbone.flush(flushMs), pool.flush(flushMs)]);
           const unflushed = inbound + outbound;
-          if (cut > 0 || unflushed > 0) log.warn({ cut, unflushed }, 'drain deadline reached; closed remaining connections');
-          else log.info({ cut }, 'drained');
+          if (cut > 0) log.warn({ cut, unflushed }, 'drain deadline reached; closed remaining connections');
+          if (unflushed > 0) log.warn({ unflushed }, 'peer agents did not confirm they read everything; closing their connections anyway');
+          if (cut === 0 && unflushed === 0) log.info({ cut }, 'drained');
           pool.destroy();
           await runCleanups();
         })();

@@ -217,9 +217,11 @@ export class HboneServer {
   }
 
   /**
-   * After stopAccepting(): waits until every session's streams are over and
-   * its peer confirmed it read everything, then closes it (GOAWAY); resolves
-   * after at most ms with how many were not confirmed.
+   * After stopAccepting(): waits, for at most ms, until every session's
+   * streams are over and its peer confirmed it read everything; resolves
+   * with how many were not confirmed. Then asks each session to close
+   * (GOAWAY), which a destroy() right after may cut short: by then there is
+   * nothing left for the peer to read.
    */
   async flush(ms: number): Promise<number> {
     const unconfirmed = await this.#sessions.flush(ms);

@@ -46,24 +46,25 @@ export class SessionStreams<S extends Http2Session = Http2Session> {
 
   /**
    * Waits, for at most `ms`, until each session has no open stream and its
-   * peer has answered a PING sent after that (or the session closed).
-   * Resolves with how many were not confirmed in time.
+   * peer has answered a PING sent after that (or closed the connection).
+   * Resolves with how many were not confirmed: still busy or silent at the
+   * deadline, or torn down with the PING unanswered.
    */
   async flush(ms: number): Promise<number> {
-    const pending = new Set(this.#open.keys());
-    if (pending.size === 0) return 0;
+    const sessions = [...this.#open.keys()];
+    if (sessions.length === 0) return 0;
+    let confirmed = 0;
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<void>((r) => (timer = setTimeout(r, ms)));
     await Promise.race([
       deadline,
-      Promise.all([...pending].map(async (s) => {
+      Promise.all(sessions.map(async (s) => {
         await this.#idle(s);
-        await peerCaughtUp(s);
-        pending.delete(s);
+        if (await peerCaughtUp(s)) confirmed++;
       })),
     ]);
     clearTimeout(timer);
-    return pending.size;
+    return sessions.length - confirmed;
   }
 
   #idle(session: S): Promise<void> {
@@ -83,26 +84,27 @@ export class SessionStreams<S extends Http2Session = Http2Session> {
 }
 
 /**
- * Resolves once the peer has read everything sent so far: it acknowledged a
- * PING, or it ended its side of the connection (a peer that closes after a
- * GOAWAY does so only once its streams have ended, so after reading their
- * last frames; it may no longer answer a PING then), or the session is gone.
+ * Resolves true once the peer has read everything sent so far: it answered
+ * a PING, or it closed the connection (a peer closes only once its streams
+ * have ended, so after their last frames). False when the PING was
+ * cancelled with the session torn down on our side.
  */
-function peerCaughtUp(session: Http2Session): Promise<void> {
-  if (session.destroyed) return Promise.resolve();
+function peerCaughtUp(session: Http2Session): Promise<boolean> {
+  if (session.destroyed) return Promise.resolve(true); // the transport ended before the drain reached it: nothing left to wait for
   return new Promise((resolve) => {
-    const socket = session.socket;
-    const done = (): void => {
-      session.off('close', done);
-      socket?.off('end', done);
-      resolve();
+    let settled = false;
+    const done = (ok: boolean): void => {
+      if (settled) return;
+      settled = true;
+      session.off('close', onClose);
+      resolve(ok);
     };
-    session.once('close', done);
-    socket?.once('end', done);
+    const onClose = (): void => done(true);
+    session.once('close', onClose);
     try {
-      if (!session.ping(() => done())) done();
+      if (!session.ping((err) => done(!err))) done(false);
     } catch {
-      done(); // destroyed meanwhile
+      done(false); // destroyed meanwhile
     }
   });
 }

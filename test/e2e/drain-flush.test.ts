@@ -26,15 +26,16 @@ const BIG_IP = '127.0.16.13';
 const BIG_PORT = 8080;
 /**
  * Connections, and what each answers: little enough for node-b's relays to
- * hand every byte to their streams while node-a stalls (measured here: up to
- * about 2 MiB in all; 4 MiB no longer fits), so that the drain finds no open
- * connection and only the sessions hold the tails. Whether the old code also
- * lost bytes depended on how much the kernel's socket buffers had taken (4 of
- * 8 tails once, none another time); that it exited before node-a read them
- * is what fails every time.
+ * hand every byte to their streams while node-a stalls, so that the drain
+ * finds no open connection and only the sessions hold the tails. What fits
+ * depends on the kernel's loopback socket buffers: measured here, 2 MiB in
+ * all did and 4 MiB did not, so this uses 1 MiB. Whether the old code also
+ * lost bytes depended on how much those buffers had taken (4 of 8 tails
+ * once, none another time); that it exited before node-a read them is what
+ * fails every time.
  */
 const CONNECTIONS = 8;
-const ANSWER_BYTES = 192 * 1024;
+const ANSWER_BYTES = 128 * 1024;
 
 const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-drain-flush-'));
 

@@ -5,7 +5,7 @@
  */
 import t, { type Test } from 'tap';
 import http2, { type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { SessionStreams } from '../../../agent/proxy/session-flush.ts';
 
 const HOST = '127.0.16.20';
@@ -70,4 +70,32 @@ t.test('a session that closes counts as done', async (t) => {
   const flushing = tracked.flush(10_000);
   client.destroy();
   t.equal(await flushing, 0);
+});
+
+t.test('an idle session: confirmed by the PING answer, and only by it', async (t) => {
+  const { tracked, client } = await pair(t);
+  await new Promise<void>((r) => (client.connecting ? client.once('connect', () => r()) : r()));
+  while ([...tracked.sessions].length === 0) await new Promise((r) => setTimeout(r, 10));
+  t.equal(await tracked.flush(5_000), 0, 'a Node.js peer answers');
+
+  // A raw HTTP/2 peer: the connection preface and an empty SETTINGS frame,
+  // then silence. It never answers a PING, so nothing confirms it.
+  const silent = new SessionStreams<ServerHttp2Session>();
+  const server = http2.createServer();
+  server.on('session', (s) => {
+    s.on('error', () => undefined);
+    silent.add(s);
+  });
+  await new Promise<void>((r) => server.listen(0, HOST, r));
+  const raw = connect((server.address() as AddressInfo).port, HOST);
+  raw.on('error', () => undefined);
+  raw.resume();
+  t.teardown(() => {
+    raw.destroy();
+    server.close();
+    for (const s of silent.sessions) s.destroy();
+  });
+  raw.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+  while ([...silent.sessions].length === 0) await new Promise((r) => setTimeout(r, 10));
+  t.equal(await silent.flush(300), 1, 'a peer that does not answer the PING is not confirmed');
 });
