@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const CTL = '127.0.3.1';
 const A = '127.0.3.2';
@@ -101,12 +101,8 @@ t.before(async () => {
     { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] },
     { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
   ]);
-  for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
-  // Both agents must know each other's HBONE address before traffic flows.
-  await eventually(async () => {
-    const dump = JSON.parse((await httpGet(hostPortOf(agentA.admin), '/config_dump')).body) as { nodes: { name: string }[] };
-    return dump.nodes.some((n) => n.name === 'node-b');
-  }, 'node-a learns node-b');
+  await agentsReady([agentA, agentB]);
+  await agentKnowsNode(agentA, 'node-b');
 });
 
 t.test('SOCKS5: 64 MiB cross-host, intact both ways, reported by both agents', async (t) => {

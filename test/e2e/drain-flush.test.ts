@@ -16,7 +16,7 @@ import { mkdtempSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ambitctl, eventually, httpGet, hostPortOf, setUp, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, setUp, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const CTL = '127.0.16.1';
 const A = '127.0.16.2';
@@ -122,11 +122,8 @@ t.before(async () => {
     await ctl?.proc.stop();
     big?.server.close();
   });
-  for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
-  await eventually(async () => {
-    const dump = JSON.parse((await httpGet(hostPortOf(agentA.admin), '/config_dump')).body) as { nodes: { name: string }[] };
-    return dump.nodes.some((n) => n.name === 'node-b');
-  }, 'node-a learns node-b');
+  await agentsReady([agentA, agentB]);
+  await agentKnowsNode(agentA, 'node-b');
 });
 
 t.test('a draining agent delivers the tails its peer host has not read yet, then exits', async (t) => {

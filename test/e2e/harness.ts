@@ -203,6 +203,19 @@ export async function startAgent(o: {
   };
 }
 
+/** Waits until each agent reports ready on /healthz/ready. */
+export async function agentsReady(agents: readonly RunningAgent[], timeoutMs?: number): Promise<void> {
+  for (const ag of agents) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, timeoutMs);
+}
+
+/** Waits until `agent` knows `node` (its HBONE address), so traffic towards that node's workloads can flow. */
+export async function agentKnowsNode(agent: RunningAgent, node: string): Promise<void> {
+  await eventually(async () => {
+    const dump = JSON.parse((await httpGet(hostPortOf(agent.admin), '/config_dump')).body) as { nodes: { name: string }[] };
+    return dump.nodes.some((n) => n.name === node);
+  }, `${agent.node} learns ${node}`);
+}
+
 /** A TCP echo server (half-close aware) listening on host:port, resolved once it listens. */
 export async function startEchoServer(host: string, port: number): Promise<Server> {
   const server = createServer({ allowHalfOpen: true }, (s) => {

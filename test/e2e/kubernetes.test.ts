@@ -24,7 +24,7 @@ import { AdminClient, type ListResponse } from '../../shared/proto/gen/ambit.ts'
 import { resourceFromWire } from '../../shared/resources/wire.ts';
 import { workloadId } from '../../shared/spiffe-id.ts';
 import { CertificateAuthority } from '../../controller/ca/authority.ts';
-import { ambitctl, eventually, hostPortOf, socksConnect, httpGet, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentsReady, ambitctl, eventually, hostPortOf, socksConnect, httpGet, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 import { FakeKube, node, pod, service, type KubeObject } from './fake-kube/server.ts';
 
 const CTL = '127.0.7.1';
@@ -137,7 +137,7 @@ t.before(async () => {
     { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), extra: k8sArgs('a') },
     { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: k8sArgs('b') },
   ]);
-  for (const ag of [agentA, agentB]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
+  await agentsReady([agentA, agentB]);
   await eventually(async () => (await configDump(agentA)).resources.some((r) => r.kind === 'Workload' && r.metadata.name === 'client'), 'node-a sees the client pod');
 });
 

@@ -9,7 +9,7 @@ import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController } from '../harness.ts';
+import { agentsReady, ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -50,7 +50,7 @@ export async function startMesh(prefix: string, base: number, name: string): Pro
       { node: 'node-a', address: ip(1), controller: ctl.address, dataDir: join(root, 'a'), join: ta },
       { node: 'node-b', address: ip(2), controller: ctl.address, dataDir: join(root, 'b'), join: tb },
     ]);
-    for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`);
+    await agentsReady([a, b]);
     await eventually(async () => {
       const certs = JSON.parse((await httpGet(hostPortOf(b.admin), '/certs')).body) as { identity: string; state: string }[];
       return certs.some((c) => c.identity === WEB_ID && c.state === 'valid');

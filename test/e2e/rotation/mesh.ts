@@ -13,7 +13,7 @@ import { type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCertificates } from '../../../shared/tls.ts';
-import { ambitctl, eventually, httpGet, hostPortOf, metricValue, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, httpGet, hostPortOf, metricValue, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController, socksConnect } from '../harness.ts';
 
 export const TD = 'cluster.local';
 export const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -63,11 +63,8 @@ export async function startMesh(name: string, base: number, ctlExtra: readonly s
       await mesh.ctl.proc.stop();
       web.close();
     };
-    for (const ag of [a, b]) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 20_000);
-    await eventually(async () => {
-      const dump = JSON.parse((await httpGet(hostPortOf(a.admin), '/config_dump')).body) as { nodes: { name: string }[] };
-      return dump.nodes.some((n) => n.name === 'node-b');
-    }, 'node-a learns node-b');
+    await agentsReady([a, b], 20_000);
+    await agentKnowsNode(a, 'node-b');
     return mesh;
   });
 }
