@@ -57,89 +57,95 @@ export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Pro
   const span = startConnectionSpan(d.tracer, 'ambit.outbound', SpanKind.CLIENT, undefined, { 'ambit.source.identity': sourceId.uri, 'ambit.destination': `${req.host}:${req.port}` });
   record.setSpan(span.span, span.context.traceId);
 
-  const fail = (failure: OutboundFailure, detail: string, flags: string): void => {
-    d.metrics.refused.inc({ direction: 'outbound', reason: failure });
-    req.ready(failure, detail);
-    record.finish(detail, flags);
-  };
-
-  // --- resolve
-  let target: Workload | undefined;
-  let targetPort = req.port;
-  const svc = d.state.resolveService(req.host, req.port);
-  if (svc) {
-    record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
-    targetPort = svc.port.targetPort;
-    target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
-    if (!target) return fail('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
-  } else if (isIP(req.host)) {
-    target = d.state.workloadByAddress(req.host);
-  }
-
-  let upstream: Duplex;
-  if (!target) {
-    // --- passthrough: not a mesh destination
-    record.service = 'PassthroughCluster';
-    record.security = 'none';
-    if (d.passthrough === 'deny') return fail('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
-    const socket: Socket = connect({ host: req.host, port: req.port, allowHalfOpen: true, noDelay: true });
-    socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
-    try {
-      await new Promise<void>((resolve, reject) => {
-        socket.once('connect', resolve);
-        socket.once('error', reject);
-      });
-    } catch (err) {
-      return fail('unreachable', `passthrough to ${req.host}:${req.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
-    }
-    socket.setTimeout(0);
-    upstream = socket;
-  } else {
-    // --- tunnel to the destination's agent
-    const dstId = d.state.identityOf(target);
-    record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
-    const hbone = d.state.hboneAddressOf(target.spec.node);
-    if (!hbone) return fail('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
-    const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
-    const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
-    try {
-      upstream = await d.pool.open({
-        source: sourceId,
-        destination: dstId,
-        hboneAddress: hbone,
-        authority,
-        headers: {
-          traceparent: span.traceparent,
-          baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
-          forwarded: `for=${forAddr}`,
-        },
-      });
-    } catch (err) {
-      const te = tunnelErrorOf(err);
-      if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
-      return fail(failureOf(te.status), te.message, te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF');
-    }
-  }
-
-  if (req.client.destroyed) {
-    upstream.destroy();
-    record.finish('client went away before the tunnel opened', 'DC');
-    return;
-  }
-  req.ready(undefined, '');
-  record.open();
+  // Tracked from the start, not only once bytes flow: a drain must wait for
+  // (or cut) a connection whose tunnel is still being opened, or its pooled
+  // session would escape the drain's flush.
+  let upstream: Duplex | undefined;
   let resolveDone: () => void = () => undefined;
   const done = new Promise<void>((r) => (resolveDone = r));
   d.tracker.add({
     direction: 'outbound',
     close: (reason, flags) => {
       record.finish(reason, flags);
-      upstream.destroy(new Error(reason));
+      upstream?.destroy(new Error(reason));
       req.client.resetAndDestroy();
     },
     done,
   });
-  const err = await relay(req.client, upstream, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) });
-  record.finish(err);
-  resolveDone();
+  try {
+    const fail = (failure: OutboundFailure, detail: string, flags: string): void => {
+      d.metrics.refused.inc({ direction: 'outbound', reason: failure });
+      req.ready(failure, detail);
+      record.finish(detail, flags);
+    };
+
+    // --- resolve
+    let target: Workload | undefined;
+    let targetPort = req.port;
+    const svc = d.state.resolveService(req.host, req.port);
+    if (svc) {
+      record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
+      targetPort = svc.port.targetPort;
+      target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
+      if (!target) return fail('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
+    } else if (isIP(req.host)) {
+      target = d.state.workloadByAddress(req.host);
+    }
+
+    if (!target) {
+      // --- passthrough: not a mesh destination
+      record.service = 'PassthroughCluster';
+      record.security = 'none';
+      if (d.passthrough === 'deny') return fail('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
+      const socket: Socket = connect({ host: req.host, port: req.port, allowHalfOpen: true, noDelay: true });
+      socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          socket.once('connect', resolve);
+          socket.once('error', reject);
+        });
+      } catch (err) {
+        return fail('unreachable', `passthrough to ${req.host}:${req.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
+      }
+      socket.setTimeout(0);
+      upstream = socket;
+    } else {
+      // --- tunnel to the destination's agent
+      const dstId = d.state.identityOf(target);
+      record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
+      const hbone = d.state.hboneAddressOf(target.spec.node);
+      if (!hbone) return fail('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
+      const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
+      const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
+      try {
+        upstream = await d.pool.open({
+          source: sourceId,
+          destination: dstId,
+          hboneAddress: hbone,
+          authority,
+          headers: {
+            traceparent: span.traceparent,
+            baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
+            forwarded: `for=${forAddr}`,
+          },
+        });
+      } catch (err) {
+        const te = tunnelErrorOf(err);
+        if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
+        return fail(failureOf(te.status), te.message, te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF');
+      }
+    }
+
+    if (req.client.destroyed) {
+      upstream.destroy();
+      record.finish('client went away before the tunnel opened', 'DC');
+      return;
+    }
+    req.ready(undefined, '');
+    record.open();
+    const err = await relay(req.client, upstream, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) });
+    record.finish(err);
+  } finally {
+    resolveDone();
+  }
 }

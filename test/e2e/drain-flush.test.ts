@@ -8,7 +8,9 @@
  * Real processes: a controller and two agents (127.0.16.2 = node-a,
  * 127.0.16.3 = node-b). Node-a is stopped with SIGSTOP to stand in for a
  * stalled host, so the responses pile up in node-b's session while node-b's
- * relays finish; node-b then gets SIGTERM, and node-a is resumed.
+ * relays finish; node-b then gets SIGTERM, and node-a is resumed. Then the
+ * other way round: node-b stalls while node-a is opening a tunnel to it, and
+ * node-a gets SIGTERM before the tunnel is open.
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,7 +18,7 @@ import { mkdtempSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentKnowsNode, agentsReady, ambitctl, eventually, setUp, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, httpGet, hostPortOf, setUp, socksConnect, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const CTL = '127.0.16.1';
 const A = '127.0.16.2';
@@ -44,7 +46,7 @@ interface BigServer {
   readonly server: Server;
   /** How many requests have been read to their end. */
   ended: number;
-  /** Sends every answer; resolves with their sha256 by arrival order. */
+  /** Answers every request read to its end and not answered yet; returns the answers' sha256 in arrival order. */
   answer(): string[];
 }
 
@@ -61,7 +63,7 @@ function startBigServer(): Promise<BigServer> {
     }),
     ended: 0,
     answer: () =>
-      waiting.map((s) => {
+      waiting.splice(0).map((s) => {
         const body = randomBytes(ANSWER_BYTES);
         s.end(body);
         return createHash('sha256').update(body).digest('hex');
@@ -117,6 +119,7 @@ t.before(async () => {
   });
   t.teardown(async () => {
     agentA?.proc.child.kill('SIGCONT');
+    agentB?.proc.child.kill('SIGCONT');
     await agentA?.proc.stop();
     await agentB?.proc.stop();
     await ctl?.proc.stop();
@@ -160,4 +163,35 @@ t.test('a draining agent delivers the tails its peer host has not read yet, then
   const exit = await agentB.proc.exited;
   t.equal(exit.code, 0, 'node-b exited cleanly');
   t.ok(agentB.proc.logs.some((l) => l.msg === 'drained'), 'and says it drained without cutting anyone');
+});
+
+t.test('a connection whose tunnel is still being opened when the drain starts is waited for, not cut', async (t) => {
+  // node-b drained and exited above; a new one serves from the same data dir.
+  agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
+  await agentsReady([agentB]);
+  // node-b stalls: node-a's HBONE dial to it (TCP accepted by the kernel, TLS unanswered) stays in flight.
+  agentB.proc.child.kill('SIGSTOP');
+  const before = big.ended;
+  const opening = socksConnect(agentA.socks, CLIENT_IP, 'default/client', BIG_IP, BIG_PORT, 30_000);
+  await eventually(async () => {
+    const dump = JSON.parse((await httpGet(hostPortOf(agentA.admin), '/config_dump')).body) as { connections: number };
+    return dump.connections === 1;
+  }, 'node-a counts the connection while its tunnel is being opened');
+
+  agentA.proc.child.kill('SIGTERM');
+  await agentA.proc.waitForLog((l) => l.msg === 'draining');
+  agentB.proc.child.kill('SIGCONT');
+  const { socket, reply } = await opening;
+  t.equal(reply, 0, 'the tunnel opened during the drain');
+  const read = readAll(socket);
+  socket.end('request');
+  await eventually(async () => big.ended === before + 1, 'the request reached the workload');
+  const [sent] = big.answer();
+  const got = await read;
+  t.equal(got.bytes, ANSWER_BYTES, 'every byte of the answer arrived');
+  t.ok(got.clean, 'ended with a FIN, not a reset');
+  t.equal(got.sha256, sent, 'intact');
+  const exit = await agentA.proc.exited;
+  t.equal(exit.code, 0, 'node-a exited cleanly');
+  t.ok(agentA.proc.logs.some((l) => l.msg === 'drained'), 'and says it drained without cutting anyone');
 });
