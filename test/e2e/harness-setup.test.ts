@@ -3,11 +3,11 @@
  * set-up that fails partway stops what it had started, so a failed test
  * cannot leave a controller or an agent running into the next one.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { ambitctl, Proc, setUp, startAgentPair, startController } from './harness.ts';
 
 const alive = (pid: number | undefined): boolean => {
@@ -81,4 +81,37 @@ t.test('startAgentPair: when one agent fails to start, the other is stopped', as
   const ps = execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' });
   const running = ps.split('\n').filter((l) => l.includes('agent/main.ts') && l.includes('127.0.15.51'));
   t.same(running, [], 'the agent that did start was stopped');
+});
+
+/**
+ * Runs a file that starts a child through the harness, prints its pid once
+ * it runs, then ends the way `ending` says, without teardowns or stop();
+ * resolves with whether that child outlived the file.
+ */
+async function childOutlives(t: Test, ending: string): Promise<{ pid: number; outlived: boolean }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-harness-exit-'));
+  writeFileSync(join(dir, 'sleeper.mjs'), 'setInterval(() => {}, 1000);\n');
+  writeFileSync(join(dir, 'file.mjs'), [
+    `import { Proc } from ${JSON.stringify(join(import.meta.dirname, 'harness.ts'))};`,
+    `const p = new Proc(${JSON.stringify(join(dir, 'sleeper.mjs'))}, []);`,
+    `p.child.once('spawn', () => { process.kill(p.child.pid, 0); console.log(p.child.pid); setTimeout(() => { ${ending} }, 100); });`,
+  ].join('\n'));
+  const r = spawnSync(process.execPath, [join(dir, 'file.mjs')], { encoding: 'utf8', timeout: 20_000 });
+  const pid = Number(r.stdout.trim());
+  t.teardown(() => {
+    if (alive(pid)) process.kill(pid, 'SIGKILL');
+  });
+  t.ok(pid > 0, `its child had started (stderr: ${r.stderr.slice(-300)})`);
+  let outlived = true;
+  for (let i = 0; i < 100 && outlived; i++) {
+    outlived = alive(pid);
+    if (outlived) await new Promise((res) => setTimeout(res, 20));
+  }
+  return { pid, outlived };
+}
+
+t.test('a test file that ends without its teardowns takes its processes with it', async (t) => {
+  t.equal((await childOutlives(t, 'process.exit(7);')).outlived, false, 'on exit');
+  // tap's timeout: SIGALRM to the file, then SIGKILL, which runs no 'exit' handler.
+  t.equal((await childOutlives(t, "process.kill(process.pid, 'SIGALRM'); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 300);")).outlived, false, 'on a tap timeout (SIGALRM, then SIGKILL)');
 });

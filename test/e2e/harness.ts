@@ -43,6 +43,19 @@ export function readJsonLines(stream: NodeJS.ReadableStream, onText: (text: stri
   });
 }
 
+/**
+ * Every child a Proc started and that has not exited. A test file that ends
+ * without its teardowns must not leave them running, holding their
+ * addresses: tap's timeout signals the file with SIGALRM and then kills it
+ * (its 'exit' handlers never run), so they are killed on either signal.
+ */
+const running = new Set<ChildProcess>();
+const killRunning = (): void => {
+  for (const c of running) c.kill('SIGKILL');
+};
+process.on('exit', killRunning);
+process.on('SIGALRM', killRunning);
+
 export class Proc {
   readonly child: ChildProcess;
   readonly logs: LogLine[] = [];
@@ -61,7 +74,11 @@ export class Proc {
       }
     });
     this.child.stdout!.resume();
-    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
+    running.add(this.child);
+    this.exited = once(this.child, 'exit').then(([code, signal]) => {
+      running.delete(this.child);
+      return { code: code as number | null, signal: signal as NodeJS.Signals | null };
+    });
   }
 
   /** Resolves with the first log line (already seen or future) matching pred; rejects on timeout or exit. */
