@@ -29,15 +29,23 @@ export class SessionStreams<S extends Http2Session = Http2Session> {
 
   /** Counts a stream of a tracked session until its 'close'. */
   stream(session: S, stream: { once(event: 'close', listener: () => void): unknown }): void {
+    if (!this.#open.has(session)) return;
+    this.opened(session);
+    stream.once('close', () => this.closed(session));
+  }
+
+  /** A stream opened on a tracked session; for callers that already listen to the stream's 'close' and call closed() from there. */
+  opened(session: S): void {
     const n = this.#open.get(session);
-    if (n === undefined) return;
-    this.#open.set(session, n + 1);
-    stream.once('close', () => {
-      const m = this.#open.get(session);
-      if (m === undefined) return; // the session closed first
-      this.#open.set(session, m - 1);
-      if (m === 1) this.#wake(session);
-    });
+    if (n !== undefined) this.#open.set(session, n + 1);
+  }
+
+  /** A stream counted by opened() closed. */
+  closed(session: S): void {
+    const n = this.#open.get(session);
+    if (n === undefined) return; // the session closed first
+    this.#open.set(session, n - 1);
+    if (n === 1) this.#wake(session);
   }
 
   get sessions(): IterableIterator<S> {

@@ -90,8 +90,12 @@ export class TunnelPool {
       this.#release(pooled);
       throw new TunnelError(0, 'stream_failed', `cannot open a stream to ${req.hboneAddress}: ${(err as Error).message}`);
     }
-    stream.once('close', () => this.#release(pooled));
-    this.#sessions.stream(pooled.session, stream);
+    // One 'close' listener per stream (a hot path) releases the pool slot and the drain's count.
+    this.#sessions.opened(pooled.session);
+    stream.once('close', () => {
+      this.#sessions.closed(pooled.session);
+      this.#release(pooled);
+    });
     // Never let a late stream error (after the answer, before the relay takes over) crash the agent.
     stream.on('error', () => undefined);
     return new Promise((resolve, reject) => {

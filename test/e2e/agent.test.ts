@@ -308,8 +308,8 @@ t.test('SIGTERM drains: open connections finish, new ones are refused, then the 
   const received = createHash('sha256');
   socket.on('data', (d: Buffer) => received.update(d));
   // 'close' too: a connection cut during the drain must fail the test, not hang it.
-  let finWithin = false;
-  socket.on('end', () => (finWithin = true));
+  let gotFin = false;
+  socket.on('end', () => (gotFin = true));
   const ended = new Promise<void>((r) => socket.on('close', () => r()));
   socket.resume();
   const chunk = (): Buffer => {
@@ -330,7 +330,7 @@ t.test('SIGTERM drains: open connections finish, new ones are refused, then the 
   }
   socket.end();
   await ended;
-  t.ok(finWithin, 'the open connection ended with a FIN, not a reset');
+  t.ok(gotFin, 'the open connection ended with a FIN, not a reset');
   t.equal(received.digest('hex'), sent.digest('hex'), 'the open connection finished intact during the drain');
   const exit = await agentB.proc.exited;
   t.equal(exit.code, 0, 'agent exited cleanly after draining');
