@@ -1,23 +1,85 @@
-import { setFlagsFromString } from 'node:v8';
+import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 
-/** The V8 flag set by tuneGcForRelaying (also what a test or bench checks for). */
+/** Set once at start by tuneGcForRelaying (also what a test or bench checks for). */
 export const EXTERNAL_MEMORY_FLAG = '--external-memory-accounted-in-global-limit';
+const MiB = 1024 * 1024;
+/** Room over the live heap that lets a full data path's in-flight Buffers die young (see tuneGcForRelaying). */
+export const RELAY_HEADROOM_BYTES = 128 * MiB;
+/** Never let the heap grow to more than 7× what survived the last full collection. */
+export const MAX_HEAP_GROWING_PERCENT = 600;
 
 /**
- * Every chunk the agent relays lives in a Buffer outside the JavaScript heap.
- * With V8's defaults, external memory has a limit of its own, and a data path
- * moving hundreds of MiB/s crosses it several times a second, each time
- * starting a full mark-compact of the whole heap — whose cost grows with
- * everything else the agent keeps there (mesh state, gRPC, metrics). Counting
- * external memory within the heap's global limit instead lets those Buffers
- * die in ordinary collections. Measured with bench/dataplane.ts on the
- * node-h2 path with about 30 MiB of extra live heap standing in for an
- * agent's (AMBIT_BENCH_EXTRA_HEAP_MIB=30), two runs of 3 each way: 1.84–2.62
- * CPU s/GiB per side → 0.74–1.68, throughput 310–425 → 445–790 MiB/s; the
- * agents' own figures are in bench/README.md. V8 reads the flag when it
- * sizes its limits, so setting it at start (before any traffic) is enough
- * (measured the same whether set at start or on the command line).
+ * The `--heap-growing-percent` that leaves `headroom` bytes above a live heap
+ * of `live` bytes before V8's next full collection, or 0 (V8's own dynamic
+ * factor) once the heap is large enough for V8 to leave that room itself.
+ * Rounded up to a multiple of 25 so that small changes of the live heap do
+ * not reset the flag after every collection.
  */
-export function tuneGcForRelaying(): void {
+export function heapGrowingPercentFor(live: number, headroom = RELAY_HEADROOM_BYTES): number {
+  if (live <= 0) return MAX_HEAP_GROWING_PERCENT;
+  // V8's dynamic factor is at least about 2× for a heap this agent has; at or
+  // above `headroom` of live heap that already leaves the room.
+  if (live >= headroom) return 0;
+  const percent = Math.ceil((100 * headroom) / live / 25) * 25;
+  return Math.min(Math.max(percent, 100), MAX_HEAP_GROWING_PERCENT);
+}
+
+export interface GcTuning {
+  /** The growing percent in force (0: V8's own). */
+  readonly heapGrowingPercent: number;
+  stop(): void;
+}
+
+/**
+ * Every chunk the agent relays lives in a Buffer outside the JavaScript heap
+ * for one hop. Two V8 behaviours decide whether those Buffers are reclaimed by
+ * cheap young-generation collections or by full mark-compacts of the whole
+ * heap, many times a second:
+ *
+ * - External memory: with V8's defaults it has a limit of its own, and a
+ *   data path moving hundreds of MiB/s crosses it several times a second,
+ *   each time starting a full mark-compact. EXTERNAL_MEMORY_FLAG counts it in
+ *   the heap's global limit instead (second session; bench/README.md).
+ * - Room under that limit: V8 starts incremental marking once the room left
+ *   is less than the young generation's size (16 MiB) — but only in a heap
+ *   whose old generation is above 8 MiB. An agent's is 14–30 MiB at rest
+ *   (its modules' code, mesh state, metrics), and with V8's own growing
+ *   factor (about 2×) the Buffers in flight filled the room within
+ *   milliseconds: the agents were marking almost without pause, 26–38 full
+ *   collections each per 2 GiB relayed, where a process with an 8 MiB old
+ *   generation (bench/dataplane-nodeh2.ts) did 8–10, and the marking threads
+ *   cost as much CPU again as the collections. So after each full collection
+ *   the agent sets `--heap-growing-percent` to leave RELAY_HEADROOM_BYTES
+ *   over the live heap (heapGrowingPercentFor), and hands the factor back to
+ *   V8 once the live heap is that large itself. A fixed 600 % did as well
+ *   for relaying, but let the old generation of an agent with 100–160 MiB of
+ *   live heap (5,000 open connections, test/soak) grow to 550 MiB. Measured
+ *   effects are in bench/README.md; test/agent/proxy/gc-tuning.test.ts checks
+ *   that relaying takes few full collections with this and many without.
+ *
+ * V8 reads both flags each time it computes its limits, which it does after
+ * every full collection; setting them from JavaScript at run time is how
+ * Node.js exposes them (node:v8 setFlagsFromString).
+ */
+export function tuneGcForRelaying(): GcTuning {
   setFlagsFromString(EXTERNAL_MEMORY_FLAG);
+  let percent = -1;
+  const apply = (): void => {
+    const next = heapGrowingPercentFor(getHeapStatistics().used_heap_size);
+    if (next === percent) return;
+    percent = next;
+    setFlagsFromString(`--heap-growing-percent=${next}`);
+  };
+  apply();
+  const observer = new PerformanceObserver((list) => {
+    if (list.getEntries().some((e) => (e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR)) apply();
+  });
+  observer.observe({ entryTypes: ['gc'] });
+  return {
+    get heapGrowingPercent() {
+      return percent;
+    },
+    stop: () => observer.disconnect(),
+  };
 }
