@@ -17,6 +17,7 @@ import { socksServer, upstreamServer, type ExplicitDeps } from './proxy/explicit
 import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
 import { inboundPlaintextServer, outboundCaptureServer } from './proxy/capture-listeners.ts';
 import { loadOriginalDstAddon, originalDestination } from './proxy/original-dst.ts';
+import type { GcTuning } from './proxy/gc-tuning.ts';
 import { HboneServer } from './proxy/hbone-server.ts';
 import { handleInbound } from './proxy/inbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
@@ -51,6 +52,8 @@ export interface AgentDeps {
   /** Access log: one JSON line per connection (DESIGN §7). */
   readonly accessLog: Logger;
   readonly now?: () => number;
+  /** The process's GC tuning for relaying (agent/proxy/gc-tuning.ts), shown in /config_dump. */
+  readonly gc?: GcTuning;
 }
 
 /**
@@ -315,6 +318,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         tunnelPool: pool.stats(),
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
+        gc: { headroomMib: Math.round((deps.gc?.headroom ?? 0) / 1024 / 1024), heapGrowingPercent: deps.gc?.heapGrowingPercent ?? 0 },
         ready: isReady(),
       }),
     });

@@ -58,6 +58,7 @@ export const AGENT_OPTIONS = {
   upstreams: { description: 'explicit outbound listeners "ns/workload:localPort=host:port", comma-separated', parse: parseUpstreams, default: [] as UpstreamListener[] },
   passthrough: enumOption('outbound connections to destinations outside the mesh', ['allow', 'deny'] as const, 'allow'),
   drainTimeout: durationOption('how long SIGTERM waits for open connections', 20_000, { maxMs: 3_600_000 }),
+  gcHeadroomMib: intOption('MiB of JavaScript heap left free over the live heap so relayed Buffers die in young-generation collections (less CPU per byte, more memory), at most an eighth of a memory limit (cgroup); 0: V8\'s own heap growing', 128, 0, 4096),
   connectTimeout: durationOption('timeout for dialling workloads and peer agents', 5_000, { minMs: 100, maxMs: 120_000 }),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
 } as const;

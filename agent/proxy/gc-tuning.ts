@@ -4,7 +4,7 @@ import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 /** Set once at start by tuneGcForRelaying (also what a test or bench checks for). */
 export const EXTERNAL_MEMORY_FLAG = '--external-memory-accounted-in-global-limit';
 const MiB = 1024 * 1024;
-/** Room over the live heap that lets a full data path's in-flight Buffers die young (see tuneGcForRelaying). */
+/** Room over the live heap that lets a full data path's in-flight Buffers die young (see tuneGcForRelaying); --gc-headroom-mib. */
 export const RELAY_HEADROOM_BYTES = 128 * MiB;
 /** Never let the heap grow to more than 7× what survived the last full collection. */
 export const MAX_HEAP_GROWING_PERCENT = 600;
@@ -25,7 +25,21 @@ export function heapGrowingPercentFor(live: number, headroom = RELAY_HEADROOM_BY
   return Math.min(Math.max(percent, 100), MAX_HEAP_GROWING_PERCENT);
 }
 
+/**
+ * The headroom to use: `requested`, but at most an eighth of the process's
+ * memory limit when it has one (`process.constrainedMemory()`: a cgroup's
+ * memory.max, e.g. the DaemonSet's limit; 0 or 2^64 when there is none), so
+ * that the room left for relaying never takes a contained agent near the
+ * point where it is killed.
+ */
+export function effectiveHeadroom(requested: number, memoryLimit: number): number {
+  const bounded = memoryLimit > 0 && memoryLimit < Number.MAX_SAFE_INTEGER;
+  return bounded ? Math.min(requested, Math.floor(memoryLimit / 8)) : requested;
+}
+
 export interface GcTuning {
+  /** The headroom in force, in bytes (0: V8's own heap growing). */
+  readonly headroom: number;
   /** The growing percent in force (0: V8's own). */
   readonly heapGrowingPercent: number;
   stop(): void;
@@ -57,26 +71,31 @@ export interface GcTuning {
  *   live heap (5,000 open connections, test/soak) grow to 550 MiB. Measured
  *   effects are in bench/README.md; test/agent/proxy/gc-tuning.test.ts checks
  *   that relaying takes few full collections with this and many without.
+ *   `--gc-headroom-mib` sets the headroom (0: V8's own factor throughout),
+ *   for hosts where memory is scarcer than CPU; under a memory limit it is
+ *   at most an eighth of it (effectiveHeadroom).
  *
  * V8 reads both flags each time it computes its limits, which it does after
  * every full collection; setting them from JavaScript at run time is how
  * Node.js exposes them (node:v8 setFlagsFromString).
  */
-export function tuneGcForRelaying(): GcTuning {
+export function tuneGcForRelaying(headroom = RELAY_HEADROOM_BYTES): GcTuning {
   setFlagsFromString(EXTERNAL_MEMORY_FLAG);
   let percent = -1;
   const apply = (): void => {
-    const next = heapGrowingPercentFor(getHeapStatistics().used_heap_size);
+    const next = headroom > 0 ? heapGrowingPercentFor(getHeapStatistics().used_heap_size, headroom) : 0;
     if (next === percent) return;
     percent = next;
     setFlagsFromString(`--heap-growing-percent=${next}`);
   };
   apply();
+  if (headroom <= 0) return { headroom: 0, heapGrowingPercent: 0, stop: () => undefined };
   const observer = new PerformanceObserver((list) => {
     if (list.getEntries().some((e) => (e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR)) apply();
   });
   observer.observe({ entryTypes: ['gc'] });
   return {
+    headroom,
     get heapGrowingPercent() {
       return percent;
     },

@@ -271,9 +271,12 @@ t.test('a registered workload that is not listening: 503, reported as an upstrea
 t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
   const admin = hostPortOf(agentA.admin);
   t.equal(admin.host, A, 'admin listens on the agent\'s loopback address');
-  const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number } };
+  const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; gc: { headroomMib: number; heapGrowingPercent: number } };
   t.equal(dump.node, 'node-a');
   t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
+  // A live heap of tens of MiB: 128 MiB of room over it is 125–600 % (agent/proxy/gc-tuning.ts).
+  t.equal(dump.gc.headroomMib, 128, 'GC headroom for relaying: the default');
+  t.ok(dump.gc.heapGrowingPercent >= 125 && dump.gc.heapGrowingPercent <= 600, `and the heap growing percent that leaves it (${dump.gc.heapGrowingPercent})`);
   const certsText = (await httpGet(admin, '/certs')).body;
   const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number }[];
   t.ok(certs.some((c) => c.identity === CLIENT_ID && c.state === 'valid' && c.secondsLeft > 3600), 'workload certificate listed with its lifetime');
@@ -290,8 +293,11 @@ t.test('admin endpoints: config dump, certificates without keys, workloads, log 
 t.test('controller down: a restarted agent serves from its cached state and certificates', async (t) => {
   await ctl.proc.stop('SIGTERM');
   await agentB.proc.stop('SIGTERM');
-  agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
+  // Restarted with V8's own heap growing (--gc-headroom-mib 0), which must not change what it serves.
+  agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--gc-headroom-mib', '0'] });
   await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'restarted agent ready without the controller');
+  const gc = (JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { gc: { headroomMib: number; heapGrowingPercent: number } }).gc;
+  t.same(gc, { headroomMib: 0, heapGrowingPercent: 0 }, '--gc-headroom-mib 0 leaves V8 its own heap growing');
   const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
   t.equal(reply, 0, 'tunnel opens through the restarted agent');
   if (reply !== 0) t.comment(JSON.stringify(agentA.proc.logs.slice(-5)) + '\n' + JSON.stringify(agentB.proc.logs.slice(-8)));

@@ -22,7 +22,7 @@ import { connect, createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MAX_HEAP_GROWING_PERCENT, RELAY_HEADROOM_BYTES, heapGrowingPercentFor } from '../../../agent/proxy/gc-tuning.ts';
+import { MAX_HEAP_GROWING_PERCENT, RELAY_HEADROOM_BYTES, effectiveHeadroom, heapGrowingPercentFor } from '../../../agent/proxy/gc-tuning.ts';
 
 const HOST = '127.0.17.1';
 const FIXTURE = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'relay-gc.ts');
@@ -115,4 +115,14 @@ t.test('heapGrowingPercentFor: room for RELAY_HEADROOM_BYTES over the live heap,
     if (p < MAX_HEAP_GROWING_PERCENT && (live * p) / 100 < RELAY_HEADROOM_BYTES) t.fail(`${live / MiB} MiB → ${p} leaves less than the headroom`);
   }
   t.equal(heapGrowingPercentFor(10 * MiB, 20 * MiB), 200, 'the headroom is a parameter');
+});
+
+t.test('effectiveHeadroom: at most an eighth of a memory limit, unchanged without one', async (t) => {
+  const MiB = 1024 * 1024;
+  const NO_LIMIT = 2 ** 64; // what process.constrainedMemory() returns outside a memory-limited cgroup
+  t.equal(effectiveHeadroom(128 * MiB, NO_LIMIT), 128 * MiB, 'no limit (2^64)');
+  t.equal(effectiveHeadroom(128 * MiB, 0), 128 * MiB, 'limit unknown (0)');
+  t.equal(effectiveHeadroom(128 * MiB, 512 * MiB), 64 * MiB, 'the DaemonSet\'s 512 MiB limit: 64 MiB');
+  t.equal(effectiveHeadroom(128 * MiB, 2048 * MiB), 128 * MiB, 'a limit of 2 GiB leaves the requested 128 MiB');
+  t.equal(effectiveHeadroom(0, 512 * MiB), 0, '0 stays 0 (V8\'s own growing)');
 });
