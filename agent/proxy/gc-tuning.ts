@@ -56,24 +56,25 @@ export interface GcTuning {
  *   each time starting a full mark-compact. EXTERNAL_MEMORY_FLAG counts it in
  *   the heap's global limit instead (second session; bench/README.md).
  * - Room under that limit: V8 starts incremental marking once the room left
- *   is less than the young generation's size (16 MiB) — but only in a heap
+ *   is less than the young generation's size (16 MiB), but only in a heap
  *   whose old generation is above 8 MiB. An agent's is 14–30 MiB at rest
  *   (its modules' code, mesh state, metrics), and with V8's own growing
  *   factor (about 2×) the Buffers in flight filled the room within
- *   milliseconds: the agents were marking almost without pause, 26–38 full
- *   collections each per 2 GiB relayed, where a process with an 8 MiB old
- *   generation (bench/dataplane-nodeh2.ts) did 8–10, and the marking threads
- *   cost as much CPU again as the collections. So after each full collection
- *   the agent sets `--heap-growing-percent` to leave RELAY_HEADROOM_BYTES
- *   over the live heap (heapGrowingPercentFor), and hands the factor back to
- *   V8 once the live heap is that large itself. A fixed 600 % did as well
- *   for relaying, but let the old generation of an agent with 100–160 MiB of
- *   live heap (5,000 open connections, test/soak) grow to 550 MiB. Measured
- *   effects are in bench/README.md; test/agent/proxy/gc-tuning.test.ts checks
- *   that relaying takes few full collections with this and many without.
- *   `--gc-headroom-mib` sets the headroom (0: V8's own factor throughout),
- *   for hosts where memory is scarcer than CPU; under a memory limit it is
- *   at most an eighth of it (effectiveHeadroom).
+ *   milliseconds. The agents were marking almost without pause: 29–38 full
+ *   collections each in a bench run relaying 2 GiB, where a process with an
+ *   8 MiB old generation (bench/dataplane-nodeh2.ts) did 8–10, and V8's
+ *   marking threads took 1.1–1.5 CPU seconds per agent besides.
+ *
+ * So after each full collection the agent sets `--heap-growing-percent` to
+ * leave a headroom (RELAY_HEADROOM_BYTES, `--gc-headroom-mib`) over the live
+ * heap (heapGrowingPercentFor), and hands the factor back to V8 once the live
+ * heap is that large itself; under a memory limit the headroom is at most an
+ * eighth of it (effectiveHeadroom), and 0 leaves V8's own factor throughout.
+ * A fixed 600 % did as well for relaying, but in the soak test (test/soak,
+ * tens of thousands of connections) it let an agent's heap in use reach
+ * 547 MiB, against 166 MiB without the setting and 199 MiB with this one.
+ * Measured effects are in bench/README.md; test/agent/proxy/gc-tuning.test.ts
+ * checks that relaying takes few full collections with this and many without.
  *
  * V8 reads both flags each time it computes its limits, which it does after
  * every full collection; setting them from JavaScript at run time is how
