@@ -318,7 +318,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         tunnelPool: pool.stats(),
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
-        gc: { headroomMib: Math.round((deps.gc?.headroom ?? 0) / 1024 / 1024), heapGrowingPercent: deps.gc?.heapGrowingPercent ?? 0 },
+        gc: deps.gc ? { headroomMib: Math.round(deps.gc.headroom / 1024 / 1024), heapGrowingPercent: deps.gc.heapGrowingPercent } : null,
         ready: isReady(),
       }),
     });
