@@ -89,7 +89,7 @@ export interface GcTuning {
  * eighth of it (effectiveHeadroom), and 0 leaves V8's own factor throughout.
  * A fixed 600 % did as well for relaying, but in the soak test (test/soak,
  * tens of thousands of connections) it let an agent's heap in use reach
- * 547 MiB, against 166 MiB without the setting and 199 MiB with this one.
+ * 547 MiB, against 166 MiB without the setting and 164–199 MiB with this one.
  * Measured effects are in bench/README.md; test/agent/proxy/gc-tuning.test.ts
  * checks that relaying takes few full collections with this and many without.
  *
