@@ -20,6 +20,7 @@ import { loadOriginalDstAddon, originalDestination } from './proxy/original-dst.
 import type { GcTuning } from './proxy/gc-tuning.ts';
 import { HboneServer } from './proxy/hbone-server.ts';
 import { handleInbound } from './proxy/inbound.ts';
+import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel-pool.ts';
@@ -126,17 +127,30 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- data plane
     const tracker = new ConnectionTracker();
     const pool = new TunnelPool({ certs, bundlePem, metrics, logger: log, connectTimeoutMs: cfg.connectTimeout });
-    const hbone = new HboneServer({
-      host: cfg.address,
-      port: cfg.hbonePort,
-      trustDomain: info.trustDomain,
-      certs,
-      bundlePem,
-      metrics,
-      logger: log,
-      now,
-      onStream: (stream, headers, peer) => handleInbound({ state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout }, stream, headers, peer),
-    });
+    const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
+    const hbone = cfg.dataplane === 'native'
+      ? new NativeInbound({
+        binary: cfg.dataplaneBinary ?? defaultDataplaneBinary(),
+        host: cfg.address,
+        port: cfg.hbonePort,
+        trustDomain: info.trustDomain,
+        certs,
+        bundlePem,
+        logger: log,
+        now,
+        inbound: inboundDeps,
+      })
+      : new HboneServer({
+        host: cfg.address,
+        port: cfg.hbonePort,
+        trustDomain: info.trustDomain,
+        certs,
+        bundlePem,
+        metrics,
+        logger: log,
+        now,
+        onStream: (stream, headers, peer) => handleInbound(inboundDeps, stream, headers, peer),
+      });
     const hboneAddr = await hbone.listen();
     const hboneAddress = formatHostPort({ host: cfg.address, port: hboneAddr.port });
     cleanups.push(() => hbone.destroy());

@@ -3,6 +3,7 @@ import { connect, isIP, type Socket } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
+import type { ConnectionFacts } from '../rbac.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from './connection-record.ts';
 import type { ConnectionTracker } from './connection-tracker.ts';
@@ -66,16 +67,42 @@ function respond(stream: ServerHttp2Stream, status: number, reason: string): voi
   else stream.destroy(new Error(reason));
 }
 
+/** What the inbound path reads of a CONNECT request, whichever data path received it. */
+export interface InboundRequest {
+  readonly method: string | undefined;
+  readonly authority: string | undefined;
+  readonly forwarded: string | string[] | undefined;
+  readonly baggage: string | string[] | undefined;
+  readonly traceparent: string | undefined;
+}
+
+export function inboundRequestOf(headers: IncomingHttpHeaders): InboundRequest {
+  return { method: headers[':method'], authority: headers[':authority'], forwarded: headers.forwarded, baggage: headers.baggage, traceparent: headers.traceparent as string | undefined };
+}
+
+/** An admitted CONNECT: where to dial, and the record and facts that go with the connection. */
+export interface Admitted {
+  readonly allowed: true;
+  readonly record: ConnectionRecord;
+  readonly facts: ConnectionFacts;
+  readonly dial: { readonly host: string; readonly port: number };
+}
+
+export interface Refused {
+  readonly allowed: false;
+  readonly status: number;
+  readonly reason: string;
+}
+
 /**
- * One inbound tunnelled connection, top to bottom: accept the CONNECT →
- * resolve the local workload → authorize → dial it → pipe both ways →
- * record once. Responses: 200 tunnel open; 400 authority is not a local
- * workload (or not the identity the client asked for); 401 denied by
- * policy; 503 the workload refused or timed out.
+ * The decision half of an inbound connection, shared by both data paths
+ * (node:http2 here, ambit-dataplane in native-inbound.ts): resolve the local
+ * workload, check the identity the client asked for, authorize. A refusal is
+ * counted and recorded here; the caller only answers with its status.
  */
-export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: PeerInfo): void {
-  const bag = baggageWorkload(headers.baggage);
-  const srcAddr = forwardedFor(headers.forwarded) ?? peer.remoteAddress;
+export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo): Admitted | Refused {
+  const bag = baggageWorkload(req.baggage);
+  const srcAddr = forwardedFor(req.forwarded) ?? peer.remoteAddress;
   const srcWorkload = d.state.workloadByAddress(srcAddr);
   // Name the source workload only when its registered identity is the certificate's: telemetry must not be spoofable by a header.
   const srcNamed = srcWorkload && d.state.identityOf(srcWorkload).uri === peer.identity.uri ? srcWorkload : undefined;
@@ -85,19 +112,19 @@ export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers
     namespace: peer.identity.namespace ?? 'unknown',
     identity: peer.identity.uri,
   };
-  const record = new ConnectionRecord({ direction: 'inbound', src, dst: { ...UNKNOWN_PEER, addr: String(headers[':authority'] ?? '') }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
-  const parent = parseTraceparent(headers.traceparent as string | undefined);
-  const span = startConnectionSpan(d.tracer, 'ambit.inbound', SpanKind.SERVER, parent, { 'ambit.source.identity': peer.identity.uri, 'ambit.destination.authority': String(headers[':authority'] ?? '') });
+  const authority = String(req.authority ?? '');
+  const record = new ConnectionRecord({ direction: 'inbound', src, dst: { ...UNKNOWN_PEER, addr: authority }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
+  const parent = parseTraceparent(req.traceparent);
+  const span = startConnectionSpan(d.tracer, 'ambit.inbound', SpanKind.SERVER, parent, { 'ambit.source.identity': peer.identity.uri, 'ambit.destination.authority': authority });
   record.setSpan(span.span, span.context.traceId);
 
-  const refuse = (status: number, reason: string, flags: string): void => {
-    d.metrics.refused.inc({ direction: 'inbound', reason });
-    respond(stream, status, reason);
-    record.finish(reason, flags);
+  const refuse = (status: number, reason: string, flags: string): Refused => {
+    refuseRecord(d, record, reason, flags);
+    return { allowed: false, status, reason };
   };
 
-  if (headers[':method'] !== 'CONNECT') return refuse(405, 'not_connect', 'NR');
-  const target = parseAuthority(headers[':authority']);
+  if (req.method !== 'CONNECT') return refuse(405, 'not_connect', 'NR');
+  const target = parseAuthority(req.authority);
   if (!target) return refuse(400, 'bad_authority', 'NR');
   const dst = d.state.localWorkloadAt(target.ip, target.port);
   if (!dst) return refuse(400, 'not_a_local_workload', 'NR');
@@ -107,14 +134,34 @@ export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers
   // The client verified our certificate for peer.servedIdentity; tunnelling it to a workload of another identity would break that promise.
   if (dstIdentity !== peer.servedIdentity) return refuse(400, 'identity_mismatch', 'NR');
 
-  const facts = { sourceIdentity: peer.identity, sourceAddress: srcAddr, destination: dst, destinationPort: target.port };
+  const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: srcAddr, destination: dst, destinationPort: target.port };
   const decision = d.state.authorizer.evaluate(facts);
   if (!decision.allowed) {
     d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
     return refuse(401, `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`, 'DENY');
   }
+  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port } };
+}
 
-  const socket: Socket = connect({ host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port, allowHalfOpen: true, noDelay: true });
+/** Counts a refused inbound connection and ends its record. */
+export function refuseRecord(d: InboundDeps, record: ConnectionRecord, reason: string, flags: string): void {
+  d.metrics.refused.inc({ direction: 'inbound', reason });
+  record.finish(reason, flags);
+}
+
+/**
+ * One inbound tunnelled connection on the node:http2 data path, top to
+ * bottom: admit the CONNECT (admitInbound) → dial the workload → pipe both
+ * ways → record once. Responses: 200 tunnel open; 400 authority is not a
+ * local workload (or not the identity the client asked for); 401 denied by
+ * policy; 503 the workload refused or timed out.
+ */
+export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: PeerInfo): void {
+  const admitted = admitInbound(d, inboundRequestOf(headers), peer);
+  if (!admitted.allowed) return respond(stream, admitted.status, admitted.reason);
+  const { record, facts } = admitted;
+
+  const socket: Socket = connect({ ...admitted.dial, allowHalfOpen: true, noDelay: true });
   socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
   let established = false;
   let resolveDone: () => void = () => undefined;
@@ -135,7 +182,9 @@ export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers
   });
   socket.once('error', (err: NodeJS.ErrnoException) => {
     if (established) return; // the relay reports it
-    refuse(503, `workload_unreachable: ${err.code ?? err.message}`, 'UF');
+    const reason = `workload_unreachable: ${err.code ?? err.message}`;
+    refuseRecord(d, record, reason, 'UF');
+    respond(stream, 503, reason);
     resolveDone();
   });
   stream.once('close', () => {

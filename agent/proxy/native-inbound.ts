@@ -1,0 +1,373 @@
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { formatHostPort } from '../../shared/config-parse.ts';
+import { AmbitError } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { parseCertificates, verifyPeer } from '../../shared/tls.ts';
+import type { CertManager } from '../identity/cert-manager.ts';
+import { serverNameFor, type PeerInfo } from './hbone-server.ts';
+import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
+import type { ConnectionRecord } from './connection-record.ts';
+
+/**
+ * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
+ * from this file in agent/proxy/ (source) or dist/agent/proxy/ (built).
+ */
+export function defaultDataplaneBinary(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const root = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')].find((r) => existsSync(join(r, 'dataplane', 'Cargo.toml'))) ?? resolve(here, '..', '..');
+  return join(root, 'dataplane', 'target', 'release', 'ambit-dataplane');
+}
+
+export interface NativeInboundOptions {
+  readonly binary: string;
+  readonly host: string;
+  readonly port: number;
+  readonly trustDomain: string;
+  readonly certs: CertManager;
+  readonly bundlePem: () => string;
+  readonly logger: Logger;
+  readonly now?: () => number;
+  /** The inbound decision path (admitInbound), shared with the node:http2 data path. */
+  readonly inbound: InboundDeps;
+  /** How long to wait before starting the data plane again after it died. */
+  readonly restartDelayMs?: number;
+}
+
+/** One admitted tunnel while ambit-dataplane relays it. */
+interface NativeConnection {
+  readonly record: ConnectionRecord;
+  readonly finished: () => void;
+  /** Set when the agent closed it (policy change, drain deadline): the record ends with these. */
+  closed?: { reason: string; flags: string };
+}
+
+type Message = Record<string, unknown> & { t: string };
+
+const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN);
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+
+/**
+ * Inbound HBONE on :15008 served by ambit-dataplane (`--dataplane native`):
+ * the Rust process owns TLS, HTTP/2 and the byte relay; this class owns
+ * every decision, with the same code as the node:http2 path (HboneServer's
+ * peer check, admitInbound). They speak newline-delimited JSON over the
+ * child's stdin and stdout (dataplane/src/control.rs); keys cross only that
+ * pipe, between two processes of the same service on the same host.
+ *
+ * Same surface as HboneServer (listen, refresh, stopAccepting, flush,
+ * destroy), so the agent runs either.
+ */
+export class NativeInbound {
+  readonly #o: NativeInboundOptions;
+  #child: ChildProcessByStdio<Writable, Readable, Readable> | undefined;
+  #pending = '';
+  #uris: readonly string[] = [];
+  #names = new Map<string, string>();
+  readonly #sessions = new Map<number, PeerInfo>();
+  readonly #conns = new Map<number, NativeConnection>();
+  #rev = 0;
+  #pushQueued = false;
+  #address: AddressInfo | undefined;
+  #bundleCerts: X509Certificate[] = [];
+  #bundleSeen = '';
+  #draining = false;
+  #destroyed = false;
+  #onDrained: (() => void) | undefined;
+  #onStarted: { resolve: (a: AddressInfo) => void; reject: (e: Error) => void } | undefined;
+  readonly #unsubscribe: () => void;
+
+  constructor(o: NativeInboundOptions) {
+    this.#o = o;
+    // A renewed or new certificate must reach the data plane before clients ask for it.
+    this.#unsubscribe = o.certs.onChange(() => this.#queuePush());
+  }
+
+  /** Starts ambit-dataplane; resolves once it listens and has taken its first configuration. */
+  listen(): Promise<AddressInfo> {
+    if (!existsSync(this.#o.binary)) {
+      return Promise.reject(new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--dataplane native: no ambit-dataplane executable at ${this.#o.binary} (build it with "npm run build:dataplane", or name it with --dataplane-binary)`, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
+    }
+    return new Promise((resolve, reject) => {
+      this.#onStarted = { resolve, reject };
+      this.#start(this.#o.port);
+    });
+  }
+
+  /** Maps local identities to the SNI names clients use, and sends their certificates; called when local workloads or the bundle change. */
+  refresh(identityUris: readonly string[]): void {
+    this.#uris = [...identityUris];
+    this.#names = new Map(identityUris.map((u) => [serverNameFor(u), u]));
+    this.#queuePush();
+  }
+
+  /** Stops accepting; open sessions get GOAWAY, their streams go on. */
+  stopAccepting(): void {
+    this.#draining = true;
+    this.#send({ t: 'drain' });
+  }
+
+  /**
+   * After stopAccepting(): waits, for at most ms, until every session has
+   * ended (h2's graceful shutdown: GOAWAY, streams done, everything written);
+   * resolves with how many had not.
+   */
+  async flush(ms: number): Promise<number> {
+    if (!this.#child || this.#sessions.size === 0) return 0;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((r) => (this.#onDrained = r)),
+      new Promise<void>((r) => (timer = setTimeout(r, ms))),
+    ]);
+    clearTimeout(timer);
+    return this.#sessions.size;
+  }
+
+  destroy(): void {
+    this.#destroyed = true;
+    this.#unsubscribe();
+    // Closing its stdin ends ambit-dataplane (it serves nothing without the agent).
+    this.#child?.stdin.end();
+    this.#child?.kill('SIGTERM');
+    this.#endAll('agent shutting down');
+  }
+
+  #start(port: number): void {
+    const child = spawn(this.#o.binary, ['--listen', formatHostPort({ host: this.#o.host, port })], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#child = child;
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => this.#read(chunk));
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk: string) => this.#o.logger.warn({ stderr: chunk.trimEnd().slice(0, 2000) }, 'ambit-dataplane wrote to stderr'));
+    child.stdin.on('error', () => undefined); // a dead child is handled by 'exit'
+    child.once('error', (err) => this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `cannot start ambit-dataplane (${this.#o.binary}): ${err.message}`, { cause: err })));
+    child.once('exit', (code, signal) => this.#exited(child, code, signal));
+  }
+
+  #failStart(err: Error): void {
+    const started = this.#onStarted;
+    this.#onStarted = undefined;
+    started?.reject(err);
+  }
+
+  #exited(child: ChildProcessByStdio<Writable, Readable, Readable>, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.#child !== child) return;
+    this.#child = undefined;
+    this.#sessions.clear();
+    this.#endAll('ambit-dataplane exited');
+    this.#onDrained?.();
+    if (this.#destroyed) return;
+    if (this.#onStarted) {
+      this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane exited before it served (code ${code}, signal ${signal})`));
+      return;
+    }
+    // Its tunnels are gone with it; the agent keeps serving by starting it again.
+    this.#o.logger.error({ code, signal }, 'ambit-dataplane exited; starting it again');
+    const port = this.#address?.port ?? this.#o.port;
+    setTimeout(() => {
+      if (!this.#destroyed && !this.#draining) this.#start(port);
+    }, this.#o.restartDelayMs ?? 1_000).unref();
+  }
+
+  /** Every connection still open ends now, recorded with why (the data plane that carried it is gone). */
+  #endAll(error: string): void {
+    for (const [id, c] of this.#conns) {
+      this.#conns.delete(id);
+      c.record.finish(c.closed?.reason ?? error, c.closed?.flags ?? 'DC');
+      c.finished();
+    }
+  }
+
+  #send(m: Message): void {
+    const stdin = this.#child?.stdin;
+    if (!stdin || stdin.destroyed) return;
+    stdin.write(`${JSON.stringify(m)}\n`);
+  }
+
+  #queuePush(): void {
+    if (this.#pushQueued) return;
+    this.#pushQueued = true;
+    // Several changes in one turn (a workload and its certificate) make one message.
+    setImmediate(() => {
+      this.#pushQueued = false;
+      this.#push();
+    });
+  }
+
+  #push(): void {
+    if (!this.#child) return;
+    const identities = this.#uris.flatMap((uri) => {
+      const e = this.#o.certs.get(uri);
+      return e ? [{ sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
+    });
+    this.#send({ t: 'config', rev: ++this.#rev, bundle: this.#o.bundlePem(), identities });
+  }
+
+  #read(chunk: string): void {
+    this.#pending += chunk;
+    let nl: number;
+    while ((nl = this.#pending.indexOf('\n')) >= 0) {
+      const line = this.#pending.slice(0, nl);
+      this.#pending = this.#pending.slice(nl + 1);
+      if (!line) continue;
+      let m: Message;
+      try {
+        m = JSON.parse(line) as Message;
+      } catch {
+        this.#o.logger.error({ line: line.slice(0, 200) }, 'ambit-dataplane said something unreadable');
+        continue;
+      }
+      try {
+        this.#handle(m);
+      } catch (err) {
+        // A bug in one message's handling must not take down the agent and every tunnel.
+        this.#o.logger.error({ err: (err as Error).message, message: m.t }, 'ambit-dataplane message handling failed');
+      }
+    }
+  }
+
+  #handle(m: Message): void {
+    const metrics = this.#o.inbound.metrics;
+    switch (m.t) {
+      case 'listening': {
+        const addr = str(m.addr);
+        const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
+        this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
+        this.#push();
+        return;
+      }
+      case 'ack':
+        if (this.#onStarted && this.#address) {
+          const started = this.#onStarted;
+          this.#onStarted = undefined;
+          this.#o.logger.info({ pid: this.#child?.pid, address: formatHostPort({ host: this.#o.host, port: this.#address.port }) }, 'ambit-dataplane serves inbound HBONE');
+          started.resolve(this.#address);
+        }
+        return;
+      case 'nack':
+        this.#o.logger.error({ rev: m.rev, err: m.message }, 'ambit-dataplane refused its configuration; the previous one stays in force');
+        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane refused its first configuration: ${str(m.message)}`));
+        return;
+      case 'error':
+        this.#o.logger.error({ code: m.code, err: m.message }, 'ambit-dataplane reported an error');
+        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane: ${str(m.message)}`));
+        return;
+      case 'refused':
+        metrics.refused.inc({ direction: 'inbound', reason: str(m.reason) });
+        return;
+      case 'session':
+        return this.#session(m);
+      case 'sessionEnd':
+        this.#sessions.delete(num(m.sid));
+        if (this.#draining && this.#sessions.size === 0) this.#onDrained?.();
+        return;
+      case 'drained':
+        this.#onDrained?.();
+        return;
+      case 'stream':
+        return this.#stream(m);
+      case 'open':
+        this.#conns.get(num(m.id))?.record.open();
+        return;
+      case 'bytes':
+        for (const entry of Array.isArray(m.c) ? m.c : []) {
+          const [id, from, to] = entry as [number, number, number];
+          const c = this.#conns.get(id);
+          if (c) this.#count(c.record, from, to);
+        }
+        return;
+      case 'end':
+        return this.#end(m);
+      default:
+        this.#o.logger.warn({ message: m.t }, 'ambit-dataplane sent an unknown message');
+    }
+  }
+
+  #count(record: ConnectionRecord, fromSource: number, toSource: number): void {
+    if (fromSource > record.bytesFromSource) record.fromSource(fromSource - record.bytesFromSource);
+    if (toSource > record.bytesToSource) record.toSource(toSource - record.bytesToSource);
+  }
+
+  #bundle(): X509Certificate[] {
+    const pem = this.#o.bundlePem();
+    if (pem !== this.#bundleSeen) {
+      this.#bundleCerts = parseCertificates(pem);
+      this.#bundleSeen = pem;
+    }
+    return this.#bundleCerts;
+  }
+
+  /** The same peer check as HboneServer's: chain to the bundle, our trust domain, a workload identity. */
+  #session(m: Message): void {
+    const sid = num(m.sid);
+    const remote = str(m.remote);
+    try {
+      const chain = (Array.isArray(m.chain) ? m.chain : []).map((c) => Buffer.from(str(c), 'base64'));
+      const leaf = chain[0];
+      if (!leaf) throw new AmbitError('AMBIT_ERR_AUTH_UNAUTHENTICATED', 'no client certificate');
+      const identity = verifyPeer(leaf, chain.slice(1).map((c) => new X509Certificate(c)), this.#bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)());
+      if (identity.kind !== 'workload') throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `${identity.uri} is not a workload identity`);
+      this.#sessions.set(sid, { identity, servedIdentity: this.#names.get(str(m.sni).toLowerCase()) ?? '', remoteAddress: remote });
+      this.#send({ t: 'session', sid, ok: true });
+    } catch (err) {
+      this.#o.inbound.metrics.refused.inc({ direction: 'inbound', reason: 'peer_certificate' });
+      this.#o.logger.warn({ err: (err as Error).message, peer: remote }, 'HBONE peer rejected');
+      this.#send({ t: 'session', sid, ok: false });
+    }
+  }
+
+  #stream(m: Message): void {
+    const id = num(m.id);
+    const peer = this.#sessions.get(num(m.sid));
+    if (!peer) {
+      this.#send({ t: 'decide', id, status: 400, reason: 'unknown_session' });
+      return;
+    }
+    const d = this.#o.inbound;
+    const admitted = admitInbound(d, { method: str(m.method), authority: str(m.authority), forwarded: str(m.forwarded) || undefined, baggage: str(m.baggage) || undefined, traceparent: str(m.traceparent) || undefined }, peer);
+    if (!admitted.allowed) {
+      this.#send({ t: 'decide', id, status: admitted.status, reason: admitted.reason });
+      return;
+    }
+    let finished: () => void = () => undefined;
+    const done = new Promise<void>((r) => (finished = r));
+    const conn: NativeConnection = { record: admitted.record, finished };
+    this.#conns.set(id, conn);
+    d.tracker.add({
+      direction: 'inbound',
+      facts: admitted.facts,
+      close: (reason, flags) => {
+        // Recorded when the data plane confirms, with its final byte counts.
+        conn.closed ??= { reason, flags };
+        this.#send({ t: 'close', id });
+      },
+      done,
+    });
+    this.#send({ t: 'decide', id, status: 200, dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs });
+  }
+
+  #end(m: Message): void {
+    const id = num(m.id);
+    const c = this.#conns.get(id);
+    if (!c) return;
+    this.#conns.delete(id);
+    const error = str(m.error);
+    if (num(m.status) === 503) {
+      refuseRecord(this.#o.inbound, c.record, error, 'UF');
+    } else {
+      this.#count(c.record, num(m.fromSource) || 0, num(m.toSource) || 0);
+      if (c.closed) {
+        c.record.finish(c.closed.reason, c.closed.flags);
+        if (c.closed.flags === 'DENY') this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
+      } else {
+        c.record.finish(error || undefined, str(m.flags) || undefined);
+      }
+    }
+    c.finished();
+  }
+}

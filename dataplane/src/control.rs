@@ -1,0 +1,91 @@
+//! The pipe to the agent: newline-delimited JSON, one message per line, on
+//! stdin (agent → data plane) and stdout (data plane → agent). The agent is
+//! the only party that decides anything: it names the identities to serve,
+//! verifies every peer's identity, and rules on every CONNECT. This process
+//! only moves bytes and reports what happened (docs/native-dataplane.md).
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// What the agent sends.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "t")]
+pub enum In {
+    /// The complete TLS state: the trust bundle and every local identity's
+    /// certificate chain and key. Answered with `ack` or `nack`.
+    #[serde(rename = "config")]
+    Config { rev: u64, bundle: String, identities: Vec<IdentityIn> },
+    /// The verdict on a TLS session's peer (see Out `session`).
+    #[serde(rename = "session")]
+    Session { sid: u64, ok: bool },
+    /// The verdict on a CONNECT: 200 with where to dial, or a refusal status.
+    #[serde(rename = "decide")]
+    Decide {
+        id: u64,
+        status: u16,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        dial: String,
+        #[serde(default, rename = "timeoutMs")]
+        timeout_ms: u64,
+    },
+    /// Close a live connection (policy now denies it, or the drain deadline passed).
+    #[serde(rename = "close")]
+    Close { id: u64 },
+    /// Stop accepting; GOAWAY every session; say `drained` when none is left.
+    #[serde(rename = "drain")]
+    Drain,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct IdentityIn {
+    /// The TLS server name clients use to ask for this identity (serverNameFor in hbone-server.ts).
+    pub sni: String,
+    pub chain: String,
+    pub key: String,
+}
+
+/// The writer's end: messages are queued and written by one task, many per
+/// write when they come faster than the pipe takes them.
+#[derive(Clone)]
+pub struct Outbox(mpsc::UnboundedSender<Value>);
+
+impl Outbox {
+    pub fn send(&self, v: Value) {
+        // The writer is gone only when stdout is: the agent has gone away and
+        // stdin's end will end this process too.
+        let _ = self.0.send(v);
+    }
+}
+
+pub fn outbox() -> (Outbox, mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Outbox(tx), rx)
+}
+
+/// Writes queued messages to stdout until the queue closes or stdout fails.
+pub async fn write_loop(mut rx: mpsc::UnboundedReceiver<Value>) {
+    let mut out = tokio::io::stdout();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        push_line(&mut buf, &first);
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(v) => push_line(&mut buf, &v),
+                Err(_) => break,
+            }
+        }
+        if out.write_all(&buf).await.is_err() || out.flush().await.is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn push_line(buf: &mut Vec<u8>, v: &Value) {
+    // Serializing a Value cannot fail.
+    serde_json::to_writer(&mut *buf, v).expect("JSON");
+    buf.push(b'\n');
+}

@@ -1,0 +1,358 @@
+//! Inbound HBONE on the agent's :15008: accept TLS, let the agent verify the
+//! peer, accept HTTP/2 CONNECT streams, ask the agent for each one's verdict,
+//! dial the local workload and relay both ways. One readable path per
+//! connection: session() → stream() → relay::run().
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{server, Reason, RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
+use rustls::ServerConfig;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::control::Outbox;
+use crate::relay;
+
+/// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+const MAX_FRAME: u32 = 1024 * 1024;
+const MAX_STREAMS: u32 = 1000;
+/// A slow or silent client must not hold a socket (the Node.js server's handshakeTimeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Decision {
+    pub status: u16,
+    pub reason: String,
+    pub dial: String,
+    pub timeout_ms: u64,
+}
+
+/// A tunnel that is open: its byte counts, and how the agent closes it.
+struct Live {
+    from_source: Arc<AtomicU64>,
+    to_source: Arc<AtomicU64>,
+    reported: (u64, u64),
+    close: Option<oneshot::Sender<()>>,
+}
+
+pub struct Inbound {
+    outbox: Outbox,
+    tls: RwLock<Option<Arc<ServerConfig>>>,
+    sessions: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
+    live: Mutex<HashMap<u64, Live>>,
+    next_id: AtomicU64,
+    open_sessions: AtomicUsize,
+    draining: watch::Sender<bool>,
+    drained_said: AtomicBool,
+}
+
+impl Inbound {
+    pub fn new(outbox: Outbox) -> Arc<Self> {
+        Arc::new(Inbound {
+            outbox,
+            tls: RwLock::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            open_sessions: AtomicUsize::new(0),
+            draining: watch::channel(false).0,
+            drained_said: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_tls(&self, config: ServerConfig) {
+        *self.tls.write().unwrap() = Some(Arc::new(config));
+    }
+
+    pub fn session_verdict(&self, sid: u64, ok: bool) {
+        if let Some(tx) = self.sessions.lock().unwrap().remove(&sid) {
+            let _ = tx.send(ok);
+        }
+    }
+
+    pub fn decide(&self, id: u64, d: Decision) {
+        if let Some(tx) = self.decisions.lock().unwrap().remove(&id) {
+            let _ = tx.send(d);
+        }
+    }
+
+    pub fn close(&self, id: u64) {
+        if let Some(live) = self.live.lock().unwrap().get_mut(&id) {
+            if let Some(tx) = live.close.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+        self.maybe_drained();
+    }
+
+    fn maybe_drained(&self) {
+        if *self.draining.borrow() && self.open_sessions.load(Ordering::SeqCst) == 0 && !self.drained_said.swap(true, Ordering::SeqCst) {
+            self.outbox.send(json!({ "t": "drained" }));
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reports the byte counts of live tunnels that moved since the last
+    /// report, so the agent's counters follow long-lived connections.
+    pub fn report_bytes(&self) {
+        let mut changed = Vec::new();
+        for (id, live) in self.live.lock().unwrap().iter_mut() {
+            let now = (live.from_source.load(Ordering::Relaxed), live.to_source.load(Ordering::Relaxed));
+            if now != live.reported {
+                live.reported = now;
+                changed.push(json!([id, now.0, now.1]));
+            }
+        }
+        if !changed.is_empty() {
+            self.outbox.send(json!({ "t": "bytes", "c": changed }));
+        }
+    }
+
+    /// Accepts connections until the agent drains this data plane.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut draining = self.draining.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = until_true(&mut draining) => return,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    // EMFILE or a peer that already reset: pause so it cannot spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Some(tls) = self.tls.read().unwrap().clone() else {
+                // No identities yet: the agent has not sent its first config.
+                self.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(self.clone().session(tcp, remote.ip().to_string(), tls));
+        }
+    }
+
+    async fn session(self: Arc<Self>, tcp: TcpStream, remote: String, config: Arc<ServerConfig>) {
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.outbox.send(json!({ "t": "refused", "reason": handshake_failure(&e) }));
+                return;
+            }
+            Err(_) => {
+                self.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(b"h2".as_slice()) {
+            self.outbox.send(json!({ "t": "refused", "reason": "not_h2" }));
+            return;
+        }
+        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| base64::encode(&c.0)).collect();
+        let sni = conn.sni_hostname().unwrap_or("").to_string();
+        let sid = self.id();
+        let (tx, rx) = oneshot::channel();
+        self.sessions.lock().unwrap().insert(sid, tx);
+        self.outbox.send(json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain }));
+        if rx.await != Ok(true) {
+            return; // the agent rejected the peer and counted it
+        }
+        self.open_sessions.fetch_add(1, Ordering::SeqCst);
+        self.clone().streams(sid, tls).await;
+        self.open_sessions.fetch_sub(1, Ordering::SeqCst);
+        self.outbox.send(json!({ "t": "sessionEnd", "sid": sid }));
+        self.maybe_drained();
+    }
+
+    async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+        let Ok(mut conn) = server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(MAX_STREAMS)
+            .handshake::<_, Bytes>(tls)
+            .await
+        else {
+            return;
+        };
+        let mut draining = self.draining.subscribe();
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut shut = false;
+        loop {
+            let next = tokio::select! {
+                n = conn.accept() => n,
+                // Draining: GOAWAY only once this session's streams are over.
+                // A Node.js client answers a GOAWAY with its own, and h2 0.3
+                // then fails every stream still open, cutting them mid-drain.
+                // Until then new streams are refused (REFUSED_STREAM), which
+                // also makes the client's pool stop using this connection.
+                _ = drain_idle(&mut draining, &active), if !shut => {
+                    conn.graceful_shutdown();
+                    shut = true;
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok((req, respond))) => {
+                    let active = active.clone();
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.stream(sid, req, respond).await;
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
+
+    async fn stream(self: Arc<Self>, sid: u64, req: Request<RecvStream>, mut respond: server::SendResponse<Bytes>) {
+        if *self.draining.borrow() {
+            self.outbox.send(json!({ "t": "refused", "reason": "draining" }));
+            respond.send_reset(Reason::REFUSED_STREAM);
+            return;
+        }
+        let id = self.id();
+        let (tx, rx) = oneshot::channel();
+        self.decisions.lock().unwrap().insert(id, tx);
+        let h = req.headers();
+        self.outbox.send(json!({
+            "t": "stream", "id": id, "sid": sid,
+            "method": req.method().as_str(),
+            "authority": req.uri().authority().map(|a| a.as_str()).unwrap_or(""),
+            "forwarded": joined(h, "forwarded"), "baggage": joined(h, "baggage"), "traceparent": joined(h, "traceparent"),
+        }));
+        let Ok(d) = rx.await else { return };
+        if d.status != 200 {
+            let _ = respond.send_response(status_response(d.status, &d.reason), true);
+            return;
+        }
+        let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
+        let tcp = match dialled {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return self.unreachable(id, respond, errno_name(&e)),
+            Err(_) => return self.unreachable(id, respond, "ETIMEDOUT".into()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let send = match respond.send_response(Response::builder().status(200).body(()).unwrap(), false) {
+            Ok(s) => s,
+            Err(_) => {
+                self.outbox.send(json!({ "t": "end", "id": id, "error": "client went away before the tunnel opened", "flags": "DC" }));
+                return;
+            }
+        };
+        self.tunnel(id, tcp, send, req.into_body()).await;
+    }
+
+    fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {
+        let reason = format!("workload_unreachable: {code}");
+        let _ = respond.send_response(status_response(503, &reason), true);
+        self.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": reason, "flags": "UF" }));
+    }
+
+    async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream) {
+        let counts = relay::Counts::default();
+        let (close_tx, close_rx) = oneshot::channel();
+        self.live.lock().unwrap().insert(id, Live { from_source: counts.from_source.clone(), to_source: counts.to_source.clone(), reported: (0, 0), close: Some(close_tx) });
+        self.outbox.send(json!({ "t": "open", "id": id }));
+        let error = tokio::select! {
+            e = relay::run(&mut tcp, &mut send, recv, &counts) => e,
+            _ = close_rx => {
+                // The agent closed it: reset both sides, as the Node.js path does.
+                send.send_reset(Reason::CANCEL);
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                Some("closed by the agent".to_string())
+            }
+        };
+        if error.is_some() {
+            send.send_reset(Reason::CANCEL);
+        }
+        drop(tcp);
+        self.live.lock().unwrap().remove(&id);
+        self.outbox.send(json!({
+            "t": "end", "id": id,
+            "fromSource": counts.from_source.load(Ordering::Relaxed), "toSource": counts.to_source.load(Ordering::Relaxed),
+            "error": error.unwrap_or_default(),
+        }));
+    }
+}
+
+/// The refusal reason of a failed handshake, as the Node.js path counts it:
+/// a client certificate that is missing or does not chain to the bundle is
+/// `peer_certificate`; a client offering no h2 is `not_h2`; anything else `tls`.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::Error::*;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(NoCertificatesPresented | InvalidCertificateEncoding | InvalidCertificateSignatureType | InvalidCertificateSignature | InvalidCertificateData(_) | UnsupportedNameType) => "peer_certificate",
+        Some(NoApplicationProtocol) => "not_h2",
+        _ => "tls",
+    }
+}
+
+/// Resolves once draining has begun and no stream of the session is open
+/// (checked every 50 ms while draining: a drain lasts seconds at most).
+async fn drain_idle(draining: &mut watch::Receiver<bool>, active: &AtomicUsize) {
+    until_true(draining).await;
+    while active.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves once the flag is set (tokio 1.24 has no `wait_for`).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn status_response(status: u16, reason: &str) -> Response<()> {
+    let mut r = Response::builder().status(status);
+    if let Ok(v) = http::HeaderValue::from_str(reason) {
+        r = r.header("x-ambit-reason", v);
+    }
+    r.body(()).unwrap_or_else(|_| Response::builder().status(500).body(()).unwrap())
+}
+
+/// A header's values joined as Node.js joins repeated headers.
+fn joined(h: &HeaderMap, name: &str) -> String {
+    h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ")
+}
+
+/// The Node.js name of a connect error, so access logs read the same on both data paths.
+fn errno_name(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "ECONNREFUSED".into(),
+        ConnectionReset => "ECONNRESET".into(),
+        TimedOut => "ETIMEDOUT".into(),
+        AddrNotAvailable => "EADDRNOTAVAIL".into(),
+        PermissionDenied => "EACCES".into(),
+        _ => match e.raw_os_error() {
+            Some(113) => "EHOSTUNREACH".into(),
+            Some(101) => "ENETUNREACH".into(),
+            _ => e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,86 @@
+//! ambit-dataplane: the agent's native inbound HBONE data path
+//! (docs/native-dataplane.md). Started by `ambit-agent --dataplane native`,
+//! never by hand:
+//!
+//!   ambit-dataplane --listen HOST:PORT
+//!
+//! It binds HOST:PORT, says `{"t":"listening","addr":…}` on stdout, and then
+//! takes the agent's messages on stdin (control.rs). It exits when stdin
+//! closes: the agent that started it is gone, and nothing may serve without it.
+mod control;
+mod inbound;
+mod relay;
+mod tls;
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+
+use control::In;
+use inbound::{Decision, Inbound};
+
+/// How often live tunnels' byte counts go to the agent.
+const BYTES_EVERY: Duration = Duration::from_millis(1000);
+
+fn fail(outbox_line: serde_json::Value) -> ! {
+    println!("{outbox_line}");
+    std::process::exit(2);
+}
+
+async fn run(listen: String) {
+    let listener = match TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => fail(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {listen}: {e}") })),
+    };
+    let (outbox, queue) = control::outbox();
+    tokio::spawn(control::write_loop(queue));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    outbox.send(json!({ "t": "listening", "addr": addr }));
+    let inbound = Inbound::new(outbox.clone());
+    tokio::spawn(inbound.clone().serve(listener));
+    let reporter = inbound.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(BYTES_EVERY);
+        loop {
+            every.tick().await;
+            reporter.report_bytes();
+        }
+    });
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<In>(&line) {
+            Ok(In::Config { rev, bundle, identities }) => match tls::server_config(&bundle, &identities, &outbox) {
+                Ok(config) => {
+                    inbound.set_tls(config);
+                    outbox.send(json!({ "t": "ack", "rev": rev }));
+                }
+                Err(message) => outbox.send(json!({ "t": "nack", "rev": rev, "message": message })),
+            },
+            Ok(In::Session { sid, ok }) => inbound.session_verdict(sid, ok),
+            Ok(In::Decide { id, status, reason, dial, timeout_ms }) => inbound.decide(id, Decision { status, reason, dial, timeout_ms }),
+            Ok(In::Close { id }) => inbound.close(id),
+            Ok(In::Drain) => inbound.drain(),
+            Err(e) => outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
+        }
+    }
+    // stdin closed: the agent is gone.
+    std::process::exit(0);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = match args.as_slice() {
+        [flag, addr] if flag == "--listen" => addr.clone(),
+        _ => {
+            eprintln!("usage: ambit-dataplane --listen HOST:PORT (started by ambit-agent --dataplane native)");
+            std::process::exit(2);
+        }
+    };
+    // One thread, like the agent's event loop: the agent and this process
+    // share the host's cores with the workloads.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(run(listen));
+}

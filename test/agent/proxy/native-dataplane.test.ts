@@ -1,0 +1,141 @@
+/**
+ * ambit-dataplane (the native inbound data path, dataplane/) driven directly
+ * over its control pipe, as the agent drives it: a real process, real TLS on
+ * 127.0.19.1. Bad input must get an answer naming what was wrong and leave
+ * the configuration in force untouched. The executable must have been built
+ * (`npm test` builds it with dataplane/build.sh).
+ */
+import t from 'tap';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
+import type { Readable, Writable } from 'node:stream';
+import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
+
+const BINARY = defaultDataplaneBinary();
+const HOST = '127.0.19.1';
+const WEB_ID = 'spiffe://cluster.local/ns/default/sa/web';
+
+type Msg = Record<string, unknown> & { t: string };
+
+function pki(): { bundle: string; chain: string; key: string } {
+  const rk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const rootDer = issueCertificate({ subjectPublicKey: rk.publicKey.export({ type: 'spki', format: 'der' }), subject: [{ oid: NAME_OID.commonName, value: 'test root' }], notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000), isCa: true, keyUsage: KeyUsage.keyCertSign, selfSignKey: rk.privateKey });
+  const lk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const leafDer = issueCertificate({
+    subjectPublicKey: lk.publicKey.export({ type: 'spki', format: 'der' }), uris: [WEB_ID],
+    notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000), isCa: false,
+    keyUsage: KeyUsage.digitalSignature, extKeyUsage: [EKU.serverAuth, EKU.clientAuth],
+    issuer: { certDer: new X509Certificate(toPem('CERTIFICATE', rootDer)).raw, key: rk.privateKey },
+  });
+  return { bundle: toPem('CERTIFICATE', rootDer), chain: toPem('CERTIFICATE', leafDer), key: lk.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
+}
+
+/** The running data plane and its messages, awaited by predicate. */
+class Dataplane {
+  readonly child: ChildProcessByStdio<Writable, Readable, Readable>;
+  readonly messages: Msg[] = [];
+  #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void }[] = [];
+  #buf = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(args: string[]) {
+    this.child = spawn(BINARY, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.exited = new Promise((r) => this.child.once('exit', (code) => r(code)));
+    this.child.stdout.setEncoding('utf8');
+    this.child.stdout.on('data', (d: string) => {
+      this.#buf += d;
+      let nl: number;
+      while ((nl = this.#buf.indexOf('\n')) >= 0) {
+        const m = JSON.parse(this.#buf.slice(0, nl)) as Msg;
+        this.#buf = this.#buf.slice(nl + 1);
+        this.messages.push(m);
+        this.#waiters = this.#waiters.filter((w) => (w.pred(m) ? (w.resolve(m), false) : true));
+      }
+    });
+  }
+
+  send(line: string): void {
+    this.child.stdin.write(`${line}\n`);
+  }
+
+  next(pred: (m: Msg) => boolean, what: string): Promise<Msg> {
+    const seen = this.messages.find(pred);
+    if (seen) {
+      this.messages.splice(this.messages.indexOf(seen), 1);
+      return Promise.resolve(seen);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${what} within 5 s; got ${JSON.stringify(this.messages)}`)), 5_000);
+      this.#waiters.push({ pred, resolve: (m) => (clearTimeout(timer), this.messages.splice(this.messages.indexOf(m), 1), resolve(m)) });
+    });
+  }
+}
+
+t.test('the executable is built', async (t) => {
+  t.ok(existsSync(BINARY), `${BINARY} exists (npm run build:dataplane)`);
+});
+
+t.test('wrong arguments: usage on stderr, exit 2', async (t) => {
+  const dp = new Dataplane([]);
+  let stderr = '';
+  dp.child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  t.equal(await dp.exited, 2);
+  t.match(stderr, /usage: ambit-dataplane --listen HOST:PORT/);
+});
+
+t.test('an address it cannot listen on: an error line naming it, exit 2', async (t) => {
+  const dp = new Dataplane(['--listen', '203.0.113.7:0']);
+  const err = await dp.next((m) => m.t === 'error', 'error');
+  t.equal(err.code, 'AMBIT_ERR_INTERNAL');
+  t.match(String(err.message), /cannot listen on 203\.0\.113\.7:0/);
+  t.equal(await dp.exited, 2);
+});
+
+t.test('bad control input is answered and changes nothing; good input serves TLS', async (t) => {
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  const listening = await dp.next((m) => m.t === 'listening', 'listening');
+  const port = Number(String(listening.addr).split(':')[1]);
+  t.ok(port > 0, `listens on ${String(listening.addr)}`);
+
+  dp.send('this is not JSON');
+  t.match(String((await dp.next((m) => m.t === 'error', 'error')).message), /unreadable control message/, 'unreadable line: an error, and it keeps running');
+  dp.send(JSON.stringify({ t: 'config', rev: 1, bundle: 'not PEM', identities: [] }));
+  t.match(String((await dp.next((m) => m.t === 'nack', 'nack')).message), /trust bundle: no PEM certificate/, 'a bundle without certificates: nack naming the bundle');
+
+  const good = pki();
+  const sni = serverNameFor(WEB_ID);
+  dp.send(JSON.stringify({ t: 'config', rev: 2, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: 'no key here' }] }));
+  t.match(String((await dp.next((m) => m.t === 'nack', 'nack')).message), new RegExp(`identity for ${sni}: no PEM private key`), 'an identity without a key: nack naming the identity');
+
+  dp.send(JSON.stringify({ t: 'config', rev: 3, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: good.key }] }));
+  t.same(await dp.next((m) => m.t === 'ack', 'ack'), { t: 'ack', rev: 3 }, 'a good configuration: ack');
+  dp.send(JSON.stringify({ t: 'config', rev: 4, bundle: good.bundle, identities: [{ sni, chain: 'broken', key: good.key }] }));
+  await dp.next((m) => m.t === 'nack' && m.rev === 4, 'nack of rev 4');
+
+  // The nacked rev 4 left rev 3 in force: the server still presents the identity's certificate.
+  // Resolves when the server has ended the connection: without a client
+  // certificate it answers the client's Finished with an alert.
+  const handshake = (servername: string): Promise<{ cert?: string; error?: string }> => new Promise((resolve) => {
+    const s = tlsConnect({ host: HOST, port, servername, ca: good.bundle, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    let cert: string | undefined;
+    let error: string | undefined;
+    s.once('secureConnect', () => (cert = s.getPeerX509Certificate()?.subjectAltName ?? ''));
+    s.on('error', (e) => (error ??= e.message));
+    s.once('close', () => resolve({ cert, error }));
+    s.resume();
+  });
+  const served = await handshake(sni);
+  t.equal(served.cert, `URI:${WEB_ID}`, 'the last good configuration is served after a nack');
+  t.match((await dp.next((m) => m.t === 'refused', 'refused')).reason, 'peer_certificate', 'a client without a certificate is refused as peer_certificate');
+  const unknown = await handshake('wdoesnotexist.hbone.ambit');
+  t.ok(unknown.error, `an unknown server name fails the handshake (${unknown.error})`);
+  t.equal((await dp.next((m) => m.t === 'refused', 'refused')).reason, 'unknown_server_name', 'and is counted as such');
+
+  dp.child.stdin.end();
+  t.equal(await dp.exited, 0, 'stdin closed (the agent is gone): it exits');
+});

@@ -1,0 +1,378 @@
+/**
+ * Issue "Agent: HBONE data plane", end to end with real processes: a
+ * controller and two agents on different loopback addresses as two hosts
+ * (NET.2 = node-a, NET.3 = node-b), real TLS 1.3 / HTTP/2 tunnels, workloads
+ * bound to their own loopback addresses. Run by agent.test.ts (node-b on the
+ * node:http2 data path) and agent-native.test.ts (node-b on ambit-dataplane).
+ */
+import t from 'tap';
+import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import http2 from 'node:http2';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
+import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
+import { RELAY_HEADROOM_BYTES, effectiveHeadroom } from '../../agent/proxy/gc-tuning.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+
+export interface AgentSuiteOptions {
+  /** The first three octets of this run's loopback block ("127.0.3"). */
+  readonly net: string;
+  /** node-b's inbound data path (--dataplane). */
+  readonly dataplane: 'node' | 'native';
+}
+
+export function agentSuite(o: AgentSuiteOptions): void {
+  const CTL = `${o.net}.1`;
+  const A = `${o.net}.2`;
+  const B = `${o.net}.3`;
+  const CLIENT_IP = `${o.net}.12`;
+  const WEB_IP = `${o.net}.13`;
+  /** node-b's data path: the HBONE server every test here reaches. */
+  const B_EXTRA = o.dataplane === 'native' ? ['--dataplane', 'native'] : [];
+  const WEB_PORT = 8080;
+  const TD = 'cluster.local';
+  const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
+  const WEB_ID = `spiffe://${TD}/ns/default/sa/web`;
+
+  const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-agent-'));
+  let ctl: RunningController;
+  let agentA: RunningAgent;
+  let agentB: RunningAgent;
+  let web: Server;
+  /** sha256 of every byte each accepted connection received, by connection index. */
+  const serverHashes: string[] = [];
+
+  t.teardown(async () => {
+    await agentA?.proc.stop();
+    await agentB?.proc.stop();
+    await ctl?.proc.stop();
+    web?.close();
+  });
+
+  async function ok(args: string[], stdin?: string): Promise<string> {
+    const r = await ambitctl(ctl, args, stdin);
+    if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')} failed: ${r.stderr}`);
+    return r.stdout;
+  }
+
+  /** SOCKS5 CONNECT through an agent as `user`, source bound to the client workload's address. */
+  function socks(proxy: string, user: string, host: string, port: number): Promise<{ socket: Socket; reply: number }> {
+    return socksConnect(proxy, CLIENT_IP, user, host, port);
+  }
+
+  /** Sends `bytes` of random data and reads the echo; resolves with the hashes of what was sent and what came back. */
+  function echoTransfer(socket: Socket, bytes: number): Promise<{ sent: string; received: string; receivedBytes: number }> {
+    return new Promise((resolve, reject) => {
+      const sent = createHash('sha256');
+      const received = createHash('sha256');
+      let receivedBytes = 0;
+      let written = 0;
+      socket.on('data', (d: Buffer) => {
+        received.update(d);
+        receivedBytes += d.length;
+      });
+      socket.on('end', () => resolve({ sent: sent.digest('hex'), received: received.digest('hex'), receivedBytes }));
+      socket.on('error', reject);
+      socket.resume();
+      const pump = (): void => {
+        while (written < bytes) {
+          const chunk = randomBytes(Math.min(256 * 1024, bytes - written));
+          sent.update(chunk);
+          written += chunk.length;
+          if (!socket.write(chunk)) return void socket.once('drain', pump);
+        }
+        socket.end();
+      };
+      pump();
+    });
+  }
+
+  t.before(async () => {
+    web = createServer({ allowHalfOpen: true }, (s) => {
+      const h = createHash('sha256');
+      const i = serverHashes.push('') - 1;
+      s.on('data', (d) => h.update(d));
+      s.on('end', () => {
+        serverHashes[i] = h.digest('hex');
+      });
+      s.on('error', () => undefined);
+      s.pipe(s);
+    });
+    await new Promise<void>((r) => web.listen(WEB_PORT, WEB_IP, r));
+    ctl = await startController(join(root, 'ctl'), [], CTL);
+    await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', WEB_IP, '--port', String(WEB_PORT), '--label', 'app=web']);
+    await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', CLIENT_IP]);
+    await ok(['service', 'create', '--name', 'web', '--port', `80:${WEB_PORT}`, '--selector', 'app=web']);
+    const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
+    const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
+    // Whichever agent starts is stopped at the end, even if the other fails to start.
+    [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] },
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: B_EXTRA },
+    ]);
+    await agentsReady([agentA, agentB]);
+    await agentKnowsNode(agentA, 'node-b');
+  });
+
+  t.test('SOCKS5: 64 MiB cross-host, intact both ways, reported by both agents', async (t) => {
+    const before = serverHashes.length;
+    const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(reply, 0, 'SOCKS CONNECT succeeded');
+    const r = await echoTransfer(socket, 64 * 1024 * 1024);
+    t.equal(r.receivedBytes, 64 * 1024 * 1024, 'every byte came back');
+    t.equal(r.received, r.sent, 'echo checksum matches what was sent');
+    await eventually(async () => serverHashes[before] !== undefined && serverHashes[before] !== '', 'server saw the end');
+    t.equal(serverHashes[before], r.sent, 'server received exactly what was sent');
+
+    const labels = { source_principal: CLIENT_ID, destination_principal: WEB_ID, source_workload: 'client', destination_workload: 'web', connection_security_policy: 'mutual_tls' };
+    const ma = await eventually(async () => {
+      const m = (await httpGet(hostPortOf(agentA.metrics), '/metrics')).body;
+      return metricValue(m, 'istio_tcp_connections_closed_total', { reporter: 'source', ...labels }) >= 1 ? m : undefined;
+    }, 'source agent counts the closed connection');
+    t.equal(metricValue(ma, 'istio_tcp_connections_opened_total', { reporter: 'source', ...labels, destination_service: 'web.default.svc' }), 1, 'source agent: opened, with service');
+    t.ok(metricValue(ma, 'istio_tcp_received_bytes_total', { reporter: 'source', ...labels }) >= 64 * 1024 * 1024, 'source agent: bytes received from the client');
+    const mb = (await httpGet(hostPortOf(agentB.metrics), '/metrics')).body;
+    t.equal(metricValue(mb, 'istio_tcp_connections_opened_total', { reporter: 'destination', ...labels }), 1, 'destination agent: opened');
+    t.ok(metricValue(mb, 'istio_tcp_sent_bytes_total', { reporter: 'destination', ...labels }) >= 64 * 1024 * 1024, 'destination agent: bytes sent back');
+
+    const logA = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'outbound' && l.bytes_recv === 64 * 1024 * 1024);
+    t.equal(logA['src.identity'], CLIENT_ID);
+    t.equal(logA['dst.identity'], WEB_ID);
+    t.equal(logA['dst.service'], 'web.default.svc');
+    const logB = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l.bytes_recv === 64 * 1024 * 1024);
+    t.equal(logB['src.identity'], CLIENT_ID, 'destination log names the source identity');
+    t.equal(logB.trace_id, logA.trace_id, 'one trace across both hops (traceparent in the CONNECT)');
+  });
+
+  t.test('upstream listener: tunnelled as its workload', async (t) => {
+    const socket = connect({ host: A, port: 19080, localAddress: CLIENT_IP, allowHalfOpen: true });
+    await new Promise((r) => socket.once('connect', r));
+    const r = await echoTransfer(socket, 8 * 1024 * 1024);
+    t.equal(r.received, r.sent, '8 MiB intact');
+    const spoof = connect({ host: A, port: 19080, allowHalfOpen: true }); // from 127.0.0.1, not the workload's address
+    const outcome = await new Promise<string>((resolve) => {
+      spoof.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      spoof.on('close', () => resolve('closed'));
+      spoof.on('data', () => resolve('data'));
+      spoof.write('hello');
+    });
+    t.not(outcome, 'data', `a process that is not the workload is refused (${outcome})`);
+  });
+
+  function rawHbone(opts: { key?: string; cert?: string; ca?: string; serverIdentity: string; authority: string }): Promise<{ status: number | undefined; error: string }> {
+    return new Promise((resolve) => {
+      const session = http2.connect(`https://${agentB.hbone}`, {
+        ca: opts.ca ?? readFileSync(join(ctl.dataDir, 'ca/bundle.pem'), 'utf8'),
+        ...(opts.key ? { key: opts.key, cert: opts.cert } : {}),
+        servername: serverNameFor(opts.serverIdentity),
+        minVersion: 'TLSv1.3',
+        checkServerIdentity: () => undefined,
+      });
+      const done = (status: number | undefined, error: string): void => {
+        session.destroy();
+        resolve({ status, error });
+      };
+      session.on('error', (e) => done(undefined, e.message));
+      session.on('close', () => done(undefined, 'session closed'));
+      const req = session.request({ ':method': 'CONNECT', ':authority': opts.authority });
+      req.on('response', (h) => done(Number(h[':status']), ''));
+      req.on('error', (e) => done(undefined, e.message));
+      setTimeout(() => done(undefined, 'timeout'), 5000);
+    });
+  }
+
+  function clientCredentials(): { key: string; cert: string } {
+    const dir = join(agentA.dataDir, 'certs');
+    for (const f of readdirSync(dir)) {
+      const e = JSON.parse(readFileSync(join(dir, f), 'utf8')) as { uri: string; keyPem: string; chainPem: string };
+      if (e.uri === CLIENT_ID) return { key: e.keyPem, cert: e.chainPem };
+    }
+    throw new Error('client certificate not found in agent A data dir');
+  }
+
+  function foreignLeaf(uri: string, issuer?: { certPem: string; keyPem: string }): { key: string; cert: string } {
+    const leafKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    let iss = issuer;
+    if (!iss) {
+      const rk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const rootDer = issueCertificate({ subjectPublicKey: rk.publicKey.export({ type: 'spki', format: 'der' }), subject: [{ oid: NAME_OID.commonName, value: 'evil root' }], notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000), isCa: true, keyUsage: KeyUsage.keyCertSign, selfSignKey: rk.privateKey });
+      iss = { certPem: toPem('CERTIFICATE', rootDer), keyPem: rk.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
+    }
+    const der = issueCertificate({
+      subjectPublicKey: leafKeys.publicKey.export({ type: 'spki', format: 'der' }), uris: [uri],
+      notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000), isCa: false,
+      keyUsage: KeyUsage.digitalSignature, extKeyUsage: [EKU.serverAuth, EKU.clientAuth],
+      issuer: { certDer: new X509Certificate(iss.certPem).raw, key: createPrivateKey(iss.keyPem) },
+    });
+    return { key: leafKeys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), cert: toPem('CERTIFICATE', der) };
+  }
+
+  t.test('only mesh identities of this trust domain open tunnels; only local workloads are reachable', async (t) => {
+    const authority = `${WEB_IP}:${WEB_PORT}`;
+    const before = metricValue((await httpGet(hostPortOf(agentB.metrics), '/metrics')).body, 'ambit_connections_refused_total', { reason: 'peer_certificate' });
+    const none = await rawHbone({ serverIdentity: WEB_ID, authority });
+    t.not(none.status, 200, `no client certificate: refused (${none.error})`);
+    const otherCa = await rawHbone({ ...foreignLeaf(CLIENT_ID), serverIdentity: WEB_ID, authority });
+    t.not(otherCa.status, 200, `certificate from another CA: refused (${otherCa.error})`);
+    const realCa = { certPem: readFileSync(join(ctl.dataDir, 'ca/signer-cert.pem'), 'utf8'), keyPem: readFileSync(join(ctl.dataDir, 'ca/signer-key.pem'), 'utf8') };
+    const otherTd = await rawHbone({ ...foreignLeaf('spiffe://other.domain/ns/default/sa/client', realCa), serverIdentity: WEB_ID, authority });
+    t.not(otherTd.status, 200, `our CA but another trust domain: refused (${otherTd.error})`);
+    const after = metricValue((await httpGet(hostPortOf(agentB.metrics), '/metrics')).body, 'ambit_connections_refused_total', { reason: 'peer_certificate' });
+    t.equal(after - before, 3, 'each attempt is counted as a rejected peer');
+
+    const good = clientCredentials();
+    t.equal((await rawHbone({ ...good, serverIdentity: WEB_ID, authority })).status, 200, 'a real mesh client gets 200');
+    t.equal((await rawHbone({ ...good, serverIdentity: WEB_ID, authority: `${CLIENT_IP}:1234` })).status, 400, 'authority not local to node-b: 400');
+    t.equal((await rawHbone({ ...good, serverIdentity: WEB_ID, authority: 'web.default:80' })).status, 400, 'authority that is not ip:port: 400');
+  });
+
+  t.test('DENY policy: 401 for new tunnels and existing connections are closed', async (t) => {
+    const { socket, reply } = await socks(agentA.socks, 'default/client', WEB_IP, WEB_PORT);
+    t.equal(reply, 0);
+    socket.resume();
+    const closed = new Promise<string>((r) => {
+      socket.once('close', () => r('close'));
+      socket.once('end', () => r('end'));
+      socket.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? 'error'));
+    });
+    const pong = new Promise((r) => socket.once('data', r));
+    socket.write('ping');
+    await pong;
+    t.comment('ping answered; applying the policy');
+    const policy = [
+      'apiVersion: ambit.dev/v1alpha1', 'kind: AuthorizationPolicy', 'metadata: {name: deny-client, namespace: default}',
+      'spec:', '  selector: {matchLabels: {app: web}}', '  action: DENY', '  rules:', `    - from: [{source: {principals: ["${TD}/ns/default/sa/client"]}}]`, '',
+    ].join('\n');
+    await ok(['apply', '-f', '-'], policy);
+    const cut = await Promise.race([closed, new Promise<string>((r) => setTimeout(() => r(''), 10_000))]);
+    t.equal(cut, 'ECONNRESET', 'the live connection was reset by the policy change');
+    const denied = await eventually(async () => {
+      const r = await socks(agentA.socks, 'default/client', WEB_IP, WEB_PORT);
+      r.socket.destroy();
+      return r.reply === 2 ? r : undefined;
+    }, 'new connection refused');
+    t.equal(denied.reply, 2, 'SOCKS client sees "not allowed by ruleset"');
+    t.equal((await rawHbone({ ...clientCredentials(), serverIdentity: WEB_ID, authority: `${WEB_IP}:${WEB_PORT}` })).status, 401, 'HBONE answers 401');
+    const log = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.response_flags === 'DENY' && String(l.error).includes('default/deny-client'));
+    t.ok(log, 'destination access log says which policy denied');
+    await ok(['delete', '-f', '-'], policy);
+    await eventually(async () => {
+      const r = await socks(agentA.socks, 'default/client', WEB_IP, WEB_PORT);
+      r.socket.destroy();
+      return r.reply === 0;
+    }, 'allowed again after the policy is deleted');
+  });
+
+  t.test('a registered workload that is not listening: 503, reported as an upstream failure', async (t) => {
+    await ok(['workload', 'register', '--name', 'down', '--service-account', 'down', '--node', 'node-b', '--address', `${o.net}.14`, '--port', '9999']);
+    await eventually(async () => {
+      const dump = JSON.parse((await httpGet(hostPortOf(agentB.admin), '/workloads')).body) as { local: { metadata: { name: string } ; certificate: string }[] };
+      return dump.local.some((w) => w.metadata.name === 'down' && w.certificate === 'valid');
+    }, 'node-b holds a certificate for the new workload');
+    const { socket, reply } = await socks(agentA.socks, 'default/client', `${o.net}.14`, 9999);
+    socket.destroy();
+    t.equal(reply, 5, 'SOCKS client sees "connection refused"');
+    const log = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l['dst.workload'] === 'down');
+    t.equal(log.response_flags, 'UF', 'destination log: upstream failure');
+    t.match(String(log.error), /workload_unreachable/, 'and why');
+  });
+
+  t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
+    const admin = hostPortOf(agentA.admin);
+    t.equal(admin.host, A, 'admin listens on the agent\'s loopback address');
+    const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; gc: { headroomMib: number; heapGrowingPercent: number } };
+    t.equal(dump.node, 'node-a');
+    t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
+    // An old generation of tens of MiB: 128 MiB of room over it is 125–600 % (agent/proxy/gc-tuning.ts).
+    const headroomMib = effectiveHeadroom(RELAY_HEADROOM_BYTES, process.constrainedMemory()) / 1024 / 1024;
+    t.equal(dump.gc.headroomMib, Math.round(headroomMib), `GC headroom for relaying: the default, ${headroomMib} MiB under this machine's memory limit if any`);
+    t.ok(dump.gc.heapGrowingPercent >= 125 && dump.gc.heapGrowingPercent <= 600, `and the heap growing percent that leaves it (${dump.gc.heapGrowingPercent})`);
+    const certsText = (await httpGet(admin, '/certs')).body;
+    const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number }[];
+    t.ok(certs.some((c) => c.identity === CLIENT_ID && c.state === 'valid' && c.secondsLeft > 3600), 'workload certificate listed with its lifetime');
+    t.ok(certs.some((c) => c.identity === `spiffe://${TD}/ambit/node/node-a`), 'node certificate listed');
+    t.notMatch(certsText, /PRIVATE KEY/, 'no private key is ever shown');
+    const wl = JSON.parse((await httpGet(admin, '/workloads')).body) as { local: { identity: string }[] };
+    t.same(wl.local.map((w) => w.identity), [CLIENT_ID], 'local workloads with identities');
+    const set = await fetch(`http://${A}:${admin.port}/logging?level=debug`, { method: 'POST' });
+    t.same(await set.json(), { level: 'debug' }, 'log level changed');
+    t.equal((await fetch(`http://${A}:${admin.port}/logging?level=loud`, { method: 'POST' })).status, 400, 'bad level refused');
+    await fetch(`http://${A}:${admin.port}/logging?level=info`, { method: 'POST' });
+  });
+
+  t.test('controller down: a restarted agent serves from its cached state and certificates', async (t) => {
+    await ctl.proc.stop('SIGTERM');
+    await agentB.proc.stop('SIGTERM');
+    // Restarted with V8's own heap growing (--gc-headroom-mib 0), which must not change what it serves.
+    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: [...B_EXTRA, '--gc-headroom-mib', '0'] });
+    await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'restarted agent ready without the controller');
+    const gc = (JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { gc: { headroomMib: number; heapGrowingPercent: number } }).gc;
+    t.same(gc, { headroomMib: 0, heapGrowingPercent: 0 }, '--gc-headroom-mib 0 leaves V8 its own heap growing');
+    const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(reply, 0, 'tunnel opens through the restarted agent');
+    if (reply !== 0) t.comment(JSON.stringify(agentA.proc.logs.slice(-5)) + '\n' + JSON.stringify(agentB.proc.logs.slice(-8)));
+    const r = await echoTransfer(socket, 1024 * 1024);
+    t.equal(r.received, r.sent, 'bytes intact');
+    t.ok(agentB.proc.logs.some((l) => l.msg === 'serving cached mesh state until the controller answers'), 'agent says it serves from cache');
+    t.ok(agentB.proc.logs.some((l) => l.msg === 'controller watch lost; serving cached state'), 'and that the controller is unreachable');
+  });
+
+  if (o.dataplane === 'native') {
+    t.test('ambit-dataplane killed: the agent starts it again, and tunnels open again', async (t) => {
+      const pid = agentB.proc.child.pid!;
+      const children = readdirSync(`/proc/${pid}/task`).flatMap((task) => readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+      t.equal(children.length, 1, 'node-b runs one ambit-dataplane');
+      process.kill(children[0]!, 'SIGKILL');
+      await agentB.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again' && l.signal === 'SIGKILL');
+      const r = await eventually(async () => {
+        const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+        if (reply !== 0) {
+          socket.destroy();
+          return undefined;
+        }
+        return echoTransfer(socket, 256 * 1024);
+      }, 'a tunnel through the restarted ambit-dataplane');
+      t.equal(r.received, r.sent, 'bytes intact through the new process');
+      t.equal(r.receivedBytes, 256 * 1024);
+    });
+  }
+
+  t.test('SIGTERM drains: open connections finish, new ones are refused, then the agent exits', async (t) => {
+    const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(reply, 0);
+    const sent = createHash('sha256');
+    const received = createHash('sha256');
+    socket.on('data', (d: Buffer) => received.update(d));
+    // 'close' too: a connection cut during the drain must fail the test, not hang it.
+    let gotFin = false;
+    socket.on('end', () => (gotFin = true));
+    const ended = new Promise<void>((r) => socket.on('close', () => r()));
+    socket.resume();
+    const chunk = (): Buffer => {
+      const c = randomBytes(256 * 1024);
+      sent.update(c);
+      return c;
+    };
+    socket.write(chunk());
+    agentB.proc.child.kill('SIGTERM');
+    await agentB.proc.waitForLog((l) => l.msg === 'draining');
+    t.equal((await httpGet(hostPortOf(agentB.ready), '/healthz/ready').catch(() => ({ status: 0 }))).status !== 200, true, 'not ready while draining');
+    const fresh = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    fresh.socket.destroy();
+    t.not(fresh.reply, 0, 'a new tunnel to the draining agent is refused');
+    for (let i = 0; i < 8; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      socket.write(chunk());
+    }
+    socket.end();
+    await ended;
+    t.ok(gotFin, 'the open connection ended with a FIN, not a reset');
+    t.equal(received.digest('hex'), sent.digest('hex'), 'the open connection finished intact during the drain');
+    const exit = await agentB.proc.exited;
+    t.equal(exit.code, 0, 'agent exited cleanly after draining');
+    t.ok(agentB.proc.logs.some((l) => l.msg === 'drained'), 'it says it drained without cutting anyone');
+  });
+}
