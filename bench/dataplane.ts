@@ -22,7 +22,7 @@
 //
 // Run: npm run bench:dataplane   (node bench/dataplane.ts --help for options)
 import { execFileSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -103,6 +103,9 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --concurrency N     concurrent clients in the new-connections run (default 16)
   --cpu-prof DIR      run the agents with --cpu-prof, profiles written to DIR at exit
   --agent-arg ARG     extra ambit-agent argument (repeatable)
+  --dataplane node|native
+                      node-b's inbound data path (ambit-agent --dataplane; default node); native
+                      counts its ambit-dataplane child's CPU and memory with agent-b's
   --agent-env K=V     extra environment variable for both agents (repeatable), e.g. NODE_OPTIONS=--perf-basic-prof
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
   --from-source       run the controller, agents and node-h2 from the TypeScript sources instead of
@@ -171,6 +174,12 @@ function quietStderr(agent: { proc: { child: ChildProcess; stderrText: string } 
   });
 }
 
+/** The pids of a process's children (Linux /proc). */
+function childPids(pid: number): number[] {
+  const tasks = join('/proc', String(pid), 'task');
+  return readdirSync(tasks).flatMap((t) => readFileSync(join(tasks, t, 'children'), 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -184,6 +193,7 @@ async function main(): Promise<void> {
       'agent-arg': { type: 'string', multiple: true },
       'agent-logs': { type: 'string' },
       'agent-env': { type: 'string', multiple: true },
+      dataplane: { type: 'string', default: 'node' },
       'from-source': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -198,6 +208,8 @@ async function main(): Promise<void> {
   const rounds = intArg(values.rounds, 2000, 10, 100_000, '--rounds');
   const rateMs = intArg(values['rate-seconds'], 5, 1, 30, '--rate-seconds') * 1000;
   const concurrency = intArg(values.concurrency, 16, 1, 256, '--concurrency');
+  const dataplane = values.dataplane ?? 'node';
+  if (dataplane !== 'node' && dataplane !== 'native') throw new Error(`--dataplane must be node or native, got ${dataplane}`);
   // What ships is the compiled JavaScript (dist/, `npm run build`), so that is
   // what is measured: running from source through type stripping adds about
   // 30 MiB of RSS and 5 MiB of heap to every Node.js process (measured with
@@ -282,7 +294,7 @@ async function main(): Promise<void> {
       const [a, b] = await Promise.all([
         startAgent({ node: 'node-a', address: ADDR.agentA, controller: ctl.address, dataDir: join(tmp, 'agent-a'), join: tokenA, env, main: mains.agent,
           extra: [...ports, '--upstreams', `default/client:${UPSTREAM_PORT}=${ADDR.server}:${srv.port}`, ...extra] }),
-        startAgent({ node: 'node-b', address: ADDR.agentB, controller: ctl.address, dataDir: join(tmp, 'agent-b'), join: tokenB, env, main: mains.agent, extra: [...ports, ...extra] }),
+        startAgent({ node: 'node-b', address: ADDR.agentB, controller: ctl.address, dataDir: join(tmp, 'agent-b'), join: tokenB, env, main: mains.agent, extra: [...ports, '--dataplane', dataplane, ...extra] }),
       ]);
       for (const ag of [a, b]) {
         children.track(ag.proc.child);
@@ -292,7 +304,10 @@ async function main(): Promise<void> {
       for (const ag of agents) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 30_000);
       const target = { host: ADDR.agentA, port: UPSTREAM_PORT, localAddress: ADDR.client };
       await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through the tunnel', 30_000);
-      paths.push({ name: 'tunnel', target, procs: [{ label: 'agent-a', pid: a.proc.child.pid ?? 0 }, { label: 'agent-b', pid: b.proc.child.pid ?? 0 }] });
+      // With --dataplane native, node-b's inbound runs in its ambit-dataplane child: its CPU and memory are the agent's too.
+      const dataplanePids = dataplane === 'native' ? childPids(b.proc.child.pid ?? 0) : [];
+      if (dataplane === 'native' && dataplanePids.length !== 1) throw new Error(`agent-b should have one ambit-dataplane child, has ${dataplanePids.length}`);
+      paths.push({ name: 'tunnel', target, procs: [{ label: 'agent-a', pid: a.proc.child.pid ?? 0 }, { label: 'agent-b', pid: b.proc.child.pid ?? 0 }, ...dataplanePids.map((pid) => ({ label: 'agent-b-dataplane', pid }))] });
     }
 
     const openssl = which('openssl');
@@ -445,6 +460,7 @@ async function main(): Promise<void> {
     out.push('');
     out.push(`Ambit data plane benchmark — Node ${process.version}, ${availableParallelism()} CPUs (${cpus()[0]?.model ?? '?'}), load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')} before, ${loadAfter.map((l) => l.toFixed(2)).join(' ')} after`);
     out.push(`Node.js processes run ${fromSource ? 'from source (type stripping: about 30 MiB more RSS each)' : 'the built JavaScript (dist/), as shipped'}`);
+    out.push(`node-b's inbound data path: ${dataplane === 'native' ? "ambit-dataplane (--dataplane native; its CPU and memory count as agent-b's)" : 'node:http2 in the agent (--dataplane node)'}`);
     out.push(`${runs} run(s) per measurement, median shown; throughput ${totalBytes / MiB} MiB; latency ${rounds} rounds after 200 warm-up; new connections ${rateMs / 1000} s at concurrency ${concurrency}`);
     for (const s of skipped) out.push(`skipped ${s}`);
     out.push('');
