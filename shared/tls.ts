@@ -10,6 +10,20 @@ export function parseCertificates(pem: string): X509Certificate[] {
   return splitPemCertificates(pem).map((p) => new X509Certificate(p));
 }
 
+/** The trust bundle's certificates, parsed again only when its PEM changes (asked on every TLS session). */
+export function bundleCertificates(bundlePem: () => string): () => X509Certificate[] {
+  let seen = '';
+  let certs: X509Certificate[] = [];
+  return () => {
+    const pem = bundlePem();
+    if (pem !== seen) {
+      certs = parseCertificates(pem);
+      seen = pem;
+    }
+    return certs;
+  };
+}
+
 /** Lower-case hex SHA-256 of a certificate's DER: what join tokens pin. */
 export function certificateFingerprint(cert: X509Certificate): string {
   return createHash('sha256').update(cert.raw).digest('hex');

@@ -5,7 +5,7 @@ import { Server as NetServer, type AddressInfo } from 'node:net';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
-import { parseCertificates, TLS_MIN_VERSION, verifyPeer } from '../../shared/tls.ts';
+import { bundleCertificates, TLS_MIN_VERSION, verifyPeer } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { SessionStreams } from './session-flush.ts';
@@ -63,12 +63,12 @@ export class HboneServer {
   readonly #sessions = new SessionStreams();
   #contexts = new Map<string, { ctx: SecureContext; version: string }>();
   #names = new Map<string, string>();
-  #bundleCerts: X509Certificate[] = [];
-  #bundleSeen = '';
+  readonly #bundle: () => X509Certificate[];
   #draining = false;
 
   constructor(o: HboneServerOptions) {
     this.#o = o;
+    this.#bundle = bundleCertificates(o.bundlePem);
     this.#server = http2.createSecureServer({
       allowHTTP1: false,
       noDelay: true,
@@ -141,14 +141,6 @@ export class HboneServer {
     this.#contexts = new Map([...this.#contexts].filter(([uri]) => identityUris.includes(uri)));
   }
 
-  #bundle(): X509Certificate[] {
-    const pem = this.#o.bundlePem();
-    if (pem !== this.#bundleSeen) {
-      this.#bundleCerts = parseCertificates(pem);
-      this.#bundleSeen = pem;
-    }
-    return this.#bundleCerts;
-  }
 
   #contextFor(serverName: string): SecureContext {
     const uri = this.#names.get(serverName.toLowerCase());

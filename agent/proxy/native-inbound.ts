@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import { parseCertificates, verifyPeer } from '../../shared/tls.ts';
+import { bundleCertificates, verifyPeer } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from './hbone-server.ts';
 import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
@@ -74,8 +74,7 @@ export class NativeInbound {
   #rev = 0;
   #pushQueued = false;
   #address: AddressInfo | undefined;
-  #bundleCerts: X509Certificate[] = [];
-  #bundleSeen = '';
+  readonly #bundle: () => X509Certificate[];
   #draining = false;
   #destroyed = false;
   #onDrained: (() => void) | undefined;
@@ -84,6 +83,7 @@ export class NativeInbound {
 
   constructor(o: NativeInboundOptions) {
     this.#o = o;
+    this.#bundle = bundleCertificates(o.bundlePem);
     // A renewed or new certificate must reach the data plane before clients ask for it.
     this.#unsubscribe = o.certs.onChange(() => this.#queuePush());
   }
@@ -293,14 +293,6 @@ export class NativeInbound {
     if (toSource > record.bytesToSource) record.toSource(toSource - record.bytesToSource);
   }
 
-  #bundle(): X509Certificate[] {
-    const pem = this.#o.bundlePem();
-    if (pem !== this.#bundleSeen) {
-      this.#bundleCerts = parseCertificates(pem);
-      this.#bundleSeen = pem;
-    }
-    return this.#bundleCerts;
-  }
 
   /** The same peer check as HboneServer's: chain to the bundle, our trust domain, a workload identity. */
   #session(m: Message): void {
