@@ -22,12 +22,12 @@
 //
 // Run: npm run bench:dataplane   (node bench/dataplane.ts --help for options)
 import { execFileSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ambitctl, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
+import { ambitctl, childPids, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 import { connectionRate, latency, probeOnce, throughput, type Target } from './dataplane-load.ts';
 import {
   Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startRustH2, startStunnel, which,
@@ -172,12 +172,6 @@ function quietStderr(agent: { proc: { child: ChildProcess; stderrText: string } 
   stderr.on('data', (d: string | Buffer) => {
     agent.proc.stderrText = (agent.proc.stderrText + d.toString()).slice(-65536);
   });
-}
-
-/** The pids of a process's children (Linux /proc). */
-function childPids(pid: number): number[] {
-  const tasks = join('/proc', String(pid), 'task');
-  return readdirSync(tasks).flatMap((t) => readFileSync(join(tasks, t, 'children'), 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
 }
 
 async function main(): Promise<void> {

@@ -264,7 +264,6 @@ export class NativeInbound {
         return this.#session(m);
       case 'sessionEnd':
         this.#sessions.delete(num(m.sid));
-        if (this.#draining && this.#sessions.size === 0) this.#onDrained?.();
         return;
       case 'drained':
         this.#onDrained?.();

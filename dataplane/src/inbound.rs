@@ -13,7 +13,7 @@ use http::{HeaderMap, Request, Response};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::Outbox;
@@ -195,7 +195,7 @@ impl Inbound {
             return;
         };
         let mut draining = self.draining.subscribe();
-        let active = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(Active::default());
         let mut shut = false;
         loop {
             let next = tokio::select! {
@@ -214,11 +214,13 @@ impl Inbound {
             match next {
                 Some(Ok((req, respond))) => {
                     let active = active.clone();
-                    active.fetch_add(1, Ordering::SeqCst);
+                    active.open.fetch_add(1, Ordering::SeqCst);
                     let this = self.clone();
                     tokio::spawn(async move {
                         this.stream(sid, req, respond).await;
-                        active.fetch_sub(1, Ordering::SeqCst);
+                        if active.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            active.idle.notify_waiters();
+                        }
                     });
                 }
                 Some(Err(_)) | None => return,
@@ -309,12 +311,23 @@ fn handshake_failure(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Resolves once draining has begun and no stream of the session is open
-/// (checked every 50 ms while draining: a drain lasts seconds at most).
-async fn drain_idle(draining: &mut watch::Receiver<bool>, active: &AtomicUsize) {
+/// A session's open streams, and a signal when the last one ends.
+#[derive(Default)]
+struct Active {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// Resolves once draining has begun and no stream of the session is open.
+async fn drain_idle(draining: &mut watch::Receiver<bool>, active: &Active) {
     until_true(draining).await;
-    while active.load(Ordering::SeqCst) > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        // Created before the check, so a last stream ending in between still wakes it.
+        let idle = active.idle.notified();
+        if active.open.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        idle.await;
     }
 }
 

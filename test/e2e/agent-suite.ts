@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
 import { RELAY_HEADROOM_BYTES, effectiveHeadroom } from '../../agent/proxy/gc-tuning.ts';
-import { agentKnowsNode, agentsReady, ambitctl, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, childPids, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 export interface AgentSuiteOptions {
   /** The first three octets of this run's loopback block ("127.0.3"). */
@@ -323,7 +323,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
   if (o.dataplane === 'native') {
     t.test('ambit-dataplane killed: the agent starts it again, and tunnels open again', async (t) => {
       const pid = agentB.proc.child.pid!;
-      const children = readdirSync(`/proc/${pid}/task`).flatMap((task) => readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+      const children = childPids(pid);
       t.equal(children.length, 1, 'node-b runs one ambit-dataplane');
       process.kill(children[0]!, 'SIGKILL');
       await agentB.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again' && l.signal === 'SIGKILL');

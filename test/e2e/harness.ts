@@ -5,6 +5,7 @@
  * (test/e2e/bin.test.ts checks the built ones start too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -289,6 +290,12 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, wh
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+/** The pids of a process's children (Linux /proc): an agent's ambit-dataplane. */
+export function childPids(pid: number): number[] {
+  const tasks = join('/proc', String(pid), 'task');
+  return readdirSync(tasks).flatMap((t) => readFileSync(join(tasks, t, 'children'), 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
 }
 
 export function hostPortOf(s: string): HostPort {
