@@ -34,7 +34,8 @@ pub enum In {
     /// Close a live connection (policy now denies it, or the drain deadline passed).
     #[serde(rename = "close")]
     Close { id: u64 },
-    /// Stop accepting; GOAWAY every session; say `drained` when none is left.
+    /// Stop accepting; GOAWAY each session once its streams are over and written;
+    /// say `drained` when no session is left (closed, and read until its peer closed).
     #[serde(rename = "drain")]
     Drain,
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,10 +14,11 @@ use http::{HeaderMap, Request, Response};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::Outbox;
+use crate::linger::{self, Lingering};
 use crate::relay;
 
 /// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
@@ -151,6 +153,7 @@ impl Inbound {
     }
 
     async fn session(self: Arc<Self>, tcp: TcpStream, remote: String, config: Arc<ServerConfig>) {
+        let (tcp, socket_back) = linger::wrap(tcp);
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -178,52 +181,59 @@ impl Inbound {
         }
         self.open_sessions.fetch_add(1, Ordering::SeqCst);
         self.clone().streams(sid, tls).await;
+        // Not over until the peer has read everything: a drain that ended
+        // here would let the agent exit and the kernel reset the socket.
+        linger::close(socket_back).await;
         self.open_sessions.fetch_sub(1, Ordering::SeqCst);
         self.outbox.send(json!({ "t": "sessionEnd", "sid": sid }));
         self.maybe_drained();
     }
 
-    async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<Lingering>) {
         let Ok(mut conn) = server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
+            // A stream we reset is forgotten once its RST_STREAM is written
+            // (late frames for it get STREAM_CLOSED), so that a drain can
+            // tell from the streams h2 still holds when everything is written.
+            .max_concurrent_reset_streams(0)
             .handshake::<_, Bytes>(tls)
             .await
         else {
             return;
         };
         let mut draining = self.draining.subscribe();
-        let active = Arc::new(Active::default());
+        // Draining: waiting for h2 to have written every stream's last frame.
+        let mut flushing = false;
         let mut shut = false;
         loop {
             let next = tokio::select! {
-                n = conn.accept() => n,
-                // Draining: GOAWAY only once this session's streams are over.
-                // A Node.js client answers a GOAWAY with its own, and h2 0.3
-                // then fails every stream still open, cutting them mid-drain.
-                // Until then new streams are refused (REFUSED_STREAM), which
-                // also makes the client's pool stop using this connection.
-                _ = drain_idle(&mut draining, &active), if !shut => {
-                    conn.graceful_shutdown();
-                    shut = true;
+                n = next_event(&mut conn, flushing) => n,
+                _ = until_true(&mut draining), if !flushing && !shut => {
+                    flushing = true;
                     continue;
                 }
             };
             match next {
-                Some(Ok((req, respond))) => {
-                    let active = active.clone();
-                    active.open.fetch_add(1, Ordering::SeqCst);
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        this.stream(sid, req, respond).await;
-                        if active.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            active.idle.notify_waiters();
-                        }
-                    });
+                // Draining, and every stream's last frame is written: now GOAWAY.
+                // Not sooner, for two reasons. h2 writes a pending GOAWAY (and
+                // the PING whose answer ends the connection) ahead of streams'
+                // queued DATA, so the answer would not prove the peer read the
+                // tails. And a Node.js client answers a GOAWAY with its own,
+                // on which h2 0.3.13 fails every stream still open, tails and all.
+                // Until then new streams are refused (REFUSED_STREAM), which also
+                // makes the client's pool stop using this connection.
+                Event::Flushed => {
+                    conn.graceful_shutdown();
+                    flushing = false;
+                    shut = true;
                 }
-                Some(Err(_)) | None => return,
+                Event::Stream(Some(Ok((req, respond)))) => {
+                    tokio::spawn(self.clone().stream(sid, req, respond));
+                }
+                Event::Stream(Some(Err(_)) | None) => return,
             }
         }
     }
@@ -311,24 +321,28 @@ fn handshake_failure(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// A session's open streams, and a signal when the last one ends.
-#[derive(Default)]
-struct Active {
-    open: AtomicUsize,
-    idle: Notify,
+enum Event {
+    Stream(Option<Result<(Request<RecvStream>, server::SendResponse<Bytes>), h2::Error>>),
+    Flushed,
 }
 
-/// Resolves once draining has begun and no stream of the session is open.
-async fn drain_idle(draining: &mut watch::Receiver<bool>, active: &Active) {
-    until_true(draining).await;
-    loop {
-        // Created before the check, so a last stream ending in between still wakes it.
-        let idle = active.idle.notified();
-        if active.open.load(Ordering::SeqCst) == 0 {
-            return;
+/// The connection's next stream; or, when flushing, `Flushed` as soon as h2
+/// holds no stream any more: each one closed, its last frame written out
+/// (released streams leave h2's store only once their queue is empty).
+/// Checked after every poll of the connection, which is what writes frames.
+fn next_event<'a, T>(conn: &'a mut server::Connection<T, Bytes>, flushing: bool) -> impl std::future::Future<Output = Event> + 'a
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(n) = conn.poll_accept(cx) {
+            return Poll::Ready(Event::Stream(n));
         }
-        idle.await;
-    }
+        if flushing && conn.num_wired_streams() == 0 {
+            return Poll::Ready(Event::Flushed);
+        }
+        Poll::Pending
+    })
 }
 
 /// Resolves once the flag is set (tokio 1.24 has no `wait_for`).

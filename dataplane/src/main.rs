@@ -8,6 +8,7 @@
 //! takes the agent's messages on stdin (control.rs). It exits when stdin
 //! closes: the agent that started it is gone, and nothing may serve without it.
 mod control;
+mod linger;
 mod inbound;
 mod relay;
 mod tls;

@@ -369,7 +369,8 @@ export function agentSuite(o: AgentSuiteOptions): void {
     }
     socket.end();
     await ended;
-    t.ok(gotFin, 'the open connection ended with a FIN, not a reset');
+    // On failure, the source agent's account of the connection (bytes each way, error) is in the diagnostic.
+    t.ok(gotFin, 'the open connection ended with a FIN, not a reset', { sourceLog: agentA.proc.logs.filter((l) => l.log === 'access').slice(-1) });
     t.equal(received.digest('hex'), sent.digest('hex'), 'the open connection finished intact during the drain');
     const exit = await agentB.proc.exited;
     t.equal(exit.code, 0, 'agent exited cleanly after draining');
