@@ -21,13 +21,14 @@ import type { GcTuning } from './proxy/gc-tuning.ts';
 import { HboneServer } from './proxy/hbone-server.ts';
 import { handleInbound } from './proxy/inbound.ts';
 import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
+import { NativeUpstreams } from './proxy/native-outbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel-pool.ts';
 import { MeshState } from './state/mesh-state.ts';
 import { loadState, saveState } from './state/state-cache.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
-import { certificateFingerprint, parseCertificates } from '../shared/tls.ts';
+import { bundleCertificates, certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 import type { X509Certificate } from 'node:crypto';
 
 export const AGENT_VERSION = '0.1.0';
@@ -128,6 +129,13 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const tracker = new ConnectionTracker();
     const pool = new TunnelPool({ certs, bundlePem, metrics, logger: log, connectTimeoutMs: cfg.connectTimeout });
     const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
+    const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
+    const loopback = loopbackAddressFor(cfg.address);
+    // --dataplane native: ambit-dataplane carries the upstream listeners too
+    // (SOCKS5 and capture stay on node:http2 for now: docs/native-dataplane.md).
+    const nativeUpstreams = cfg.dataplane === 'native' && cfg.upstreams.length > 0
+      ? new NativeUpstreams({ upstreams: cfg.upstreams, host: loopback, outbound: outboundDeps, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now })
+      : undefined;
     const hbone = cfg.dataplane === 'native'
       ? new NativeInbound({
         binary: cfg.dataplaneBinary ?? defaultDataplaneBinary(),
@@ -139,6 +147,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         logger: log,
         now,
         inbound: inboundDeps,
+        upstreams: nativeUpstreams,
       })
       : new HboneServer({
         host: cfg.address,
@@ -167,17 +176,19 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       if (id.uri === nodeIdentity.uri) rebuildCaClient();
     });
 
-    const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
     const explicit: ExplicitDeps = { state, outbound: outboundDeps, metrics, logger: log, handshakeTimeoutMs: 10_000 };
-    const loopback = loopbackAddressFor(cfg.address);
     const servers: Server[] = [];
     const socks = socksServer(explicit);
     const socksAddr = await socks.listen(loopback, cfg.socksPort);
     servers.push(socks.server);
-    for (const u of cfg.upstreams) {
-      const up = upstreamServer(explicit, u);
-      await up.listen(loopback);
-      servers.push(up.server);
+    if (hbone instanceof NativeInbound) {
+      await hbone.listenUpstreams();
+    } else {
+      for (const u of cfg.upstreams) {
+        const up = upstreamServer(explicit, u);
+        await up.listen(loopback);
+        servers.push(up.server);
+      }
     }
     cleanups.push(() => Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined));
 

@@ -104,8 +104,8 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --cpu-prof DIR      run the agents with --cpu-prof, profiles written to DIR at exit
   --agent-arg ARG     extra ambit-agent argument (repeatable)
   --dataplane node|native
-                      node-b's inbound data path (ambit-agent --dataplane; default node); native
-                      counts its ambit-dataplane child's CPU and memory with agent-b's
+                      both agents' data path (ambit-agent --dataplane; default node); native
+                      counts each agent's ambit-dataplane child's CPU and memory with the agent's
   --agent-env K=V     extra environment variable for both agents (repeatable), e.g. NODE_OPTIONS=--perf-basic-prof
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
   --from-source       run the controller, agents and node-h2 from the TypeScript sources instead of
@@ -287,7 +287,7 @@ async function main(): Promise<void> {
       if (values['agent-logs']) mkdirSync(values['agent-logs'], { recursive: true });
       const [a, b] = await Promise.all([
         startAgent({ node: 'node-a', address: ADDR.agentA, controller: ctl.address, dataDir: join(tmp, 'agent-a'), join: tokenA, env, main: mains.agent,
-          extra: [...ports, '--upstreams', `default/client:${UPSTREAM_PORT}=${ADDR.server}:${srv.port}`, ...extra] }),
+          extra: [...ports, '--dataplane', dataplane, '--upstreams', `default/client:${UPSTREAM_PORT}=${ADDR.server}:${srv.port}`, ...extra] }),
         startAgent({ node: 'node-b', address: ADDR.agentB, controller: ctl.address, dataDir: join(tmp, 'agent-b'), join: tokenB, env, main: mains.agent, extra: [...ports, '--dataplane', dataplane, ...extra] }),
       ]);
       for (const ag of [a, b]) {
@@ -298,10 +298,15 @@ async function main(): Promise<void> {
       for (const ag of agents) await eventually(async () => (await httpGet(hostPortOf(ag.ready), '/healthz/ready')).status === 200, `${ag.node} ready`, 30_000);
       const target = { host: ADDR.agentA, port: UPSTREAM_PORT, localAddress: ADDR.client };
       await eventually(async () => (await probeOnce(target, 3_000), true), 'a first connection through the tunnel', 30_000);
-      // With --dataplane native, node-b's inbound runs in its ambit-dataplane child: its CPU and memory are the agent's too.
-      const dataplanePids = dataplane === 'native' ? childPids(b.proc.child.pid ?? 0) : [];
-      if (dataplane === 'native' && dataplanePids.length !== 1) throw new Error(`agent-b should have one ambit-dataplane child, has ${dataplanePids.length}`);
-      paths.push({ name: 'tunnel', target, procs: [{ label: 'agent-a', pid: a.proc.child.pid ?? 0 }, { label: 'agent-b', pid: b.proc.child.pid ?? 0 }, ...dataplanePids.map((pid) => ({ label: 'agent-b-dataplane', pid }))] });
+      // With --dataplane native, node-a's upstream listener and node-b's inbound
+      // run in each agent's ambit-dataplane child: its CPU and memory are the agent's too.
+      const dataplaneOf = (ag: typeof a): { label: string; pid: number }[] => {
+        if (dataplane !== 'native') return [];
+        const pids = childPids(ag.proc.child.pid ?? 0);
+        if (pids.length !== 1) throw new Error(`${ag.node} should have one ambit-dataplane child, has ${pids.length}`);
+        return [{ label: `agent-${ag.node.slice(-1)}-dataplane`, pid: pids[0]! }];
+      };
+      paths.push({ name: 'tunnel', target, procs: [{ label: 'agent-a', pid: a.proc.child.pid ?? 0 }, { label: 'agent-b', pid: b.proc.child.pid ?? 0 }, ...dataplaneOf(a), ...dataplaneOf(b)] });
     }
 
     const openssl = which('openssl');
@@ -454,7 +459,7 @@ async function main(): Promise<void> {
     out.push('');
     out.push(`Ambit data plane benchmark — Node ${process.version}, ${availableParallelism()} CPUs (${cpus()[0]?.model ?? '?'}), load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')} before, ${loadAfter.map((l) => l.toFixed(2)).join(' ')} after`);
     out.push(`Node.js processes run ${fromSource ? 'from source (type stripping: about 30 MiB more RSS each)' : 'the built JavaScript (dist/), as shipped'}`);
-    out.push(`node-b's inbound data path: ${dataplane === 'native' ? "ambit-dataplane (--dataplane native; its CPU and memory count as agent-b's)" : 'node:http2 in the agent (--dataplane node)'}`);
+    out.push(`the agents' data path: ${dataplane === 'native' ? "ambit-dataplane (--dataplane native: node-a's upstream listener and node-b's inbound HBONE; each one's CPU and memory count as its agent's)" : 'node:http2 in the agents (--dataplane node)'}`);
     out.push(`${runs} run(s) per measurement, median shown; throughput ${totalBytes / MiB} MiB; latency ${rounds} rounds after 200 warm-up; new connections ${rateMs / 1000} s at concurrency ${concurrency}`);
     for (const s of skipped) out.push(`skipped ${s}`);
     out.push('');

@@ -10,6 +10,14 @@ import { handleOutbound, type OutboundDeps, type OutboundFailure } from './outbo
 import { socketOwnerUid } from './socket-owner.ts';
 import { acceptSocks5, sendSocksReply, SOCKS_REPLY } from './socks5.ts';
 
+/** A connection's two ends: a net.Socket, or what the native data plane reports of one. */
+export interface SocketEnds {
+  readonly remoteAddress?: string;
+  readonly remotePort?: number;
+  readonly localAddress?: string;
+  readonly localPort?: number;
+}
+
 /**
  * Is the process behind `socket` really `claimed`? Without iptables the agent
  * cannot see which pod or process a connection comes from, so a name alone
@@ -18,7 +26,7 @@ import { acceptSocks5, sendSocksReply, SOCKS_REPLY } from './socks5.ts';
  * workload's registered address, or from a process running as its registered
  * uid (read from /proc/net/tcp).
  */
-export async function isSourceWorkload(socket: Socket, claimed: Workload, procRoot?: string): Promise<boolean> {
+export async function isSourceWorkload(socket: SocketEnds, claimed: Workload, procRoot?: string): Promise<boolean> {
   const remote = socket.remoteAddress ?? '';
   // Usually the same text as the registered address: no parsing needed then.
   if (remote !== '' && remote === claimed.spec.address) return true;

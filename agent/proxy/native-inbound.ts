@@ -13,6 +13,7 @@ import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from './hbone-server.ts';
 import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
 import type { ConnectionRecord } from './connection-record.ts';
+import type { NativeUpstreams } from './native-outbound.ts';
 
 /**
  * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
@@ -37,6 +38,8 @@ export interface NativeInboundOptions {
   readonly inbound: InboundDeps;
   /** How long to wait before starting the data plane again after it died. */
   readonly restartDelayMs?: number;
+  /** The upstream listeners, when the data plane carries them too; bound on every start. */
+  readonly upstreams?: NativeUpstreams;
 }
 
 /** One admitted tunnel while ambit-dataplane relays it. */
@@ -77,6 +80,8 @@ export class NativeInbound {
   readonly #bundle: () => X509Certificate[];
   #draining = false;
   #destroyed = false;
+  /** It served once: a later 'listening' is a restart, which binds the upstream listeners again. */
+  #served = false;
   #onDrained: (() => void) | undefined;
   #onStarted: { resolve: (a: AddressInfo) => void; reject: (e: Error) => void } | undefined;
   readonly #unsubscribe: () => void;
@@ -114,18 +119,20 @@ export class NativeInbound {
 
   /**
    * After stopAccepting(): waits, for at most ms, until every session has
-   * ended (h2's graceful shutdown: GOAWAY, streams done, everything written);
-   * resolves with how many had not.
+   * ended (h2's graceful shutdown: GOAWAY, streams done, everything written),
+   * the outbound ones the data plane dialled included; resolves with how
+   * many had not.
    */
   async flush(ms: number): Promise<number> {
-    if (!this.#child || this.#sessions.size === 0) return 0;
+    const open = (): number => this.#sessions.size + (this.#o.upstreams?.sessions ?? 0);
+    if (!this.#child || open() === 0) return 0;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       new Promise<void>((r) => (this.#onDrained = r)),
       new Promise<void>((r) => (timer = setTimeout(r, ms))),
     ]);
     clearTimeout(timer);
-    return this.#sessions.size;
+    return open();
   }
 
   destroy(): void {
@@ -137,11 +144,21 @@ export class NativeInbound {
     this.#endAll('agent shutting down');
   }
 
+  /** Once listen() resolved: binds the upstream listeners in the data plane; resolves when all are bound. */
+  listenUpstreams(): Promise<void> {
+    return this.#o.upstreams?.listen((m) => this.#send(m)) ?? Promise.resolve();
+  }
+
   #start(port: number): void {
     const child = spawn(this.#o.binary, ['--listen', formatHostPort({ host: this.#o.host, port })], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.#child = child;
+    this.#pending = '';
     child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk: string) => this.#read(chunk));
+    // Only the current process speaks: ids start again in a new one, so a
+    // late line from one that exited could name another connection.
+    child.stdout.on('data', (chunk: string) => {
+      if (this.#child === child) this.#read(chunk);
+    });
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (chunk: string) => this.#o.logger.warn({ stderr: chunk.trimEnd().slice(0, 2000) }, 'ambit-dataplane wrote to stderr'));
     child.stdin.on('error', () => undefined); // a dead child is handled by 'exit'
@@ -176,6 +193,7 @@ export class NativeInbound {
 
   /** Every connection still open ends now, recorded with why (the data plane that carried it is gone). */
   #endAll(error: string): void {
+    this.#o.upstreams?.endAll(error);
     for (const [id, c] of this.#conns) {
       this.#conns.delete(id);
       c.record.finish(c.closed?.reason ?? error, c.closed?.flags ?? 'DC');
@@ -203,7 +221,7 @@ export class NativeInbound {
     if (!this.#child) return;
     const identities = this.#uris.flatMap((uri) => {
       const e = this.#o.certs.get(uri);
-      return e ? [{ sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
+      return e ? [{ uri, sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
     });
     this.#send({ t: 'config', rev: ++this.#rev, bundle: this.#o.bundlePem(), identities });
   }
@@ -239,12 +257,14 @@ export class NativeInbound {
         const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
         this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
         this.#push();
+        if (this.#served) void this.listenUpstreams().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve the upstream listeners again'));
         return;
       }
       case 'ack':
         if (this.#onStarted && this.#address) {
           const started = this.#onStarted;
           this.#onStarted = undefined;
+          this.#served = true;
           this.#o.logger.info({ pid: this.#child?.pid, address: formatHostPort({ host: this.#o.host, port: this.#address.port }) }, 'ambit-dataplane serves inbound HBONE');
           started.resolve(this.#address);
         }
@@ -254,6 +274,7 @@ export class NativeInbound {
         if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane refused its first configuration: ${str(m.message)}`));
         return;
       case 'error':
+        if (this.#o.upstreams?.handle(m)) return;
         this.#o.logger.error({ code: m.code, err: m.message }, 'ambit-dataplane reported an error');
         if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane: ${str(m.message)}`));
         return;
@@ -270,19 +291,32 @@ export class NativeInbound {
         return;
       case 'stream':
         return this.#stream(m);
-      case 'open':
-        this.#conns.get(num(m.id))?.record.open();
+      case 'open': {
+        const c = this.#conns.get(num(m.id));
+        if (!c) {
+          this.#o.upstreams?.handle(m);
+          return;
+        }
+        c.record.open();
+        // Closed (policy change, drain deadline) while it was being opened: the
+        // data plane could not act on it then, since it had nothing to close.
+        if (c.closed) this.#send({ t: 'close', id: num(m.id) });
         return;
+      }
       case 'bytes':
         for (const entry of Array.isArray(m.c) ? m.c : []) {
           const [id, from, to] = entry as [number, number, number];
           const c = this.#conns.get(id);
           if (c) this.#count(c.record, from, to);
+          else this.#o.upstreams?.count(id, from, to);
         }
         return;
       case 'end':
-        return this.#end(m);
+        if (this.#conns.has(num(m.id))) return this.#end(m);
+        this.#o.upstreams?.handle(m);
+        return;
       default:
+        if (this.#o.upstreams?.handle(m)) return;
         this.#o.logger.warn({ message: m.t }, 'ambit-dataplane sent an unknown message');
     }
   }

@@ -8,7 +8,7 @@ import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
 import type { ConnectionTracker } from './connection-tracker.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { relay } from './relay.ts';
-import { tunnelErrorOf, type TunnelPool } from './tunnel-pool.ts';
+import { tunnelErrorOf, type TunnelError, type TunnelPool, type TunnelRequest } from './tunnel-pool.ts';
 
 export interface OutboundDeps {
   readonly state: MeshState;
@@ -43,19 +43,99 @@ function failureOf(status: number): OutboundFailure {
   return 'unreachable';
 }
 
+/** Where an outbound connection goes, decided before any byte flows. */
+export type OutboundPlan =
+  | { readonly kind: 'refuse'; readonly failure: OutboundFailure; readonly detail: string; readonly flags: string }
+  | { readonly kind: 'direct'; readonly host: string; readonly port: number }
+  | { readonly kind: 'tunnel'; readonly request: TunnelRequest };
+
+/** An outbound connection's source: the authenticated local workload, and the address it came from. */
+export interface OutboundSource {
+  readonly source: Workload;
+  readonly srcAddr: string;
+  readonly host: string;
+  readonly port: number;
+}
+
 /**
- * One outbound connection, top to bottom: resolve the destination (service →
- * endpoint, or workload address) → open a pooled HBONE stream to the
- * destination's agent presenting the source's certificate → pipe both ways →
- * record once. Destinations outside the mesh are dialled directly
- * (passthrough) unless --passthrough deny.
+ * Resolves an outbound connection (service → endpoint, or workload address;
+ * otherwise passthrough) and starts its record and span. Shared by both data
+ * paths: handleOutbound carries it out on node:http2, the native data plane
+ * carries out the plan the agent sends it (native-outbound.ts).
  */
-export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Promise<void> {
+export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: ConnectionRecord; plan: OutboundPlan } {
   const sourceId = d.state.identityOf(req.source);
-  const src = { addr: req.client.remoteAddress ?? '', workload: req.source.metadata.name, namespace: req.source.metadata.namespace, identity: sourceId.uri };
+  const src = { addr: req.srcAddr, workload: req.source.metadata.name, namespace: req.source.metadata.namespace, identity: sourceId.uri };
   const record = new ConnectionRecord({ direction: 'outbound', src, dst: { ...UNKNOWN_PEER, addr: `${req.host}:${req.port}` }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
   const span = startConnectionSpan(d.tracer, 'ambit.outbound', SpanKind.CLIENT, undefined, { 'ambit.source.identity': sourceId.uri, 'ambit.destination': `${req.host}:${req.port}` });
   record.setSpan(span.span, span.context.traceId);
+  const refuse = (failure: OutboundFailure, detail: string, flags: string): { record: ConnectionRecord; plan: OutboundPlan } => ({ record, plan: { kind: 'refuse', failure, detail, flags } });
+
+  let target: Workload | undefined;
+  let targetPort = req.port;
+  const svc = d.state.resolveService(req.host, req.port);
+  if (svc) {
+    record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
+    targetPort = svc.port.targetPort;
+    target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
+    if (!target) return refuse('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
+  } else if (isIP(req.host)) {
+    target = d.state.workloadByAddress(req.host);
+  }
+
+  if (!target) {
+    // Not a mesh destination: passthrough.
+    record.service = 'PassthroughCluster';
+    record.security = 'none';
+    if (d.passthrough === 'deny') return refuse('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
+    return { record, plan: { kind: 'direct', host: req.host, port: req.port } };
+  }
+
+  const dstId = d.state.identityOf(target);
+  record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
+  const hbone = d.state.hboneAddressOf(target.spec.node);
+  if (!hbone) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
+  const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
+  const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
+  return {
+    record,
+    plan: {
+      kind: 'tunnel',
+      request: {
+        source: sourceId,
+        destination: dstId,
+        hboneAddress: hbone,
+        authority,
+        headers: {
+          traceparent: span.traceparent,
+          baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
+          forwarded: `for=${forAddr}`,
+        },
+      },
+    },
+  };
+}
+
+/** Counts and records an outbound connection that will not open. */
+export function refuseOutbound(d: OutboundDeps, record: ConnectionRecord, failure: OutboundFailure, detail: string, flags: string): void {
+  d.metrics.refused.inc({ direction: 'outbound', reason: failure });
+  record.finish(detail, flags);
+}
+
+/** What a failed tunnel means for the connection: the failure its front end acts on, and the record's flags (a 401 also counts a denial). */
+export function tunnelFailure(d: OutboundDeps, te: TunnelError): { failure: OutboundFailure; flags: string } {
+  if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
+  return { failure: failureOf(te.status), flags: te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF' };
+}
+
+/**
+ * One outbound connection, top to bottom: plan it (planOutbound) → open a
+ * pooled HBONE stream to the destination's agent presenting the source's
+ * certificate, or dial a destination outside the mesh directly → pipe both
+ * ways → record once.
+ */
+export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Promise<void> {
+  const { record, plan } = planOutbound(d, { source: req.source, srcAddr: req.client.remoteAddress ?? '', host: req.host, port: req.port });
 
   // Tracked from the start, not only once bytes flow: a drain must wait for
   // (or cut) a connection whose tunnel is still being opened, or its pooled
@@ -74,30 +154,12 @@ export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Pro
   });
   try {
     const fail = (failure: OutboundFailure, detail: string, flags: string): void => {
-      d.metrics.refused.inc({ direction: 'outbound', reason: failure });
       req.ready(failure, detail);
-      record.finish(detail, flags);
+      refuseOutbound(d, record, failure, detail, flags);
     };
-
-    // --- resolve
-    let target: Workload | undefined;
-    let targetPort = req.port;
-    const svc = d.state.resolveService(req.host, req.port);
-    if (svc) {
-      record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
-      targetPort = svc.port.targetPort;
-      target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
-      if (!target) return fail('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
-    } else if (isIP(req.host)) {
-      target = d.state.workloadByAddress(req.host);
-    }
-
-    if (!target) {
-      // --- passthrough: not a mesh destination
-      record.service = 'PassthroughCluster';
-      record.security = 'none';
-      if (d.passthrough === 'deny') return fail('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
-      const socket: Socket = connect({ host: req.host, port: req.port, allowHalfOpen: true, noDelay: true });
+    if (plan.kind === 'refuse') return fail(plan.failure, plan.detail, plan.flags);
+    if (plan.kind === 'direct') {
+      const socket: Socket = connect({ host: plan.host, port: plan.port, allowHalfOpen: true, noDelay: true });
       socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
       try {
         await new Promise<void>((resolve, reject) => {
@@ -105,34 +167,17 @@ export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Pro
           socket.once('error', reject);
         });
       } catch (err) {
-        return fail('unreachable', `passthrough to ${req.host}:${req.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
+        return fail('unreachable', `passthrough to ${plan.host}:${plan.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
       }
       socket.setTimeout(0);
       upstream = socket;
     } else {
-      // --- tunnel to the destination's agent
-      const dstId = d.state.identityOf(target);
-      record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
-      const hbone = d.state.hboneAddressOf(target.spec.node);
-      if (!hbone) return fail('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
-      const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
-      const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
       try {
-        upstream = await d.pool.open({
-          source: sourceId,
-          destination: dstId,
-          hboneAddress: hbone,
-          authority,
-          headers: {
-            traceparent: span.traceparent,
-            baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
-            forwarded: `for=${forAddr}`,
-          },
-        });
+        upstream = await d.pool.open(plan.request);
       } catch (err) {
         const te = tunnelErrorOf(err);
-        if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
-        return fail(failureOf(te.status), te.message, te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF');
+        const { failure, flags } = tunnelFailure(d, te);
+        return fail(failure, te.message, flags);
       }
     }
 

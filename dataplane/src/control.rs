@@ -34,6 +34,20 @@ pub enum In {
     /// Close a live connection (policy now denies it, or the drain deadline passed).
     #[serde(rename = "close")]
     Close { id: u64 },
+    /// Serve an outbound listener (an upstream listener of a local
+    /// workload): answered with `bound` (or `error` naming `lid`); each
+    /// accepted connection is announced with `out` and waits for its `route`.
+    #[serde(rename = "listen")]
+    Listen { lid: u64, addr: String },
+    /// Where an outbound connection goes: `tunnel` (HBONE CONNECT to
+    /// `authority` through the agent at `hbone`, presenting `source`'s
+    /// certificate and expecting `expect`), `direct` (dial `dial`: a
+    /// destination outside the mesh), or `refuse` (reset the client).
+    #[serde(rename = "route")]
+    Route(RouteIn),
+    /// The verdict on an outbound HBONE connection's server (see Out `peer`).
+    #[serde(rename = "peer")]
+    Peer { pid: u64, ok: bool },
     /// Stop accepting; GOAWAY each session once its streams are over and written;
     /// say `drained` when no session is left (closed, and read until its peer closed).
     #[serde(rename = "drain")]
@@ -41,7 +55,32 @@ pub enum In {
 }
 
 #[derive(Deserialize, Debug)]
+pub struct RouteIn {
+    pub id: u64,
+    pub verdict: String,
+    #[serde(default)]
+    pub dial: String,
+    #[serde(default)]
+    pub hbone: String,
+    #[serde(default)]
+    pub sni: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub expect: String,
+    #[serde(default)]
+    pub authority: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, rename = "timeoutMs")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Deserialize, Debug)]
 pub struct IdentityIn {
+    /// The identity's SPIFFE URI: outbound, the source whose certificate the client presents.
+    #[serde(default)]
+    pub uri: String,
     /// The TLS server name clients use to ask for this identity (serverNameFor in hbone-server.ts).
     pub sni: String,
     pub chain: String,

@@ -3,7 +3,6 @@
 //! dial the local workload and relay both ways. One readable path per
 //! connection: session() → stream() → relay::run().
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -14,17 +13,18 @@ use http::{HeaderMap, Request, Response};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::control::Outbox;
+use crate::core::{until_true, Core};
 use crate::linger::{self, Lingering};
 use crate::relay;
+use crate::tls::Tls;
 
 /// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-const MAX_FRAME: u32 = 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const MAX_FRAME: u32 = 1024 * 1024;
 const MAX_STREAMS: u32 = 1000;
 /// A slow or silent client must not hold a socket (the Node.js server's handshakeTimeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,43 +36,16 @@ pub struct Decision {
     pub timeout_ms: u64,
 }
 
-/// A tunnel that is open: its byte counts, and how the agent closes it.
-struct Live {
-    from_source: Arc<AtomicU64>,
-    to_source: Arc<AtomicU64>,
-    reported: (u64, u64),
-    close: Option<oneshot::Sender<()>>,
-}
-
 pub struct Inbound {
-    outbox: Outbox,
-    tls: RwLock<Option<Arc<ServerConfig>>>,
+    core: Arc<Core>,
+    tls: Arc<RwLock<Option<Arc<Tls>>>>,
     sessions: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
-    live: Mutex<HashMap<u64, Live>>,
-    next_id: AtomicU64,
-    open_sessions: AtomicUsize,
-    draining: watch::Sender<bool>,
-    drained_said: AtomicBool,
 }
 
 impl Inbound {
-    pub fn new(outbox: Outbox) -> Arc<Self> {
-        Arc::new(Inbound {
-            outbox,
-            tls: RwLock::new(None),
-            sessions: Mutex::new(HashMap::new()),
-            decisions: Mutex::new(HashMap::new()),
-            live: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            open_sessions: AtomicUsize::new(0),
-            draining: watch::channel(false).0,
-            drained_said: AtomicBool::new(false),
-        })
-    }
-
-    pub fn set_tls(&self, config: ServerConfig) {
-        *self.tls.write().unwrap() = Some(Arc::new(config));
+    pub fn new(core: Arc<Core>, tls: Arc<RwLock<Option<Arc<Tls>>>>) -> Arc<Self> {
+        Arc::new(Inbound { core, tls, sessions: Mutex::new(HashMap::new()), decisions: Mutex::new(HashMap::new()) })
     }
 
     pub fn session_verdict(&self, sid: u64, ok: bool) {
@@ -87,48 +60,9 @@ impl Inbound {
         }
     }
 
-    pub fn close(&self, id: u64) {
-        if let Some(live) = self.live.lock().unwrap().get_mut(&id) {
-            if let Some(tx) = live.close.take() {
-                let _ = tx.send(());
-            }
-        }
-    }
-
-    pub fn drain(&self) {
-        self.draining.send_replace(true);
-        self.maybe_drained();
-    }
-
-    fn maybe_drained(&self) {
-        if *self.draining.borrow() && self.open_sessions.load(Ordering::SeqCst) == 0 && !self.drained_said.swap(true, Ordering::SeqCst) {
-            self.outbox.send(json!({ "t": "drained" }));
-        }
-    }
-
-    fn id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Reports the byte counts of live tunnels that moved since the last
-    /// report, so the agent's counters follow long-lived connections.
-    pub fn report_bytes(&self) {
-        let mut changed = Vec::new();
-        for (id, live) in self.live.lock().unwrap().iter_mut() {
-            let now = (live.from_source.load(Ordering::Relaxed), live.to_source.load(Ordering::Relaxed));
-            if now != live.reported {
-                live.reported = now;
-                changed.push(json!([id, now.0, now.1]));
-            }
-        }
-        if !changed.is_empty() {
-            self.outbox.send(json!({ "t": "bytes", "c": changed }));
-        }
-    }
-
     /// Accepts connections until the agent drains this data plane.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let mut draining = self.draining.subscribe();
+        let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -142,9 +76,9 @@ impl Inbound {
                     continue;
                 }
             };
-            let Some(tls) = self.tls.read().unwrap().clone() else {
+            let Some(tls) = self.tls.read().unwrap().as_ref().map(|t| t.server.clone()) else {
                 // No identities yet: the agent has not sent its first config.
-                self.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                self.core.outbox.send(json!({ "t": "refused", "reason": "tls" }));
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -157,36 +91,35 @@ impl Inbound {
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.outbox.send(json!({ "t": "refused", "reason": handshake_failure(&e) }));
+                self.core.outbox.send(json!({ "t": "refused", "reason": handshake_failure(&e) }));
                 return;
             }
             Err(_) => {
-                self.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                self.core.outbox.send(json!({ "t": "refused", "reason": "tls" }));
                 return;
             }
         };
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(b"h2".as_slice()) {
-            self.outbox.send(json!({ "t": "refused", "reason": "not_h2" }));
+            self.core.outbox.send(json!({ "t": "refused", "reason": "not_h2" }));
             return;
         }
         let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| base64::encode(&c.0)).collect();
         let sni = conn.sni_hostname().unwrap_or("").to_string();
-        let sid = self.id();
+        let sid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.sessions.lock().unwrap().insert(sid, tx);
-        self.outbox.send(json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain }));
+        self.core.outbox.send(json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain }));
         if rx.await != Ok(true) {
             return; // the agent rejected the peer and counted it
         }
-        self.open_sessions.fetch_add(1, Ordering::SeqCst);
+        self.core.session_opened();
         self.clone().streams(sid, tls).await;
         // Not over until the peer has read everything: a drain that ended
         // here would let the agent exit and the kernel reset the socket.
         linger::close(socket_back).await;
-        self.open_sessions.fetch_sub(1, Ordering::SeqCst);
-        self.outbox.send(json!({ "t": "sessionEnd", "sid": sid }));
-        self.maybe_drained();
+        self.core.outbox.send(json!({ "t": "sessionEnd", "sid": sid }));
+        self.core.session_closed();
     }
 
     async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<Lingering>) {
@@ -204,7 +137,7 @@ impl Inbound {
         else {
             return;
         };
-        let mut draining = self.draining.subscribe();
+        let mut draining = self.core.drain_signal();
         // Draining: waiting for h2 to have written every stream's last frame.
         let mut flushing = false;
         let mut shut = false;
@@ -239,16 +172,16 @@ impl Inbound {
     }
 
     async fn stream(self: Arc<Self>, sid: u64, req: Request<RecvStream>, mut respond: server::SendResponse<Bytes>) {
-        if *self.draining.borrow() {
-            self.outbox.send(json!({ "t": "refused", "reason": "draining" }));
+        if self.core.draining() {
+            self.core.outbox.send(json!({ "t": "refused", "reason": "draining" }));
             respond.send_reset(Reason::REFUSED_STREAM);
             return;
         }
-        let id = self.id();
+        let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
         let h = req.headers();
-        self.outbox.send(json!({
+        self.core.outbox.send(json!({
             "t": "stream", "id": id, "sid": sid,
             "method": req.method().as_str(),
             "authority": req.uri().authority().map(|a| a.as_str()).unwrap_or(""),
@@ -269,7 +202,7 @@ impl Inbound {
         let send = match respond.send_response(Response::builder().status(200).body(()).unwrap(), false) {
             Ok(s) => s,
             Err(_) => {
-                self.outbox.send(json!({ "t": "end", "id": id, "error": "client went away before the tunnel opened", "flags": "DC" }));
+                self.core.outbox.send(json!({ "t": "end", "id": id, "error": "client went away before the tunnel opened", "flags": "DC" }));
                 return;
             }
         };
@@ -279,16 +212,14 @@ impl Inbound {
     fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {
         let reason = format!("workload_unreachable: {code}");
         let _ = respond.send_response(status_response(503, &reason), true);
-        self.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": reason, "flags": "UF" }));
+        self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": reason, "flags": "UF" }));
     }
 
     async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream) {
         let counts = relay::Counts::default();
-        let (close_tx, close_rx) = oneshot::channel();
-        self.live.lock().unwrap().insert(id, Live { from_source: counts.from_source.clone(), to_source: counts.to_source.clone(), reported: (0, 0), close: Some(close_tx) });
-        self.outbox.send(json!({ "t": "open", "id": id }));
+        let close_rx = self.core.live(id, &counts);
         let error = tokio::select! {
-            e = relay::run(&mut tcp, &mut send, recv, &counts) => e,
+            e = relay::run(&mut tcp, &mut send, recv, counts.directions(false)) => e,
             _ = close_rx => {
                 // The agent closed it: reset both sides, as the Node.js path does.
                 send.send_reset(Reason::CANCEL);
@@ -300,12 +231,7 @@ impl Inbound {
             send.send_reset(Reason::CANCEL);
         }
         drop(tcp);
-        self.live.lock().unwrap().remove(&id);
-        self.outbox.send(json!({
-            "t": "end", "id": id,
-            "fromSource": counts.from_source.load(Ordering::Relaxed), "toSource": counts.to_source.load(Ordering::Relaxed),
-            "error": error.unwrap_or_default(),
-        }));
+        self.core.ended(id, &counts, error);
     }
 }
 
@@ -345,16 +271,7 @@ where
     })
 }
 
-/// Resolves once the flag is set (tokio 1.24 has no `wait_for`).
-async fn until_true(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-fn status_response(status: u16, reason: &str) -> Response<()> {
+pub fn status_response(status: u16, reason: &str) -> Response<()> {
     let mut r = Response::builder().status(status);
     if let Ok(v) = http::HeaderValue::from_str(reason) {
         r = r.header("x-ambit-reason", v);
@@ -368,7 +285,7 @@ fn joined(h: &HeaderMap, name: &str) -> String {
 }
 
 /// The Node.js name of a connect error, so access logs read the same on both data paths.
-fn errno_name(e: &std::io::Error) -> String {
+pub fn errno_name(e: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionRefused => "ECONNREFUSED".into(),

@@ -1,5 +1,6 @@
-//! ambit-dataplane: the agent's native inbound HBONE data path
-//! (docs/native-dataplane.md). Started by `ambit-agent --dataplane native`,
+//! ambit-dataplane: the agent's native HBONE data path
+//! (docs/native-dataplane.md): inbound HBONE, and outbound on the upstream
+//! listeners the agent hands it. Started by `ambit-agent --dataplane native`,
 //! never by hand:
 //!
 //!   ambit-dataplane --listen HOST:PORT
@@ -8,11 +9,14 @@
 //! takes the agent's messages on stdin (control.rs). It exits when stdin
 //! closes: the agent that started it is gone, and nothing may serve without it.
 mod control;
-mod linger;
+mod core;
 mod inbound;
+mod linger;
+mod outbound;
 mod relay;
 mod tls;
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::json;
@@ -21,6 +25,7 @@ use tokio::net::TcpListener;
 
 use control::In;
 use inbound::{Decision, Inbound};
+use outbound::Outbound;
 
 /// How often live tunnels' byte counts go to the agent.
 const BYTES_EVERY: Duration = Duration::from_millis(1000);
@@ -39,31 +44,43 @@ async fn run(listen: String) {
     tokio::spawn(control::write_loop(queue));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     outbox.send(json!({ "t": "listening", "addr": addr }));
-    let inbound = Inbound::new(outbox.clone());
+    let core = core::Core::new(outbox.clone());
+    let tls_state = Arc::new(RwLock::new(None));
+    let inbound = Inbound::new(core.clone(), tls_state.clone());
+    let outbound = Outbound::new(core.clone(), tls_state.clone());
     tokio::spawn(inbound.clone().serve(listener));
-    let reporter = inbound.clone();
+    let (ticker, sweeper) = (core.clone(), outbound.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(BYTES_EVERY);
         loop {
             every.tick().await;
-            reporter.report_bytes();
+            ticker.report_bytes();
+            sweeper.sweep();
         }
     });
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<In>(&line) {
-            Ok(In::Config { rev, bundle, identities }) => match tls::server_config(&bundle, &identities, &outbox) {
+            Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &outbox) {
                 Ok(config) => {
-                    inbound.set_tls(config);
+                    *tls_state.write().unwrap() = Some(Arc::new(config));
                     outbox.send(json!({ "t": "ack", "rev": rev }));
                 }
                 Err(message) => outbox.send(json!({ "t": "nack", "rev": rev, "message": message })),
             },
             Ok(In::Session { sid, ok }) => inbound.session_verdict(sid, ok),
             Ok(In::Decide { id, status, reason, dial, timeout_ms }) => inbound.decide(id, Decision { status, reason, dial, timeout_ms }),
-            Ok(In::Close { id }) => inbound.close(id),
-            Ok(In::Drain) => inbound.drain(),
+            Ok(In::Close { id }) => core.close(id),
+            Ok(In::Listen { lid, addr }) => {
+                tokio::spawn(outbound.clone().listen(lid, addr));
+            }
+            Ok(In::Route(route)) => outbound.route(route),
+            Ok(In::Peer { pid, ok }) => outbound.peer_verdict(pid, ok),
+            Ok(In::Drain) => {
+                outbound.drain();
+                core.drain();
+            }
             Err(e) => outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
         }
     }

@@ -2,6 +2,7 @@
 //! one task, each half-closing on its own, with HTTP/2 flow control as the
 //! back-pressure in both (a chunk is read only once the previous one was
 //! taken). Counts bytes as they move, for the agent's live counters.
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -52,12 +53,30 @@ async fn h2_to_tcp<W: AsyncWrite + Unpin>(mut from: RecvStream, mut to: W, count
     to.shutdown().await.map_err(|e| e.to_string())
 }
 
+impl Counts {
+    /// Which count each direction of the relay adds to, seen from the socket
+    /// end: (socket → stream, stream → socket). Inbound, the socket is the
+    /// workload's (it sends to the source); outbound, the source's own.
+    pub fn directions(&self, socket_is_source: bool) -> (&AtomicU64, &AtomicU64) {
+        if socket_is_source {
+            (&self.from_source, &self.to_source)
+        } else {
+            (&self.to_source, &self.from_source)
+        }
+    }
+}
+
 /// Relays until both directions are over; the first error ends both and is
 /// returned (the caller's drops then reset the stream and close the socket).
-pub async fn run(tcp: &mut TcpStream, send: &mut SendStream<Bytes>, recv: RecvStream, counts: &Counts) -> Option<String> {
+/// `up` counts socket → stream bytes, `down` stream → socket.
+pub async fn run(tcp: &mut TcpStream, send: &mut SendStream<Bytes>, recv: RecvStream, (up_count, down_count): (&AtomicU64, &AtomicU64)) -> Option<String> {
     let (r, w) = tcp.split();
-    let up = tcp_to_h2(r, send, &counts.to_source);
-    let down = h2_to_tcp(recv, w, &counts.from_source);
+    both(tcp_to_h2(r, send, up_count), h2_to_tcp(recv, w, down_count)).await
+}
+
+/// Runs both directions until both are over, each finishing on its own
+/// (half-close); the first error ends both and is returned.
+async fn both(up: impl Future<Output = Result<(), String>>, down: impl Future<Output = Result<(), String>>) -> Option<String> {
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
@@ -73,4 +92,25 @@ pub async fn run(tcp: &mut TcpStream, send: &mut SendStream<Bytes>, recv: RecvSt
         }
     }
     None
+}
+
+async fn tcp_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut from: R, mut to: W, count: &AtomicU64) -> Result<(), String> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return to.shutdown().await.map_err(|e| e.to_string());
+        }
+        to.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Relays between two sockets (a destination outside the mesh) until both
+/// directions are over, each half-closing on its own; the first error ends
+/// both. `a_to_b` and `b_to_a` count what moved.
+pub async fn tcp_pair(a: &mut TcpStream, b: &mut TcpStream, (a_to_b, b_to_a): (&AtomicU64, &AtomicU64)) -> Option<String> {
+    let (ar, aw) = a.split();
+    let (br, bw) = b.split();
+    both(tcp_to_tcp(ar, bw, a_to_b), tcp_to_tcp(br, aw, b_to_a)).await
 }

@@ -1,15 +1,19 @@
-//! TLS for inbound HBONE: TLS 1.3 only, ALPN h2, a client certificate that
-//! chains to the trust bundle (checked here, at the handshake), and the
-//! certificate of the identity the client names by SNI. The SPIFFE checks of
-//! the client's identity (trust domain, workload kind, expiry) are the
-//! agent's: it receives the verified chain once per session.
+//! TLS for HBONE, both ends: TLS 1.3 only, ALPN h2, both peers' chains
+//! checked against the trust bundle here, at the handshake. Inbound presents
+//! the certificate of the identity the client names by SNI; outbound presents
+//! the source workload's. The SPIFFE checks of the peer's identity (trust
+//! domain, workload kind, expiry, and outbound that it is exactly the
+//! destination) are the agent's: it receives the verified chain once per
+//! connection.
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use rustls::client::{ServerCertVerified, ServerCertVerifier};
 use rustls::server::{AllowAnyAuthenticatedClient, ClientHello, ResolvesServerCert};
 use rustls::sign::{any_supported_type, CertifiedKey};
-use rustls::{Certificate, PrivateKey, RootCertStore, ServerConfig};
+use rustls::{Certificate, ClientConfig, PrivateKey, RootCertStore, ServerConfig, ServerName};
 use serde_json::json;
 
 use crate::control::{IdentityIn, Outbox};
@@ -49,20 +53,47 @@ impl ResolvesServerCert for ByServerName {
     }
 }
 
-/// The server configuration for one `config` message; an error names the
-/// part that was wrong, and the previous configuration stays in force.
-pub fn server_config(bundle: &str, identities: &[IdentityIn], outbox: &Outbox) -> Result<ServerConfig, String> {
+/// The TLS state of one `config` message: the server side, and a client
+/// configuration per local identity (keyed by its SPIFFE URI) for the
+/// outbound pool.
+pub struct Tls {
+    pub server: Arc<ServerConfig>,
+    pub clients: HashMap<String, ClientIdentity>,
+}
+
+pub struct ClientIdentity {
+    pub config: Arc<ClientConfig>,
+    /// Changes when the identity's certificate does: pooled connections
+    /// opened with an older certificate finish on it, new ones use the new.
+    pub chain: String,
+}
+
+/// The TLS state for one `config` message; an error names the part that was
+/// wrong, and the previous configuration stays in force.
+pub fn config(bundle: &str, identities: &[IdentityIn], outbox: &Outbox) -> Result<Tls, String> {
+    let bundle_certs = pem_certs("trust bundle", bundle)?;
     let mut roots = RootCertStore::empty();
-    for c in pem_certs("trust bundle", bundle)? {
-        roots.add(&c).map_err(|e| format!("trust bundle: {e}"))?;
+    for c in &bundle_certs {
+        roots.add(c).map_err(|e| format!("trust bundle: {e}"))?;
     }
+    let verifier = Arc::new(BundleVerifier { roots: bundle_certs.iter().map(|c| c.0.clone()).collect() });
     let mut keys = HashMap::new();
+    let mut clients = HashMap::new();
     for id in identities {
-        let what = format!("identity for {}", id.sni);
+        let what = format!("identity for {}", if id.uri.is_empty() { &id.sni } else { &id.uri });
         let chain = pem_certs(&what, &id.chain)?;
-        let key = any_supported_type(&pem_key(&what, &id.key)?).map_err(|e| format!("{what}: {e}"))?;
-        keys.insert(id.sni.to_ascii_lowercase(), Arc::new(CertifiedKey::new(chain, key)));
+        let private = pem_key(&what, &id.key)?;
+        let key = any_supported_type(&private).map_err(|e| format!("{what}: {e}"))?;
+        keys.insert(id.sni.to_ascii_lowercase(), Arc::new(CertifiedKey::new(chain.clone(), key)));
+        if !id.uri.is_empty() {
+            let config = client_config(verifier.clone(), chain, private).map_err(|e| format!("{what}: {e}"))?;
+            clients.insert(id.uri.clone(), ClientIdentity { config: Arc::new(config), chain: id.chain.clone() });
+        }
     }
+    Ok(Tls { server: Arc::new(server_config(roots, keys, outbox)?), clients })
+}
+
+fn server_config(roots: RootCertStore, keys: HashMap<String, Arc<CertifiedKey>>, outbox: &Outbox) -> Result<ServerConfig, String> {
     let mut config = ServerConfig::builder()
         .with_safe_default_cipher_suites()
         .with_safe_default_kx_groups()
@@ -76,4 +107,62 @@ pub fn server_config(bundle: &str, identities: &[IdentityIn], outbox: &Outbox) -
     // resumed session would carry no certificate to verify.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
+}
+
+fn client_config(verifier: Arc<BundleVerifier>, chain: Vec<Certificate>, key: PrivateKey) -> Result<ClientConfig, rustls::Error> {
+    let mut config = ClientConfig::builder()
+        .with_safe_default_cipher_suites()
+        .with_safe_default_kx_groups()
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_custom_certificate_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: the agent verifies every connection's server chain, and a
+    // resumed session would carry none.
+    config.session_storage = Arc::new(rustls::client::NoClientSessionStorage {});
+    config.enable_tickets = false;
+    Ok(config)
+}
+
+/// The server's chain must lead to the trust bundle, as a TLS server
+/// certificate valid now. HBONE certificates name SPIFFE IDs, not DNS names,
+/// so the name the client sent (SNI, which only selects the certificate) is
+/// not checked here: the agent checks the SPIFFE ID once the handshake is done.
+struct BundleVerifier {
+    roots: Vec<Vec<u8>>,
+}
+
+static SIGNATURE_ALGORITHMS: &[&webpki::SignatureAlgorithm] = &[
+    &webpki::ECDSA_P256_SHA256,
+    &webpki::ECDSA_P256_SHA384,
+    &webpki::ECDSA_P384_SHA256,
+    &webpki::ECDSA_P384_SHA384,
+    &webpki::ED25519,
+    &webpki::RSA_PKCS1_2048_8192_SHA256,
+    &webpki::RSA_PKCS1_2048_8192_SHA384,
+    &webpki::RSA_PKCS1_2048_8192_SHA512,
+    &webpki::RSA_PKCS1_3072_8192_SHA384,
+    &webpki::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+    &webpki::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+    &webpki::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+];
+
+impl ServerCertVerifier for BundleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &Certificate,
+        intermediates: &[Certificate],
+        _server_name: &ServerName,
+        _scts: &mut dyn Iterator<Item = &[u8]>,
+        _ocsp_response: &[u8],
+        now: SystemTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let anchors: Vec<webpki::TrustAnchor> = self.roots.iter().filter_map(|der| webpki::TrustAnchor::try_from_cert_der(der).ok()).collect();
+        let cert = webpki::EndEntityCert::try_from(end_entity.0.as_slice()).map_err(|_| rustls::Error::InvalidCertificateEncoding)?;
+        let chain: Vec<&[u8]> = intermediates.iter().map(|c| c.0.as_slice()).collect();
+        let time = webpki::Time::try_from(now).map_err(|_| rustls::Error::FailedToGetCurrentTime)?;
+        cert.verify_is_valid_tls_server_cert(SIGNATURE_ALGORITHMS, &webpki::TlsServerTrustAnchors(&anchors), &chain, time)
+            .map_err(|e| rustls::Error::InvalidCertificateData(format!("server certificate: {e}")))?;
+        Ok(ServerCertVerified::assertion())
+    }
 }

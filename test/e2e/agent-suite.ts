@@ -20,7 +20,7 @@ import { agentKnowsNode, agentsReady, ambitctl, childPids, eventually, socksConn
 export interface AgentSuiteOptions {
   /** The first three octets of this run's loopback block ("127.0.3"). */
   readonly net: string;
-  /** node-b's inbound data path (--dataplane). */
+  /** Both agents' data path (--dataplane): native, node-b's inbound HBONE and node-a's upstream listener are ambit-dataplane's. */
   readonly dataplane: 'node' | 'native';
 }
 
@@ -32,6 +32,8 @@ export function agentSuite(o: AgentSuiteOptions): void {
   const WEB_IP = `${o.net}.13`;
   /** node-b's data path: the HBONE server every test here reaches. */
   const B_EXTRA = o.dataplane === 'native' ? ['--dataplane', 'native'] : [];
+  /** node-a's: its upstream listener is the native outbound path when native (SOCKS5 stays on node:http2). */
+  const A_EXTRA = B_EXTRA;
   const WEB_PORT = 8080;
   const TD = 'cluster.local';
   const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -110,7 +112,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
     const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
     // Whichever agent starts is stopped at the end, even if the other fails to start.
     [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
-      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] },
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: [...A_EXTRA, '--upstreams', 'default/client:19080=web.default:80'] },
       { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: B_EXTRA },
     ]);
     await agentsReady([agentA, agentB]);
@@ -147,11 +149,28 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.equal(logB.trace_id, logA.trace_id, 'one trace across both hops (traceparent in the CONNECT)');
   });
 
-  t.test('upstream listener: tunnelled as its workload', async (t) => {
+  t.test('upstream listener: tunnelled as its workload, 64 MiB intact, reported by the source agent', async (t) => {
+    const before = serverHashes.length;
+    const logsBefore = new Set(agentA.proc.logs); // the SOCKS5 test's connection has the same source and size
     const socket = connect({ host: A, port: 19080, localAddress: CLIENT_IP, allowHalfOpen: true });
     await new Promise((r) => socket.once('connect', r));
-    const r = await echoTransfer(socket, 8 * 1024 * 1024);
-    t.equal(r.received, r.sent, '8 MiB intact');
+    const r = await echoTransfer(socket, 64 * 1024 * 1024);
+    t.equal(r.receivedBytes, 64 * 1024 * 1024, 'every byte came back');
+    t.equal(r.received, r.sent, '64 MiB intact both ways');
+    await eventually(async () => serverHashes[before] !== undefined && serverHashes[before] !== '', 'server saw the end');
+    t.equal(serverHashes[before], r.sent, 'server received exactly what was sent');
+    const logA = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'outbound' && l['src.addr'] === CLIENT_IP && l.bytes_recv === 64 * 1024 * 1024 && !logsBefore.has(l));
+    t.equal(logA['src.identity'], CLIENT_ID, 'source log: the listener\'s workload');
+    t.equal(logA['dst.identity'], WEB_ID, 'source log: the destination workload');
+    t.equal(logA['dst.service'], 'web.default.svc', 'source log: the service it resolved');
+    t.equal(logA.bytes_sent, 64 * 1024 * 1024, 'source log: every byte back to the client');
+    t.equal(logA.error, '', 'source log: no error');
+    const logB = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l.trace_id === logA.trace_id);
+    t.equal(logB.bytes_recv, 64 * 1024 * 1024, 'destination log: the same connection (one trace across both hops), every byte');
+    const ma = (await httpGet(hostPortOf(agentA.metrics), '/metrics')).body;
+    const labels = { reporter: 'source', source_principal: CLIENT_ID, destination_principal: WEB_ID, destination_service: 'web.default.svc' };
+    t.ok(metricValue(ma, 'istio_tcp_connections_closed_total', labels) >= 2, 'source agent counts it (after the SOCKS5 one)');
+    t.ok(metricValue(ma, 'istio_tcp_sent_bytes_total', labels) >= 128 * 1024 * 1024, 'and its bytes');
     const spoof = connect({ host: A, port: 19080, allowHalfOpen: true }); // from 127.0.0.1, not the workload's address
     const outcome = await new Promise<string>((resolve) => {
       spoof.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
@@ -337,6 +356,23 @@ export function agentSuite(o: AgentSuiteOptions): void {
       }, 'a tunnel through the restarted ambit-dataplane');
       t.equal(r.received, r.sent, 'bytes intact through the new process');
       t.equal(r.receivedBytes, 256 * 1024);
+
+      // node-a's ambit-dataplane carries its upstream listener: a new process binds it again.
+      const aChildren = childPids(agentA.proc.child.pid!);
+      t.equal(aChildren.length, 1, 'node-a runs one ambit-dataplane');
+      process.kill(aChildren[0]!, 'SIGKILL');
+      await agentA.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again' && l.signal === 'SIGKILL');
+      const u = await eventually(async () => {
+        const socket = connect({ host: A, port: 19080, localAddress: CLIENT_IP, allowHalfOpen: true });
+        const up = await new Promise<boolean>((res) => {
+          socket.once('connect', () => res(true));
+          socket.once('error', () => res(false));
+        });
+        if (!up) return undefined;
+        return echoTransfer(socket, 256 * 1024).catch(() => undefined);
+      }, 'the upstream listener serves again through node-a\'s new ambit-dataplane');
+      t.equal(u.received, u.sent, 'bytes intact through the upstream listener again');
+      t.equal(u.receivedBytes, 256 * 1024);
     });
   }
 

@@ -7,76 +7,13 @@
  * (`npm test` builds it with dataplane/build.sh).
  */
 import t from 'tap';
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import { createHash, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import type { Readable, Writable } from 'node:stream';
-import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
-import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
-
-const BINARY = defaultDataplaneBinary();
-const HOST = '127.0.19.1';
-const WEB_ID = 'spiffe://cluster.local/ns/default/sa/web';
-
-type Msg = Record<string, unknown> & { t: string };
-
-function pki(): { bundle: string; chain: string; key: string } {
-  const rk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const rootDer = issueCertificate({ subjectPublicKey: rk.publicKey.export({ type: 'spki', format: 'der' }), subject: [{ oid: NAME_OID.commonName, value: 'test root' }], notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000), isCa: true, keyUsage: KeyUsage.keyCertSign, selfSignKey: rk.privateKey });
-  const lk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const leafDer = issueCertificate({
-    subjectPublicKey: lk.publicKey.export({ type: 'spki', format: 'der' }), uris: [WEB_ID],
-    notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000), isCa: false,
-    keyUsage: KeyUsage.digitalSignature, extKeyUsage: [EKU.serverAuth, EKU.clientAuth],
-    issuer: { certDer: new X509Certificate(toPem('CERTIFICATE', rootDer)).raw, key: rk.privateKey },
-  });
-  return { bundle: toPem('CERTIFICATE', rootDer), chain: toPem('CERTIFICATE', leafDer), key: lk.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
-}
-
-/** The running data plane and its messages, awaited by predicate. */
-class Dataplane {
-  readonly child: ChildProcessByStdio<Writable, Readable, Readable>;
-  readonly messages: Msg[] = [];
-  #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void }[] = [];
-  #buf = '';
-  readonly exited: Promise<number | null>;
-
-  constructor(args: string[]) {
-    this.child = spawn(BINARY, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.exited = new Promise((r) => this.child.once('exit', (code) => r(code)));
-    this.child.stdout.setEncoding('utf8');
-    this.child.stdout.on('data', (d: string) => {
-      this.#buf += d;
-      let nl: number;
-      while ((nl = this.#buf.indexOf('\n')) >= 0) {
-        const m = JSON.parse(this.#buf.slice(0, nl)) as Msg;
-        this.#buf = this.#buf.slice(nl + 1);
-        this.messages.push(m);
-        this.#waiters = this.#waiters.filter((w) => (w.pred(m) ? (w.resolve(m), false) : true));
-      }
-    });
-  }
-
-  send(line: string): void {
-    this.child.stdin.write(`${line}\n`);
-  }
-
-  next(pred: (m: Msg) => boolean, what: string): Promise<Msg> {
-    const seen = this.messages.find(pred);
-    if (seen) {
-      this.messages.splice(this.messages.indexOf(seen), 1);
-      return Promise.resolve(seen);
-    }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no ${what} within 5 s; got ${JSON.stringify(this.messages)}`)), 5_000);
-      this.#waiters.push({ pred, resolve: (m) => (clearTimeout(timer), this.messages.splice(this.messages.indexOf(m), 1), resolve(m)) });
-    });
-  }
-}
+import { BINARY, Dataplane, HOST, pki, WEB_ID } from './dataplane-harness.ts';
 
 t.test('the executable is built', async (t) => {
   t.ok(existsSync(BINARY), `${BINARY} exists (npm run build:dataplane)`);

@@ -1,0 +1,399 @@
+//! Outbound on the agent's upstream listeners: accept a local workload's
+//! connection, ask the agent where it goes, open a CONNECT stream on a pooled
+//! HBONE connection to the destination's agent (or dial a destination outside
+//! the mesh directly) and relay both ways. One readable path per connection:
+//! serve() → connection() → tunnel() | direct() → relay.
+//!
+//! The pool keeps HTTP/2 connections per (source identity and certificate,
+//! destination identity, destination agent), at most MAX_STREAMS_PER_SESSION
+//! streams each, as the Node.js pool does (agent/proxy/tunnel-pool.ts).
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::encode as b64;
+use bytes::Bytes;
+use h2::{client, Reason};
+use http::{Method, Request};
+use rustls::ServerName;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsConnector;
+
+use crate::control::RouteIn;
+use crate::core::{until_true, Core};
+use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::linger;
+use crate::relay;
+use crate::tls::Tls;
+
+/// CONNECT streams per pooled connection before another one to the same peer is dialled.
+const MAX_STREAMS_PER_SESSION: usize = 100;
+/// A pooled connection that carried no stream for this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// One pooled HBONE connection. Dropping it (with every clone of `send`)
+/// lets h2 close the connection once its streams are over.
+struct Pooled {
+    n: u64,
+    send: client::SendRequest<Bytes>,
+    streams: AtomicUsize,
+    retired: AtomicBool,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+type DialResult = Option<Result<Arc<Pooled>, String>>;
+type Pool = Arc<Mutex<HashMap<String, Vec<Arc<Pooled>>>>>;
+
+pub struct Outbound {
+    core: Arc<Core>,
+    tls: Arc<RwLock<Option<Arc<Tls>>>>,
+    routes: Mutex<HashMap<u64, oneshot::Sender<RouteIn>>>,
+    peers: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    pool: Pool,
+    /// One dial at a time per key; those who wait share its result.
+    dialing: Mutex<HashMap<String, watch::Receiver<DialResult>>>,
+}
+
+/// A refused or failed tunnel: the status the peer agent answered (0: none) and why.
+#[derive(Debug)]
+struct Failure {
+    status: u16,
+    reason: String,
+    message: String,
+}
+
+impl Failure {
+    fn new(reason: &str, message: String) -> Self {
+        Failure { status: 0, reason: reason.to_string(), message }
+    }
+}
+
+impl Outbound {
+    pub fn new(core: Arc<Core>, tls: Arc<RwLock<Option<Arc<Tls>>>>) -> Arc<Self> {
+        Arc::new(Outbound { core, tls, routes: Mutex::new(HashMap::new()), peers: Mutex::new(HashMap::new()), pool: Arc::new(Mutex::new(HashMap::new())), dialing: Mutex::new(HashMap::new()) })
+    }
+
+    /// Binds an upstream listener for the agent and serves it until the drain.
+    pub async fn listen(self: Arc<Self>, lid: u64, addr: String) {
+        let listener = match TcpListener::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.core.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                return;
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+        let mut draining = self.core.drain_signal();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = until_true(&mut draining) => return,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(self.clone().connection(lid, tcp));
+                }
+                // EMFILE or a peer that already reset: pause so it cannot spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    pub fn route(&self, r: RouteIn) {
+        if let Some(tx) = self.routes.lock().unwrap().remove(&r.id) {
+            let _ = tx.send(r);
+        }
+    }
+
+    pub fn peer_verdict(&self, pid: u64, ok: bool) {
+        if let Some(tx) = self.peers.lock().unwrap().remove(&pid) {
+            let _ = tx.send(ok);
+        }
+    }
+
+    /// Draining: no new streams on pooled connections; each closes once its streams are over.
+    pub fn drain(&self) {
+        self.pool.lock().unwrap().clear();
+    }
+
+    /// Closes pooled connections that carried nothing for IDLE, and retired
+    /// ones (the peer refused a stream) once their streams are over.
+    pub fn sweep(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        for list in pool.values_mut() {
+            list.retain(|p| match *p.idle_since.lock().unwrap() {
+                Some(since) => !p.retired.load(Ordering::SeqCst) && since.elapsed() < IDLE,
+                None => true,
+            });
+        }
+        pool.retain(|_, l| !l.is_empty());
+    }
+
+    /// One client connection: the agent checks its source and routes it; the
+    /// client's bytes wait in the socket until the tunnel is open.
+    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream) {
+        let id = self.core.id();
+        let (tx, rx) = oneshot::channel();
+        self.routes.lock().unwrap().insert(id, tx);
+        let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| json!([a.ip().to_string(), a.port()])).unwrap_or(json!(["", 0]));
+        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(tcp.peer_addr()), "local": addr(tcp.local_addr()) }));
+        let Ok(route) = rx.await else { return reset(tcp) };
+        match route.verdict.as_str() {
+            "tunnel" => self.tunnel(id, tcp, route).await,
+            "direct" => self.direct(id, tcp, route).await,
+            // "refuse": the agent counted and logged it.
+            _ => reset(tcp),
+        }
+    }
+
+    async fn direct(&self, id: u64, mut tcp: TcpStream, route: RouteIn) {
+        let dialled = tokio::time::timeout(Duration::from_millis(route.timeout_ms.max(1)), TcpStream::connect(route.dial.as_str())).await;
+        let mut upstream = match dialled {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => return self.failed(id, tcp, Failure::new("unreachable", errno_name(&e))),
+            Err(_) => return self.failed(id, tcp, Failure::new("unreachable", "ETIMEDOUT".into())),
+        };
+        let _ = upstream.set_nodelay(true);
+        let counts = relay::Counts::default();
+        let closed = self.core.live(id, &counts);
+        let error = tokio::select! {
+            e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
+            _ = closed => {
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                let _ = upstream.set_linger(Some(Duration::ZERO));
+                Some("closed by the agent".to_string())
+            }
+        };
+        self.core.ended(id, &counts, error);
+    }
+
+    async fn tunnel(&self, id: u64, mut tcp: TcpStream, route: RouteIn) {
+        // One deadline for the whole opening: dial, handshake, the peer check and the answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(route.timeout_ms.max(1));
+        let (pooled, response, mut send) = match tokio::time::timeout_at(deadline, self.open(&route)).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(f)) => return self.failed(id, tcp, f),
+            Err(_) => return self.failed(id, tcp, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))),
+        };
+        let _release = Release(pooled.clone());
+        let response = match tokio::time::timeout_at(deadline, response).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if e.reason() == Some(Reason::REFUSED_STREAM) {
+                    // A draining peer refuses new streams: open no more on this connection.
+                    pooled.retired.store(true, Ordering::SeqCst);
+                }
+                return self.failed(id, tcp, Failure::new("stream_error", format!("tunnel to {} failed: {e}", route.hbone)));
+            }
+            Err(_) => {
+                send.send_reset(Reason::CANCEL);
+                return self.failed(id, tcp, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms)));
+            }
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            let reason = response.headers().get("x-ambit-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let message = format!("peer agent {} answered {status}{}", route.hbone, if reason.is_empty() { String::new() } else { format!(" ({reason})") });
+            return self.failed(id, tcp, Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message });
+        }
+        let counts = relay::Counts::default();
+        let closed = self.core.live(id, &counts);
+        let error = tokio::select! {
+            e = relay::run(&mut tcp, &mut send, response.into_body(), counts.directions(true)) => e,
+            _ = closed => {
+                // The agent closed it: reset both sides, as the Node.js path does.
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                Some("closed by the agent".to_string())
+            }
+        };
+        if error.is_some() {
+            send.send_reset(Reason::CANCEL);
+        }
+        drop(tcp);
+        self.core.ended(id, &counts, error);
+    }
+
+    /// The tunnel did not open: the client's connection is reset and the agent told why.
+    fn failed(&self, id: u64, tcp: TcpStream, f: Failure) {
+        reset(tcp);
+        self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": f.status, "reason": f.reason, "error": f.message }));
+    }
+
+    /// Sends the CONNECT on a pooled connection with a free stream slot (the
+    /// slot is taken; Release gives it back). A connection that turns out to
+    /// be closing (the peer's GOAWAY) is retired and another one used: no
+    /// stream was sent on it, so nothing is repeated.
+    async fn open(&self, route: &RouteIn) -> Result<(Arc<Pooled>, client::ResponseFuture, h2::SendStream<Bytes>), Failure> {
+        let tls = self.tls.read().unwrap().clone().ok_or_else(|| Failure::new("no_source_certificate", "no TLS configuration yet".into()))?;
+        let client = tls.clients.get(&route.source).ok_or_else(|| Failure::new("no_source_certificate", format!("no valid certificate for {} yet", route.source)))?;
+        // Different certificates of one identity do not share connections (the
+        // chain's fingerprint tells them apart): after a renewal new
+        // connections present the new one while older ones finish on theirs.
+        let key = format!("{}|{:x}|{}|{}", route.source, fnv(client.chain.as_bytes()), route.expect, route.hbone);
+        let request = || {
+            let mut r = Request::builder().method(Method::CONNECT).uri(route.authority.as_str());
+            for (name, value) in &route.headers {
+                r = r.header(name.as_str(), value.as_str());
+            }
+            r.body(()).map_err(|e| Failure::new("bad_request", format!("CONNECT {}: {e}", route.authority)))
+        };
+        request()?;
+        for _ in 0..3 {
+            let pooled = self.session(&key, route, client.config.clone()).await?;
+            let ready = pooled.send.clone().ready().await;
+            match ready.and_then(|mut s| s.send_request(request().expect("checked above"), false)) {
+                Ok((response, send)) => return Ok((pooled, response, send)),
+                Err(_) => {
+                    pooled.retired.store(true, Ordering::SeqCst);
+                    drop(Release(pooled));
+                }
+            }
+        }
+        Err(Failure::new("stream_failed", format!("cannot open a stream to {}: its connections keep closing", route.hbone)))
+    }
+
+    /// A pooled connection with a stream slot reserved for the caller.
+    async fn session(&self, key: &str, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, Failure> {
+        loop {
+            if let Some(p) = self.pick(key) {
+                return Ok(p);
+            }
+            let waiting = self.dialing.lock().unwrap().get(key).cloned();
+            if let Some(mut rx) = waiting {
+                // Its failure is ours too: no retry storm against a dead peer.
+                while rx.borrow().is_none() {
+                    if rx.changed().await.is_err() {
+                        // The dialler gave up (its connection's deadline passed).
+                        return Err(Failure::new("connect_failed", format!("cannot open HBONE to {}: the dial this connection waited for was abandoned", route.hbone)));
+                    }
+                }
+                let result = rx.borrow().clone();
+                if let Some(Err(message)) = result {
+                    return Err(Failure::new("connect_failed", message));
+                }
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            self.dialing.lock().unwrap().insert(key.to_string(), rx);
+            // Removes the entry however the dial ends, even when the caller's
+            // deadline drops this future half-way.
+            let _dialing = Dialing(&self.dialing, key);
+            let dialled = self.dial(key, route, config.clone()).await;
+            let _ = tx.send(Some(dialled.clone()));
+            // The new connection comes with the dialler's slot already taken.
+            return dialled.map_err(|m| Failure::new("connect_failed", m));
+        }
+    }
+
+    fn pick(&self, key: &str) -> Option<Arc<Pooled>> {
+        let pool = self.pool.lock().unwrap();
+        let p = pool.get(key)?.iter().find(|p| !p.retired.load(Ordering::SeqCst) && p.streams.load(Ordering::SeqCst) < MAX_STREAMS_PER_SESSION)?.clone();
+        p.streams.fetch_add(1, Ordering::SeqCst);
+        *p.idle_since.lock().unwrap() = None;
+        Some(p)
+    }
+
+    /// Dials the destination's agent: TCP, TLS with the source's certificate,
+    /// the agent's check that the server is exactly the destination, HTTP/2.
+    /// The connection is returned with one stream slot taken, the caller's.
+    async fn dial(&self, key: &str, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, String> {
+        let what = format!("cannot open HBONE to {} for {}", route.hbone, route.expect);
+        let dialled = self.handshake(route, config).await;
+        self.core.outbox.send(json!({ "t": "dial", "ok": dialled.is_ok() }));
+        let (send, conn, back) = dialled.map_err(|e| format!("{what}: {e}"))?;
+        // Draining: used by the tunnel that dialled it, not pooled, so h2 closes it once that stream is over.
+        let draining = self.core.draining();
+        let pooled = Arc::new(Pooled { n: self.core.id(), send, streams: AtomicUsize::new(1), retired: AtomicBool::new(draining), idle_since: Mutex::new(None) });
+        if !draining {
+            self.pool.lock().unwrap().entry(key.to_string()).or_default().push(pooled.clone());
+        }
+        self.core.session_opened();
+        let (core, pool, n, key) = (self.core.clone(), self.pool.clone(), pooled.n, key.to_string());
+        tokio::spawn(async move {
+            // Ends when the peer closes, on an error, or once the pool has let
+            // go of it and its streams are over (h2 then sends GOAWAY).
+            let _ = conn.await;
+            forget(&pool, &key, n);
+            linger::close(back).await;
+            core.outbox.send(json!({ "t": "dialEnd" }));
+            core.session_closed();
+        });
+        Ok(pooled)
+    }
+
+    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<tokio_rustls::client::TlsStream<linger::Lingering>, Bytes>, oneshot::Receiver<TcpStream>), String> {
+        let tcp = TcpStream::connect(route.hbone.as_str()).await.map_err(|e| errno_name(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let (tcp, back) = linger::wrap(tcp);
+        let name = ServerName::try_from(route.sni.as_str()).map_err(|e| format!("server name {}: {e}", route.sni))?;
+        let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(b"h2".as_slice()) {
+            return Err("peer did not negotiate h2".into());
+        }
+        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| b64(&c.0)).collect();
+        let pid = self.core.id();
+        let (tx, rx) = oneshot::channel();
+        self.peers.lock().unwrap().insert(pid, tx);
+        self.core.outbox.send(json!({ "t": "peer", "pid": pid, "hbone": route.hbone, "expect": route.expect, "chain": chain }));
+        if rx.await != Ok(true) {
+            return Err(format!("peer is not {}", route.expect));
+        }
+        let (send, conn) = client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((send, conn, back))
+    }
+}
+
+/// Removes a closed connection from the pool, from its driver task.
+fn forget(pool: &Pool, key: &str, n: u64) {
+    let mut pool = pool.lock().unwrap();
+    if let Some(list) = pool.get_mut(key) {
+        list.retain(|p| p.n != n);
+        if list.is_empty() {
+            pool.remove(key);
+        }
+    }
+}
+
+/// A dial in progress for a pool key, until dropped.
+struct Dialing<'a>(&'a Mutex<HashMap<String, watch::Receiver<DialResult>>>, &'a str);
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(self.1);
+    }
+}
+
+/// Gives a stream slot back to its connection when the tunnel is over.
+struct Release(Arc<Pooled>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().unwrap() = Some(Instant::now());
+        }
+    }
+}
+
+/// Resets the client's connection (RST, not FIN): the application sees a
+/// failed connection, as with the Node.js data path.
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+}
+
+/// FNV-1a: a cheap fingerprint of a certificate chain's text for pool keys.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
