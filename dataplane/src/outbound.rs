@@ -234,7 +234,7 @@ impl Outbound {
         // Different certificates of one identity do not share connections (the
         // chain's fingerprint tells them apart): after a renewal new
         // connections present the new one while older ones finish on theirs.
-        let key = format!("{}|{:x}|{}|{}", route.source, fnv(client.chain.as_bytes()), route.expect, route.hbone);
+        let key = format!("{}|{:x}|{}|{}", route.source, client.fingerprint, route.expect, route.hbone);
         let request = || {
             let mut r = Request::builder().method(Method::CONNECT).uri(route.authority.as_str());
             for (name, value) in &route.headers {
@@ -242,11 +242,11 @@ impl Outbound {
             }
             r.body(()).map_err(|e| Failure::new("bad_request", format!("CONNECT {}: {e}", route.authority)))
         };
-        request()?;
         for _ in 0..3 {
+            let request = request()?;
             let pooled = self.session(&key, route, client.config.clone()).await?;
             let ready = pooled.send.clone().ready().await;
-            match ready.and_then(|mut s| s.send_request(request().expect("checked above"), false)) {
+            match ready.and_then(|mut s| s.send_request(request, false)) {
                 Ok((response, send)) => return Ok((pooled, response, send)),
                 Err(_) => {
                     pooled.retired.store(true, Ordering::SeqCst);
@@ -391,9 +391,4 @@ impl Drop for Release {
 /// failed connection, as with the Node.js data path.
 fn reset(tcp: TcpStream) {
     let _ = tcp.set_linger(Some(Duration::ZERO));
-}
-
-/// FNV-1a: a cheap fingerprint of a certificate chain's text for pool keys.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }

@@ -63,9 +63,15 @@ pub struct Tls {
 
 pub struct ClientIdentity {
     pub config: Arc<ClientConfig>,
-    /// Changes when the identity's certificate does: pooled connections
-    /// opened with an older certificate finish on it, new ones use the new.
-    pub chain: String,
+    /// A fingerprint of the certificate chain's text, computed once per
+    /// configuration: pooled connections opened with an older certificate
+    /// finish on it, new ones use the new.
+    pub fingerprint: u64,
+}
+
+/// FNV-1a: a cheap fingerprint of a certificate chain's text for pool keys.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
 /// The TLS state for one `config` message; an error names the part that was
@@ -87,7 +93,7 @@ pub fn config(bundle: &str, identities: &[IdentityIn], outbox: &Outbox) -> Resul
         keys.insert(id.sni.to_ascii_lowercase(), Arc::new(CertifiedKey::new(chain.clone(), key)));
         if !id.uri.is_empty() {
             let config = client_config(verifier.clone(), chain, private).map_err(|e| format!("{what}: {e}"))?;
-            clients.insert(id.uri.clone(), ClientIdentity { config: Arc::new(config), chain: id.chain.clone() });
+            clients.insert(id.uri.clone(), ClientIdentity { config: Arc::new(config), fingerprint: fnv(id.chain.as_bytes()) });
         }
     }
     Ok(Tls { server: Arc::new(server_config(roots, keys, outbox)?), clients })
