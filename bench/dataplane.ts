@@ -91,6 +91,8 @@ interface Samples {
   cpuProxy: number[];
   cpuAll: number[];
   cpuConn: number[];
+  /** CPU ms per new connection of each proxy process, by label. */
+  cpuConnBy: Map<string, number[]>;
   errors: string[];
 }
 
@@ -349,7 +351,7 @@ async function main(): Promise<void> {
     log(`setup done in ${fmt((performance.now() - t0) / 1000, 1)} s; paths: ${paths.map((p) => p.name).join(', ')}`);
 
     const idleRss = new Map(paths.flatMap((p) => p.procs.map((pr) => [pr.label, memoryOf(pr.pid)] as const)));
-    const samples = new Map<PathName, Samples>(paths.map((p) => [p.name, { tp1: [], tp4: [], p50: [], p99: [], rate: [], failures: 0, firstError: '', cpuProxy: [], cpuAll: [], cpuConn: [], errors: [] }]));
+    const samples = new Map<PathName, Samples>(paths.map((p) => [p.name, { tp1: [], tp4: [], p50: [], p99: [], rate: [], failures: 0, firstError: '', cpuProxy: [], cpuAll: [], cpuConn: [], cpuConnBy: new Map(), errors: [] }]));
     const S = (p: PathUnderTest): Samples => samples.get(p.name)!;
     const notes: string[] = [];
     const loadBefore = loadavg();
@@ -400,11 +402,18 @@ async function main(): Promise<void> {
     // ------------------------------------------------------------ c. new connections
     log(`new connections: ${rateMs / 1000} s at concurrency ${concurrency} (x${runs})`);
     await phase('new connections', rateMs + 3_000, async (p) => {
-      const proxy0 = p.procs.reduce((s, pr) => s + cpuSecondsOf(pr.pid, clk), 0);
+      const each0 = p.procs.map((pr) => cpuSecondsOf(pr.pid, clk));
       const r = await connectionRate(p.target, rateMs, concurrency, 200_000, 5_000);
-      const proxy = p.procs.reduce((s, pr) => s + cpuSecondsOf(pr.pid, clk), 0) - proxy0;
+      const each = p.procs.map((pr, i) => cpuSecondsOf(pr.pid, clk) - each0[i]!);
+      const proxy = each.reduce((s, x) => s + x, 0);
       S(p).rate.push(r.perSecond);
-      if (p.procs.length > 0 && r.ok > 0) S(p).cpuConn.push((proxy * 1000) / r.ok);
+      if (p.procs.length > 0 && r.ok > 0) {
+        S(p).cpuConn.push((proxy * 1000) / r.ok);
+        p.procs.forEach((pr, i) => {
+          const by = S(p).cpuConnBy;
+          by.set(pr.label, [...(by.get(pr.label) ?? []), (each[i]! * 1000) / r.ok]);
+        });
+      }
       S(p).failures += r.failures;
       S(p).firstError ||= r.firstError;
       // Let the closing connections of this run leave the accept queues before the next path starts.
@@ -491,6 +500,10 @@ async function main(): Promise<void> {
       const i = idleRss.get(pr.label);
       const m = rss.get(pr.label);
       out.push(`  ${pr.label.padEnd(15)} ${fmt(i?.rssMiB ?? Number.NaN, 1).padStart(7)} → ${fmt(m?.rssMiB ?? Number.NaN, 1).padStart(7)} MiB, peak ${fmt(m?.hwmMiB ?? Number.NaN, 1)} MiB`);
+    }
+    out.push('proxy CPU ms per new connection, by process (median of runs):');
+    for (const p of paths) for (const pr of p.procs) {
+      out.push(`  ${pr.label.padEnd(18)} ${fmt(median(S(p).cpuConnBy.get(pr.label) ?? []), 3)}`);
     }
     for (const n of notes) out.push(`note: ${n}`);
     for (const ag of agents) {

@@ -3,7 +3,7 @@
 # from Debian's packaged Rust crates: only Debian's archive is needed.
 set -euo pipefail
 cd "$(dirname "$0")"
-crates=(librust-tokio-dev librust-h2-dev librust-http-dev librust-bytes-dev librust-rustls-dev librust-tokio-rustls-dev librust-rustls-pemfile-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-base64-dev librust-webpki-dev)
+crates=(librust-tokio-dev librust-h2-dev librust-http-dev librust-bytes-dev librust-rustls-dev librust-tokio-rustls-dev librust-rustls-pemfile-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-base64-dev librust-webpki-dev librust-libc-dev)
 missing=()
 for c in "${crates[@]}"; do dpkg -s "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then

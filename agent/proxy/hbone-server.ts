@@ -10,6 +10,8 @@ import type { CertManager } from '../identity/cert-manager.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { SessionStreams } from './session-flush.ts';
 
+const serverNames = new Map<string, string>();
+
 /**
  * The TLS server name a client uses to ask for a destination identity. The
  * server presents the destination workload's certificate (DESIGN §3), and
@@ -17,7 +19,14 @@ import { SessionStreams } from './session-flush.ts';
  * the client names the identity it expects; a hash keeps it a valid DNS label.
  */
 export function serverNameFor(identityUri: string): string {
-  return `w${createHash('sha256').update(identityUri).digest('hex').slice(0, 40)}.hbone.ambit`;
+  let name = serverNames.get(identityUri);
+  if (name === undefined) {
+    name = `w${createHash('sha256').update(identityUri).digest('hex').slice(0, 40)}.hbone.ambit`;
+    // Asked per connection for a handful of identities: remembered, within a bound.
+    if (serverNames.size >= 4096) serverNames.clear();
+    serverNames.set(identityUri, name);
+  }
+  return name;
 }
 
 /** HTTP/2 settings for tunnels: large windows so one stream can fill a fast link (tuned with bench/dataplane.ts). */

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// What the agent sends.
 #[derive(Deserialize, Debug)]
@@ -87,39 +87,61 @@ pub struct IdentityIn {
     pub key: String,
 }
 
+/// What the writer task takes: a line to write, or a request to say when
+/// everything queued before it is written.
+pub enum Queued {
+    Line(Value),
+    Written(oneshot::Sender<()>),
+}
+
 /// The writer's end: messages are queued and written by one task, many per
 /// write when they come faster than the pipe takes them.
 #[derive(Clone)]
-pub struct Outbox(mpsc::UnboundedSender<Value>);
+pub struct Outbox(mpsc::UnboundedSender<Queued>);
 
 impl Outbox {
     pub fn send(&self, v: Value) {
         // The writer is gone only when stdout is: the agent has gone away and
         // stdin's end will end this process too.
-        let _ = self.0.send(v);
+        let _ = self.0.send(Queued::Line(v));
+    }
+
+    /// Resolves once every message sent before is written (or the writer is gone).
+    pub async fn written(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Queued::Written(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
-pub fn outbox() -> (Outbox, mpsc::UnboundedReceiver<Value>) {
+pub fn outbox() -> (Outbox, mpsc::UnboundedReceiver<Queued>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Outbox(tx), rx)
 }
 
 /// Writes queued messages to stdout until the queue closes or stdout fails.
-pub async fn write_loop(mut rx: mpsc::UnboundedReceiver<Value>) {
-    let mut out = tokio::io::stdout();
+pub async fn write_loop(mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut out = crate::pipe::writer();
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
-        push_line(&mut buf, &first);
-        while buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(v) => push_line(&mut buf, &v),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(q) = next.take() {
+            match q {
+                Queued::Line(v) => push_line(&mut buf, &v),
+                Queued::Written(tx) => waiting.push(tx),
+            }
+            if buf.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
             }
         }
-        if out.write_all(&buf).await.is_err() || out.flush().await.is_err() {
+        if !buf.is_empty() && (out.write_all(&buf).await.is_err() || out.flush().await.is_err()) {
             std::process::exit(0);
+        }
+        for tx in waiting.drain(..) {
+            let _ = tx.send(());
         }
     }
 }

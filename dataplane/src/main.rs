@@ -13,6 +13,7 @@ mod core;
 mod inbound;
 mod linger;
 mod outbound;
+mod pipe;
 mod relay;
 mod tls;
 
@@ -59,7 +60,7 @@ async fn run(listen: String) {
         }
     });
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = BufReader::new(pipe::reader()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<In>(&line) {
             Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &outbox) {
@@ -84,7 +85,9 @@ async fn run(listen: String) {
             Err(e) => outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
         }
     }
-    // stdin closed: the agent is gone.
+    // stdin closed: the agent is gone. What was already said is written
+    // first (answers to the last messages; by hand, the whole exchange).
+    let _ = tokio::time::timeout(Duration::from_secs(1), outbox.written()).await;
     std::process::exit(0);
 }
 

@@ -8,7 +8,10 @@
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -35,6 +38,24 @@ t.test('an address it cannot listen on: an error line naming it, exit 2', async 
   t.equal(await dp.exited, 2);
 });
 
+t.test('stdin and stdout that are files, not the agent\'s pipes: it still reads and answers, and exits at the end of its input', async (t) => {
+  // The agent's pipes are polled by the reactor (dataplane/src/pipe.rs); a
+  // regular file cannot be, and must fall back to tokio's own streams.
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-dp-files-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'in'), `this is not JSON\n${JSON.stringify({ t: 'config', rev: 7, bundle: 'not PEM', identities: [] })}\n`);
+  const input = openSync(join(dir, 'in'), 'r');
+  const output = openSync(join(dir, 'out'), 'w');
+  const r = spawnSync(BINARY, ['--listen', `${HOST}:0`], { stdio: [input, output, 'pipe'], timeout: 10_000 });
+  closeSync(input);
+  closeSync(output);
+  t.equal(r.status, 0, `exit 0 at the end of stdin (signal ${r.signal}, stderr ${String(r.stderr).slice(0, 200)})`);
+  const lines = readFileSync(join(dir, 'out'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.equal(lines[0]?.t, 'listening', 'says where it listens');
+  t.match(String(lines.find((m) => m.t === 'error')?.message), /unreadable control message/, 'answers the unreadable line');
+  t.match(lines.find((m) => m.t === 'nack'), { rev: 7, message: /trust bundle/ }, 'answers the bad configuration');
+});
+
 t.test('bad control input is answered and changes nothing; good input serves TLS', async (t) => {
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
@@ -54,6 +75,9 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
 
   dp.send(JSON.stringify({ t: 'config', rev: 3, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: good.key }] }));
   t.same(await dp.next((m) => m.t === 'ack', 'ack'), { t: 'ack', rev: 3 }, 'a good configuration: ack');
+  // Read and written on the runtime's own thread (dataplane/src/pipe.rs):
+  // tokio's stdin/stdout would have started a blocking-pool thread by now.
+  t.same(readdirSync(`/proc/${dp.child.pid}/task`).length, 1, 'the control pipe is polled by the reactor: one thread');
   dp.send(JSON.stringify({ t: 'config', rev: 4, bundle: good.bundle, identities: [{ sni, chain: 'broken', key: good.key }] }));
   await dp.next((m) => m.t === 'nack' && m.rev === 4, 'nack of rev 4');
 
