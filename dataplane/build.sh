@@ -10,6 +10,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-command -v cargo >/dev/null || { echo "build.sh: cargo is not installed (Debian: apt-get install cargo)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "build.sh: cargo is not installed (Debian 12: apt-get install cargo-web; its cargo package, Rust 1.63, is too old for this crate)" >&2; exit 1; }
 cargo build --release --quiet
 echo "built $(pwd)/target/release/ambit-dataplane"

@@ -17,6 +17,9 @@
 //                   (no devDependencies), including the "node" package whose
 //                   bin/node is the Node.js 24 that runs everything
 //   docs/vm.md, and GENDIR's files (bin/ wrappers, lib/wait-ready.mjs)
+//   dataplane/target/release/ambit-dataplane   the native data path
+//                   (ambit-agent --dataplane native), when the checkout built it
+//                   (npm run build:dataplane); where the agent looks for it
 // Every file is 0644 or 0755 (0755 when the source has any execute bit).
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -27,7 +30,7 @@ const MANIFEST = '.ambit-manifest';
 const MANIFEST_HEADER = '# ambit runtime tree manifest v1: mode sha256 path';
 const SOURCE_DIRS = ['agent', 'controller', 'shared'];
 const ADDON = 'build/Release/original_dst.node';
-const OPTIONAL_FILES = ['docs/vm.md'];
+const OPTIONAL_FILES = ['docs/vm.md', 'dataplane/target/release/ambit-dataplane'];
 
 class UsageError extends Error {}
 

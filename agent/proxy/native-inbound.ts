@@ -15,14 +15,23 @@ import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
 import type { ConnectionRecord } from './connection-record.ts';
 import type { NativeUpstreams } from './native-outbound.ts';
 
+const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
+
 /**
  * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
- * from this file in agent/proxy/ (source) or dist/agent/proxy/ (built).
+ * from this file in agent/proxy/ (source: a checkout, a systemd install) or
+ * dist/agent/proxy/ (built: a checkout, the container image, which carries
+ * the executable but not the crate).
  */
 export function defaultDataplaneBinary(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const root = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')].find((r) => existsSync(join(r, 'dataplane', 'Cargo.toml'))) ?? resolve(here, '..', '..');
-  return join(root, 'dataplane', 'target', 'release', 'ambit-dataplane');
+  return dataplaneBinaryFrom(dirname(fileURLToPath(import.meta.url)));
+}
+
+/** defaultDataplaneBinary for a module in `here` (exported for its test). */
+export function dataplaneBinaryFrom(here: string): string {
+  const roots = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')];
+  const root = roots.find((r) => existsSync(join(r, 'dataplane', 'Cargo.toml')) || existsSync(join(r, DATAPLANE_BINARY))) ?? roots[0]!;
+  return join(root, DATAPLANE_BINARY);
 }
 
 export interface NativeInboundOptions {

@@ -42,7 +42,21 @@ function projectProblems(text: string): string[] {
   for (const want of [/\/app\/dist\/? dist\/?$/, /\/app\/node_modules\/? node_modules\/?$/, /\/app\/package\.json \.\/?$/, /\/app\/build\/Release\/original_dst\.node build\/Release\/$/]) {
     if (!copies.some((c) => want.test(c))) problems.push(`runtime stage: COPY --from=build matching ${want.source}`);
   }
-  if (final.instructions.some((i) => i.op === 'RUN' && /\b(python3|g\+\+|build-essential)\b/.test(i.args))) problems.push('runtime stage: no compilers');
+  if (final.instructions.some((i) => i.op === 'RUN' && /\b(python3|g\+\+|build-essential|cargo)\b/.test(i.args))) problems.push('runtime stage: no compilers');
+  // The native data path: built by the same script as in a checkout, with a toolchain new enough for the crate.
+  const dataplane = all.find((s) => s.name === 'dataplane');
+  if (dataplane === undefined) problems.push('a "dataplane" stage builds ambit-dataplane');
+  else {
+    if (!runs(dataplane, /apt-get install\b.*\bcargo-web\b/)) problems.push('dataplane stage: cargo-web (Debian 12\'s cargo is too old for the crate)');
+    if (!runs(dataplane, /\bbash dataplane\/build\.sh\b/)) problems.push('dataplane stage: bash dataplane/build.sh');
+    for (const i of dataplane.instructions.filter((x) => x.op === 'COPY')) {
+      const words = i.args.split(/\s+/).filter((w) => !w.startsWith('--'));
+      for (const src of words.slice(0, -1)) if (!existsSync(join(ROOT, src))) problems.push(`line ${i.line}: COPY ${src}: no such file in the repository`);
+    }
+  }
+  if (!final.instructions.some((i) => i.op === 'COPY' && /--from=dataplane \/src\/dataplane\/target\/release\/ambit-dataplane dataplane\/target\/release\/$/.test(i.args))) {
+    problems.push('runtime stage: COPY --from=dataplane the executable to /app/dataplane/target/release/ (where the agent looks for it)');
+  }
   return problems;
 }
 
@@ -91,6 +105,9 @@ t.test('the image builds what the manifests run', async (tt) => {
     ['a source that does not exist', dockerfile.replace('COPY agent/ agent/', 'COPY agents/ agents/')],
     ['another WORKDIR', dockerfile.replace(/WORKDIR \/app\nENV/, 'WORKDIR /srv\nENV')],
     ['a single stage', `FROM node:24-bookworm-slim\nRUN true\nUSER 10001\n`],
+    ['the native data path left out', dockerfile.replace(/^COPY --from=dataplane .*$/m, '')],
+    ['Debian 12\'s old cargo', dockerfile.replace('install -y --no-install-recommends cargo-web', 'install -y --no-install-recommends cargo')],
+    ['a dataplane source that does not exist', dockerfile.replace('COPY dataplane/src/ dataplane/src/', 'COPY dataplane/source/ dataplane/src/')],
   ];
   for (const [what, text] of broken) {
     tt.not(text, dockerfile, `${what}: the file was changed`);
@@ -108,5 +125,5 @@ t.test('the image user is the controller\'s uid', async (tt) => {
 
 t.test('host build output stays out of the build context', async (tt) => {
   const ignore = readFileSync(join(DAEMONSET_DIR, 'Dockerfile.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-  for (const p of ['**/node_modules', 'dist', 'build']) tt.ok(ignore.includes(p), `ignores ${p}`);
+  for (const p of ['**/node_modules', 'dist', 'build', 'dataplane/target']) tt.ok(ignore.includes(p), `ignores ${p}`);
 });

@@ -33,6 +33,8 @@ import { ambitctl, ROOT, startController, type RunningController } from '../e2e/
 const SYSTEMD_DIR = join(ROOT, 'systemd');
 const INSTALL = join(SYSTEMD_DIR, 'install.sh');
 const FIXTURE_ROOT = join(ROOT, 'test/systemd/fixtures/root');
+/** The native data path's executable, relative to a checkout and to the installed tree (defaultDataplaneBinary). */
+const DATAPLANE = 'dataplane/target/release/ambit-dataplane';
 const NODE_BIN = join(ROOT, 'node_modules/node/bin/node');
 const THRESHOLD = { controller: 2.0, agent: 2.5 } as const;
 const CTL_HOST = '127.0.8.1';
@@ -74,7 +76,7 @@ function run(argv: readonly string[], env: Record<string, string> = {}, timeoutM
  */
 function frozenCheckout(): string {
   const dir = join(base, 'checkout');
-  for (const rel of ['package.json', 'agent', 'controller', 'shared', 'build/Release/original_dst.node', 'docs/vm.md']) {
+  for (const rel of ['package.json', 'agent', 'controller', 'shared', 'build/Release/original_dst.node', 'docs/vm.md', DATAPLANE]) {
     if (existsSync(join(ROOT, rel))) cpSync(join(ROOT, rel), join(dir, rel), { recursive: true });
   }
   if (spawnSync('cp', ['-al', join(ROOT, 'node_modules'), join(dir, 'node_modules')]).status !== 0) {
@@ -240,6 +242,11 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
       t.equal((lstatSync(wrapper).mode & 0o777).toString(8), '755', `${bin} is executable`);
       t.match(readFileSync(wrapper, 'utf8'), /^exec \/usr\/lib\/ambit\/node_modules\/node\/bin\/node \/usr\/lib\/ambit\//m, `${bin} runs the bundled Node.js`);
     }
+    // npm test builds it before the tests run; an installer that dropped it would leave --dataplane native with nothing to start.
+    const dataplane = join(host, 'usr/lib/ambit', DATAPLANE);
+    t.ok(existsSync(join(ROOT, DATAPLANE)), `the checkout has ${DATAPLANE} (npm run build:dataplane)`);
+    t.equal(existsSync(dataplane) && (lstatSync(dataplane).mode & 0o777).toString(8), '755', 'the native data path is installed, executable, where the agent looks for it');
+    t.match(String(spawnSync(dataplane, [], { timeout: 5_000 }).stderr), /usage: ambit-dataplane/, 'the installed ambit-dataplane runs');
     t.notOk(readdirSync(join(host, 'usr/lib/ambit/node_modules')).includes('typescript'), 'devDependencies are not installed');
     t.notOk(readdirSync(join(host, 'usr/lib/ambit')).includes('test'), 'tests are not installed');
   });
