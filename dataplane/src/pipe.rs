@@ -8,8 +8,11 @@
 //! polled by the reactor like the TCP sockets: measured on the bench's
 //! new-connections load, the thread hand-offs were a fifth of this process's
 //! CPU and most of its context switches (bench/README.md, ninth session).
-//! Anything that cannot be polled (a regular file, /dev/null) falls back to
-//! tokio's own streams, so the binary still runs by hand.
+//! Only a socket or a FIFO is switched: O_NONBLOCK belongs to the open file,
+//! which a terminal shares with the shell (and stdout may share with
+//! stderr), and is never switched back. Anything else (a terminal, a regular
+//! file, /dev/null) falls back to tokio's own streams, so the binary still
+//! runs by hand.
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
@@ -41,7 +44,7 @@ impl Std {
         // SAFETY: fd 0 and 1 are open for the whole process and only this
         // module uses them once the runtime runs; ManuallyDrop never closes them.
         let file = Raw(ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }));
-        if !set_nonblocking(fd) {
+        if !socket_or_fifo(fd) || !set_nonblocking(fd) {
             return None;
         }
         match AsyncFd::new(file) {
@@ -52,6 +55,17 @@ impl Std {
             }
         }
     }
+}
+
+/// The ends the agent makes: libuv's socketpair, or a pipe.
+fn socket_or_fifo(fd: RawFd) -> bool {
+    // SAFETY: fstat writes only into the stat buffer it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    kind == libc::S_IFSOCK || kind == libc::S_IFIFO
 }
 
 fn flags(fd: RawFd) -> Option<i32> {
