@@ -1,6 +1,6 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -8,11 +8,12 @@ import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import { bundleCertificates, verifyPeer } from '../../shared/tls.ts';
+import { bundleCertificates } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from './hbone-server.ts';
 import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
 import type { ConnectionRecord } from './connection-record.ts';
+import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
 import type { NativeUpstreams } from './native-outbound.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
@@ -59,10 +60,7 @@ interface NativeConnection {
   closed?: { reason: string; flags: string };
 }
 
-type Message = Record<string, unknown> & { t: string };
 
-const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN);
-const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 
 /**
  * Inbound HBONE on :15008 served by ambit-dataplane (`--dataplane native`):
@@ -366,10 +364,7 @@ export class NativeInbound {
     const sid = num(m.sid);
     const remote = str(m.remote);
     try {
-      const chain = (Array.isArray(m.chain) ? m.chain : []).map((c) => Buffer.from(str(c), 'base64'));
-      const leaf = chain[0];
-      if (!leaf) throw new AmbitError('AMBIT_ERR_AUTH_UNAUTHENTICATED', 'no client certificate');
-      const identity = verifyPeer(leaf, chain.slice(1).map((c) => new X509Certificate(c)), this.#bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)());
+      const identity = verifyReportedChain(m.chain, this.#bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)(), 'client');
       if (identity.kind !== 'workload') throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `${identity.uri} is not a workload identity`);
       this.#sessions.set(sid, { identity, servedIdentity: this.#names.get(str(m.sni).toLowerCase()) ?? '', remoteAddress: remote });
       this.#send({ t: 'session', sid, ok: true });

@@ -1,10 +1,10 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import { verifyPeer } from '../../shared/tls.ts';
 import type { UpstreamListener } from '../config.ts';
 import type { ConnectionRecord } from './connection-record.ts';
+import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
 import { isSourceWorkload } from './explicit-listeners.ts';
 import { serverNameFor } from './hbone-server.ts';
 import { planOutbound, refuseOutbound, tunnelFailure, type OutboundDeps } from './outbound.ts';
@@ -35,11 +35,8 @@ interface NativeConnection {
   closed?: { reason: string; flags: string };
 }
 
-type Message = Record<string, unknown> & { t: string };
 type Send = (m: Message) => void;
 
-const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN);
-const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 
 /**
  * The upstream listeners when ambit-dataplane carries outbound traffic
@@ -260,10 +257,7 @@ export class NativeUpstreams {
     const pid = num(m.pid);
     const expected = str(m.expect);
     try {
-      const chain = (Array.isArray(m.chain) ? m.chain : []).map((c) => Buffer.from(str(c), 'base64'));
-      const leaf = chain[0];
-      if (!leaf) throw new AmbitError('AMBIT_ERR_AUTH_UNAUTHENTICATED', 'no server certificate');
-      const identity = verifyPeer(leaf, chain.slice(1).map((c) => new X509Certificate(c)), this.#o.bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)());
+      const identity = verifyReportedChain(m.chain, this.#o.bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)(), 'server');
       if (identity.uri !== expected) throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `peer presented ${identity.uri}, expected ${expected}`);
       this.#send({ t: 'peer', pid, ok: true });
     } catch (err) {

@@ -6,11 +6,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
 use serde_json::json;
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::control::Outbox;
-use crate::relay::Counts;
+use crate::relay::{self, Counts};
 
 /// A tunnel that is open: its byte counts, and how the agent closes it.
 struct Live {
@@ -95,6 +100,28 @@ impl Core {
             "fromSource": counts.from_source.load(Ordering::Relaxed), "toSource": counts.to_source.load(Ordering::Relaxed),
             "error": error.unwrap_or_default(),
         }));
+    }
+
+    /// Relays an open tunnel (its socket end `is_source` outbound, the
+    /// workload inbound) until both directions are over or the agent closes
+    /// it, then reports its end. Closed or failed, both sides are reset: the
+    /// stream with CANCEL, the socket with RST (linger 0) when the agent
+    /// closed it, as the Node.js path does.
+    pub async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream, is_source: bool) {
+        let counts = Counts::default();
+        let closed = self.live(id, &counts);
+        let error = tokio::select! {
+            e = relay::run(&mut tcp, &mut send, recv, counts.directions(is_source)) => e,
+            _ = closed => {
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                Some("closed by the agent".to_string())
+            }
+        };
+        if error.is_some() {
+            send.send_reset(Reason::CANCEL);
+        }
+        drop(tcp);
+        self.ended(id, &counts, error);
     }
 
     pub fn close(&self, id: u64) {

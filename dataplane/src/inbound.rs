@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::{server, Reason, RecvStream, SendStream};
+use h2::{server, Reason, RecvStream};
 use http::{HeaderMap, Request, Response};
 use rustls::ServerConfig;
 use serde_json::json;
@@ -18,7 +18,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::core::{until_true, Core};
 use crate::linger::{self, Lingering};
-use crate::relay;
 use crate::tls::Tls;
 
 /// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
@@ -206,32 +205,13 @@ impl Inbound {
                 return;
             }
         };
-        self.tunnel(id, tcp, send, req.into_body()).await;
+        self.core.tunnel(id, tcp, send, req.into_body(), false).await;
     }
 
     fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {
         let reason = format!("workload_unreachable: {code}");
         let _ = respond.send_response(status_response(503, &reason), true);
         self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": reason, "flags": "UF" }));
-    }
-
-    async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream) {
-        let counts = relay::Counts::default();
-        let close_rx = self.core.live(id, &counts);
-        let error = tokio::select! {
-            e = relay::run(&mut tcp, &mut send, recv, counts.directions(false)) => e,
-            _ = close_rx => {
-                // The agent closed it: reset both sides, as the Node.js path does.
-                send.send_reset(Reason::CANCEL);
-                let _ = tcp.set_linger(Some(Duration::ZERO));
-                Some("closed by the agent".to_string())
-            }
-        };
-        if error.is_some() {
-            send.send_reset(Reason::CANCEL);
-        }
-        drop(tcp);
-        self.core.ended(id, &counts, error);
     }
 }
 

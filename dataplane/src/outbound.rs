@@ -172,7 +172,7 @@ impl Outbound {
         self.core.ended(id, &counts, error);
     }
 
-    async fn tunnel(&self, id: u64, mut tcp: TcpStream, route: RouteIn) {
+    async fn tunnel(&self, id: u64, tcp: TcpStream, route: RouteIn) {
         // One deadline for the whole opening: dial, handshake, the peer check and the answer.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(route.timeout_ms.max(1));
         let (pooled, response, mut send) = match tokio::time::timeout_at(deadline, self.open(&route)).await {
@@ -201,21 +201,7 @@ impl Outbound {
             let message = format!("peer agent {} answered {status}{}", route.hbone, if reason.is_empty() { String::new() } else { format!(" ({reason})") });
             return self.failed(id, tcp, Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message });
         }
-        let counts = relay::Counts::default();
-        let closed = self.core.live(id, &counts);
-        let error = tokio::select! {
-            e = relay::run(&mut tcp, &mut send, response.into_body(), counts.directions(true)) => e,
-            _ = closed => {
-                // The agent closed it: reset both sides, as the Node.js path does.
-                let _ = tcp.set_linger(Some(Duration::ZERO));
-                Some("closed by the agent".to_string())
-            }
-        };
-        if error.is_some() {
-            send.send_reset(Reason::CANCEL);
-        }
-        drop(tcp);
-        self.core.ended(id, &counts, error);
+        self.core.tunnel(id, tcp, send, response.into_body(), true).await;
     }
 
     /// The tunnel did not open: the client's connection is reset and the agent told why.

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
 import { RELAY_HEADROOM_BYTES, effectiveHeadroom } from '../../agent/proxy/gc-tuning.ts';
-import { agentKnowsNode, agentsReady, ambitctl, childPids, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, childPids, sendRandom, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 export interface AgentSuiteOptions {
   /** The first three octets of this run's loopback block ("127.0.3"). */
@@ -71,7 +71,6 @@ export function agentSuite(o: AgentSuiteOptions): void {
       const sent = createHash('sha256');
       const received = createHash('sha256');
       let receivedBytes = 0;
-      let written = 0;
       socket.on('data', (d: Buffer) => {
         received.update(d);
         receivedBytes += d.length;
@@ -79,16 +78,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       socket.on('end', () => resolve({ sent: sent.digest('hex'), received: received.digest('hex'), receivedBytes }));
       socket.on('error', reject);
       socket.resume();
-      const pump = (): void => {
-        while (written < bytes) {
-          const chunk = randomBytes(Math.min(256 * 1024, bytes - written));
-          sent.update(chunk);
-          written += chunk.length;
-          if (!socket.write(chunk)) return void socket.once('drain', pump);
-        }
-        socket.end();
-      };
-      pump();
+      sendRandom(socket, bytes, sent);
     });
   }
 

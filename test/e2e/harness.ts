@@ -5,6 +5,7 @@
  * (test/e2e/bin.test.ts checks the built ones start too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, type Hash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -232,6 +233,24 @@ export async function agentKnowsNode(agent: RunningAgent, node: string): Promise
     const dump = JSON.parse((await httpGet(hostPortOf(agent.admin), '/config_dump')).body) as { nodes: { name: string }[] };
     return dump.nodes.some((n) => n.name === node);
   }, `${agent.node} learns ${node}`);
+}
+
+/**
+ * Writes `bytes` random bytes to socket, with back-pressure, adding each
+ * chunk to `sent`, then ends it: the sender side of a checksummed transfer.
+ */
+export function sendRandom(socket: Socket, bytes: number, sent: Hash): void {
+  let written = 0;
+  const pump = (): void => {
+    while (written < bytes) {
+      const chunk = randomBytes(Math.min(256 * 1024, bytes - written));
+      sent.update(chunk);
+      written += chunk.length;
+      if (!socket.write(chunk)) return void socket.once('drain', pump);
+    }
+    socket.end();
+  };
+  pump();
 }
 
 /** A TCP echo server (half-close aware) listening on host:port, resolved once it listens. */

@@ -10,11 +10,12 @@
  * listeners and pooled connections on a drain.
  */
 import t from 'tap';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createSecureServer, type Http2SecureServer, type ServerHttp2Session } from 'node:http2';
 import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { sendRandom } from '../../e2e/harness.ts';
 import { Dataplane, HOST, pki, WEB_ID, type Msg } from './dataplane-harness.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/default/sa/client';
@@ -61,17 +62,7 @@ function through(port: number, bytes: number): { socket: Socket; done: Promise<{
     });
     socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
     socket.on('close', () => resolve({ sent: sent.digest('hex'), received: received.digest('hex'), receivedBytes, error }));
-    let written = 0;
-    const pump = (): void => {
-      while (written < bytes) {
-        const chunk = randomBytes(Math.min(256 * 1024, bytes - written));
-        sent.update(chunk);
-        written += chunk.length;
-        if (!socket.write(chunk)) return void socket.once('drain', pump);
-      }
-      socket.end();
-    };
-    socket.once('connect', pump);
+    socket.once('connect', () => sendRandom(socket, bytes, sent));
   });
   return { socket, done };
 }
