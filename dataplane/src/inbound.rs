@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use crate::coalesce::Coalesce;
 use crate::core::{until_true, Core};
 use crate::linger::{self, Lingering};
 use crate::tls::Tls;
@@ -122,6 +123,7 @@ impl Inbound {
     }
 
     async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<Lingering>) {
+        let tls = Coalesce::new(tls);
         let Ok(mut conn) = server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

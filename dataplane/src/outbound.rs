@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
 use crate::control::RouteIn;
+use crate::coalesce::Coalesce;
 use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use crate::linger;
@@ -312,7 +313,7 @@ impl Outbound {
         Ok(pooled)
     }
 
-    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<tokio_rustls::client::TlsStream<linger::Lingering>, Bytes>, oneshot::Receiver<TcpStream>), String> {
+    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<Coalesce<tokio_rustls::client::TlsStream<linger::Lingering>>, Bytes>, oneshot::Receiver<TcpStream>), String> {
         let tcp = TcpStream::connect(route.hbone.as_str()).await.map_err(|e| errno_name(&e))?;
         let _ = tcp.set_nodelay(true);
         let (tcp, back) = linger::wrap(tcp);
@@ -335,7 +336,7 @@ impl Outbound {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .enable_push(false)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(Coalesce::new(tls))
             .await
             .map_err(|e| e.to_string())?;
         Ok((send, conn, back))

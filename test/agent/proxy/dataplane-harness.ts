@@ -5,7 +5,8 @@
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import type { Readable, Writable } from 'node:stream';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server } from 'node:net';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
 import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
 
@@ -87,6 +88,59 @@ export class Dataplane {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no ${what} within 5 s; got ${JSON.stringify(this.messages)}`)), 5_000);
       this.#waiters.push({ pred, resolve: (m) => (clearTimeout(timer), this.messages.splice(this.messages.indexOf(m), 1), resolve(m)) });
+    });
+  }
+}
+
+/**
+ * A plain TCP relay in front of `target` that records the size of every
+ * chunk each side sends through it, for the tests that check how the data
+ * plane writes TLS records onto the wire.
+ */
+export class RecordingRelay {
+  readonly server: Server;
+  /** Chunk sizes from the side that connected to the relay, and from the target. */
+  readonly fromClient: number[] = [];
+  readonly fromTarget: number[] = [];
+
+  constructor(target: { host: string; port: number }) {
+    this.server = createNetServer((down) => {
+      const up = netConnect(target.port, target.host);
+      down.on('data', (d: Buffer) => (this.fromClient.push(d.length), up.write(d)));
+      up.on('data', (d: Buffer) => (this.fromTarget.push(d.length), down.write(d)));
+      down.on('end', () => up.end());
+      up.on('end', () => down.end());
+      up.on('error', () => down.destroy());
+      down.on('error', () => up.destroy());
+    });
+  }
+
+  listen(): Promise<number> {
+    return new Promise((r) => this.server.listen(0, HOST, () => r((this.server.address() as AddressInfo).port)));
+  }
+}
+
+/** On the wire, one TLS 1.3 record carrying an HTTP/2 DATA frame of n bytes: record header, frame head, payload, content type, AEAD tag. */
+export const dataRecordBytes = (n: number): number => 5 + 9 + n + 1 + 16;
+
+/** `rounds` echo round trips of `size` bytes over `s`, one at a time; resolves when all came back. */
+export async function echoRounds(s: Duplex, rounds: number, size: number): Promise<void> {
+  const msg = Buffer.alloc(size, 0x61);
+  for (let i = 0; i < rounds; i++) {
+    await new Promise<void>((resolve, reject) => {
+      let got = 0;
+      const onData = (d: Buffer): void => {
+        got += d.length;
+        if (got >= size) {
+          s.off('data', onData);
+          s.off('close', onClose);
+          resolve();
+        }
+      };
+      const onClose = (): void => reject(new Error(`echo closed in round ${i} after ${got} bytes`));
+      s.on('data', onData);
+      s.once('close', onClose);
+      s.write(msg);
     });
   }
 }

@@ -16,7 +16,7 @@ import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
-import { BINARY, Dataplane, HOST, pki, WEB_ID } from './dataplane-harness.ts';
+import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID } from './dataplane-harness.ts';
 
 t.test('the executable is built', async (t) => {
   t.ok(existsSync(BINARY), `${BINARY} exists (npm run build:dataplane)`);
@@ -102,6 +102,39 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
 
   dp.child.stdin.end();
   t.equal(await dp.exited, 0, 'stdin closed (the agent is gone): it exits');
+});
+
+// h2 hands a DATA frame to TLS as two writes (frame head, payload), which
+// tokio-rustls would send as two records: the peer wakes for the head alone
+// (dataplane/src/coalesce.rs). A 1 KiB echo must leave as one record.
+t.test('a small DATA frame leaves as one TLS record', async (t) => {
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  const port = Number(String((await dp.next((m) => m.t === 'listening', 'listening')).addr).split(':')[1]);
+  const p = pki();
+  const sni = serverNameFor(WEB_ID);
+  dp.say({ t: 'config', rev: 1, bundle: p.bundle, identities: [{ sni, chain: p.chain, key: p.key }] });
+  await dp.next((m) => m.t === 'ack', 'ack');
+  const workload = createNetServer((s) => s.pipe(s));
+  await new Promise<void>((r) => workload.listen(0, HOST, r));
+  t.teardown(() => void workload.close());
+  const relay = new RecordingRelay({ host: HOST, port });
+  const relayPort = await relay.listen();
+  t.teardown(() => void relay.server.close());
+
+  const session = http2Connect(`https://${HOST}:${relayPort}`, { servername: sni, ca: p.bundle, cert: p.chain, key: p.key, checkServerIdentity: () => undefined });
+  session.on('error', () => undefined);
+  t.teardown(() => void session.destroy());
+  const stream = session.request({ ':method': 'CONNECT', ':authority': `${HOST}:${(workload.address() as AddressInfo).port}` });
+  stream.on('error', () => undefined);
+  dp.say({ t: 'session', sid: (await dp.next((m) => m.t === 'session', 'session')).sid, ok: true });
+  const st = await dp.next((m) => m.t === 'stream', 'stream');
+  dp.say({ t: 'decide', id: st.id, status: 200, reason: '', dial: `${HOST}:${(workload.address() as AddressInfo).port}`, timeoutMs: 5_000 });
+  await echoRounds(stream, 3, 1024); // past the handshake's and settings' frames
+  const from = relay.fromTarget.length;
+  await echoRounds(stream, 20, 1024);
+  const chunks = relay.fromTarget.slice(from);
+  t.same(chunks, new Array(20).fill(dataRecordBytes(1024)), `each echo crossed as one ${dataRecordBytes(1024)}-byte record (a split frame shows as ${dataRecordBytes(0)} + ${dataRecordBytes(1024) - 9})`);
 });
 
 /**

@@ -16,7 +16,7 @@ import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
 import { sendRandom } from '../../e2e/harness.ts';
-import { Dataplane, HOST, pki, WEB_ID, type Msg } from './dataplane-harness.ts';
+import { Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID, type Msg } from './dataplane-harness.ts';
 
 const CLIENT_ID = 'spiffe://cluster.local/ns/default/sa/client';
 const OTHER_ID = 'spiffe://cluster.local/ns/default/sa/other';
@@ -171,6 +171,41 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
     s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
   });
   t.equal(after, 'ECONNREFUSED', 'the upstream listener is closed after the drain');
+});
+
+// The client half writes its DATA frames through the same coalescing
+// writer as inbound (dataplane/src/coalesce.rs): a 1 KiB write from the
+// workload must reach the destination agent as one TLS record.
+t.test('upstream listener: a small DATA frame leaves as one TLS record', async (t) => {
+  const mesh = pki([CLIENT_ID, WEB_ID]);
+  const client = mesh.leaves.get(CLIENT_ID)!;
+  const dest = hboneServer({ bundle: mesh.bundle, ...mesh.leaves.get(WEB_ID)! });
+  await new Promise<void>((r) => dest.server.listen(0, HOST, r));
+  t.teardown(() => void dest.server.close());
+  const relay = new RecordingRelay({ host: HOST, port: (dest.server.address() as AddressInfo).port });
+  const relayPort = await relay.listen();
+  t.teardown(() => void relay.server.close());
+
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  await dp.next((m) => m.t === 'listening', 'listening');
+  dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
+  await dp.next((m) => m.t === 'ack', 'ack');
+  dp.say({ t: 'listen', lid: 1, addr: `${HOST}:0` });
+  const port = Number(String((await dp.next((m) => m.t === 'bound', 'bound')).addr).split(':')[1]);
+
+  const socket = netConnect({ host: HOST, port, localAddress: CLIENT_ADDR });
+  socket.on('error', () => undefined);
+  t.teardown(() => void socket.destroy());
+  const out = await dp.next((m) => m.t === 'out', 'out');
+  dp.say({ t: 'route', id: out.id, verdict: 'tunnel', hbone: `${HOST}:${relayPort}`, sni: serverNameFor(WEB_ID), source: CLIENT_ID, expect: WEB_ID, authority: '10.9.8.7:80', headers: [], timeoutMs: 5000 });
+  dp.say({ t: 'peer', pid: (await dp.next((m) => m.t === 'peer', 'peer')).pid, ok: true });
+  await dp.next((m) => m.t === 'open', 'open');
+  await echoRounds(socket, 3, 1024); // past the handshake's and settings' frames
+  const from = relay.fromClient.length;
+  await echoRounds(socket, 20, 1024);
+  const chunks = relay.fromClient.slice(from);
+  t.same(chunks, new Array(20).fill(dataRecordBytes(1024)), `each write crossed as one ${dataRecordBytes(1024)}-byte record (a split frame shows as ${dataRecordBytes(0)} + ${dataRecordBytes(1024) - 9})`);
 });
 
 t.test('a listener address it cannot bind: an error naming the listener, and it keeps serving', async (t) => {
