@@ -16,7 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::coalesce::Coalesce;
 use crate::core::{until_true, Core};
 use crate::linger::{self, Lingering};
 use crate::tls::Tls;
@@ -123,7 +122,7 @@ impl Inbound {
     }
 
     async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<Lingering>) {
-        let tls = Coalesce::new(tls);
+        let tls = crate::tls::record_writer(tls);
         let Ok(mut conn) = server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -8,7 +8,6 @@
 //! It binds HOST:PORT, says `{"t":"listening","addr":…}` on stdout, and then
 //! takes the agent's messages on stdin (control.rs). It exits when stdin
 //! closes: the agent that started it is gone, and nothing may serve without it.
-mod coalesce;
 mod control;
 mod core;
 mod inbound;

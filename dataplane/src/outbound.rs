@@ -8,6 +8,7 @@
 //! destination identity, destination agent), at most MAX_STREAMS_PER_SESSION
 //! streams each, as the Node.js pool does (agent/proxy/tunnel-pool.ts).
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -23,7 +24,6 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
 use crate::control::RouteIn;
-use crate::coalesce::Coalesce;
 use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use crate::linger;
@@ -86,8 +86,11 @@ impl Outbound {
                 return;
             }
         };
-        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+        let bound = listener.local_addr().ok();
+        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound.map(|a| a.to_string()).unwrap_or_default() }));
+        // A listener on one address: every connection's local address is that
+        // one, so no getsockname per connection (only a wildcard asks).
+        let local = bound.filter(|a| !a.ip().is_unspecified());
         let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -95,9 +98,10 @@ impl Outbound {
                 _ = until_true(&mut draining) => return,
             };
             match accepted {
-                Ok((tcp, _)) => {
+                Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(self.clone().connection(lid, tcp));
+                    let local = local.map_or_else(|| tcp.local_addr(), Ok);
+                    tokio::spawn(self.clone().connection(lid, tcp, Ok(remote), local));
                 }
                 // EMFILE or a peer that already reset: pause so it cannot spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -137,12 +141,12 @@ impl Outbound {
 
     /// One client connection: the agent checks its source and routes it; the
     /// client's bytes wait in the socket until the tunnel is open.
-    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream) {
+    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream, remote: std::io::Result<SocketAddr>, local: std::io::Result<SocketAddr>) {
         let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.routes.lock().unwrap().insert(id, tx);
-        let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| json!([a.ip().to_string(), a.port()])).unwrap_or(json!(["", 0]));
-        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(tcp.peer_addr()), "local": addr(tcp.local_addr()) }));
+        let addr = |a: std::io::Result<SocketAddr>| a.map(|a| json!([a.ip().to_string(), a.port()])).unwrap_or(json!(["", 0]));
+        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(remote), "local": addr(local) }));
         let Ok(route) = rx.await else { return reset(tcp) };
         match route.verdict.as_str() {
             "tunnel" => self.tunnel(id, tcp, route).await,
@@ -313,7 +317,7 @@ impl Outbound {
         Ok(pooled)
     }
 
-    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<Coalesce<tokio_rustls::client::TlsStream<linger::Lingering>>, Bytes>, oneshot::Receiver<TcpStream>), String> {
+    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<tokio::io::BufWriter<tokio_rustls::client::TlsStream<linger::Lingering>>, Bytes>, oneshot::Receiver<TcpStream>), String> {
         let tcp = TcpStream::connect(route.hbone.as_str()).await.map_err(|e| errno_name(&e))?;
         let _ = tcp.set_nodelay(true);
         let (tcp, back) = linger::wrap(tcp);
@@ -336,7 +340,7 @@ impl Outbound {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .enable_push(false)
-            .handshake::<_, Bytes>(Coalesce::new(tls))
+            .handshake::<_, Bytes>(crate::tls::record_writer(tls))
             .await
             .map_err(|e| e.to_string())?;
         Ok((send, conn, back))
