@@ -120,55 +120,70 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
 }
 
 /**
- * 1 KiB echo round trips on one established connection: `warmup` untimed,
- * then up to `rounds` timed (stops early after timeoutMs).
+ * Echo round trips on one established connection, timed one by one. The
+ * bench keeps one probe per path open and takes the rounds in small blocks,
+ * path after path, so that every path is measured under the same load of
+ * the machine (a run of each path after the other let the machine's drift
+ * over seconds decide the ratio of two added latencies).
  */
-export async function latency(t: Target, rounds: number, warmup: number, size: number, timeoutMs: number): Promise<LatencyResult> {
-  const s = await open(t, timeoutMs);
-  const msg = Buffer.alloc(size, 0x62);
-  msg[0] = MODE.echo;
-  const samples = new Float64Array(rounds);
-  let got = 0;
-  let wake: (() => void) | undefined;
-  let failed: Error | undefined;
-  s.on('data', (d: Buffer) => {
-    got += d.length;
-    if (got >= size && wake) {
-      const w = wake;
-      wake = undefined;
-      w();
-    }
-  });
-  s.on('error', (err) => (failed = err));
-  s.on('close', () => {
-    failed ??= new Error('echo connection closed');
-    wake?.();
-  });
-  const roundTrip = (): Promise<void> =>
-    new Promise<void>((resolve) => {
-      got = 0;
-      wake = resolve;
-      s.write(msg);
+export class EchoProbe {
+  readonly #s: Socket;
+  readonly #msg: Buffer;
+  #got = 0;
+  #wake: (() => void) | undefined;
+  #failed: Error | undefined;
+
+  private constructor(s: Socket, size: number) {
+    this.#s = s;
+    this.#msg = Buffer.alloc(size, 0x62);
+    this.#msg[0] = MODE.echo;
+    s.on('data', (d: Buffer) => {
+      this.#got += d.length;
+      if (this.#got >= size && this.#wake) {
+        const w = this.#wake;
+        this.#wake = undefined;
+        w();
+      }
     });
-  const deadline = performance.now() + timeoutMs;
-  let done = 0;
-  try {
-    for (let i = 0; i < warmup + rounds; i++) {
-      const t0 = performance.now();
-      await roundTrip();
-      const t1 = performance.now();
-      if (failed) throw failed;
-      if (got !== size) throw new Error(`echo returned ${got} bytes, expected ${size}`);
-      if (i >= warmup) samples[done++] = (t1 - t0) * 1000;
-      if (t1 > deadline) break;
-    }
-  } finally {
-    s.destroy();
+    s.on('error', (err) => (this.#failed = err));
+    s.on('close', () => {
+      this.#failed ??= new Error('echo connection closed');
+      this.#wake?.();
+    });
   }
-  const sorted = samples.subarray(0, done).sort();
+
+  static async open(t: Target, size: number, timeoutMs: number): Promise<EchoProbe> {
+    return new EchoProbe(await open(t, timeoutMs), size);
+  }
+
+  /** `n` round trips; each one's time in µs is appended to `into` (when given). */
+  async rounds(n: number, into?: number[]): Promise<void> {
+    const size = this.#msg.length;
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      await new Promise<void>((resolve) => {
+        this.#got = 0;
+        this.#wake = resolve;
+        this.#s.write(this.#msg);
+      });
+      const t1 = performance.now();
+      if (this.#failed) throw this.#failed;
+      if (this.#got !== size) throw new Error(`echo returned ${this.#got} bytes, expected ${size}`);
+      into?.push((t1 - t0) * 1000);
+    }
+  }
+
+  close(): void {
+    this.#s.destroy();
+  }
+}
+
+/** p50 and p99 of round-trip samples (µs). */
+export function latencyOf(samples: readonly number[]): LatencyResult {
+  const sorted = Float64Array.from(samples).sort();
   let sum = 0;
   for (const v of sorted) sum += v;
-  return { rounds: done, p50Us: percentile(sorted, 50), p99Us: percentile(sorted, 99), meanUs: sum / done };
+  return { rounds: sorted.length, p50Us: percentile(sorted, 50), p99Us: percentile(sorted, 99), meanUs: sum / sorted.length };
 }
 
 export interface ConnRateResult {

@@ -28,7 +28,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ambitctl, childPids, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
-import { connectionRate, latency, probeOnce, throughput, type Target } from './dataplane-load.ts';
+import { connectionRate, EchoProbe, latencyOf, probeOnce, throughput, type Target } from './dataplane-load.ts';
 import {
   Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startRustH2, startStunnel, which,
   type ProxyPair, type TrackedChild,
@@ -95,6 +95,11 @@ interface Samples {
   cpuConnBy: Map<string, number[]>;
   errors: string[];
 }
+
+/** Echo round trips each path takes before the next path's turn in the latency phase. */
+const LATENCY_BLOCK = 50;
+/** Untimed new connections on each path before the timed runs. */
+const CONN_WARMUP_MS = 1_000;
 
 const USAGE = `Usage: node bench/dataplane.ts [options]
   --runs N            repetitions of each measurement; the median is reported (default 3)
@@ -392,15 +397,61 @@ async function main(): Promise<void> {
     });
 
     // ------------------------------------------------------------ b. latency
-    log(`latency: ${rounds} echo round trips of 1 KiB (x${runs})`);
-    await phase('latency', 3_000, async (p) => {
-      const r = await latency(p.target, rounds, 200, 1024, Math.min(20_000, remainingMs()));
-      S(p).p50.push(r.p50Us);
-      S(p).p99.push(r.p99Us);
-    });
+    // One echo connection per path, held for the run; the rounds go in
+    // blocks of LATENCY_BLOCK, path after path (the order turning each
+    // block), so that all paths share the machine's state of the moment.
+    log(`latency: ${rounds} echo round trips of 1 KiB (x${runs}), paths interleaved every ${LATENCY_BLOCK} rounds`);
+    for (let r = 0; r < runs; r++) {
+      if (remainingMs() < 3_000 * paths.length) {
+        notes.push(`latency: run ${r + 1} skipped, time budget (${TIME_BUDGET_MS / 1000} s) used up`);
+        continue;
+      }
+      const probes = new Map<PathUnderTest, EchoProbe>();
+      const taken = new Map<PathUnderTest, number[]>();
+      for (const p of paths) {
+        try {
+          const probe = await EchoProbe.open(p.target, 1024, 5_000);
+          await probe.rounds(200); // warm-up, untimed
+          probes.set(p, probe);
+          taken.set(p, []);
+        } catch (err) {
+          S(p).errors.push(`latency: ${(err as Error).message}`);
+        }
+      }
+      const live = [...probes.keys()];
+      const deadline = performance.now() + Math.min(60_000, remainingMs());
+      for (let block = 0; block * LATENCY_BLOCK < rounds && performance.now() < deadline; block++) {
+        const n = Math.min(LATENCY_BLOCK, rounds - block * LATENCY_BLOCK);
+        for (let i = 0; i < live.length; i++) {
+          const p = live[(block + i) % live.length]!;
+          if (!probes.has(p)) continue;
+          try {
+            await probes.get(p)!.rounds(n, taken.get(p));
+          } catch (err) {
+            S(p).errors.push(`latency: ${(err as Error).message}`);
+            probes.get(p)!.close();
+            probes.delete(p);
+          }
+        }
+      }
+      for (const [p, probe] of probes) {
+        probe.close();
+        const l = latencyOf(taken.get(p)!);
+        S(p).p50.push(l.p50Us);
+        S(p).p99.push(l.p99Us);
+      }
+    }
 
     // ------------------------------------------------------------ c. new connections
-    log(`new connections: ${rateMs / 1000} s at concurrency ${concurrency} (x${runs})`);
+    log(`new connections: ${rateMs / 1000} s at concurrency ${concurrency} (x${runs}), after ${CONN_WARMUP_MS / 1000} s untimed on each path`);
+    // Untimed first: until now each path has opened only a handful of
+    // connections, so the first timed run would also measure the Node.js
+    // processes' JIT compiling their per-connection code.
+    for (const p of paths) {
+      if (remainingMs() < CONN_WARMUP_MS + 1_000) break;
+      await connectionRate(p.target, CONN_WARMUP_MS, concurrency, 200_000, 5_000).catch(() => undefined);
+      await new Promise((res) => setTimeout(res, 300));
+    }
     await phase('new connections', rateMs + 3_000, async (p) => {
       const each0 = p.procs.map((pr) => cpuSecondsOf(pr.pid, clk));
       const r = await connectionRate(p.target, rateMs, concurrency, 200_000, 5_000);
@@ -469,7 +520,7 @@ async function main(): Promise<void> {
     out.push(`Ambit data plane benchmark — Node ${process.version}, ${availableParallelism()} CPUs (${cpus()[0]?.model ?? '?'}), load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')} before, ${loadAfter.map((l) => l.toFixed(2)).join(' ')} after`);
     out.push(`Node.js processes run ${fromSource ? 'from source (type stripping: about 30 MiB more RSS each)' : 'the built JavaScript (dist/), as shipped'}`);
     out.push(`the agents' data path: ${dataplane === 'native' ? "ambit-dataplane (--dataplane native: node-a's upstream listener and node-b's inbound HBONE; each one's CPU and memory count as its agent's)" : 'node:http2 in the agents (--dataplane node)'}`);
-    out.push(`${runs} run(s) per measurement, median shown; throughput ${totalBytes / MiB} MiB; latency ${rounds} rounds after 200 warm-up; new connections ${rateMs / 1000} s at concurrency ${concurrency}`);
+    out.push(`${runs} run(s) per measurement, median shown; throughput ${totalBytes / MiB} MiB; latency ${rounds} rounds after 200 warm-up, paths interleaved every ${LATENCY_BLOCK}; new connections ${rateMs / 1000} s at concurrency ${concurrency} after ${CONN_WARMUP_MS / 1000} s untimed`);
     for (const s of skipped) out.push(`skipped ${s}`);
     out.push('');
     out.push(['metric'.padEnd(W), ...names.map((n) => n.padStart(C)), ...(hasTunnel ? ['tunnel/direct'.padStart(15), '  tunnel/best-peer'] : [])].join(''));
