@@ -20,7 +20,7 @@ import { loadOriginalDstAddon, originalDestination } from './proxy/original-dst.
 import type { GcTuning } from './proxy/gc-tuning.ts';
 import { HboneServer } from './proxy/hbone-server.ts';
 import { handleInbound } from './proxy/inbound.ts';
-import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
+import { defaultDataplaneBinary, NativeInbound, resolveDataplane } from './proxy/native-inbound.ts';
 import { NativeUpstreams } from './proxy/native-outbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
@@ -131,14 +131,17 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
     const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
     const loopback = loopbackAddressFor(cfg.address);
-    // --dataplane native: ambit-dataplane carries the upstream listeners too
+    const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
+    const dataplane = resolveDataplane(cfg.dataplane, dataplaneBinary);
+    if (cfg.dataplane === 'auto' && dataplane === 'node') log.warn({ binary: dataplaneBinary }, 'ambit-dataplane is not installed: serving on the node:http2 data path (--dataplane auto)');
+    // The native data path: ambit-dataplane carries the upstream listeners too
     // (SOCKS5 and capture stay on node:http2 for now: docs/native-dataplane.md).
-    const nativeUpstreams = cfg.dataplane === 'native' && cfg.upstreams.length > 0
+    const nativeUpstreams = dataplane === 'native' && cfg.upstreams.length > 0
       ? new NativeUpstreams({ upstreams: cfg.upstreams, host: loopback, outbound: outboundDeps, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now })
       : undefined;
-    const hbone = cfg.dataplane === 'native'
+    const hbone = dataplane === 'native'
       ? new NativeInbound({
-        binary: cfg.dataplaneBinary ?? defaultDataplaneBinary(),
+        binary: dataplaneBinary,
         host: cfg.address,
         port: cfg.hbonePort,
         trustDomain: info.trustDomain,
@@ -339,6 +342,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       extra: () => ({
         config: { ...cfg, join: cfg.join ? '(set)' : undefined },
         hboneAddress,
+        dataplane: dataplane === 'native' ? { path: dataplane, binary: dataplaneBinary } : { path: dataplane },
         watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
         tunnelPool: pool.stats(),
         connections: tracker.size,

@@ -28,6 +28,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ambitctl, childPids, eventually, hostPortOf, httpGet, startAgent, startController, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
+import { defaultDataplaneBinary, resolveDataplane } from '../agent/proxy/native-inbound.ts';
 import { connectionRate, EchoProbe, latencyOf, probeOnce, throughput, type Target } from './dataplane-load.ts';
 import {
   Children, clockTicksPerSecond, cpuSecondsOf, makePeerCerts, memoryOf, nginxStreamSupport, startNginx, startNodeH2, startRustH2, startStunnel, which,
@@ -111,7 +112,8 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --cpu-prof DIR      run the agents with --cpu-prof, profiles written to DIR at exit
   --agent-arg ARG     extra ambit-agent argument (repeatable)
   --dataplane node|native
-                      both agents' data path (ambit-agent --dataplane; default node); native
+                      both agents' data path (ambit-agent --dataplane; default: native when
+                      dataplane/build.sh has built ambit-dataplane, as the agent's auto); native
                       counts each agent's ambit-dataplane child's CPU and memory with the agent's
   --agent-env K=V     extra environment variable for both agents (repeatable), e.g. NODE_OPTIONS=--perf-basic-prof
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
@@ -194,7 +196,7 @@ async function main(): Promise<void> {
       'agent-arg': { type: 'string', multiple: true },
       'agent-logs': { type: 'string' },
       'agent-env': { type: 'string', multiple: true },
-      dataplane: { type: 'string', default: 'node' },
+      dataplane: { type: 'string' },
       'from-source': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -209,7 +211,7 @@ async function main(): Promise<void> {
   const rounds = intArg(values.rounds, 2000, 10, 100_000, '--rounds');
   const rateMs = intArg(values['rate-seconds'], 5, 1, 30, '--rate-seconds') * 1000;
   const concurrency = intArg(values.concurrency, 16, 1, 256, '--concurrency');
-  const dataplane = values.dataplane ?? 'node';
+  const dataplane = values.dataplane ?? resolveDataplane('auto', defaultDataplaneBinary());
   if (dataplane !== 'node' && dataplane !== 'native') throw new Error(`--dataplane must be node or native, got ${dataplane}`);
   // What ships is the compiled JavaScript (dist/, `npm run build`), so that is
   // what is measured: running from source through type stripping adds about

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync } from 'node:fs';
 import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -17,6 +17,8 @@ import { num, str, verifyReportedChain, type Message } from './dataplane-message
 import type { NativeUpstreams } from './native-outbound.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
+/** How long a stopping agent waits for its data plane to exit before SIGKILL. */
+const EXIT_WAIT_MS = 2_000;
 
 /**
  * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
@@ -33,6 +35,22 @@ export function dataplaneBinaryFrom(here: string): string {
   const roots = [resolve(here, '..', '..'), resolve(here, '..', '..', '..')];
   const root = roots.find((r) => existsSync(join(r, 'dataplane', 'Cargo.toml')) || existsSync(join(r, DATAPLANE_BINARY))) ?? roots[0]!;
   return join(root, DATAPLANE_BINARY);
+}
+
+/**
+ * Which data path serves: `auto` (the default) is ambit-dataplane when its
+ * executable is there, else node:http2, so that an install built without
+ * Rust still serves; `node` and `native` are what they say (native with no
+ * executable then fails at start, naming it).
+ */
+export function resolveDataplane(choice: 'auto' | 'node' | 'native', binary: string): 'node' | 'native' {
+  if (choice !== 'auto') return choice;
+  try {
+    accessSync(binary, fsConstants.X_OK);
+    return 'native';
+  } catch {
+    return 'node';
+  }
 }
 
 export interface NativeInboundOptions {
@@ -145,14 +163,27 @@ export class NativeInbound {
     return open();
   }
 
-  destroy(): void {
+  /**
+   * Ends the data plane and resolves once it has exited, so that an agent
+   * that stopped leaves no process behind; SIGKILL if it has not within
+   * EXIT_WAIT_MS.
+   */
+  destroy(): Promise<void> {
     this.#destroyed = true;
     this.#unsubscribe();
     this.#writeOut();
+    const child = this.#child;
+    const exited = child && child.exitCode === null && child.signalCode === null
+      ? new Promise<void>((resolve) => {
+        const kill = setTimeout(() => child.kill('SIGKILL'), EXIT_WAIT_MS);
+        child.once('exit', () => (clearTimeout(kill), resolve()));
+      })
+      : Promise.resolve();
     // Closing its stdin ends ambit-dataplane (it serves nothing without the agent).
-    this.#child?.stdin.end();
-    this.#child?.kill('SIGTERM');
+    child?.stdin.end();
+    child?.kill('SIGTERM');
     this.#endAll('agent shutting down');
+    return exited;
   }
 
   /** Once listen() resolved: binds the upstream listeners in the data plane; resolves when all are bound. */

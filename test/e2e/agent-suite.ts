@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -31,7 +31,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
   const CLIENT_IP = `${o.net}.12`;
   const WEB_IP = `${o.net}.13`;
   /** node-b's data path: the HBONE server every test here reaches. */
-  const B_EXTRA = o.dataplane === 'native' ? ['--dataplane', 'native'] : [];
+  const B_EXTRA = ['--dataplane', o.dataplane];
   /** node-a's: its upstream listener is the native outbound path when native (SOCKS5 stays on node:http2). */
   const A_EXTRA = B_EXTRA;
   const WEB_PORT = 8080;
@@ -292,8 +292,9 @@ export function agentSuite(o: AgentSuiteOptions): void {
   t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
     const admin = hostPortOf(agentA.admin);
     t.equal(admin.host, A, 'admin listens on the agent\'s loopback address');
-    const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; gc: { headroomMib: number; heapGrowingPercent: number } };
+    const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; gc: { headroomMib: number; heapGrowingPercent: number }; dataplane: { path: string } };
     t.equal(dump.node, 'node-a');
+    t.equal(dump.dataplane.path, o.dataplane, 'the data path serving');
     t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
     // An old generation of tens of MiB: 128 MiB of room over it is 125–600 % (agent/proxy/gc-tuning.ts).
     const headroomMib = effectiveHeadroom(RELAY_HEADROOM_BYTES, process.constrainedMemory()) / 1024 / 1024;
@@ -327,6 +328,26 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.equal(r.received, r.sent, 'bytes intact');
     t.ok(agentB.proc.logs.some((l) => l.msg === 'serving cached mesh state until the controller answers'), 'agent says it serves from cache');
     t.ok(agentB.proc.logs.some((l) => l.msg === 'controller watch lost; serving cached state'), 'and that the controller is unreachable');
+  });
+
+  // The default: native when the executable is there (the native suite's
+  // build), node:http2 when it is not (here a path with nothing at it).
+  t.test('--dataplane auto, the default: ambit-dataplane when its executable is there, else node:http2, said so', async (t) => {
+    await agentB.proc.stop('SIGTERM');
+    const missing = join(root, 'no-such-dataplane');
+    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: o.dataplane === 'native' ? [] : ['--dataplane-binary', missing] });
+    await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready');
+    const dump = JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { config: { dataplane: string }; dataplane: { path: string; binary?: string } };
+    t.equal(dump.config.dataplane, 'auto', 'no --dataplane given: auto');
+    t.equal(dump.dataplane.path, o.dataplane, `it serves on ${o.dataplane}`);
+    t.equal(childPids(agentB.proc.child.pid!).length, o.dataplane === 'native' ? 1 : 0, 'with an ambit-dataplane child only when native');
+    const warned = agentB.proc.logs.find((l) => l.msg === 'ambit-dataplane is not installed: serving on the node:http2 data path (--dataplane auto)');
+    if (o.dataplane === 'native') t.notOk(warned, 'nothing to warn about');
+    else t.equal(warned?.binary, missing, 'it warns, naming where it looked');
+    const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(reply, 0, 'tunnels open through it');
+    const r = await echoTransfer(socket, 256 * 1024);
+    t.equal(r.received, r.sent, 'bytes intact');
   });
 
   if (o.dataplane === 'native') {
@@ -383,6 +404,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       return c;
     };
     socket.write(chunk());
+    const dataplanes = childPids(agentB.proc.child.pid!);
     agentB.proc.child.kill('SIGTERM');
     await agentB.proc.waitForLog((l) => l.msg === 'draining');
     t.equal((await httpGet(hostPortOf(agentB.ready), '/healthz/ready').catch(() => ({ status: 0 }))).status !== 200, true, 'not ready while draining');
@@ -400,6 +422,9 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.equal(received.digest('hex'), sent.digest('hex'), 'the open connection finished intact during the drain');
     const exit = await agentB.proc.exited;
     t.equal(exit.code, 0, 'agent exited cleanly after draining');
+    // The agent waits for its ambit-dataplane: a stopped agent leaves no process behind.
+    t.same(dataplanes.filter((pid) => existsSync(`/proc/${pid}`)), [], `its data plane (${dataplanes.join(', ') || 'none'}) exited before it did`);
+    if (o.dataplane === 'native') t.equal(dataplanes.length, 1, 'node-b ran one ambit-dataplane');
     t.ok(agentB.proc.logs.some((l) => l.msg === 'drained'), 'it says it drained without cutting anyone');
   });
 }

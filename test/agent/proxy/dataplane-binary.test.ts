@@ -5,10 +5,10 @@
  * the executable without the crate).
  */
 import t, { type Test } from 'tap';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dataplaneBinaryFrom } from '../../../agent/proxy/native-inbound.ts';
+import { dataplaneBinaryFrom, resolveDataplane } from '../../../agent/proxy/native-inbound.ts';
 
 const BIN = join('dataplane', 'target', 'release', 'ambit-dataplane');
 
@@ -45,4 +45,16 @@ t.test('the systemd runtime tree (sources, the executable without the crate)', a
 t.test('nothing built: the path named in the error is the one beside the sources', async (t) => {
   const root = layout(t, []);
   t.equal(dataplaneBinaryFrom(join(root, 'agent/proxy')), join(root, BIN));
+});
+
+t.test('--dataplane auto: native only when the executable is there and executable', async (t) => {
+  const root = layout(t, [BIN]);
+  const bin = join(root, BIN);
+  chmodSync(bin, 0o644);
+  t.equal(resolveDataplane('auto', bin), 'node', 'a file that cannot be executed: node');
+  chmodSync(bin, 0o755);
+  t.equal(resolveDataplane('auto', bin), 'native', 'an executable: native');
+  t.equal(resolveDataplane('auto', join(root, 'missing')), 'node', 'nothing there: node');
+  t.equal(resolveDataplane('node', bin), 'node', 'node is node');
+  t.equal(resolveDataplane('native', join(root, 'missing')), 'native', 'native is native, executable or not (it fails at start, naming the path)');
 });
