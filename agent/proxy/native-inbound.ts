@@ -17,6 +17,14 @@ import { num, str, verifyReportedChain, type Message } from './dataplane-message
 import type { NativeUpstreams } from './native-outbound.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
+/**
+ * The control protocol this agent speaks with ambit-dataplane (the messages
+ * of dataplane/src/control.rs). The data plane states its own in its first
+ * line; an executable built from other sources (installed, then the agent
+ * upgraded without rebuilding it) is refused instead of misread. Bump both
+ * with any change to the messages.
+ */
+export const DATAPLANE_PROTOCOL = 1;
 /** How long a stopping agent waits for its data plane to exit before SIGKILL. */
 const EXIT_WAIT_MS = 2_000;
 
@@ -108,6 +116,8 @@ export class NativeInbound {
   readonly #bundle: () => X509Certificate[];
   #draining = false;
   #destroyed = false;
+  /** Its executable speaks another control protocol: never started again. */
+  #incompatible = false;
   /** It served once: a later 'listening' is a restart, which binds the upstream listeners again. */
   #served = false;
   #onDrained: (() => void) | undefined;
@@ -220,7 +230,7 @@ export class NativeInbound {
     this.#sessions.clear();
     this.#endAll('ambit-dataplane exited');
     this.#onDrained?.();
-    if (this.#destroyed) return;
+    if (this.#destroyed || this.#incompatible) return;
     if (this.#onStarted) {
       this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane exited before it served (code ${code}, signal ${signal})`));
       return;
@@ -316,6 +326,15 @@ export class NativeInbound {
     const metrics = this.#o.inbound.metrics;
     switch (m.t) {
       case 'listening': {
+        if (m.protocol !== DATAPLANE_PROTOCOL) {
+          const message = `ambit-dataplane at ${this.#o.binary} speaks control protocol ${String(m.protocol ?? 'none')}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
+          this.#o.logger.error({ binary: this.#o.binary, protocol: m.protocol ?? null, expected: DATAPLANE_PROTOCOL }, 'ambit-dataplane speaks another control protocol; not using it');
+          // Not started again: the same executable would say the same.
+          this.#incompatible = true;
+          this.#child?.kill('SIGKILL');
+          if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_CONFIG_INVALID', message, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
+          return;
+        }
         const addr = str(m.addr);
         const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
         this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };

@@ -8,6 +8,12 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
+/// The version of these messages, stated in the first line (`listening`):
+/// the agent refuses an executable whose version is not its own
+/// (agent/proxy/native-inbound.ts, DATAPLANE_PROTOCOL). Bump both with any
+/// change to the messages.
+pub const PROTOCOL: u32 = 1;
+
 /// What the agent sends.
 #[derive(Deserialize, Debug)]
 #[serde(tag = "t")]

@@ -5,7 +5,7 @@
 //!
 //!   ambit-dataplane --listen HOST:PORT
 //!
-//! It binds HOST:PORT, says `{"t":"listening","addr":…}` on stdout, and then
+//! It binds HOST:PORT, says `{"t":"listening","addr":…,"protocol":N}` on stdout, and then
 //! takes the agent's messages on stdin (control.rs). It exits when stdin
 //! closes: the agent that started it is gone, and nothing may serve without it.
 mod control;
@@ -44,7 +44,7 @@ async fn run(listen: String) {
     let (outbox, queue) = control::outbox();
     tokio::spawn(control::write_loop(queue));
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    outbox.send(json!({ "t": "listening", "addr": addr }));
+    outbox.send(json!({ "t": "listening", "addr": addr, "protocol": control::PROTOCOL }));
     let core = core::Core::new(outbox.clone());
     let tls_state = Arc::new(RwLock::new(None));
     let inbound = Inbound::new(core.clone(), tls_state.clone());

@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -334,6 +334,18 @@ export function agentSuite(o: AgentSuiteOptions): void {
   // build), node:http2 when it is not (here a path with nothing at it).
   t.test('--dataplane auto, the default: ambit-dataplane when its executable is there, else node:http2, said so', async (t) => {
     await agentB.proc.stop('SIGTERM');
+    if (o.dataplane === 'native') {
+      // An executable built from other sources (here: one that states no
+      // protocol version, as every build before the check did) is refused at
+      // start, not misread.
+      const stale = join(root, 'stale-dataplane');
+      writeFileSync(stale, `#!/bin/sh
+echo '{"t":"listening","addr":"${B}:15008"}'
+exec cat >/dev/null
+`, { mode: 0o755 });
+      await t.rejects(startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane-binary', stale] }),
+        /speaks control protocol none, this agent 1: it was built from other sources; rebuild it/, 'a data plane of another protocol: the agent refuses to start, saying why');
+    }
     const missing = join(root, 'no-such-dataplane');
     agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: o.dataplane === 'native' ? [] : ['--dataplane-binary', missing] });
     await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready');

@@ -12,7 +12,8 @@
  *
  * Phase 1 (two rounds): ≥ 5,000 tunnelled connections open at once, a
  * payload through each, a clean close; agent RSS and file descriptors idle,
- * at the peak and after. Phase 2: new connections back to back for
+ * at the peak and after (each agent's together with its ambit-dataplane
+ * child when it runs the native data path, the default where built). Phase 2: new connections back to back for
  * AMBIT_SOAK_SECONDS (default 60) at bounded concurrency, each with a random
  * payload of 1 B–256 KiB.
  *
@@ -31,7 +32,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ambitctl, eventually, hostPortOf, httpGet, metricValue, startAgent, startController, type RunningAgent, type RunningController } from '../e2e/harness.ts';
+import { ambitctl, childPids, eventually, hostPortOf, httpGet, metricValue, startAgent, startController, type RunningAgent, type RunningController } from '../e2e/harness.ts';
 import type { EchoServerStats } from './echo-server.ts';
 import type { LoadAnswer, LoadClientConfig, LoadRequest } from './load-client.ts';
 import { DEFAULT_MAX_STREAMS_PER_SESSION } from '../../agent/proxy/tunnel-pool.ts';
@@ -293,10 +294,20 @@ interface AgentSample {
   readonly external: number;
 }
 
-async function sample(agent: RunningAgent): Promise<AgentSample> {
+/**
+ * The agent and its ambit-dataplane child, if it runs one (the native data
+ * path holds the inbound sockets and the upstream listeners' connections):
+ * what the agent costs the host is both processes.
+ */
+function agentPids(agent: RunningAgent): number[] {
   const pid = agent.proc.child.pid!;
-  const rss = rssOf(pid);
-  const fds = fdsOf(pid);
+  return [pid, ...childPids(pid)];
+}
+
+async function sample(agent: RunningAgent): Promise<AgentSample> {
+  const pids = agentPids(agent);
+  const rss = pids.reduce((sum, p) => sum + rssOf(p), 0);
+  const fds = pids.reduce((sum, p) => sum + fdsOf(p), 0);
   const body = (await httpGet(hostPortOf(agent.metrics), '/metrics')).body;
   return { rss, fds, heapUsed: metricValue(body, 'nodejs_heap_size_used_bytes'), heapTotal: metricValue(body, 'nodejs_heap_size_total_bytes'), external: metricValue(body, 'nodejs_external_memory_bytes') };
 }
@@ -315,7 +326,7 @@ const memText = (s: AgentSample): string => `RSS ${mib(s.rss)} (heap ${mib(s.hea
  */
 async function fdsBeyondPool(agent: RunningAgent): Promise<{ fds: number; pool: number; beyond: number }> {
   const pool = await metric(agentA!, 'ambit_tunnel_pool_connections');
-  const fds = fdsOf(agent.proc.child.pid!);
+  const fds = agentPids(agent).reduce((sum, p) => sum + fdsOf(p), 0);
   return { fds, pool, beyond: fds - pool };
 }
 
