@@ -132,8 +132,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
     const loopback = loopbackAddressFor(cfg.address);
     const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
-    const dataplane = resolveDataplane(cfg.dataplane, dataplaneBinary);
-    if (cfg.dataplane === 'auto' && dataplane === 'node') log.warn({ binary: dataplaneBinary }, 'ambit-dataplane is not installed: serving on the node:http2 data path (--dataplane auto)');
+    const resolved = resolveDataplane(cfg.dataplane, dataplaneBinary);
+    const dataplane = resolved.path;
+    if (resolved.why) log.warn({ binary: dataplaneBinary, why: resolved.why }, 'ambit-dataplane cannot serve: serving on the node:http2 data path (--dataplane auto)');
     // The native data path: ambit-dataplane carries the upstream listeners too
     // (SOCKS5 and capture stay on node:http2 for now: docs/native-dataplane.md).
     const nativeUpstreams = dataplane === 'native' && cfg.upstreams.length > 0
@@ -163,9 +164,10 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         now,
         onStream: (stream, headers, peer) => handleInbound(inboundDeps, stream, headers, peer),
       });
+    // Before listen(): a start that fails after spawning the data plane must still end it.
+    cleanups.push(() => hbone.destroy());
     const hboneAddr = await hbone.listen();
     const hboneAddress = formatHostPort({ host: cfg.address, port: hboneAddr.port });
-    cleanups.push(() => hbone.destroy());
 
     const localIdentities = (): string[] => [...new Set(state.localWorkloads().map((w) => state.identityOf(w).uri))];
     const syncCertificates = async (): Promise<void> => {
@@ -317,6 +319,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     let draining = false;
     const isReady = (): { ready: boolean; why: string } => {
       if (draining) return { ready: false, why: 'draining' };
+      if (hbone instanceof NativeInbound && hbone.failure) return { ready: false, why: hbone.failure };
       if (!haveState) return { ready: false, why: 'no mesh state yet (controller not reached, no cache)' };
       const missing = localIdentities().filter((u) => !certs.get(u));
       if (missing.length > 0) return { ready: false, why: `waiting for certificates: ${missing.join(', ')}` };
@@ -342,7 +345,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       extra: () => ({
         config: { ...cfg, join: cfg.join ? '(set)' : undefined },
         hboneAddress,
-        dataplane: dataplane === 'native' ? { path: dataplane, binary: dataplaneBinary } : { path: dataplane },
+        dataplane: dataplane === 'native' ? { path: dataplane, binary: dataplaneBinary } : { path: dataplane, ...(resolved.why ? { why: resolved.why } : {}) },
         watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
         tunnelPool: pool.stats(),
         connections: tracker.size,

@@ -411,12 +411,14 @@ async function main(): Promise<void> {
       const probes = new Map<PathUnderTest, EchoProbe>();
       const taken = new Map<PathUnderTest, number[]>();
       for (const p of paths) {
+        let probe: EchoProbe | undefined;
         try {
-          const probe = await EchoProbe.open(p.target, 1024, 5_000);
+          probe = await EchoProbe.open(p.target, 1024, 5_000);
           await probe.rounds(200); // warm-up, untimed
           probes.set(p, probe);
           taken.set(p, []);
         } catch (err) {
+          probe?.close();
           S(p).errors.push(`latency: ${(err as Error).message}`);
         }
       }

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { accessSync, constants as fsConstants, existsSync } from 'node:fs';
 import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
@@ -47,18 +47,25 @@ export function dataplaneBinaryFrom(here: string): string {
 
 /**
  * Which data path serves: `auto` (the default) is ambit-dataplane when its
- * executable is there, else node:http2, so that an install built without
- * Rust still serves; `node` and `native` are what they say (native with no
- * executable then fails at start, naming it).
+ * executable is there and speaks this agent's control protocol, else
+ * node:http2 (with the reason, for the agent's warning), so that an install
+ * built without Rust, or upgraded without rebuilding it, still serves;
+ * `node` and `native` are what they say (native with no executable, or a
+ * stale one, then fails at start, naming it).
  */
-export function resolveDataplane(choice: 'auto' | 'node' | 'native', binary: string): 'node' | 'native' {
-  if (choice !== 'auto') return choice;
+export function resolveDataplane(choice: 'auto' | 'node' | 'native', binary: string): { path: 'node' | 'native'; why?: string } {
+  if (choice !== 'auto') return { path: choice };
   try {
     accessSync(binary, fsConstants.X_OK);
-    return 'native';
   } catch {
-    return 'node';
+    return { path: 'node', why: `no executable ambit-dataplane at ${binary}` };
   }
+  const asked = spawnSync(binary, ['--protocol'], { encoding: 'utf8', timeout: 5_000 });
+  const said = asked.status === 0 ? asked.stdout.trim() : '';
+  if (said !== String(DATAPLANE_PROTOCOL)) {
+    return { path: 'node', why: `ambit-dataplane at ${binary} speaks control protocol ${said || 'none'}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again` };
+  }
+  return { path: 'native' };
 }
 
 export interface NativeInboundOptions {
@@ -116,8 +123,8 @@ export class NativeInbound {
   readonly #bundle: () => X509Certificate[];
   #draining = false;
   #destroyed = false;
-  /** Its executable speaks another control protocol: never started again. */
-  #incompatible = false;
+  /** Its executable speaks another control protocol: never started again, and the agent reports not ready. */
+  #incompatible: string | undefined;
   /** It served once: a later 'listening' is a restart, which binds the upstream listeners again. */
   #served = false;
   #onDrained: (() => void) | undefined;
@@ -183,10 +190,17 @@ export class NativeInbound {
     this.#unsubscribe();
     this.#writeOut();
     const child = this.#child;
-    const exited = child && child.exitCode === null && child.signalCode === null
+    const exited = child && child.pid !== undefined && child.exitCode === null && child.signalCode === null
       ? new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(kill);
+          clearTimeout(giveUp);
+          resolve();
+        };
         const kill = setTimeout(() => child.kill('SIGKILL'), EXIT_WAIT_MS);
-        child.once('exit', () => (clearTimeout(kill), resolve()));
+        // A process SIGKILL cannot end (stuck in the kernel) must not hold the agent's exit.
+        const giveUp = setTimeout(done, EXIT_WAIT_MS + 1_000);
+        child.once('exit', done);
       })
       : Promise.resolve();
     // Closing its stdin ends ambit-dataplane (it serves nothing without the agent).
@@ -194,6 +208,11 @@ export class NativeInbound {
     child?.kill('SIGTERM');
     this.#endAll('agent shutting down');
     return exited;
+  }
+
+  /** Why the native data path cannot serve (its executable was replaced by one of another protocol), if so. */
+  get failure(): string | undefined {
+    return this.#incompatible;
   }
 
   /** Once listen() resolved: binds the upstream listeners in the data plane; resolves when all are bound. */
@@ -214,7 +233,16 @@ export class NativeInbound {
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (chunk: string) => this.#o.logger.warn({ stderr: chunk.trimEnd().slice(0, 2000) }, 'ambit-dataplane wrote to stderr'));
     child.stdin.on('error', () => undefined); // a dead child is handled by 'exit'
-    child.once('error', (err) => this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `cannot start ambit-dataplane (${this.#o.binary}): ${err.message}`, { cause: err })));
+    child.once('error', (err) => {
+      // A running child's errors (a failed kill) end with 'exit'; one that never started has only this.
+      if (child.pid !== undefined) return;
+      if (this.#onStarted) {
+        this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `cannot start ambit-dataplane (${this.#o.binary}): ${err.message}`, { cause: err }));
+        return;
+      }
+      this.#o.logger.error({ binary: this.#o.binary, err: err.message }, 'cannot start ambit-dataplane');
+      this.#exited(child, null, null); // tries again after the restart delay
+    });
     child.once('exit', (code, signal) => this.#exited(child, code, signal));
   }
 
@@ -330,7 +358,7 @@ export class NativeInbound {
           const message = `ambit-dataplane at ${this.#o.binary} speaks control protocol ${String(m.protocol ?? 'none')}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
           this.#o.logger.error({ binary: this.#o.binary, protocol: m.protocol ?? null, expected: DATAPLANE_PROTOCOL }, 'ambit-dataplane speaks another control protocol; not using it');
           // Not started again: the same executable would say the same.
-          this.#incompatible = true;
+          this.#incompatible = message;
           this.#child?.kill('SIGKILL');
           if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_CONFIG_INVALID', message, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
           return;

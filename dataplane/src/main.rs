@@ -1,7 +1,7 @@
 //! ambit-dataplane: the agent's native HBONE data path
 //! (docs/native-dataplane.md): inbound HBONE, and outbound on the upstream
-//! listeners the agent hands it. Started by `ambit-agent --dataplane native`,
-//! never by hand:
+//! listeners the agent hands it. Started by `ambit-agent` (its native data
+//! path, the default where this executable is installed), never by hand:
 //!
 //!   ambit-dataplane --listen HOST:PORT
 //!
@@ -95,8 +95,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen = match args.as_slice() {
         [flag, addr] if flag == "--listen" => addr.clone(),
+        // Asked by the agent before it chooses this data path (--dataplane auto).
+        [flag] if flag == "--protocol" => {
+            println!("{}", control::PROTOCOL);
+            return;
+        }
         _ => {
-            eprintln!("usage: ambit-dataplane --listen HOST:PORT (started by ambit-agent --dataplane native)");
+            eprintln!("usage: ambit-dataplane --listen HOST:PORT | --protocol (started by ambit-agent, never by hand)");
             std::process::exit(2);
         }
     };

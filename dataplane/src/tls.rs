@@ -176,14 +176,15 @@ impl ServerCertVerifier for BundleVerifier {
 /// TLS's largest record plaintext.
 const ONE_RECORD: usize = 16 * 1024;
 
-/// The TLS stream as h2 writes to it: through a write buffer of one record
-/// that h2 flushes once per turn. h2 hands each DATA frame over as two
-/// writes (frame head, payload), and tokio-rustls 0.23 makes every write
-/// its own record and its own `sendmsg`: a 1 KiB echo crossed as two records
-/// and two segments per hop, and the peer woke for the head alone (tcpdump:
-/// a 31-byte segment before each 1,046-byte one). Buffered, what h2 writes in
-/// one turn leaves as one write; a write of a record or more (bulk frames)
-/// bypasses the buffer, so large payloads are not copied.
+/// The TLS stream as h2 writes to it: through a write buffer of one record,
+/// which h2 flushes when it has written a DATA frame. h2 hands each DATA
+/// frame over as two writes (frame head, payload), and tokio-rustls 0.23
+/// makes every write its own record and its own `sendmsg`: a 1 KiB echo
+/// crossed as two records and two segments per hop, and the peer woke for
+/// the head alone (tcpdump: a 31-byte segment before each 1,046-byte one).
+/// Buffered, a small frame's head and payload (and any small frames queued
+/// before it) leave as one record; a bulk payload of a record or more
+/// bypasses the buffer uncopied, its head still a record of its own as before.
 pub fn record_writer<T: tokio::io::AsyncWrite>(tls: T) -> tokio::io::BufWriter<T> {
     tokio::io::BufWriter::with_capacity(ONE_RECORD, tls)
 }

@@ -7,13 +7,14 @@
  */
 import t from 'tap';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
+import { defaultDataplaneBinary } from '../../agent/proxy/native-inbound.ts';
 import { RELAY_HEADROOM_BYTES, effectiveHeadroom } from '../../agent/proxy/gc-tuning.ts';
 import { agentKnowsNode, agentsReady, ambitctl, childPids, sendRandom, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
@@ -332,30 +333,29 @@ export function agentSuite(o: AgentSuiteOptions): void {
 
   // The default: native when the executable is there (the native suite's
   // build), node:http2 when it is not (here a path with nothing at it).
-  t.test('--dataplane auto, the default: ambit-dataplane when its executable is there, else node:http2, said so', async (t) => {
+  t.test('--dataplane auto, the default: ambit-dataplane when its executable is there and current, else node:http2, said so', async (t) => {
     await agentB.proc.stop('SIGTERM');
     if (o.dataplane === 'native') {
       // An executable built from other sources (here: one that states no
-      // protocol version, as every build before the check did) is refused at
-      // start, not misread.
+      // protocol version, as every build before the check did) is refused
+      // when native is asked for, not misread.
       const stale = join(root, 'stale-dataplane');
-      writeFileSync(stale, `#!/bin/sh
-echo '{"t":"listening","addr":"${B}:15008"}'
-exec cat >/dev/null
-`, { mode: 0o755 });
-      await t.rejects(startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane-binary', stale] }),
-        /speaks control protocol none, this agent 1: it was built from other sources; rebuild it/, 'a data plane of another protocol: the agent refuses to start, saying why');
+      writeFileSync(stale, `#!/bin/sh\necho '{"t":"listening","addr":"${B}:15008"}'\nexec cat >/dev/null\n`, { mode: 0o755 });
+      await t.rejects(startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane', 'native', '--dataplane-binary', stale] }),
+        /speaks control protocol none, this agent 1: it was built from other sources; rebuild it/, '--dataplane native with a data plane of another protocol: the agent refuses to start, saying why');
     }
-    const missing = join(root, 'no-such-dataplane');
-    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: o.dataplane === 'native' ? [] : ['--dataplane-binary', missing] });
+    // The node suite's agent finds a stale executable (of no stated protocol): auto takes node.
+    const stale = join(root, 'stale-for-auto');
+    writeFileSync(stale, '#!/bin/sh\nexit 2\n', { mode: 0o755 });
+    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: o.dataplane === 'native' ? [] : ['--dataplane-binary', stale] });
     await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready');
     const dump = JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { config: { dataplane: string }; dataplane: { path: string; binary?: string } };
     t.equal(dump.config.dataplane, 'auto', 'no --dataplane given: auto');
     t.equal(dump.dataplane.path, o.dataplane, `it serves on ${o.dataplane}`);
     t.equal(childPids(agentB.proc.child.pid!).length, o.dataplane === 'native' ? 1 : 0, 'with an ambit-dataplane child only when native');
-    const warned = agentB.proc.logs.find((l) => l.msg === 'ambit-dataplane is not installed: serving on the node:http2 data path (--dataplane auto)');
+    const warned = agentB.proc.logs.find((l) => l.msg === 'ambit-dataplane cannot serve: serving on the node:http2 data path (--dataplane auto)');
     if (o.dataplane === 'native') t.notOk(warned, 'nothing to warn about');
-    else t.equal(warned?.binary, missing, 'it warns, naming where it looked');
+    else t.match(warned, { binary: stale, why: /speaks control protocol none, this agent 1/ }, 'it warns, naming the executable and why');
     const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
     t.equal(reply, 0, 'tunnels open through it');
     const r = await echoTransfer(socket, 256 * 1024);
@@ -396,6 +396,34 @@ exec cat >/dev/null
       }, 'the upstream listener serves again through node-a\'s new ambit-dataplane');
       t.equal(u.received, u.sent, 'bytes intact through the upstream listener again');
       t.equal(u.receivedBytes, 256 * 1024);
+    });
+
+    // The executable replaced under a running agent by one of another
+    // protocol (an upgrade half done), then the data plane restarted: the
+    // agent must not misread it, and must not go on reporting ready.
+    t.test('ambit-dataplane replaced by another protocol\'s, then restarted: not started, and the agent is not ready', async (t) => {
+      await agentB.proc.stop('SIGTERM');
+      const bin = join(root, 'dataplane-copy');
+      copyFileSync(defaultDataplaneBinary(), bin);
+      chmodSync(bin, 0o755);
+      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: [...B_EXTRA, '--dataplane-binary', bin] });
+      await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready on the copy');
+      // A new file renamed over the old (the running one keeps its inode), as an install does.
+      writeFileSync(`${bin}.new`, `#!/bin/sh\necho '{"t":"listening","addr":"${B}:15008"}'\nexec cat >/dev/null\n`, { mode: 0o755 });
+      renameSync(`${bin}.new`, bin);
+      process.kill(childPids(agentB.proc.child.pid!)[0]!, 'SIGKILL');
+      await agentB.proc.waitForLog((l) => l.msg === 'ambit-dataplane speaks another control protocol; not using it');
+      const ready = await eventually(async () => {
+        const r = await httpGet(hostPortOf(agentB.ready), '/healthz/ready');
+        return r.status !== 200 ? r : undefined;
+      }, 'not ready');
+      t.match(ready.body, /speaks control protocol none, this agent 1/, 'readiness says why');
+      await new Promise((r) => setTimeout(r, 1_500)); // past the restart delay
+      t.same(childPids(agentB.proc.child.pid!), [], 'and the stale executable is not started again');
+      // Back on the built executable for what follows.
+      await agentB.proc.stop('SIGTERM');
+      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: B_EXTRA });
+      await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready again');
     });
   }
 

@@ -242,7 +242,7 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
       t.equal((lstatSync(wrapper).mode & 0o777).toString(8), '755', `${bin} is executable`);
       t.match(readFileSync(wrapper, 'utf8'), /^exec \/usr\/lib\/ambit\/node_modules\/node\/bin\/node \/usr\/lib\/ambit\//m, `${bin} runs the bundled Node.js`);
     }
-    // npm test builds it before the tests run; an installer that dropped it would leave --dataplane native with nothing to start.
+    // npm test builds it before the tests run; an installer that dropped it would leave the agent on node:http2 (auto) or unable to start (native).
     const dataplane = join(host, 'usr/lib/ambit', DATAPLANE);
     t.ok(existsSync(join(ROOT, DATAPLANE)), `the checkout has ${DATAPLANE} (npm run build:dataplane)`);
     t.equal(existsSync(dataplane) && (lstatSync(dataplane).mode & 0o777).toString(8), '755', 'the native data path is installed, executable, where the agent looks for it');

@@ -106,7 +106,7 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
 
 // h2 hands a DATA frame to TLS as two writes (frame head, payload), which
 // tokio-rustls would send as two records: the peer wakes for the head alone
-// (dataplane/src/coalesce.rs). A 1 KiB echo must leave as one record.
+// (tls::record_writer in dataplane/src/tls.rs). A 1 KiB echo must leave as one record.
 t.test('a small DATA frame leaves as one TLS record', async (t) => {
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));

@@ -174,7 +174,7 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
 });
 
 // The client half writes its DATA frames through the same coalescing
-// writer as inbound (dataplane/src/coalesce.rs): a 1 KiB write from the
+// writer as inbound (tls::record_writer in dataplane/src/tls.rs): a 1 KiB write from the
 // workload must reach the destination agent as one TLS record.
 t.test('upstream listener: a small DATA frame leaves as one TLS record', async (t) => {
   const mesh = pki([CLIENT_ID, WEB_ID]);
