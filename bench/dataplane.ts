@@ -211,7 +211,7 @@ async function main(): Promise<void> {
   const rounds = intArg(values.rounds, 2000, 10, 100_000, '--rounds');
   const rateMs = intArg(values['rate-seconds'], 5, 1, 30, '--rate-seconds') * 1000;
   const concurrency = intArg(values.concurrency, 16, 1, 256, '--concurrency');
-  const dataplane = values.dataplane ?? resolveDataplane('auto', defaultDataplaneBinary());
+  const dataplane = values.dataplane ?? resolveDataplane('auto', defaultDataplaneBinary()).path;
   if (dataplane !== 'node' && dataplane !== 'native') throw new Error(`--dataplane must be node or native, got ${dataplane}`);
   // What ships is the compiled JavaScript (dist/, `npm run build`), so that is
   // what is measured: running from source through type stripping adds about
