@@ -449,8 +449,9 @@ async function main(): Promise<void> {
     // ------------------------------------------------------------ c. new connections
     log(`new connections: ${rateMs / 1000} s at concurrency ${concurrency} (x${runs}), after ${CONN_WARMUP_MS / 1000} s untimed on each path`);
     // Untimed first: until now each path has opened only a handful of
-    // connections, so the first timed run would also measure the Node.js
-    // processes' JIT compiling their per-connection code.
+    // connections, and the first timed run came out low for the paths run
+    // by Node.js processes (most likely their JIT compiling the
+    // per-connection code).
     for (const p of paths) {
       if (remainingMs() < CONN_WARMUP_MS + 1_000) break;
       await connectionRate(p.target, CONN_WARMUP_MS, concurrency, 200_000, 5_000).catch(() => undefined);

@@ -45,6 +45,11 @@ export function dataplaneBinaryFrom(here: string): string {
   return join(root, DATAPLANE_BINARY);
 }
 
+/** What the agent says of an executable that speaks another control protocol (`said`: its own, if any). */
+function staleProtocol(binary: string, said: string): string {
+  return `ambit-dataplane at ${binary} speaks control protocol ${said || 'none'}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
+}
+
 /**
  * Which data path serves: `auto` (the default) is ambit-dataplane when its
  * executable is there and speaks this agent's control protocol, else
@@ -63,7 +68,7 @@ export function resolveDataplane(choice: 'auto' | 'node' | 'native', binary: str
   const asked = spawnSync(binary, ['--protocol'], { encoding: 'utf8', timeout: 5_000 });
   const said = asked.status === 0 ? asked.stdout.trim() : '';
   if (said !== String(DATAPLANE_PROTOCOL)) {
-    return { path: 'node', why: `ambit-dataplane at ${binary} speaks control protocol ${said || 'none'}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again` };
+    return { path: 'node', why: staleProtocol(binary, said) };
   }
   return { path: 'native' };
 }
@@ -355,7 +360,7 @@ export class NativeInbound {
     switch (m.t) {
       case 'listening': {
         if (m.protocol !== DATAPLANE_PROTOCOL) {
-          const message = `ambit-dataplane at ${this.#o.binary} speaks control protocol ${String(m.protocol ?? 'none')}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
+          const message = staleProtocol(this.#o.binary, m.protocol === undefined ? '' : String(m.protocol));
           this.#o.logger.error({ binary: this.#o.binary, protocol: m.protocol ?? null, expected: DATAPLANE_PROTOCOL }, 'ambit-dataplane speaks another control protocol; not using it');
           // Not started again: the same executable would say the same.
           this.#incompatible = message;

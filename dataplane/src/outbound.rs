@@ -101,7 +101,7 @@ impl Outbound {
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let local = local.map_or_else(|| tcp.local_addr(), Ok);
-                    tokio::spawn(self.clone().connection(lid, tcp, Ok(remote), local));
+                    tokio::spawn(self.clone().connection(lid, tcp, remote, local));
                 }
                 // EMFILE or a peer that already reset: pause so it cannot spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -141,12 +141,12 @@ impl Outbound {
 
     /// One client connection: the agent checks its source and routes it; the
     /// client's bytes wait in the socket until the tunnel is open.
-    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream, remote: std::io::Result<SocketAddr>, local: std::io::Result<SocketAddr>) {
+    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>) {
         let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.routes.lock().unwrap().insert(id, tx);
         let addr = |a: std::io::Result<SocketAddr>| a.map(|a| json!([a.ip().to_string(), a.port()])).unwrap_or(json!(["", 0]));
-        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(remote), "local": addr(local) }));
+        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(Ok(remote)), "local": addr(local) }));
         let Ok(route) = rx.await else { return reset(tcp) };
         match route.verdict.as_str() {
             "tunnel" => self.tunnel(id, tcp, route).await,

@@ -9,7 +9,7 @@
  * bundle, reset the client of a refused or failed tunnel, and close its
  * listeners and pooled connections on a drain.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { createSecureServer, type Http2SecureServer, type ServerHttp2Session } from 'node:http2';
 import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
@@ -65,6 +65,22 @@ function through(port: number, bytes: number): { socket: Socket; done: Promise<{
     socket.once('connect', () => sendRandom(socket, bytes, sent));
   });
   return { socket, done };
+}
+
+/**
+ * A data plane with the client workload's identity and one upstream
+ * listener bound (id `lid`), as the source agent sets it up.
+ */
+async function clientDataplane(t: Test, mesh: ReturnType<typeof pki>, lid: number): Promise<{ dp: Dataplane; port: number }> {
+  const client = mesh.leaves.get(CLIENT_ID)!;
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  await dp.next((m) => m.t === 'listening', 'listening');
+  dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
+  await dp.next((m) => m.t === 'ack', 'ack');
+  dp.say({ t: 'listen', lid, addr: `${HOST}:0` });
+  const port = Number(String((await dp.next((m) => m.t === 'bound', 'bound')).addr).split(':')[1]);
+  return { dp, port };
 }
 
 t.test('upstream listener: routed tunnels on one pooled connection, refusals, a rejected or foreign server, drain', async (t) => {
@@ -173,26 +189,18 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
   t.equal(after, 'ECONNREFUSED', 'the upstream listener is closed after the drain');
 });
 
-// The client half writes its DATA frames through the same coalescing
-// writer as inbound (tls::record_writer in dataplane/src/tls.rs): a 1 KiB write from the
-// workload must reach the destination agent as one TLS record.
+// The client half writes its DATA frames through the same record writer as
+// inbound (tls::record_writer in dataplane/src/tls.rs): a 1 KiB write from
+// the workload must reach the destination agent as one TLS record.
 t.test('upstream listener: a small DATA frame leaves as one TLS record', async (t) => {
   const mesh = pki([CLIENT_ID, WEB_ID]);
-  const client = mesh.leaves.get(CLIENT_ID)!;
   const dest = hboneServer({ bundle: mesh.bundle, ...mesh.leaves.get(WEB_ID)! });
   await new Promise<void>((r) => dest.server.listen(0, HOST, r));
   t.teardown(() => void dest.server.close());
   const relay = new RecordingRelay({ host: HOST, port: (dest.server.address() as AddressInfo).port });
   const relayPort = await relay.listen();
   t.teardown(() => void relay.server.close());
-
-  const dp = new Dataplane(['--listen', `${HOST}:0`]);
-  t.teardown(() => void dp.child.kill('SIGKILL'));
-  await dp.next((m) => m.t === 'listening', 'listening');
-  dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
-  await dp.next((m) => m.t === 'ack', 'ack');
-  dp.say({ t: 'listen', lid: 1, addr: `${HOST}:0` });
-  const port = Number(String((await dp.next((m) => m.t === 'bound', 'bound')).addr).split(':')[1]);
+  const { dp, port } = await clientDataplane(t, mesh, 1);
 
   const socket = netConnect({ host: HOST, port, localAddress: CLIENT_ADDR });
   socket.on('error', () => undefined);
@@ -222,17 +230,10 @@ t.test('a listener address it cannot bind: an error naming the listener, and it 
 
 t.test('drain while a routed tunnel is still opening: it opens unpooled and intact, and drained waits for its connection', async (t) => {
   const mesh = pki([CLIENT_ID, WEB_ID]);
-  const client = mesh.leaves.get(CLIENT_ID)!;
   const dest = hboneServer({ bundle: mesh.bundle, ...mesh.leaves.get(WEB_ID)! });
   await new Promise<void>((r) => dest.server.listen(0, HOST, r));
   t.teardown(() => void dest.server.close());
-  const dp = new Dataplane(['--listen', `${HOST}:0`]);
-  t.teardown(() => void dp.child.kill('SIGKILL'));
-  await dp.next((m) => m.t === 'listening', 'listening');
-  dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
-  await dp.next((m) => m.t === 'ack', 'ack');
-  dp.say({ t: 'listen', lid: 0, addr: `${HOST}:0` });
-  const port = Number(String((await dp.next((m) => m.t === 'bound', 'bound')).addr).split(':')[1]);
+  const { dp, port } = await clientDataplane(t, mesh, 0);
 
   const conn = through(port, 1024 * 1024);
   const out = await dp.next((m) => m.t === 'out', 'out');
