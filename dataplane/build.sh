@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Builds ambit-dataplane (the native inbound data path, docs/native-dataplane.md) offline,
-# from Debian's packaged Rust crates: only Debian's archive is needed.
+# Builds ambit-dataplane (the native data path, docs/native-dataplane.md) from
+# crates.io, with exactly the versions in Cargo.lock (--locked: a lock file
+# that no longer matches Cargo.toml is an error, not a silent update).
+# Cheap when nothing changed: cargo only checks timestamps.
 set -euo pipefail
 cd "$(dirname "$0")"
-crates=(librust-tokio-dev librust-h2-dev librust-http-dev librust-bytes-dev librust-rustls-dev librust-tokio-rustls-dev librust-rustls-pemfile-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-base64-dev librust-webpki-dev librust-libc-dev)
-missing=()
-for c in "${crates[@]}"; do dpkg -s "$c" >/dev/null 2>&1 || missing+=("$c"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+# AMBIT_DATAPLANE_BUILD=skip: the executable comes from elsewhere, and `npm ci`
+# (whose install script runs this) must not need Rust: the image's build
+# stage (daemonset/Dockerfile; its dataplane stage builds it), or a host that
+# runs its agents on node:http2.
+if [ "${AMBIT_DATAPLANE_BUILD:-}" = skip ]; then
+  echo "build.sh: AMBIT_DATAPLANE_BUILD=skip: ambit-dataplane not built" >&2
+  exit 0
 fi
-command -v cargo >/dev/null || { echo "build.sh: cargo is not installed (Debian 12: apt-get install cargo-web; its cargo package, Rust 1.63, is too old for this crate)" >&2; exit 1; }
-cargo build --release --quiet
+# rustup installs cargo in ~/.cargo/bin, which a non-login shell (npm's
+# scripts, CI) may not have on PATH.
+cargo_bin="${CARGO_HOME:-${HOME:-}/.cargo}/bin"
+[ -d "$cargo_bin" ] && PATH="$PATH:$cargo_bin"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+if ! command -v cargo >/dev/null; then
+  echo "build.sh: cargo not found: ambit-dataplane needs a Rust toolchain, Rust ${msrv} or newer (https://rustup.rs: curl --proto '=https' -sSf https://sh.rustup.rs | sh)" >&2
+  exit 1
+fi
+# --quiet hides progress only; warnings and errors still print.
+cargo build --release --locked --quiet
 echo "built $(pwd)/target/release/ambit-dataplane"

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use serde_json::json;
@@ -113,7 +111,7 @@ impl Core {
         let error = tokio::select! {
             e = relay::run(&mut tcp, &mut send, recv, counts.directions(is_source)) => e,
             _ = closed => {
-                let _ = tcp.set_linger(Some(Duration::ZERO));
+                let _ = tcp.set_zero_linger();
                 Some("closed by the agent".to_string())
             }
         };
@@ -149,11 +147,9 @@ impl Core {
     }
 }
 
-/// Resolves once the flag is set (tokio 1.24 has no `wait_for`).
+/// Resolves once the flag is set; never, if the flag's sender is gone.
 pub async fn until_true(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    if rx.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::Bytes;
 use h2::{server, Reason, RecvStream};
 use http::{HeaderMap, Request, Response};
@@ -24,7 +26,28 @@ use crate::tls::Tls;
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 pub const MAX_FRAME: u32 = 1024 * 1024;
+/// Concurrent CONNECT streams a peer may open on one connection: each is a
+/// tunnel, and the Node.js path admits as many (hbone-server.ts).
 const MAX_STREAMS: u32 = 1000;
+/// Streams a peer opened and reset before we accepted them, at most, before
+/// h2 ends the connection with ENHANCE_YOUR_CALM: the HTTP/2 rapid-reset
+/// attack (CVE-2023-44487) costs us work per stream and the peer none. h2's
+/// default, the value hyper ships.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams we reset because the peer broke the protocol on them, at most,
+/// before h2 ends the connection: the "MadeYouReset" variant
+/// (CVE-2025-8671), where the peer provokes the resets. h2's default; a
+/// well-behaved agent provokes none.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// One header block's decoded size, at most: a CONNECT's head is an
+/// authority, a `forwarded`, `traceparent` and a W3C `baggage` (itself
+/// capped at 8 KiB), and an answer a status and a reason; h2's default
+/// (16 MiB) would let a peer make us buffer that much per block.
+pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Bytes buffered per stream waiting for the socket, at most (h2's default):
+/// six of the relay's 64 KiB reads, enough to keep a bulk tunnel's socket
+/// busy, while 1,000 streams cannot hold more than 400 MiB per connection.
+pub const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// A slow or silent client must not hold a socket (the Node.js server's handshakeTimeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -103,8 +126,8 @@ impl Inbound {
             self.core.outbox.send(json!({ "t": "refused", "reason": "not_h2" }));
             return;
         }
-        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| base64::encode(&c.0)).collect();
-        let sni = conn.sni_hostname().unwrap_or("").to_string();
+        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| STANDARD.encode(c)).collect();
+        let sni = conn.server_name().unwrap_or("").to_string();
         let sid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.sessions.lock().unwrap().insert(sid, tx);
@@ -128,6 +151,10 @@ impl Inbound {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
             // A stream we reset is forgotten once its RST_STREAM is written
             // (late frames for it get STREAM_CLOSED), so that a drain can
             // tell from the streams h2 still holds when everything is written.
@@ -155,7 +182,7 @@ impl Inbound {
                 // the PING whose answer ends the connection) ahead of streams'
                 // queued DATA, so the answer would not prove the peer read the
                 // tails. And a Node.js client answers a GOAWAY with its own,
-                // on which h2 0.3.13 fails every stream still open, tails and all.
+                // on which h2 fails every stream still open, tails and all.
                 // Until then new streams are refused (REFUSED_STREAM), which also
                 // makes the client's pool stop using this connection.
                 Event::Flushed => {
@@ -222,14 +249,20 @@ impl Inbound {
 fn handshake_failure(e: &std::io::Error) -> &'static str {
     use rustls::Error::*;
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(NoCertificatesPresented | InvalidCertificateEncoding | InvalidCertificateSignatureType | InvalidCertificateSignature | InvalidCertificateData(_) | UnsupportedNameType) => "peer_certificate",
+        Some(NoCertificatesPresented | InvalidCertificate(_) | UnsupportedNameType) => "peer_certificate",
         Some(NoApplicationProtocol) => "not_h2",
         _ => "tls",
     }
 }
 
+/// What `poll_accept` gives: the next stream, an error, or the connection's end.
+type Accepted = Option<Result<(Request<RecvStream>, server::SendResponse<Bytes>), h2::Error>>;
+
+// A stream comes with its request: the size difference is one value on the
+// stack, moved once per stream, which boxing would turn into an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Event {
-    Stream(Option<Result<(Request<RecvStream>, server::SendResponse<Bytes>), h2::Error>>),
+    Stream(Accepted),
     Flushed,
 }
 

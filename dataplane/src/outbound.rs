@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::encode as b64;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::Bytes;
 use h2::{client, Reason};
 use http::{Method, Request};
-use rustls::ServerName;
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -25,7 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::control::RouteIn;
 use crate::core::{until_true, Core};
-use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
 use crate::relay;
 use crate::tls::Tls;
@@ -169,8 +170,8 @@ impl Outbound {
         let error = tokio::select! {
             e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
             _ = closed => {
-                let _ = tcp.set_linger(Some(Duration::ZERO));
-                let _ = upstream.set_linger(Some(Duration::ZERO));
+                let _ = tcp.set_zero_linger();
+                let _ = upstream.set_zero_linger();
                 Some("closed by the agent".to_string())
             }
         };
@@ -321,13 +322,13 @@ impl Outbound {
         let tcp = TcpStream::connect(route.hbone.as_str()).await.map_err(|e| errno_name(&e))?;
         let _ = tcp.set_nodelay(true);
         let (tcp, back) = linger::wrap(tcp);
-        let name = ServerName::try_from(route.sni.as_str()).map_err(|e| format!("server name {}: {e}", route.sni))?;
+        let name = ServerName::try_from(route.sni.clone()).map_err(|e| format!("server name {}: {e}", route.sni))?;
         let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(b"h2".as_slice()) {
             return Err("peer did not negotiate h2".into());
         }
-        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| b64(&c.0)).collect();
+        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| STANDARD.encode(c)).collect();
         let pid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.peers.lock().unwrap().insert(pid, tx);
@@ -340,6 +341,15 @@ impl Outbound {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .enable_push(false)
+            // The agent opens every stream; the peer may open none (no push).
+            .max_concurrent_streams(0)
+            // The same limits as the server's (inbound.rs says why each):
+            // a peer agent that resets or provokes resets without end, or
+            // answers with huge headers, loses the connection.
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
             .handshake::<_, Bytes>(crate::tls::record_writer(tls))
             .await
             .map_err(|e| e.to_string())?;
@@ -381,5 +391,5 @@ impl Drop for Release {
 /// Resets the client's connection (RST, not FIN): the application sees a
 /// failed connection, as with the Node.js data path.
 fn reset(tcp: TcpStream) {
-    let _ = tcp.set_linger(Some(Duration::ZERO));
+    let _ = tcp.set_zero_linger();
 }

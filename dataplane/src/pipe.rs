@@ -47,7 +47,9 @@ impl Std {
         if !socket_or_fifo(fd) || !set_nonblocking(fd) {
             return None;
         }
-        match AsyncFd::new(file) {
+        // SAFETY: the fd stays open while the AsyncFd lives (Raw never closes
+        // it) and nothing else registers it with the reactor.
+        match unsafe { AsyncFd::register(file) } {
             Ok(fd) => Some(Std { fd }),
             Err(_) => {
                 set_blocking(fd);
