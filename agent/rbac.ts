@@ -18,8 +18,13 @@ import type { SpiffeId } from '../shared/spiffe-id.ts';
 export interface ConnectionFacts {
   /** Verified peer identity; undefined for plaintext (permissive mode) connections. */
   readonly sourceIdentity: SpiffeId | undefined;
-  /** IP of the client as seen by the destination agent. */
-  readonly sourceAddress: string;
+  /**
+   * IP of the client, only when verified: the TCP peer of a plaintext
+   * connection, or a `Forwarded` claim the peer agent proved
+   * (connection/source-proof.ts). undefined: no verified address, so no
+   * `ipBlocks` ALLOW can match (and an `ipBlocks` DENY fails closed).
+   */
+  readonly sourceAddress: string | undefined;
   /** The local destination workload. */
   readonly destination: Workload;
   readonly destinationPort: number;
@@ -248,9 +253,9 @@ function peerOf(facts: ConnectionFacts): Peer {
   // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; they must match
   // IPv4 blocks. BlockList already maps them, but checking the plain IPv4 form
   // keeps that security property from resting on an undocumented-as-contract detail.
-  const mapped = ip.startsWith('::') ? MAPPED_V4.exec(ip) : null; // skip the regex (and its array) for most peers
+  const mapped = ip?.startsWith('::') ? MAPPED_V4.exec(ip) : null; // skip the regex (and its array) for most peers
   if (mapped?.[1] !== undefined) ip = mapped[1];
-  const version = isIP(ip);
+  const version = ip === undefined ? 0 : isIP(ip);
   if (version === 0) ip = undefined;
   return { principal, namespace, serviceAccount, ip, family: version === 6 ? 'ipv6' : 'ipv4', port: facts.destinationPort };
 }

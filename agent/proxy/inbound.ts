@@ -10,6 +10,10 @@ import type { ConnectionTracker } from './connection-tracker.ts';
 import type { PeerInfo } from './hbone-server.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { relay } from './relay.ts';
+import { verifyClaimedSource } from '../connection/source-proof.ts';
+
+/** Response flag of a stream refused because its `Forwarded` address is not the peer's (docs/architecture.md, HBONE statuses). */
+export const UNVERIFIED_SOURCE_FLAG = 'UNVERIFIED_SOURCE';
 
 export interface InboundDeps {
   readonly state: MeshState;
@@ -102,12 +106,13 @@ export interface Refused {
  */
 export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo): Admitted | Refused {
   const bag = baggageWorkload(req.baggage);
-  const srcAddr = forwardedFor(req.forwarded) ?? peer.remoteAddress;
-  const srcWorkload = d.state.workloadByAddress(srcAddr);
-  // Name the source workload only when its registered identity is the certificate's: telemetry must not be spoofable by a header.
-  const srcNamed = srcWorkload && d.state.identityOf(srcWorkload).uri === peer.identity.uri ? srcWorkload : undefined;
+  const claimed = forwardedFor(req.forwarded);
+  const claim = verifyClaimedSource(d.state, claimed, { identityUri: peer.identity.uri, remoteAddress: peer.remoteAddress });
+  // Name the source workload only when the claim is verified: telemetry must not be spoofable by a header.
+  const srcNamed = claim.ok ? claim.workload : undefined;
   const src: Peer = {
-    addr: srcAddr,
+    // What was claimed (refused or not) is worth logging; with no claim, the TCP peer (the source agent).
+    addr: claimed ?? peer.remoteAddress,
     workload: srcNamed?.metadata.name ?? (bag.namespace === peer.identity.namespace ? bag.name ?? 'unknown' : 'unknown'),
     namespace: peer.identity.namespace ?? 'unknown',
     identity: peer.identity.uri,
@@ -133,8 +138,14 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
   record.service = d.state.serviceNameFor(dst, target.port);
   // The client verified our certificate for peer.servedIdentity; tunnelling it to a workload of another identity would break that promise.
   if (dstIdentity !== peer.servedIdentity) return refuse(400, 'identity_mismatch', 'NR');
+  // Policy never sees an address nobody vouched for: a forged claim is refused outright.
+  if (!claim.ok) {
+    d.metrics.refused.inc({ direction: 'inbound', reason: claim.reason });
+    record.finish(`${claim.reason}: ${claim.detail}`, UNVERIFIED_SOURCE_FLAG);
+    return { allowed: false, status: 401, reason: claim.reason };
+  }
 
-  const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: srcAddr, destination: dst, destinationPort: target.port };
+  const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port };
   const decision = d.state.authorizer.evaluate(facts);
   if (!decision.allowed) {
     d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });

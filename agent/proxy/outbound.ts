@@ -96,7 +96,12 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
   const hbone = d.state.hboneAddressOf(target.spec.node);
   if (!hbone) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
   const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
-  const forAddr = isIP(src.addr) === 6 ? `"[${src.addr}]"` : src.addr || 'unknown';
+  // The address the source proof vouched for (the workload's registered
+  // one), not the socket's: a VM workload proven by uid may dial from
+  // 127.0.0.1, and the destination believes a claim only when it is an
+  // address of the certificate's workload (connection/source-proof.ts).
+  const claim = req.source.spec.address;
+  const forAddr = isIP(claim) === 6 ? `"[${claim}]"` : claim || 'unknown';
   return {
     record,
     plan: {

@@ -44,6 +44,8 @@ export class MeshState {
   #bundlePem = '';
   #nodes = new Map<string, string>();
   #byAddress = new Map<string, Workload>();
+  /** Every workload registered at an address (on a VM several may share the host's). */
+  #allByAddress = new Map<string, readonly Workload[]>();
   #servicesByVip = new Map<string, Service>();
   #servicesByName = new Map<string, Service>();
   #local: Workload[] = [];
@@ -86,12 +88,17 @@ export class MeshState {
     const authorizer = policiesChanged ? new Authorizer(policies) : this.#authorizer; // may throw: nothing changed yet
 
     const byAddress = new Map<string, Workload>();
+    const allByAddress = new Map<string, Workload[]>();
     const vips = new Map<string, Service>();
     const names = new Map<string, Service>();
     const local: Workload[] = [];
     for (const r of next.values()) {
       if (r.kind === 'Workload') {
-        byAddress.set(canonicalIp(r.spec.address) ?? r.spec.address, r);
+        const at = canonicalIp(r.spec.address) ?? r.spec.address;
+        byAddress.set(at, r);
+        const list = allByAddress.get(at);
+        if (list) list.push(r);
+        else allByAddress.set(at, [r]);
         if (r.spec.node === this.node) local.push(r);
       } else if (r.kind === 'Service') {
         names.set(`${r.metadata.name}.${r.metadata.namespace}`, r);
@@ -104,6 +111,7 @@ export class MeshState {
 
     this.#resources = next;
     this.#byAddress = byAddress;
+    this.#allByAddress = allByAddress;
     this.#servicesByVip = vips;
     this.#servicesByName = names;
     this.#local = local;
@@ -132,6 +140,12 @@ export class MeshState {
     const w = this.#byAddress.get(c);
     // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: that is the IPv4 workload.
     return w ?? (c.startsWith('::ffff:') && c.includes('.') ? this.#byAddress.get(c.slice('::ffff:'.length)) : undefined);
+  }
+
+  /** Every workload registered at ip, whichever node it is on (empty when none). */
+  workloadsAt(ip: string): readonly Workload[] {
+    const c = canonicalIp(ip) ?? ip;
+    return this.#allByAddress.get(c) ?? (c.startsWith('::ffff:') && c.includes('.') ? this.#allByAddress.get(c.slice('::ffff:'.length)) : undefined) ?? [];
   }
 
   /** The local workload at ip, if it serves `port` (empty port list: any port). */
