@@ -26,7 +26,8 @@ import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
 import { TunnelPool } from './proxy/tunnel-pool.ts';
 import { MeshState } from './state/mesh-state.ts';
-import { loadState, saveState } from './state/state-cache.ts';
+import { loadState, serializeState, statePath } from './state/state-cache.ts';
+import { Persister } from './state/persister.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
 import { bundleCertificates, certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 import type { X509Certificate } from 'node:crypto';
@@ -78,12 +79,26 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     }
   };
   try {
+    // --- persistence: every data-directory write goes through here (a full disk must not stop the agent)
+    const persistState = { failures: (_path: string, _code: string): void => undefined, health: (_healthy: boolean): void => undefined };
+    const persister = new Persister({
+      dataDir: cfg.dataDir,
+      logger: log,
+      now,
+      onFailure: (path, code) => persistState.failures(path, code),
+      onHealth: (healthy) => persistState.health(healthy),
+    });
+    cleanups.push(() => persister.close());
+    const persistWrite = (path: string, data: string): void => void persister.write(path, data);
+
     // --- identity
     let caClient: CaClient | undefined;
     const certs = new CertManager({
       dir: join(cfg.dataDir, 'certs'),
       logger: log,
       now,
+      write: persistWrite,
+      remove: (path) => void persister.remove(path),
       issuer: () => (identity, keys) => {
         if (!caClient) throw new Error('no controller client yet');
         return caClient.createCertificate(identity, keys);
@@ -91,7 +106,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     });
     cleanups.push(() => certs.close());
     certs.load();
-    const info = await establishNodeIdentity({ dataDir: cfg.dataDir, node: cfg.node, controller: cfg.controller, joinToken: cfg.join, kubernetesTokenFile: cfg.kubernetesTokenFile, caBundle: cfg.caBundle, certs, logger: log, now });
+    const info = await establishNodeIdentity({ dataDir: cfg.dataDir, node: cfg.node, controller: cfg.controller, joinToken: cfg.join, kubernetesTokenFile: cfg.kubernetesTokenFile, caBundle: cfg.caBundle, certs, logger: log, now, write: persistWrite });
     const nodeIdentity = nodeId(info.trustDomain, cfg.node);
 
     // --- state: last good state from disk first
@@ -117,6 +132,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- telemetry
     const registry = createMetricsRegistry();
     const metrics = createAgentMetrics(registry);
+    metrics.persistHealthy.set(persister.healthy ? 1 : 0);
+    persistState.failures = (path, code) => metrics.persistFailures.inc({ path, errno: code || 'unknown' });
+    persistState.health = (healthy) => metrics.persistHealthy.set(healthy ? 1 : 0);
+    // Failures during start-up (before the registry existed) are counted too.
+    for (const f of persister.failures()) metrics.persistFailures.inc({ path: f.path, errno: f.code || 'unknown' }, f.attempts);
     const tracer = getTracer('ambit-agent', AGENT_VERSION);
     const refreshCertGauges = (): void => {
       metrics.certExpiry.reset();
@@ -234,13 +254,17 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- controller watch
     let saveTimer: NodeJS.Timeout | undefined;
+    // Serialized at each attempt, so a retry after a full disk writes the state held then, not a stale one.
+    const stateNow = (): string => serializeState({ revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
     const persist = (): void => {
       clearTimeout(saveTimer);
-      saveTimer = setTimeout(() => saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem }), 100);
+      saveTimer = setTimeout(() => void persister.write(statePath(cfg.dataDir), stateNow), 100);
     };
     cleanups.push(() => {
       clearTimeout(saveTimer);
-      if (haveState) saveState(cfg.dataDir, { revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
+      if (haveState) persister.write(statePath(cfg.dataDir), stateNow);
+      // Whatever still fails is lost with this process; the next start says what it found.
+      persister.flush();
     });
     // The root the controller signs with, as it last said (empty until it does).
     let activeRoot = '';
@@ -267,7 +291,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       metrics.watchUpdates.inc({ result: 'ack' });
       metrics.watchRevision.set(state.revision);
       if (effect.bundleChanged) {
-        saveNodeInfo(cfg.dataDir, { ...info, bundlePem: state.bundlePem });
+        saveNodeInfo(cfg.dataDir, { ...info, bundlePem: state.bundlePem }, persistWrite);
         rebuildCaClient();
       }
       if (effect.policiesChanged) {
@@ -323,6 +347,10 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       if (!haveState) return { ready: false, why: 'no mesh state yet (controller not reached, no cache)' };
       const missing = localIdentities().filter((u) => !certs.get(u));
       if (missing.length > 0) return { ready: false, why: `waiting for certificates: ${missing.join(', ')}` };
+      // Persistence failing does not make the agent unready: it serves from
+      // memory. It only loses the ability to restart without the controller,
+      // which the body, /config_dump and ambit_agent_persist_healthy say.
+      if (!persister.healthy) return { ready: true, why: `ready; persistence failing (serving from memory, retrying): ${persister.summary()}` };
       return { ready: true, why: 'ready' };
     };
     const metricsEndpoint = new HttpEndpoint({
@@ -352,6 +380,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         captureRules: capture?.rules() ?? [],
         gc: deps.gc ? { headroomMib: Math.round(deps.gc.headroom / 1024 / 1024), heapGrowingPercent: deps.gc.heapGrowingPercent } : null,
         ready: isReady(),
+        persistence: { healthy: persister.healthy, dataDir: cfg.dataDir, failing: persister.failures() },
       }),
     });
     const metricsAddr = await metricsEndpoint.listen({ host: cfg.address, port: cfg.metricsPort });

@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync, chmodSync, unlinkSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, statSync, writeSync, chmodSync, unlinkSync } from 'node:fs';
 import { dirname, join, basename } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -11,19 +11,27 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   const fd = openSync(tmp, 'wx', mode);
+  let open = true;
   try {
     const buf = typeof data === 'string' ? Buffer.from(data) : data;
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
     fsyncSync(fd);
-  } catch (err) {
+    open = false;
     closeSync(fd);
-    unlinkSync(tmp);
+    chmodSync(tmp, mode); // the umask may have narrowed it; never widened
+    renameSync(tmp, path);
+  } catch (err) {
+    // A failed write (ENOSPC, EIO) must not leave its temp file behind:
+    // on a full disk every retry would otherwise leak one more.
+    if (open) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // Already gone, or the filesystem refuses even that (read-only): nothing more to do.
+    }
     throw err;
   }
-  closeSync(fd);
-  chmodSync(tmp, mode); // the umask may have narrowed it; never widened
-  renameSync(tmp, path);
   try {
     const dfd = openSync(dirname(path), 'r');
     fsyncSync(dfd);
@@ -36,5 +44,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
 /** mkdir -p with mode 0700 for directories that hold secrets. */
 export function ensurePrivateDir(path: string): void {
   mkdirSync(path, { recursive: true, mode: 0o700 });
-  chmodSync(path, 0o700);
+  // Only when needed: chmod fails on a read-only filesystem, where a
+  // directory that is already private must not stop the process starting.
+  if ((statSync(path).mode & 0o777) !== 0o700) chmodSync(path, 0o700);
 }

@@ -33,6 +33,13 @@ export interface CertManagerOptions {
   readonly renewAt?: number;
   /** ± fraction of the lifetime added to the renewal time, so a fleet does not renew together. */
   readonly jitter?: number;
+  /**
+   * How a certificate file is written and removed. The agent passes its
+   * Persister, which never throws: a certificate the CA issued is served from
+   * memory even when the disk is full, and written once it can be.
+   */
+  readonly write?: (path: string, data: string) => void;
+  readonly remove?: (path: string) => void;
 }
 
 interface Slot {
@@ -132,7 +139,7 @@ export class CertManager {
       if (wanted.has(uri)) continue;
       clearTimeout(slot.timer);
       this.#slots.delete(uri);
-      rmSync(this.#file(uri), { force: true });
+      (this.#o.remove ?? ((p: string) => rmSync(p, { force: true })))(this.#file(uri));
       this.#o.logger.info({ identity: uri }, 'certificate dropped: identity no longer on this node');
     }
     const pending: Promise<void>[] = [];
@@ -205,7 +212,7 @@ export class CertManager {
   }
 
   #store(entry: CertEntry): void {
-    writeFileAtomic(this.#file(entry.identity.uri), JSON.stringify({ uri: entry.identity.uri, keyPem: entry.keyPem, chainPem: entry.chainPem }));
+    (this.#o.write ?? writeFileAtomic)(this.#file(entry.identity.uri), JSON.stringify({ uri: entry.identity.uri, keyPem: entry.keyPem, chainPem: entry.chainPem }));
     const slot = this.#slot(entry.identity.uri);
     slot.entry = entry;
     slot.since = this.#now();

@@ -26,8 +26,12 @@ export function loadNodeInfo(dataDir: string): NodeInfo | undefined {
   }
 }
 
-export function saveNodeInfo(dataDir: string, info: NodeInfo): void {
-  writeFileAtomic(join(dataDir, FILE), JSON.stringify(info));
+export function nodeInfoPath(dataDir: string): string {
+  return join(dataDir, FILE);
+}
+
+export function saveNodeInfo(dataDir: string, info: NodeInfo, write: (path: string, data: string) => void = writeFileAtomic): void {
+  write(nodeInfoPath(dataDir), JSON.stringify(info));
 }
 
 /**
@@ -49,6 +53,8 @@ export async function establishNodeIdentity(o: {
   readonly certs: CertManager;
   readonly logger: Logger;
   readonly now: () => number;
+  /** How node.json is written (the agent's Persister: a full disk must not fail a join that succeeded). */
+  readonly write?: (path: string, data: string) => void;
 }): Promise<NodeInfo> {
   const saved = loadNodeInfo(o.dataDir);
   if (saved && saved.node !== o.node) {
@@ -77,7 +83,7 @@ export async function establishNodeIdentity(o: {
   }
   const info: NodeInfo = { node: o.node, trustDomain: creds.trustDomain, bundlePem: creds.bundlePem };
   o.certs.put(nodeId(creds.trustDomain, o.node), creds.keyPem, creds.certChainPem);
-  saveNodeInfo(o.dataDir, info);
+  saveNodeInfo(o.dataDir, info, o.write);
   o.logger.info({ node: o.node, identity: nodeId(creds.trustDomain, o.node).uri, with: how, expiresAt: new Date(creds.expiresAt).toISOString() }, 'node joined the mesh');
   return info;
 }

@@ -93,6 +93,8 @@ export function createAgentMetrics(registry: Registry) {
     watchConnected: new Gauge({ name: 'ambit_watch_connected', help: '1 while the controller watch stream is up.', registers }),
     watchRevision: new Gauge({ name: 'ambit_watch_revision', help: 'Mesh state revision the agent serves.', registers }),
     watchUpdates: new Counter({ name: 'ambit_watch_updates_total', help: 'Controller updates by result (ack, nack).', labelNames: ['result'] as const, registers }),
+    persistFailures: new Counter({ name: 'ambit_agent_persist_failures_total', help: 'Failed writes to the data directory (each attempt), by path relative to it and errno.', labelNames: ['path', 'errno'] as const, registers }),
+    persistHealthy: new Gauge({ name: 'ambit_agent_persist_healthy', help: '1 when every write to the data directory has landed; 0 while one is failing and being retried.', registers }),
   };
 }
 

@@ -20,8 +20,17 @@ export interface CachedState {
 
 const FILE = 'state.json';
 
+export function statePath(dataDir: string): string {
+  return join(dataDir, FILE);
+}
+
+/** The file's content for `s` (the agent writes it through its Persister, which survives a full disk). */
+export function serializeState(s: CachedState): string {
+  return JSON.stringify({ version: 1, ...s, resources: s.resources.map((r) => ({ revision: r.metadata.revision, doc: toDocument(r) })) });
+}
+
 export function saveState(dataDir: string, s: CachedState): void {
-  writeFileAtomic(join(dataDir, FILE), JSON.stringify({ version: 1, ...s, resources: s.resources.map((r) => ({ revision: r.metadata.revision, doc: toDocument(r) })) }));
+  writeFileAtomic(statePath(dataDir), serializeState(s));
 }
 
 /** The cached state, or undefined when there is none or it is unreadable (logged; the agent then waits for the controller). */
