@@ -10,7 +10,8 @@ export interface CliContext {
   readonly out: (text: string) => void;
   readonly err: (text: string) => void;
   readonly readFile: (path: string) => string;
-  readonly readStdin: () => string;
+  /** All of standard input, to EOF. */
+  readonly readStdin: () => Promise<string>;
   readonly now: () => number;
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
+import { text } from 'node:stream/consumers';
 import { Command, CommanderError } from 'commander';
 import { AmbitError } from '../../shared/errors.ts';
 import { VERSION } from '../app.ts';
@@ -58,7 +59,9 @@ if (import.meta.main) {
     out: (t) => process.stdout.write(t),
     err: (t) => process.stderr.write(t),
     readFile: (p) => readFileSync(p, 'utf8'),
-    readStdin: () => readFileSync(0, 'utf8'),
+    // Read as a stream to EOF: a synchronous read of fd 0 fails with EAGAIN
+    // when stdin is a non-blocking pipe whose writer has not written yet.
+    readStdin: () => text(process.stdin),
     now: Date.now,
   };
   run(process.argv.slice(2), ctx).then((code) => {

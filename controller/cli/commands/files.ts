@@ -6,8 +6,14 @@ import { KINDS, type Kind, type ResourceKey } from '../../../shared/resources/ty
 import { example, withApi, type CliContext } from '../context.ts';
 import { applyResults } from './resources.ts';
 
-function readSource(ctx: CliContext, file: string): { text: string; source: string } {
-  if (file === '-') return { text: ctx.readStdin(), source: 'stdin' };
+async function readSource(ctx: CliContext, file: string): Promise<{ text: string; source: string }> {
+  if (file === '-') {
+    try {
+      return { text: await ctx.readStdin(), source: 'stdin' };
+    } catch (cause) {
+      throw new AmbitError('AMBIT_ERR_CLI_USAGE', `cannot read -f - (standard input): ${(cause as Error).message}`, { cause, details: { field: 'filename' } });
+    }
+  }
   try {
     return { text: ctx.readFile(file), source: file };
   } catch (cause) {
@@ -39,7 +45,7 @@ export function applyCommand(ctx: CliContext): Command {
     .option('--dry-run', 'validate on the controller and report what would change, without changing it')
     .addHelpText('after', example('ambitctl apply -f examples/demo.yaml\ncat policy.yaml | ambitctl apply -f -'))
     .action(async (o: { filename: string; dryRun?: boolean }, c: Command) => {
-      const { text, source } = readSource(ctx, o.filename);
+      const { text, source } = await readSource(ctx, o.filename);
       // Validate locally first for a fast, precise error; the controller validates again.
       const resources = validateAll(parseSourcedDocuments(text, source));
       if (resources.length === 0) throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${source}: no resources found`);
@@ -57,7 +63,7 @@ export function deleteCommand(ctx: CliContext): Command {
     .option('--ignore-not-found', 'skip resources that do not exist instead of failing')
     .addHelpText('after', example('ambitctl delete -f examples/demo.yaml'))
     .action(async (o: { filename: string; ignoreNotFound?: boolean }, c: Command) => {
-      const { text, source } = readSource(ctx, o.filename);
+      const { text, source } = await readSource(ctx, o.filename);
       const keys = keysOf(parseSourcedDocuments(text, source));
       await withApi(ctx, c, async (api) => {
         const res = await api.call('Delete', api.client.delete, { keys: keys.map(keyToWire), ignoreNotFound: o.ignoreNotFound === true });
