@@ -146,22 +146,7 @@ impl Inbound {
 
     async fn streams(self: Arc<Self>, sid: u64, tls: tokio_rustls::server::TlsStream<Lingering>) {
         let tls = crate::tls::record_writer(tls);
-        let Ok(mut conn) = server::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_concurrent_streams(MAX_STREAMS)
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-            .max_header_list_size(MAX_HEADER_LIST)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            // A stream we reset is forgotten once its RST_STREAM is written
-            // (late frames for it get STREAM_CLOSED), so that a drain can
-            // tell from the streams h2 still holds when everything is written.
-            .max_concurrent_reset_streams(0)
-            .handshake::<_, Bytes>(tls)
-            .await
-        else {
+        let Ok(mut conn) = h2_server().handshake::<_, Bytes>(tls).await else {
             return;
         };
         let mut draining = self.core.drain_signal();
@@ -243,6 +228,24 @@ impl Inbound {
     }
 }
 
+/// The HTTP/2 server of every inbound HBONE connection, its limits on.
+pub fn h2_server() -> server::Builder {
+    let mut b = server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        // A stream we reset is forgotten once its RST_STREAM is written
+        // (late frames for it get STREAM_CLOSED), so that a drain can
+        // tell from the streams h2 still holds when everything is written.
+        .max_concurrent_reset_streams(0);
+    b
+}
+
 /// The refusal reason of a failed handshake, as the Node.js path counts it:
 /// a client certificate that is missing or does not chain to the bundle is
 /// `peer_certificate`; a client offering no h2 is `not_h2`; anything else `tls`.
@@ -312,5 +315,106 @@ pub fn errno_name(e: &std::io::Error) -> String {
             Some(101) => "ENETUNREACH".into(),
             _ => e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The server's HTTP/2 limits, against a peer that breaks them: in
+    //! memory (tokio's duplex), the same builder the listener uses.
+    use super::*;
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+
+    /// Drives a server connection without accepting anything: resets a peer
+    /// makes stay pending in the accept queue. Its end (error or not).
+    async fn serve_unaccepted(io: tokio::io::DuplexStream) -> Result<(), h2::Error> {
+        let mut conn = h2_server().handshake::<_, Bytes>(io).await?;
+        std::future::poll_fn(|cx| conn.poll_closed(cx)).await
+    }
+
+    #[tokio::test]
+    async fn rapid_reset_ends_the_connection() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(serve_unaccepted(server_io));
+        let (mut client, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        // Open and reset streams as fast as the attack does; the server
+        // never accepts them. Bounded: a server without the limit stays up.
+        for _ in 0..(MAX_PENDING_ACCEPT_RESETS * 5) {
+            let Ok(ready) = client.clone().ready().await else { break };
+            client = ready;
+            let request = Request::builder().method("GET").uri("http://ambit.test/").body(()).unwrap();
+            let Ok((_, mut send)) = client.send_request(request, false) else { break };
+            send.send_reset(Reason::CANCEL);
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server ended the connection").unwrap();
+        assert_eq!(ended.expect_err("an error, not a clean close").reason(), Some(Reason::ENHANCE_YOUR_CALM));
+    }
+
+    /// One raw HTTP/2 frame.
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.put_uint(payload.len() as u64, 3);
+        out.put_u8(kind);
+        out.put_u8(flags);
+        out.put_u32(stream);
+        out.put_slice(payload);
+    }
+
+    #[tokio::test]
+    async fn provoked_resets_end_the_connection() {
+        // "MadeYouReset": each stream is valid until the peer's
+        // WINDOW_UPDATE overflows its window, which the server answers with
+        // a reset of its own (FLOW_CONTROL_ERROR) for that stream only.
+        let (mut client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(serve_unaccepted(server_io));
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+        for i in 0..(MAX_LOCAL_ERROR_RESETS as u32 + 100) {
+            let id = 2 * i + 1;
+            // HEADERS, END_HEADERS: :method GET, :scheme http, :path / (HPACK static table).
+            frame(&mut out, 0x1, 0x4, id, &[0x82, 0x86, 0x84]);
+            frame(&mut out, 0x8, 0, id, &0x7fff_ffffu32.to_be_bytes()); // WINDOW_UPDATE past 2^31-1
+        }
+        // The server may end the connection before it has read all of it.
+        let writer = tokio::spawn(async move {
+            let _ = client_io.write_all(&out).await;
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut client_io, &mut sink).await;
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server ended the connection").unwrap();
+        assert_eq!(ended.expect_err("an error, not a clean close").reason(), Some(Reason::ENHANCE_YOUR_CALM));
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_header_list_is_refused() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let accepted = tokio::spawn(async move {
+            let mut conn = h2_server().handshake::<_, Bytes>(server_io).await.unwrap();
+            let mut n = 0;
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                n += 1;
+                let _ = respond.send_response(Response::builder().status(200).body(()).unwrap(), true);
+            }
+            n
+        });
+        let (client, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let ask = |baggage: usize| {
+            let client = client.clone();
+            async move {
+                let mut client = client.ready().await.unwrap();
+                let request = Request::builder().method("GET").uri("http://ambit.test/").header("baggage", "k=".to_string() + &"v".repeat(baggage)).body(()).unwrap();
+                let (response, _) = client.send_request(request, true).unwrap();
+                response.await.map(|r| r.status().as_u16())
+            }
+        };
+        // W3C baggage at its 8 KiB limit passes; twice the limit does not.
+        assert_eq!(ask(8 * 1024).await.unwrap(), 200);
+        let refused = ask(2 * MAX_HEADER_LIST as usize).await;
+        assert!(!matches!(refused, Ok(200)), "an oversized header list reached the server: {refused:?}");
+        drop(client);
+        assert_eq!(accepted.await.unwrap(), 1, "only the request within the limit was accepted");
     }
 }

@@ -336,25 +336,28 @@ impl Outbound {
         if rx.await != Ok(true) {
             return Err(format!("peer is not {}", route.expect));
         }
-        let (send, conn) = client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .enable_push(false)
-            // The agent opens every stream; the peer may open none (no push).
-            .max_concurrent_streams(0)
-            // The same limits as the server's (inbound.rs says why each):
-            // a peer agent that resets or provokes resets without end, or
-            // answers with huge headers, loses the connection.
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-            .max_header_list_size(MAX_HEADER_LIST)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            .handshake::<_, Bytes>(crate::tls::record_writer(tls))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (send, conn) = h2_client().handshake::<_, Bytes>(crate::tls::record_writer(tls)).await.map_err(|e| e.to_string())?;
         Ok((send, conn, back))
     }
+}
+
+/// The HTTP/2 client of every pooled HBONE connection, its limits on.
+pub fn h2_client() -> client::Builder {
+    let mut b = client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .enable_push(false)
+        // The agent opens every stream; the peer may open none (no push).
+        .max_concurrent_streams(0)
+        // The same limits as the server's (inbound.rs says why each): a
+        // peer agent that resets or provokes resets without end, or answers
+        // with huge headers, loses the connection.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER);
+    b
 }
 
 /// Removes a closed connection from the pool, from its driver task.
