@@ -28,6 +28,8 @@ import { TunnelPool } from './proxy/tunnel-pool.ts';
 import { MeshState } from './state/mesh-state.ts';
 import { loadState, serializeState, statePath } from './state/state-cache.ts';
 import { Persister } from './state/persister.ts';
+import { checkUpdate, type RefusalReason } from './state/store-guard.ts';
+import { AmbitError } from '../shared/errors.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
 import { bundleCertificates, certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 import type { X509Certificate } from 'node:crypto';
@@ -115,9 +117,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // Ready needs *some* state (cached or from the controller), not a
     // non-zero revision: an empty mesh's first snapshot is revision 0.
     let haveState = cached !== undefined;
+    // The store identity of the state served (agent/state/store-guard.ts); persisted with it.
+    let storeId = cached?.storeId ?? '';
     if (cached) {
       state.apply({ revision: cached.revision, snapshot: cached.resources, bundlePem: cached.bundlePem, nodes: cached.nodes });
-      log.info({ revision: cached.revision, resources: cached.resources.length }, 'serving cached mesh state until the controller answers');
+      log.info({ revision: cached.revision, resources: cached.resources.length, storeId }, 'serving cached mesh state until the controller answers');
     }
     const bundlePem = (): string => state.bundlePem || info.bundlePem;
     const rebuildCaClient = (): void => {
@@ -255,7 +259,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- controller watch
     let saveTimer: NodeJS.Timeout | undefined;
     // Serialized at each attempt, so a retry after a full disk writes the state held then, not a stale one.
-    const stateNow = (): string => serializeState({ revision: state.revision, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
+    const stateNow = (): string => serializeState({ revision: state.revision, storeId, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
     const persist = (): void => {
       clearTimeout(saveTimer);
       saveTimer = setTimeout(() => void persister.write(statePath(cfg.dataDir), stateNow), 100);
@@ -286,7 +290,19 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       if (n > 0) log.info({ activeRoot, certificates: n, withinMs: ROOT_ROTATION_RENEW_SPREAD_MS }, 'renewing certificates that do not chain to the active CA root');
     };
     const applyUpdate = (u: WatchUpdate): void => {
+      try {
+        checkUpdate({ storeId: haveState ? storeId : '', revision: state.revision }, { storeId: u.storeId, revision: u.revision, snapshot: u.snapshot !== undefined }, cfg.acceptStore);
+      } catch (err) {
+        const reason = (err instanceof AmbitError ? err.details.reason : undefined) as RefusalReason | undefined;
+        metrics.watchRejected.inc({ reason: reason ?? 'unknown' });
+        log.error({ err, storeId: u.storeId, revision: u.revision, heldStoreId: storeId, heldRevision: state.revision, reason }, 'refusing controller state from another store or from behind the held revision; serving the state held');
+        throw err;
+      }
       const effect = state.apply(u);
+      if (u.storeId !== '' && u.storeId !== storeId) {
+        if (storeId !== '') log.warn({ storeId: u.storeId, was: storeId }, 'took state from a new store identity (--accept-store)');
+        storeId = u.storeId;
+      }
       haveState = true;
       metrics.watchUpdates.inc({ result: 'ack' });
       metrics.watchRevision.set(state.revision);
@@ -380,6 +396,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         captureRules: capture?.rules() ?? [],
         gc: deps.gc ? { headroomMib: Math.round(deps.gc.headroom / 1024 / 1024), heapGrowingPercent: deps.gc.heapGrowingPercent } : null,
         ready: isReady(),
+        store: { id: storeId, acceptStore: cfg.acceptStore ?? '' },
         persistence: { healthy: persister.healthy, dataDir: cfg.dataDir, failing: persister.failures() },
       }),
     });

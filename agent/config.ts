@@ -61,6 +61,7 @@ export const AGENT_OPTIONS = {
   gcHeadroomMib: intOption('MiB of JavaScript heap left free over the live heap so relayed Buffers die in young-generation collections (less CPU per byte, more memory), at most an eighth of a memory limit (cgroup); 0: V8\'s own heap growing', 128, 0, 4096),
   dataplane: enumOption('the data path of inbound HBONE (:15008) and the upstream listeners: native (the ambit-dataplane process, built by dataplane/build.sh: TLS, HTTP/2 and bytes in Rust, every decision in the agent; SOCKS5 and capture stay on node), node (node:http2 in the agent), or auto: native when the executable is installed and speaks this agent\'s control protocol, else node', ['auto', 'node', 'native'] as const, 'auto'),
   dataplaneBinary: stringOption('path of the ambit-dataplane executable for --dataplane native or auto (default: dataplane/target/release/ambit-dataplane in the package)'),
+  acceptStore: stringOption('take the controller\'s state from this store identity even when it is another store than the one whose state the agent holds, or behind it (after the controller\'s store was reinitialized or restored; remove once taken)', undefined, { re: /^[A-Za-z0-9._:\/-]{1,200}$/, what: 'a store identity as the agent logs it' }),
   connectTimeout: durationOption('timeout for dialling workloads and peer agents', 5_000, { minMs: 100, maxMs: 120_000 }),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
 } as const;

@@ -23,6 +23,7 @@ import { JoinTokens } from './registry/join-tokens.ts';
 import { NodeTracker } from './registry/node-tracker.ts';
 import { Registry } from './registry/registry.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
+import { checkStoreBeforeOpen, checkStoreIdentity, storePaths } from './store/store-guard.ts';
 import { KubernetesStore } from './store/kubernetes-store.ts';
 import { loadKubeConfig } from './store/kubernetes/kube-config.ts';
 import { kubernetesTokenReviewer } from './api/token-review.ts';
@@ -60,7 +61,16 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     });
   }
   ensurePrivateDir(cfg.dataDir);
-  const local = SqliteStore.open({ path: join(cfg.dataDir, 'ambit.db'), now });
+  // A CA without its store must not become an empty mesh served to every agent (store-guard.ts).
+  const paths = storePaths(cfg.dataDir);
+  checkStoreBeforeOpen(paths, cfg.reinitializeStore === true, logger);
+  const local = SqliteStore.open({ path: paths.db, now });
+  try {
+    checkStoreIdentity(paths, await local.identity(), cfg.reinitializeStore === true, logger);
+  } catch (err) {
+    await local.close();
+    throw err;
+  }
   // Kubernetes mode: mesh resources from the API, tokens/nodes/settings in the embedded store; agents may join with projected tokens.
   let store: Store = local;
   let reviewKubernetesToken: ((token: string, node: string) => Promise<void>) | undefined;
@@ -157,7 +167,9 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     await nodes.load();
     const tokens = new JoinTokens(store, now);
     const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl, reviewKubernetesToken };
-    const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics });
+    const storeId = await store.identity();
+    logger.info({ storeId, backend: store.backend }, 'store identity');
+    const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics, storeId });
     const server = new Server({
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,

@@ -1,5 +1,5 @@
 import {
-  durationOption, enumOption, hostPortOption, parseConfig, stringOption,
+  boolOption, durationOption, enumOption, hostPortOption, parseConfig, stringOption,
   type ConfigSources, type ConfigValues,
 } from '../shared/config-parse.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
@@ -11,6 +11,7 @@ export const CONTROLLER_OPTIONS = {
   listen: hostPortOption('gRPC API address (TLS 1.3)', { host: '0.0.0.0', port: 15012 }, 15012),
   monitoring: hostPortOption('/metrics and /healthz/ready address', { host: '0.0.0.0', port: 15014 }, 15014),
   trustDomain: stringOption('SPIFFE trust domain', 'cluster.local', { re: /^[a-z0-9._-]{1,255}$/, what: 'lower-case letters, digits, ".", "-", "_"' }),
+  reinitializeStore: boolOption('start a new, empty store even though the data directory holds a CA whose store is missing, empty or another one (agents keep their cached state and refuse the new store until told to accept it)'),
   store: enumOption('state store backend', ['sqlite', 'kubernetes', 'etcd'] as const, 'sqlite'),
   kubeconfig: stringOption('--store kubernetes: kubeconfig file of the API server (default: the in-cluster service account)'),
   agentServiceAccount: stringOption('--store kubernetes: NAMESPACE/NAME of the agents\' service account; only its tokens may join', 'ambit-system/ambit-agent', {

@@ -92,6 +92,7 @@ export function createAgentMetrics(registry: Registry) {
     survival: new Gauge({ name: 'ambit_agent_controller_independence_seconds', help: 'How long the agent can keep serving without the controller: until its earliest certificate expires.', registers }),
     watchConnected: new Gauge({ name: 'ambit_watch_connected', help: '1 while the controller watch stream is up.', registers }),
     watchRevision: new Gauge({ name: 'ambit_watch_revision', help: 'Mesh state revision the agent serves.', registers }),
+    watchRejected: new Counter({ name: 'ambit_watch_rejected_total', help: 'Controller updates refused because they come from another store identity or from behind the held revision, by reason (store_identity, revision_behind).', labelNames: ['reason'] as const, registers }),
     watchUpdates: new Counter({ name: 'ambit_watch_updates_total', help: 'Controller updates by result (ack, nack).', labelNames: ['result'] as const, registers }),
     persistFailures: new Counter({ name: 'ambit_agent_persist_failures_total', help: 'Failed writes to the data directory (each attempt), by path relative to it and errno.', labelNames: ['path', 'errno'] as const, registers }),
     persistHealthy: new Gauge({ name: 'ambit_agent_persist_healthy', help: '1 when every write to the data directory has landed; 0 while one is failing and being retried.', registers }),

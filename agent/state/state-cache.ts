@@ -13,6 +13,8 @@ import type { NodeEndpoint } from './mesh-state.ts';
  */
 export interface CachedState {
   readonly revision: number;
+  /** Identity of the controller store the state came from ('' in caches written before identities): agent/state/store-guard.ts. */
+  readonly storeId: string;
   readonly resources: readonly Resource[];
   readonly nodes: readonly NodeEndpoint[];
   readonly bundlePem: string;
@@ -42,13 +44,13 @@ export function loadState(dataDir: string, logger: Logger): CachedState | undefi
     return undefined;
   }
   try {
-    const raw = JSON.parse(text) as { version: number; revision: number; resources: { revision: number; doc: unknown }[]; nodes: NodeEndpoint[]; bundlePem: string };
+    const raw = JSON.parse(text) as { version: number; revision: number; storeId?: string; resources: { revision: number; doc: unknown }[]; nodes: NodeEndpoint[]; bundlePem: string };
     if (raw.version !== 1) throw new Error(`unknown cache version ${raw.version}`);
     const resources = raw.resources.map((r, i) => {
       const res = validateResource(r.doc, `${FILE}#${i + 1}`);
       return { ...res, metadata: { ...res.metadata, revision: r.revision } } as Resource;
     });
-    return { revision: raw.revision, resources, nodes: raw.nodes, bundlePem: raw.bundlePem };
+    return { revision: raw.revision, storeId: typeof raw.storeId === 'string' ? raw.storeId : '', resources, nodes: raw.nodes, bundlePem: raw.bundlePem };
   } catch (err) {
     logger.warn({ err }, 'cached mesh state is unreadable; ignoring it');
     return undefined;

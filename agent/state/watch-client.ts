@@ -45,6 +45,8 @@ export const WATCH_BACKOFF = { initialMs: 500, maxMs: 30_000 } as const;
 /** A state update plus what is not mesh state: the root that signs new certificates, when the controller says. */
 export interface WatchUpdate extends StateUpdate {
   readonly activeRoot?: string;
+  /** The identity of the controller's store ('' from a controller that sends none). */
+  readonly storeId: string;
 }
 
 /** Resources from the wire are validated again: a nack is better than serving what the agent cannot understand. */
@@ -57,6 +59,7 @@ function toUpdate(res: WatchResponse): WatchUpdate {
   const changes: Change[] = res.changes.map(changeFromWire).map((c) => (c.op === 'put' ? { op: 'put', resource: checked(c.resource) } : c));
   return {
     revision: res.revision,
+    storeId: res.storeId,
     ...(res.snapshot ? { snapshot: res.resources.map((r) => checked(resourceFromWire(r))) } : {}),
     ...(changes.length > 0 ? { changes } : {}),
     ...(res.trustBundlePem ? { bundlePem: res.trustBundlePem } : {}),

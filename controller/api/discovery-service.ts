@@ -21,6 +21,8 @@ export interface DiscoveryDeps {
   readonly auth: PeerAuthenticator;
   readonly logger: Logger;
   readonly metrics: ControllerMetrics;
+  /** The store's identity (Store.identity), sent on every response so agents can refuse state from another store. */
+  readonly storeId: string;
   /** How long a new stream may take to send its WatchStart. */
   readonly startTimeoutMs?: number;
 }
@@ -75,7 +77,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
 
     const send = (partial: Partial<WatchResponse> & { revision: number }, type: 'snapshot' | 'delta'): void => {
       if (closed) return;
-      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', ...partial };
+      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', ...partial, storeId: d.storeId };
       call.write(res);
       sentRevision = res.revision;
       d.metrics.watchPushes.inc({ type });

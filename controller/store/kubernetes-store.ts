@@ -1,5 +1,5 @@
-import type { KubeConfig, KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
-import { AmbitError } from '../../shared/errors.ts';
+import { CoreV1Api, type KubeConfig, type KubernetesObject, type V1Node, type V1Pod } from '@kubernetes/client-node';
+import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { resourceKey } from '../../shared/resources/types.ts';
 import type { Kind, Resource } from '../../shared/resources/types.ts';
@@ -57,6 +57,7 @@ export class KubernetesStore implements Store {
   readonly #resources = new Map<string, Resource>();
   readonly #ring: ChangeSet[] = [];
   #revision = 0;
+  #identity = '';
   /** Lowest revision changesSince answers from: the baseline of this run. */
   #floor = 0;
   #ready = false;
@@ -90,6 +91,7 @@ export class KubernetesStore implements Store {
       store.#revision = (Number.isSafeInteger(saved) && saved > 0 ? saved : 0) + 1;
       store.#floor = store.#revision;
       await o.local.putSetting(REVISION_SETTING, String(store.#revision));
+      store.#identity = await kubernetesIdentity(o.kubeConfig, o.local, store.#logger);
       await store.#sources.start(o.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS);
       store.#baseline();
       return store;
@@ -107,6 +109,11 @@ export class KubernetesStore implements Store {
   async revision(): Promise<number> {
     this.#assertOpen();
     return this.#revision;
+  }
+
+  async identity(): Promise<string> {
+    this.#assertOpen();
+    return this.#identity;
   }
 
   async snapshot(): Promise<Snapshot> {
@@ -354,4 +361,26 @@ export class KubernetesStore implements Store {
   #assertOpen(): void {
     if (this.#closed) throw new AmbitError('AMBIT_ERR_STORE_IO', 'the Kubernetes store is closed', { details: { op: 'closed' } });
   }
+}
+
+/**
+ * The Kubernetes store's identity: the cluster's (the kube-system namespace's
+ * UID, the usual cluster id: it lives as long as the cluster) joined with the
+ * embedded store's. Both parts matter. The cluster part tells a controller of
+ * another cluster apart. The embedded part is there because revisions are
+ * counted in the embedded store (its high-water mark): a new embedded store
+ * counts from 1 again, so its revisions cannot be compared with the old ones.
+ * Without read access to kube-system the embedded id alone is used (warned).
+ */
+async function kubernetesIdentity(kc: KubeConfig, local: Store, logger: Logger): Promise<string> {
+  const localId = await local.identity();
+  try {
+    const ns = await kc.makeApiClient(CoreV1Api).readNamespace({ name: 'kube-system' });
+    const uid = ns.metadata?.uid;
+    if (uid) return `kubernetes/${uid}/${localId}`;
+    logger.warn('the kube-system namespace has no UID; the store identity is the embedded store\'s alone');
+  } catch (err) {
+    logger.warn({ err: errorMessage(err) }, 'cannot read the kube-system namespace; the store identity is the embedded store\'s alone');
+  }
+  return `kubernetes/-/${localId}`;
 }

@@ -1,6 +1,6 @@
 import { ChangeFeed } from './change-feed.ts';
 import fs from 'node:fs';
-import { timingSafeEqual } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import { keyString, resourceKey } from '../../shared/resources/types.ts';
@@ -8,6 +8,9 @@ import type { Resource } from '../../shared/resources/types.ts';
 import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
 import { changeSetsFromRows, migrate, nodeFromRow, nodeToRow, prepareStatements, tokenFromRow, tokenToRow } from './sqlite-schema.ts';
 import type { Statements } from './sqlite-schema.ts';
+
+/** Settings key of the store's identity (Store.identity). */
+export const STORE_ID_SETTING = 'store.id';
 
 export interface SqliteStoreOptions {
   /** Database file; its directory must exist. */
@@ -83,6 +86,8 @@ export class SqliteStore implements Store {
   /** Highest revision queued for listeners; commits by other connections above it are caught up on our next commit. */
   #queuedRevision: number;
   #closed = false;
+  /** The store's identity: a random id written when the store was created (settings row STORE_ID_SETTING). */
+  readonly #identity: string;
 
   private constructor(db: Database.Database, options: SqliteStoreOptions, retain: number) {
     this.#db = db;
@@ -94,6 +99,15 @@ export class SqliteStore implements Store {
     this.#read = <T>(fn: () => T): T => runner.deferred(fn) as T;
     this.#write = <T>(fn: () => T): T => runner.immediate(fn) as T;
     this.#queuedRevision = this.#readRevision();
+    // Made once, in the same write lock as its check, so two processes opening
+    // a new file at once agree on one id.
+    this.#identity = this.#write(() => {
+      const saved = this.#stmt.getSetting.get(STORE_ID_SETTING)?.value;
+      if (saved) return saved;
+      const id = randomUUID();
+      this.#stmt.putSetting.run(STORE_ID_SETTING, id);
+      return id;
+    });
   }
 
   static open(options: SqliteStoreOptions): SqliteStore {
@@ -242,6 +256,11 @@ export class SqliteStore implements Store {
 
   async listNodes(): Promise<readonly NodeRecord[]> {
     return this.#io('listNodes', () => this.#stmt.listNodes.all().map(nodeFromRow));
+  }
+
+  async identity(): Promise<string> {
+    this.#assertOpen();
+    return this.#identity;
   }
 
   async getSetting(key: string): Promise<string | undefined> {

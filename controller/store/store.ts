@@ -75,6 +75,13 @@ export interface Store {
   readonly backend: 'sqlite' | 'etcd' | 'kubernetes';
 
   revision(): Promise<number>;
+  /**
+   * Who this store is: an id made when the store was created, never reused.
+   * Revisions are only comparable between states of one identity, so agents
+   * use it to tell a store that went back, or was replaced by an empty one,
+   * from one that moved forward (sent on every Watch response).
+   */
+  identity(): Promise<string>;
   snapshot(): Promise<Snapshot>;
   changesSince(revision: number): Promise<readonly ChangeSet[] | undefined>;
 

@@ -102,7 +102,7 @@ t.before(async () => {
   ctl = await startController(ctlData, [], CTL);
   await register('w0');
   const token = (await ambitctl(ctl, ['node', 'token', 'create', '--node', 'node-a'])).stdout.trim();
-  agent = await startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: agentData, join: token, extra: ['--dataplane', 'node'] });
+  agent = await startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: agentData, join: token });
   await agentsReady([agent]);
   await eventually(async () => cachedNames().includes('w0'), 'the first state is cached');
 });
@@ -150,7 +150,7 @@ t.test('agent: restarts on a read-only data directory and serves from its cache'
   await agent!.proc.stop();
   remount(agentData, 'ro');
   try {
-    agent = await startAgent({ node: 'node-a', address: A, controller: ctl!.address, dataDir: agentData, extra: ['--dataplane', 'node'] });
+    agent = await startAgent({ node: 'node-a', address: A, controller: ctl!.address, dataDir: agentData });
     await agentsReady([agent]);
     t.ok((await dump()).resources.some((r) => r.metadata.name === 'w-erofs'), 'serves the cached state');
   } finally {

@@ -229,6 +229,15 @@ export interface WatchResponse {
    * to it, instead of waiting for half-life.
    */
   activeRootSha256: string;
+  /**
+   * Identity of the store this state comes from (a random id made with the
+   * store), on every response. Revisions are only comparable within one
+   * store: an agent refuses state from another store, or a snapshot behind
+   * the revision it holds from the same one, unless told to accept that
+   * store (agent --accept-store), so an emptied or replaced store cannot
+   * wipe the mesh.
+   */
+  storeId: string;
 }
 
 export interface NodeEndpoint {
@@ -2540,6 +2549,7 @@ function createBaseWatchResponse(): WatchResponse {
     nodesSet: false,
     nodes: [],
     activeRootSha256: "",
+    storeId: "",
   };
 }
 
@@ -2568,6 +2578,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     }
     if (message.activeRootSha256 !== "") {
       writer.uint32(66).string(message.activeRootSha256);
+    }
+    if (message.storeId !== "") {
+      writer.uint32(74).string(message.storeId);
     }
     return writer;
   },
@@ -2649,6 +2662,14 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             message.activeRootSha256 = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.storeId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2674,6 +2695,7 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     message.nodesSet = object.nodesSet ?? false;
     message.nodes = object.nodes?.map((e) => NodeEndpoint.fromPartial(e)) || [];
     message.activeRootSha256 = object.activeRootSha256 ?? "";
+    message.storeId = object.storeId ?? "";
     return message;
   },
 };

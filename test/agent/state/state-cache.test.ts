@@ -44,6 +44,7 @@ const pol: AuthorizationPolicy = {
 };
 const state: CachedState = {
   revision: 42,
+  storeId: '9f1c2d4e-0000-4000-8000-000000000001',
   resources: [web, db, svc, pol],
   nodes: [{ name: 'node-b', hboneAddress: '192.0.2.2:15008' }],
   bundlePem: '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
@@ -65,6 +66,17 @@ t.test('save then load gives back the same state, revisions included', async (t)
   t.equal(mode(file), 0o600);
   t.same(loadState(dir, logger), { ...state, revision: 43, resources: [db] });
   t.same(fs.readdirSync(dir), ['state.json'], 'no temporary files left behind');
+});
+
+t.test('a cache written before store identities loads with an empty identity (not judged)', async (t) => {
+  const dir = t.testdir();
+  saveState(dir, state);
+  const file = path.join(dir, 'state.json');
+  const raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  t.equal(raw.storeId, state.storeId, 'the store identity is written with the state');
+  delete raw.storeId;
+  fs.writeFileSync(file, JSON.stringify(raw));
+  t.equal(loadState(dir, capture().logger)?.storeId, '');
 });
 
 t.test('no cache: undefined, silently', async (t) => {

@@ -3,6 +3,7 @@
  * that speaks the real list/watch protocol, since no API server can run here.
  */
 import t from 'tap';
+import fs from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { KubernetesStore } from '../../../controller/store/kubernetes-store.ts';
@@ -225,6 +226,20 @@ t.test('the revision never goes back across restarts; old revisions get a snapsh
   t.equal(await env.store.changesSince(last), undefined, 'an agent at a revision of the previous run gets a snapshot (its deltas would describe another history)');
   t.same(await env.store.changesSince(last + 1), []);
   t.notOk((await env.store.snapshot()).resources.some((r) => r.metadata.name === 'web-2'));
+});
+
+t.test('the store identity is the cluster\'s (kube-system UID) with the embedded store\'s, stable across restarts', async (t) => {
+  const env = await setup(t, seedShop);
+  const id = await env.store.identity();
+  t.match(id, new RegExp(`^kubernetes/${env.fake.clusterUid}/[0-9a-f-]{36}$`), 'kubernetes/<kube-system uid>/<embedded store id>');
+  await env.store.close();
+  env.store = await env.open();
+  t.equal(await env.store.identity(), id, 'a restarted controller on the same embedded store keeps it');
+  await env.store.close();
+  fs.rmSync(path.join(env.dir, 'ambit.db'));
+  env.store = await env.open();
+  t.not(await env.store.identity(), id, 'a new embedded store (whose revisions count from 1 again) is another identity');
+  t.match(await env.store.identity(), `kubernetes/${env.fake.clusterUid}/`, 'in the same cluster');
 });
 
 t.test('an unreachable API server fails open() within the sync timeout, naming what is missing', async (t) => {

@@ -13,6 +13,7 @@
  *   ERROR event holding a 410 "Expired" Status, then the end of the stream,
  *   exactly as kube-apiserver does;
  * - GET /api/v1/namespaces/{ns}/pods/{name};
+ * - GET /api/v1/namespaces/kube-system (its UID is the cluster's id, clusterUid);
  * - POST /apis/authentication.k8s.io/v1/tokenreviews, validating tokens this
  *   server issued (service account, bound pod, audiences), answering like
  *   the real TokenReview API (authenticated false plus an error otherwise);
@@ -94,6 +95,8 @@ function objKey(o: { metadata: { namespace?: string; name: string } }): string {
 
 export class FakeKube {
   readonly token: string;
+  /** The kube-system namespace's UID: what the controller takes as the cluster's id. */
+  readonly clusterUid = randomUUID();
   readonly requests: RequestRecord[] = [];
   /** BOOKMARK events sent, by resource. */
   readonly bookmarksSent: Record<ResourceName, number> = { pods: 0, services: 0, nodes: 0, authorizationpolicies: 0 };
@@ -251,6 +254,9 @@ export class FakeKube {
     if (req.method === 'GET' && resource) {
       if (query['watch'] === 'true' || query['watch'] === '1') return this.#watch(resource, query, res);
       return send(200, this.#list(resource));
+    }
+    if (req.method === 'GET' && url.pathname === '/api/v1/namespaces/kube-system') {
+      return send(200, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kube-system', uid: this.clusterUid } });
     }
     const pod = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(url.pathname);
     if (req.method === 'GET' && pod) {
