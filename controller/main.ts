@@ -7,6 +7,7 @@ void runDaemon({
   name: 'ambit-controller',
   usage: 'Usage: ambit-controller --data-dir DIR [options]\n\nExample:\n  ambit-controller --data-dir /var/lib/ambit-controller --listen 0.0.0.0:15012',
   options: CONTROLLER_OPTIONS,
+  dataDir: (cfg) => cfg.dataDir,
   parse: parseControllerConfig,
   start: (cfg, logger) => startController(cfg, { logger }),
   argv: process.argv.slice(2),

@@ -1,6 +1,7 @@
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { AmbitError, errorMessage } from './errors.ts';
+import { lockDataDir, type DataDirLock } from './data-dir-lock.ts';
 import { configHelp, type ConfigSources, type OptionSpecs } from './config-parse.ts';
 import { createLogger, stderrSink, type LogSink, type Logger, type LogLevel } from './logger.ts';
 
@@ -9,6 +10,8 @@ export interface DaemonSpec<C extends { readonly help: boolean; readonly logLeve
   readonly usage: string;
   readonly options: OptionSpecs;
   readonly parse: (sources: ConfigSources) => C;
+  /** The data directory this process locks for its whole life: one process per directory. */
+  readonly dataDir: (cfg: C) => string;
   /** `sink` is the logger's stderr sink; its `batched` entrance suits high-volume logs (the access log). */
   readonly start: (cfg: C, logger: Logger, sink: LogSink) => Promise<{ close(): Promise<void> }>;
   /** Logged when a stop signal arrives (the agent says "draining"). */
@@ -41,7 +44,10 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
   const sink = stderrSink();
   const logger = createLogger({ name: spec.name, level: cfg.logLevel, destination: sink.destination });
   let app: { close(): Promise<void> };
+  let lock: DataDirLock | undefined;
   try {
+    lock = lockDataDir(spec.dataDir(cfg));
+    if (!lock.held) logger.warn({ path: lock.path }, 'data directory is read-only: started without its lock; another process may use it too');
     app = await spec.start(cfg, logger, sink);
   } catch (err) {
     logger.fatal({ err, code: err instanceof AmbitError ? err.code : undefined }, `${spec.name} failed to start`);
@@ -56,6 +62,7 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
     logger.info({ signal }, spec.stoppingMessage);
     app.close().then(
       () => {
+        lock?.close();
         logger.info('stopped');
         sink.flush();
         process.exit(0);

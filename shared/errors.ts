@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   AMBIT_ERR_NODE_UNAUTHORIZED: 'A node asked for an identity not scheduled on it.',
   AMBIT_ERR_STORE_IO: 'The store failed to read or write.',
   AMBIT_ERR_STORE_REVISION: 'A requested revision is no longer held by the store (compacted).',
+  AMBIT_ERR_DATA_DIR_LOCKED: 'Another process holds the data directory (two controllers or two agents on one directory).',
   AMBIT_ERR_STORE_MISMATCH: 'The data directory holds a CA but not the store it was used with (missing, emptied or another one).',
   AMBIT_ERR_STATE_REFUSED: 'An agent refused controller state from another store, or from behind the revision it holds.',
   AMBIT_ERR_RPC_UNAVAILABLE: 'The controller cannot be reached.',
