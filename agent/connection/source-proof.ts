@@ -87,3 +87,75 @@ export function verifyClaimedSource(dir: SourceDirectory, claimed: string | unde
   }
   return { ok: false, reason: 'unverified_source_address', detail: `${claimed} belongs to ${peer.identityUri} on node ${owners[0]!.spec.node}, not at the HBONE peer ${peer.remoteAddress}` };
 }
+
+/** What requiredProof needs to know besides the workload: who else could send from its address. */
+export interface AddressSharing {
+  /**
+   * The agent's own address (--address): the host's, which every local
+   * process can bind. On an agent whose address is loopback (several
+   * simulated hosts on one machine), the rest of the loopback block stands
+   * for other hosts' and pods' addresses.
+   */
+  readonly agentAddress: string;
+  /** Every workload registered at an address (MeshState.workloadsAt). */
+  workloadsAt(ip: string): readonly Workload[];
+}
+
+export type RequiredProof =
+  /** The connection's source address is the workload's alone: it proves the workload. */
+  | { readonly by: 'address' }
+  /** Only the socket owner's uid proves it (/proc/net/tcp). */
+  | { readonly by: 'uid'; readonly uid: number }
+  /** Nothing can: the address is shared and no uid is registered. */
+  | { readonly by: 'none'; readonly why: string };
+
+/**
+ * Why an address cannot tell local processes apart, or undefined when it
+ * can (a pod address, routed from another network namespace, that no other
+ * workload has). Any local process may bind the host's address or a
+ * loopback address, and an address two workloads share names neither.
+ */
+export function sharedAddressReason(address: string, sharing: AddressSharing): string | undefined {
+  const a = plain(address);
+  if (a === plain(sharing.agentAddress)) return 'the agent\'s own (host) address';
+  if (isLoopback(a) && (!isLoopback(sharing.agentAddress) || a === '127.0.0.1' || a === '::1')) return 'a loopback address';
+  if (sharing.workloadsAt(a).length > 1) return 'registered by more than one workload';
+  return undefined;
+}
+
+/**
+ * How a local connection must prove it comes from workload `w` (SOCKS5,
+ * upstream listeners): a workload with a uid, or on a shared address, is
+ * proven by its socket owner's uid alone; an address proves identity only
+ * where it is the workload's alone.
+ */
+export function requiredProof(w: Workload, sharing: AddressSharing): RequiredProof {
+  if (w.spec.uid !== undefined) return { by: 'uid', uid: w.spec.uid };
+  const why = sharedAddressReason(w.spec.address, sharing);
+  return why === undefined ? { by: 'address' } : { by: 'none', why: `${w.spec.address} is ${why} and the workload has no uid` };
+}
+
+/** A local connection's two ends, as a net.Socket or the data plane reports them. */
+export interface LocalEnds {
+  readonly remoteAddress?: string;
+  readonly remotePort?: number;
+  readonly localAddress?: string;
+  readonly localPort?: number;
+}
+
+/**
+ * Is the process behind `ends` really `claimed`? Checks the proof
+ * requiredProof names, and no other: the source address where it is the
+ * workload's alone, else the socket owner's uid (`ownerUid` looks it up,
+ * from /proc/net/tcp in the agent; called only when needed).
+ */
+export async function proveLocalSource(ends: LocalEnds, claimed: Workload, sharing: AddressSharing, ownerUid: () => Promise<number | undefined>): Promise<boolean> {
+  const proof = requiredProof(claimed, sharing);
+  if (proof.by === 'none') return false;
+  if (proof.by === 'uid') return (await ownerUid()) === proof.uid;
+  const remote = ends.remoteAddress ?? '';
+  // Usually the same text as the registered address: no parsing needed then.
+  if (remote !== '' && remote === claimed.spec.address) return true;
+  // A dual-stack listener reports an IPv4 client as ::ffff:a.b.c.d.
+  return canonicalIp(remote) !== undefined && plain(remote) === plain(claimed.spec.address);
+}

@@ -1,13 +1,13 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
 import { listenOn } from '../../shared/listen.ts';
-import { canonicalIp } from '../../shared/net-address.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import type { UpstreamListener } from '../config.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { handleOutbound, type OutboundDeps, type OutboundFailure } from './outbound.ts';
 import { socketOwnerUid } from './socket-owner.ts';
+import { proveLocalSource, type AddressSharing } from '../connection/source-proof.ts';
 import { acceptSocks5, sendSocksReply, SOCKS_REPLY } from './socks5.ts';
 
 /** A connection's two ends: a net.Socket, or what the native data plane reports of one. */
@@ -22,23 +22,28 @@ export interface SocketEnds {
  * Is the process behind `socket` really `claimed`? Without iptables the agent
  * cannot see which pod or process a connection comes from, so a name alone
  * (a SOCKS username, an upstream port) would let any local process use any
- * workload's identity. A connection proves itself by coming from the
- * workload's registered address, or from a process running as its registered
- * uid (read from /proc/net/tcp).
+ * workload's identity. The proof required is requiredProof's
+ * (connection/source-proof.ts): the socket owner's uid (read from
+ * /proc/net/tcp) for a workload with a uid or on a shared address (the
+ * host's, a loopback one, one several workloads have), the source address
+ * only where it is the workload's alone.
+ *
+ * `sharing` names the agent's address and the mesh's workloads by address;
+ * without it, the agent's address is taken to be the listener's (`socket`'s
+ * local address: loopback-only listeners bind the agent's address when it is
+ * loopback, else 127.0.0.1) and the workload to be alone at its address.
  */
-export async function isSourceWorkload(socket: SocketEnds, claimed: Workload, procRoot?: string): Promise<boolean> {
-  const remote = socket.remoteAddress ?? '';
-  // Usually the same text as the registered address: no parsing needed then.
-  if (remote !== '' && remote === claimed.spec.address) return true;
-  const from = canonicalIp(remote);
-  if (from !== undefined && from === canonicalIp(claimed.spec.address)) return true;
-  if (claimed.spec.uid === undefined) return false;
-  const uid = await socketOwnerUid(
+export async function isSourceWorkload(socket: SocketEnds, claimed: Workload, procRoot?: string, sharing?: AddressSharing): Promise<boolean> {
+  const facts = sharing ?? { agentAddress: socket.localAddress ?? '127.0.0.1', workloadsAt: () => [claimed] };
+  return proveLocalSource(socket, claimed, facts, () => socketOwnerUid(
     { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 },
     { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
     procRoot,
-  );
-  return uid === claimed.spec.uid;
+  ));
+}
+
+function sharingOf(d: ExplicitDeps, socket: SocketEnds): AddressSharing {
+  return { agentAddress: d.agentAddress ?? socket.localAddress ?? '127.0.0.1', workloadsAt: (ip) => d.state.workloadsAt(ip) };
 }
 
 const SOCKS_REPLY_OF: Record<OutboundFailure, number> = {
@@ -56,6 +61,8 @@ export interface ExplicitDeps {
   readonly logger: Logger;
   readonly handshakeTimeoutMs: number;
   readonly procRoot?: string;
+  /** The agent's --address, for the source proof (requiredProof); default: the listener's address. */
+  readonly agentAddress?: string;
 }
 
 
@@ -79,7 +86,7 @@ export function socksServer(d: ExplicitDeps): { server: Server; listen: (host: s
       }
       const [ns, name] = (req.username ?? '').split('/');
       const source = ns && name ? d.state.localWorkloadByName(ns, name) : undefined;
-      if (!source || !(await isSourceWorkload(socket, source, d.procRoot))) {
+      if (!source || !(await isSourceWorkload(socket, source, d.procRoot, sharingOf(d, socket)))) {
         d.metrics.refused.inc({ direction: 'outbound', reason: 'source_not_verified' });
         d.logger.warn({ user: req.username, peer: socket.remoteAddress }, 'SOCKS5 client is not the workload it names; refused');
         sendSocksReply(socket, SOCKS_REPLY.notAllowed);
@@ -118,7 +125,7 @@ export function upstreamServer(d: ExplicitDeps, u: UpstreamListener): { server: 
     socket.pause();
     void (async () => {
       const source = d.state.localWorkloadByName(u.namespace, u.workload);
-      if (!source || !(await isSourceWorkload(socket, source, d.procRoot))) {
+      if (!source || !(await isSourceWorkload(socket, source, d.procRoot, sharingOf(d, socket)))) {
         d.metrics.refused.inc({ direction: 'outbound', reason: 'source_not_verified' });
         d.logger.warn({ workload: `${u.namespace}/${u.workload}`, peer: socket.remoteAddress, port: u.localPort }, 'upstream client is not the workload the listener belongs to; refused');
         socket.resetAndDestroy();
