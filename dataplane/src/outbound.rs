@@ -396,3 +396,65 @@ impl Drop for Release {
 fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client's HTTP/2 limits, against the server's own builder (or a
+    //! plain h2 server, to break them), in memory.
+    use super::*;
+    use crate::inbound::{h2_server, MAX_HEADER_LIST, MAX_SEND_BUFFER};
+    use http::Response;
+
+    /// A client connection to `server`, with its driver spawned.
+    async fn client_to(server: h2::server::Builder, answer_header: usize) -> client::SendRequest<Bytes> {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let mut conn = server.handshake::<_, Bytes>(server_io).await.unwrap();
+            let mut held = Vec::new();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let mut answer = Response::builder().status(200);
+                if answer_header > 0 {
+                    answer = answer.header("x-ambit-reason", "r".repeat(answer_header));
+                }
+                // Kept, unread: the client's capacity is the send buffer's, not the window's.
+                held.push((req, respond.send_response(answer.body(()).unwrap(), false)));
+            }
+        });
+        let (send, conn) = h2_client().handshake::<_, Bytes>(client_io).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    fn connect() -> Request<()> {
+        Request::builder().method(Method::CONNECT).uri("10.0.0.1:80").body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_buffers_at_most_the_send_buffer() {
+        let send = client_to(h2_server(), 0).await;
+        let (response, mut stream) = send.ready().await.unwrap().send_request(connect(), false).unwrap();
+        response.await.unwrap();
+        // The peer's windows (4 MiB the stream, 32 MiB the connection) would
+        // allow more: h2 grants what the send buffer holds.
+        stream.reserve_capacity(2 * 1024 * 1024);
+        let mut granted = 0;
+        while granted < MAX_SEND_BUFFER {
+            let more = tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| stream.poll_capacity(cx))).await.expect("capacity grows").unwrap().unwrap();
+            granted = granted.max(more);
+        }
+        assert_eq!(granted, MAX_SEND_BUFFER);
+        stream.send_data(Bytes::from(vec![0u8; granted]), false).unwrap();
+        assert_eq!(stream.capacity(), 0, "no more while the buffer is full");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_head_fails_the_stream() {
+        let ok = client_to(h2::server::Builder::new(), 8 * 1024).await;
+        let (response, _stream) = ok.ready().await.unwrap().send_request(connect(), false).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let big = client_to(h2::server::Builder::new(), 2 * MAX_HEADER_LIST as usize).await;
+        let (response, _stream) = big.ready().await.unwrap().send_request(connect(), false).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), response).await.expect("an answer or an error");
+        assert!(answer.is_err(), "an answer head over the limit was taken: {:?}", answer.map(|r| r.status()));
+    }
+}
