@@ -1,4 +1,3 @@
-import type { Server, Socket } from 'node:net';
 import { join } from 'node:path';
 import { ensurePrivateDir } from '../shared/files.ts';
 import { formatHostPort } from '../shared/config-parse.ts';
@@ -13,18 +12,11 @@ import { CaClient } from './identity/ca-client.ts';
 import { CertManager, chainsTo } from './identity/cert-manager.ts';
 import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts';
 import { ConnectionTracker } from './proxy/connection-tracker.ts';
-import { socksServer, upstreamServer, type ExplicitDeps } from './proxy/explicit-listeners.ts';
 import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
-import { inboundPlaintextServer, outboundCaptureServer } from './proxy/capture-listeners.ts';
-import { loadOriginalDstAddon, originalDestination } from './proxy/original-dst.ts';
-import type { GcTuning } from './proxy/gc-tuning.ts';
-import { HboneServer } from './proxy/hbone-server.ts';
-import { handleInbound } from './proxy/inbound.ts';
-import { defaultDataplaneBinary, NativeInbound, resolveDataplane } from './proxy/native-inbound.ts';
-import { NativeUpstreams } from './proxy/native-outbound.ts';
+import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
+import { NativeOutbound, type DataplaneListener } from './proxy/native-outbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './proxy/outbound.ts';
-import { TunnelPool } from './proxy/tunnel-pool.ts';
 import { MeshState } from './state/mesh-state.ts';
 import { loadState, serializeState, statePath } from './state/state-cache.ts';
 import { Persister } from './state/persister.ts';
@@ -57,8 +49,6 @@ export interface AgentDeps {
   /** Access log: one JSON line per connection (DESIGN §7). */
   readonly accessLog: Logger;
   readonly now?: () => number;
-  /** The process's GC tuning for relaying (agent/proxy/gc-tuning.ts), shown in /config_dump. */
-  readonly gc?: GcTuning;
 }
 
 /**
@@ -151,43 +141,39 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- data plane
     const tracker = new ConnectionTracker();
-    const pool = new TunnelPool({ certs, bundlePem, metrics, logger: log, connectTimeoutMs: cfg.connectTimeout });
     const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
-    const outboundDeps: OutboundDeps = { state, pool, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
+    const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
     const loopback = loopbackAddressFor(cfg.address);
     const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
-    const resolved = resolveDataplane(cfg.dataplane, dataplaneBinary);
-    const dataplane = resolved.path;
-    if (resolved.why) log.warn({ binary: dataplaneBinary, why: resolved.why }, 'ambit-dataplane cannot serve: serving on the node:http2 data path (--dataplane auto)');
-    // The native data path: ambit-dataplane carries the upstream listeners too
-    // (SOCKS5 and capture stay on node:http2 for now: docs/native-dataplane.md).
-    const nativeUpstreams = dataplane === 'native' && cfg.upstreams.length > 0
-      ? new NativeUpstreams({ upstreams: cfg.upstreams, host: loopback, outbound: outboundDeps, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now })
-      : undefined;
-    const hbone = dataplane === 'native'
-      ? new NativeInbound({
-        binary: dataplaneBinary,
-        host: cfg.address,
-        port: cfg.hbonePort,
-        trustDomain: info.trustDomain,
-        certs,
-        bundlePem,
-        logger: log,
-        now,
-        inbound: inboundDeps,
-        upstreams: nativeUpstreams,
-      })
-      : new HboneServer({
-        host: cfg.address,
-        port: cfg.hbonePort,
-        trustDomain: info.trustDomain,
-        certs,
-        bundlePem,
-        metrics,
-        logger: log,
-        now,
-        onStream: (stream, headers, peer) => handleInbound(inboundDeps, stream, headers, peer),
-      });
+    // Every data-path listener is ambit-dataplane's: SOCKS5 and the upstream
+    // listeners on loopback, and with transparent capture :15001 and :15006 on
+    // all addresses (redirected connections arrive on the address iptables
+    // picked: loopback for OUTPUT, the pod-facing interface for PREROUTING).
+    const any = cfg.address.includes(':') ? '::' : '0.0.0.0';
+    const listeners: DataplaneListener[] = [
+      { entry: { kind: 'socks5' }, addr: formatHostPort({ host: loopback, port: cfg.socksPort }), label: 'SOCKS5' },
+      ...cfg.upstreams.map((u): DataplaneListener => ({ entry: { kind: 'upstream', upstream: u }, addr: formatHostPort({ host: loopback, port: u.localPort }), label: `upstream (${u.namespace}/${u.workload})` })),
+      ...(cfg.capture === 'transparent'
+        ? [
+          { entry: { kind: 'capture', captureMode: cfg.captureMode }, addr: formatHostPort({ host: any, port: cfg.outboundPort }), label: 'outbound capture' } as const,
+          { entry: { kind: 'plaintext' }, addr: formatHostPort({ host: any, port: cfg.inboundPlaintextPort }), label: 'inbound plaintext capture' } as const,
+        ]
+        : []),
+    ];
+    const outbound = new NativeOutbound({ listeners, outbound: outboundDeps, agentAddress: cfg.address, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now });
+    const hbone = new NativeInbound({
+      binary: dataplaneBinary,
+      host: cfg.address,
+      port: cfg.hbonePort,
+      trustDomain: info.trustDomain,
+      certs,
+      bundlePem,
+      logger: log,
+      now,
+      inbound: inboundDeps,
+      mode: cfg.mode,
+      upstreams: outbound,
+    });
     // Before listen(): a start that fails after spawning the data plane must still end it.
     cleanups.push(() => hbone.destroy());
     const hboneAddr = await hbone.listen();
@@ -205,21 +191,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       if (id.uri === nodeIdentity.uri) rebuildCaClient();
     });
 
-    const explicit: ExplicitDeps = { state, outbound: outboundDeps, metrics, logger: log, handshakeTimeoutMs: 10_000 };
-    const servers: Server[] = [];
-    const socks = socksServer(explicit);
-    const socksAddr = await socks.listen(loopback, cfg.socksPort);
-    servers.push(socks.server);
-    if (hbone instanceof NativeInbound) {
-      await hbone.listenUpstreams();
-    } else {
-      for (const u of cfg.upstreams) {
-        const up = upstreamServer(explicit, u);
-        await up.listen(loopback);
-        servers.push(up.server);
-      }
-    }
-    cleanups.push(() => Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined));
+    const bound = await hbone.listenAll();
+    const socksAddress = bound[0] ?? '';
 
     // --- transparent capture (iptables + SO_ORIGINAL_DST); needs CAP_NET_ADMIN
     let capture: CaptureRules | undefined;
@@ -228,17 +201,6 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       workloads: state.localWorkloads().map((w) => ({ address: w.spec.address, ports: [...w.spec.ports] })),
     });
     if (cfg.capture === 'transparent') {
-      const addon = loadOriginalDstAddon(); // fails fast, naming the missing file, before any rule exists
-      const captureDeps = { state, metrics, logger: log, originalDestination: (s: Socket) => originalDestination(s, addon), captureMode: cfg.captureMode };
-      // Redirected connections arrive on the address iptables picked (loopback for
-      // OUTPUT, the pod-facing interface for PREROUTING): listen on all addresses.
-      const any = cfg.address.includes(':') ? '::' : '0.0.0.0';
-      const out = outboundCaptureServer(captureDeps, outboundDeps);
-      await out.listen(any, cfg.outboundPort);
-      servers.push(out.server);
-      const plain = inboundPlaintextServer({ ...captureDeps, mode: cfg.mode, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout });
-      await plain.listen(any, cfg.inboundPlaintextPort);
-      servers.push(plain.server);
       const targets = captureTargets();
       capture = new CaptureRules({
         mode: cfg.captureMode,
@@ -389,12 +351,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       extra: () => ({
         config: { ...cfg, join: cfg.join ? '(set)' : undefined },
         hboneAddress,
-        dataplane: dataplane === 'native' ? { path: dataplane, binary: dataplaneBinary } : { path: dataplane, ...(resolved.why ? { why: resolved.why } : {}) },
+        dataplane: { binary: dataplaneBinary, listeners: listeners.map((l, i) => ({ what: l.label, addr: bound[i] ?? l.addr })) },
         watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
-        tunnelPool: pool.stats(),
+        tunnelPool: { connections: outbound.sessions },
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
-        gc: deps.gc ? { headroomMib: Math.round(deps.gc.headroom / 1024 / 1024), heapGrowingPercent: deps.gc.heapGrowingPercent } : null,
         ready: isReady(),
         store: { id: storeId, acceptStore: cfg.acceptStore ?? '' },
         persistence: { healthy: persister.healthy, dataDir: cfg.dataDir, failing: persister.failures() },
@@ -409,7 +370,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     log.info({
       node: cfg.node, identity: nodeIdentity.uri, hbone: hboneAddress,
-      socks: formatHostPort({ host: loopback, port: socksAddr.port }),
+      socks: socksAddress,
       metrics: formatHostPort({ host: cfg.address, port: metricsAddr.port }),
       ready: formatHostPort({ host: cfg.address, port: readyAddr.port }),
       admin: formatHostPort({ host: loopback, port: adminAddr.port }),
@@ -425,21 +386,17 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
           draining = true;
           const deadline = Date.now() + cfg.drainTimeout;
           hbone.stopAccepting();
-          for (const s of servers) s.close();
           const cut = await tracker.drain(cfg.drainTimeout);
           // Every relay is over, but a connection's last bytes can still be
           // queued in its HBONE session while the peer host reads slowly:
-          // destroying the sessions, or exiting, would drop them. Whatever
-          // time the deadline left (at least FLUSH_GRACE_MS, for the resets
-          // of cut connections) goes to having peers confirm they read it all.
-          pool.stopOpening();
+          // exiting would drop them. Whatever time the deadline left (at
+          // least FLUSH_GRACE_MS, for the resets of cut connections) goes to
+          // having peers confirm they read it all.
           const flushMs = Math.max(FLUSH_GRACE_MS, deadline - Date.now());
-          const [inbound, outbound] = await Promise.all([hbone.flush(flushMs), pool.flush(flushMs)]);
-          const unflushed = inbound + outbound;
+          const unflushed = await hbone.flush(flushMs);
           if (cut > 0) log.warn({ cut, unflushed }, 'drain deadline reached; closed remaining connections');
           if (unflushed > 0) log.warn({ unflushed }, 'peer agents did not confirm they read everything; closing their connections anyway');
           if (cut === 0 && unflushed === 0) log.info({ cut }, 'drained');
-          pool.destroy();
           await runCleanups();
         })();
         return closing;

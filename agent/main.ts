@@ -3,7 +3,6 @@ import { runDaemon } from '../shared/daemon.ts';
 import { createLogger } from '../shared/logger.ts';
 import { AGENT_OPTIONS, parseAgentConfig } from './config.ts';
 import { startAgent } from './app.ts';
-import { effectiveHeadroom, tuneGcForRelaying } from './proxy/gc-tuning.ts';
 
 void runDaemon({
   name: 'ambit-agent',
@@ -13,11 +12,7 @@ void runDaemon({
   parse: parseAgentConfig,
   // The access log (a line per connection) goes through the sink's batched
   // entrance: one write per 16 KiB or 10 ms instead of one per connection.
-  start: (cfg, logger, sink) => {
-    // Before any traffic: V8 applies it from its next heap limit on.
-    const gc = tuneGcForRelaying(effectiveHeadroom(cfg.gcHeadroomMib * 1024 * 1024, process.constrainedMemory()));
-    return startAgent(cfg, { logger, gc, accessLog: createLogger({ name: 'ambit-agent', level: cfg.logLevel, destination: sink.batched }).child({ log: 'access' }) });
-  },
+  start: (cfg, logger, sink) => startAgent(cfg, { logger, accessLog: createLogger({ name: 'ambit-agent', level: cfg.logLevel, destination: sink.batched }).child({ log: 'access' }) }),
   argv: process.argv.slice(2),
   env: process.env,
   stoppingMessage: 'draining',

@@ -1,5 +1,4 @@
-import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import { connect, isIP, type Socket } from 'node:net';
+import { isIP } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
@@ -7,9 +6,8 @@ import type { ConnectionFacts } from '../rbac.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from './connection-record.ts';
 import type { ConnectionTracker } from './connection-tracker.ts';
-import type { PeerInfo } from './hbone-server.ts';
+import type { PeerInfo } from './hbone-names.ts';
 import type { AgentMetrics } from './metrics.ts';
-import { relay } from './relay.ts';
 import { verifyClaimedSource } from '../connection/source-proof.ts';
 
 /** Response flag of a stream refused because its `Forwarded` address is not the peer's (docs/architecture.md, HBONE statuses). */
@@ -65,23 +63,13 @@ function baggageWorkload(header: string | string[] | undefined): { name?: string
   return out;
 }
 
-function respond(stream: ServerHttp2Stream, status: number, reason: string): void {
-  if (stream.destroyed || stream.closed) return;
-  if (!stream.headersSent) stream.respond({ ':status': status, 'x-ambit-reason': reason }, { endStream: true });
-  else stream.destroy(new Error(reason));
-}
-
-/** What the inbound path reads of a CONNECT request, whichever data path received it. */
+/** What the inbound path reads of a CONNECT request (as ambit-dataplane reports it). */
 export interface InboundRequest {
   readonly method: string | undefined;
   readonly authority: string | undefined;
   readonly forwarded: string | string[] | undefined;
   readonly baggage: string | string[] | undefined;
   readonly traceparent: string | undefined;
-}
-
-export function inboundRequestOf(headers: IncomingHttpHeaders): InboundRequest {
-  return { method: headers[':method'], authority: headers[':authority'], forwarded: headers.forwarded, baggage: headers.baggage, traceparent: headers.traceparent as string | undefined };
 }
 
 /** An admitted CONNECT: where to dial, and the record and facts that go with the connection. */
@@ -100,7 +88,7 @@ export interface Refused {
 
 /**
  * The decision half of an inbound connection, shared by both data paths
- * (node:http2 here, ambit-dataplane in native-inbound.ts): resolve the local
+ * (ambit-dataplane asks it through native-inbound.ts): resolve the local
  * workload, check the identity the client asked for, authorize. A refusal is
  * counted and recorded here; the caller only answers with its status.
  */
@@ -158,62 +146,4 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
 export function refuseRecord(d: InboundDeps, record: ConnectionRecord, reason: string, flags: string): void {
   d.metrics.refused.inc({ direction: 'inbound', reason });
   record.finish(reason, flags);
-}
-
-/**
- * One inbound tunnelled connection on the node:http2 data path, top to
- * bottom: admit the CONNECT (admitInbound) → dial the workload → pipe both
- * ways → record once. Responses: 200 tunnel open; 400 authority is not a
- * local workload (or not the identity the client asked for); 401 denied by
- * policy; 503 the workload refused or timed out.
- */
-export function handleInbound(d: InboundDeps, stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: PeerInfo): void {
-  const admitted = admitInbound(d, inboundRequestOf(headers), peer);
-  if (!admitted.allowed) return respond(stream, admitted.status, admitted.reason);
-  const { record, facts } = admitted;
-
-  const socket: Socket = connect({ ...admitted.dial, allowHalfOpen: true, noDelay: true });
-  socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
-  let established = false;
-  let resolveDone: () => void = () => undefined;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  d.tracker.add({
-    direction: 'inbound',
-    facts,
-    close: (reason, flags) => {
-      record.finish(reason, flags);
-      if (flags === 'DENY') d.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
-      // destroy(err), not close(CANCEL): close() defers its RST until the
-      // write side finishes, and the relay destroying the stream first would
-      // drop it, leaving the peer agent's stream (and its client) hanging.
-      stream.destroy(new Error(reason));
-      socket.resetAndDestroy();
-    },
-    done,
-  });
-  socket.once('error', (err: NodeJS.ErrnoException) => {
-    if (established) return; // the relay reports it
-    const reason = `workload_unreachable: ${err.code ?? err.message}`;
-    refuseRecord(d, record, reason, 'UF');
-    respond(stream, 503, reason);
-    resolveDone();
-  });
-  stream.once('close', () => {
-    if (!established) {
-      socket.destroy();
-      record.finish('client went away before the tunnel opened', 'DC');
-      resolveDone();
-    }
-  });
-  socket.once('connect', () => {
-    if (stream.destroyed || stream.closed) return;
-    established = true;
-    socket.setTimeout(0);
-    stream.respond({ ':status': 200 });
-    record.open();
-    void relay(stream, socket, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) }).then((err) => {
-      record.finish(err);
-      resolveDone();
-    });
-  });
 }

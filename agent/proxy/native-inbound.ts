@@ -1,5 +1,5 @@
-import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync } from 'node:fs';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -10,11 +10,12 @@ import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { bundleCertificates } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
-import { serverNameFor, type PeerInfo } from './hbone-server.ts';
-import { admitInbound, refuseRecord, type InboundDeps } from './inbound.ts';
+import { serverNameFor, type PeerInfo } from './hbone-names.ts';
+import { admitInbound, refuseRecord, type Admitted, type InboundDeps, type Refused } from './inbound.ts';
 import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
-import type { NativeUpstreams } from './native-outbound.ts';
+import type { NativeOutbound } from './native-outbound.ts';
+import { admitPlaintext } from './plaintext.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
 /**
@@ -24,7 +25,7 @@ const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane
  * upgraded without rebuilding it) is refused instead of misread. Bump both
  * with any change to the messages.
  */
-export const DATAPLANE_PROTOCOL = 1;
+export const DATAPLANE_PROTOCOL = 2;
 /** How long a stopping agent waits for its data plane to exit before SIGKILL. */
 const EXIT_WAIT_MS = 2_000;
 
@@ -50,29 +51,6 @@ function staleProtocol(binary: string, said: string): string {
   return `ambit-dataplane at ${binary} speaks control protocol ${said || 'none'}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
 }
 
-/**
- * Which data path serves: `auto` (the default) is ambit-dataplane when its
- * executable is there and speaks this agent's control protocol, else
- * node:http2 (with the reason, for the agent's warning), so that an install
- * built without Rust, or upgraded without rebuilding it, still serves;
- * `node` and `native` are what they say (native with no executable, or a
- * stale one, then fails at start, naming it).
- */
-export function resolveDataplane(choice: 'auto' | 'node' | 'native', binary: string): { path: 'node' | 'native'; why?: string } {
-  if (choice !== 'auto') return { path: choice };
-  try {
-    accessSync(binary, fsConstants.X_OK);
-  } catch {
-    return { path: 'node', why: `no executable ambit-dataplane at ${binary}` };
-  }
-  const asked = spawnSync(binary, ['--protocol'], { encoding: 'utf8', timeout: 5_000 });
-  const said = asked.status === 0 ? asked.stdout.trim() : '';
-  if (said !== String(DATAPLANE_PROTOCOL)) {
-    return { path: 'node', why: staleProtocol(binary, said) };
-  }
-  return { path: 'native' };
-}
-
 export interface NativeInboundOptions {
   readonly binary: string;
   readonly host: string;
@@ -86,8 +64,10 @@ export interface NativeInboundOptions {
   readonly inbound: InboundDeps;
   /** How long to wait before starting the data plane again after it died. */
   readonly restartDelayMs?: number;
-  /** The upstream listeners, when the data plane carries them too; bound on every start. */
-  readonly upstreams?: NativeUpstreams;
+  /** Inbound plaintext capture (:15006): strict refuses, permissive asks policy. */
+  readonly mode: 'strict' | 'permissive';
+  /** The outbound half and the listeners (SOCKS5, upstream, capture); bound on every start. */
+  readonly upstreams: NativeOutbound;
 }
 
 /** One admitted tunnel while ambit-dataplane relays it. */
@@ -174,7 +154,7 @@ export class NativeInbound {
    * many had not.
    */
   async flush(ms: number): Promise<number> {
-    const open = (): number => this.#sessions.size + (this.#o.upstreams?.sessions ?? 0);
+    const open = (): number => this.#sessions.size + (this.#o.upstreams.sessions ?? 0);
     if (!this.#child || open() === 0) return 0;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -220,9 +200,9 @@ export class NativeInbound {
     return this.#incompatible;
   }
 
-  /** Once listen() resolved: binds the upstream listeners in the data plane; resolves when all are bound. */
-  listenUpstreams(): Promise<void> {
-    return this.#o.upstreams?.listen((m) => this.#send(m)) ?? Promise.resolve();
+  /** Once listen() resolved: binds every other listener in the data plane; resolves with their bound addresses. */
+  listenAll(): Promise<string[]> {
+    return this.#o.upstreams.listen((m) => this.#send(m));
   }
 
   #start(port: number): void {
@@ -278,7 +258,7 @@ export class NativeInbound {
 
   /** Every connection still open ends now, recorded with why (the data plane that carried it is gone). */
   #endAll(error: string): void {
-    this.#o.upstreams?.endAll(error);
+    this.#o.upstreams.endAll(error);
     for (const [id, c] of this.#conns) {
       this.#conns.delete(id);
       c.record.finish(c.closed?.reason ?? error, c.closed?.flags ?? 'DC');
@@ -372,7 +352,7 @@ export class NativeInbound {
         const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
         this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
         this.#push();
-        if (this.#served) void this.listenUpstreams().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve the upstream listeners again'));
+        if (this.#served) void this.listenAll().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve its listeners again'));
         return;
       }
       case 'ack':
@@ -389,12 +369,14 @@ export class NativeInbound {
         if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane refused its first configuration: ${str(m.message)}`));
         return;
       case 'error':
-        if (this.#o.upstreams?.handle(m)) return;
+        if (this.#o.upstreams.handle(m)) return;
         this.#o.logger.error({ code: m.code, err: m.message }, 'ambit-dataplane reported an error');
         if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane: ${str(m.message)}`));
         return;
       case 'refused':
-        metrics.refused.inc({ direction: 'inbound', reason: str(m.reason) });
+        // Refused before the agent was asked (a failed handshake, a malformed SOCKS5 negotiation).
+        metrics.refused.inc({ direction: m.direction === 'outbound' ? 'outbound' : 'inbound', reason: str(m.reason) });
+        if (m.error) this.#o.logger.debug({ reason: m.reason, err: m.error }, 'connection refused by ambit-dataplane');
         return;
       case 'session':
         return this.#session(m);
@@ -406,10 +388,12 @@ export class NativeInbound {
         return;
       case 'stream':
         return this.#stream(m);
+      case 'plain':
+        return this.#plain(m);
       case 'open': {
         const c = this.#conns.get(num(m.id));
         if (!c) {
-          this.#o.upstreams?.handle(m);
+          this.#o.upstreams.handle(m);
           return;
         }
         c.record.open();
@@ -423,15 +407,15 @@ export class NativeInbound {
           const [id, from, to] = entry as [number, number, number];
           const c = this.#conns.get(id);
           if (c) this.#count(c.record, from, to);
-          else this.#o.upstreams?.count(id, from, to);
+          else this.#o.upstreams.count(id, from, to);
         }
         return;
       case 'end':
         if (this.#conns.has(num(m.id))) return this.#end(m);
-        this.#o.upstreams?.handle(m);
+        this.#o.upstreams.handle(m);
         return;
       default:
-        if (this.#o.upstreams?.handle(m)) return;
+        if (this.#o.upstreams.handle(m)) return;
         this.#o.logger.warn({ message: m.t }, 'ambit-dataplane sent an unknown message');
     }
   }
@@ -458,6 +442,17 @@ export class NativeInbound {
     }
   }
 
+  /** A connection redirected to :15006 (inbound plaintext capture). */
+  #plain(m: Message): void {
+    const id = num(m.id);
+    const at = (v: unknown): { address: string; port: number } => {
+      const [address, port] = Array.isArray(v) ? (v as [unknown, unknown]) : ['', 0];
+      return { address: str(address), port: num(port) || 0 };
+    };
+    const admitted = admitPlaintext({ ...this.#o.inbound, mode: this.#o.mode }, { remote: at(m.remote), local: at(m.local), destination: at(m.dst), destinationError: str(m.dstError) });
+    this.#admitted(id, admitted);
+  }
+
   #stream(m: Message): void {
     const id = num(m.id);
     const peer = this.#sessions.get(num(m.sid));
@@ -465,8 +460,13 @@ export class NativeInbound {
       this.#send({ t: 'decide', id, status: 400, reason: 'unknown_session' });
       return;
     }
+    const admitted = admitInbound(this.#o.inbound, { method: str(m.method), authority: str(m.authority), forwarded: str(m.forwarded) || undefined, baggage: str(m.baggage) || undefined, traceparent: str(m.traceparent) || undefined }, peer);
+    this.#admitted(id, admitted);
+  }
+
+  /** Answers the data plane's question about connection `id`, and tracks an admitted one until its end. */
+  #admitted(id: number, admitted: Admitted | Refused): void {
     const d = this.#o.inbound;
-    const admitted = admitInbound(d, { method: str(m.method), authority: str(m.authority), forwarded: str(m.forwarded) || undefined, baggage: str(m.baggage) || undefined, traceparent: str(m.traceparent) || undefined }, peer);
     if (!admitted.allowed) {
       this.#send({ t: 'decide', id, status: admitted.status, reason: admitted.reason });
       return;

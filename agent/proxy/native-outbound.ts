@@ -2,26 +2,33 @@ import type { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import type { UpstreamListener } from '../config.ts';
 import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
-import { isSourceWorkload } from './explicit-listeners.ts';
-import { serverNameFor } from './hbone-server.ts';
-import { planOutbound, refuseOutbound, tunnelFailure, type OutboundDeps } from './outbound.ts';
-import { TunnelError } from './tunnel-pool.ts';
+import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from './outbound-source.ts';
+import { serverNameFor } from './hbone-names.ts';
+import { planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure } from './outbound.ts';
 
-export interface NativeUpstreamsOptions {
-  /** The upstream listeners the data plane serves (--upstreams). */
-  readonly upstreams: readonly UpstreamListener[];
-  /** The loopback address they listen on. */
-  readonly host: string;
-  /** The outbound decision path (planOutbound), shared with the node:http2 data path. */
+/** A listener ambit-dataplane binds for the agent: an outbound entry point, or inbound plaintext capture (:15006). */
+export interface DataplaneListener {
+  readonly entry: OutboundEntry | { readonly kind: 'plaintext' };
+  /** host:port to bind. */
+  readonly addr: string;
+  /** What the listener is, for messages (e.g. "SOCKS5", "upstream shop/client"). */
+  readonly label: string;
+}
+
+export interface NativeOutboundOptions {
+  /** Every listener the data plane binds for this agent (lid = index). */
+  readonly listeners: readonly DataplaneListener[];
+  /** The outbound decision path (planOutbound). */
   readonly outbound: OutboundDeps;
   readonly trustDomain: string;
   readonly bundle: () => X509Certificate[];
   readonly logger: Logger;
   readonly now?: () => number;
   readonly procRoot?: string;
+  /** The agent's --address (the source proof's shared address). */
+  readonly agentAddress: string;
 }
 
 /** One outbound connection the data plane carries, from its route to its end. */
@@ -37,51 +44,71 @@ interface NativeConnection {
 
 type Send = (m: Message) => void;
 
+/** The SOCKS5 reply (RFC 1928) for a connection refused before its tunnel was tried. */
+const SOCKS_REPLY_OF: Record<OutboundFailure | SourceRefusal, number> = {
+  denied: 2,
+  passthrough_denied: 2,
+  source_not_verified: 2,
+  unknown_source: 2,
+  no_original_destination: 1,
+  loop: 1,
+  no_route: 4,
+  unreachable: 4,
+  refused: 5,
+};
+
+const endpoint = (v: unknown): { address: string; port: number } => {
+  const [address, port] = Array.isArray(v) ? (v as [unknown, unknown]) : ['', 0];
+  return { address: str(address), port: num(port) || 0 };
+};
 
 /**
- * The upstream listeners when ambit-dataplane carries outbound traffic
- * (`--dataplane native`): the data plane binds them, owns the HBONE client
- * pool (TLS with the source's certificate, HTTP/2 CONNECT) and the relay;
- * this class decides, with the node:http2 path's code: it verifies the
- * client is the listener's workload (isSourceWorkload), plans the route
+ * The outbound entry points ambit-dataplane serves (upstream listeners,
+ * SOCKS5, transparent capture; docs/architecture.md): the data plane binds
+ * them, reads what the client says (SOCKS5 request, original destination),
+ * owns the HBONE client pool (TLS with the source's certificate, HTTP/2
+ * CONNECT) and the relay; this class decides. It proves the client is the
+ * workload it claims to be (resolveOutboundSource), plans the route
  * (planOutbound: service resolution, load balancing, passthrough), checks
  * each dialled server is exactly the destination (verifyPeer), and keeps
- * the records, metrics, access log lines and span.
+ * the records, metrics, access log lines and span. It also binds the
+ * inbound plaintext capture listener, whose connections NativeInbound
+ * decides.
  *
  * Messages reach it through NativeInbound, which owns the child process.
  */
-export class NativeUpstreams {
-  readonly #o: NativeUpstreamsOptions;
+export class NativeOutbound {
+  readonly #o: NativeOutboundOptions;
   #send: Send = () => undefined;
   readonly #conns = new Map<number, NativeConnection>();
-  #bound = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  #bound = new Map<number, { resolve: (addr: string) => void; reject: (e: Error) => void }>();
   #sessions = 0;
   /** Counts data plane processes: a route decided for one must not reach the next (ids start again). */
   #generation = 0;
 
-  constructor(o: NativeUpstreamsOptions) {
+  constructor(o: NativeOutboundOptions) {
     this.#o = o;
   }
 
-  /** Asks the data plane (just started, or started again) to bind every upstream listener; resolves once all are bound. */
-  listen(send: Send): Promise<void> {
+  /** Asks the data plane (just started, or started again) to bind every listener; resolves with their bound addresses once all are bound. */
+  listen(send: Send): Promise<string[]> {
     this.#send = send;
     this.#generation++;
-    return Promise.all(this.#o.upstreams.map((u, lid) => new Promise<void>((resolve, reject) => {
+    return Promise.all(this.#o.listeners.map((l, lid) => new Promise<string>((resolve, reject) => {
       this.#bound.set(lid, { resolve, reject });
-      send({ t: 'listen', lid, addr: formatHostPort({ host: this.#o.host, port: u.localPort }) });
-    }))).then(() => undefined);
+      send({ t: 'listen', lid, addr: l.addr, kind: l.entry.kind });
+    })));
   }
 
   /** Handles a message about outbound traffic; false when it is not one. */
   handle(m: Message): boolean {
     switch (m.t) {
       case 'bound':
-        this.#settle(num(m.lid));
+        this.#settle(num(m.lid), undefined, str(m.addr));
         return true;
       case 'error':
         if (typeof m.lid !== 'number') return false;
-        this.#settle(m.lid, new AmbitError('AMBIT_ERR_INTERNAL', `upstream listener ${this.#describe(m.lid)}: ${str(m.message)}`));
+        this.#settle(m.lid, new AmbitError('AMBIT_ERR_INTERNAL', `${this.#describe(m.lid)}: ${str(m.message)}`));
         return true;
       case 'out':
         this.#out(m);
@@ -133,22 +160,22 @@ export class NativeUpstreams {
       c.record.finish(c.closed?.reason ?? error, c.closed?.flags ?? 'DC');
       c.finished();
     }
-    for (const [lid] of this.#bound) this.#settle(lid, new AmbitError('AMBIT_ERR_INTERNAL', `upstream listener ${this.#describe(lid)}: ${error}`));
+    for (const [lid] of this.#bound) this.#settle(lid, new AmbitError('AMBIT_ERR_INTERNAL', `${this.#describe(lid)}: ${error}`));
   }
 
   #describe(lid: number): string {
-    const u = this.#o.upstreams[lid];
-    return u ? `${formatHostPort({ host: this.#o.host, port: u.localPort })} (${u.namespace}/${u.workload})` : `#${lid}`;
+    const l = this.#o.listeners[lid];
+    return l ? `${l.label} listener ${l.addr}` : `listener #${lid}`;
   }
 
-  #settle(lid: number, err?: Error): void {
+  #settle(lid: number, err?: Error, addr = ''): void {
     const b = this.#bound.get(lid);
     this.#bound.delete(lid);
     if (err) {
       if (b) b.reject(err);
-      else this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve an upstream listener');
+      else this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve a listener');
     } else {
-      b?.resolve();
+      b?.resolve(addr);
     }
   }
 
@@ -157,29 +184,34 @@ export class NativeUpstreams {
     if (toSource > record.bytesToSource) record.toSource(toSource - record.bytesToSource);
   }
 
-  /** A connection on an upstream listener: is it the listener's workload, and where does it go? */
+  /** A connection on an outbound entry point: which workload it proves to be, and where it goes. */
   #out(m: Message): void {
     const id = num(m.id);
-    const u = this.#o.upstreams[num(m.lid)];
-    const [remoteAddress, remotePort] = Array.isArray(m.remote) ? (m.remote as [string, number]) : ['', 0];
-    const [localAddress, localPort] = Array.isArray(m.local) ? (m.local as [string, number]) : ['', 0];
+    const listener = this.#o.listeners[num(m.lid)];
     const d = this.#o.outbound;
     const generation = this.#generation;
-    const source = u ? d.state.localWorkloadByName(u.namespace, u.workload) : undefined;
-    const verified = source ? isSourceWorkload({ remoteAddress, remotePort, localAddress, localPort }, source, this.#o.procRoot) : Promise.resolve(false);
-    void verified.then((ok) => {
+    const entry = listener?.entry;
+    const socks = entry?.kind === 'socks5';
+    const refuse = (reason: OutboundFailure | SourceRefusal): void => this.#send({ t: 'route', id, verdict: 'refuse', reply: socks ? SOCKS_REPLY_OF[reason] : 0 });
+    if (!entry || entry.kind === 'plaintext') {
+      this.#send({ t: 'route', id, verdict: 'refuse' });
+      return;
+    }
+    const arrival = { remote: endpoint(m.remote), local: endpoint(m.local), user: str(m.user), destination: m.dst === undefined ? undefined : endpoint(m.dst), destinationError: str(m.dstError) };
+    void resolveOutboundSource({ state: d.state, agentAddress: this.#o.agentAddress, procRoot: this.#o.procRoot }, entry, arrival).then((verdict) => {
       // The process that asked has exited (its connection with it); a new one reuses ids.
       if (generation !== this.#generation) return;
-      if (!ok || !source || !u) {
-        d.metrics.refused.inc({ direction: 'outbound', reason: 'source_not_verified' });
-        this.#o.logger.warn({ workload: u ? `${u.namespace}/${u.workload}` : '', peer: remoteAddress, port: u?.localPort }, 'upstream client is not the workload the listener belongs to; refused');
-        this.#send({ t: 'route', id, verdict: 'refuse' });
+      if (!verdict.ok) {
+        d.metrics.refused.inc({ direction: 'outbound', reason: verdict.reason });
+        this.#o.logger.warn({ listener: listener.label, peer: `${arrival.remote.address}:${arrival.remote.port}`, reason: verdict.reason }, `${verdict.detail}; refused`);
+        refuse(verdict.reason);
         return;
       }
-      const { record, plan } = planOutbound(d, { source, srcAddr: remoteAddress, host: u.destination.host, port: u.destination.port });
+      const { source, destination } = verdict;
+      const { record, plan } = planOutbound(d, { source, srcAddr: arrival.remote.address, host: destination.address, port: destination.port });
       if (plan.kind === 'refuse') {
         refuseOutbound(d, record, plan.failure, plan.detail, plan.flags);
-        this.#send({ t: 'route', id, verdict: 'refuse' });
+        refuse(plan.failure);
         return;
       }
       let finished: () => void = () => undefined;
@@ -187,7 +219,7 @@ export class NativeUpstreams {
       const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
       const conn: NativeConnection = { record, kind: plan.kind, target, finished, opened: false };
       this.#conns.set(id, conn);
-      // Tracked from the start, as on the node:http2 path: a drain waits for (or cuts) a tunnel still opening.
+      // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
       d.tracker.add({
         direction: 'outbound',
         close: (reason, flags) => {
@@ -210,8 +242,8 @@ export class NativeUpstreams {
       });
     }).catch((err: unknown) => {
       // A bug in deciding must not leave the client waiting, nor crash the agent.
-      this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an upstream connection failed; refused');
-      if (generation === this.#generation && !this.#conns.has(id)) this.#send({ t: 'route', id, verdict: 'refuse' });
+      this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an outbound connection failed; refused');
+      if (generation === this.#generation && !this.#conns.has(id)) this.#send({ t: 'route', id, verdict: 'refuse', reply: socks ? 1 : 0 });
     });
   }
 

@@ -1,5 +1,5 @@
-import { connect, isIP, type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { isIP } from 'node:net';
+import type { OutgoingHttpHeaders } from 'node:http';
 import type { Logger } from '../../shared/logger.ts';
 import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
@@ -7,12 +7,10 @@ import { pickEndpoint, type MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
 import type { ConnectionTracker } from './connection-tracker.ts';
 import type { AgentMetrics } from './metrics.ts';
-import { relay } from './relay.ts';
-import { tunnelErrorOf, type TunnelError, type TunnelPool, type TunnelRequest } from './tunnel-pool.ts';
+import type { SpiffeId } from '../../shared/spiffe-id.ts';
 
 export interface OutboundDeps {
   readonly state: MeshState;
-  readonly pool: TunnelPool;
   readonly metrics: AgentMetrics;
   readonly accessLog: Logger;
   readonly tracer: Tracer;
@@ -25,15 +23,27 @@ export interface OutboundDeps {
 /** Why an outbound connection failed, in terms the front end (SOCKS reply, capture reset) can act on. */
 export type OutboundFailure = 'denied' | 'no_route' | 'unreachable' | 'refused' | 'passthrough_denied';
 
-export interface OutboundRequest {
-  /** The application's connection (allowHalfOpen). */
-  readonly client: Socket;
-  /** The authenticated local source workload. */
-  readonly source: Workload;
-  readonly host: string;
-  readonly port: number;
-  /** Called once, before any byte flows: the tunnel is open (undefined) or why not. */
-  readonly ready: (failure: OutboundFailure | undefined, detail: string) => void;
+/** A tunnel the data plane could not open: the status the peer agent answered (0: none), its reason, and what happened. */
+export class TunnelError extends Error {
+  readonly status: number;
+  readonly reason: string;
+  constructor(status: number, reason: string, message: string) {
+    super(message);
+    this.name = 'TunnelError';
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+/** An HBONE CONNECT to open on the destination's agent. */
+export interface TunnelRequest {
+  readonly source: SpiffeId;
+  readonly destination: SpiffeId;
+  /** The destination node's agent, "ip:port". */
+  readonly hboneAddress: string;
+  /** The destination workload "ip:port" (the CONNECT authority). */
+  readonly authority: string;
+  readonly headers: OutgoingHttpHeaders;
 }
 
 function failureOf(status: number): OutboundFailure {
@@ -59,8 +69,7 @@ export interface OutboundSource {
 
 /**
  * Resolves an outbound connection (service → endpoint, or workload address;
- * otherwise passthrough) and starts its record and span. Shared by both data
- * paths: handleOutbound carries it out on node:http2, the native data plane
+ * otherwise passthrough) and starts its record and span; ambit-dataplane
  * carries out the plan the agent sends it (native-outbound.ts).
  */
 export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: ConnectionRecord; plan: OutboundPlan } {
@@ -131,71 +140,4 @@ export function refuseOutbound(d: OutboundDeps, record: ConnectionRecord, failur
 export function tunnelFailure(d: OutboundDeps, te: TunnelError): { failure: OutboundFailure; flags: string } {
   if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
   return { failure: failureOf(te.status), flags: te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF' };
-}
-
-/**
- * One outbound connection, top to bottom: plan it (planOutbound) → open a
- * pooled HBONE stream to the destination's agent presenting the source's
- * certificate, or dial a destination outside the mesh directly → pipe both
- * ways → record once.
- */
-export async function handleOutbound(d: OutboundDeps, req: OutboundRequest): Promise<void> {
-  const { record, plan } = planOutbound(d, { source: req.source, srcAddr: req.client.remoteAddress ?? '', host: req.host, port: req.port });
-
-  // Tracked from the start, not only once bytes flow: a drain must wait for
-  // (or cut) a connection whose tunnel is still being opened, or its pooled
-  // session would escape the drain's flush.
-  let upstream: Duplex | undefined;
-  let resolveDone: () => void = () => undefined;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  d.tracker.add({
-    direction: 'outbound',
-    close: (reason, flags) => {
-      record.finish(reason, flags);
-      upstream?.destroy(new Error(reason));
-      req.client.resetAndDestroy();
-    },
-    done,
-  });
-  try {
-    const fail = (failure: OutboundFailure, detail: string, flags: string): void => {
-      req.ready(failure, detail);
-      refuseOutbound(d, record, failure, detail, flags);
-    };
-    if (plan.kind === 'refuse') return fail(plan.failure, plan.detail, plan.flags);
-    if (plan.kind === 'direct') {
-      const socket: Socket = connect({ host: plan.host, port: plan.port, allowHalfOpen: true, noDelay: true });
-      socket.setTimeout(d.connectTimeoutMs, () => socket.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })));
-      try {
-        await new Promise<void>((resolve, reject) => {
-          socket.once('connect', resolve);
-          socket.once('error', reject);
-        });
-      } catch (err) {
-        return fail('unreachable', `passthrough to ${plan.host}:${plan.port} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'UF');
-      }
-      socket.setTimeout(0);
-      upstream = socket;
-    } else {
-      try {
-        upstream = await d.pool.open(plan.request);
-      } catch (err) {
-        const te = tunnelErrorOf(err);
-        const { failure, flags } = tunnelFailure(d, te);
-        return fail(failure, te.message, flags);
-      }
-    }
-
-    if (req.client.destroyed) {
-      upstream.destroy();
-      record.finish('client went away before the tunnel opened', 'DC');
-      return;
-    }
-    req.ready(undefined, '');
-    record.open();
-    const err = await relay(req.client, upstream, { leftToRight: (n) => record.fromSource(n), rightToLeft: (n) => record.toSource(n) });
-    record.finish(err);
-  } finally {
-    resolveDone();
-  }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 /// the agent refuses an executable whose version is not its own
 /// (agent/proxy/native-inbound.ts, DATAPLANE_PROTOCOL). Bump both with any
 /// change to the messages.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// What the agent sends.
 #[derive(Deserialize, Debug)]
@@ -40,11 +40,15 @@ pub enum In {
     /// Close a live connection (policy now denies it, or the drain deadline passed).
     #[serde(rename = "close")]
     Close { id: u64 },
-    /// Serve an outbound listener (an upstream listener of a local
-    /// workload): answered with `bound` (or `error` naming `lid`); each
-    /// accepted connection is announced with `out` and waits for its `route`.
+    /// Serve a listener for the agent: answered with `bound` (or `error`
+    /// naming `lid`). `kind` says what the client tells on it: `upstream`
+    /// (nothing: the listener names source and destination), `socks5` (a
+    /// SOCKS5 negotiation: user and destination), `capture` (redirected by
+    /// iptables: the original destination), each announced with `out` and
+    /// waiting for its `route`; or `plaintext` (inbound plaintext capture,
+    /// :15006), announced with `plain` and waiting for a `decide`.
     #[serde(rename = "listen")]
-    Listen { lid: u64, addr: String },
+    Listen { lid: u64, addr: String, #[serde(default)] kind: String },
     /// Where an outbound connection goes: `tunnel` (HBONE CONNECT to
     /// `authority` through the agent at `hbone`, presenting `source`'s
     /// certificate and expecting `expect`), `direct` (dial `dial`: a
@@ -80,6 +84,9 @@ pub struct RouteIn {
     pub headers: Vec<(String, String)>,
     #[serde(default, rename = "timeoutMs")]
     pub timeout_ms: u64,
+    /// SOCKS5 only: the reply code (RFC 1928) of a refusal.
+    #[serde(default)]
+    pub reply: u8,
 }
 
 #[derive(Deserialize, Debug)]

@@ -103,20 +103,19 @@ impl Core {
     /// Relays an open tunnel (its socket end `is_source` outbound, the
     /// workload inbound) until both directions are over or the agent closes
     /// it, then reports its end. Closed or failed, both sides are reset: the
-    /// stream with CANCEL, the socket with RST (linger 0) when the agent
-    /// closed it, as the Node.js path does.
+    /// stream with CANCEL, the socket with RST (linger 0).
     pub async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream, is_source: bool) {
         let counts = Counts::default();
         let closed = self.live(id, &counts);
         let error = tokio::select! {
             e = relay::run(&mut tcp, &mut send, recv, counts.directions(is_source)) => e,
-            _ = closed => {
-                let _ = tcp.set_zero_linger();
-                Some("closed by the agent".to_string())
-            }
+            _ = closed => Some("closed by the agent".to_string()),
         };
         if error.is_some() {
+            // Cut, not finished: both ends see a reset (the stream CANCEL, the
+            // socket RST), so an application never takes a cut for a clean end.
             send.send_reset(Reason::CANCEL);
+            let _ = tcp.set_zero_linger();
         }
         drop(tcp);
         self.ended(id, &counts, error);

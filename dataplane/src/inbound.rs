@@ -3,6 +3,7 @@
 //! dial the local workload and relay both ways. One readable path per
 //! connection: session() → stream() → relay::run().
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::core::{until_true, Core};
 use crate::linger::{self, Lingering};
+use crate::original_dst::original_dst;
+use crate::relay::{self, Counts};
 use crate::tls::Tls;
 
 /// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
@@ -221,6 +224,83 @@ impl Inbound {
         self.core.tunnel(id, tcp, send, req.into_body(), false).await;
     }
 
+    /// Binds the inbound plaintext capture listener (:15006) and serves it
+    /// until the drain: iptables redirected a connection for a local
+    /// workload here; the agent decides from its original destination
+    /// (strict mode refuses, permissive asks policy), then it is relayed.
+    pub async fn listen_plaintext(self: Arc<Self>, lid: u64, addr: String) {
+        let listener = match TcpListener::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.core.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                return;
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+        let mut draining = self.core.drain_signal();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = until_true(&mut draining) => return,
+            };
+            match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(self.clone().plaintext(lid, tcp, remote));
+                }
+                // EMFILE or a peer that already reset: pause so it cannot spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// One redirected plaintext connection: its original destination → the
+    /// agent's decision → dial the workload → relay → report its end.
+    async fn plaintext(self: Arc<Self>, lid: u64, mut tcp: TcpStream, remote: SocketAddr) {
+        let addr = |a: SocketAddr| json!([a.ip().to_canonical().to_string(), a.port()]);
+        // Bound to all addresses: the address iptables picked is this socket's own.
+        let local = tcp.local_addr();
+        let id = self.core.id();
+        let mut plain = json!({ "t": "plain", "id": id, "lid": lid, "remote": addr(remote), "local": local.as_ref().map(|a| addr(*a)).unwrap_or(json!(["", 0])) });
+        match local.as_ref().map_err(|e| errno_name(e)).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
+            Ok(dst) => plain["dst"] = addr(dst),
+            Err(e) => plain["dstError"] = json!(e),
+        }
+        let (tx, rx) = oneshot::channel();
+        self.decisions.lock().unwrap().insert(id, tx);
+        self.core.outbox.send(plain);
+        // Refused (counted and recorded by the agent): the client is reset.
+        let Ok(d) = rx.await else { return reset(tcp) };
+        if d.status != 200 {
+            return reset(tcp);
+        }
+        let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
+        let mut upstream = match dialled {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                reset(tcp);
+                return self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": format!("workload_unreachable: {}", errno_name(&e)), "flags": "UF" }));
+            }
+            Err(_) => {
+                reset(tcp);
+                return self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": "workload_unreachable: ETIMEDOUT", "flags": "UF" }));
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let counts = Counts::default();
+        let closed = self.core.live(id, &counts);
+        let error = tokio::select! {
+            e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
+            _ = closed => {
+                let _ = tcp.set_zero_linger();
+                let _ = upstream.set_zero_linger();
+                Some("closed by the agent".to_string())
+            }
+        };
+        self.core.ended(id, &counts, error);
+    }
+
     fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {
         let reason = format!("workload_unreachable: {code}");
         let _ = respond.send_response(status_response(503, &reason), true);
@@ -244,6 +324,11 @@ pub fn h2_server() -> server::Builder {
         // tell from the streams h2 still holds when everything is written.
         .max_concurrent_reset_streams(0);
     b
+}
+
+/// Resets a client's connection (RST, not FIN): the application sees a refused connection.
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
 }
 
 /// The refusal reason of a failed handshake, as the Node.js path counts it:
@@ -313,6 +398,9 @@ pub fn errno_name(e: &std::io::Error) -> String {
         _ => match e.raw_os_error() {
             Some(113) => "EHOSTUNREACH".into(),
             Some(101) => "ENETUNREACH".into(),
+            // SO_ORIGINAL_DST of a connection no rule redirected (or with no conntrack).
+            Some(2) => "ENOENT".into(),
+            Some(92) => "ENOPROTOOPT".into(),
             _ => e.to_string(),
         },
     }

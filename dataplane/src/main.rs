@@ -12,9 +12,11 @@ mod control;
 mod core;
 mod inbound;
 mod linger;
+mod original_dst;
 mod outbound;
 mod pipe;
 mod relay;
+mod socks5;
 mod tls;
 
 use std::sync::{Arc, RwLock};
@@ -26,7 +28,7 @@ use tokio::net::TcpListener;
 
 use control::In;
 use inbound::{Decision, Inbound};
-use outbound::Outbound;
+use outbound::{Entry, Outbound};
 
 /// How often live tunnels' byte counts go to the agent.
 const BYTES_EVERY: Duration = Duration::from_millis(1000);
@@ -73,9 +75,21 @@ async fn run(listen: String) {
             Ok(In::Session { sid, ok }) => inbound.session_verdict(sid, ok),
             Ok(In::Decide { id, status, reason, dial, timeout_ms }) => inbound.decide(id, Decision { status, reason, dial, timeout_ms }),
             Ok(In::Close { id }) => core.close(id),
-            Ok(In::Listen { lid, addr }) => {
-                tokio::spawn(outbound.clone().listen(lid, addr));
-            }
+            Ok(In::Listen { lid, addr, kind }) => match kind.as_str() {
+                "plaintext" => {
+                    tokio::spawn(inbound.clone().listen_plaintext(lid, addr));
+                }
+                "" | "upstream" => {
+                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Upstream));
+                }
+                "socks5" => {
+                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Socks5));
+                }
+                "capture" => {
+                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Capture));
+                }
+                other => outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("unknown listener kind {other:?}") })),
+            },
             Ok(In::Route(route)) => outbound.route(route),
             Ok(In::Peer { pid, ok }) => outbound.peer_verdict(pid, ok),
             Ok(In::Drain) => {

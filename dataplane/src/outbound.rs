@@ -20,6 +20,7 @@ use h2::{client, Reason};
 use http::{Method, Request};
 use rustls::pki_types::ServerName;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
@@ -28,7 +29,9 @@ use crate::control::RouteIn;
 use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
+use crate::original_dst::original_dst;
 use crate::relay;
+use crate::socks5;
 use crate::tls::Tls;
 
 /// CONNECT streams per pooled connection before another one to the same peer is dialled.
@@ -78,8 +81,8 @@ impl Outbound {
         Arc::new(Outbound { core, tls, routes: Mutex::new(HashMap::new()), peers: Mutex::new(HashMap::new()), pool: Arc::new(Mutex::new(HashMap::new())), dialing: Mutex::new(HashMap::new()) })
     }
 
-    /// Binds an upstream listener for the agent and serves it until the drain.
-    pub async fn listen(self: Arc<Self>, lid: u64, addr: String) {
+    /// Binds an outbound listener for the agent and serves it until the drain.
+    pub async fn listen(self: Arc<Self>, lid: u64, addr: String, entry: Entry) {
         let listener = match TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -102,7 +105,7 @@ impl Outbound {
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let local = local.map_or_else(|| tcp.local_addr(), Ok);
-                    tokio::spawn(self.clone().connection(lid, tcp, remote, local));
+                    tokio::spawn(self.clone().connection(lid, entry, tcp, remote, local));
                 }
                 // EMFILE or a peer that already reset: pause so it cannot spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -140,31 +143,56 @@ impl Outbound {
         pool.retain(|_, l| !l.is_empty());
     }
 
-    /// One client connection: the agent checks its source and routes it; the
+    /// One client connection: read what its entry point says of it (SOCKS5
+    /// request, original destination), let the agent check its source and
+    /// route it, then open the tunnel (or dial directly) and relay. The
     /// client's bytes wait in the socket until the tunnel is open.
-    async fn connection(self: Arc<Self>, lid: u64, tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>) {
+    async fn connection(self: Arc<Self>, lid: u64, entry: Entry, mut tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>) {
+        let addr = |a: SocketAddr| json!([a.ip().to_canonical().to_string(), a.port()]);
+        let mut out = json!({ "t": "out", "lid": lid, "remote": addr(remote), "local": local.as_ref().map(|a| addr(*a)).unwrap_or(json!(["", 0])) });
+        match entry {
+            Entry::Upstream => {}
+            Entry::Socks5 => match socks5::accept(&mut tcp, SOCKS_HANDSHAKE_TIMEOUT).await {
+                Ok(req) => {
+                    out["user"] = json!(req.user);
+                    out["dst"] = json!([req.host, req.port]);
+                }
+                Err(refusal) => {
+                    self.core.outbox.send(json!({ "t": "refused", "direction": "outbound", "reason": "socks_protocol", "error": refusal.message }));
+                    return;
+                }
+            },
+            Entry::Capture => match local.as_ref().map_err(|e| errno_name(e)).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
+                Ok(dst) => out["dst"] = json!([dst.ip().to_canonical().to_string(), dst.port()]),
+                Err(e) => out["dstError"] = json!(e),
+            },
+        }
         let id = self.core.id();
+        out["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         self.routes.lock().unwrap().insert(id, tx);
-        let addr = |a: std::io::Result<SocketAddr>| a.map(|a| json!([a.ip().to_string(), a.port()])).unwrap_or(json!(["", 0]));
-        self.core.outbox.send(json!({ "t": "out", "id": id, "lid": lid, "remote": addr(Ok(remote)), "local": addr(local) }));
-        let Ok(route) = rx.await else { return reset(tcp) };
+        self.core.outbox.send(out);
+        let front = Front { tcp, socks: entry == Entry::Socks5 };
+        let Ok(route) = rx.await else { return front.refuse(socks5::reply::GENERAL_FAILURE).await };
         match route.verdict.as_str() {
-            "tunnel" => self.tunnel(id, tcp, route).await,
-            "direct" => self.direct(id, tcp, route).await,
+            "tunnel" => self.tunnel(id, front, route).await,
+            "direct" => self.direct(id, front, route).await,
             // "refuse": the agent counted and logged it.
-            _ => reset(tcp),
+            _ => front.refuse(route.reply).await,
         }
     }
 
-    async fn direct(&self, id: u64, mut tcp: TcpStream, route: RouteIn) {
+    async fn direct(&self, id: u64, front: Front, route: RouteIn) {
         let dialled = tokio::time::timeout(Duration::from_millis(route.timeout_ms.max(1)), TcpStream::connect(route.dial.as_str())).await;
         let mut upstream = match dialled {
             Ok(Ok(u)) => u,
-            Ok(Err(e)) => return self.failed(id, tcp, Failure::new("unreachable", errno_name(&e))),
-            Err(_) => return self.failed(id, tcp, Failure::new("unreachable", "ETIMEDOUT".into())),
+            Ok(Err(e)) => return self.failed(id, front, Failure::new("unreachable", errno_name(&e))).await,
+            Err(_) => return self.failed(id, front, Failure::new("unreachable", "ETIMEDOUT".into())).await,
         };
         let _ = upstream.set_nodelay(true);
+        let Some(mut tcp) = front.opened().await else {
+            return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the connection opened" }));
+        };
         let counts = relay::Counts::default();
         let closed = self.core.live(id, &counts);
         let error = tokio::select! {
@@ -178,13 +206,13 @@ impl Outbound {
         self.core.ended(id, &counts, error);
     }
 
-    async fn tunnel(&self, id: u64, tcp: TcpStream, route: RouteIn) {
+    async fn tunnel(&self, id: u64, front: Front, route: RouteIn) {
         // One deadline for the whole opening: dial, handshake, the peer check and the answer.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(route.timeout_ms.max(1));
         let (pooled, response, mut send) = match tokio::time::timeout_at(deadline, self.open(&route)).await {
             Ok(Ok(opened)) => opened,
-            Ok(Err(f)) => return self.failed(id, tcp, f),
-            Err(_) => return self.failed(id, tcp, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))),
+            Ok(Err(f)) => return self.failed(id, front, f).await,
+            Err(_) => return self.failed(id, front, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))).await,
         };
         let _release = Release(pooled.clone());
         let response = match tokio::time::timeout_at(deadline, response).await {
@@ -194,25 +222,30 @@ impl Outbound {
                     // A draining peer refuses new streams: open no more on this connection.
                     pooled.retired.store(true, Ordering::SeqCst);
                 }
-                return self.failed(id, tcp, Failure::new("stream_error", format!("tunnel to {} failed: {e}", route.hbone)));
+                return self.failed(id, front, Failure::new("stream_error", format!("tunnel to {} failed: {e}", route.hbone))).await;
             }
             Err(_) => {
                 send.send_reset(Reason::CANCEL);
-                return self.failed(id, tcp, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms)));
+                return self.failed(id, front, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))).await;
             }
         };
         let status = response.status().as_u16();
         if status != 200 {
             let reason = response.headers().get("x-ambit-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let message = format!("peer agent {} answered {status}{}", route.hbone, if reason.is_empty() { String::new() } else { format!(" ({reason})") });
-            return self.failed(id, tcp, Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message });
+            return self.failed(id, front, Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message }).await;
         }
+        let Some(tcp) = front.opened().await else {
+            send.send_reset(Reason::CANCEL);
+            return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the tunnel opened" }));
+        };
         self.core.tunnel(id, tcp, send, response.into_body(), true).await;
     }
 
-    /// The tunnel did not open: the client's connection is reset and the agent told why.
-    fn failed(&self, id: u64, tcp: TcpStream, f: Failure) {
-        reset(tcp);
+    /// The tunnel did not open: the client hears it (a SOCKS5 reply, or a
+    /// reset) and the agent is told why.
+    async fn failed(&self, id: u64, front: Front, f: Failure) {
+        front.refuse(socks_reply_for(&f)).await;
         self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": f.status, "reason": f.reason, "error": f.message }));
     }
 
@@ -392,9 +425,67 @@ impl Drop for Release {
 }
 
 /// Resets the client's connection (RST, not FIN): the application sees a
-/// failed connection, as with the Node.js data path.
+/// failed connection.
 fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
+}
+
+/// How long a SOCKS5 client has to say what it wants.
+const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outbound entry point a listener serves (control.rs `listen`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Entry {
+    /// An upstream listener: the agent knows source and destination from the listener.
+    Upstream,
+    /// SOCKS5 (:15080): the negotiation names the source workload and the destination.
+    Socks5,
+    /// Transparent capture (:15001): the original destination from SO_ORIGINAL_DST.
+    Capture,
+}
+
+/// The client's side of an outbound connection, and how it is answered.
+struct Front {
+    tcp: TcpStream,
+    /// A SOCKS5 client waits for a reply before it sends; others are reset on failure.
+    socks: bool,
+}
+
+impl Front {
+    /// Refuses the client: a SOCKS5 reply `code` then a clean close, or a reset.
+    async fn refuse(mut self, code: u8) {
+        if self.socks {
+            let code = if code == 0 { socks5::reply::GENERAL_FAILURE } else { code };
+            let _ = self.tcp.write_all(&socks5::reply_bytes(code)).await;
+            let _ = self.tcp.shutdown().await;
+        } else {
+            reset(self.tcp);
+        }
+    }
+
+    /// The far end is open: a SOCKS5 client hears success. None: the client is gone.
+    async fn opened(mut self) -> Option<TcpStream> {
+        if self.socks && self.tcp.write_all(&socks5::reply_bytes(socks5::reply::SUCCEEDED)).await.is_err() {
+            reset(self.tcp);
+            return None;
+        }
+        Some(self.tcp)
+    }
+}
+
+/// The SOCKS5 reply for a tunnel or dial that failed: policy (401) is "not
+/// allowed", a destination that is no local workload there (400) "host
+/// unreachable", a workload that refused (503) or a refused dial "connection
+/// refused", no answer in time "TTL expired", anything else "host unreachable".
+fn socks_reply_for(f: &Failure) -> u8 {
+    match f.status {
+        401 => socks5::reply::NOT_ALLOWED,
+        400 => socks5::reply::HOST_UNREACHABLE,
+        503 => socks5::reply::CONNECTION_REFUSED,
+        _ if f.message == "ECONNREFUSED" => socks5::reply::CONNECTION_REFUSED,
+        _ if f.reason == "timeout" => socks5::reply::TTL_EXPIRED,
+        _ => socks5::reply::HOST_UNREACHABLE,
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
  * Issue "Agent: HBONE data plane", end to end with real processes: a
  * controller and two agents on different loopback addresses as two hosts
  * (NET.2 = node-a, NET.3 = node-b), real TLS 1.3 / HTTP/2 tunnels, workloads
- * bound to their own loopback addresses. Run by agent.test.ts (node-b on the
- * node:http2 data path) and agent-native.test.ts (node-b on ambit-dataplane).
+ * bound to their own loopback addresses; every byte through ambit-dataplane.
+ * Run by agent.test.ts.
  */
 import t from 'tap';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
@@ -13,16 +13,13 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
-import { serverNameFor } from '../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../agent/proxy/hbone-names.ts';
 import { defaultDataplaneBinary } from '../../agent/proxy/native-inbound.ts';
-import { RELAY_HEADROOM_BYTES, effectiveHeadroom } from '../../agent/proxy/gc-tuning.ts';
 import { agentKnowsNode, agentsReady, ambitctl, childPids, sendRandom, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 export interface AgentSuiteOptions {
   /** The first three octets of this run's loopback block ("127.0.3"). */
   readonly net: string;
-  /** Both agents' data path (--dataplane): native, node-b's inbound HBONE and node-a's upstream listener are ambit-dataplane's. */
-  readonly dataplane: 'node' | 'native';
 }
 
 export function agentSuite(o: AgentSuiteOptions): void {
@@ -31,10 +28,6 @@ export function agentSuite(o: AgentSuiteOptions): void {
   const B = `${o.net}.3`;
   const CLIENT_IP = `${o.net}.12`;
   const WEB_IP = `${o.net}.13`;
-  /** node-b's data path: the HBONE server every test here reaches. */
-  const B_EXTRA = ['--dataplane', o.dataplane];
-  /** node-a's: its upstream listener is the native outbound path when native (SOCKS5 stays on node:http2). */
-  const A_EXTRA = B_EXTRA;
   const WEB_PORT = 8080;
   const TD = 'cluster.local';
   const CLIENT_ID = `spiffe://${TD}/ns/default/sa/client`;
@@ -103,8 +96,8 @@ export function agentSuite(o: AgentSuiteOptions): void {
     const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
     // Whichever agent starts is stopped at the end, even if the other fails to start.
     [agentA, agentB] = await startAgentPair((stop) => t.teardown(stop), [
-      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: [...A_EXTRA, '--upstreams', 'default/client:19080=web.default:80'] },
-      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: B_EXTRA },
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', 'default/client:19080=web.default:80'] },
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
     ]);
     await agentsReady([agentA, agentB]);
     await agentKnowsNode(agentA, 'node-b');
@@ -293,14 +286,11 @@ export function agentSuite(o: AgentSuiteOptions): void {
   t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
     const admin = hostPortOf(agentA.admin);
     t.equal(admin.host, A, 'admin listens on the agent\'s loopback address');
-    const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; gc: { headroomMib: number; heapGrowingPercent: number }; dataplane: { path: string } };
+    const dump = JSON.parse((await httpGet(admin, '/config_dump')).body) as { node: string; revision: number; resources: unknown[]; tunnelPool: { connections: number }; dataplane: { binary: string; listeners: { what: string; addr: string }[] } };
     t.equal(dump.node, 'node-a');
-    t.equal(dump.dataplane.path, o.dataplane, 'the data path serving');
+    t.equal(dump.dataplane.binary, defaultDataplaneBinary(), 'the data plane serving');
+    t.same(dump.dataplane.listeners.map((l) => l.what), ['SOCKS5', 'upstream (default/client)'], 'and the listeners it binds for the agent');
     t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
-    // An old generation of tens of MiB: 128 MiB of room over it is 125–600 % (agent/proxy/gc-tuning.ts).
-    const headroomMib = effectiveHeadroom(RELAY_HEADROOM_BYTES, process.constrainedMemory()) / 1024 / 1024;
-    t.equal(dump.gc.headroomMib, Math.round(headroomMib), `GC headroom for relaying: the default, ${headroomMib} MiB under this machine's memory limit if any`);
-    t.ok(dump.gc.heapGrowingPercent >= 125 && dump.gc.heapGrowingPercent <= 600, `and the heap growing percent that leaves it (${dump.gc.heapGrowingPercent})`);
     const certsText = (await httpGet(admin, '/certs')).body;
     const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number }[];
     t.ok(certs.some((c) => c.identity === CLIENT_ID && c.state === 'valid' && c.secondsLeft > 3600), 'workload certificate listed with its lifetime');
@@ -317,11 +307,8 @@ export function agentSuite(o: AgentSuiteOptions): void {
   t.test('controller down: a restarted agent serves from its cached state and certificates', async (t) => {
     await ctl.proc.stop('SIGTERM');
     await agentB.proc.stop('SIGTERM');
-    // Restarted with V8's own heap growing (--gc-headroom-mib 0), which must not change what it serves.
-    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: [...B_EXTRA, '--gc-headroom-mib', '0'] });
+    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
     await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'restarted agent ready without the controller');
-    const gc = (JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { gc: { headroomMib: number; heapGrowingPercent: number } }).gc;
-    t.same(gc, { headroomMib: 0, heapGrowingPercent: 0 }, '--gc-headroom-mib 0 leaves V8 its own heap growing');
     const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
     t.equal(reply, 0, 'tunnel opens through the restarted agent');
     if (reply !== 0) t.comment(JSON.stringify(agentA.proc.logs.slice(-5)) + '\n' + JSON.stringify(agentB.proc.logs.slice(-8)));
@@ -331,38 +318,24 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.ok(agentB.proc.logs.some((l) => l.msg === 'controller watch lost; serving cached state'), 'and that the controller is unreachable');
   });
 
-  // The default: native when the executable is there (the native suite's
-  // build), node:http2 when it is not (here a path with nothing at it).
-  t.test('--dataplane auto, the default: ambit-dataplane when its executable is there and current, else node:http2, said so', async (t) => {
+  // An executable built from other sources (here: one that states no
+  // protocol version) is refused at start, not misread.
+  t.test('an ambit-dataplane of another control protocol: the agent refuses to start, naming it', async (t) => {
     await agentB.proc.stop('SIGTERM');
-    if (o.dataplane === 'native') {
-      // An executable built from other sources (here: one that states no
-      // protocol version, as every build before the check did) is refused
-      // when native is asked for, not misread.
-      const stale = join(root, 'stale-dataplane');
-      writeFileSync(stale, `#!/bin/sh\necho '{"t":"listening","addr":"${B}:15008"}'\nexec cat >/dev/null\n`, { mode: 0o755 });
-      await t.rejects(startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane', 'native', '--dataplane-binary', stale] }),
-        /speaks control protocol none, this agent 1: it was built from other sources; rebuild it/, '--dataplane native with a data plane of another protocol: the agent refuses to start, saying why');
-    }
-    // The node suite's agent finds a stale executable (of no stated protocol): auto takes node.
-    const stale = join(root, 'stale-for-auto');
-    writeFileSync(stale, '#!/bin/sh\nexit 2\n', { mode: 0o755 });
-    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: o.dataplane === 'native' ? [] : ['--dataplane-binary', stale] });
+    const stale = join(root, 'stale-dataplane');
+    writeFileSync(stale, `#!/bin/sh\necho '{"t":"listening","addr":"${B}:15008"}'\nexec cat >/dev/null\n`, { mode: 0o755 });
+    await t.rejects(startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane-binary', stale] }),
+      /speaks control protocol none, this agent \d+: it was built from other sources; rebuild it/, 'the agent refuses to start, saying why');
+    agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
     await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready');
-    const dump = JSON.parse((await httpGet(hostPortOf(agentB.admin), '/config_dump')).body) as { config: { dataplane: string }; dataplane: { path: string; binary?: string } };
-    t.equal(dump.config.dataplane, 'auto', 'no --dataplane given: auto');
-    t.equal(dump.dataplane.path, o.dataplane, `it serves on ${o.dataplane}`);
-    t.equal(childPids(agentB.proc.child.pid!).length, o.dataplane === 'native' ? 1 : 0, 'with an ambit-dataplane child only when native');
-    const warned = agentB.proc.logs.find((l) => l.msg === 'ambit-dataplane cannot serve: serving on the node:http2 data path (--dataplane auto)');
-    if (o.dataplane === 'native') t.notOk(warned, 'nothing to warn about');
-    else t.match(warned, { binary: stale, why: /speaks control protocol none, this agent 1/ }, 'it warns, naming the executable and why');
+    t.equal(childPids(agentB.proc.child.pid!).length, 1, 'with its ambit-dataplane');
     const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
     t.equal(reply, 0, 'tunnels open through it');
     const r = await echoTransfer(socket, 256 * 1024);
     t.equal(r.received, r.sent, 'bytes intact');
   });
 
-  if (o.dataplane === 'native') {
+  {
     t.test('ambit-dataplane killed: the agent starts it again, and tunnels open again', async (t) => {
       const pid = agentB.proc.child.pid!;
       const children = childPids(pid);
@@ -406,7 +379,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       const bin = join(root, 'dataplane-copy');
       copyFileSync(defaultDataplaneBinary(), bin);
       chmodSync(bin, 0o755);
-      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: [...B_EXTRA, '--dataplane-binary', bin] });
+      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: ['--dataplane-binary', bin] });
       await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready on the copy');
       // A new file renamed over the old (the running one keeps its inode), as an install does.
       writeFileSync(`${bin}.new`, `#!/bin/sh\necho '{"t":"listening","addr":"${B}:15008"}'\nexec cat >/dev/null\n`, { mode: 0o755 });
@@ -417,12 +390,12 @@ export function agentSuite(o: AgentSuiteOptions): void {
         const r = await httpGet(hostPortOf(agentB.ready), '/healthz/ready');
         return r.status !== 200 ? r : undefined;
       }, 'not ready');
-      t.match(ready.body, /speaks control protocol none, this agent 1/, 'readiness says why');
+      t.match(ready.body, /speaks control protocol none, this agent \d+/, 'readiness says why');
       await new Promise((r) => setTimeout(r, 1_500)); // past the restart delay
       t.same(childPids(agentB.proc.child.pid!), [], 'and the stale executable is not started again');
       // Back on the built executable for what follows.
       await agentB.proc.stop('SIGTERM');
-      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: B_EXTRA });
+      agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
       await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready again');
     });
   }
@@ -464,7 +437,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.equal(exit.code, 0, 'agent exited cleanly after draining');
     // The agent waits for its ambit-dataplane: a stopped agent leaves no process behind.
     t.same(dataplanes.filter((pid) => existsSync(`/proc/${pid}`)), [], `its data plane (${dataplanes.join(', ') || 'none'}) exited before it did`);
-    if (o.dataplane === 'native') t.equal(dataplanes.length, 1, 'node-b ran one ambit-dataplane');
+    t.equal(dataplanes.length, 1, 'node-b ran one ambit-dataplane');
     t.ok(agentB.proc.logs.some((l) => l.msg === 'drained'), 'it says it drained without cutting anyone');
   });
 }

@@ -37,12 +37,6 @@ const BIG_PORT = 8080;
  * fails every time.
  */
 const CONNECTIONS = 8;
-/**
- * The node:http2 data path, whose session flush this guards: the default
- * (auto) would run ambit-dataplane wherever it is built, and its own drain is
- * tested in test/agent/proxy/native-dataplane.test.ts.
- */
-const NODE_PATH = ['--dataplane', 'node'];
 const ANSWER_BYTES = 128 * 1024;
 
 const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-drain-flush-'));
@@ -119,8 +113,8 @@ t.before(async () => {
     const ta = (await ok(['node', 'token', 'create', '--node', 'node-a'])).trim();
     const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
     [agentA, agentB] = await startAgentPair(started, [
-      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: NODE_PATH },
-      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: NODE_PATH },
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta },
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
     ]);
   });
   t.teardown(async () => {
@@ -173,7 +167,7 @@ t.test('a draining agent delivers the tails its peer host has not read yet, then
 
 t.test('a connection whose tunnel is still being opened when the drain starts is waited for, not cut', async (t) => {
   // node-b drained and exited above; a new one serves from the same data dir.
-  agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), extra: NODE_PATH });
+  agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
   await agentsReady([agentB]);
   // node-b stalls: node-a's HBONE dial to it (TCP accepted by the kernel, TLS unanswered) stays in flight.
   agentB.proc.child.kill('SIGSTOP');

@@ -35,8 +35,9 @@ import { fileURLToPath } from 'node:url';
 import { ambitctl, childPids, eventually, hostPortOf, httpGet, metricValue, startAgent, startController, type RunningAgent, type RunningController } from '../e2e/harness.ts';
 import type { EchoServerStats } from './echo-server.ts';
 import type { LoadAnswer, LoadClientConfig, LoadRequest } from './load-client.ts';
-import { DEFAULT_MAX_STREAMS_PER_SESSION } from '../../agent/proxy/tunnel-pool.ts';
 
+/** CONNECT streams per pooled HBONE connection in ambit-dataplane (dataplane/src/outbound.rs). */
+const MAX_STREAMS_PER_SESSION = 100;
 const HERE = dirname(fileURLToPath(import.meta.url));
 const CTL = '127.0.14.1';
 const A = '127.0.14.2';
@@ -87,7 +88,7 @@ const MiB = 1024 * KiB;
 //   leaks a 64 KiB read buffer fails it.
 // - Phase 2 is the finer leak check: tens of thousands of connections, never
 //   more than LOOPS at once. RSS first rises to a working size (relayed
-//   Buffers are collected with the heap: agent/proxy/gc-tuning.ts; measured
+//   Buffers are collected with the heap; measured
 //   +169 to +194 MiB over 60 s and over 150 s, 1,045-1,063 connections/s;
 //   -29 to +15 MiB before that GC setting, at 571-630 connections/s), bound
 //   RSS_PHASE2_WORKING_MAX; then it must stay level over the last third of
@@ -451,8 +452,8 @@ for (let round = 1; round <= ROUNDS; round++) {
     t.ok(activeA >= N, `node-a ambit_connections_active{direction="outbound"} ${activeA} >= ${N}`);
     t.ok(activeB >= N, `node-b ambit_connections_active{direction="inbound"} ${activeB} >= ${N}`);
     t.ok(streams >= N, `node-a ambit_tunnel_pool_streams ${streams} >= ${N} (on ${pooled} pooled HBONE connections)`);
-    // A burst waiting on one dial must not overfill it: at most DEFAULT_MAX_STREAMS_PER_SESSION streams each.
-    t.ok(pooled >= Math.ceil(N / DEFAULT_MAX_STREAMS_PER_SESSION), `${pooled} pooled HBONE connections carry ${streams} streams: none over ${DEFAULT_MAX_STREAMS_PER_SESSION}`);
+    // A burst waiting on one dial must not overfill it: at most MAX_STREAMS_PER_SESSION streams each.
+    t.ok(pooled >= Math.ceil(N / MAX_STREAMS_PER_SESSION), `${pooled} pooled HBONE connections carry ${streams} streams: none over ${MAX_STREAMS_PER_SESSION}`);
     const atPeak = await sampleAll();
 
     // A payload through each one, while all are open.
@@ -534,7 +535,7 @@ await t.test(`phase 2: new connections for ${SOAK_SECONDS} s at concurrency ${LO
     t.comment(`${ag.node}: before ${memText(b)}, after ${memText(a)}; fds before ${b.fds}, after ${r.fds} (${r.pool} pooled HBONE connections)`);
     // Phase 2 never has more than LOOPS connections open, but it moves bytes
     // several times faster than phase 1: relayed chunks are Buffers that V8
-    // collects with the heap (agent/proxy/gc-tuning.ts), so RSS first rises to
+    // collects with the heap, so RSS first rises to
     // a working size (measured: +169 to +194 MiB over 60 s and the same over
     // 150 s) and then stays level. What grows with the number of connections
     // keeps growing in the last third: that is what the second bound catches.

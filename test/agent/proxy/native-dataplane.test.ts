@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID } from './dataplane-harness.ts';
 
 t.test('the executable is built', async (t) => {

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { createSecureServer, type Http2SecureServer, type ServerHttp2Session } from 'node:http2';
 import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { sendRandom } from '../../e2e/harness.ts';
 import { Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID, type Msg } from './dataplane-harness.ts';
 

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { eventually, hostPortOf, httpGet, metricValue } from '../harness.ts';
 import {
   alive, clientCredentials, fdCount, FRAME, frame, frameReader, headersFrame, hboneSession, liveConnections, PREFACE, request, rstFrame, startMesh, tunnelWorks, WEB_ID, type Mesh, type RawFrame,

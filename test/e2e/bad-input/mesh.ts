@@ -8,7 +8,7 @@ import http2, { type ClientHttp2Session } from 'node:http2';
 import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { agentsReady, ambitctl, eventually, httpGet, hostPortOf, setUp, startAgentPair, startEchoServer, startController, type RunningAgent, type RunningController } from '../harness.ts';
 
 export const TD = 'cluster.local';

@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serverNameFor } from '../../../agent/proxy/hbone-server.ts';
+import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { agentsReady, ambitctl, eventually, hostPortOf, httpGet, metricValue, setUp, socksConnect, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from '../harness.ts';
 
 const ip = (n: number): string => `127.0.102.${n}`;
