@@ -1,3 +1,4 @@
+import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import {
   durationOption, enumOption, hostPortOption, intOption, ipOption, parseConfig, parseHostPort, stringOption,
@@ -41,7 +42,8 @@ export const AGENT_OPTIONS = {
   controller: { ...hostPortOption('controller gRPC address HOST:PORT', undefined, 15012), required: true },
   address: { ...ipOption('this host\'s address: HBONE, metrics and readiness listen here'), required: true },
   dataDir: { ...stringOption('directory for node credentials, workload certificates and cached state'), required: true },
-  join: stringOption('join token from "ambitctl node token create" (first start of a VM)'),
+  join: stringOption('join token from "ambitctl node token create" (first start of a VM); on the command line it is visible to every local user (ps): prefer --join-file or AMBIT_JOIN'),
+  joinFile: stringOption('file holding the join token, mode 0600 or stricter (refused if group or others can read it)'),
   kubernetesTokenFile: stringOption('path of a projected service-account token (audience ambit) to join with'),
   caBundle: stringOption('PEM file of the controller\'s CA bundle (a ConfigMap on Kubernetes); needed with --kubernetes-token-file, whose token pins no CA'),
   capture: enumOption('transparent: iptables capture (needs CAP_NET_ADMIN); none: SOCKS5 and upstream listeners only', ['transparent', 'none'] as const, 'transparent'),
@@ -66,8 +68,36 @@ export const AGENT_OPTIONS = {
 
 export type AgentConfig = ConfigValues<typeof AGENT_OPTIONS>;
 
+/**
+ * The token of --join-file. A file that group or others can read is refused,
+ * not warned about: a join token lets whoever reads it first join as this
+ * node, and a warning in a log is easily missed (ssh refuses loose private
+ * keys for the same reason).
+ */
+function readJoinFile(path: string, readFile: (p: string) => string): string {
+  let mode: number;
+  let token: string;
+  try {
+    mode = statSync(path).mode;
+    token = readFile(path).trim();
+  } catch (cause) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --join-file ${JSON.stringify(path)}: ${(cause as Error).message}`, { cause, details: { key: 'join-file', value: path } });
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --join-file ${JSON.stringify(path)}: mode ${(mode & 0o777).toString(8).padStart(4, '0')} lets other users read the join token; chmod 600 it`, { details: { key: 'join-file', value: path } });
+  }
+  if (token === '') throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --join-file ${JSON.stringify(path)}: the file is empty`, { details: { key: 'join-file', value: path } });
+  return token;
+}
+
 export function parseAgentConfig(sources: ConfigSources): AgentConfig & { readonly help: boolean } {
-  const cfg = parseConfig(AGENT_OPTIONS, sources);
+  let cfg = parseConfig(AGENT_OPTIONS, sources);
+  if (!cfg.help && cfg.joinFile !== undefined) {
+    if (cfg.join !== undefined) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--join and --join-file (or AMBIT_JOIN and AMBIT_JOIN_FILE) are alternatives: give one', { details: { key: 'join-file' } });
+    }
+    cfg = Object.freeze({ ...cfg, join: readJoinFile(cfg.joinFile, sources.readFile ?? ((p) => readFileSync(p, 'utf8'))) });
+  }
   if (!cfg.help && cfg.kubernetesTokenFile && !cfg.caBundle) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--kubernetes-token-file needs --ca-bundle: a Kubernetes token pins no CA, so the controller is verified against the bundle', { details: { key: 'ca-bundle' } });
   }

@@ -6,7 +6,7 @@ import { startAgent } from './app.ts';
 
 void runDaemon({
   name: 'ambit-agent',
-  usage: 'Usage: ambit-agent --node NAME --controller HOST:15012 --address IP --data-dir DIR [options]\n\nExample (first start on a VM):\n  ambit-agent --node vm-1 --controller 10.0.0.10:15012 --address 10.0.0.21 \\\n    --data-dir /var/lib/ambit-agent --join "$(cat /etc/ambit/join-token)"',
+  usage: 'Usage: ambit-agent --node NAME --controller HOST:15012 --address IP --data-dir DIR [options]\n\nExample (first start on a VM):\n  ambit-agent --node vm-1 --controller 10.0.0.10:15012 --address 10.0.0.21 \\\n    --data-dir /var/lib/ambit-agent --join-file /etc/ambit/join-token',
   options: AGENT_OPTIONS,
   dataDir: (cfg) => cfg.dataDir,
   parse: parseAgentConfig,

@@ -218,10 +218,11 @@ class Demo {
     const args = [
       '--node', n.name, '--controller', `${CONTROLLER.host}:${CONTROLLER.grpcPort}`, '--address', n.address,
       '--data-dir', dir, '--capture', 'none',
-      ...(token ? ['--join', token] : []),
       ...(n.upstream ? ['--upstreams', `${n.upstream.workload}:${n.upstream.port}=${n.upstream.destination}`] : []),
     ];
-    const proc = new DemoProcess({ name: `agent ${n.name}`, entry: ENTRY.agent, args, cwd: ROOT, env: childEnv(process.env), logPath: join(this.#dirs.logs, `${n.name}.log`) });
+    // The token goes in the environment, not the arguments, where every local user could read it (ps).
+    const env = { ...childEnv(process.env), ...(token ? { AMBIT_JOIN: token } : {}) };
+    const proc = new DemoProcess({ name: `agent ${n.name}`, entry: ENTRY.agent, args, cwd: ROOT, env, logPath: join(this.#dirs.logs, `${n.name}.log`) });
     this.#agents.set(n.name, proc);
     this.#watch(proc);
     await proc.waitForLog((l) => l.msg === 'agent started', 'agent started', 60_000);
