@@ -166,11 +166,11 @@ impl Inbound {
             };
             match next {
                 // Draining, and every stream's last frame is written: now GOAWAY.
-                // Not sooner, for two reasons. h2 writes a pending GOAWAY (and
-                // the PING whose answer ends the connection) ahead of streams'
-                // queued DATA, so the answer would not prove the peer read the
-                // tails. And a Node.js client answers a GOAWAY with its own,
-                // on which h2 fails every stream still open, tails and all.
+                // Not sooner: h2 writes a pending GOAWAY (and the PING whose
+                // answer ends the connection) ahead of streams' queued DATA,
+                // so the answer would not prove the peer read the tails. (A
+                // Node.js client answers a GOAWAY with its own; h2 0.3.13
+                // failed every open stream on it, 0.4 only streams it opened.)
                 // Until then new streams are refused (REFUSED_STREAM), which also
                 // makes the client's pool stop using this connection.
                 Event::Flushed => {
