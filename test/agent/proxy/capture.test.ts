@@ -408,13 +408,13 @@ t.test('pod mode: traffic from a pod veth is captured in PREROUTING with its ori
     localWorkloads: [{ address: '10.78.0.2', ports: [80] }], podCidrs: ['10.78.0.0/24'],
   };
   t.equal((await ctl(node, 'install', options)).error, undefined, 'install');
-  // Dual-stack listener, as Node binds '::' by default: v4 connections arrive
-  // v4-mapped on an AF_INET6 socket.
+  // Dual-stack listeners: v4 connections arrive v4-mapped on an AF_INET6
+  // socket, and the data plane reports their addresses as plain IPv4.
   await startProxy(t, node, ['*:15001', '*:15006', '10.78.0.1:15008', '10.78.9.1:8080']);
 
   let r = await dial(pod, '10.78.9.1', 8080);
   t.equal(r.reply?.listener, '*:15001', 'pod traffic → outbound capture port');
-  t.equal(r.reply?.landed.address, '::ffff:10.78.0.1', 'redirected to the pod-facing interface address');
+  t.equal(r.reply?.landed.address, '10.78.0.1', 'redirected to the pod-facing interface address');
   t.same(r.reply?.original, { address: '10.78.9.1', port: 8080, family: 4 }, 'original destination on a dual-stack socket');
 
   r = await dial(pod, '10.78.0.1', 15008);
