@@ -2,9 +2,9 @@
  * A peer's `Forwarded: for=` claim is believed only when it is an address of
  * a workload with the peer certificate's identity on the peer agent's node
  * (agent/connection/source-proof.ts), with real processes on loopback
- * (127.0.102.10–15): node-b serves web through ambit-dataplane (--dataplane
- * native); a raw HBONE client holding the real `client` certificate claims
- * the address of `trusted`, which an `ipBlocks` policy singles out.
+ * (127.0.102.10–15): node-b serves web through ambit-dataplane; a raw HBONE
+ * client holding the real `client` certificate claims the address of
+ * `trusted`, which an `ipBlocks` policy singles out.
  */
 import t from 'tap';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
@@ -125,7 +125,7 @@ t.before(async () => {
     const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
     [agentA, agentB] = await startAgentPair(started, [
       { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta },
-      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: ['--dataplane', 'native'] },
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
     ]);
     stops.push(() => agentA.proc.stop(), () => agentB.proc.stop(), () => ctl.proc.stop(), () => web.close());
     await agentsReady([agentA, agentB]);

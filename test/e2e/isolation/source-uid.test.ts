@@ -2,7 +2,7 @@
  * On a VM, a workload registered with the host's own address is proven by
  * its socket owner's uid, never by the address, which every local process
  * can bind (agent/connection/source-proof.ts, requiredProof). Real processes
- * on loopback (127.0.102.20–24): node-a (--dataplane native) serves upstream
+ * on loopback (127.0.102.20–24): node-a's ambit-dataplane serves upstream
  * listeners for `vm-app` (the host's address, a uid) and `lo-noid`
  * (127.0.0.1, no uid); clients run as other users through setpriv.
  */
@@ -78,8 +78,8 @@ t.before(async () => {
     const tb = (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim();
     const upstreams = `default/vm-app:${VM_APP_PORT}=${WEB}:${WEB_PORT},default/lo-noid:${NOID_PORT}=${WEB}:${WEB_PORT}`;
     const [a, b] = await startAgentPair(started, [
-      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--dataplane', 'native', '--upstreams', upstreams] },
-      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: ['--dataplane', 'native'] },
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', upstreams] },
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
     ]);
     agentA = a;
     stops.push(() => a.proc.stop(), () => b.proc.stop(), () => ctl.proc.stop(), () => web.close());
