@@ -11,6 +11,7 @@ import { loopbackAddressFor, type AgentConfig } from './config.ts';
 import { CaClient } from './identity/ca-client.ts';
 import { CertManager, chainsTo } from './identity/cert-manager.ts';
 import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts';
+import { OutlierDetector } from './connection/outlier.ts';
 import { ConnectionTracker } from './proxy/connection-tracker.ts';
 import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
 import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
@@ -125,7 +126,12 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- telemetry
     const registry = createMetricsRegistry();
-    const metrics = createAgentMetrics(registry);
+    // Passive health of service endpoints (outbound.ts skips the ejected ones).
+    const outlier = new OutlierDetector({
+      consecutiveFailures: cfg.outlierConsecutiveFailures, baseEjectionMs: cfg.outlierBaseEjection,
+      maxEjectionMs: cfg.outlierMaxEjection, maxEjectionPercent: cfg.outlierMaxEjectionPercent, now,
+    });
+    const metrics = createAgentMetrics(registry, { ejected: () => outlier.ejected() });
     metrics.persistHealthy.set(persister.healthy ? 1 : 0);
     persistState.failures = (path, code) => metrics.persistFailures.inc({ path, errno: code || 'unknown' });
     persistState.health = (healthy) => metrics.persistHealthy.set(healthy ? 1 : 0);
@@ -142,7 +148,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- data plane
     const tracker = new ConnectionTracker();
     const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
-    const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout };
+    const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout, outlier };
     const loopback = loopbackAddressFor(cfg.address);
     const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
     // Every data-path listener is ambit-dataplane's: SOCKS5 and the upstream
@@ -354,6 +360,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         dataplane: { binary: dataplaneBinary, listeners: listeners.map((l, i) => ({ what: l.label, addr: bound[i] ?? l.addr })) },
         watch: { connected: watch.connected, lastError: watch.lastError, lastUpdate: watch.lastUpdateAt ? new Date(watch.lastUpdateAt).toISOString() : '' },
         tunnelPool: { connections: outbound.sessions },
+        // Endpoints out of balancing now: which, why, since and until when.
+        ejectedEndpoints: outlier.ejected().map((e) => ({ ...e, since: new Date(e.since).toISOString(), until: new Date(e.until).toISOString() })),
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
         ready: isReady(),

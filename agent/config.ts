@@ -63,6 +63,15 @@ export const AGENT_OPTIONS = {
   dataplaneBinary: stringOption('path of the ambit-dataplane executable, which carries every byte (default: dataplane/target/release/ambit-dataplane in the package)'),
   acceptStore: stringOption('take the controller\'s state from this store identity even when it is another store than the one whose state the agent holds, or behind it (after the controller\'s store was reinitialized or restored; remove once taken)', undefined, { re: /^[A-Za-z0-9._:\/-]{1,200}$/, what: 'a store identity as the agent logs it' }),
   connectTimeout: durationOption('timeout for dialling workloads and peer agents', 5_000, { minMs: 100, maxMs: 120_000 }),
+  // Passive health (agent/connection/outlier.ts), Envoy's outlier detection
+  // for consecutive connect failures: 3 in a row is past a single lost SYN
+  // or restart race yet found within a handful of connections (each retried
+  // elsewhere meanwhile); 10 s doubling to 5 min and 50 % are Envoy's base
+  // and maximum ejection time and a cap that keeps half a service serving.
+  outlierConsecutiveFailures: intOption('connect failures in a row that eject a service endpoint from balancing', 3, 1, 1000),
+  outlierBaseEjection: durationOption('how long an endpoint is first ejected; each further ejection doubles it', 10_000, { minMs: 100, maxMs: 3_600_000 }),
+  outlierMaxEjection: durationOption('the longest an endpoint stays ejected', 300_000, { minMs: 100, maxMs: 86_400_000 }),
+  outlierMaxEjectionPercent: intOption('the share (percent) of a service\'s endpoints that may be ejected at once (at least one; 0: none)', 50, 0, 100),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
 } as const;
 

@@ -64,7 +64,8 @@ export class TcpSeriesTable {
   }
 }
 
-export function createAgentMetrics(registry: Registry) {
+/** `ejected`: the endpoints ejected now (OutlierDetector.ejected), read at each scrape. */
+export function createAgentMetrics(registry: Registry, o: { readonly ejected?: () => readonly { service: string; endpoint: string; workload: string }[] } = {}) {
   const registers = [registry];
   const tcp = new TcpSeriesTable();
   const counted = (name: string, help: string, field: Field) =>
@@ -95,6 +96,15 @@ export function createAgentMetrics(registry: Registry) {
     watchRejected: new Counter({ name: 'ambit_watch_rejected_total', help: 'Controller updates refused because they come from another store identity or from behind the held revision, by reason (store_identity, revision_behind).', labelNames: ['reason'] as const, registers }),
     watchUpdates: new Counter({ name: 'ambit_watch_updates_total', help: 'Controller updates by result (ack, nack).', labelNames: ['result'] as const, registers }),
     persistFailures: new Counter({ name: 'ambit_agent_persist_failures_total', help: 'Failed writes to the data directory (each attempt), by path relative to it and errno.', labelNames: ['path', 'errno'] as const, registers }),
+    connectRetries: new Counter({ name: 'ambit_connect_retries_total', help: 'Outbound tunnel attempts after the first (another endpoint of the service, before any byte flowed), by result (ok: it opened; failed).', labelNames: ['result'] as const, registers }),
+    endpointEjections: new Counter({ name: 'ambit_endpoint_ejections_total', help: 'Service endpoints ejected from balancing after consecutive connect failures (passive health).', labelNames: ['service'] as const, registers }),
+    endpointEjected: new Gauge({
+      name: 'ambit_endpoint_ejected', help: 'Service endpoints out of balancing now (1 per ejected endpoint).', labelNames: ['service', 'endpoint', 'workload'] as const, registers,
+      collect(this: Gauge<'service' | 'endpoint' | 'workload'>) {
+        this.reset();
+        for (const e of o.ejected?.() ?? []) this.set({ service: e.service, endpoint: e.endpoint, workload: e.workload }, 1);
+      },
+    }),
     persistHealthy: new Gauge({ name: 'ambit_agent_persist_healthy', help: '1 when every write to the data directory has landed; 0 while one is failing and being retried.', registers }),
   };
 }

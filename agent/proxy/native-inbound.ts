@@ -25,7 +25,7 @@ const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane
  * upgraded without rebuilding it) is refused instead of misread. Bump both
  * with any change to the messages.
  */
-export const DATAPLANE_PROTOCOL = 2;
+export const DATAPLANE_PROTOCOL = 3;
 /** How long a stopping agent waits for its data plane to exit before SIGKILL. */
 const EXIT_WAIT_MS = 2_000;
 

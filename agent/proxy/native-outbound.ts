@@ -6,7 +6,7 @@ import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from './outbound-source.ts';
 import { serverNameFor } from './hbone-names.ts';
-import { planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure } from './outbound.ts';
+import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from './outbound.ts';
 
 /** A listener ambit-dataplane binds for the agent: an outbound entry point, or inbound plaintext capture (:15006). */
 export interface DataplaneListener {
@@ -37,6 +37,8 @@ interface NativeConnection {
   readonly kind: 'tunnel' | 'direct';
   readonly target: string;
   readonly finished: () => void;
+  /** A tunnel's plan: the endpoints its attempts go to, in order. */
+  readonly request?: TunnelRequest;
   opened: boolean;
   /** Set when the agent closed it (drain deadline): the record ends with these. */
   closed?: { reason: string; flags: string };
@@ -127,6 +129,8 @@ export class NativeOutbound {
         this.#sessions--;
         this.#o.outbound.metrics.poolConnections.dec();
         return true;
+      case 'attempt':
+        return this.#attempt(m);
       case 'open':
         return this.#opened(num(m.id));
       case 'end':
@@ -217,7 +221,7 @@ export class NativeOutbound {
       let finished: () => void = () => undefined;
       const done = new Promise<void>((r) => (finished = r));
       const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
-      const conn: NativeConnection = { record, kind: plan.kind, target, finished, opened: false };
+      const conn: NativeConnection = { record, kind: plan.kind, target, finished, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) };
       this.#conns.set(id, conn);
       // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
       d.tracker.add({
@@ -233,18 +237,48 @@ export class NativeOutbound {
         return;
       }
       const r = plan.request;
+      const headers = Object.entries(r.headers).flatMap(([k, v]) => (v === undefined ? [] : [[k, String(v)]]));
       this.#send({
-        t: 'route', id, verdict: 'tunnel',
-        hbone: r.hboneAddress, sni: serverNameFor(r.destination.uri), source: r.source.uri, expect: r.destination.uri,
-        authority: r.authority,
-        headers: Object.entries(r.headers).flatMap(([k, v]) => (v === undefined ? [] : [[k, String(v)]])),
-        timeoutMs: d.connectTimeoutMs,
+        t: 'route', id, verdict: 'tunnel', source: r.source.uri, timeoutMs: d.connectTimeoutMs,
+        attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
       });
     }).catch((err: unknown) => {
       // A bug in deciding must not leave the client waiting, nor crash the agent.
       this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an outbound connection failed; refused');
       if (generation === this.#generation && !this.#conns.has(id)) this.#send({ t: 'route', id, verdict: 'refuse', reply: socks ? 1 : 0 });
     });
+  }
+
+  /**
+   * One attempt to open a tunnel, as the data plane reports each: its
+   * endpoint's health is counted (a success forgets its failures, a connect
+   * failure counts towards its ejection), a retry is counted, and the
+   * endpoint that opened becomes the record's destination.
+   */
+  #attempt(m: Message): boolean {
+    const c = this.#conns.get(num(m.id));
+    if (!c) return false;
+    const n = num(m.n) || 0;
+    const d = this.#o.outbound;
+    const a = c.request?.attempts[n];
+    if (n > 0) d.metrics.connectRetries.inc({ result: m.ok === true ? 'ok' : 'failed' });
+    if (!a || !c.request) return true;
+    const service = c.request.service;
+    if (m.ok === true) {
+      c.record.dst = a.peer;
+      if (service) d.outlier.success(service, a.authority);
+      return true;
+    }
+    const status = num(m.status) || 0;
+    const reason = str(m.reason);
+    if (service && isConnectFailure(status, reason)) {
+      const ejected = d.outlier.failure(service, a.authority, c.request.serviceSize, reason || `status_${status}`, `${a.peer.namespace}/${a.peer.workload}`);
+      if (ejected) {
+        d.metrics.endpointEjections.inc({ service });
+        this.#o.logger.warn({ service, endpoint: a.authority, workload: ejected.workload, reason: ejected.reason, until: new Date(ejected.until).toISOString(), ejections: ejected.ejections }, 'endpoint ejected after consecutive connect failures');
+      }
+    }
+    return true;
   }
 
   #opened(id: number): boolean {

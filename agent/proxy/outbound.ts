@@ -8,6 +8,8 @@ import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
 import type { ConnectionTracker } from './connection-tracker.ts';
 import type { AgentMetrics } from './metrics.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
+import type { OutlierDetector } from '../connection/outlier.ts';
+import type { Peer } from './connection-record.ts';
 
 export interface OutboundDeps {
   readonly state: MeshState;
@@ -17,8 +19,19 @@ export interface OutboundDeps {
   readonly tracker: ConnectionTracker;
   readonly passthrough: 'allow' | 'deny';
   readonly connectTimeoutMs: number;
+  /** Passive health of service endpoints: ejected ones are skipped, and every tunnel attempt is reported to it. */
+  readonly outlier: OutlierDetector;
   readonly random?: () => number;
 }
+
+/**
+ * Endpoints a connection to a service may try, the first included (the data
+ * plane bounds it too: outbound.rs MAX_ATTEMPTS). Three, as Envoy's and
+ * Linkerd's usual retry budget: with one endpoint in three down a connection
+ * fails only if every pick is dead, and a service whose endpoints are all
+ * dead costs at most three dials per connection.
+ */
+export const CONNECT_ATTEMPTS = 3;
 
 /** Why an outbound connection failed, in terms the front end (SOCKS reply, capture reset) can act on. */
 export type OutboundFailure = 'denied' | 'no_route' | 'unreachable' | 'refused' | 'passthrough_denied';
@@ -35,15 +48,27 @@ export class TunnelError extends Error {
   }
 }
 
-/** An HBONE CONNECT to open on the destination's agent. */
-export interface TunnelRequest {
-  readonly source: SpiffeId;
+/** One endpoint an HBONE CONNECT may open to. */
+export interface TunnelEndpoint {
   readonly destination: SpiffeId;
   /** The destination node's agent, "ip:port". */
   readonly hboneAddress: string;
   /** The destination workload "ip:port" (the CONNECT authority). */
   readonly authority: string;
+  /** The record's destination when this endpoint serves. */
+  readonly peer: Peer;
+}
+
+/** An HBONE CONNECT to open on the destination's agent: the first endpoint, then the others in turn while opening fails. */
+export interface TunnelRequest extends TunnelEndpoint {
+  readonly source: SpiffeId;
   readonly headers: OutgoingHttpHeaders;
+  /** The endpoints to try, this request's own first (one, unless the destination is a service). */
+  readonly attempts: readonly TunnelEndpoint[];
+  /** The service whose endpoints these are ('' for a workload address): what their health is counted under. */
+  readonly service: string;
+  /** How many endpoints the service has (the ejection cap's base). */
+  readonly serviceSize: number;
 }
 
 function failureOf(status: number): OutboundFailure {
@@ -81,12 +106,22 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
   const refuse = (failure: OutboundFailure, detail: string, flags: string): { record: ConnectionRecord; plan: OutboundPlan } => ({ record, plan: { kind: 'refuse', failure, detail, flags } });
 
   let target: Workload | undefined;
+  let others: Workload[] = [];
+  let serviceSize = 0;
   let targetPort = req.port;
   const svc = d.state.resolveService(req.host, req.port);
   if (svc) {
     record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
     targetPort = svc.port.targetPort;
-    target = pickEndpoint(d.state.endpointsOf(svc.service), req.source.spec.locality, targetPort, d.random);
+    const serving = d.state.endpointsOf(svc.service).filter((w) => w.spec.ports.length === 0 || w.spec.ports.includes(targetPort));
+    serviceSize = serving.length;
+    // Ejected endpoints are skipped while any other is left: trying them
+    // when all are ejected beats failing for sure.
+    const live = serving.filter((w) => !d.outlier.isEjected(record.service, endpointOf(w.spec.address, targetPort)));
+    const pool = live.length > 0 ? live : serving;
+    const picked = pickEndpoints(pool, req.source.spec.locality, targetPort, CONNECT_ATTEMPTS, d.random);
+    target = picked[0];
+    others = picked.slice(1);
     if (!target) return refuse('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
   } else if (isIP(req.host)) {
     target = d.state.workloadByAddress(req.host);
@@ -100,11 +135,11 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
     return { record, plan: { kind: 'direct', host: req.host, port: req.port } };
   }
 
-  const dstId = d.state.identityOf(target);
-  record.dst = { addr: `${target.spec.address}:${targetPort}`, workload: target.metadata.name, namespace: target.metadata.namespace, identity: dstId.uri };
-  const hbone = d.state.hboneAddressOf(target.spec.node);
-  if (!hbone) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
-  const authority = isIP(target.spec.address) === 6 ? `[${target.spec.address}]:${targetPort}` : `${target.spec.address}:${targetPort}`;
+  const first = tunnelEndpoint(d, target, targetPort);
+  record.dst = first.peer;
+  if (!first.hboneAddress) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
+  // Other endpoints whose node has no known agent cannot be tried.
+  const attempts = [first, ...others.map((w) => tunnelEndpoint(d, w, targetPort)).filter((e) => e.hboneAddress)];
   // The address the source proof vouched for (the workload's registered
   // one), not the socket's: a VM workload proven by uid may dial from
   // 127.0.0.1, and the destination believes a claim only when it is an
@@ -116,10 +151,11 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
     plan: {
       kind: 'tunnel',
       request: {
+        ...first,
         source: sourceId,
-        destination: dstId,
-        hboneAddress: hbone,
-        authority,
+        attempts,
+        service: svc ? record.service : '',
+        serviceSize,
         headers: {
           traceparent: span.traceparent,
           baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,
@@ -128,6 +164,40 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
       },
     },
   };
+}
+
+/** An endpoint's "ip:port" as the CONNECT authority writes it (an IPv6 address bracketed): the key of its health. */
+export function endpointOf(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+function tunnelEndpoint(d: OutboundDeps, w: Workload, port: number): TunnelEndpoint {
+  const destination = d.state.identityOf(w);
+  return {
+    destination,
+    hboneAddress: d.state.hboneAddressOf(w.spec.node) ?? '',
+    authority: endpointOf(w.spec.address, port),
+    peer: { addr: `${w.spec.address}:${port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: destination.uri },
+  };
+}
+
+/** Up to `n` distinct endpoints, each chosen by pickEndpoint's balancing among those not chosen yet. */
+export function pickEndpoints(endpoints: readonly Workload[], locality: string, port: number, n: number, random?: () => number): Workload[] {
+  const left = [...endpoints];
+  const out: Workload[] = [];
+  while (out.length < n) {
+    const w = pickEndpoint(left, locality, port, random);
+    if (!w) break;
+    out.push(w);
+    left.splice(left.indexOf(w), 1);
+  }
+  return out;
+}
+
+/** Whether a failed attempt says the endpoint (or its agent) cannot be reached, which is what passive health counts: no connection, no answer in time, a stream the peer refused or reset, or the peer's 503 (workload unreachable). A denial (401) or an unknown authority (400) says nothing of its health. */
+export function isConnectFailure(status: number, reason: string): boolean {
+  if (status === 503) return true;
+  return status === 0 && ['connect_failed', 'timeout', 'stream_error', 'stream_failed'].includes(reason);
 }
 
 /** Counts and records an outbound connection that will not open. */

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 /// the agent refuses an executable whose version is not its own
 /// (agent/proxy/native-inbound.ts, DATAPLANE_PROTOCOL). Bump both with any
 /// change to the messages.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// What the agent sends.
 #[derive(Deserialize, Debug)]
@@ -49,10 +49,11 @@ pub enum In {
     /// :15006), announced with `plain` and waiting for a `decide`.
     #[serde(rename = "listen")]
     Listen { lid: u64, addr: String, #[serde(default)] kind: String },
-    /// Where an outbound connection goes: `tunnel` (HBONE CONNECT to
-    /// `authority` through the agent at `hbone`, presenting `source`'s
-    /// certificate and expecting `expect`), `direct` (dial `dial`: a
-    /// destination outside the mesh), or `refuse` (reset the client).
+    /// Where an outbound connection goes: `tunnel` (HBONE CONNECT, presenting
+    /// `source`'s certificate, to each of `attempts` in turn until one opens:
+    /// see outbound.rs `tunnel`; each failed attempt is reported with
+    /// `attempt`), `direct` (dial `dial`: a destination outside the mesh), or
+    /// `refuse` (reset the client).
     #[serde(rename = "route")]
     Route(RouteIn),
     /// The verdict on an outbound HBONE connection's server (see Out `peer`).
@@ -71,22 +72,29 @@ pub struct RouteIn {
     #[serde(default)]
     pub dial: String,
     #[serde(default)]
-    pub hbone: String,
-    #[serde(default)]
-    pub sni: String,
-    #[serde(default)]
     pub source: String,
+    /// Tunnel: the endpoints to try, in order (the agent's choice first, then
+    /// other endpoints of the same service); at most outbound::MAX_ATTEMPTS are tried.
     #[serde(default)]
-    pub expect: String,
-    #[serde(default)]
-    pub authority: String,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
+    pub attempts: Vec<Attempt>,
+    /// The whole opening's deadline (every attempt within it).
     #[serde(default, rename = "timeoutMs")]
     pub timeout_ms: u64,
     /// SOCKS5 only: the reply code (RFC 1928) of a refusal.
     #[serde(default)]
     pub reply: u8,
+}
+
+/// One endpoint a tunnel may open to: CONNECT `authority` through the agent
+/// at `hbone` (TLS server name `sni`), whose certificate must be `expect`.
+#[derive(Deserialize, Debug)]
+pub struct Attempt {
+    pub hbone: String,
+    pub sni: String,
+    pub expect: String,
+    pub authority: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -2,7 +2,8 @@
 //! connection, ask the agent where it goes, open a CONNECT stream on a pooled
 //! HBONE connection to the destination's agent (or dial a destination outside
 //! the mesh directly) and relay both ways. One readable path per connection:
-//! serve() → connection() → tunnel() | direct() → relay.
+//! serve() → connection() → tunnel() (attempt() per endpoint, until one
+//! opens) | direct() → relay.
 //!
 //! The pool keeps HTTP/2 connections per (source identity and certificate,
 //! destination identity, destination agent), at most MAX_STREAMS_PER_SESSION
@@ -17,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use h2::{client, Reason};
-use http::{Method, Request};
+use http::{Method, Request, Response};
 use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -25,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use crate::control::RouteIn;
+use crate::control::{Attempt, RouteIn};
 use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
@@ -38,6 +39,12 @@ use crate::tls::Tls;
 const MAX_STREAMS_PER_SESSION: usize = 100;
 /// A pooled connection that carried no stream for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
+/// Endpoints one connection tries at most, whatever the agent sends. Three
+/// is Envoy's and Linkerd's usual budget: with one endpoint in three down
+/// (and picks spread over the others), a connection fails only when all
+/// three picks are dead, while a service whose endpoints are all dead costs
+/// at most three dials per connection, not a storm.
+pub const MAX_ATTEMPTS: usize = 3;
 
 /// One pooled HBONE connection. Dropping it (with every clone of `send`)
 /// lets h2 close the connection once its streams are over.
@@ -206,35 +213,69 @@ impl Outbound {
         self.core.ended(id, &counts, error);
     }
 
+    /// Opens the tunnel to the first of the route's attempts that answers
+    /// 200, then relays. An attempt that fails for a reason another endpoint
+    /// may not share (see `retryable`) passes the connection to the next one;
+    /// every attempt happens before the client's first byte is read (its
+    /// bytes wait in its socket), so a retry repeats nothing. Each attempt is
+    /// reported (`attempt`) so the agent can count endpoint health.
     async fn tunnel(&self, id: u64, front: Front, route: RouteIn) {
-        // One deadline for the whole opening: dial, handshake, the peer check and the answer.
+        // One deadline for the whole opening (the client waits no longer than
+        // with one attempt); each attempt gets its share of what is left, so
+        // an endpoint that swallows SYNs cannot use up the others' time, and
+        // one that refuses at once leaves its share to the next.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(route.timeout_ms.max(1));
-        let (pooled, response, mut send) = match tokio::time::timeout_at(deadline, self.open(&route)).await {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(f)) => return self.failed(id, front, f).await,
-            Err(_) => return self.failed(id, front, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))).await,
-        };
-        let _release = Release(pooled.clone());
+        let attempts = &route.attempts[..route.attempts.len().min(MAX_ATTEMPTS)];
+        if attempts.is_empty() {
+            return self.failed(id, front, Failure::new("bad_request", "a tunnel route without an endpoint".into())).await;
+        }
+        for (n, attempt) in attempts.iter().enumerate() {
+            let now = tokio::time::Instant::now();
+            let share = deadline.saturating_duration_since(now) / (attempts.len() - n) as u32;
+            let outcome = self.attempt(&route.source, attempt, now + share).await;
+            let status = outcome.as_ref().map_or_else(|f| f.status, |_| 200);
+            let (reason, error) = outcome.as_ref().err().map_or((String::new(), String::new()), |f| (f.reason.clone(), f.message.clone()));
+            self.core.outbox.send(json!({ "t": "attempt", "id": id, "n": n, "endpoint": attempt.authority, "hbone": attempt.hbone, "ok": outcome.is_ok(), "status": status, "reason": reason, "error": error }));
+            match outcome {
+                Ok((release, response, send)) => return self.relay(id, front, release, response, send).await,
+                Err(f) if retryable(&f) && n + 1 < attempts.len() => continue,
+                Err(f) => return self.failed(id, front, f).await,
+            }
+        }
+    }
+
+    /// One attempt: the CONNECT on a pooled connection to the attempt's agent,
+    /// and its answer, by `deadline`. Ok only with a 200.
+    async fn attempt(&self, source: &str, a: &Attempt, deadline: tokio::time::Instant) -> Result<(Release, Response<h2::RecvStream>, h2::SendStream<Bytes>), Failure> {
+        let late = || Failure::new("timeout", format!("no answer from {} for {} in time", a.hbone, a.authority));
+        let (pooled, response, mut send) = tokio::time::timeout_at(deadline, self.open(source, a)).await.map_err(|_| late())??;
+        // Gives the stream slot back however this attempt ends; an open tunnel keeps it until its relay is over.
+        let release = Release(pooled);
         let response = match tokio::time::timeout_at(deadline, response).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if e.reason() == Some(Reason::REFUSED_STREAM) {
                     // A draining peer refuses new streams: open no more on this connection.
-                    pooled.retired.store(true, Ordering::SeqCst);
+                    release.0.retired.store(true, Ordering::SeqCst);
                 }
-                return self.failed(id, front, Failure::new("stream_error", format!("tunnel to {} failed: {e}", route.hbone))).await;
+                return Err(Failure::new("stream_error", format!("tunnel to {} failed: {e}", a.hbone)));
             }
             Err(_) => {
                 send.send_reset(Reason::CANCEL);
-                return self.failed(id, front, Failure::new("timeout", format!("no answer from {} within {} ms", route.hbone, route.timeout_ms))).await;
+                return Err(late());
             }
         };
         let status = response.status().as_u16();
         if status != 200 {
             let reason = response.headers().get("x-ambit-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            let message = format!("peer agent {} answered {status}{}", route.hbone, if reason.is_empty() { String::new() } else { format!(" ({reason})") });
-            return self.failed(id, front, Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message }).await;
+            let message = format!("peer agent {} answered {status} for {}{}", a.hbone, a.authority, if reason.is_empty() { String::new() } else { format!(" ({reason})") });
+            return Err(Failure { status, reason: if reason.is_empty() { format!("status_{status}") } else { reason }, message });
         }
+        Ok((release, response, send))
+    }
+
+    /// The tunnel is open: the client hears so, and bytes flow until either side ends.
+    async fn relay(&self, id: u64, front: Front, _release: Release, response: Response<h2::RecvStream>, mut send: h2::SendStream<Bytes>) {
         let Some(tcp) = front.opened().await else {
             send.send_reset(Reason::CANCEL);
             return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the tunnel opened" }));
@@ -253,13 +294,13 @@ impl Outbound {
     /// slot is taken; Release gives it back). A connection that turns out to
     /// be closing (the peer's GOAWAY) is retired and another one used: no
     /// stream was sent on it, so nothing is repeated.
-    async fn open(&self, route: &RouteIn) -> Result<(Arc<Pooled>, client::ResponseFuture, h2::SendStream<Bytes>), Failure> {
+    async fn open(&self, source: &str, route: &Attempt) -> Result<(Arc<Pooled>, client::ResponseFuture, h2::SendStream<Bytes>), Failure> {
         let tls = self.tls.read().unwrap().clone().ok_or_else(|| Failure::new("no_source_certificate", "no TLS configuration yet".into()))?;
-        let client = tls.clients.get(&route.source).ok_or_else(|| Failure::new("no_source_certificate", format!("no valid certificate for {} yet", route.source)))?;
+        let client = tls.clients.get(source).ok_or_else(|| Failure::new("no_source_certificate", format!("no valid certificate for {source} yet")))?;
         // Different certificates of one identity do not share connections (the
         // chain's fingerprint tells them apart): after a renewal new
         // connections present the new one while older ones finish on theirs.
-        let key = format!("{}|{:x}|{}|{}", route.source, client.fingerprint, route.expect, route.hbone);
+        let key = format!("{}|{:x}|{}|{}", source, client.fingerprint, route.expect, route.hbone);
         let request = || {
             let mut r = Request::builder().method(Method::CONNECT).uri(route.authority.as_str());
             for (name, value) in &route.headers {
@@ -283,7 +324,7 @@ impl Outbound {
     }
 
     /// A pooled connection with a stream slot reserved for the caller.
-    async fn session(&self, key: &str, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, Failure> {
+    async fn session(&self, key: &str, route: &Attempt, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, Failure> {
         loop {
             if let Some(p) = self.pick(key) {
                 return Ok(p);
@@ -326,7 +367,7 @@ impl Outbound {
     /// Dials the destination's agent: TCP, TLS with the source's certificate,
     /// the agent's check that the server is exactly the destination, HTTP/2.
     /// The connection is returned with one stream slot taken, the caller's.
-    async fn dial(&self, key: &str, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, String> {
+    async fn dial(&self, key: &str, route: &Attempt, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, String> {
         let what = format!("cannot open HBONE to {} for {}", route.hbone, route.expect);
         let dialled = self.handshake(route, config).await;
         self.core.outbox.send(json!({ "t": "dial", "ok": dialled.is_ok() }));
@@ -351,7 +392,7 @@ impl Outbound {
         Ok(pooled)
     }
 
-    async fn handshake(&self, route: &RouteIn, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<tokio::io::BufWriter<tokio_rustls::client::TlsStream<linger::Lingering>>, Bytes>, oneshot::Receiver<TcpStream>), String> {
+    async fn handshake(&self, route: &Attempt, config: Arc<rustls::ClientConfig>) -> Result<(client::SendRequest<Bytes>, client::Connection<tokio::io::BufWriter<tokio_rustls::client::TlsStream<linger::Lingering>>, Bytes>, oneshot::Receiver<TcpStream>), String> {
         let tcp = TcpStream::connect(route.hbone.as_str()).await.map_err(|e| errno_name(&e))?;
         let _ = tcp.set_nodelay(true);
         let (tcp, back) = linger::wrap(tcp);
@@ -470,6 +511,20 @@ impl Front {
             return None;
         }
         Some(self.tcp)
+    }
+}
+
+/// Whether another endpoint may succeed where this attempt failed: the
+/// peer agent or the workload could not be reached (no connection, no
+/// answer in time, the peer's 503 workload unreachable, a stream the peer
+/// refused or reset). Never a policy denial (401), an authority the peer
+/// does not serve (400) or anything else it answered, nor what would fail
+/// the same way for every endpoint (no source certificate, a bad request).
+fn retryable(f: &Failure) -> bool {
+    match f.status {
+        503 => true,
+        0 => matches!(f.reason.as_str(), "connect_failed" | "timeout" | "stream_error" | "stream_failed"),
+        _ => false,
     }
 }
 

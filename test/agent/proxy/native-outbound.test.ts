@@ -12,7 +12,7 @@
 import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { createSecureServer, type Http2SecureServer, type ServerHttp2Session } from 'node:http2';
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { sendRandom } from '../../e2e/harness.ts';
@@ -29,7 +29,7 @@ interface Seen {
   clientCert: string;
 }
 
-/** The destination agent: CONNECT to *:401 is refused, anything else echoed. */
+/** The destination agent: CONNECT to *:401 is refused (policy), to *:503 answered workload unreachable, to *:400 not a local workload, anything else echoed. */
 function hboneServer(cred: { bundle: string; chain: string; key: string }): { server: Http2SecureServer; seen: Seen[]; sessions: ServerHttp2Session[] } {
   const seen: Seen[] = [];
   const sessions: ServerHttp2Session[] = [];
@@ -40,6 +40,14 @@ function hboneServer(cred: { bundle: string; chain: string; key: string }): { se
     seen.push({ authority: String(headers[':authority']), traceparent: String(headers.traceparent ?? ''), clientCert: socket?.getPeerX509Certificate()?.subjectAltName ?? '' });
     if (String(headers[':authority']).endsWith(':401')) {
       stream.respond({ ':status': 401, 'x-ambit-reason': 'policy_denied: default/deny-all' }, { endStream: true });
+      return;
+    }
+    if (String(headers[':authority']).endsWith(':503')) {
+      stream.respond({ ':status': 503, 'x-ambit-reason': 'workload_unreachable' }, { endStream: true });
+      return;
+    }
+    if (String(headers[':authority']).endsWith(':400')) {
+      stream.respond({ ':status': 400, 'x-ambit-reason': 'unknown_destination' }, { endStream: true });
       return;
     }
     stream.respond({ ':status': 200 });
@@ -65,6 +73,25 @@ function through(port: number, bytes: number): { socket: Socket; done: Promise<{
     socket.once('connect', () => sendRandom(socket, bytes, sent));
   });
   return { socket, done };
+}
+
+/** One endpoint of a tunnel route (control.rs `Attempt`). */
+interface TunnelAttempt {
+  hbone: string;
+  sni: string;
+  expect: string;
+  authority: string;
+  headers: [string, string][];
+}
+
+/** The agent's `tunnel` route: the client's identity and the endpoints to try in turn. */
+function tunnelRoute(id: unknown, attempts: TunnelAttempt[], timeoutMs = 5000): Msg {
+  return { t: 'route', id, verdict: 'tunnel', source: CLIENT_ID, timeoutMs, attempts };
+}
+
+/** An attempt at the web workload through the agent at `hbone` (`authority` picks the test server's answer). */
+function webAttempt(hbone: string, authority = '10.9.8.7:80'): TunnelAttempt {
+  return { hbone, sni: serverNameFor(WEB_ID), expect: WEB_ID, authority, headers: [] };
 }
 
 /**
@@ -103,10 +130,10 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
   t.equal(bound.lid, 7, 'the listener is bound, named by the agent\'s id');
   const port = Number(String(bound.addr).split(':')[1]);
 
-  const route = (out: Msg, extra: Record<string, unknown>): void => dp.say({
-    t: 'route', id: out.id, verdict: 'tunnel', hbone, sni: serverNameFor(WEB_ID), source: CLIENT_ID, expect: WEB_ID,
-    authority: '10.9.8.7:80', headers: [['traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01']], timeoutMs: 5000, ...extra,
-  });
+  const route = (out: Msg, extra: Partial<TunnelAttempt>): void => dp.say(tunnelRoute(out.id, [{
+    hbone, sni: serverNameFor(WEB_ID), expect: WEB_ID,
+    authority: '10.9.8.7:80', headers: [['traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01']], ...extra,
+  }]));
 
   // --- a tunnel: the agent routes it and approves the server it dials
   const first = through(port, 4 * 1024 * 1024);
@@ -206,7 +233,7 @@ t.test('upstream listener: a small DATA frame leaves as one TLS record', async (
   socket.on('error', () => undefined);
   t.teardown(() => void socket.destroy());
   const out = await dp.next((m) => m.t === 'out', 'out');
-  dp.say({ t: 'route', id: out.id, verdict: 'tunnel', hbone: `${HOST}:${relayPort}`, sni: serverNameFor(WEB_ID), source: CLIENT_ID, expect: WEB_ID, authority: '10.9.8.7:80', headers: [], timeoutMs: 5000 });
+  dp.say(tunnelRoute(out.id, [webAttempt(`${HOST}:${relayPort}`)]));
   dp.say({ t: 'peer', pid: (await dp.next((m) => m.t === 'peer', 'peer')).pid, ok: true });
   await dp.next((m) => m.t === 'open', 'open');
   await echoRounds(socket, 3, 1024); // past the handshake's and settings' frames
@@ -238,7 +265,7 @@ t.test('drain while a routed tunnel is still opening: it opens unpooled and inta
   const conn = through(port, 1024 * 1024);
   const out = await dp.next((m) => m.t === 'out', 'out');
   dp.say({ t: 'drain' }); // the agent routed this connection before its drain began
-  dp.say({ t: 'route', id: out.id, verdict: 'tunnel', hbone: `${HOST}:${(dest.server.address() as AddressInfo).port}`, sni: serverNameFor(WEB_ID), source: CLIENT_ID, expect: WEB_ID, authority: '10.9.8.7:80', headers: [], timeoutMs: 5000 });
+  dp.say(tunnelRoute(out.id, [webAttempt(`${HOST}:${(dest.server.address() as AddressInfo).port}`)]));
   const peer = await dp.next((m) => m.t === 'peer', 'peer');
   dp.say({ t: 'peer', pid: peer.pid, ok: true });
   const r = await conn.done;
@@ -251,4 +278,88 @@ t.test('drain while a routed tunnel is still opening: it opens unpooled and inta
   // A `drained` may come at once (nothing was open when the drain began); one must come after that connection closed.
   const last = await dp.next((m) => m.t === 'drained' && (dp.order.get(m) ?? 0) > (dp.order.get(dialEnd) ?? Infinity), 'drained after dialEnd');
   t.ok(last, 'drained is said again once the connection opened during the drain has closed');
+});
+
+// Bounded retry before any byte flows (outbound.rs `tunnel`): an attempt
+// that fails with a connect failure, a timeout or the peer's 503 passes the
+// connection to the next endpoint; a 401 or 400 ends it; no more than three
+// attempts are made; each attempt is reported.
+t.test('tunnel attempts: the next endpoint after a connect failure, a 503 or a timeout; never after a 401 or 400; at most three', async (t) => {
+  const mesh = pki([CLIENT_ID, WEB_ID]);
+  const dest = hboneServer({ bundle: mesh.bundle, ...mesh.leaves.get(WEB_ID)! });
+  await new Promise<void>((r) => dest.server.listen(0, HOST, r));
+  t.teardown(() => void dest.server.close());
+  const hbone = `${HOST}:${(dest.server.address() as AddressInfo).port}`;
+  // An agent address nobody listens on (bound, then closed).
+  const dead = await new Promise<string>((resolve) => {
+    const s = createNetServer().listen(0, HOST, () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => resolve(`${HOST}:${p}`));
+    });
+  });
+  // An agent that accepts TCP and never answers: the attempt's share of the deadline runs out.
+  const silent = createNetServer((s) => s.on('error', () => undefined));
+  await new Promise<void>((r) => silent.listen(0, HOST, r));
+  t.teardown(() => void silent.close());
+  const silentAddr = `${HOST}:${(silent.address() as AddressInfo).port}`;
+  const { dp, port } = await clientDataplane(t, mesh, 0);
+  const approve = (): void => void dp.next((m) => m.t === 'peer', 'peer').then((p) => dp.say({ t: 'peer', pid: p.pid, ok: true }));
+
+  // --- a dead agent, then a 503, then a live endpoint: the third serves, intact
+  const seenBefore = dest.seen.length;
+  const conn = through(port, 256 * 1024);
+  const out = await dp.next((m) => m.t === 'out', 'out');
+  dp.say(tunnelRoute(out.id, [webAttempt(dead, '10.0.0.1:80'), webAttempt(hbone, '10.0.0.2:503'), webAttempt(hbone, '10.0.0.3:80')]));
+  approve();
+  const a0 = await dp.next((m) => m.t === 'attempt' && m.id === out.id, 'attempt 0');
+  t.match(a0, { n: 0, endpoint: '10.0.0.1:80', hbone: dead, ok: false, status: 0, reason: 'connect_failed' }, 'the dead agent is reported');
+  const a1 = await dp.next((m) => m.t === 'attempt' && m.id === out.id, 'attempt 1');
+  t.match(a1, { n: 1, endpoint: '10.0.0.2:503', ok: false, status: 503, reason: 'workload_unreachable' }, 'the 503 is reported');
+  const a2 = await dp.next((m) => m.t === 'attempt' && m.id === out.id, 'attempt 2');
+  t.match(a2, { n: 2, endpoint: '10.0.0.3:80', ok: true, status: 200 }, 'the third endpoint served');
+  await dp.next((m) => m.t === 'open' && m.id === out.id, 'open');
+  const r = await conn.done;
+  t.equal(r.received, r.sent, 'the client\'s bytes crossed once, intact, through the endpoint that served');
+  t.same(dest.seen.slice(seenBefore).map((s) => s.authority), ['10.0.0.2:503', '10.0.0.3:80'], 'one CONNECT per reachable attempt, in order');
+
+  // --- a 401 is not retried: one CONNECT, the client reset
+  const denied = through(port, 1024);
+  const deniedOut = await dp.next((m) => m.t === 'out', 'out');
+  const before401 = dest.seen.length;
+  dp.say(tunnelRoute(deniedOut.id, [webAttempt(hbone, '10.0.0.4:401'), webAttempt(hbone, '10.0.0.5:80')]));
+  const deniedEnd = await dp.next((m) => m.t === 'end' && m.id === deniedOut.id, 'end');
+  t.match(deniedEnd, { failed: true, status: 401 }, 'the 401 ends the connection');
+  t.equal(dest.seen.length - before401, 1, 'the second endpoint was never tried');
+  t.equal((await denied.done).error, 'ECONNRESET', 'the client is reset');
+
+  // --- a 400 is not retried either
+  const unknown = through(port, 1024);
+  const unknownOut = await dp.next((m) => m.t === 'out', 'out');
+  const before400 = dest.seen.length;
+  dp.say(tunnelRoute(unknownOut.id, [webAttempt(hbone, '10.0.0.6:400'), webAttempt(hbone, '10.0.0.7:80')]));
+  t.match(await dp.next((m) => m.t === 'end' && m.id === unknownOut.id, 'end'), { failed: true, status: 400 });
+  t.equal(dest.seen.length - before400, 1, 'a 400 is not retried');
+  await unknown.done;
+
+  // --- a silent agent: its attempt times out within its share, the next serves
+  const slow = through(port, 1024);
+  const slowOut = await dp.next((m) => m.t === 'out', 'out');
+  const started = Date.now();
+  dp.say(tunnelRoute(slowOut.id, [webAttempt(silentAddr, '10.0.0.8:80'), webAttempt(hbone, '10.0.0.9:80')], 2000));
+  t.match(await dp.next((m) => m.t === 'attempt' && m.id === slowOut.id, 'attempt'), { n: 0, ok: false, reason: 'timeout' }, 'the silent agent timed out');
+  t.match(await dp.next((m) => m.t === 'attempt' && m.id === slowOut.id, 'attempt'), { n: 1, ok: true }, 'the next endpoint served');
+  const slowR = await slow.done;
+  t.equal(slowR.received, slowR.sent, 'intact');
+  t.ok(Date.now() - started < 2000, `within the one deadline (${Date.now() - started} ms; the first attempt had half of 2 s)`);
+
+  // --- every endpoint dead: at most three attempts, then the client is reset
+  const doomed = through(port, 1024);
+  const doomedOut = await dp.next((m) => m.t === 'out', 'out');
+  const beforeDoomed = dest.seen.length;
+  dp.say(tunnelRoute(doomedOut.id, [webAttempt(hbone, '10.0.1.1:503'), webAttempt(hbone, '10.0.1.2:503'), webAttempt(hbone, '10.0.1.3:503'), webAttempt(hbone, '10.0.1.4:80')]));
+  const doomedEnd = await dp.next((m) => m.t === 'end' && m.id === doomedOut.id, 'end');
+  t.match(doomedEnd, { failed: true, status: 503 }, 'the last failure ends it');
+  t.equal(dest.seen.length - beforeDoomed, 3, 'three attempts, not the fourth endpoint');
+  t.equal(dp.messages.filter((m) => m.t === 'attempt' && m.id === doomedOut.id).length, 3, 'each reported');
+  t.equal((await doomed.done).error, 'ECONNRESET', 'the client sees a failure, not a hang');
 });
