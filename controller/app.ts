@@ -8,6 +8,8 @@ import { AmbitError } from '../shared/errors.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../shared/files.ts';
 import { formatHostPort, type HostPort } from '../shared/config-parse.ts';
 import { HttpEndpoint } from '../shared/http-endpoint.ts';
+import { ConnectionAdmission } from '../shared/connection-admission.ts';
+import { listenOn } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createMetricsRegistry } from '../shared/metrics.ts';
 import { AdminService, BootstrapService, CertificateAuthorityService, DiscoveryService } from '../shared/proto/gen/ambit.ts';
@@ -18,6 +20,7 @@ import { adminService } from './api/admin-service.ts';
 import { discoveryService } from './api/discovery-service.ts';
 import { bootstrapService, certificateService } from './api/identity-services.ts';
 import { peerAuthenticator, ServingCertificates } from './api/peer.ts';
+import { grpcListener, trackCalls } from './api/grpc-listener.ts';
 import { createControllerMetrics } from './metrics.ts';
 import { JoinTokens } from './registry/join-tokens.ts';
 import { NodeTracker } from './registry/node-tracker.ts';
@@ -34,8 +37,6 @@ export const VERSION = '0.1.0';
 /** Serving and admin certificates live this long and are re-issued at half-life. */
 const LOCAL_CERT_TTL_MS = 30 * 86_400_000;
 const LOCAL_RENEW_CHECK_MS = 3_600_000;
-/** A TLS handshake on the gRPC port must finish within this (as on the agent's HBONE port). */
-const GRPC_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export interface ControllerApp {
   readonly grpcAddress: HostPort;
@@ -170,6 +171,17 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     const storeId = await store.identity();
     logger.info({ storeId, backend: store.backend }, 'store identity');
     const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics, storeId });
+    // Admission on the gRPC port (docs/reliability.md, "Connection floods"):
+    // the controller owns the listening socket and TLS, and hands grpc-js
+    // only the connections it admits, so a flood of idle or unauthenticated clients
+    // can neither exhaust descriptors nor keep an agent or the admin out.
+    const admission = new ConnectionAdmission(
+      { maxConnections: cfg.maxConnections, maxPendingPerSource: cfg.maxConnectionsPerSource, proveWithinMs: cfg.connectDeadline },
+      (reason, source) => {
+        metrics.grpcConnectionsDropped.inc({ reason });
+        logger.debug({ reason, source }, 'gRPC connection dropped before it authenticated');
+      },
+    );
     const server = new Server({
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
@@ -177,16 +189,20 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
       'grpc.http2.min_ping_interval_without_data_ms': 10_000,
       'grpc.max_receive_message_length': 4 * 1024 * 1024,
       'grpc.max_concurrent_streams': 1000,
+      // An established connection with no call for this long gets a GOAWAY and is closed (grpc-js: max_connection_idle_ms).
+      'grpc.max_connection_idle_ms': cfg.idleTimeout,
+      interceptors: [trackCalls(admission)],
     });
     server.addService(BootstrapService, bootstrapService(identityDeps));
     server.addService(CertificateAuthorityService, certificateService(identityDeps));
     server.addService(DiscoveryService, discovery.server);
     server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, version: VERSION, startedAt: now(), now }));
-    const grpcPort = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(formatHostPort(cfg.listen), servingCerts.credentials(GRPC_HANDSHAKE_TIMEOUT_MS), (err, port) => (err ? reject(err) : resolve(port)));
-    }).catch((cause: unknown) => {
+    const listener = grpcListener(server, servingCerts, admission, cfg.connectDeadline);
+    const grpcPort = await listenOn(listener.server, cfg.listen.host, cfg.listen.port).then((a) => a.port).catch((cause: unknown) => {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --listen ${formatHostPort(cfg.listen)}: ${(cause as Error).message}`, { cause, details: { key: 'listen' } });
     });
+    // Shutdown runs these last-added first: stop accepting, let grpc-js end its calls, then drop what is left.
+    cleanups.unshift(() => admission.closeAll());
     cleanups.unshift(
       () =>
         new Promise<void>((resolve) => {
@@ -201,6 +217,10 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
           });
         }),
     );
+    cleanups.unshift(() => {
+      listener.server.close();
+      listener.close();
+    });
 
     // --- monitoring
     let ready = true;

@@ -1,9 +1,19 @@
 import {
-  boolOption, durationOption, enumOption, hostPortOption, parseConfig, stringOption,
-  type ConfigSources, type ConfigValues,
+  boolOption, durationOption, enumOption, hostPortOption, intOption, parseConfig, stringOption,
+  type ConfigSources, type ConfigValues, type Option,
 } from '../shared/config-parse.ts';
+import { descriptorLimit } from '../shared/connection-admission.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
 import { AmbitError } from '../shared/errors.ts';
+
+/**
+ * Descriptors --max-connections auto leaves to the controller itself: the
+ * store's files, the monitoring port, outgoing connections (Kubernetes API),
+ * Node's own handles, and the accept of the connection that evicts another.
+ */
+export const DESCRIPTOR_RESERVE = 64;
+/** Used when the descriptor limit cannot be read (not Linux) or is unlimited. */
+const FALLBACK_MAX_CONNECTIONS = 4096;
 
 /** ambit-controller's options (DESIGN §6). */
 export const CONTROLLER_OPTIONS = {
@@ -23,13 +33,32 @@ export const CONTROLLER_OPTIONS = {
   caKey: stringOption('PEM file of the private key of --ca-cert'),
   caRoots: stringOption('PEM file of the root(s) --ca-cert chains to (default: --ca-cert itself, when self-signed)'),
   adminName: stringOption('name of the admin identity written to <data-dir>/admin', 'admin', { re: /^[A-Za-z0-9._-]+$/, what: 'letters, digits, ".", "-", "_"' }),
+  connectDeadline: durationOption('gRPC port: a connection must finish TLS and, without a valid client certificate, have a call in progress within this', 10_000, { minMs: 1_000, maxMs: 300_000 }),
+  idleTimeout: durationOption('gRPC port: a connection with no call in progress for this long is closed', 300_000, { minMs: 1_000, maxMs: 86_400_000 }),
+  maxConnections: {
+    description: `gRPC port: open connections at most; "auto" is the descriptor limit less ${DESCRIPTOR_RESERVE} kept for the controller itself`,
+    default: 'auto',
+    parse: (raw: unknown): number | 'auto' => {
+      if (raw === 'auto') return 'auto';
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\d+$/.test(raw.trim()) ? Number(raw) : NaN;
+      if (!Number.isInteger(n) || n < 2 || n > 1_000_000) throw new Error('must be "auto" or an integer from 2 to 1000000');
+      return n;
+    },
+  } as Option<number | 'auto'> & { readonly default: number | 'auto' },
+  maxConnectionsPerSource: intOption('gRPC port: connections at most per source address that have not yet authenticated', 32, 1, 100_000),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
 } as const;
 
-export type ControllerConfig = ConfigValues<typeof CONTROLLER_OPTIONS>;
+export type ControllerConfig = Omit<ConfigValues<typeof CONTROLLER_OPTIONS>, 'maxConnections'> & { readonly maxConnections: number };
 
-export function parseControllerConfig(sources: ConfigSources): ControllerConfig & { readonly help: boolean } {
-  const cfg = parseConfig(CONTROLLER_OPTIONS, sources);
+/** "auto" resolved against the soft RLIMIT_NOFILE the controller runs under. */
+export function autoMaxConnections(limit: number | undefined): number {
+  return limit === undefined ? FALLBACK_MAX_CONNECTIONS : Math.max(16, limit - DESCRIPTOR_RESERVE);
+}
+
+export function parseControllerConfig(sources: ConfigSources, readLimit: () => number | undefined = () => descriptorLimit()): ControllerConfig & { readonly help: boolean } {
+  const parsed = parseConfig(CONTROLLER_OPTIONS, sources);
+  const cfg = Object.freeze({ ...parsed, maxConnections: parsed.maxConnections === 'auto' ? autoMaxConnections(readLimit()) : parsed.maxConnections });
   if ((cfg.caCert === undefined) !== (cfg.caKey === undefined)) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--ca-cert and --ca-key must be given together', { details: { key: cfg.caCert === undefined ? 'ca-cert' : 'ca-key' } });
   }

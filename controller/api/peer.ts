@@ -1,4 +1,4 @@
-import { experimental, type ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import { AmbitError } from '../../shared/errors.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import { toStatus } from '../../shared/grpc-errors.ts';
@@ -6,71 +6,44 @@ import { verifyPeer } from '../../shared/tls.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 
-type IdentityListener = experimental.IdentityCertificateUpdateListener;
-type CaListener = experimental.CaCertificateUpdateListener;
-
 /**
- * Feeds grpc-js the controller's serving certificate and the client CA bundle,
- * and lets either change at run time (renewal, root rotation) without
- * restarting the listener.
+ * The controller's serving certificate and the client CA bundle; either may
+ * change at run time (renewal, root rotation) and listeners apply the change
+ * to new connections without restarting (established ones keep theirs).
  */
-export class ServingCertificates implements experimental.CertificateProvider {
-  #identity: experimental.IdentityCertificateUpdate;
-  #ca: experimental.CaCertificateUpdate;
-  readonly #identityListeners = new Set<IdentityListener>();
-  readonly #caListeners = new Set<CaListener>();
+export class ServingCertificates {
+  #options: ServingOptions;
+  readonly #listeners = new Set<(o: ServingOptions) => void>();
 
   constructor(certChainPem: string, keyPem: string, caPem: string) {
-    this.#identity = { certificate: Buffer.from(certChainPem), privateKey: Buffer.from(keyPem) };
-    this.#ca = { caCertificate: Buffer.from(caPem) };
+    this.#options = { cert: certChainPem, key: keyPem, ca: caPem };
   }
 
   setIdentity(certChainPem: string, keyPem: string): void {
-    this.#identity = { certificate: Buffer.from(certChainPem), privateKey: Buffer.from(keyPem) };
-    for (const l of this.#identityListeners) l(this.#identity);
+    this.#set({ ...this.#options, cert: certChainPem, key: keyPem });
   }
 
   setCa(caPem: string): void {
-    this.#ca = { caCertificate: Buffer.from(caPem) };
-    for (const l of this.#caListeners) l(this.#ca);
+    this.#set({ ...this.#options, ca: caPem });
   }
 
-  // The first update is delivered asynchronously: grpc-js registers its own
-  // watcher only after adding this listener, so a synchronous call is lost and
-  // the server drops every connection as having "unloaded credentials".
-  addCaCertificateListener(l: CaListener): void {
-    this.#caListeners.add(l);
-    queueMicrotask(() => this.#caListeners.has(l) && l(this.#ca));
-  }
-  removeCaCertificateListener(l: CaListener): void {
-    this.#caListeners.delete(l);
-  }
-  addIdentityCertificateListener(l: IdentityListener): void {
-    this.#identityListeners.add(l);
-    queueMicrotask(() => this.#identityListeners.has(l) && l(this.#identity));
-  }
-  removeIdentityCertificateListener(l: IdentityListener): void {
-    this.#identityListeners.delete(l);
+  /** The current TLS options, and each later change. */
+  watch(listener: (o: ServingOptions) => void): () => void {
+    this.#listeners.add(listener);
+    listener(this.#options);
+    return () => this.#listeners.delete(listener);
   }
 
-  /**
-   * Client certificates are requested but not required at the TLS layer:
-   * Bootstrap is called by nodes that have none yet. Every other handler
-   * authenticates the peer itself (authenticate below), so an unverified
-   * certificate never grants anything.
-   */
-  credentials(handshakeTimeoutMs: number): ServerCredentials {
-    const creds = experimental.createCertificateProviderServerCredentials(this, this, false);
-    // grpc-js has no option for the TLS handshake timeout, so a client that
-    // opens TCP and never finishes its ClientHello would hold a socket for
-    // Node's default 120 s. grpc-js builds its http2 secure server from these
-    // constructor options (read once, at bindAsync), which Node passes on to
-    // tls.Server: `handshakeTimeout` bounds the handshake only, never an
-    // established connection.
-    const base = creds._getConstructorOptions.bind(creds);
-    creds._getConstructorOptions = () => ({ ...base(), handshakeTimeout: handshakeTimeoutMs });
-    return creds;
+  #set(o: ServingOptions): void {
+    this.#options = o;
+    for (const l of this.#listeners) l(o);
   }
+}
+
+export interface ServingOptions {
+  readonly cert: string;
+  readonly key: string;
+  readonly ca: string;
 }
 
 interface HasAuthContext {
