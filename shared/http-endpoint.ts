@@ -1,8 +1,18 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { HostPort } from './config-parse.ts';
+import { ConnectionAdmission, type AdmissionLimits } from './connection-admission.ts';
 
 export type Route = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+
+/**
+ * Connection limits of an operational endpoint (docs/reliability.md,
+ * "Connection floods"): a scraper or probe needs one connection at a time.
+ * A connection lives `proveWithinMs` at most, unless a request is in flight
+ * (then until it ends); past `maxConnections`, the oldest idle one makes way
+ * for a new one, so a flood cannot keep a readiness probe out.
+ */
+export const HTTP_ENDPOINT_LIMITS: AdmissionLimits = { maxConnections: 64, maxPendingPerSource: 16, proveWithinMs: 10_000 };
 
 /**
  * A small plain-HTTP server for operational endpoints (/metrics, readiness,
@@ -13,15 +23,23 @@ export type Route = (req: IncomingMessage, res: ServerResponse) => void | Promis
 export class HttpEndpoint {
   readonly #server: Server;
   readonly #routes: ReadonlyMap<string, { handler: Route; methods: readonly string[] }>;
+  readonly #admission: ConnectionAdmission;
 
-  constructor(routes: Record<string, Route | { handler: Route; methods: readonly string[] }>) {
+  constructor(routes: Record<string, Route | { handler: Route; methods: readonly string[] }>, limits: AdmissionLimits = HTTP_ENDPOINT_LIMITS) {
     const m = new Map<string, { handler: Route; methods: readonly string[] }>();
     for (const [path, r] of Object.entries(routes)) m.set(path, typeof r === 'function' ? { handler: r, methods: ['GET', 'HEAD'] } : r);
     this.#routes = m;
-    this.#server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 }, (req, res) => this.#handle(req, res));
+    // Node checks the request and headers timeouts every connectionsCheckingInterval (30 s by default), so a
+    // connection that never sends a request would outlive headersTimeout by up to that much.
+    this.#server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => this.#handle(req, res));
+    this.#admission = new ConnectionAdmission(limits);
+    this.#server.on('connection', (socket: Socket) => {
+      this.#admission.admit(socket);
+    });
   }
 
   #handle(req: IncomingMessage, res: ServerResponse): void {
+    res.once('close', this.#admission.callStarted(req.socket.remoteAddress, req.socket.remotePort));
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const route = this.#routes.get(path);
     if (!route) {
