@@ -65,6 +65,13 @@ pub enum In {
     Drain,
 }
 
+/// Decodes one line from the agent: the one entry point of the pipe's
+/// reading side, which the fuzz target control_decode (dataplane/fuzz/)
+/// drives, so a change of codec changes only this function and that target.
+pub fn decode(line: &str) -> Result<In, serde_json::Error> {
+    serde_json::from_str(line)
+}
+
 #[derive(Deserialize, Debug)]
 pub struct RouteIn {
     pub id: u64,

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use h2::{server, Reason, RecvStream};
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::core::{until_true, Core};
+use crate::hbone_head::{status_response, stream_message};
 use crate::linger::{self, Lingering};
 use crate::original_dst::original_dst;
 use crate::relay::{self, Counts};
@@ -195,13 +196,7 @@ impl Inbound {
         let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
-        let h = req.headers();
-        self.core.outbox.send(json!({
-            "t": "stream", "id": id, "sid": sid,
-            "method": req.method().as_str(),
-            "authority": req.uri().authority().map(|a| a.as_str()).unwrap_or(""),
-            "forwarded": joined(h, "forwarded"), "baggage": joined(h, "baggage"), "traceparent": joined(h, "traceparent"),
-        }));
+        self.core.outbox.send(stream_message(id, sid, &req));
         let Ok(d) = rx.await else { return };
         if d.status != 200 {
             let _ = respond.send_response(status_response(d.status, &d.reason), true);
@@ -371,19 +366,6 @@ where
         }
         Poll::Pending
     })
-}
-
-pub fn status_response(status: u16, reason: &str) -> Response<()> {
-    let mut r = Response::builder().status(status);
-    if let Ok(v) = http::HeaderValue::from_str(reason) {
-        r = r.header("x-ambit-reason", v);
-    }
-    r.body(()).unwrap_or_else(|_| Response::builder().status(500).body(()).unwrap())
-}
-
-/// A header's values joined as Node.js joins repeated headers.
-fn joined(h: &HeaderMap, name: &str) -> String {
-    h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ")
 }
 
 /// The Node.js name of a connect error, so access logs read the same on both data paths.

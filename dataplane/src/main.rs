@@ -10,6 +10,7 @@
 //! closes: the agent that started it is gone, and nothing may serve without it.
 mod control;
 mod core;
+mod hbone_head;
 mod inbound;
 mod linger;
 mod original_dst;
@@ -64,7 +65,7 @@ async fn run(listen: String) {
 
     let mut lines = BufReader::new(pipe::reader()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        match serde_json::from_str::<In>(&line) {
+        match control::decode(&line) {
             Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &outbox) {
                 Ok(config) => {
                     *tls_state.write().unwrap() = Some(Arc::new(config));
