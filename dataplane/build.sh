@@ -3,12 +3,12 @@
 # crates.io, with exactly the versions in Cargo.lock (--locked: a lock file
 # that no longer matches Cargo.toml is an error, not a silent update).
 # Cheap when nothing changed: cargo only checks timestamps.
+#   bash dataplane/build.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")"
-# AMBIT_DATAPLANE_BUILD=skip: the executable comes from elsewhere, and `npm ci`
+# AMBIT_DATAPLANE_BUILD=skip: the executable comes from elsewhere, so `npm ci`
 # (whose install script runs this) must not need Rust: the image's build
-# stage (daemonset/Dockerfile; its dataplane stage builds it), or a host that
-# runs its agents on node:http2.
+# stage (daemonset/Dockerfile; its dataplane stage builds it).
 if [ "${AMBIT_DATAPLANE_BUILD:-}" = skip ]; then
   echo "build.sh: AMBIT_DATAPLANE_BUILD=skip: ambit-dataplane not built" >&2
   exit 0
@@ -25,3 +25,8 @@ fi
 # --quiet hides progress only; warnings and errors still print.
 cargo build --release --locked --quiet
 echo "built $(pwd)/target/release/ambit-dataplane"
+# --test (npm test): the crate's own tests too (the HTTP/2 limits), on the
+# same profile, so they reuse the built dependencies.
+if [ "${1:-}" = --test ]; then
+  cargo test --release --locked --quiet
+fi

@@ -18,8 +18,8 @@
 //                   bin/node is the Node.js 24 that runs everything
 //   docs/vm.md, and GENDIR's files (bin/ wrappers, lib/wait-ready.mjs)
 //   dataplane/target/release/ambit-dataplane   the native data path
-//                   (ambit-agent's default where present), when the checkout built it
-//                   (npm run build:dataplane); where the agent looks for it
+//                   (ambit-agent's default where present), as the checkout built it
+//                   (npm ci does, or npm run build:dataplane); where the agent looks for it
 // Every file is 0644 or 0755 (0755 when the source has any execute bit).
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';

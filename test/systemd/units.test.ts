@@ -244,7 +244,7 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
     }
     // npm test builds it before the tests run; an installer that dropped it would leave the agent on node:http2 (auto) or unable to start (native).
     const dataplane = join(host, 'usr/lib/ambit', DATAPLANE);
-    t.ok(existsSync(join(ROOT, DATAPLANE)), `the checkout has ${DATAPLANE} (npm run build:dataplane)`);
+    t.ok(existsSync(join(ROOT, DATAPLANE)), `the checkout has ${DATAPLANE} (npm ci builds it)`);
     t.equal(existsSync(dataplane) && (lstatSync(dataplane).mode & 0o777).toString(8), '755', 'the native data path is installed, executable, where the agent looks for it');
     t.match(String(spawnSync(dataplane, [], { timeout: 5_000 }).stderr), /usage: ambit-dataplane/, 'the installed ambit-dataplane runs');
     t.notOk(readdirSync(join(host, 'usr/lib/ambit/node_modules')).includes('typescript'), 'devDependencies are not installed');
