@@ -7,8 +7,18 @@ import { MODE, ONCE_BYTES } from './dataplane-server.ts';
 export interface Target {
   readonly host: string;
   readonly port: number;
-  /** The client's source address (the Ambit agent checks it is the workload's). */
-  readonly localAddress: string;
+  /**
+   * The client's source address (the Ambit agent checks it is the workload's);
+   * none for a client whose uid proves it (the capture path).
+   */
+  readonly localAddress?: string;
+  /**
+   * host:port is a SOCKS5 proxy: every connection first negotiates
+   * username/password authentication as `user` and a CONNECT to `to`. The
+   * negotiation is part of each connection's cost, as it is for any SOCKS5
+   * client, so the new-connection and throughput timings include it.
+   */
+  readonly socks?: { readonly user: string; readonly to: { readonly host: string; readonly port: number } };
 }
 
 const MiB = 1024 * 1024;
@@ -23,16 +33,75 @@ export function open(t: Target, timeoutMs: number): Promise<Socket> {
       reject(new Error(`connect to ${t.host}:${t.port} timed out`));
     }, timeoutMs);
     s.once('connect', () => {
-      clearTimeout(timer);
-      // Later errors show up as 'close'; an unhandled 'error' must not end the bench.
-      s.removeAllListeners('error');
-      s.on('error', () => undefined);
-      resolve(s);
+      const ready = (): void => {
+        clearTimeout(timer);
+        // Later errors show up as 'close'; an unhandled 'error' must not end the bench.
+        s.removeAllListeners('error');
+        s.on('error', () => undefined);
+        resolve(s);
+      };
+      if (!t.socks) return ready();
+      socksHandshake(s, t.socks.user, t.socks.to).then(ready, (err: Error) => {
+        clearTimeout(timer);
+        s.destroy();
+        reject(err);
+      });
     });
     s.once('error', (err) => {
       clearTimeout(timer);
       reject(err);
     });
+  });
+}
+
+/**
+ * The SOCKS5 client side (RFC 1928 with RFC 1929 username/password), written
+ * the way a client library does it: greeting, authentication and CONNECT each
+ * wait for the proxy's answer (three round trips). The password is ignored by
+ * Ambit (the username names the workload; the socket's owner or address proves
+ * it). Resolves once the proxy replied success; the socket is then the tunnel.
+ */
+export function socksHandshake(s: Socket, user: string, to: { readonly host: string; readonly port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let step = 0;
+    const fail = (why: string): void => {
+      s.off('data', onData);
+      s.off('close', onClose);
+      reject(new Error(`SOCKS5: ${why}`));
+    };
+    const onClose = (): void => fail(`proxy closed the connection in step ${step}`);
+    const onData = (d: Buffer): void => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      if (step === 0 && buf.length >= 2) {
+        if (buf[0] !== 5 || buf[1] !== 2) return fail(`proxy chose method ${buf[1]}, not username/password`);
+        buf = buf.subarray(2);
+        step = 1;
+        const u = Buffer.from(user);
+        s.write(Buffer.concat([Buffer.from([1, u.length]), u, Buffer.from([1, 0x78])]));
+      }
+      if (step === 1 && buf.length >= 2) {
+        if (buf[1] !== 0) return fail(`authentication as ${user} refused (status ${buf[1]})`);
+        buf = buf.subarray(2);
+        step = 2;
+        const req = Buffer.alloc(10);
+        req.set([5, 1, 0, 1]);
+        to.host.split('.').forEach((octet, i) => (req[4 + i] = Number(octet)));
+        req.writeUInt16BE(to.port, 8);
+        s.write(req);
+      }
+      // A reply with an IPv4 bound address is 10 bytes; Ambit's replies are.
+      if (step === 2 && buf.length >= 10) {
+        s.off('data', onData);
+        s.off('close', onClose);
+        if (buf[1] !== 0) return reject(new Error(`SOCKS5: CONNECT refused, reply ${buf[1]}`));
+        if (buf.length > 10) s.unshift(buf.subarray(10));
+        resolve();
+      }
+    };
+    s.on('data', onData);
+    s.once('close', onClose);
+    s.write(Buffer.from([5, 1, 2]));
   });
 }
 
@@ -209,12 +278,16 @@ function shortConnection(t: Target, timeoutMs: number): Promise<void> {
       else resolve();
     };
     const timer = setTimeout(() => finish(new Error('timeout')), timeoutMs);
-    s.once('connect', () => {
+    const send = (): void => {
+      s.on('data', (d: Buffer) => (got += d.length));
       const msg = Buffer.alloc(ONCE_BYTES, 0x63);
       msg[0] = MODE.once;
       s.write(msg);
+    };
+    s.once('connect', () => {
+      if (!t.socks) return send();
+      socksHandshake(s, t.socks.user, t.socks.to).then(send, (err: Error) => finish(err));
     });
-    s.on('data', (d: Buffer) => (got += d.length));
     s.once('end', () => finish(got === ONCE_BYTES ? undefined : new Error(`got ${got} of ${ONCE_BYTES} bytes`)));
     s.once('error', (err: NodeJS.ErrnoException) => finish(new Error(err.code ?? err.message)));
     s.once('close', () => finish(new Error(`closed after ${got} bytes`)));
@@ -256,3 +329,27 @@ export async function connectionRate(t: Target, durationMs: number, concurrency:
 export function probeOnce(t: Target, timeoutMs: number): Promise<void> {
   return shortConnection(t, timeoutMs);
 }
+
+/** An echo connection held open for the latency rounds. */
+export interface Probe {
+  rounds(n: number, into?: number[]): Promise<void>;
+  close(): void;
+}
+
+/**
+ * Where a path's load runs: in the bench process (InProcessLoad), or in a
+ * client process of its own (bench/dataplane-client.ts RemoteLoad).
+ */
+export interface LoadDriver {
+  throughput(t: Target, totalBytes: number, connections: number, timeoutMs: number): Promise<ThroughputResult>;
+  connectionRate(t: Target, durationMs: number, concurrency: number, maxConnections: number, perConnTimeoutMs: number): Promise<ConnRateResult>;
+  probeOnce(t: Target, timeoutMs: number): Promise<void>;
+  openProbe(t: Target, size: number, timeoutMs: number): Promise<Probe>;
+}
+
+export const InProcessLoad: LoadDriver = {
+  throughput,
+  connectionRate,
+  probeOnce,
+  openProbe: (t, size, timeoutMs) => EchoProbe.open(t, size, timeoutMs),
+};

@@ -1,5 +1,5 @@
-// The comparison peers of bench/dataplane.ts — a stunnel pair and an nginx
-// stream TLS pair, each a client-side proxy (plaintext in, TLS 1.3 with a
+// The comparison peers of bench/dataplane.ts — a stunnel pair, an nginx
+// stream TLS pair and an haproxy TCP-mode pair, each a client-side proxy (plaintext in, TLS 1.3 with a
 // client certificate out) and a server-side proxy (TLS in, verifies the
 // client certificate, plaintext to the server) — plus the child-process
 // bookkeeping the bench uses to stop everything it started.
@@ -248,20 +248,6 @@ export async function startStunnel(children: Children, stunnel: string, dir: str
 }
 
 /**
- * The node-h2 baseline (bench/dataplane-nodeh2.ts): the agents' HTTP/2 +
- * TLS transport and relay alone, one Node.js process per side, started
- * with the same Node.js binary as the agents.
- */
-export async function startNodeH2(children: Children, script: string, certs: PeerCerts, a: PairAddresses): Promise<ProxyPair> {
-  const entry = { host: a.clientSide, port: await freePort(a.clientSide) };
-  const tls = { host: a.serverSide, port: await freePort(a.serverSide) };
-  const at = (h: HostPort): string => `${h.host}:${h.port}`;
-  return startPair('node-h2', (side) => side === 'server'
-    ? children.spawn(process.execPath, [script, 'server', at(tls), at(a.upstream), certs.serverCert, certs.serverKey, certs.ca])
-    : children.spawn(process.execPath, [script, 'client', at(entry), at(tls), certs.clientCert, certs.clientKey, certs.ca, certs.serverName]), entry, tls);
-}
-
-/**
  * The rust-h2 baseline (bench/native-h2): the same transport in tokio + h2 +
  * rustls, one thread per side. `binary` is the built executable
  * (bench/native-h2/build.sh).
@@ -344,6 +330,53 @@ export async function startNginx(children: Children, nginx: string, loadModule: 
     'proxy_ssl_session_reuse on;',
   ]));
   return startPair('nginx', (side) => children.spawn(nginx, ['-p', dir, '-e', 'stderr', '-c', join(dir, `nginx-${side}.conf`)], { cwd: dir }), entry, tls);
+}
+
+/**
+ * haproxy client (mode tcp, `ssl` towards the server with a client
+ * certificate, verifying the server's chain and name) → TLS 1.3 → haproxy
+ * server (`ssl ... verify required`) → server. One process and one thread
+ * per side (nbthread 1), as the other peers; haproxy sets TCP_NODELAY on
+ * every socket and reuses TLS sessions towards its servers by default.
+ */
+export async function startHaproxy(children: Children, haproxy: string, dir: string, certs: PeerCerts, a: PairAddresses): Promise<ProxyPair> {
+  const entry = { host: a.clientSide, port: await freePort(a.clientSide) };
+  const tls = { host: a.serverSide, port: await freePort(a.serverSide) };
+  // haproxy wants certificate and key in one PEM file.
+  const combined = (cert: string, key: string, name: string): string => {
+    const path = join(dir, `haproxy-${name}.pem`);
+    writeFileSync(path, readFileSync(cert, 'utf8') + readFileSync(key, 'utf8'), { mode: 0o600 });
+    return path;
+  };
+  const conf = (frontend: string[], backend: string[]): string =>
+    [
+      'global',
+      '  nbthread 1',
+      '  maxconn 8192',
+      '  log stderr format raw local0 err',
+      'defaults',
+      '  mode tcp',
+      '  log global',
+      '  timeout connect 5s',
+      '  timeout client 120s',
+      '  timeout server 120s',
+      'frontend in',
+      ...frontend.map((l) => `  ${l}`),
+      '  default_backend out',
+      'backend out',
+      ...backend.map((l) => `  ${l}`),
+      '',
+    ].join('\n');
+  writeFileSync(join(dir, 'haproxy-server.cfg'), conf(
+    [`bind ${tls.host}:${tls.port} ssl crt ${combined(certs.serverCert, certs.serverKey, 'server')} ca-file ${certs.ca} verify required ssl-min-ver TLSv1.3`],
+    [`server up ${a.upstream.host}:${a.upstream.port}`],
+  ));
+  writeFileSync(join(dir, 'haproxy-client.cfg'), conf(
+    [`bind ${entry.host}:${entry.port}`],
+    [`server tls ${tls.host}:${tls.port} ssl crt ${combined(certs.clientCert, certs.clientKey, 'client')} ca-file ${certs.ca} verify required verifyhost ${certs.serverName} sni str(${certs.serverName}) ssl-min-ver TLSv1.3`],
+  ));
+  // -db: stay in the foreground, no daemon or master process.
+  return startPair('haproxy', (side) => children.spawn(haproxy, ['-db', '-f', join(dir, `haproxy-${side}.cfg`)], { cwd: dir }), entry, tls);
 }
 
 /** utime+stime of a process (all its threads), in seconds; 0 when it is gone. */
