@@ -193,6 +193,9 @@ const USAGE = `Usage: node bench/dataplane.ts [options]
   --agent-logs DIR    also write each agent's stderr (JSON logs, access log included) to DIR/<node>.log
   --from-source       run the controller and agents from the TypeScript sources instead of
                       building dist/ first and running that (the default, as shipped)
+The capture path needs root: the bench then runs itself again inside a network namespace of its
+own (${NETNS_PREFIX}<pid>-host, passing --in-netns NAME) and deletes it at the end; without root
+it skips capture.
 `;
 
 function intArg(v: string | undefined, def: number, min: number, max: number, what: string): number {
