@@ -6,15 +6,15 @@
  * last ~128 KiB of a connection, and the client saw a reset.
  *
  * Real processes: a controller and two agents (127.0.16.2 = node-a,
- * 127.0.16.3 = node-b). Node-a is stopped with SIGSTOP to stand in for a
- * stalled host, so the responses pile up in node-b's session while node-b's
+ * 127.0.16.3 = node-b). Node-a is stopped with SIGSTOP, with its data plane
+ * (which holds its HBONE sessions), to stand in for a stalled host, so the responses pile up in node-b's session while node-b's
  * relays finish; node-b then gets SIGTERM, and node-a is resumed. Then the
  * other way round: node-b stalls while node-a is opening a tunnel to it, and
  * node-a gets SIGTERM before the tunnel is open.
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -118,8 +118,8 @@ t.before(async () => {
     ]);
   });
   t.teardown(async () => {
-    agentA?.proc.child.kill('SIGCONT');
-    agentB?.proc.child.kill('SIGCONT');
+    signalHost(agentA, 'SIGCONT');
+    signalHost(agentB, 'SIGCONT');
     await agentA?.proc.stop();
     await agentB?.proc.stop();
     await ctl?.proc.stop();
@@ -128,6 +128,29 @@ t.before(async () => {
   await agentsReady([agentA, agentB]);
   await agentKnowsNode(agentA, 'node-b');
 });
+
+/**
+ * Stops or resumes a host: the agent and its children (ambit-dataplane, which
+ * reads and writes the HBONE sessions; an agent stopped alone would leave
+ * its data plane reading the tails).
+ */
+function signalHost(agent: RunningAgent | undefined, signal: 'SIGSTOP' | 'SIGCONT'): void {
+  const pid = agent?.proc.child.pid;
+  if (pid === undefined) return;
+  let children: number[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    // The agent has exited: nothing to stop or resume.
+  }
+  for (const p of [pid, ...children]) {
+    try {
+      process.kill(p, signal);
+    } catch {
+      // Gone in between.
+    }
+  }
+}
 
 t.test('a draining agent delivers the tails its peer host has not read yet, then exits', async (t) => {
   const reads: Promise<{ sha256: string; bytes: number; clean: boolean }>[] = [];
@@ -141,7 +164,7 @@ t.test('a draining agent delivers the tails its peer host has not read yet, then
 
   // Node-a stalls: node-b's relays can hand every answer to their streams,
   // but the bytes stay queued in node-b's session.
-  agentA.proc.child.kill('SIGSTOP');
+  signalHost(agentA, 'SIGSTOP');
   const sent = big.answer();
   const inboundDone = (): number => agentB.proc.logs.filter((l) => l.msg === 'connection' && l.direction === 'inbound' && l.bytes_sent === ANSWER_BYTES).length;
   await eventually(async () => inboundDone() === CONNECTIONS, 'node-b finished every relay while node-a stalls', 30_000);
@@ -153,7 +176,7 @@ t.test('a draining agent delivers the tails its peer host has not read yet, then
   const early = await Promise.race([agentB.proc.exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 1_000))]);
   t.equal(early, false, 'node-b does not exit while its peer has not read what it sent');
 
-  agentA.proc.child.kill('SIGCONT');
+  signalHost(agentA, 'SIGCONT');
   const got = await Promise.all(reads);
   for (let i = 0; i < CONNECTIONS; i++) {
     t.equal(got[i]!.bytes, ANSWER_BYTES, `connection ${i}: every byte arrived`);
@@ -170,7 +193,7 @@ t.test('a connection whose tunnel is still being opened when the drain starts is
   agentB = await startAgent({ node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b') });
   await agentsReady([agentB]);
   // node-b stalls: node-a's HBONE dial to it (TCP accepted by the kernel, TLS unanswered) stays in flight.
-  agentB.proc.child.kill('SIGSTOP');
+  signalHost(agentB, 'SIGSTOP');
   const before = big.ended;
   const opening = socksConnect(agentA.socks, CLIENT_IP, 'default/client', BIG_IP, BIG_PORT, 30_000);
   await eventually(async () => {
@@ -180,7 +203,7 @@ t.test('a connection whose tunnel is still being opened when the drain starts is
 
   agentA.proc.child.kill('SIGTERM');
   await agentA.proc.waitForLog((l) => l.msg === 'draining');
-  agentB.proc.child.kill('SIGCONT');
+  signalHost(agentB, 'SIGCONT');
   const { socket, reply } = await opening;
   t.equal(reply, 0, 'the tunnel opened during the drain');
   const read = readAll(socket);
