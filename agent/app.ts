@@ -169,6 +169,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const outbound = new NativeOutbound({ listeners, outbound: outboundDeps, agentAddress: cfg.address, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now });
     const hbone = new NativeInbound({
       binary: dataplaneBinary,
+      dataDir: cfg.dataDir,
       host: cfg.address,
       port: cfg.hbonePort,
       trustDomain: info.trustDomain,
@@ -182,10 +183,14 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     });
     // Before listen(): a start that fails after spawning the data plane must still end it.
     cleanups.push(() => hbone.destroy());
+    const localIdentities = (): string[] => [...new Set(state.localWorkloads().map((w) => state.identityOf(w).uri))];
+    // The identities it holds certificates for (from disk) go with the first
+    // configuration: a data plane already serving (this agent restarted)
+    // must not be left without them, even for a moment.
+    hbone.refresh(localIdentities());
     const hboneAddr = await hbone.listen();
     const hboneAddress = formatHostPort({ host: cfg.address, port: hboneAddr.port });
 
-    const localIdentities = (): string[] => [...new Set(state.localWorkloads().map((w) => state.identityOf(w).uri))];
     const syncCertificates = async (): Promise<void> => {
       const ids = [nodeIdentity, ...new Map(state.localWorkloads().map((w) => [state.identityOf(w).uri, state.identityOf(w)])).values()];
       hbone.refresh(localIdentities());

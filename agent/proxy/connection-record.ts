@@ -21,7 +21,9 @@ export const UNKNOWN_PEER: Peer = { addr: '', workload: 'unknown', namespace: 'u
  */
 export class ConnectionRecord {
   readonly direction: Direction;
-  readonly started = performance.now();
+  readonly started: number;
+  /** When it started, as wall-clock time (what a connection tag carries across an agent restart). */
+  readonly startedAt: number;
   src: Peer;
   dst: Peer;
   service: string;
@@ -39,8 +41,10 @@ export class ConnectionRecord {
   #opened = false;
   #finished = false;
 
-  constructor(o: { direction: Direction; src: Peer; dst: Peer; service: string; security: 'mutual_tls' | 'none'; metrics: AgentMetrics; log: Logger }) {
+  constructor(o: { direction: Direction; src: Peer; dst: Peer; service: string; security: 'mutual_tls' | 'none'; metrics: AgentMetrics; log: Logger; startedAt?: number }) {
     this.direction = o.direction;
+    this.startedAt = o.startedAt ?? Date.now();
+    this.started = performance.now() - (Date.now() - this.startedAt);
     this.src = o.src;
     this.dst = o.dst;
     this.service = o.service;
@@ -50,9 +54,13 @@ export class ConnectionRecord {
     o.metrics.tcp.active[o.direction]++;
   }
 
-  setSpan(span: Span, traceId: string): void {
+  setSpan(span: Span | undefined, traceId: string): void {
     this.#span = span;
     this.#traceId = traceId;
+  }
+
+  get traceId(): string {
+    return this.#traceId;
   }
 
   labels(): TcpLabels {

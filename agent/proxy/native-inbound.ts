@@ -1,9 +1,7 @@
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
@@ -16,6 +14,9 @@ import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
 import type { NativeOutbound } from './native-outbound.ts';
 import { admitPlaintext } from './plaintext.ts';
+import { connectionTag, fromConnectionTag } from './connection-tag.ts';
+import type { ConnectionFacts } from '../rbac.ts';
+import { DataplaneSupervisor } from '../dataplane/supervisor.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
 /**
@@ -25,9 +26,7 @@ const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane
  * upgraded without rebuilding it) is refused instead of misread. Bump both
  * with any change to the messages.
  */
-export const DATAPLANE_PROTOCOL = 3;
-/** How long a stopping agent waits for its data plane to exit before SIGKILL. */
-const EXIT_WAIT_MS = 2_000;
+export const DATAPLANE_PROTOCOL = 4;
 
 /**
  * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
@@ -46,13 +45,11 @@ export function dataplaneBinaryFrom(here: string): string {
   return join(root, DATAPLANE_BINARY);
 }
 
-/** What the agent says of an executable that speaks another control protocol (`said`: its own, if any). */
-function staleProtocol(binary: string, said: string): string {
-  return `ambit-dataplane at ${binary} speaks control protocol ${said || 'none'}, this agent ${DATAPLANE_PROTOCOL}: it was built from other sources; rebuild it (npm run build:dataplane) and install it again`;
-}
 
 export interface NativeInboundOptions {
   readonly binary: string;
+  /** The agent's data directory: the data plane's control socket and log are there. */
+  readonly dataDir: string;
   readonly host: string;
   readonly port: number;
   readonly trustDomain: string;
@@ -81,23 +78,19 @@ interface NativeConnection {
 
 
 /**
- * Inbound HBONE on :15008 served by ambit-dataplane (`--dataplane native`):
+ * Inbound HBONE on :15008, and the link to ambit-dataplane that carries it:
  * the Rust process owns TLS, HTTP/2 and the byte relay; this class owns
- * every decision, with the same code as the node:http2 path (HboneServer's
- * peer check, admitInbound). They speak newline-delimited JSON over the
- * child's stdin and stdout (dataplane/src/control.rs); keys cross only that
- * pipe, between two processes of the same service on the same host.
+ * every inbound decision (the peer check, admitInbound, admitPlaintext) and
+ * the data plane's lifecycle through DataplaneSupervisor. Keys cross only
+ * the control socket in the agent's data directory.
  *
- * Same surface as HboneServer (listen, refresh, stopAccepting, flush,
- * destroy), so the agent runs either.
+ * The data plane outlives the agent: an agent that starts attaches to the
+ * one already serving and takes over its live connections from their tags
+ * (connection-tag.ts); a data plane that dies is started again.
  */
 export class NativeInbound {
   readonly #o: NativeInboundOptions;
-  #child: ChildProcessByStdio<Writable, Readable, Readable> | undefined;
-  #pending = '';
-  /** Messages not yet written, and the process they are for (#send). */
-  #out: string[] = [];
-  #outFor: ChildProcessByStdio<Writable, Readable, Readable> | undefined;
+  readonly #link: DataplaneSupervisor;
   #uris: readonly string[] = [];
   #names = new Map<string, string>();
   readonly #sessions = new Map<number, PeerInfo>();
@@ -110,7 +103,7 @@ export class NativeInbound {
   #destroyed = false;
   /** Its executable speaks another control protocol: never started again, and the agent reports not ready. */
   #incompatible: string | undefined;
-  /** It served once: a later 'listening' is a restart, which binds the upstream listeners again. */
+  /** It served once: a later hello is a new data plane (or this one again), which binds the listeners again. */
   #served = false;
   #onDrained: (() => void) | undefined;
   #onStarted: { resolve: (a: AddressInfo) => void; reject: (e: Error) => void } | undefined;
@@ -119,18 +112,28 @@ export class NativeInbound {
   constructor(o: NativeInboundOptions) {
     this.#o = o;
     this.#bundle = bundleCertificates(o.bundlePem);
+    this.#link = new DataplaneSupervisor({
+      binary: o.binary,
+      listen: formatHostPort({ host: o.host, port: o.port }),
+      controlPath: join(o.dataDir, 'dataplane.sock'),
+      logPath: join(o.dataDir, 'dataplane.log'),
+      protocol: DATAPLANE_PROTOCOL,
+      logger: o.logger,
+      onMessage: (m) => this.#handle(m),
+      onLost: (why) => this.#lost(why),
+    });
     // A renewed or new certificate must reach the data plane before clients ask for it.
     this.#unsubscribe = o.certs.onChange(() => this.#queuePush());
   }
 
-  /** Starts ambit-dataplane; resolves once it listens and has taken its first configuration. */
+  /** Attaches to ambit-dataplane (or starts it); resolves once it listens and has taken its first configuration. */
   listen(): Promise<AddressInfo> {
     if (!existsSync(this.#o.binary)) {
-      return Promise.reject(new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--dataplane native: no ambit-dataplane executable at ${this.#o.binary} (build it with "npm run build:dataplane", or name it with --dataplane-binary)`, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
+      return Promise.reject(new AmbitError('AMBIT_ERR_CONFIG_INVALID', `no ambit-dataplane executable at ${this.#o.binary} (build it with "npm run build:dataplane", or name it with --dataplane-binary)`, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
     }
     return new Promise((resolve, reject) => {
       this.#onStarted = { resolve, reject };
-      this.#start(this.#o.port);
+      this.#attach();
     });
   }
 
@@ -154,8 +157,8 @@ export class NativeInbound {
    * many had not.
    */
   async flush(ms: number): Promise<number> {
-    const open = (): number => this.#sessions.size + (this.#o.upstreams.sessions ?? 0);
-    if (!this.#child || open() === 0) return 0;
+    const open = (): number => this.#sessions.size + this.#o.upstreams.sessions;
+    if (!this.#link.attached || open() === 0) return 0;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       new Promise<void>((r) => (this.#onDrained = r)),
@@ -166,38 +169,25 @@ export class NativeInbound {
   }
 
   /**
-   * Ends the data plane and resolves once it has exited, so that an agent
-   * that stopped leaves no process behind; SIGKILL if it has not within
-   * EXIT_WAIT_MS.
+   * The agent stops for good (after its drain): the data plane exits too,
+   * and this resolves once it has (SIGKILL if it lingers), so that a stopped
+   * agent leaves no process behind.
    */
-  destroy(): Promise<void> {
+  async destroy(): Promise<void> {
     this.#destroyed = true;
     this.#unsubscribe();
-    this.#writeOut();
-    const child = this.#child;
-    const exited = child && child.pid !== undefined && child.exitCode === null && child.signalCode === null
-      ? new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(kill);
-          clearTimeout(giveUp);
-          resolve();
-        };
-        const kill = setTimeout(() => child.kill('SIGKILL'), EXIT_WAIT_MS);
-        // A process SIGKILL cannot end (stuck in the kernel) must not hold the agent's exit.
-        const giveUp = setTimeout(done, EXIT_WAIT_MS + 1_000);
-        child.once('exit', done);
-      })
-      : Promise.resolve();
-    // Closing its stdin ends ambit-dataplane (it serves nothing without the agent).
-    child?.stdin.end();
-    child?.kill('SIGTERM');
+    await this.#link.exit();
     this.#endAll('agent shutting down');
-    return exited;
   }
 
-  /** Why the native data path cannot serve (its executable was replaced by one of another protocol), if so. */
+  /** Why the data plane cannot serve (its executable was replaced by one of another protocol), if so. */
   get failure(): string | undefined {
     return this.#incompatible;
+  }
+
+  /** The data plane's pid, once attached. */
+  get pid(): number | undefined {
+    return this.#link.pid;
   }
 
   /** Once listen() resolved: binds every other listener in the data plane; resolves with their bound addresses. */
@@ -205,30 +195,28 @@ export class NativeInbound {
     return this.#o.upstreams.listen((m) => this.#send(m));
   }
 
-  #start(port: number): void {
-    const child = spawn(this.#o.binary, ['--listen', formatHostPort({ host: this.#o.host, port })], { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.#child = child;
-    this.#pending = '';
-    child.stdout.setEncoding('utf8');
-    // Only the current process speaks: ids start again in a new one, so a
-    // late line from one that exited could name another connection.
-    child.stdout.on('data', (chunk: string) => {
-      if (this.#child === child) this.#read(chunk);
-    });
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (chunk: string) => this.#o.logger.warn({ stderr: chunk.trimEnd().slice(0, 2000) }, 'ambit-dataplane wrote to stderr'));
-    child.stdin.on('error', () => undefined); // a dead child is handled by 'exit'
-    child.once('error', (err) => {
-      // A running child's errors (a failed kill) end with 'exit'; one that never started has only this.
-      if (child.pid !== undefined) return;
+  #attach(): void {
+    this.#link.attach().catch((err: Error) => {
       if (this.#onStarted) {
-        this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `cannot start ambit-dataplane (${this.#o.binary}): ${err.message}`, { cause: err }));
+        this.#failStart(err);
         return;
       }
-      this.#o.logger.error({ binary: this.#o.binary, err: err.message }, 'cannot start ambit-dataplane');
-      this.#exited(child, null, null); // tries again after the restart delay
+      if ((err as AmbitError).code === 'AMBIT_ERR_CONFIG_INVALID') {
+        // An executable of another protocol (an upgrade half done): never
+        // started again, and readiness says why.
+        this.#incompatible = err.message;
+        this.#o.logger.error({ binary: this.#o.binary, err: err.message }, 'ambit-dataplane speaks another control protocol; not using it');
+        return;
+      }
+      this.#o.logger.error({ err: err.message }, 'cannot start ambit-dataplane; trying again');
+      this.#retry();
     });
-    child.once('exit', (code, signal) => this.#exited(child, code, signal));
+  }
+
+  #retry(): void {
+    setTimeout(() => {
+      if (!this.#destroyed && !this.#draining) this.#attach();
+    }, this.#o.restartDelayMs ?? 1_000).unref();
   }
 
   #failStart(err: Error): void {
@@ -237,23 +225,18 @@ export class NativeInbound {
     started?.reject(err);
   }
 
-  #exited(child: ChildProcessByStdio<Writable, Readable, Readable>, code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.#child !== child) return;
-    this.#child = undefined;
+  /** The data plane is gone (it exited): its connections with it. It is started again. */
+  #lost(why: string): void {
     this.#sessions.clear();
     this.#endAll('ambit-dataplane exited');
     this.#onDrained?.();
-    if (this.#destroyed || this.#incompatible) return;
+    if (this.#destroyed) return;
     if (this.#onStarted) {
-      this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane exited before it served (code ${code}, signal ${signal})`));
+      this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane exited before it served: ${why}`));
       return;
     }
-    // Its tunnels are gone with it; the agent keeps serving by starting it again.
-    this.#o.logger.error({ code, signal }, 'ambit-dataplane exited; starting it again');
-    const port = this.#address?.port ?? this.#o.port;
-    setTimeout(() => {
-      if (!this.#destroyed && !this.#draining) this.#start(port);
-    }, this.#o.restartDelayMs ?? 1_000).unref();
+    this.#o.logger.error({ why }, 'ambit-dataplane exited; starting it again');
+    this.#retry();
   }
 
   /** Every connection still open ends now, recorded with why (the data plane that carried it is gone). */
@@ -266,31 +249,8 @@ export class NativeInbound {
     }
   }
 
-  /**
-   * Queues a message for the current process. Everything decided in one
-   * turn of the event loop goes in one write (setImmediate runs right after
-   * the I/O callbacks that decided): one syscall per message was the largest
-   * single cost of a new connection on the agent's side (bench/README.md,
-   * ninth session).
-   */
   #send(m: Message): void {
-    const child = this.#child;
-    if (!child || child.stdin.destroyed) return;
-    // Lines queued for a process that has exited name its ids, not the new one's: dropped.
-    if (this.#outFor !== child) {
-      this.#outFor = child;
-      this.#out = [];
-    }
-    this.#out.push(JSON.stringify(m));
-    if (this.#out.length === 1) setImmediate(() => this.#writeOut());
-  }
-
-  #writeOut(): void {
-    const child = this.#outFor;
-    const lines = this.#out;
-    this.#out = [];
-    if (lines.length === 0 || !child || child !== this.#child || child.stdin.destroyed) return;
-    child.stdin.write(`${lines.join('\n')}\n`);
+    this.#link.send(m);
   }
 
   #queuePush(): void {
@@ -304,7 +264,7 @@ export class NativeInbound {
   }
 
   #push(): void {
-    if (!this.#child) return;
+    if (!this.#link.attached) return;
     const identities = this.#uris.flatMap((uri) => {
       const e = this.#o.certs.get(uri);
       return e ? [{ uri, sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
@@ -312,55 +272,71 @@ export class NativeInbound {
     this.#send({ t: 'config', rev: ++this.#rev, bundle: this.#o.bundlePem(), identities });
   }
 
-  #read(chunk: string): void {
-    this.#pending += chunk;
-    let nl: number;
-    while ((nl = this.#pending.indexOf('\n')) >= 0) {
-      const line = this.#pending.slice(0, nl);
-      this.#pending = this.#pending.slice(nl + 1);
-      if (!line) continue;
-      let m: Message;
-      try {
-        m = JSON.parse(line) as Message;
-      } catch {
-        this.#o.logger.error({ line: line.slice(0, 200) }, 'ambit-dataplane said something unreadable');
-        continue;
-      }
-      try {
-        this.#handle(m);
-      } catch (err) {
-        // A bug in one message's handling must not take down the agent and every tunnel.
-        this.#o.logger.error({ err: (err as Error).message, message: m.t }, 'ambit-dataplane message handling failed');
-      }
+  /**
+   * An agent attached (this one, to a data plane it started or found
+   * serving): take over what the data plane carries (live connections from
+   * their tags, those that ended while no agent was attached, refusals
+   * meanwhile), send the configuration, and bind the listeners again after
+   * the first time.
+   */
+  #hello(m: Message): void {
+    const addr = str(m.addr);
+    const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
+    this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
+    const d = this.#o.inbound;
+    const taken = { live: 0, ended: 0 };
+    for (const c of Array.isArray(m.live) ? (m.live as Message[]) : []) {
+      taken.live++;
+      if (!this.#adopt(c)) this.#o.upstreams.adopt(c, (out) => this.#send(out));
     }
+    for (const c of Array.isArray(m.ended) ? (m.ended as Message[]) : []) {
+      taken.ended++;
+      this.#recordEnded(c);
+    }
+    const refused = (m.refusedAway ?? {}) as Record<string, number>;
+    for (const [what, n] of Object.entries(refused)) {
+      d.metrics.refused.inc({ direction: what === 'out' || what === 'peer' ? 'outbound' : 'inbound', reason: 'agent_unavailable' }, n);
+    }
+    if (taken.live + taken.ended > 0 || Object.keys(refused).length > 0) {
+      this.#o.logger.info({ pid: m.pid, live: taken.live, ended: taken.ended, refusedWhileAway: refused }, 'attached to the ambit-dataplane already serving: took over its connections');
+    }
+    this.#push();
+    if (this.#served) void this.listenAll().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve its listeners again'));
+  }
+
+  /** A connection that ended while no agent was attached: counted and logged from its tag. */
+  #recordEnded(c: Message): void {
+    const d = this.#o.inbound;
+    const { record } = fromConnectionTag(str(c.tag), 'inbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
+    record.open();
+    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
+    record.finish(str(c.error) || undefined);
+  }
+
+  /** A live connection a previous agent admitted, from its tag: recorded and policy-checked again from now on. False: not an inbound one. */
+  #adopt(c: Message): boolean {
+    const d = this.#o.inbound;
+    const tag = str(c.tag);
+    if (!tag.includes('"d":"inbound"')) return false;
+    const { record, facts } = fromConnectionTag(tag, 'inbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
+    record.open();
+    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
+    this.#track(num(c.id), record, facts);
+    return true;
   }
 
   #handle(m: Message): void {
     const metrics = this.#o.inbound.metrics;
     switch (m.t) {
-      case 'listening': {
-        if (m.protocol !== DATAPLANE_PROTOCOL) {
-          const message = staleProtocol(this.#o.binary, m.protocol === undefined ? '' : String(m.protocol));
-          this.#o.logger.error({ binary: this.#o.binary, protocol: m.protocol ?? null, expected: DATAPLANE_PROTOCOL }, 'ambit-dataplane speaks another control protocol; not using it');
-          // Not started again: the same executable would say the same.
-          this.#incompatible = message;
-          this.#child?.kill('SIGKILL');
-          if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_CONFIG_INVALID', message, { details: { field: 'dataplaneBinary', value: this.#o.binary } }));
-          return;
-        }
-        const addr = str(m.addr);
-        const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
-        this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
-        this.#push();
-        if (this.#served) void this.listenAll().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve its listeners again'));
+      case 'hello':
+        this.#hello(m);
         return;
-      }
       case 'ack':
         if (this.#onStarted && this.#address) {
           const started = this.#onStarted;
           this.#onStarted = undefined;
           this.#served = true;
-          this.#o.logger.info({ pid: this.#child?.pid, address: formatHostPort({ host: this.#o.host, port: this.#address.port }) }, 'ambit-dataplane serves inbound HBONE');
+          this.#o.logger.info({ pid: this.#link.pid, address: formatHostPort({ host: this.#o.host, port: this.#address.port }) }, 'ambit-dataplane serves inbound HBONE');
           started.resolve(this.#address);
         }
         return;
@@ -412,7 +388,10 @@ export class NativeInbound {
         return;
       case 'end':
         if (this.#conns.has(num(m.id))) return this.#end(m);
-        this.#o.upstreams.handle(m);
+        if (this.#o.upstreams.handle(m)) return;
+        // A connection that ended just as this agent attached (after the data
+        // plane's hello listed what was live): recorded from its tag.
+        if (str(m.tag)) this.#recordEnded(m);
         return;
       default:
         if (this.#o.upstreams.handle(m)) return;
@@ -471,13 +450,19 @@ export class NativeInbound {
       this.#send({ t: 'decide', id, status: admitted.status, reason: admitted.reason });
       return;
     }
+    this.#track(id, admitted.record, admitted.facts);
+    this.#send({ t: 'decide', id, status: 200, dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts) });
+  }
+
+  /** Tracks a connection the data plane carries until its end: for the drain and, with facts, policy re-checks. */
+  #track(id: number, record: ConnectionRecord, facts: ConnectionFacts | undefined): void {
     let finished: () => void = () => undefined;
     const done = new Promise<void>((r) => (finished = r));
-    const conn: NativeConnection = { record: admitted.record, finished };
+    const conn: NativeConnection = { record, finished };
     this.#conns.set(id, conn);
-    d.tracker.add({
+    this.#o.inbound.tracker.add({
       direction: 'inbound',
-      facts: admitted.facts,
+      facts,
       close: (reason, flags) => {
         // Recorded when the data plane confirms, with its final byte counts.
         conn.closed ??= { reason, flags };
@@ -485,8 +470,8 @@ export class NativeInbound {
       },
       done,
     });
-    this.#send({ t: 'decide', id, status: 200, dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs });
   }
+
 
   #end(m: Message): void {
     const id = num(m.id);

@@ -4,6 +4,7 @@ import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
+import { connectionTag, fromConnectionTag } from './connection-tag.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from './outbound-source.ts';
 import { serverNameFor } from './hbone-names.ts';
 import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from './outbound.ts';
@@ -153,6 +154,34 @@ export class NativeOutbound {
     return true;
   }
 
+  /**
+   * A live outbound connection a previous agent routed, from its tag (the
+   * data plane kept carrying it while no agent was attached): recorded from
+   * now on, and tracked for the drain.
+   */
+  adopt(c: Message, send: Send): void {
+    this.#send = send;
+    const d = this.#o.outbound;
+    const { record } = fromConnectionTag(str(c.tag), 'outbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
+    record.open();
+    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
+    const id = num(c.id);
+    let finished: () => void = () => undefined;
+    const done = new Promise<void>((r) => (finished = r));
+    const kind = record.service === 'PassthroughCluster' ? 'direct' : 'tunnel';
+    const conn: NativeConnection = { record, kind, target: record.dst.addr, finished, opened: true };
+    this.#conns.set(id, conn);
+    if (kind === 'tunnel') d.metrics.poolStreams.inc();
+    d.tracker.add({
+      direction: 'outbound',
+      close: (reason, flags) => {
+        conn.closed ??= { reason, flags };
+        this.#send({ t: 'close', id });
+      },
+      done,
+    });
+  }
+
   /** The data plane is gone: every connection it carried ends now, recorded with why. */
   endAll(error: string): void {
     this.#generation++;
@@ -233,13 +262,13 @@ export class NativeOutbound {
         done,
       });
       if (plan.kind === 'direct') {
-        this.#send({ t: 'route', id, verdict: 'direct', dial: target, timeoutMs: d.connectTimeoutMs });
+        this.#send({ t: 'route', id, verdict: 'direct', dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) });
         return;
       }
       const r = plan.request;
       const headers = Object.entries(r.headers).flatMap(([k, v]) => (v === undefined ? [] : [[k, String(v)]]));
       this.#send({
-        t: 'route', id, verdict: 'tunnel', source: r.source.uri, timeoutMs: d.connectTimeoutMs,
+        t: 'route', id, verdict: 'tunnel', source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
         attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
       });
     }).catch((err: unknown) => {

@@ -1,18 +1,19 @@
-//! The pipe to the agent: newline-delimited JSON, one message per line, on
-//! stdin (agent → data plane) and stdout (data plane → agent). The agent is
+//! The link to the agent: newline-delimited JSON, one message per line, both
+//! ways over the Unix socket the agent connects to (main.rs). The agent is
 //! the only party that decides anything: it names the identities to serve,
-//! verifies every peer's identity, and rules on every CONNECT. This process
-//! only moves bytes and reports what happened (docs/native-dataplane.md).
+//! verifies every peer's identity, and rules on every connection. This
+//! process only moves bytes and reports what happened (docs/dataplane.md).
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
-/// The version of these messages, stated in the first line (`listening`):
+/// The version of these messages, stated in the first message (`hello`):
 /// the agent refuses an executable whose version is not its own
 /// (agent/proxy/native-inbound.ts, DATAPLANE_PROTOCOL). Bump both with any
 /// change to the messages.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// What the agent sends.
 #[derive(Deserialize, Debug)]
@@ -36,6 +37,9 @@ pub enum In {
         dial: String,
         #[serde(default, rename = "timeoutMs")]
         timeout_ms: u64,
+        /// What the agent says of the connection, given back to a later agent (core.rs).
+        #[serde(default)]
+        tag: String,
     },
     /// Close a live connection (policy now denies it, or the drain deadline passed).
     #[serde(rename = "close")]
@@ -59,6 +63,9 @@ pub enum In {
     /// The verdict on an outbound HBONE connection's server (see Out `peer`).
     #[serde(rename = "peer")]
     Peer { pid: u64, ok: bool },
+    /// Exit once what is queued is written: the agent stops for good (after its drain).
+    #[serde(rename = "exit")]
+    Exit,
     /// Stop accepting; GOAWAY each session once its streams are over and written;
     /// say `drained` when no session is left (closed, and read until its peer closed).
     #[serde(rename = "drain")]
@@ -90,6 +97,9 @@ pub struct RouteIn {
     /// SOCKS5 only: the reply code (RFC 1928) of a refusal.
     #[serde(default)]
     pub reply: u8,
+    /// What the agent says of the connection, given back to a later agent (core.rs).
+    #[serde(default)]
+    pub tag: String,
 }
 
 /// One endpoint a tunnel may open to: CONNECT `authority` through the agent
@@ -115,26 +125,38 @@ pub struct IdentityIn {
     pub key: String,
 }
 
-/// What the writer task takes: a line to write, or a request to say when
-/// everything queued before it is written.
+/// What the writer task takes: a line to write, an agent's connection to
+/// write to from now on (with what it must read first), the end of that
+/// connection, or a request to say when everything queued before is written.
 pub enum Queued {
     Line(Value),
+    Attach(OwnedWriteHalf, Vec<Value>),
+    Detach,
     Written(oneshot::Sender<()>),
 }
 
 /// The writer's end: messages are queued and written by one task, many per
-/// write when they come faster than the pipe takes them.
+/// write when they come faster than the agent takes them. With no agent
+/// attached they are dropped: what a later agent needs is kept by core.rs.
 #[derive(Clone)]
 pub struct Outbox(mpsc::UnboundedSender<Queued>);
 
 impl Outbox {
     pub fn send(&self, v: Value) {
-        // The writer is gone only when stdout is: the agent has gone away and
-        // stdin's end will end this process too.
+        // The writer task lives as long as the process.
         let _ = self.0.send(Queued::Line(v));
     }
 
-    /// Resolves once every message sent before is written (or the writer is gone).
+    /// Writes go to `to` from now on, `first` before anything queued after this.
+    pub fn attach(&self, to: OwnedWriteHalf, first: Vec<Value>) {
+        let _ = self.0.send(Queued::Attach(to, first));
+    }
+
+    pub fn detach(&self) {
+        let _ = self.0.send(Queued::Detach);
+    }
+
+    /// Resolves once every message sent before is written (or dropped).
     pub async fn written(&self) {
         let (tx, rx) = oneshot::channel();
         if self.0.send(Queued::Written(tx)).is_ok() {
@@ -148,9 +170,9 @@ pub fn outbox() -> (Outbox, mpsc::UnboundedReceiver<Queued>) {
     (Outbox(tx), rx)
 }
 
-/// Writes queued messages to stdout until the queue closes or stdout fails.
+/// Writes queued messages to the attached agent's connection until the queue closes.
 pub async fn write_loop(mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let mut out = crate::pipe::writer();
+    let mut out: Option<OwnedWriteHalf> = None;
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -158,15 +180,31 @@ pub async fn write_loop(mut rx: mpsc::UnboundedReceiver<Queued>) {
         let mut next = Some(first);
         while let Some(q) = next.take() {
             match q {
-                Queued::Line(v) => push_line(&mut buf, &v),
+                Queued::Line(v) if out.is_some() => push_line(&mut buf, &v),
+                Queued::Line(_) => {}
+                Queued::Attach(to, lines) => {
+                    // What was queued for the previous agent goes nowhere now.
+                    buf.clear();
+                    out = Some(to);
+                    for v in &lines {
+                        push_line(&mut buf, v);
+                    }
+                }
+                Queued::Detach => {
+                    buf.clear();
+                    out = None;
+                }
                 Queued::Written(tx) => waiting.push(tx),
             }
             if buf.len() < 64 * 1024 {
                 next = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() && (out.write_all(&buf).await.is_err() || out.flush().await.is_err()) {
-            std::process::exit(0);
+        if let Some(w) = out.as_mut() {
+            if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+                // The agent is gone; its reader sees the end and detaches.
+                out = None;
+            }
         }
         for tx in waiting.drain(..) {
             let _ = tx.send(());

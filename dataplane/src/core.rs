@@ -1,31 +1,59 @@
-//! What the inbound and outbound halves share: the pipe to the agent, the
-//! connection ids the agent knows them by, the live tunnels (their byte
-//! counts and how the agent closes them), and the drain (`drained` once no
-//! HBONE connection of either half is left).
-use std::collections::HashMap;
+//! What the inbound and outbound halves share: the link to the agent, the
+//! connection ids the agent knows them by, the questions waiting for the
+//! agent's answer, the live tunnels (their byte counts, the agent's tag, and
+//! how the agent closes them), what happened while no agent was attached,
+//! and the drain (`drained` once no HBONE connection of either half is left).
+//!
+//! The agent can go away (a crash, a restart) while this process goes on
+//! carrying established connections. A question asked meanwhile waits up to
+//! QUESTION_WAIT for an agent to attach and answer it, and is asked again of
+//! the agent that attaches; unanswered, the connection is refused and
+//! counted. A connection that ends meanwhile is kept (bounded) for the next
+//! agent, with its tag, so that no record is lost.
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::control::Outbox;
 use crate::relay::{self, Counts};
 
-/// A tunnel that is open: its byte counts, and how the agent closes it.
+/// How long a question (a peer's identity, a connection's route or verdict)
+/// waits for the agent's answer. An attached agent answers in well under a
+/// millisecond; this is how long a restarting agent has to come back before
+/// new connections are refused.
+pub const QUESTION_WAIT: Duration = Duration::from_secs(5);
+/// Connections that ended while no agent was attached, kept for the next one.
+const ENDED_AWAY_MAX: usize = 10_000;
+
+/// A tunnel that is open: its byte counts, the agent's tag, and how the agent closes it.
 struct Live {
     from_source: Arc<AtomicU64>,
     to_source: Arc<AtomicU64>,
     reported: (u64, u64),
+    /// What the agent said of the connection when it routed or admitted it
+    /// (opaque here): given back to an agent that attaches later.
+    tag: String,
     close: Option<oneshot::Sender<()>>,
 }
 
 pub struct Core {
     pub outbox: Outbox,
     live: Mutex<HashMap<u64, Live>>,
+    /// Questions asked and not yet answered, by id: asked again of an agent that attaches.
+    pending: Mutex<BTreeMap<u64, Value>>,
+    attached: AtomicBool,
+    /// `end` messages of connections that ended while no agent was attached.
+    ended_away: Mutex<Vec<Value>>,
+    /// Connections refused because no agent answered in time, by what was asked.
+    refused_away: Mutex<BTreeMap<&'static str, u64>>,
     next_id: AtomicU64,
     /// HBONE connections (served or dialled) not yet closed and lingered out.
     open_sessions: AtomicUsize,
@@ -38,6 +66,10 @@ impl Core {
         Arc::new(Core {
             outbox,
             live: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            attached: AtomicBool::new(false),
+            ended_away: Mutex::new(Vec::new()),
+            refused_away: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             open_sessions: AtomicUsize::new(0),
             draining: watch::channel(false).0,
@@ -82,31 +114,100 @@ impl Core {
         }
     }
 
-    /// Registers a tunnel that starts relaying; the receiver fires when the agent closes it.
-    pub fn live(&self, id: u64, counts: &Counts) -> oneshot::Receiver<()> {
+    /// Asks the agent `question` (its id is `id`) and waits for the answer on
+    /// `rx`, at most QUESTION_WAIT; None when no agent answered in time (then
+    /// counted under `what`, and the caller refuses the connection).
+    pub async fn ask<T>(&self, id: u64, what: &'static str, question: Value, rx: oneshot::Receiver<T>) -> Option<T> {
+        {
+            // Under the lock, so that an agent attaching meanwhile gets it
+            // exactly once: asked again in its hello, or sent after it.
+            let mut pending = self.pending.lock().unwrap();
+            pending.insert(id, question.clone());
+            self.outbox.send(question);
+        }
+        let answer = tokio::time::timeout(QUESTION_WAIT, rx).await;
+        self.pending.lock().unwrap().remove(&id);
+        match answer {
+            Ok(Ok(a)) => Some(a),
+            _ => {
+                *self.refused_away.lock().unwrap().entry(what).or_default() += 1;
+                None
+            }
+        }
+    }
+
+    /// An agent attached on `to`: it reads first what it must know
+    /// (`hello`: this process, its listeners, the live connections with their
+    /// tags, those that ended and those refused while no agent was there),
+    /// then every question still waiting, then whatever comes after.
+    pub fn attach(&self, to: OwnedWriteHalf, protocol: u32, addr: &str, listeners: Vec<Value>) {
+        // Both locks, in this order (ended, then ask take one each): nothing
+        // ends or is asked between what hello says and what follows it.
+        let mut away = self.ended_away.lock().unwrap();
+        let pending = self.pending.lock().unwrap();
+        self.attached.store(true, Ordering::SeqCst);
+        let live: Vec<Value> = self.live.lock().unwrap().iter().map(|(id, l)| json!({
+            "id": id, "tag": l.tag, "fromSource": l.from_source.load(Ordering::Relaxed), "toSource": l.to_source.load(Ordering::Relaxed),
+        })).collect();
+        let ended = std::mem::take(&mut *away);
+        let refused = std::mem::take(&mut *self.refused_away.lock().unwrap());
+        let mut first = vec![json!({
+            "t": "hello", "protocol": protocol, "pid": std::process::id(), "addr": addr,
+            "listeners": listeners, "live": live, "ended": ended, "refusedAway": refused,
+        })];
+        first.extend(pending.values().cloned());
+        self.outbox.attach(to, first);
+    }
+
+    /// The agent went away: what happens from now on is kept for the next one.
+    pub fn detach(&self) {
+        let _away = self.ended_away.lock().unwrap();
+        self.attached.store(false, Ordering::SeqCst);
+        self.outbox.detach();
+    }
+
+    pub fn attached(&self) -> bool {
+        self.attached.load(Ordering::SeqCst)
+    }
+
+    /// Live tunnels and HBONE connections: while there are any, this process has work without an agent.
+    pub fn busy(&self) -> bool {
+        !self.live.lock().unwrap().is_empty() || self.open_sessions.load(Ordering::SeqCst) > 0
+    }
+
+    /// Registers a tunnel that starts relaying, with the agent's `tag`; the receiver fires when the agent closes it.
+    pub fn live(&self, id: u64, counts: &Counts, tag: String) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.live.lock().unwrap().insert(id, Live { from_source: counts.from_source.clone(), to_source: counts.to_source.clone(), reported: (0, 0), close: Some(tx) });
+        self.live.lock().unwrap().insert(id, Live { from_source: counts.from_source.clone(), to_source: counts.to_source.clone(), reported: (0, 0), tag, close: Some(tx) });
         self.outbox.send(json!({ "t": "open", "id": id }));
         rx
     }
 
-    /// The tunnel is over: says so with its final counts and why (empty: a clean end).
+    /// The tunnel is over: says so with its final counts and why (empty: a
+    /// clean end). With no agent attached, it is kept (with its tag) for the next.
     pub fn ended(&self, id: u64, counts: &Counts, error: Option<String>) {
-        self.live.lock().unwrap().remove(&id);
-        self.outbox.send(json!({
+        let live = self.live.lock().unwrap().remove(&id);
+        let end = json!({
             "t": "end", "id": id,
             "fromSource": counts.from_source.load(Ordering::Relaxed), "toSource": counts.to_source.load(Ordering::Relaxed),
             "error": error.unwrap_or_default(),
-        }));
+            "tag": live.map(|l| l.tag).unwrap_or_default(),
+        });
+        let mut away = self.ended_away.lock().unwrap();
+        if !self.attached() && away.len() < ENDED_AWAY_MAX {
+            away.push(end);
+        } else {
+            self.outbox.send(end);
+        }
     }
 
     /// Relays an open tunnel (its socket end `is_source` outbound, the
     /// workload inbound) until both directions are over or the agent closes
     /// it, then reports its end. Closed or failed, both sides are reset: the
     /// stream with CANCEL, the socket with RST (linger 0).
-    pub async fn tunnel(&self, id: u64, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream, is_source: bool) {
+    pub async fn tunnel(&self, id: u64, tag: String, mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvStream, is_source: bool) {
         let counts = Counts::default();
-        let closed = self.live(id, &counts);
+        let closed = self.live(id, &counts, tag);
         let error = tokio::select! {
             e = relay::run(&mut tcp, &mut send, recv, counts.directions(is_source)) => e,
             _ = closed => Some("closed by the agent".to_string()),

@@ -4,6 +4,7 @@
 //! connection: session() → stream() → relay::run().
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -60,6 +61,7 @@ pub struct Decision {
     pub reason: String,
     pub dial: String,
     pub timeout_ms: u64,
+    pub tag: String,
 }
 
 pub struct Inbound {
@@ -135,9 +137,14 @@ impl Inbound {
         let sid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.sessions.lock().unwrap().insert(sid, tx);
-        self.core.outbox.send(json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain }));
-        if rx.await != Ok(true) {
-            return; // the agent rejected the peer and counted it
+        let question = json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain });
+        match self.core.ask(sid, "session", question, rx).await {
+            Some(true) => {}
+            Some(false) => return, // the agent rejected the peer and counted it
+            None => {
+                self.sessions.lock().unwrap().remove(&sid);
+                return;
+            }
         }
         self.core.session_opened();
         self.clone().streams(sid, tls).await;
@@ -196,8 +203,11 @@ impl Inbound {
         let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
-        self.core.outbox.send(stream_message(id, sid, &req));
-        let Ok(d) = rx.await else { return };
+        let Some(d) = self.core.ask(id, "stream", stream_message(id, sid, &req), rx).await else {
+            self.decisions.lock().unwrap().remove(&id);
+            let _ = respond.send_response(status_response(503, "agent_unavailable"), true);
+            return;
+        };
         if d.status != 200 {
             let _ = respond.send_response(status_response(d.status, &d.reason), true);
             return;
@@ -216,23 +226,24 @@ impl Inbound {
                 return;
             }
         };
-        self.core.tunnel(id, tcp, send, req.into_body(), false).await;
+        self.core.tunnel(id, d.tag, tcp, send, req.into_body(), false).await;
     }
 
     /// Binds the inbound plaintext capture listener (:15006) and serves it
     /// until the drain: iptables redirected a connection for a local
     /// workload here; the agent decides from its original destination
     /// (strict mode refuses, permissive asks policy), then it is relayed.
-    pub async fn listen_plaintext(self: Arc<Self>, lid: u64, addr: String) {
+    pub async fn listen_plaintext(self: Arc<Self>, lid: Arc<AtomicU64>, addr: String, bound_at: Arc<Mutex<Option<String>>>) {
         let listener = match TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
-                self.core.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                self.core.outbox.send(json!({ "t": "error", "lid": lid.load(Ordering::SeqCst), "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
                 return;
             }
         };
         let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+        *bound_at.lock().unwrap() = Some(bound.clone());
+        self.core.outbox.send(json!({ "t": "bound", "lid": lid.load(Ordering::SeqCst), "addr": bound }));
         let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -242,7 +253,7 @@ impl Inbound {
             match accepted {
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(self.clone().plaintext(lid, tcp, remote));
+                    tokio::spawn(self.clone().plaintext(lid.load(Ordering::SeqCst), tcp, remote));
                 }
                 // EMFILE or a peer that already reset: pause so it cannot spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -258,15 +269,16 @@ impl Inbound {
         let local = tcp.local_addr();
         let id = self.core.id();
         let mut plain = json!({ "t": "plain", "id": id, "lid": lid, "remote": addr(remote), "local": local.as_ref().map(|a| addr(*a)).unwrap_or(json!(["", 0])) });
-        match local.as_ref().map_err(|e| errno_name(e)).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
+        match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
             Ok(dst) => plain["dst"] = addr(dst),
             Err(e) => plain["dstError"] = json!(e),
         }
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
-        self.core.outbox.send(plain);
-        // Refused (counted and recorded by the agent): the client is reset.
-        let Ok(d) = rx.await else { return reset(tcp) };
+        let Some(d) = self.core.ask(id, "plain", plain, rx).await else {
+            self.decisions.lock().unwrap().remove(&id);
+            return reset(tcp);
+        };
         if d.status != 200 {
             return reset(tcp);
         }
@@ -284,7 +296,7 @@ impl Inbound {
         };
         let _ = upstream.set_nodelay(true);
         let counts = Counts::default();
-        let closed = self.core.live(id, &counts);
+        let closed = self.core.live(id, &counts, d.tag);
         let error = tokio::select! {
             e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
             _ = closed => {

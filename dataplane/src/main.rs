@@ -1,13 +1,19 @@
-//! ambit-dataplane: the agent's native HBONE data path
-//! (docs/native-dataplane.md): inbound HBONE, and outbound on the upstream
-//! listeners the agent hands it. Started by `ambit-agent` (its native data
-//! path, the default where this executable is installed), never by hand:
+//! ambit-dataplane: the agent's one data path (docs/dataplane.md): every
+//! data-path listener (inbound HBONE, SOCKS5, upstream listeners, transparent
+//! capture), the HBONE client pool, and the relay. Started by `ambit-agent`,
+//! never by hand:
 //!
-//!   ambit-dataplane --listen HOST:PORT
+//!   ambit-dataplane --listen HOST:PORT --control PATH
 //!
-//! It binds HOST:PORT, says `{"t":"listening","addr":…,"protocol":N}` on stdout, and then
-//! takes the agent's messages on stdin (control.rs). It exits when stdin
-//! closes: the agent that started it is gone, and nothing may serve without it.
+//! It binds HBONE on HOST:PORT and a Unix socket at PATH (mode 0600), says
+//! `{"t":"ready",…}` on stdout (the only line it ever writes there), and then
+//! serves the agent that connects to PATH (control.rs): one at a time, a new
+//! one replacing the old. It is its own process with its own lifetime: when
+//! the agent goes away (a crash, a restart) established connections go on,
+//! and the agent that starts next attaches to this process again (core.rs
+//! says what it is told then). It exits when the agent says `exit` (the
+//! agent stops for good), or when it has had no agent and no connection for
+//! ORPHAN_AFTER.
 mod control;
 mod core;
 mod hbone_head;
@@ -15,40 +21,167 @@ mod inbound;
 mod linger;
 mod original_dst;
 mod outbound;
-mod pipe;
 mod relay;
 mod socks5;
 mod tls;
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::mpsc;
 
-use control::In;
+use control::{In, Outbox};
+use core::Core;
 use inbound::{Decision, Inbound};
 use outbound::{Entry, Outbound};
 
 /// How often live tunnels' byte counts go to the agent.
 const BYTES_EVERY: Duration = Duration::from_millis(1000);
+/// With no agent attached and nothing to carry for this long, the process
+/// exits: its agent is not coming back (it was removed, or stopped without
+/// its drain), and the next one starts a data plane of its own.
+const ORPHAN_AFTER: Duration = Duration::from_secs(60);
 
-fn fail(outbox_line: serde_json::Value) -> ! {
-    println!("{outbox_line}");
+fn fail(message: String) -> ! {
+    println!("{}", json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": message }));
     std::process::exit(2);
 }
 
-async fn run(listen: String) {
-    let listener = match TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => fail(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {listen}: {e}") })),
-    };
+/// A listener the agent asked for; `lid` is the agent's name for it, which
+/// an agent that attaches later may change (listen is idempotent by address and kind).
+struct ListenerEntry {
+    lid: Arc<AtomicU64>,
+    addr: String,
+    kind: String,
+    bound: Arc<Mutex<Option<String>>>,
+}
+
+/// What an agent's messages act on.
+struct Dispatch {
+    core: Arc<Core>,
+    outbox: Outbox,
+    inbound: Arc<Inbound>,
+    outbound: Arc<Outbound>,
+    tls: Arc<RwLock<Option<Arc<tls::Tls>>>>,
+    listeners: Mutex<Vec<ListenerEntry>>,
+}
+
+impl Dispatch {
+    async fn handle(&self, line: &str) {
+        match control::decode(line) {
+            Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &self.outbox) {
+                Ok(config) => {
+                    *self.tls.write().unwrap() = Some(Arc::new(config));
+                    self.outbox.send(json!({ "t": "ack", "rev": rev }));
+                }
+                Err(message) => self.outbox.send(json!({ "t": "nack", "rev": rev, "message": message })),
+            },
+            Ok(In::Session { sid, ok }) => self.inbound.session_verdict(sid, ok),
+            Ok(In::Decide { id, status, reason, dial, timeout_ms, tag }) => self.inbound.decide(id, Decision { status, reason, dial, timeout_ms, tag }),
+            Ok(In::Close { id }) => self.core.close(id),
+            Ok(In::Listen { lid, addr, kind }) => self.listen(lid, addr, kind),
+            Ok(In::Route(route)) => self.outbound.route(route),
+            Ok(In::Peer { pid, ok }) => self.outbound.peer_verdict(pid, ok),
+            Ok(In::Drain) => {
+                self.outbound.drain();
+                self.core.drain();
+            }
+            Ok(In::Exit) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox.written()).await;
+                std::process::exit(0);
+            }
+            Err(e) => self.outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
+        }
+    }
+
+    /// Serves a listener, or answers for the one already served at that
+    /// address (bound for an agent before this one), now under `lid`.
+    fn listen(&self, lid: u64, addr: String, kind: String) {
+        let mut listeners = self.listeners.lock().unwrap();
+        if let Some(l) = listeners.iter().find(|l| l.addr == addr && l.kind == kind) {
+            l.lid.store(lid, Ordering::SeqCst);
+            if let Some(bound) = l.bound.lock().unwrap().clone() {
+                self.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+            }
+            return;
+        }
+        let entry = match kind.as_str() {
+            "plaintext" => None,
+            "" | "upstream" => Some(Entry::Upstream),
+            "socks5" => Some(Entry::Socks5),
+            "capture" => Some(Entry::Capture),
+            other => {
+                self.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("unknown listener kind {other:?}") }));
+                return;
+            }
+        };
+        let l = ListenerEntry { lid: Arc::new(AtomicU64::new(lid)), addr: addr.clone(), kind, bound: Arc::new(Mutex::new(None)) };
+        let (cell, bound) = (l.lid.clone(), l.bound.clone());
+        listeners.push(l);
+        match entry {
+            None => {
+                tokio::spawn(self.inbound.clone().listen_plaintext(cell, addr, bound));
+            }
+            Some(entry) => {
+                tokio::spawn(self.outbound.clone().listen(cell, addr, entry, bound));
+            }
+        }
+    }
+
+    /// The listeners bound so far, for the hello of an agent that attaches.
+    fn listeners(&self) -> Vec<Value> {
+        self.listeners.lock().unwrap().iter().filter_map(|l| {
+            let bound = l.bound.lock().unwrap().clone()?;
+            Some(json!({ "lid": l.lid.load(Ordering::SeqCst), "addr": l.addr, "kind": l.kind, "bound": bound }))
+        }).collect()
+    }
+}
+
+/// Binds the control socket at `path`: refused if a data plane already
+/// answers there (the agent attaches to that one instead); a socket file
+/// left by a process that died is replaced.
+fn bind_control(path: &str) -> UnixListener {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        fail(format!("another ambit-dataplane already serves {path}"));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
+    // Only the agent's user (and root) may drive this process: it holds every local workload's key.
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        fail(format!("cannot restrict {path} to its owner: {e}"));
+    }
+    listener
+}
+
+/// An agent's connection is taken only from this process's own user or root
+/// (the socket's mode says so too; this holds if the mode is changed).
+fn trusted(stream: &UnixStream) -> bool {
+    let me = unsafe { libc::geteuid() };
+    stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false)
+}
+
+/// Reads one agent's messages until its connection ends; then says which agent it was.
+async fn read_agent(dispatch: Arc<Dispatch>, from: OwnedReadHalf, generation: u64, gone: mpsc::UnboundedSender<u64>) {
+    let mut lines = BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        dispatch.handle(&line).await;
+    }
+    let _ = gone.send(generation);
+}
+
+async fn run(listen: String, control_path: String) {
+    let listener = TcpListener::bind(&listen).await.unwrap_or_else(|e| fail(format!("cannot listen on {listen}: {e}")));
+    let control = bind_control(&control_path);
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (outbox, queue) = control::outbox();
     tokio::spawn(control::write_loop(queue));
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    outbox.send(json!({ "t": "listening", "addr": addr, "protocol": control::PROTOCOL }));
-    let core = core::Core::new(outbox.clone());
+    let core = Core::new(outbox.clone());
     let tls_state = Arc::new(RwLock::new(None));
     let inbound = Inbound::new(core.clone(), tls_state.clone());
     let outbound = Outbound::new(core.clone(), tls_state.clone());
@@ -62,66 +195,70 @@ async fn run(listen: String) {
             sweeper.sweep();
         }
     });
+    let dispatch = Arc::new(Dispatch { core: core.clone(), outbox, inbound, outbound, tls: tls_state, listeners: Mutex::new(Vec::new()) });
+    // The agent that started this process waits for this line, then connects.
+    println!("{}", json!({ "t": "ready", "addr": addr, "control": control_path, "protocol": control::PROTOCOL, "pid": std::process::id() }));
 
-    let mut lines = BufReader::new(pipe::reader()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        match control::decode(&line) {
-            Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &outbox) {
-                Ok(config) => {
-                    *tls_state.write().unwrap() = Some(Arc::new(config));
-                    outbox.send(json!({ "t": "ack", "rev": rev }));
+    let (gone_tx, mut gone) = mpsc::unbounded_channel();
+    let mut generation = 0u64;
+    let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    let mut alone_since = Some(Instant::now());
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            accepted = control.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                if !trusted(&stream) {
+                    eprintln!("ambit-dataplane: refused a control connection from another user");
+                    continue;
                 }
-                Err(message) => outbox.send(json!({ "t": "nack", "rev": rev, "message": message })),
-            },
-            Ok(In::Session { sid, ok }) => inbound.session_verdict(sid, ok),
-            Ok(In::Decide { id, status, reason, dial, timeout_ms }) => inbound.decide(id, Decision { status, reason, dial, timeout_ms }),
-            Ok(In::Close { id }) => core.close(id),
-            Ok(In::Listen { lid, addr, kind }) => match kind.as_str() {
-                "plaintext" => {
-                    tokio::spawn(inbound.clone().listen_plaintext(lid, addr));
+                // A new agent replaces the old one: its messages are no longer read.
+                if let Some(r) = reader.take() {
+                    r.abort();
                 }
-                "" | "upstream" => {
-                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Upstream));
-                }
-                "socks5" => {
-                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Socks5));
-                }
-                "capture" => {
-                    tokio::spawn(outbound.clone().listen(lid, addr, Entry::Capture));
-                }
-                other => outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("unknown listener kind {other:?}") })),
-            },
-            Ok(In::Route(route)) => outbound.route(route),
-            Ok(In::Peer { pid, ok }) => outbound.peer_verdict(pid, ok),
-            Ok(In::Drain) => {
-                outbound.drain();
-                core.drain();
+                generation += 1;
+                let (from, to) = stream.into_split();
+                core.attach(to, control::PROTOCOL, &addr, dispatch.listeners());
+                reader = Some(tokio::spawn(read_agent(dispatch.clone(), from, generation, gone_tx.clone())));
+                alone_since = None;
             }
-            Err(e) => outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
+            Some(g) = gone.recv() => {
+                if g == generation {
+                    reader = None;
+                    core.detach();
+                    alone_since = Some(Instant::now());
+                }
+            }
+            _ = check.tick() => {
+                if core.busy() {
+                    if alone_since.is_some() {
+                        alone_since = Some(Instant::now());
+                    }
+                } else if alone_since.is_some_and(|since| since.elapsed() >= ORPHAN_AFTER) {
+                    let _ = std::fs::remove_file(&control_path);
+                    std::process::exit(0);
+                }
+            }
         }
     }
-    // stdin closed: the agent is gone. What was already said is written
-    // first (answers to the last messages; by hand, the whole exchange).
-    let _ = tokio::time::timeout(Duration::from_secs(1), outbox.written()).await;
-    std::process::exit(0);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = match args.as_slice() {
-        [flag, addr] if flag == "--listen" => addr.clone(),
-        // Asked by the agent before it chooses this data path (--dataplane auto).
+    let (listen, control) = match args.as_slice() {
+        [a, listen, b, control] if a == "--listen" && b == "--control" => (listen.clone(), control.clone()),
+        // Asked by tests and installs: which control protocol this build speaks.
         [flag] if flag == "--protocol" => {
             println!("{}", control::PROTOCOL);
             return;
         }
         _ => {
-            eprintln!("usage: ambit-dataplane --listen HOST:PORT | --protocol (started by ambit-agent, never by hand)");
+            eprintln!("usage: ambit-dataplane --listen HOST:PORT --control PATH | --protocol (started by ambit-agent, never by hand)");
             std::process::exit(2);
         }
     };
     // One thread, like the agent's event loop: the agent and this process
     // share the host's cores with the workloads.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    rt.block_on(run(listen));
+    rt.block_on(run(listen, control));
 }

@@ -10,7 +10,7 @@
 //! streams each, as the Node.js pool does (agent/proxy/tunnel-pool.ts).
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -89,16 +89,20 @@ impl Outbound {
     }
 
     /// Binds an outbound listener for the agent and serves it until the drain.
-    pub async fn listen(self: Arc<Self>, lid: u64, addr: String, entry: Entry) {
+    /// `lid` is the agent's name for it (a later agent may rename it);
+    /// `bound` is set once it listens.
+    pub async fn listen(self: Arc<Self>, lid: Arc<AtomicU64>, addr: String, entry: Entry, bound_at: Arc<Mutex<Option<String>>>) {
         let listener = match TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
-                self.core.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                self.core.outbox.send(json!({ "t": "error", "lid": lid.load(Ordering::SeqCst), "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
                 return;
             }
         };
         let bound = listener.local_addr().ok();
-        self.core.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound.map(|a| a.to_string()).unwrap_or_default() }));
+        let said = bound.map(|a| a.to_string()).unwrap_or_default();
+        *bound_at.lock().unwrap() = Some(said.clone());
+        self.core.outbox.send(json!({ "t": "bound", "lid": lid.load(Ordering::SeqCst), "addr": said }));
         // A listener on one address: every connection's local address is that
         // one, so no getsockname per connection (only a wildcard asks).
         let local = bound.filter(|a| !a.ip().is_unspecified());
@@ -112,7 +116,7 @@ impl Outbound {
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let local = local.map_or_else(|| tcp.local_addr(), Ok);
-                    tokio::spawn(self.clone().connection(lid, entry, tcp, remote, local));
+                    tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local));
                 }
                 // EMFILE or a peer that already reset: pause so it cannot spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -169,7 +173,7 @@ impl Outbound {
                     return;
                 }
             },
-            Entry::Capture => match local.as_ref().map_err(|e| errno_name(e)).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
+            Entry::Capture => match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
                 Ok(dst) => out["dst"] = json!([dst.ip().to_canonical().to_string(), dst.port()]),
                 Err(e) => out["dstError"] = json!(e),
             },
@@ -178,9 +182,12 @@ impl Outbound {
         out["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         self.routes.lock().unwrap().insert(id, tx);
-        self.core.outbox.send(out);
         let front = Front { tcp, socks: entry == Entry::Socks5 };
-        let Ok(route) = rx.await else { return front.refuse(socks5::reply::GENERAL_FAILURE).await };
+        let Some(route) = self.core.ask(id, "out", out, rx).await else {
+            // No agent answered in time (away, restarting): refused, and counted for the next agent.
+            self.routes.lock().unwrap().remove(&id);
+            return front.refuse(socks5::reply::GENERAL_FAILURE).await;
+        };
         match route.verdict.as_str() {
             "tunnel" => self.tunnel(id, front, route).await,
             "direct" => self.direct(id, front, route).await,
@@ -201,7 +208,7 @@ impl Outbound {
             return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the connection opened" }));
         };
         let counts = relay::Counts::default();
-        let closed = self.core.live(id, &counts);
+        let closed = self.core.live(id, &counts, route.tag);
         let error = tokio::select! {
             e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
             _ = closed => {
@@ -237,7 +244,7 @@ impl Outbound {
             let (reason, error) = outcome.as_ref().err().map_or((String::new(), String::new()), |f| (f.reason.clone(), f.message.clone()));
             self.core.outbox.send(json!({ "t": "attempt", "id": id, "n": n, "endpoint": attempt.authority, "hbone": attempt.hbone, "ok": outcome.is_ok(), "status": status, "reason": reason, "error": error }));
             match outcome {
-                Ok((release, response, send)) => return self.relay(id, front, release, response, send).await,
+                Ok((release, response, send)) => return self.relay(id, route.tag.clone(), front, release, response, send).await,
                 Err(f) if retryable(&f) && n + 1 < attempts.len() => continue,
                 Err(f) => return self.failed(id, front, f).await,
             }
@@ -275,12 +282,12 @@ impl Outbound {
     }
 
     /// The tunnel is open: the client hears so, and bytes flow until either side ends.
-    async fn relay(&self, id: u64, front: Front, _release: Release, response: Response<h2::RecvStream>, mut send: h2::SendStream<Bytes>) {
+    async fn relay(&self, id: u64, tag: String, front: Front, _release: Release, response: Response<h2::RecvStream>, mut send: h2::SendStream<Bytes>) {
         let Some(tcp) = front.opened().await else {
             send.send_reset(Reason::CANCEL);
             return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the tunnel opened" }));
         };
-        self.core.tunnel(id, tcp, send, response.into_body(), true).await;
+        self.core.tunnel(id, tag, tcp, send, response.into_body(), true).await;
     }
 
     /// The tunnel did not open: the client hears it (a SOCKS5 reply, or a
@@ -406,9 +413,14 @@ impl Outbound {
         let pid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.peers.lock().unwrap().insert(pid, tx);
-        self.core.outbox.send(json!({ "t": "peer", "pid": pid, "hbone": route.hbone, "expect": route.expect, "chain": chain }));
-        if rx.await != Ok(true) {
-            return Err(format!("peer is not {}", route.expect));
+        let question = json!({ "t": "peer", "pid": pid, "hbone": route.hbone, "expect": route.expect, "chain": chain });
+        match self.core.ask(pid, "peer", question, rx).await {
+            Some(true) => {}
+            Some(false) => return Err(format!("peer is not {}", route.expect)),
+            None => {
+                self.peers.lock().unwrap().remove(&pid);
+                return Err(format!("no agent answered whether the peer is {}", route.expect));
+            }
         }
         let (send, conn) = h2_client().handshake::<_, Bytes>(crate::tls::record_writer(tls)).await.map_err(|e| e.to_string())?;
         Ok((send, conn, back))

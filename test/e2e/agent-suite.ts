@@ -341,7 +341,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       const children = childPids(pid);
       t.equal(children.length, 1, 'node-b runs one ambit-dataplane');
       process.kill(children[0]!, 'SIGKILL');
-      await agentB.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again' && l.signal === 'SIGKILL');
+      await agentB.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again');
       const r = await eventually(async () => {
         const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
         if (reply !== 0) {
@@ -357,7 +357,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       const aChildren = childPids(agentA.proc.child.pid!);
       t.equal(aChildren.length, 1, 'node-a runs one ambit-dataplane');
       process.kill(aChildren[0]!, 'SIGKILL');
-      await agentA.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again' && l.signal === 'SIGKILL');
+      await agentA.proc.waitForLog((l) => l.msg === 'ambit-dataplane exited; starting it again');
       const u = await eventually(async () => {
         const socket = connect({ host: A, port: 19080, localAddress: CLIENT_IP, allowHalfOpen: true });
         const up = await new Promise<boolean>((res) => {
@@ -399,6 +399,64 @@ export function agentSuite(o: AgentSuiteOptions): void {
       await eventually(async () => (await httpGet(hostPortOf(agentB.ready), '/healthz/ready')).status === 200, 'agent ready again');
     });
   }
+
+  // DESIGN §3: the data plane outlives an agent restart. The source agent is
+  // killed outright (no drain) in the middle of a checksummed stream, and
+  // started again while the stream goes on.
+  t.test('the source agent killed and restarted mid-stream: the connection goes on, no byte lost, the new agent reports it', async (t) => {
+    const before = serverHashes.length;
+    const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(reply, 0, 'SOCKS CONNECT succeeded');
+    const dataplane = childPids(agentA.proc.child.pid!);
+    t.equal(dataplane.length, 1, 'node-a runs one ambit-dataplane');
+    const sent = createHash('sha256');
+    const received = createHash('sha256');
+    let sentBytes = 0;
+    let receivedBytes = 0;
+    socket.on('data', (d: Buffer) => {
+      received.update(d);
+      receivedBytes += d.length;
+    });
+    const ended = new Promise<void>((resolve, reject) => {
+      socket.once('end', () => resolve());
+      socket.once('error', reject);
+    });
+    socket.resume();
+    const stream = async (chunks: number): Promise<void> => {
+      for (let i = 0; i < chunks; i++) {
+        const c = randomBytes(64 * 1024);
+        sent.update(c);
+        sentBytes += c.length;
+        if (!socket.write(c)) await new Promise((r) => socket.once('drain', r));
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    await stream(16);
+    await agentA.proc.stop('SIGKILL');
+    t.ok(existsSync(`/proc/${dataplane[0]}`), 'the agent is gone; its ambit-dataplane is not');
+    await stream(16);
+    agentA = await startAgent({ node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), extra: ['--upstreams', 'default/client:19080=web.default:80'] });
+    const took = await agentA.proc.waitForLog((l) => l.msg === 'attached to the ambit-dataplane already serving: took over its connections');
+    t.ok(Number(took.live) >= 1, `the restarted agent took over the live connection (${String(took.live)} live)`);
+    t.same(childPids(agentA.proc.child.pid!), [], 'and started no second data plane');
+    const dump = JSON.parse((await httpGet(hostPortOf(agentA.admin), '/config_dump')).body) as { connections: number };
+    t.ok(dump.connections >= 1, `its /config_dump counts the connection (${dump.connections})`);
+    await stream(16);
+    socket.end();
+    await ended;
+    t.equal(receivedBytes, sentBytes, `every byte came back (${sentBytes})`);
+    const sentHex = sent.digest('hex');
+    t.equal(received.digest('hex'), sentHex, 'and intact');
+    await eventually(async () => serverHashes[before] !== undefined && serverHashes[before] !== '', 'the server saw the end');
+    t.equal(serverHashes[before], sentHex, 'the server received exactly what was sent');
+    const line = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'outbound' && l.bytes_recv === sentBytes);
+    t.match(line, { 'src.workload': 'client', 'dst.workload': 'web', bytes_sent: sentBytes, error: '' }, 'the restarted agent logs the connection at its end, with every byte');
+    // A new connection through the same data plane, decided by the new agent.
+    const fresh = await socks(agentA.socks, 'default/client', 'web.default', 80);
+    t.equal(fresh.reply, 0, 'new connections open through it');
+    const r = await echoTransfer(fresh.socket, 256 * 1024);
+    t.equal(r.received, r.sent, 'bytes intact');
+  });
 
   t.test('SIGTERM drains: open connections finish, new ones are refused, then the agent exits', async (t) => {
     const { socket, reply } = await socks(agentA.socks, 'default/client', 'web.default', 80);

@@ -1,12 +1,15 @@
 /**
- * Drives ambit-dataplane over its control pipe, as the agent does, for the
+ * Drives ambit-dataplane over its control socket, as the agent does, for the
  * tests that run the executable directly (native-dataplane.test.ts,
  * native-outbound.test.ts): a real process; certificates from a throwaway CA.
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server } from 'node:net';
-import type { Duplex, Readable, Writable } from 'node:stream';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex, Readable } from 'node:stream';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
 import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
 
@@ -42,36 +45,72 @@ export function pki(uris: readonly string[] = [WEB_ID]): { bundle: string; chain
   return { bundle: toPem('CERTIFICATE', rootDer), chain: first.chain, key: first.key, leaves };
 }
 
-/** The running data plane and its messages, awaited by predicate. */
+/**
+ * The running data plane and its messages, awaited by predicate: the line it
+ * says on stdout (`ready` or `error`) and everything it says on its control
+ * socket, to which this connects as the agent does once it is ready.
+ */
 export class Dataplane {
-  readonly child: ChildProcessByStdio<Writable, Readable, Readable>;
+  readonly child: ChildProcessByStdio<null, Readable, Readable>;
   readonly messages: Msg[] = [];
   /** Each message's place in the order they arrived (1, 2, …). */
   readonly order = new WeakMap<Msg, number>();
+  /** The control socket's path (given with --control, or made here). */
+  readonly controlPath: string;
   #count = 0;
   #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void }[] = [];
-  #buf = '';
+  #agent: Socket | undefined;
+  #queued: string[] = [];
   readonly exited: Promise<number | null>;
 
   constructor(args: string[]) {
-    this.child = spawn(BINARY, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const given = args.indexOf('--control');
+    this.controlPath = given >= 0 ? args[given + 1]! : join(mkdtempSync(join(tmpdir(), 'ambit-dp-')), 'dataplane.sock');
+    const full = args.includes('--listen') && given < 0 ? [...args, '--control', this.controlPath] : args;
+    this.child = spawn(BINARY, full, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((r) => this.child.once('exit', (code) => r(code)));
-    this.child.stdout.setEncoding('utf8');
-    this.child.stdout.on('data', (d: string) => {
-      this.#buf += d;
+    this.#lines(this.child.stdout, (m) => {
+      if (m.t === 'ready') this.attach();
+    });
+  }
+
+  /** Connects to the control socket as an agent (again, after detach()). */
+  attach(): void {
+    const agent = netConnect({ path: this.controlPath });
+    agent.on('error', () => undefined);
+    agent.once('connect', () => {
+      this.#agent = agent;
+      for (const line of this.#queued.splice(0)) agent.write(`${line}\n`);
+    });
+    this.#lines(agent, () => undefined);
+  }
+
+  /** The agent goes away: its control connection closes; the data plane goes on. */
+  detach(): void {
+    this.#agent?.end();
+    this.#agent = undefined;
+  }
+
+  #lines(from: Readable, also: (m: Msg) => void): void {
+    let buf = '';
+    from.setEncoding('utf8');
+    from.on('data', (d: string) => {
+      buf += d;
       let nl: number;
-      while ((nl = this.#buf.indexOf('\n')) >= 0) {
-        const m = JSON.parse(this.#buf.slice(0, nl)) as Msg;
-        this.#buf = this.#buf.slice(nl + 1);
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const m = JSON.parse(buf.slice(0, nl)) as Msg;
+        buf = buf.slice(nl + 1);
         this.order.set(m, ++this.#count);
         this.messages.push(m);
         this.#waiters = this.#waiters.filter((w) => (w.pred(m) ? (w.resolve(m), false) : true));
+        also(m);
       }
     });
   }
 
   send(line: string): void {
-    this.child.stdin.write(`${line}\n`);
+    if (this.#agent) this.#agent.write(`${line}\n`);
+    else this.#queued.push(line);
   }
 
   /** Sends a message object. */

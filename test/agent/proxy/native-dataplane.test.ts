@@ -8,14 +8,13 @@
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
+import { DATAPLANE_PROTOCOL } from '../../../agent/proxy/native-inbound.ts';
 import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID } from './dataplane-harness.ts';
 
 t.test('the executable is built', async (t) => {
@@ -27,7 +26,7 @@ t.test('wrong arguments: usage on stderr, exit 2', async (t) => {
   let stderr = '';
   dp.child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   t.equal(await dp.exited, 2);
-  t.match(stderr, /usage: ambit-dataplane --listen HOST:PORT/);
+  t.match(stderr, /usage: ambit-dataplane --listen HOST:PORT --control PATH/);
 });
 
 t.test('an address it cannot listen on: an error line naming it, exit 2', async (t) => {
@@ -38,30 +37,55 @@ t.test('an address it cannot listen on: an error line naming it, exit 2', async 
   t.equal(await dp.exited, 2);
 });
 
-t.test('stdin and stdout that are files, not the agent\'s pipes: it still reads and answers, and exits at the end of its input', async (t) => {
-  // The agent's pipes are polled by the reactor (dataplane/src/pipe.rs); a
-  // regular file cannot be, and must fall back to tokio's own streams.
-  const dir = mkdtempSync(join(tmpdir(), 'ambit-dp-files-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'in'), `this is not JSON\n${JSON.stringify({ t: 'config', rev: 7, bundle: 'not PEM', identities: [] })}\n`);
-  const input = openSync(join(dir, 'in'), 'r');
-  const output = openSync(join(dir, 'out'), 'w');
-  const r = spawnSync(BINARY, ['--listen', `${HOST}:0`], { stdio: [input, output, 'pipe'], timeout: 10_000 });
-  closeSync(input);
-  closeSync(output);
-  t.equal(r.status, 0, `exit 0 at the end of stdin (signal ${r.signal}, stderr ${String(r.stderr).slice(0, 200)})`);
-  const lines = readFileSync(join(dir, 'out'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.equal(lines[0]?.t, 'listening', 'says where it listens');
-  t.match(String(lines.find((m) => m.t === 'error')?.message), /unreadable control message/, 'answers the unreadable line');
-  t.match(lines.find((m) => m.t === 'nack'), { rev: 7, message: /trust bundle/ }, 'answers the bad configuration');
+t.test('its own lifetime: the agent goes away and comes back; exit ends it', async (t) => {
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  const hello = await dp.next((m) => m.t === 'hello', 'hello');
+  t.match(hello, { protocol: DATAPLANE_PROTOCOL, pid: dp.child.pid, live: [], ended: [] }, 'hello: its protocol, pid, and nothing carried yet');
+  t.equal((statSync(dp.controlPath).mode & 0o777), 0o600, 'the control socket is its owner\'s alone');
+  dp.say({ t: 'listen', lid: 7, addr: `${HOST}:0`, kind: 'socks5' });
+  const bound = await dp.next((m) => m.t === 'bound', 'bound');
+  dp.detach();
+  // Away: a SOCKS5 client's question waits for an agent.
+  const client = netConnect({ host: HOST, port: Number(String(bound.addr).split(':')[1]) });
+  client.on('error', () => undefined);
+  client.write(Buffer.from([5, 1, 2, 1, 3, ...Buffer.from('a/b'), 1, 120, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80]));
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(dp.child.exitCode, null, 'no agent: it keeps running');
+  dp.attach();
+  const again = await dp.next((m) => m.t === 'hello', 'a second hello');
+  t.same(again.listeners, [{ lid: 7, addr: `${HOST}:0`, kind: 'socks5', bound: bound.addr }], 'the next agent hears which listeners it serves');
+  const asked = await dp.next((m) => m.t === 'out', 'the question asked again');
+  t.match(asked, { lid: 7, user: 'a/b', dst: ['127.0.0.1', 80] }, 'the waiting connection is asked of the agent that attached');
+  dp.say({ t: 'listen', lid: 9, addr: `${HOST}:0`, kind: 'socks5' });
+  t.same(await dp.next((m) => m.t === 'bound', 'bound again'), { t: 'bound', lid: 9, addr: bound.addr }, 'listen is idempotent: the same listener, under the new agent\'s name');
+  dp.say({ t: 'route', id: asked.id, verdict: 'refuse', reply: 2 });
+  const reply = await new Promise<Buffer>((r) => { let b = Buffer.alloc(0); client.on('data', (d: Buffer) => (b = Buffer.concat([b, d]))); client.once('close', () => r(b)); });
+  t.same([...reply.subarray(-10, -8)], [5, 2], 'the client hears the refusal (not allowed)');
+  dp.say({ t: 'exit' });
+  t.equal(await dp.exited, 0, 'exit: it exits');
+});
+
+t.test('a question no agent answers in time is refused and counted for the next agent', async (t) => {
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  await dp.next((m) => m.t === 'hello', 'hello');
+  dp.say({ t: 'listen', lid: 1, addr: `${HOST}:0`, kind: 'upstream' });
+  const bound = await dp.next((m) => m.t === 'bound', 'bound');
+  dp.detach();
+  const client = netConnect({ host: HOST, port: Number(String(bound.addr).split(':')[1]) });
+  const ended = await new Promise<string>((r) => { client.on('error', (e: NodeJS.ErrnoException) => r(e.code ?? e.message)); client.on('close', () => r('closed')); });
+  t.equal(ended, 'ECONNRESET', 'after the wait, the client is reset, not left hanging');
+  dp.attach();
+  t.match(await dp.next((m) => m.t === 'hello', 'hello'), { refusedAway: { out: 1 } }, 'the next agent hears it was refused');
 });
 
 t.test('bad control input is answered and changes nothing; good input serves TLS', async (t) => {
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  const listening = await dp.next((m) => m.t === 'listening', 'listening');
-  const port = Number(String(listening.addr).split(':')[1]);
-  t.ok(port > 0, `listens on ${String(listening.addr)}`);
+  const hello = await dp.next((m) => m.t === 'hello', 'hello');
+  const port = Number(String(hello.addr).split(':')[1]);
+  t.ok(port > 0, `listens on ${String(hello.addr)}`);
 
   dp.send('this is not JSON');
   t.match(String((await dp.next((m) => m.t === 'error', 'error')).message), /unreadable control message/, 'unreadable line: an error, and it keeps running');
@@ -75,9 +99,8 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
 
   dp.send(JSON.stringify({ t: 'config', rev: 3, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: good.key }] }));
   t.same(await dp.next((m) => m.t === 'ack', 'ack'), { t: 'ack', rev: 3 }, 'a good configuration: ack');
-  // Read and written on the runtime's own thread (dataplane/src/pipe.rs):
-  // tokio's stdin/stdout would have started a blocking-pool thread by now.
-  t.same(readdirSync(`/proc/${dp.child.pid}/task`).length, 1, 'the control pipe is polled by the reactor: one thread');
+  // One thread, like the agent's event loop: the control socket is polled by the reactor.
+  t.same(readdirSync(`/proc/${dp.child.pid}/task`).length, 1, 'one thread');
   dp.send(JSON.stringify({ t: 'config', rev: 4, bundle: good.bundle, identities: [{ sni, chain: 'broken', key: good.key }] }));
   await dp.next((m) => m.t === 'nack' && m.rev === 4, 'nack of rev 4');
 
@@ -100,8 +123,8 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
   t.ok(unknown.error, `an unknown server name fails the handshake (${unknown.error})`);
   t.equal((await dp.next((m) => m.t === 'refused', 'refused')).reason, 'unknown_server_name', 'and is counted as such');
 
-  dp.child.stdin.end();
-  t.equal(await dp.exited, 0, 'stdin closed (the agent is gone): it exits');
+  dp.say({ t: 'exit' });
+  t.equal(await dp.exited, 0, 'exit: it exits');
 });
 
 // h2 hands a DATA frame to TLS as two writes (frame head, payload), which
@@ -110,7 +133,7 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
 t.test('a small DATA frame leaves as one TLS record', async (t) => {
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  const port = Number(String((await dp.next((m) => m.t === 'listening', 'listening')).addr).split(':')[1]);
+  const port = Number(String((await dp.next((m) => m.t === 'hello', 'hello')).addr).split(':')[1]);
   const p = pki();
   const sni = serverNameFor(WEB_ID);
   dp.say({ t: 'config', rev: 1, bundle: p.bundle, identities: [{ sni, chain: p.chain, key: p.key }] });
@@ -220,7 +243,7 @@ t.test('drain: GOAWAY only after the last tunnel\'s queued tail, which arrives i
   const SIZE = 12 * 1024 * 1024;
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  const port = Number(String((await dp.next((m) => m.t === 'listening', 'listening')).addr).split(':')[1]);
+  const port = Number(String((await dp.next((m) => m.t === 'hello', 'hello')).addr).split(':')[1]);
   const p = pki();
   const sni = serverNameFor(WEB_ID);
   dp.send(JSON.stringify({ t: 'config', rev: 1, bundle: p.bundle, identities: [{ sni, chain: p.chain, key: p.key }] }));

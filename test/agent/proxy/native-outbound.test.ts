@@ -86,7 +86,7 @@ interface TunnelAttempt {
 
 /** The agent's `tunnel` route: the client's identity and the endpoints to try in turn. */
 function tunnelRoute(id: unknown, attempts: TunnelAttempt[], timeoutMs = 5000): Msg {
-  return { t: 'route', id, verdict: 'tunnel', source: CLIENT_ID, timeoutMs, attempts };
+  return { t: 'route', id, verdict: 'tunnel', source: CLIENT_ID, timeoutMs, attempts, tag: `tag of ${String(id)}` };
 }
 
 /** An attempt at the web workload through the agent at `hbone` (`authority` picks the test server's answer). */
@@ -102,7 +102,7 @@ async function clientDataplane(t: Test, mesh: ReturnType<typeof pki>, lid: numbe
   const client = mesh.leaves.get(CLIENT_ID)!;
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  await dp.next((m) => m.t === 'listening', 'listening');
+  await dp.next((m) => m.t === 'hello', 'hello');
   dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
   await dp.next((m) => m.t === 'ack', 'ack');
   dp.say({ t: 'listen', lid, addr: `${HOST}:0` });
@@ -121,7 +121,7 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
 
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  await dp.next((m) => m.t === 'listening', 'listening');
+  await dp.next((m) => m.t === 'hello', 'hello');
   dp.say({ t: 'config', rev: 1, bundle: mesh.bundle, identities: [{ uri: CLIENT_ID, sni: serverNameFor(CLIENT_ID), chain: client.chain, key: client.key }] });
   await dp.next((m) => m.t === 'ack', 'ack');
 
@@ -151,7 +151,7 @@ t.test('upstream listener: routed tunnels on one pooled connection, refusals, a 
   t.equal(r1.receivedBytes, 4 * 1024 * 1024, 'every byte came back');
   t.equal(r1.received, r1.sent, '4 MiB intact both ways');
   const end1 = await dp.next((m) => m.t === 'end' && m.id === out.id, 'end');
-  t.same(end1, { t: 'end', id: out.id, fromSource: 4 * 1024 * 1024, toSource: 4 * 1024 * 1024, error: '' }, 'the end with both byte counts');
+  t.same(end1, { t: 'end', id: out.id, fromSource: 4 * 1024 * 1024, toSource: 4 * 1024 * 1024, error: '', tag: `tag of ${String(out.id)}` }, 'the end with both byte counts, and the agent\'s tag back');
   t.same(dest.seen[0], { authority: '10.9.8.7:80', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', clientCert: `URI:${CLIENT_ID}` }, 'the CONNECT carried the routed authority and headers, with the source\'s certificate');
 
   // --- a second tunnel reuses the pooled connection: no dial, no peer check
@@ -246,7 +246,7 @@ t.test('upstream listener: a small DATA frame leaves as one TLS record', async (
 t.test('a listener address it cannot bind: an error naming the listener, and it keeps serving', async (t) => {
   const dp = new Dataplane(['--listen', `${HOST}:0`]);
   t.teardown(() => void dp.child.kill('SIGKILL'));
-  await dp.next((m) => m.t === 'listening', 'listening');
+  await dp.next((m) => m.t === 'hello', 'hello');
   dp.say({ t: 'listen', lid: 3, addr: '203.0.113.7:0' });
   const err = await dp.next((m) => m.t === 'error', 'error');
   t.equal(err.lid, 3, 'the error names the listener');
