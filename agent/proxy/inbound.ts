@@ -9,9 +9,10 @@ import type { ConnectionTracker } from './connection-tracker.ts';
 import type { PeerInfo } from './hbone-names.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { verifyClaimedSource } from '../connection/source-proof.ts';
+import { answerStatusOf, flagOf, type RefusalReason } from '../connection/refusals.ts';
 
-/** Response flag of a stream refused because its `Forwarded` address is not the peer's (docs/architecture.md, HBONE statuses). */
-export const UNVERIFIED_SOURCE_FLAG = 'UNVERIFIED_SOURCE';
+/** Response flag of a stream refused because its `Forwarded` address is not the peer's (docs/refusals.md). */
+export const UNVERIFIED_SOURCE_FLAG = flagOf('unverified_source_address');
 
 export interface InboundDeps {
   readonly state: MeshState;
@@ -83,7 +84,10 @@ export interface Admitted {
 export interface Refused {
   readonly allowed: false;
   readonly status: number;
+  /** What the answer says (HBONE `x-ambit-reason`): the registered reason, or for `denied` the rule and policy too. */
   readonly reason: string;
+  /** The registered reason it was counted under. */
+  readonly refusal: RefusalReason;
 }
 
 /**
@@ -111,39 +115,44 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
   const span = startConnectionSpan(d.tracer, 'ambit.inbound', SpanKind.SERVER, parent, { 'ambit.source.identity': peer.identity.uri, 'ambit.destination.authority': authority });
   record.setSpan(span.span, span.context.traceId);
 
-  const refuse = (status: number, reason: string, flags: string): Refused => {
-    refuseRecord(d, record, reason, flags);
-    return { allowed: false, status, reason };
-  };
+  const refuse = (reason: RefusalReason, detail?: string): Refused => refuseAdmission(d, record, reason, detail);
 
-  if (req.method !== 'CONNECT') return refuse(405, 'not_connect', 'NR');
+  if (req.method !== 'CONNECT') return refuse('not_connect');
   const target = parseAuthority(req.authority);
-  if (!target) return refuse(400, 'bad_authority', 'NR');
+  if (!target) return refuse('bad_authority');
   const dst = d.state.localWorkloadAt(target.ip, target.port);
-  if (!dst) return refuse(400, 'not_a_local_workload', 'NR');
+  if (!dst) return refuse('not_a_local_workload');
   const dstIdentity = d.state.identityOf(dst).uri;
   record.dst = { addr: `${target.ip}:${target.port}`, workload: dst.metadata.name, namespace: dst.metadata.namespace, identity: dstIdentity };
   record.service = d.state.serviceNameFor(dst, target.port);
   // The client verified our certificate for peer.servedIdentity; tunnelling it to a workload of another identity would break that promise.
-  if (dstIdentity !== peer.servedIdentity) return refuse(400, 'identity_mismatch', 'NR');
+  if (dstIdentity !== peer.servedIdentity) return refuse('identity_mismatch');
   // Policy never sees an address nobody vouched for: a forged claim is refused outright.
   if (!claim.ok) {
-    d.metrics.refused.inc({ direction: 'inbound', reason: claim.reason });
-    record.finish(`${claim.reason}: ${claim.detail}`, UNVERIFIED_SOURCE_FLAG);
-    return { allowed: false, status: 401, reason: claim.reason };
+    refuseRecord(d, record, claim.reason, `${claim.reason}: ${claim.detail}`);
+    return { allowed: false, status: answerStatusOf(claim.reason), reason: claim.reason, refusal: claim.reason };
   }
 
   const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) {
-    d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
-    return refuse(401, `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`, 'DENY');
-  }
+  if (!decision.allowed) return refuse('denied', deniedDetail(d, decision));
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port } };
 }
 
-/** Counts a refused inbound connection and ends its record. */
-export function refuseRecord(d: InboundDeps, record: ConnectionRecord, reason: string, flags: string): void {
+/** Counts a policy denial; the answer's and the record's text: `denied: <rule> [by ns/policy]`. */
+export function deniedDetail(d: InboundDeps, decision: { readonly policy?: string | undefined; readonly reason: string }): string {
+  d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
+  return `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`;
+}
+
+/** Refuses an inbound connection: counted, its record ended, answered with the registered status; `detail` (default: the reason) is the answer's reason text and the record's error. */
+export function refuseAdmission(d: InboundDeps, record: ConnectionRecord, reason: RefusalReason, detail: string = reason): Refused {
+  refuseRecord(d, record, reason, detail);
+  return { allowed: false, status: answerStatusOf(reason), reason: detail, refusal: reason };
+}
+
+/** Counts a refused inbound connection under its registered reason and ends its record with `detail` (default: the reason) and the reason's flag. */
+export function refuseRecord(d: InboundDeps, record: ConnectionRecord, reason: RefusalReason, detail: string = reason): void {
   d.metrics.refused.inc({ direction: 'inbound', reason });
-  record.finish(reason, flags);
+  record.finish(detail, flagOf(reason));
 }

@@ -1,4 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
+import type { RefusalCounter } from '../connection/refusals.ts';
 
 /** Istio's standard TCP labels (DESIGN §7), so existing dashboards work unchanged. */
 export const TCP_LABELS = [
@@ -77,7 +78,7 @@ export function createAgentMetrics(registry: Registry, o: { readonly ejected?: (
     sent: counted('istio_tcp_sent_bytes_total', 'Bytes sent toward the source (response direction).', 'sent'),
     received: counted('istio_tcp_received_bytes_total', 'Bytes received from the source (request direction).', 'received'),
     denials: new Counter({ name: 'ambit_policy_denials_total', help: 'Connections refused or closed by authorization policy.', labelNames: ['direction', 'policy', 'reason'] as const, registers }),
-    refused: new Counter({ name: 'ambit_connections_refused_total', help: 'Connections refused before a tunnel opened, by reason.', labelNames: ['direction', 'reason'] as const, registers }),
+    refused: new Counter({ name: 'ambit_connections_refused_total', help: 'Connections refused before a tunnel opened, by reason (docs/refusals.md).', labelNames: ['direction', 'reason'] as const, registers }) as RefusalCounter,
     active: new Gauge({
       name: 'ambit_connections_active', help: 'Connections currently open, by direction.', labelNames: ['direction'] as const, registers,
       collect(this: Gauge<'direction'>) {

@@ -16,6 +16,7 @@ import type { NativeOutbound } from './native-outbound.ts';
 import { admitPlaintext } from './plaintext.ts';
 import { connectionTag, fromConnectionTag } from './connection-tag.ts';
 import type { ConnectionFacts } from '../rbac.ts';
+import { refusalOf } from '../connection/refusals.ts';
 import { DataplaneSupervisor } from '../dataplane/supervisor.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
@@ -351,7 +352,7 @@ export class NativeInbound {
         return;
       case 'refused':
         // Refused before the agent was asked (a failed handshake, a malformed SOCKS5 negotiation).
-        metrics.refused.inc({ direction: m.direction === 'outbound' ? 'outbound' : 'inbound', reason: str(m.reason) });
+        metrics.refused.inc({ direction: m.direction === 'outbound' ? 'outbound' : 'inbound', reason: refusalOf(str(m.reason)) });
         if (m.error) this.#o.logger.debug({ reason: m.reason, err: m.error }, 'connection refused by ambit-dataplane');
         return;
       case 'session':
@@ -480,7 +481,8 @@ export class NativeInbound {
     this.#conns.delete(id);
     const error = str(m.error);
     if (num(m.status) === 503) {
-      refuseRecord(this.#o.inbound, c.record, error, 'UF');
+      // The data plane's error is `workload_unreachable: <errno>`: the record keeps it, the metric counts the reason.
+      refuseRecord(this.#o.inbound, c.record, 'workload_unreachable', error);
     } else {
       this.#count(c.record, num(m.fromSource) || 0, num(m.toSource) || 0);
       if (c.closed) {

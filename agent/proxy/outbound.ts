@@ -10,6 +10,7 @@ import type { AgentMetrics } from './metrics.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import type { OutlierDetector } from '../connection/outlier.ts';
 import type { Peer } from './connection-record.ts';
+import { failureOfStatus, flagOf, type OutboundFailure } from '../connection/refusals.ts';
 
 export interface OutboundDeps {
   readonly state: MeshState;
@@ -33,8 +34,8 @@ export interface OutboundDeps {
  */
 export const CONNECT_ATTEMPTS = 3;
 
-/** Why an outbound connection failed, in terms the front end (SOCKS reply, capture reset) can act on. */
-export type OutboundFailure = 'denied' | 'no_route' | 'unreachable' | 'refused' | 'passthrough_denied';
+/** Why an outbound connection failed, in terms the front end (SOCKS reply, capture reset) can act on: a registered reason (connection/refusals.ts). */
+export type { OutboundFailure };
 
 /** A tunnel the data plane could not open: the status the peer agent answered (0: none), its reason, and what happened. */
 export class TunnelError extends Error {
@@ -71,13 +72,6 @@ export interface TunnelRequest extends TunnelEndpoint {
   readonly serviceSize: number;
 }
 
-function failureOf(status: number): OutboundFailure {
-  if (status === 401) return 'denied';
-  if (status === 400) return 'no_route';
-  if (status === 503) return 'refused';
-  return 'unreachable';
-}
-
 /** Where an outbound connection goes, decided before any byte flows. */
 export type OutboundPlan =
   | { readonly kind: 'refuse'; readonly failure: OutboundFailure; readonly detail: string; readonly flags: string }
@@ -103,7 +97,7 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
   const record = new ConnectionRecord({ direction: 'outbound', src, dst: { ...UNKNOWN_PEER, addr: `${req.host}:${req.port}` }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
   const span = startConnectionSpan(d.tracer, 'ambit.outbound', SpanKind.CLIENT, undefined, { 'ambit.source.identity': sourceId.uri, 'ambit.destination': `${req.host}:${req.port}` });
   record.setSpan(span.span, span.context.traceId);
-  const refuse = (failure: OutboundFailure, detail: string, flags: string): { record: ConnectionRecord; plan: OutboundPlan } => ({ record, plan: { kind: 'refuse', failure, detail, flags } });
+  const refuse = (failure: OutboundFailure, detail: string): { record: ConnectionRecord; plan: OutboundPlan } => ({ record, plan: { kind: 'refuse', failure, detail, flags: flagOf(failure) } });
 
   let target: Workload | undefined;
   let others: Workload[] = [];
@@ -122,7 +116,7 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
     const picked = pickEndpoints(pool, req.source.spec.locality, targetPort, CONNECT_ATTEMPTS, d.random);
     target = picked[0];
     others = picked.slice(1);
-    if (!target) return refuse('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`, 'NR');
+    if (!target) return refuse('no_route', `service ${record.service} has no endpoint serving port ${targetPort}`);
   } else if (isIP(req.host)) {
     target = d.state.workloadByAddress(req.host);
   }
@@ -131,13 +125,13 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
     // Not a mesh destination: passthrough.
     record.service = 'PassthroughCluster';
     record.security = 'none';
-    if (d.passthrough === 'deny') return refuse('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`, 'NR');
+    if (d.passthrough === 'deny') return refuse('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`);
     return { record, plan: { kind: 'direct', host: req.host, port: req.port } };
   }
 
   const first = tunnelEndpoint(d, target, targetPort);
   record.dst = first.peer;
-  if (!first.hboneAddress) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`, 'NR');
+  if (!first.hboneAddress) return refuse('no_route', `node ${target.spec.node} of ${target.metadata.namespace}/${target.metadata.name} has no known agent address`);
   // Other endpoints whose node has no known agent cannot be tried.
   const attempts = [first, ...others.map((w) => tunnelEndpoint(d, w, targetPort)).filter((e) => e.hboneAddress)];
   // The address the source proof vouched for (the workload's registered
@@ -200,14 +194,15 @@ export function isConnectFailure(status: number, reason: string): boolean {
   return status === 0 && ['connect_failed', 'timeout', 'stream_error', 'stream_failed'].includes(reason);
 }
 
-/** Counts and records an outbound connection that will not open. */
-export function refuseOutbound(d: OutboundDeps, record: ConnectionRecord, failure: OutboundFailure, detail: string, flags: string): void {
+/** Counts and records an outbound connection that will not open, with the failure's registered flag. */
+export function refuseOutbound(d: OutboundDeps, record: ConnectionRecord, failure: OutboundFailure, detail: string, flags: string = flagOf(failure)): void {
   d.metrics.refused.inc({ direction: 'outbound', reason: failure });
   record.finish(detail, flags);
 }
 
-/** What a failed tunnel means for the connection: the failure its front end acts on, and the record's flags (a 401 also counts a denial). */
+/** What a failed tunnel means for the connection: the failure its front end acts on (by the peer's status, as the registry maps it), and the record's flags (a denial is also counted as one). */
 export function tunnelFailure(d: OutboundDeps, te: TunnelError): { failure: OutboundFailure; flags: string } {
-  if (te.status === 401) d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
-  return { failure: failureOf(te.status), flags: te.status === 401 ? 'DENY' : te.status === 400 ? 'NR' : 'UF' };
+  const failure = failureOfStatus(te.status);
+  if (failure === 'denied') d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
+  return { failure, flags: flagOf(failure) };
 }

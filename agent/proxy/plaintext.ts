@@ -1,7 +1,8 @@
 import { SpanKind, startConnectionSpan } from '../../shared/tracing.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
-import { refuseRecord, type Admitted, type InboundDeps, type Refused } from './inbound.ts';
+import { deniedDetail, refuseAdmission, type Admitted, type InboundDeps, type Refused } from './inbound.ts';
+import type { RefusalReason } from '../connection/refusals.ts';
 
 export interface PlaintextDeps extends InboundDeps {
   /** strict: mTLS only, plaintext refused; permissive: plaintext allowed where policy allows a connection without identity. */
@@ -30,24 +31,18 @@ export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted 
   const record = new ConnectionRecord({ direction: 'inbound', src: { ...UNKNOWN_PEER, addr: srcAddr, identity: '' }, dst: UNKNOWN_PEER, service: '', security: 'none', metrics: d.metrics, log: d.accessLog });
   const span = startConnectionSpan(d.tracer, 'ambit.inbound.plaintext', SpanKind.SERVER, undefined, { 'ambit.source.address': srcAddr });
   record.setSpan(span.span, span.context.traceId);
-  const refuse = (status: number, reason: string, flags: string): Refused => {
-    refuseRecord(d, record, reason, flags);
-    return { allowed: false, status, reason };
-  };
+  const refuse = (reason: RefusalReason, detail?: string): Refused => refuseAdmission(d, record, reason, detail);
   const dst = a.destination;
-  if (dst.address === '') return refuse(400, 'no_original_destination', 'NR');
+  if (dst.address === '') return refuse('no_original_destination');
   // Someone dialled :15006 itself: the agent would dial itself.
-  if (canonicalIp(dst.address) === canonicalIp(a.local.address) && dst.port === a.local.port) return refuse(400, 'loop', 'NR');
+  if (canonicalIp(dst.address) === canonicalIp(a.local.address) && dst.port === a.local.port) return refuse('loop');
   const w = d.state.localWorkloadAt(dst.address, dst.port);
-  if (!w) return refuse(400, 'not_a_local_workload', 'NR');
+  if (!w) return refuse('not_a_local_workload');
   record.dst = { addr: `${dst.address}:${dst.port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: d.state.identityOf(w).uri };
   record.service = d.state.serviceNameFor(w, dst.port);
-  if (d.mode === 'strict') return refuse(401, 'plaintext_refused_strict_mode', 'DENY');
+  if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
   const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) {
-    d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
-    return refuse(401, `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`, 'DENY');
-  }
+  if (!decision.allowed) return refuse('denied', deniedDetail(d, decision));
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port } };
 }
