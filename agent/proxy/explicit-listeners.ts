@@ -25,8 +25,11 @@ export interface SocketEnds {
  * local address: loopback-only listeners bind the agent's address when it is
  * loopback, else 127.0.0.1) and the workload to be alone at its address.
  */
-export async function isSourceWorkload(socket: SocketEnds, claimed: Workload, procRoot?: string, sharing?: AddressSharing): Promise<boolean> {
+export async function isSourceWorkload(socket: SocketEnds, claimed: Workload, procRoot?: string, sharing?: AddressSharing, ownerUid?: number): Promise<boolean> {
   const facts = sharing ?? { agentAddress: socket.localAddress ?? '127.0.0.1', workloadsAt: () => [claimed] };
+  // The data plane asks the kernel for the client socket's owner (sock_diag);
+  // /proc/net/tcp is read only when it could not.
+  if (ownerUid !== undefined) return proveLocalSource(socket, claimed, facts, () => Promise.resolve(ownerUid));
   return proveLocalSource(socket, claimed, facts, () => socketOwnerUid(
     { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 },
     { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },

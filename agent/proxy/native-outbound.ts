@@ -60,6 +60,14 @@ const SOCKS_REPLY_OF: Record<OutboundFailure | SourceRefusal, number> = {
   refused: 5,
 };
 
+/** The log line of a connection refused before routing: one stable message per entry point and reason, the particulars in fields. */
+function refusalMessage(kind: OutboundEntry['kind'], reason: SourceRefusal): string {
+  if (reason === 'source_not_verified') return kind === 'socks5' ? 'SOCKS5 client is not the workload it names; refused' : 'upstream client is not the workload the listener belongs to; refused';
+  if (reason === 'unknown_source') return 'captured connection from no known local workload; reset';
+  if (reason === 'loop') return 'connection to the capture port itself; reset';
+  return 'captured connection without an original destination; reset';
+}
+
 const endpoint = (v: unknown): { address: string; port: number } => {
   const [address, port] = Array.isArray(v) ? (v as [unknown, unknown]) : ['', 0];
   return { address: str(address), port: num(port) || 0 };
@@ -230,13 +238,13 @@ export class NativeOutbound {
       this.#send({ t: 'route', id, verdict: 'refuse' });
       return;
     }
-    const arrival = { remote: endpoint(m.remote), local: endpoint(m.local), user: str(m.user), destination: m.dst === undefined ? undefined : endpoint(m.dst), destinationError: str(m.dstError) };
+    const arrival = { remote: endpoint(m.remote), local: endpoint(m.local), user: str(m.user), destination: m.dst === undefined ? undefined : endpoint(m.dst), destinationError: str(m.dstError), ownerUid: typeof m.uid === 'number' ? m.uid : undefined };
     void resolveOutboundSource({ state: d.state, agentAddress: this.#o.agentAddress, procRoot: this.#o.procRoot }, entry, arrival).then((verdict) => {
       // The process that asked has exited (its connection with it); a new one reuses ids.
       if (generation !== this.#generation) return;
       if (!verdict.ok) {
         d.metrics.refused.inc({ direction: 'outbound', reason: verdict.reason });
-        this.#o.logger.warn({ listener: listener.label, peer: `${arrival.remote.address}:${arrival.remote.port}`, reason: verdict.reason }, `${verdict.detail}; refused`);
+        this.#o.logger.warn({ listener: listener.label, peer: arrival.remote.address, port: arrival.remote.port, user: arrival.user || undefined, reason: verdict.reason, detail: verdict.detail }, refusalMessage(entry.kind, verdict.reason));
         refuse(verdict.reason);
         return;
       }

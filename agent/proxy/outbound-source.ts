@@ -38,6 +38,8 @@ export interface OutboundArrival {
   readonly destination?: Endpoint;
   /** Capture: why the original destination could not be read. */
   readonly destinationError?: string;
+  /** The uid owning the client's socket, when the data plane could ask the kernel (a client on this host). */
+  readonly ownerUid?: number;
 }
 
 export type SourceRefusal = 'source_not_verified' | 'unknown_source' | 'no_original_destination' | 'loop';
@@ -64,7 +66,7 @@ export async function resolveOutboundSource(d: SourceDeps, entry: OutboundEntry,
     case 'upstream': {
       const u = entry.upstream;
       const source = d.state.localWorkloadByName(u.namespace, u.workload);
-      if (!source || !(await isSourceWorkload(ends, source, d.procRoot, sharing))) {
+      if (!source || !(await isSourceWorkload(ends, source, d.procRoot, sharing, a.ownerUid))) {
         return refused('source_not_verified', `client ${a.remote.address}:${a.remote.port} is not ${u.namespace}/${u.workload}, whose upstream listener it used`);
       }
       return { ok: true, source, destination: { address: u.destination.host, port: u.destination.port } };
@@ -72,7 +74,7 @@ export async function resolveOutboundSource(d: SourceDeps, entry: OutboundEntry,
     case 'socks5': {
       const [ns, name, extra] = (a.user ?? '').split('/');
       const source = ns && name && extra === undefined ? d.state.localWorkloadByName(ns, name) : undefined;
-      if (!source || !a.destination || !(await isSourceWorkload(ends, source, d.procRoot, sharing))) {
+      if (!source || !a.destination || !(await isSourceWorkload(ends, source, d.procRoot, sharing, a.ownerUid))) {
         return refused('source_not_verified', `SOCKS5 client ${a.remote.address}:${a.remote.port} is not the workload it names (${JSON.stringify(a.user ?? '')})`);
       }
       return { ok: true, source, destination: a.destination };
@@ -82,7 +84,7 @@ export async function resolveOutboundSource(d: SourceDeps, entry: OutboundEntry,
       if (!dst || dst.address === '') return refused('no_original_destination', `captured connection from ${a.remote.address}:${a.remote.port} has no original destination (${a.destinationError || 'not redirected'})`);
       // Someone dialled the capture port itself: the agent would dial itself.
       if (canonicalIp(dst.address) === canonicalIp(a.local.address) && dst.port === a.local.port) return refused('loop', `connection to the capture port ${a.local.address}:${a.local.port} itself`);
-      const source = await captureSource(d, entry.captureMode, a.remote, dst);
+      const source = await captureSource(d, entry.captureMode, a.remote, dst, a.ownerUid);
       if (!source) return refused('unknown_source', `captured connection from ${a.remote.address}:${a.remote.port} to ${dst.address}:${dst.port} is from no known local workload`);
       return { ok: true, source, destination: dst };
     }
@@ -90,13 +92,13 @@ export async function resolveOutboundSource(d: SourceDeps, entry: OutboundEntry,
 }
 
 /** Pod mode: the pod's own address (capture only redirects registered pods); VM mode: the socket owner's uid. */
-async function captureSource(d: SourceDeps, mode: 'vm' | 'pod', remote: Endpoint, dst: Endpoint): Promise<Workload | undefined> {
+async function captureSource(d: SourceDeps, mode: 'vm' | 'pod', remote: Endpoint, dst: Endpoint, ownerUid: number | undefined): Promise<Workload | undefined> {
   if (mode === 'pod') {
     const w = d.state.workloadByAddress(remote.address);
     return w && w.spec.node === d.state.node ? w : undefined;
   }
   // REDIRECT kept the client's socket connected to the original destination, so that is its peer in /proc/net/tcp.
-  const uid = await socketOwnerUid(remote, dst, d.procRoot);
+  const uid = ownerUid ?? await socketOwnerUid(remote, dst, d.procRoot);
   if (uid === undefined) return undefined;
   return d.state.localWorkloads().find((w) => w.spec.uid === uid);
 }
