@@ -17,7 +17,7 @@ import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
 import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
 import { NativeOutbound, type DataplaneListener } from './proxy/native-outbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
-import type { OutboundDeps } from './proxy/outbound.ts';
+import type { OutboundDeps } from './connection/routing.ts';
 import { MeshState } from './state/mesh-state.ts';
 import { loadState, serializeState, statePath } from './state/state-cache.ts';
 import { Persister } from './state/persister.ts';
@@ -126,7 +126,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- telemetry
     const registry = createMetricsRegistry();
-    // Passive health of service endpoints (outbound.ts skips the ejected ones).
+    // Passive health of service endpoints (connection/routing.ts skips the ejected ones).
     const outlier = new OutlierDetector({
       consecutiveFailures: cfg.outlierConsecutiveFailures, baseEjectionMs: cfg.outlierBaseEjection,
       maxEjectionMs: cfg.outlierMaxEjection, maxEjectionPercent: cfg.outlierMaxEjectionPercent, now,

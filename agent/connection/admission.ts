@@ -1,15 +1,24 @@
 import { isIP } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
+import { canonicalIp } from '../../shared/net-address.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import type { ConnectionFacts } from '../rbac.ts';
 import type { MeshState } from '../state/mesh-state.ts';
-import { ConnectionRecord, UNKNOWN_PEER, type Peer } from './connection-record.ts';
-import type { ConnectionTracker } from './connection-tracker.ts';
-import type { PeerInfo } from './hbone-names.ts';
-import type { AgentMetrics } from './metrics.ts';
-import { verifyClaimedSource } from '../connection/source-proof.ts';
-import { answerStatusOf, flagOf, type RefusalReason } from '../connection/refusals.ts';
+import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
+import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
+import type { PeerInfo } from '../proxy/hbone-names.ts';
+import type { AgentMetrics } from '../proxy/metrics.ts';
+import { verifyClaimedSource } from './source-proof.ts';
+import { answerStatusOf, flagOf, type RefusalReason } from './refusals.ts';
+
+/*
+ * Inbound admission: whether a connection to a local workload may open, for
+ * both inbound entry points ambit-dataplane serves (an HBONE CONNECT on
+ * :15008, admitInbound; captured plaintext on :15006, admitPlaintext). Pure
+ * over the mesh state: no sockets; the caller (proxy/native-inbound.ts)
+ * answers the data plane with the decision.
+ */
 
 /** Response flag of a stream refused because its `Forwarded` address is not the peer's (docs/refusals.md). */
 export const UNVERIFIED_SOURCE_FLAG = flagOf('unverified_source_address');
@@ -155,4 +164,47 @@ export function refuseAdmission(d: InboundDeps, record: ConnectionRecord, reason
 export function refuseRecord(d: InboundDeps, record: ConnectionRecord, reason: RefusalReason, detail: string = reason): void {
   d.metrics.refused.inc({ direction: 'inbound', reason });
   record.finish(detail, flagOf(reason));
+}
+
+export interface PlaintextDeps extends InboundDeps {
+  /** strict: mTLS only, plaintext refused; permissive: plaintext allowed where policy allows a connection without identity. */
+  readonly mode: 'strict' | 'permissive';
+}
+
+/** What the data plane reports of a connection redirected to :15006. */
+export interface PlaintextArrival {
+  readonly remote: { readonly address: string; readonly port: number };
+  readonly local: { readonly address: string; readonly port: number };
+  /** The original destination (empty address when there was none). */
+  readonly destination: { readonly address: string; readonly port: number };
+  readonly destinationError?: string;
+}
+
+/**
+ * The decision on inbound plaintext to a captured local workload (:15006).
+ * Strict mode refuses it (mTLS only); permissive mode lets it through when
+ * policy allows a connection without identity (rules naming principals or
+ * namespaces never match plaintext), reported as connection_security_policy
+ * "none". A refusal is counted and recorded here; the data plane resets the
+ * client. Status 400/401 only say which kind of refusal it was.
+ */
+export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted | Refused {
+  const srcAddr = a.remote.address;
+  const record = new ConnectionRecord({ direction: 'inbound', src: { ...UNKNOWN_PEER, addr: srcAddr, identity: '' }, dst: UNKNOWN_PEER, service: '', security: 'none', metrics: d.metrics, log: d.accessLog });
+  const span = startConnectionSpan(d.tracer, 'ambit.inbound.plaintext', SpanKind.SERVER, undefined, { 'ambit.source.address': srcAddr });
+  record.setSpan(span.span, span.context.traceId);
+  const refuse = (reason: RefusalReason, detail?: string): Refused => refuseAdmission(d, record, reason, detail);
+  const dst = a.destination;
+  if (dst.address === '') return refuse('no_original_destination');
+  // Someone dialled :15006 itself: the agent would dial itself.
+  if (canonicalIp(dst.address) === canonicalIp(a.local.address) && dst.port === a.local.port) return refuse('loop');
+  const w = d.state.localWorkloadAt(dst.address, dst.port);
+  if (!w) return refuse('not_a_local_workload');
+  record.dst = { addr: `${dst.address}:${dst.port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: d.state.identityOf(w).uri };
+  record.service = d.state.serviceNameFor(w, dst.port);
+  if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
+  const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };
+  const decision = d.state.authorizer.evaluate(facts);
+  if (!decision.allowed) return refuse('denied', deniedDetail(d, decision));
+  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port } };
 }

@@ -2,8 +2,9 @@ import { canonicalIp } from '../../shared/net-address.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import type { UpstreamListener } from '../config.ts';
 import type { MeshState } from '../state/mesh-state.ts';
-import { isSourceWorkload } from './explicit-listeners.ts';
-import { socketOwnerUid } from './socket-owner.ts';
+import type { RefusalReason } from './refusals.ts';
+import { isSourceWorkload } from '../proxy/explicit-listeners.ts';
+import { socketOwnerUid } from '../proxy/socket-owner.ts';
 
 /**
  * The outbound entry points ambit-dataplane serves for local workloads, and
@@ -42,7 +43,8 @@ export interface OutboundArrival {
   readonly ownerUid?: number;
 }
 
-export type SourceRefusal = 'source_not_verified' | 'unknown_source' | 'no_original_destination' | 'loop';
+/** Registered reasons (connection/refusals.ts) a source can be refused for. */
+export type SourceRefusal = Extract<RefusalReason, 'source_not_verified' | 'unknown_source' | 'no_original_destination' | 'loop'>;
 
 export type SourceVerdict =
   | { readonly ok: true; readonly source: Workload; readonly destination: Endpoint }

@@ -4,13 +4,19 @@ import type { Logger } from '../../shared/logger.ts';
 import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import { pickEndpoint, type MeshState } from '../state/mesh-state.ts';
-import { ConnectionRecord, UNKNOWN_PEER } from './connection-record.ts';
-import type { ConnectionTracker } from './connection-tracker.ts';
-import type { AgentMetrics } from './metrics.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
-import type { OutlierDetector } from '../connection/outlier.ts';
-import type { Peer } from './connection-record.ts';
-import { failureOfStatus, flagOf, type OutboundFailure } from '../connection/refusals.ts';
+import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
+import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
+import type { AgentMetrics } from '../proxy/metrics.ts';
+import type { OutlierDetector } from './outlier.ts';
+import { failureOfStatus, flagOf, type OutboundFailure } from './refusals.ts';
+
+/*
+ * Outbound routing: where a connection from a proven local workload goes
+ * (a service's endpoints, a workload address, or passthrough), and what a
+ * failed tunnel means for it. Pure over the mesh state and passive health:
+ * no sockets; proxy/native-outbound.ts sends the plan to ambit-dataplane.
+ */
 
 export interface OutboundDeps {
   readonly state: MeshState;

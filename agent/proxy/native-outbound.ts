@@ -5,9 +5,9 @@ import type { Logger } from '../../shared/logger.ts';
 import type { ConnectionRecord } from './connection-record.ts';
 import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
 import { connectionTag, fromConnectionTag } from './connection-tag.ts';
-import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from './outbound-source.ts';
+import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
 import { serverNameFor } from './hbone-names.ts';
-import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from './outbound.ts';
+import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from '../connection/routing.ts';
 
 /** A listener ambit-dataplane binds for the agent: an outbound entry point, or inbound plaintext capture (:15006). */
 export interface DataplaneListener {

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { forwardedFor, parseAuthority } from '../../../agent/proxy/inbound.ts';
+import { forwardedFor, parseAuthority } from '../../../agent/connection/admission.ts';
 
 t.test('parseAuthority accepts ip:port and [v6]:port', async (t) => {
   t.same(parseAuthority('10.0.0.1:8080'), { ip: '10.0.0.1', port: 8080 });

@@ -1,5 +1,5 @@
 /**
- * resolveOutboundSource (agent/proxy/outbound-source.ts): which local
+ * resolveOutboundSource (agent/connection/outbound-source.ts): which local
  * workload an outbound connection proves to be, per entry point, with the
  * socket owner's uid as ambit-dataplane reports it (asked of the kernel),
  * so that /proc is not read then. procRoot points at an empty directory:
@@ -9,7 +9,7 @@ import t from 'tap';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { resolveOutboundSource, type OutboundArrival } from '../../../agent/proxy/outbound-source.ts';
+import { resolveOutboundSource, type OutboundArrival } from '../../../agent/connection/outbound-source.ts';
 import { MeshState } from '../../../agent/state/mesh-state.ts';
 import type { Workload } from '../../../shared/resources/types.ts';
 

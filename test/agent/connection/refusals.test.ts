@@ -14,7 +14,7 @@ import {
   answerStatusOf, failureOfStatus, flagOf, isRefusalReason, OUTBOUND_FAILURES, REFUSALS, refusalOf,
   type RefusalReason, type RefusalSpec,
 } from '../../../agent/connection/refusals.ts';
-import type { SourceRefusal } from '../../../agent/proxy/outbound-source.ts';
+import type { SourceRefusal } from '../../../agent/connection/outbound-source.ts';
 import type { ClaimVerdict } from '../../../agent/connection/source-proof.ts';
 
 // Compile-time: the refusal unions of the decision modules are registered reasons.

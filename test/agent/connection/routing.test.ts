@@ -1,5 +1,5 @@
 /**
- * planOutbound's tunnel attempts (agent/proxy/outbound.ts): a connection to
+ * planOutbound's tunnel attempts (agent/connection/routing.ts): a connection to
  * a service gets up to CONNECT_ATTEMPTS distinct endpoints, ejected ones
  * left out while another is left (all ejected: tried anyway); a workload
  * address gets exactly one; the record names the first until another serves.
@@ -9,7 +9,7 @@ import { Registry } from 'prom-client';
 import { OutlierDetector } from '../../../agent/connection/outlier.ts';
 import { ConnectionTracker } from '../../../agent/proxy/connection-tracker.ts';
 import { createAgentMetrics } from '../../../agent/proxy/metrics.ts';
-import { CONNECT_ATTEMPTS, isConnectFailure, planOutbound, type OutboundDeps, type TunnelRequest } from '../../../agent/proxy/outbound.ts';
+import { CONNECT_ATTEMPTS, isConnectFailure, planOutbound, type OutboundDeps, type TunnelRequest } from '../../../agent/connection/routing.ts';
 import { MeshState } from '../../../agent/state/mesh-state.ts';
 import { createLogger } from '../../../shared/logger.ts';
 import type { Service, Workload } from '../../../shared/resources/types.ts';

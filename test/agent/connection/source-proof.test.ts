@@ -7,7 +7,7 @@
 import t from 'tap';
 import { Registry } from 'prom-client';
 import { verifyClaimedSource } from '../../../agent/connection/source-proof.ts';
-import { admitInbound, UNVERIFIED_SOURCE_FLAG, type InboundDeps } from '../../../agent/proxy/inbound.ts';
+import { admitInbound, UNVERIFIED_SOURCE_FLAG, type InboundDeps } from '../../../agent/connection/admission.ts';
 import { ConnectionTracker } from '../../../agent/proxy/connection-tracker.ts';
 import { createAgentMetrics } from '../../../agent/proxy/metrics.ts';
 import { MeshState } from '../../../agent/state/mesh-state.ts';

@@ -11,7 +11,7 @@
  */
 import t from 'tap';
 import { isIP } from 'node:net';
-import { forwardedFor, parseAuthority } from '../../../agent/proxy/inbound.ts';
+import { forwardedFor, parseAuthority } from '../../../agent/connection/admission.ts';
 import { alive, hboneSession, liveConnections, request, startMesh, tunnelWorks, type Mesh } from '../../e2e/bad-input/mesh.ts';
 import { eventually, hostPortOf, httpGet } from '../../e2e/harness.ts';
 
