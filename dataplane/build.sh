@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds ambit-dataplane (the native data path, docs/native-dataplane.md) from
+# Builds ambit-dataplane (the native data path, docs/dataplane.md) from
 # crates.io, with exactly the versions in Cargo.lock (--locked: a lock file
 # that no longer matches Cargo.toml is an error, not a silent update).
 # Cheap when nothing changed: cargo only checks timestamps.
