@@ -49,7 +49,7 @@ const REFUSING_CALLS = new Set(['refuse', 'refused', 'refuseRecord', 'refuseAdmi
 /**
  * The reasons a TypeScript module emits as literals: the `reason` of an
  * object passed to `….refused.inc(…)`, of a `decide` answer to the data
- * plane and of a failed verdict (`ok: false`), and the snake_case literals
+ * plane (a message or its oneof case) and of a failed verdict (`ok: false`), and the snake_case literals
  * passed to the refusing helpers.
  */
 function agentReasons(path: string, text: string): Found[] {
@@ -65,6 +65,8 @@ function agentReasons(path: string, text: string): Found[] {
   const hasProp = (o: ts.ObjectLiteralExpression, name: string, value: string | boolean): boolean =>
     o.properties.some((p) => ts.isPropertyAssignment(p) && ts.isIdentifier(p.name) && p.name.text === name &&
       (typeof value === 'string' ? ts.isStringLiteralLike(p.initializer) && p.initializer.text === value : p.initializer.kind === (value ? ts.SyntaxKind.TrueKeyword : ts.SyntaxKind.FalseKeyword)));
+  // The answer to the data plane as a oneof: `{ $case: 'decide', decide: { …, reason } }`.
+  const isDecide = (o: ts.ObjectLiteralExpression): boolean => ts.isPropertyAssignment(o.parent) && ts.isIdentifier(o.parent.name) && o.parent.name.text === 'decide';
   const visit = (node: ts.Node): void => {
     if (ts.isCallExpression(node)) {
       const callee = node.expression.getText(sf);
@@ -77,9 +79,10 @@ function agentReasons(path: string, text: string): Found[] {
       } else if (REFUSING_CALLS.has(name)) {
         for (const a of node.arguments) if (ts.isStringLiteralLike(a) && REASON.test(a.text)) out.push({ reason: a.text, where: where(a) });
       }
-    } else if (ts.isObjectLiteralExpression(node) && (hasProp(node, 't', 'decide') || hasProp(node, 'ok', false))) {
+    } else if (ts.isObjectLiteralExpression(node) && (hasProp(node, 't', 'decide') || isDecide(node) || hasProp(node, 'ok', false))) {
       const lit = literalProp(node, 'reason');
-      if (lit) out.push({ reason: lit.text, where: where(lit) });
+      // An admission answers with no reason ('').
+      if (lit && lit.text !== '') out.push({ reason: lit.text, where: where(lit) });
     }
     ts.forEachChild(node, visit);
   };
@@ -179,12 +182,13 @@ t.test('the scanners find what they look for', async (t) => {
     "return refuse('made_up_b', `detail ${x}`);",
     "refuseRecord(d, record, 'made_up_c', error);",
     "this.#send({ t: 'decide', id, status: 400, reason: 'made_up_d' });",
+    "this.#send({ $case: 'decide', decide: { id, status: 400, reason: 'made_up_d2', dial: '' } });",
     "return { ok: false, reason: 'made_up_e', detail: 'x' };",
     "return { ok: true, reason: 'not_a_refusal' };",
     "log.warn({ reason: 'not_a_refusal' }, 'x');",
     "refuse('denied', 'denied: rule by ns/p');",
   ].join('\n');
-  t.same(agentReasons('x.ts', ts_).map((f) => f.reason), ['made_up_a', 'made_up_b', 'made_up_c', 'made_up_d', 'made_up_e', 'denied']);
+  t.same(agentReasons('x.ts', ts_).map((f) => f.reason), ['made_up_a', 'made_up_b', 'made_up_c', 'made_up_d', 'made_up_d2', 'made_up_e', 'denied']);
 
   const rs = [
     'self.core.outbox.send(json!({ "t": "refused", "reason": "made_up_f" }));',

@@ -3,13 +3,16 @@
  * a service gets up to CONNECT_ATTEMPTS distinct endpoints, ejected ones
  * left out while another is left (all ejected: tried anyway); a workload
  * address gets exactly one; the record names the first until another serves.
+ * Every refusal planOutbound can make, and how tunnelFailure maps a peer
+ * agent's answer, with the registry's flags (connection/refusals.ts).
  */
 import t from 'tap';
 import { Registry } from 'prom-client';
 import { OutlierDetector } from '../../../agent/connection/outlier.ts';
 import { ConnectionTracker } from '../../../agent/proxy/connection-tracker.ts';
 import { createAgentMetrics } from '../../../agent/proxy/metrics.ts';
-import { CONNECT_ATTEMPTS, isConnectFailure, planOutbound, type OutboundDeps, type TunnelRequest } from '../../../agent/connection/routing.ts';
+import { CONNECT_ATTEMPTS, isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from '../../../agent/connection/routing.ts';
+import { flagOf } from '../../../agent/connection/refusals.ts';
 import { MeshState } from '../../../agent/state/mesh-state.ts';
 import { createLogger } from '../../../shared/logger.ts';
 import type { Service, Workload } from '../../../shared/resources/types.ts';
@@ -31,15 +34,16 @@ const web: Service = {
   spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: 8080 }], selector: { app: 'web' } },
 };
 
-function setUp(endpoints: number): { d: OutboundDeps; client: Workload; clock: { now: number } } {
+function setUp(endpoints: number, extra: readonly Workload[] = []): { d: OutboundDeps; client: Workload; clock: { now: number }; registry: Registry } {
   const state = new MeshState('node-a', 'cluster.local');
   const client = wl('client', 'node-a', '10.0.0.1', 'client');
   const webs = Array.from({ length: endpoints }, (_, i) => wl(`web-${i + 1}`, i % 2 ? 'node-c' : 'node-b', `10.0.1.${i + 1}`));
-  state.apply({ revision: 1, snapshot: [client, ...webs, web], nodes: [{ name: 'node-b', hboneAddress: '10.9.0.2:15008' }, { name: 'node-c', hboneAddress: '10.9.0.3:15008' }] });
+  state.apply({ revision: 1, snapshot: [client, ...webs, ...extra, web], nodes: [{ name: 'node-b', hboneAddress: '10.9.0.2:15008' }, { name: 'node-c', hboneAddress: '10.9.0.3:15008' }] });
   const clock = { now: 0 };
   const outlier = new OutlierDetector({ consecutiveFailures: 1, baseEjectionMs: 10_000, maxEjectionMs: 300_000, maxEjectionPercent: 100, now: () => clock.now });
   const accessLog = createLogger({ name: 'access', level: 'silent' });
-  return { d: { state, metrics: createAgentMetrics(new Registry()), accessLog, tracer: getTracer('test', '0'), tracker: new ConnectionTracker(), passthrough: 'allow', connectTimeoutMs: 1000, outlier }, client, clock };
+  const registry = new Registry();
+  return { registry, d: { state, metrics: createAgentMetrics(registry), accessLog, tracer: getTracer('test', '0'), tracker: new ConnectionTracker(), passthrough: 'allow', connectTimeoutMs: 1000, outlier }, client, clock };
 }
 
 function plan(d: OutboundDeps, client: Workload, host: string, port: number): { request: TunnelRequest; dst: string } {
@@ -95,4 +99,44 @@ t.test('what counts against an endpoint\'s health', async (t) => {
   t.notOk(isConnectFailure(401, 'policy_denied'), 'not a denial');
   t.notOk(isConnectFailure(400, 'unknown_destination'), 'not a 400');
   t.notOk(isConnectFailure(0, 'no_source_certificate'), 'not a failure every endpoint would share');
+});
+
+t.test('planOutbound: every refusal it can make, each with its registered flag', async (t) => {
+  const cases: { name: string; host: string; port: number; passthrough?: 'allow' | 'deny'; extra?: Workload[]; failure: OutboundFailure; detail: RegExp }[] = [
+    { name: 'a service with no endpoint serving the port', host: 'web.shop', port: 80, failure: 'no_route', detail: /^service web\.shop\.svc has no endpoint serving port 8080$/ },
+    { name: 'a workload whose node has no known agent', host: '10.0.2.1', port: 8080, extra: [wl('lost', 'node-x', '10.0.2.1', 'lost')], failure: 'no_route', detail: /^node node-x of shop\/lost has no known agent address$/ },
+    { name: 'outside the mesh, --passthrough deny', host: '192.0.2.1', port: 443, passthrough: 'deny', failure: 'passthrough_denied', detail: /^192\.0\.2\.1:443 is outside the mesh and --passthrough is deny$/ },
+  ];
+  for (const c of cases) {
+    const { d: base, client, registry } = setUp(0, c.extra);
+    const d = { ...base, passthrough: c.passthrough ?? base.passthrough };
+    const { record, plan } = planOutbound(d, { source: client, srcAddr: '10.0.0.1', host: c.host, port: c.port });
+    t.match(plan, { kind: 'refuse', failure: c.failure, detail: c.detail, flags: 'NR' }, c.name);
+    t.equal(plan.kind === 'refuse' && plan.flags, flagOf(c.failure), `${c.name}: the registry's flag`);
+    if (plan.kind === 'refuse') refuseOutbound(d, record, plan.failure, plan.detail);
+    t.equal(record.responseFlags, 'NR', `${c.name}: the record ends with it`);
+    const counted = (await registry.getSingleMetric('ambit_connections_refused_total')!.get()).values.filter((v) => v.value > 0);
+    t.same(counted.map((v) => [v.labels.direction, v.labels.reason, v.value]), [['outbound', c.failure, 1]], `${c.name}: counted once as outbound ${c.failure}`);
+  }
+  const { d, client } = setUp(1);
+  t.match(planOutbound(d, { source: client, srcAddr: '10.0.0.1', host: '192.0.2.1', port: 443 }).plan, { kind: 'direct', host: '192.0.2.1', port: 443 }, '--passthrough allow: dialled directly');
+});
+
+t.test('tunnelFailure: the peer agent\'s answer as the registry maps it', async (t) => {
+  const cases: [status: number, reason: string, failure: OutboundFailure, flags: string][] = [
+    [401, 'denied: no_allow_match', 'denied', 'DENY'],
+    [401, 'unverified_source_address', 'denied', 'DENY'],
+    [400, 'not_a_local_workload', 'no_route', 'NR'],
+    [405, 'not_connect', 'unreachable', 'UF'],
+    [503, 'workload_unreachable: ECONNREFUSED', 'refused', 'UF'],
+    [503, 'agent_unavailable', 'refused', 'UF'],
+    [0, 'connect_failed', 'unreachable', 'UF'],
+    [0, 'timeout', 'unreachable', 'UF'],
+  ];
+  for (const [status, reason, failure, flags] of cases) {
+    const { d, registry } = setUp(1);
+    t.same(tunnelFailure(d, new TunnelError(status, reason, 'x')), { failure, flags }, `${status} ${reason}: ${failure} ${flags}`);
+    const denials = (await registry.getSingleMetric('ambit_policy_denials_total')!.get()).values.filter((v) => v.value > 0);
+    t.equal(denials.length, status === 401 ? 1 : 0, `${status}: ${status === 401 ? 'also a denial' : 'not a denial'}`);
+  }
 });
