@@ -12,14 +12,15 @@
 // The runtime tree (what /usr/lib/ambit holds):
 //   package.json (its "type": "module" makes Node read the .ts sources as ESM)
 //   agent/ controller/ shared/   the TypeScript sources; Node strips the types
-//   build/Release/original_dst.node   the SO_ORIGINAL_DST addon (transparent capture)
 //   node_modules/   the production dependency closure of package.json only
 //                   (no devDependencies), including the "node" package whose
 //                   bin/node is the Node.js 24 that runs everything
 //   docs/vm.md, and GENDIR's files (bin/ wrappers, lib/wait-ready.mjs)
-//   dataplane/target/release/ambit-dataplane   the native data path
-//                   (ambit-agent's default where present), as the checkout built it
-//                   (npm ci does, or npm run build:dataplane); where the agent looks for it
+//   dataplane/target/release/ambit-dataplane   the data path, which carries every
+//                   byte the agent proxies (and reads SO_ORIGINAL_DST for transparent
+//                   capture), as the checkout built it (npm ci does, or npm run
+//                   build:dataplane); where the agent looks for it. Required: the
+//                   tree is the same for both roles, and no agent runs without it.
 // Every file is 0644 or 0755 (0755 when the source has any execute bit).
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -29,8 +30,8 @@ import { pathToFileURL } from 'node:url';
 const MANIFEST = '.ambit-manifest';
 const MANIFEST_HEADER = '# ambit runtime tree manifest v1: mode sha256 path';
 const SOURCE_DIRS = ['agent', 'controller', 'shared'];
-const ADDON = 'build/Release/original_dst.node';
-const OPTIONAL_FILES = ['docs/vm.md', 'dataplane/target/release/ambit-dataplane'];
+const DATAPLANE = 'dataplane/target/release/ambit-dataplane';
+const OPTIONAL_FILES = ['docs/vm.md'];
 
 class UsageError extends Error {}
 
@@ -107,8 +108,8 @@ function planFiles(from, gendir) {
     if (!existsSync(join(from, d))) throw new UsageError(`${from} is not an Ambit checkout: no ${d}/`);
     for (const rel of walkFiles(join(from, d), from)) add(rel, join(from, rel));
   }
-  if (!existsSync(join(from, ADDON))) throw new UsageError(`${join(from, ADDON)} is missing: run "npm ci" (it builds the addon) in ${from}`);
-  add(ADDON, join(from, ADDON));
+  if (!existsSync(join(from, DATAPLANE))) throw new UsageError(`${join(from, DATAPLANE)} is missing: run "npm ci" (it builds ambit-dataplane) in ${from}`);
+  add(DATAPLANE, join(from, DATAPLANE));
   for (const rel of OPTIONAL_FILES) if (existsSync(join(from, rel))) add(rel, join(from, rel));
   for (const pkgDir of dependencyClosure(from)) {
     const abs = join(from, pkgDir);

@@ -11,8 +11,8 @@
 #      checked, and when the controller is reachable it must present the CA
 #      the token pins (with the agent's own check, agent/identity/ca-client.ts).
 #   2. Installs the runtime tree into --prefix (default /usr/lib/ambit): the
-#      TypeScript sources (run by Node's type stripping), the SO_ORIGINAL_DST
-#      addon, the production node_modules (including Node.js 24 itself, the
+#      TypeScript sources (run by Node's type stripping), ambit-dataplane (the
+#      data path), the production node_modules (including Node.js 24 itself, the
 #      "node" package), docs/vm.md and small wrappers in <prefix>/bin. It is
 #      replaced as a whole, and only when its manifest differs.
 #   3. Creates the system user `ambit` if missing; installs the sysusers.d

@@ -76,7 +76,7 @@ function run(argv: readonly string[], env: Record<string, string> = {}, timeoutM
  */
 function frozenCheckout(): string {
   const dir = join(base, 'checkout');
-  for (const rel of ['package.json', 'agent', 'controller', 'shared', 'build/Release/original_dst.node', 'docs/vm.md', DATAPLANE]) {
+  for (const rel of ['package.json', 'agent', 'controller', 'shared', 'docs/vm.md', DATAPLANE]) {
     if (existsSync(join(ROOT, rel))) cpSync(join(ROOT, rel), join(dir, rel), { recursive: true });
   }
   if (spawnSync('cp', ['-al', join(ROOT, 'node_modules'), join(dir, 'node_modules')]).status !== 0) {
@@ -242,7 +242,7 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
       t.equal((lstatSync(wrapper).mode & 0o777).toString(8), '755', `${bin} is executable`);
       t.match(readFileSync(wrapper, 'utf8'), /^exec \/usr\/lib\/ambit\/node_modules\/node\/bin\/node \/usr\/lib\/ambit\//m, `${bin} runs the bundled Node.js`);
     }
-    // npm test builds it before the tests run; an installer that dropped it would leave the agent on node:http2 (auto) or unable to start (native).
+    // npm test builds it before the tests run; an installer that dropped it would leave the agent unable to carry a byte.
     const dataplane = join(host, 'usr/lib/ambit', DATAPLANE);
     t.ok(existsSync(join(ROOT, DATAPLANE)), `the checkout has ${DATAPLANE} (npm ci builds it)`);
     t.equal(existsSync(dataplane) && (lstatSync(dataplane).mode & 0o777).toString(8), '755', 'the native data path is installed, executable, where the agent looks for it');
@@ -375,6 +375,16 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
       t.match(r.stderr, /nothing was changed/, `${c.name}: says nothing changed`);
       t.same(changedPaths(before, snapshot(fresh)), [], `${c.name}: the tree is exactly as before`);
     }
+    // A checkout without ambit-dataplane (built without Rust, or with AMBIT_DATAPLANE_BUILD=skip):
+    // the agent could not carry a byte, so nothing is installed. cp -as: files as symlinks, instant.
+    const noDataplane = join(base, 'checkout-no-dataplane');
+    t.equal(spawnSync('cp', ['-as', checkout, noDataplane]).status, 0, 'a checkout without ambit-dataplane');
+    rmSync(join(noDataplane, DATAPLANE), { force: true });
+    const r = await run(['sh', INSTALL, 'agent', '--from', noDataplane, '--root', fresh, '--no-start', ...agentArgs, '--token', token]);
+    t.equal(r.code, 1, 'no ambit-dataplane: exit 1');
+    t.match(r.stderr, /dataplane\/target\/release\/ambit-dataplane is missing: run "npm ci" \(it builds ambit-dataplane\)/, 'no ambit-dataplane: says what to run');
+    t.match(r.stderr, /nothing was changed/, 'no ambit-dataplane: says nothing changed');
+    t.same(changedPaths(before, snapshot(fresh)), [], 'no ambit-dataplane: the tree is exactly as before');
     const badCtl = await install('controller', '--root', fresh, '--no-start', '--listen', 'nohost:99999');
     t.equal(badCtl.code, 1);
     t.match(badCtl.stderr, /invalid --listen "nohost:99999"/);
