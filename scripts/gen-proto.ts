@@ -1,4 +1,5 @@
-// Regenerates shared/proto/gen/ambit.ts from shared/proto/ambit.proto with
+// Regenerates shared/proto/gen/ambit.ts and shared/proto/gen/dataplane.ts
+// from shared/proto/ambit.proto and shared/proto/dataplane.proto with
 // ts-proto. Needs protoc (Debian: protobuf-compiler). The output is checked in
 // so building and running need no protoc; test/shared/proto.test.ts checks it
 // is current.
@@ -19,7 +20,12 @@ export const TS_PROTO_OPTS = [
   'outputPartialMethods=true',
   'useExactTypes=false',
   'importSuffix=.ts',
+  // Node runs TypeScript by stripping types, which cannot strip an enum: enums become const objects.
+  'enumsAsLiterals=true',
 ].join(',');
+
+/** The .proto files in shared/proto; each X.proto becomes gen/X.ts. */
+export const PROTO_FILES = ['ambit.proto', 'dataplane.proto'];
 
 export function generate(outDir: string): void {
   mkdirSync(outDir, { recursive: true });
@@ -28,7 +34,7 @@ export function generate(outDir: string): void {
     `--ts_proto_out=${outDir}`,
     `--ts_proto_opt=${TS_PROTO_OPTS}`,
     `--proto_path=${join(root, 'shared/proto')}`,
-    'ambit.proto',
+    ...PROTO_FILES,
   ], { stdio: 'inherit' });
 }
 

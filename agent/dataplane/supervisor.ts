@@ -4,7 +4,16 @@ import { connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import type { Message } from '../proxy/dataplane-messages.ts';
+import { AgentMessage, DataplaneMessage, FrameLimit, type Hello } from '../../shared/proto/gen/dataplane.ts';
+
+/** A message to the data plane (shared/proto/dataplane.proto AgentMessage), by kind. */
+export type ToDataplane = NonNullable<AgentMessage['msg']>;
+/** A message from the data plane (DataplaneMessage), by kind. */
+export type FromDataplane = NonNullable<DataplaneMessage['msg']>;
+export type { Hello };
+
+/** The largest frame either side reads or writes (FrameLimit in the .proto says why). */
+export const MAX_FRAME_BYTES: number = FrameLimit.MAX_FRAME_BYTES;
 
 /** How long a started ambit-dataplane has to say it is ready, and an attach to say hello. */
 const START_TIMEOUT_MS = 10_000;
@@ -22,32 +31,112 @@ export interface SupervisorOptions {
   /** The control protocol this agent speaks (hello must state the same). */
   readonly protocol: number;
   readonly logger: Logger;
-  /** Every message, `hello` first on each attach. */
-  readonly onMessage: (m: Message) => void;
+  /** Every message, decoded, `hello` first on each attach. */
+  readonly onMessage: (m: FromDataplane) => void;
   /** The link ended (the data plane exited or closed it): why. */
   readonly onLost: (why: string) => void;
 }
 
-/** What the data plane says first on every attach (dataplane/src/core.rs `attach`). */
-export interface Hello extends Message {
-  readonly t: 'hello';
-  readonly protocol: number;
-  readonly pid: number;
-  readonly addr: string;
+/** One message framed as the data plane reads it: its length as a varint, then its bytes. */
+export function frame(m: ToDataplane): Buffer {
+  const body = AgentMessage.encode({ msg: m }).finish();
+  const head: number[] = [];
+  let n = body.length;
+  while (n > 0x7f) {
+    head.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
+  head.push(n);
+  return Buffer.concat([Buffer.from(head), body]);
+}
+
+/** What cannot be read from the data plane; `fatal`: nothing after it can be (the connection is closed). */
+export interface FrameProblem {
+  readonly message: string;
+  readonly fatal: boolean;
+}
+
+/**
+ * Cuts the data plane's bytes into frames (a varint length, then that many
+ * bytes) and decodes each: the one place its bytes are read. A frame that
+ * does not decode is a problem and is skipped (the framing is intact); a
+ * length over MAX_FRAME_BYTES is fatal (its length cannot be trusted, so
+ * nothing after it can be read). end() names a frame cut short.
+ */
+export class FrameReader {
+  #buf: Buffer = Buffer.alloc(0);
+  #dead = false;
+
+  /** Feeds bytes; calls `message` for each whole frame that decodes and `problem` for what cannot be read. */
+  push(chunk: Buffer, message: (m: FromDataplane) => void, problem: (p: FrameProblem) => void): void {
+    if (this.#dead) return;
+    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
+    for (;;) {
+      let len = 0;
+      let i = 0;
+      let done = false;
+      for (; i < this.#buf.length && i < 5; i++) {
+        const b = this.#buf[i]!;
+        len += (b & 0x7f) * 2 ** (7 * i);
+        if ((b & 0x80) === 0) {
+          done = true;
+          i++;
+          break;
+        }
+      }
+      if (!done) {
+        if (this.#buf.length >= 5) {
+          // Five varint bytes already say more than 2^28: far over the limit.
+          this.#dead = true;
+          problem({ message: `ambit-dataplane sent a frame length over the limit of ${MAX_FRAME_BYTES} bytes`, fatal: true });
+        }
+        return;
+      }
+      if (len > MAX_FRAME_BYTES) {
+        this.#dead = true;
+        problem({ message: `ambit-dataplane sent a frame of ${len} bytes, over the limit of ${MAX_FRAME_BYTES} bytes`, fatal: true });
+        return;
+      }
+      if (this.#buf.length < i + len) return;
+      const body = this.#buf.subarray(i, i + len);
+      this.#buf = this.#buf.subarray(i + len);
+      let decoded: DataplaneMessage;
+      try {
+        decoded = DataplaneMessage.decode(body);
+      } catch (err) {
+        problem({ message: `ambit-dataplane sent a frame of ${len} bytes that is not a DataplaneMessage (${(err as Error).message}); skipped`, fatal: false });
+        continue;
+      }
+      if (decoded.msg === undefined) {
+        problem({ message: `ambit-dataplane sent a message of ${len} bytes of no kind this agent knows; skipped`, fatal: false });
+        continue;
+      }
+      message(decoded.msg);
+    }
+  }
+
+  /** The connection ended: what was cut short, if anything. */
+  end(): string | undefined {
+    if (this.#dead || this.#buf.length === 0) return undefined;
+    return `ambit-dataplane's connection ended inside a frame (${this.#buf.length} bytes of it arrived)`;
+  }
 }
 
 /**
  * ambit-dataplane as a process of its own lifetime (DESIGN §3: it outlives
  * an agent restart): attach() connects to the one already serving at the
  * control socket, if any, or starts one (detached, so that it survives this
- * process) and connects to it. Messages are newline-delimited JSON both ways
- * (dataplane/src/control.rs); everything sent in one turn of the event loop
+ * process) and connects to it. Messages are length-delimited protobuf both
+ * ways (shared/proto/dataplane.proto), decoded here and nowhere else: the
+ * handlers get typed messages. Everything sent in one turn of the event loop
  * goes in one write.
  */
 export class DataplaneSupervisor {
   readonly #o: SupervisorOptions;
   #socket: Socket | undefined;
-  #out: string[] = [];
+  #out: Buffer[] = [];
+  /** The serving data plane speaks the JSON lines of protocol 4 or older: told to exit in its own words. */
+  #legacy = false;
   #pid: number | undefined;
   #closing = false;
 
@@ -84,9 +173,9 @@ export class DataplaneSupervisor {
     return this.#greet(await this.#connect());
   }
 
-  send(m: Message): void {
+  send(m: ToDataplane): void {
     if (!this.#socket) return;
-    this.#out.push(JSON.stringify(m));
+    this.#out.push(frame(m));
     // Everything decided in one turn of the event loop goes in one write: one
     // syscall per message was the largest single cost of a new connection.
     if (this.#out.length === 1) setImmediate(() => this.#flush());
@@ -98,8 +187,11 @@ export class DataplaneSupervisor {
     const socket = this.#socket;
     const pid = this.#pid;
     if (!socket) return;
-    this.send({ t: 'exit' });
-    this.#flush();
+    if (this.#legacy) socket.write('{"t":"exit"}\n');
+    else {
+      this.send({ $case: 'exit', exit: {} });
+      this.#flush();
+    }
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         if (pid !== undefined) {
@@ -126,9 +218,9 @@ export class DataplaneSupervisor {
   }
 
   #flush(): void {
-    const lines = this.#out;
+    const frames = this.#out;
     this.#out = [];
-    if (lines.length > 0 && this.#socket && !this.#socket.destroyed) this.#socket.write(`${lines.join('\n')}\n`);
+    if (frames.length > 0 && this.#socket && !this.#socket.destroyed) this.#socket.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
   }
 
   #connect(): Promise<Socket> {
@@ -142,6 +234,14 @@ export class DataplaneSupervisor {
     });
   }
 
+  #deliver(m: FromDataplane): void {
+    try {
+      this.#o.onMessage(m);
+    } catch (err) {
+      this.#o.logger.error({ err: (err as Error).message, message: m.$case }, 'ambit-dataplane message handling failed');
+    }
+  }
+
   /** Reads the connection's messages; resolves with its first, which must be hello. */
   #greet(socket: Socket): Promise<Hello> {
     return new Promise((resolve, reject) => {
@@ -151,41 +251,55 @@ export class DataplaneSupervisor {
         reject(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane at ${this.#o.controlPath} said nothing within ${START_TIMEOUT_MS} ms`));
       }, START_TIMEOUT_MS);
       socket.on('error', () => undefined); // 'close' follows
-      const lines = createInterface({ input: socket, crlfDelay: Infinity });
-      lines.on('line', (line) => {
-        if (!line) return;
-        let m: Message;
-        try {
-          m = JSON.parse(line) as Message;
-        } catch {
-          this.#o.logger.error({ line: line.slice(0, 200) }, 'ambit-dataplane said something unreadable');
-          return;
-        }
+      const reader = new FrameReader();
+      /** Its hello named another protocol: attach() replaces it, and nothing else it says is acted on. */
+      let other = false;
+      const onMessage = (m: FromDataplane): void => {
         if (!greeted) {
           clearTimeout(timer);
           greeted = true;
-          if (m.t !== 'hello') {
+          if (m.$case !== 'hello') {
             socket.destroy();
-            reject(new AmbitError('AMBIT_ERR_CONFIG_INVALID', `ambit-dataplane at ${this.#o.controlPath} did not say hello (it said ${JSON.stringify(m.t)}): it speaks another control protocol`));
+            reject(new AmbitError('AMBIT_ERR_CONFIG_INVALID', `ambit-dataplane at ${this.#o.controlPath} did not say hello (it said ${m.$case}): it speaks another control protocol`));
             return;
           }
-          const hello = m as Hello;
-          if (hello.protocol === this.#o.protocol) {
-            this.#socket = socket;
-            this.#pid = hello.pid;
-          }
+          const hello = m.hello;
+          this.#legacy = false;
+          this.#socket = socket;
+          this.#pid = hello.pid;
+          other = hello.protocol !== this.#o.protocol;
           resolve(hello);
-          if (hello.protocol !== this.#o.protocol) return;
+          return void (other || this.#deliver(m));
         }
-        if (this.#socket !== socket) return;
-        try {
-          this.#o.onMessage(m);
-        } catch (err) {
-          this.#o.logger.error({ err: (err as Error).message, message: m.t }, 'ambit-dataplane message handling failed');
+        if (!other && this.#socket === socket) this.#deliver(m);
+      };
+      socket.on('data', (chunk: Buffer) => {
+        if (!greeted && chunk[0] === 0x7b) {
+          // '{': the JSON lines of protocol 4 or older, whose hello names its pid and protocol.
+          clearTimeout(timer);
+          greeted = true;
+          let old: { pid?: unknown; protocol?: unknown } = {};
+          try {
+            old = JSON.parse(chunk.toString('utf8').split('\n')[0]!) as typeof old;
+          } catch {
+            // its pid stays unknown
+          }
+          this.#legacy = true;
+          this.#socket = socket;
+          this.#pid = typeof old.pid === 'number' ? old.pid : undefined;
+          resolve({ protocol: typeof old.protocol === 'number' ? old.protocol : 0, pid: this.#pid ?? 0, addr: '', listeners: [], live: [], ended: [], refusedAway: {} });
+          return;
         }
+        if (this.#legacy && this.#socket === socket) return;
+        reader.push(chunk, onMessage, (p) => {
+          this.#o.logger.error({ socket: this.#o.controlPath, fatal: p.fatal }, p.message);
+          if (p.fatal) socket.destroy();
+        });
       });
       socket.once('close', () => {
         clearTimeout(timer);
+        const cut = reader.end();
+        if (cut) this.#o.logger.error({ socket: this.#o.controlPath }, cut);
         if (!greeted) reject(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane at ${this.#o.controlPath} closed the connection before it said hello`));
         if (this.#socket !== socket) return;
         this.#socket = undefined;
@@ -228,9 +342,10 @@ export class DataplaneSupervisor {
       });
     });
     stdout.destroy();
-    let said: Message;
+    // The one line the data plane writes on stdout, a JSON object (dataplane/src/main.rs).
+    let said: { t?: unknown; protocol?: unknown; message?: unknown };
     try {
-      said = JSON.parse(first) as Message;
+      said = JSON.parse(first) as typeof said;
     } catch {
       said = { t: 'unreadable' };
     }

@@ -11,22 +11,23 @@ import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from './hbone-names.ts';
 import { admitInbound, admitPlaintext, refuseRecord, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
 import type { ConnectionRecord } from './connection-record.ts';
-import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
+import { verifyReportedChain } from './dataplane-messages.ts';
 import type { NativeOutbound } from './native-outbound.ts';
 import { connectionTag, fromConnectionTag } from './connection-tag.ts';
 import type { ConnectionFacts } from '../rbac.ts';
 import { refusalOf } from '../connection/refusals.ts';
-import { DataplaneSupervisor } from '../dataplane/supervisor.ts';
+import { DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from '../dataplane/supervisor.ts';
+import { Direction, ProtocolVersion, type End, type Live, type Plain, type SessionQuestion, type Stream } from '../../shared/proto/gen/dataplane.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
 /**
- * The control protocol this agent speaks with ambit-dataplane (the messages
- * of dataplane/src/control.rs). The data plane states its own in its first
- * line; an executable built from other sources (installed, then the agent
- * upgraded without rebuilding it) is refused instead of misread. Bump both
- * with any change to the messages.
+ * The control protocol this agent speaks with ambit-dataplane
+ * (ProtocolVersion in shared/proto/dataplane.proto, which the data plane's
+ * is generated from too). The data plane states its own in its hello and
+ * ready line; an executable built from other sources (installed, then the
+ * agent upgraded without rebuilding it) is refused instead of misread.
  */
-export const DATAPLANE_PROTOCOL = 4;
+export const DATAPLANE_PROTOCOL: number = ProtocolVersion.PROTOCOL_VERSION_CURRENT;
 
 /**
  * Where `npm run build:dataplane` (dataplane/build.sh) puts the executable,
@@ -147,7 +148,7 @@ export class NativeInbound {
   /** Stops accepting; open sessions get GOAWAY, their streams go on. */
   stopAccepting(): void {
     this.#draining = true;
-    this.#send({ t: 'drain' });
+    this.#send({ $case: 'drain', drain: {} });
   }
 
   /**
@@ -249,7 +250,7 @@ export class NativeInbound {
     }
   }
 
-  #send(m: Message): void {
+  #send(m: ToDataplane): void {
     this.#link.send(m);
   }
 
@@ -269,7 +270,7 @@ export class NativeInbound {
       const e = this.#o.certs.get(uri);
       return e ? [{ uri, sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
     });
-    this.#send({ t: 'config', rev: ++this.#rev, bundle: this.#o.bundlePem(), identities });
+    this.#send({ $case: 'config', config: { rev: ++this.#rev, bundle: this.#o.bundlePem(), identities } });
   }
 
   /**
@@ -279,21 +280,21 @@ export class NativeInbound {
    * meanwhile), send the configuration, and bind the listeners again after
    * the first time.
    */
-  #hello(m: Message): void {
-    const addr = str(m.addr);
+  #hello(m: Hello): void {
+    const addr = m.addr;
     const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
     this.#address = { address: this.#o.host, family: this.#o.host.includes(':') ? 'IPv6' : 'IPv4', port };
     const d = this.#o.inbound;
     const taken = { live: 0, ended: 0 };
-    for (const c of Array.isArray(m.live) ? (m.live as Message[]) : []) {
+    for (const c of m.live) {
       taken.live++;
       if (!this.#adopt(c)) this.#o.upstreams.adopt(c, (out) => this.#send(out));
     }
-    for (const c of Array.isArray(m.ended) ? (m.ended as Message[]) : []) {
+    for (const c of m.ended) {
       taken.ended++;
       this.#recordEnded(c);
     }
-    const refused = (m.refusedAway ?? {}) as Record<string, number>;
+    const refused = m.refusedAway;
     for (const [what, n] of Object.entries(refused)) {
       d.metrics.refused.inc({ direction: what === 'out' || what === 'peer' ? 'outbound' : 'inbound', reason: 'agent_unavailable' }, n);
     }
@@ -305,31 +306,31 @@ export class NativeInbound {
   }
 
   /** A connection that ended while no agent was attached: counted and logged from its tag. */
-  #recordEnded(c: Message): void {
+  #recordEnded(c: End): void {
     const d = this.#o.inbound;
-    const { record } = fromConnectionTag(str(c.tag), 'inbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
+    const { record } = fromConnectionTag(c.tag, 'inbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
     record.open();
-    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
-    record.finish(str(c.error) || undefined);
+    this.#count(record, c.fromSource, c.toSource);
+    record.finish(c.error || undefined);
   }
 
   /** A live connection a previous agent admitted, from its tag: recorded and policy-checked again from now on. False: not an inbound one. */
-  #adopt(c: Message): boolean {
+  #adopt(c: Live): boolean {
     const d = this.#o.inbound;
-    const tag = str(c.tag);
+    const tag = c.tag;
     if (!tag.includes('"d":"inbound"')) return false;
     const { record, facts } = fromConnectionTag(tag, 'inbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
     record.open();
-    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
-    this.#track(num(c.id), record, facts);
+    this.#count(record, c.fromSource, c.toSource);
+    this.#track(c.id, record, facts);
     return true;
   }
 
-  #handle(m: Message): void {
+  #handle(m: FromDataplane): void {
     const metrics = this.#o.inbound.metrics;
-    switch (m.t) {
+    switch (m.$case) {
       case 'hello':
-        this.#hello(m);
+        this.#hello(m.hello);
         return;
       case 'ack':
         if (this.#onStarted && this.#address) {
@@ -341,33 +342,33 @@ export class NativeInbound {
         }
         return;
       case 'nack':
-        this.#o.logger.error({ rev: m.rev, err: m.message }, 'ambit-dataplane refused its configuration; the previous one stays in force');
-        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane refused its first configuration: ${str(m.message)}`));
+        this.#o.logger.error({ rev: m.nack.rev, err: m.nack.message }, 'ambit-dataplane refused its configuration; the previous one stays in force');
+        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane refused its first configuration: ${m.nack.message}`));
         return;
       case 'error':
         if (this.#o.upstreams.handle(m)) return;
-        this.#o.logger.error({ code: m.code, err: m.message }, 'ambit-dataplane reported an error');
-        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane: ${str(m.message)}`));
+        this.#o.logger.error({ code: m.error.code, err: m.error.message }, 'ambit-dataplane reported an error');
+        if (this.#onStarted) this.#failStart(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane: ${m.error.message}`));
         return;
       case 'refused':
         // Refused before the agent was asked (a failed handshake, a malformed SOCKS5 negotiation).
-        metrics.refused.inc({ direction: m.direction === 'outbound' ? 'outbound' : 'inbound', reason: refusalOf(str(m.reason)) });
-        if (m.error) this.#o.logger.debug({ reason: m.reason, err: m.error }, 'connection refused by ambit-dataplane');
+        metrics.refused.inc({ direction: m.refused.direction === Direction.DIRECTION_OUTBOUND ? 'outbound' : 'inbound', reason: refusalOf(m.refused.reason) });
+        if (m.refused.error) this.#o.logger.debug({ reason: m.refused.reason, err: m.refused.error }, 'connection refused by ambit-dataplane');
         return;
       case 'session':
-        return this.#session(m);
+        return this.#session(m.session);
       case 'sessionEnd':
-        this.#sessions.delete(num(m.sid));
+        this.#sessions.delete(m.sessionEnd.sid);
         return;
       case 'drained':
         this.#onDrained?.();
         return;
       case 'stream':
-        return this.#stream(m);
+        return this.#stream(m.stream);
       case 'plain':
-        return this.#plain(m);
+        return this.#plain(m.plain);
       case 'open': {
-        const c = this.#conns.get(num(m.id));
+        const c = this.#conns.get(m.open.id);
         if (!c) {
           this.#o.upstreams.handle(m);
           return;
@@ -375,27 +376,26 @@ export class NativeInbound {
         c.record.open();
         // Closed (policy change, drain deadline) while it was being opened: the
         // data plane could not act on it then, since it had nothing to close.
-        if (c.closed) this.#send({ t: 'close', id: num(m.id) });
+        if (c.closed) this.#send({ $case: 'close', close: { id: m.open.id } });
         return;
       }
       case 'bytes':
-        for (const entry of Array.isArray(m.c) ? m.c : []) {
-          const [id, from, to] = entry as [number, number, number];
+        for (const { id, fromSource: from, toSource: to } of m.bytes.counts) {
           const c = this.#conns.get(id);
           if (c) this.#count(c.record, from, to);
           else this.#o.upstreams.count(id, from, to);
         }
         return;
       case 'end':
-        if (this.#conns.has(num(m.id))) return this.#end(m);
+        if (this.#conns.has(m.end.id)) return this.#end(m.end);
         if (this.#o.upstreams.handle(m)) return;
         // A connection that ended just as this agent attached (after the data
         // plane's hello listed what was live): recorded from its tag.
-        if (str(m.tag)) this.#recordEnded(m);
+        if (m.end.tag) this.#recordEnded(m.end);
         return;
       default:
         if (this.#o.upstreams.handle(m)) return;
-        this.#o.logger.warn({ message: m.t }, 'ambit-dataplane sent an unknown message');
+        this.#o.logger.warn({ message: m.$case }, 'ambit-dataplane sent a message the inbound half does not take');
     }
   }
 
@@ -406,40 +406,37 @@ export class NativeInbound {
 
 
   /** The same peer check as HboneServer's: chain to the bundle, our trust domain, a workload identity. */
-  #session(m: Message): void {
-    const sid = num(m.sid);
-    const remote = str(m.remote);
+  #session(m: SessionQuestion): void {
+    const sid = m.sid;
+    const remote = m.remote;
     try {
       const identity = verifyReportedChain(m.chain, this.#bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)(), 'client');
       if (identity.kind !== 'workload') throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `${identity.uri} is not a workload identity`);
-      this.#sessions.set(sid, { identity, servedIdentity: this.#names.get(str(m.sni).toLowerCase()) ?? '', remoteAddress: remote });
-      this.#send({ t: 'session', sid, ok: true });
+      this.#sessions.set(sid, { identity, servedIdentity: this.#names.get(m.sni.toLowerCase()) ?? '', remoteAddress: remote });
+      this.#send({ $case: 'session', session: { sid, ok: true } });
     } catch (err) {
       this.#o.inbound.metrics.refused.inc({ direction: 'inbound', reason: 'peer_certificate' });
       this.#o.logger.warn({ err: (err as Error).message, peer: remote }, 'HBONE peer rejected');
-      this.#send({ t: 'session', sid, ok: false });
+      this.#send({ $case: 'session', session: { sid, ok: false } });
     }
   }
 
   /** A connection redirected to :15006 (inbound plaintext capture). */
-  #plain(m: Message): void {
-    const id = num(m.id);
-    const at = (v: unknown): { address: string; port: number } => {
-      const [address, port] = Array.isArray(v) ? (v as [unknown, unknown]) : ['', 0];
-      return { address: str(address), port: num(port) || 0 };
-    };
-    const admitted = admitPlaintext({ ...this.#o.inbound, mode: this.#o.mode }, { remote: at(m.remote), local: at(m.local), destination: at(m.dst), destinationError: str(m.dstError) });
+  #plain(m: Plain): void {
+    const id = m.id;
+    const at = (e: { address: string; port: number } | undefined): { address: string; port: number } => ({ address: e?.address ?? '', port: e?.port ?? 0 });
+    const admitted = admitPlaintext({ ...this.#o.inbound, mode: this.#o.mode }, { remote: at(m.remote), local: at(m.local), destination: at(m.dst), destinationError: m.dstError });
     this.#admitted(id, admitted);
   }
 
-  #stream(m: Message): void {
-    const id = num(m.id);
-    const peer = this.#sessions.get(num(m.sid));
+  #stream(m: Stream): void {
+    const id = m.id;
+    const peer = this.#sessions.get(m.sid);
     if (!peer) {
-      this.#send({ t: 'decide', id, status: 400, reason: 'unknown_session' });
+      this.#send({ $case: 'decide', decide: { id, status: 400, reason: 'unknown_session', dial: '', timeoutMs: 0, tag: '' } });
       return;
     }
-    const admitted = admitInbound(this.#o.inbound, { method: str(m.method), authority: str(m.authority), forwarded: str(m.forwarded) || undefined, baggage: str(m.baggage) || undefined, traceparent: str(m.traceparent) || undefined }, peer);
+    const admitted = admitInbound(this.#o.inbound, { method: m.method, authority: m.authority, forwarded: m.forwarded || undefined, baggage: m.baggage || undefined, traceparent: m.traceparent || undefined }, peer);
     this.#admitted(id, admitted);
   }
 
@@ -447,11 +444,11 @@ export class NativeInbound {
   #admitted(id: number, admitted: Admitted | Refused): void {
     const d = this.#o.inbound;
     if (!admitted.allowed) {
-      this.#send({ t: 'decide', id, status: admitted.status, reason: admitted.reason });
+      this.#send({ $case: 'decide', decide: { id, status: admitted.status, reason: admitted.reason, dial: '', timeoutMs: 0, tag: '' } });
       return;
     }
     this.#track(id, admitted.record, admitted.facts);
-    this.#send({ t: 'decide', id, status: 200, dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts) });
+    this.#send({ $case: 'decide', decide: { id, status: 200, reason: '', dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts) } });
   }
 
   /** Tracks a connection the data plane carries until its end: for the drain and, with facts, policy re-checks. */
@@ -466,29 +463,29 @@ export class NativeInbound {
       close: (reason, flags) => {
         // Recorded when the data plane confirms, with its final byte counts.
         conn.closed ??= { reason, flags };
-        this.#send({ t: 'close', id });
+        this.#send({ $case: 'close', close: { id } });
       },
       done,
     });
   }
 
 
-  #end(m: Message): void {
-    const id = num(m.id);
+  #end(m: End): void {
+    const id = m.id;
     const c = this.#conns.get(id);
     if (!c) return;
     this.#conns.delete(id);
-    const error = str(m.error);
-    if (num(m.status) === 503) {
+    const error = m.error;
+    if (m.status === 503) {
       // The data plane's error is `workload_unreachable: <errno>`: the record keeps it, the metric counts the reason.
       refuseRecord(this.#o.inbound, c.record, 'workload_unreachable', error);
     } else {
-      this.#count(c.record, num(m.fromSource) || 0, num(m.toSource) || 0);
+      this.#count(c.record, m.fromSource, m.toSource);
       if (c.closed) {
         c.record.finish(c.closed.reason, c.closed.flags);
         if (c.closed.flags === 'DENY') this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
       } else {
-        c.record.finish(error || undefined, str(m.flags) || undefined);
+        c.record.finish(error || undefined, m.flags || undefined);
       }
     }
     c.finished();

@@ -3,7 +3,9 @@ import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { ConnectionRecord } from './connection-record.ts';
-import { num, str, verifyReportedChain, type Message } from './dataplane-messages.ts';
+import { verifyReportedChain } from './dataplane-messages.ts';
+import type { FromDataplane, ToDataplane } from '../dataplane/supervisor.ts';
+import { ListenerKind, RouteVerdict, type AttemptResult, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
 import { connectionTag, fromConnectionTag } from './connection-tag.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
 import { serverNameFor } from './hbone-names.ts';
@@ -45,7 +47,15 @@ interface NativeConnection {
   closed?: { reason: string; flags: string };
 }
 
-type Send = (m: Message) => void;
+type Send = (m: ToDataplane) => void;
+
+/** What each entry point is to the data plane. */
+const KIND_OF: Record<DataplaneListener['entry']['kind'], ListenerKind> = {
+  upstream: ListenerKind.LISTENER_KIND_UPSTREAM,
+  socks5: ListenerKind.LISTENER_KIND_SOCKS5,
+  capture: ListenerKind.LISTENER_KIND_CAPTURE,
+  plaintext: ListenerKind.LISTENER_KIND_PLAINTEXT,
+};
 
 /** The SOCKS5 reply (RFC 1928) for a connection refused before its tunnel was tried. */
 const SOCKS_REPLY_OF: Record<OutboundFailure | SourceRefusal, number> = {
@@ -68,10 +78,13 @@ function refusalMessage(kind: OutboundEntry['kind'], reason: SourceRefusal): str
   return 'captured connection without an original destination; reset';
 }
 
-const endpoint = (v: unknown): { address: string; port: number } => {
-  const [address, port] = Array.isArray(v) ? (v as [unknown, unknown]) : ['', 0];
-  return { address: str(address), port: num(port) || 0 };
-};
+const endpoint = (e: Endpoint | undefined): { address: string; port: number } => ({ address: e?.address ?? '', port: e?.port ?? 0 });
+
+/** A route with nothing but its verdict said. */
+const route = (id: number, verdict: RouteVerdict, more: Partial<Omit<Extract<ToDataplane, { $case: 'route' }>['route'], 'id' | 'verdict'>> = {}): ToDataplane => ({
+  $case: 'route',
+  route: { id, verdict, dial: '', source: '', attempts: [], timeoutMs: 0, reply: 0, tag: '', ...more },
+});
 
 /**
  * The outbound entry points ambit-dataplane serves (upstream listeners,
@@ -107,29 +120,29 @@ export class NativeOutbound {
     this.#generation++;
     return Promise.all(this.#o.listeners.map((l, lid) => new Promise<string>((resolve, reject) => {
       this.#bound.set(lid, { resolve, reject });
-      send({ t: 'listen', lid, addr: l.addr, kind: l.entry.kind });
+      send({ $case: 'listen', listen: { lid, addr: l.addr, kind: KIND_OF[l.entry.kind] } });
     })));
   }
 
   /** Handles a message about outbound traffic; false when it is not one. */
-  handle(m: Message): boolean {
-    switch (m.t) {
+  handle(m: FromDataplane): boolean {
+    switch (m.$case) {
       case 'bound':
-        this.#settle(num(m.lid), undefined, str(m.addr));
+        this.#settle(m.bound.lid, undefined, m.bound.addr);
         return true;
       case 'error':
-        if (typeof m.lid !== 'number') return false;
-        this.#settle(m.lid, new AmbitError('AMBIT_ERR_INTERNAL', `${this.#describe(m.lid)}: ${str(m.message)}`));
+        if (m.error.lid === undefined) return false;
+        this.#settle(m.error.lid, new AmbitError('AMBIT_ERR_INTERNAL', `${this.#describe(m.error.lid)}: ${m.error.message}`));
         return true;
       case 'out':
-        this.#out(m);
+        this.#out(m.out);
         return true;
       case 'peer':
-        this.#peer(m);
+        this.#peer(m.peer);
         return true;
       case 'dial':
-        this.#o.outbound.metrics.poolDials.inc({ result: m.ok === true ? 'ok' : 'error' });
-        if (m.ok === true) {
+        this.#o.outbound.metrics.poolDials.inc({ result: m.dial.ok ? 'ok' : 'error' });
+        if (m.dial.ok) {
           this.#sessions++;
           this.#o.outbound.metrics.poolConnections.inc();
         }
@@ -139,11 +152,11 @@ export class NativeOutbound {
         this.#o.outbound.metrics.poolConnections.dec();
         return true;
       case 'attempt':
-        return this.#attempt(m);
+        return this.#attempt(m.attempt);
       case 'open':
-        return this.#opened(num(m.id));
+        return this.#opened(m.open.id);
       case 'end':
-        return this.#end(m);
+        return this.#end(m.end);
       default:
         return false;
     }
@@ -167,13 +180,13 @@ export class NativeOutbound {
    * data plane kept carrying it while no agent was attached): recorded from
    * now on, and tracked for the drain.
    */
-  adopt(c: Message, send: Send): void {
+  adopt(c: Live, send: Send): void {
     this.#send = send;
     const d = this.#o.outbound;
-    const { record } = fromConnectionTag(str(c.tag), 'outbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
+    const { record } = fromConnectionTag(c.tag, 'outbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
     record.open();
-    this.#count(record, num(c.fromSource) || 0, num(c.toSource) || 0);
-    const id = num(c.id);
+    this.#count(record, c.fromSource, c.toSource);
+    const id = c.id;
     let finished: () => void = () => undefined;
     const done = new Promise<void>((r) => (finished = r));
     const kind = record.service === 'PassthroughCluster' ? 'direct' : 'tunnel';
@@ -184,7 +197,7 @@ export class NativeOutbound {
       direction: 'outbound',
       close: (reason, flags) => {
         conn.closed ??= { reason, flags };
-        this.#send({ t: 'close', id });
+        this.#send({ $case: 'close', close: { id } });
       },
       done,
     });
@@ -226,19 +239,19 @@ export class NativeOutbound {
   }
 
   /** A connection on an outbound entry point: which workload it proves to be, and where it goes. */
-  #out(m: Message): void {
-    const id = num(m.id);
-    const listener = this.#o.listeners[num(m.lid)];
+  #out(m: Out): void {
+    const id = m.id;
+    const listener = this.#o.listeners[m.lid];
     const d = this.#o.outbound;
     const generation = this.#generation;
     const entry = listener?.entry;
     const socks = entry?.kind === 'socks5';
-    const refuse = (reason: OutboundFailure | SourceRefusal): void => this.#send({ t: 'route', id, verdict: 'refuse', reply: socks ? SOCKS_REPLY_OF[reason] : 0 });
+    const refuse = (reason: OutboundFailure | SourceRefusal): void => this.#send(route(id, RouteVerdict.ROUTE_VERDICT_REFUSE, { reply: socks ? SOCKS_REPLY_OF[reason] : 0 }));
     if (!entry || entry.kind === 'plaintext') {
-      this.#send({ t: 'route', id, verdict: 'refuse' });
+      this.#send(route(id, RouteVerdict.ROUTE_VERDICT_REFUSE));
       return;
     }
-    const arrival = { remote: endpoint(m.remote), local: endpoint(m.local), user: str(m.user), destination: m.dst === undefined ? undefined : endpoint(m.dst), destinationError: str(m.dstError), ownerUid: typeof m.uid === 'number' ? m.uid : undefined };
+    const arrival = { remote: endpoint(m.remote), local: endpoint(m.local), user: m.user, destination: m.dst === undefined ? undefined : endpoint(m.dst), destinationError: m.dstError, ownerUid: m.uid };
     void resolveOutboundSource({ state: d.state, agentAddress: this.#o.agentAddress, procRoot: this.#o.procRoot }, entry, arrival).then((verdict) => {
       // The process that asked has exited (its connection with it); a new one reuses ids.
       if (generation !== this.#generation) return;
@@ -265,24 +278,24 @@ export class NativeOutbound {
         direction: 'outbound',
         close: (reason, flags) => {
           conn.closed ??= { reason, flags };
-          this.#send({ t: 'close', id });
+          this.#send({ $case: 'close', close: { id } });
         },
         done,
       });
       if (plan.kind === 'direct') {
-        this.#send({ t: 'route', id, verdict: 'direct', dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) });
+        this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
         return;
       }
       const r = plan.request;
-      const headers = Object.entries(r.headers).flatMap(([k, v]) => (v === undefined ? [] : [[k, String(v)]]));
-      this.#send({
-        t: 'route', id, verdict: 'tunnel', source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
+      const headers = Object.entries(r.headers).flatMap(([name, v]) => (v === undefined ? [] : [{ name, value: String(v) }]));
+      this.#send(route(id, RouteVerdict.ROUTE_VERDICT_TUNNEL, {
+        source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
         attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
-      });
+      }));
     }).catch((err: unknown) => {
       // A bug in deciding must not leave the client waiting, nor crash the agent.
       this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an outbound connection failed; refused');
-      if (generation === this.#generation && !this.#conns.has(id)) this.#send({ t: 'route', id, verdict: 'refuse', reply: socks ? 1 : 0 });
+      if (generation === this.#generation && !this.#conns.has(id)) this.#send(route(id, RouteVerdict.ROUTE_VERDICT_REFUSE, { reply: socks ? 1 : 0 }));
     });
   }
 
@@ -292,22 +305,21 @@ export class NativeOutbound {
    * failure counts towards its ejection), a retry is counted, and the
    * endpoint that opened becomes the record's destination.
    */
-  #attempt(m: Message): boolean {
-    const c = this.#conns.get(num(m.id));
+  #attempt(m: AttemptResult): boolean {
+    const c = this.#conns.get(m.id);
     if (!c) return false;
-    const n = num(m.n) || 0;
+    const n = m.n;
     const d = this.#o.outbound;
     const a = c.request?.attempts[n];
-    if (n > 0) d.metrics.connectRetries.inc({ result: m.ok === true ? 'ok' : 'failed' });
+    if (n > 0) d.metrics.connectRetries.inc({ result: m.ok ? 'ok' : 'failed' });
     if (!a || !c.request) return true;
     const service = c.request.service;
-    if (m.ok === true) {
+    if (m.ok) {
       c.record.dst = a.peer;
       if (service) d.outlier.success(service, a.authority);
       return true;
     }
-    const status = num(m.status) || 0;
-    const reason = str(m.reason);
+    const { status, reason } = m;
     if (service && isConnectFailure(status, reason)) {
       const ejected = d.outlier.failure(service, a.authority, c.request.serviceSize, reason || `status_${status}`, `${a.peer.namespace}/${a.peer.workload}`);
       if (ejected) {
@@ -325,29 +337,29 @@ export class NativeOutbound {
     if (c.kind === 'tunnel') this.#o.outbound.metrics.poolStreams.inc();
     c.record.open();
     // Closed (drain deadline) while it was being opened, when the data plane had nothing to close yet.
-    if (c.closed) this.#send({ t: 'close', id });
+    if (c.closed) this.#send({ $case: 'close', close: { id } });
     return true;
   }
 
-  #end(m: Message): boolean {
-    const id = num(m.id);
+  #end(m: End): boolean {
+    const id = m.id;
     const c = this.#conns.get(id);
     if (!c) return false;
     this.#conns.delete(id);
     const d = this.#o.outbound;
-    const error = str(m.error);
-    if (m.failed === true) {
+    const error = m.error;
+    if (m.failed) {
       // It never opened: the client's connection was reset.
       if (c.closed) c.record.finish(c.closed.reason, c.closed.flags);
       else if (c.kind === 'direct') refuseOutbound(d, c.record, 'unreachable', `passthrough to ${c.target} failed: ${error}`, 'UF');
       else {
-        const te = new TunnelError(num(m.status) || 0, str(m.reason), error);
+        const te = new TunnelError(m.status, m.reason, error);
         const { failure, flags } = tunnelFailure(d, te);
         refuseOutbound(d, c.record, failure, te.message, flags);
       }
     } else {
       if (c.opened && c.kind === 'tunnel') d.metrics.poolStreams.dec();
-      this.#count(c.record, num(m.fromSource) || 0, num(m.toSource) || 0);
+      this.#count(c.record, m.fromSource, m.toSource);
       if (c.closed) c.record.finish(c.closed.reason, c.closed.flags);
       else c.record.finish(error || undefined);
     }
@@ -356,16 +368,16 @@ export class NativeOutbound {
   }
 
   /** The same server check as the node:http2 pool's: chains to the bundle, our trust domain, exactly the destination. */
-  #peer(m: Message): void {
-    const pid = num(m.pid);
-    const expected = str(m.expect);
+  #peer(m: PeerQuestion): void {
+    const pid = m.pid;
+    const expected = m.expect;
     try {
       const identity = verifyReportedChain(m.chain, this.#o.bundle(), this.#o.trustDomain, (this.#o.now ?? Date.now)(), 'server');
       if (identity.uri !== expected) throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `peer presented ${identity.uri}, expected ${expected}`);
-      this.#send({ t: 'peer', pid, ok: true });
+      this.#send({ $case: 'peer', peer: { pid, ok: true } });
     } catch (err) {
-      this.#o.logger.warn({ err: (err as Error).message, peer: str(m.hbone), expected }, 'HBONE server rejected');
-      this.#send({ t: 'peer', pid, ok: false });
+      this.#o.logger.warn({ err: (err as Error).message, peer: m.hbone, expected }, 'HBONE server rejected');
+      this.#send({ $case: 'peer', peer: { pid, ok: false } });
     }
   }
 }

@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use serde_json::{json, Value};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
-use crate::control::Outbox;
+use crate::control::{pb, Out, Outbox};
 use crate::relay::{self, Counts};
 
 /// How long a question (a peer's identity, a connection's route or verdict)
@@ -48,10 +47,10 @@ pub struct Core {
     pub outbox: Outbox,
     live: Mutex<HashMap<u64, Live>>,
     /// Questions asked and not yet answered, by id: asked again of an agent that attaches.
-    pending: Mutex<BTreeMap<u64, Value>>,
+    pending: Mutex<BTreeMap<u64, Out>>,
     attached: AtomicBool,
     /// `end` messages of connections that ended while no agent was attached.
-    ended_away: Mutex<Vec<Value>>,
+    ended_away: Mutex<Vec<pb::End>>,
     /// Connections refused because no agent answered in time, by what was asked.
     refused_away: Mutex<BTreeMap<&'static str, u64>>,
     next_id: AtomicU64,
@@ -110,14 +109,14 @@ impl Core {
 
     fn maybe_drained(&self) {
         if self.draining() && self.open_sessions.load(Ordering::SeqCst) == 0 && !self.drained_said.swap(true, Ordering::SeqCst) {
-            self.outbox.send(json!({ "t": "drained" }));
+            self.outbox.send(Out::Drained(pb::Drained {}));
         }
     }
 
     /// Asks the agent `question` (its id is `id`) and waits for the answer on
     /// `rx`, at most QUESTION_WAIT; None when no agent answered in time (then
     /// counted under `what`, and the caller refuses the connection).
-    pub async fn ask<T>(&self, id: u64, what: &'static str, question: Value, rx: oneshot::Receiver<T>) -> Option<T> {
+    pub async fn ask<T>(&self, id: u64, what: &'static str, question: Out, rx: oneshot::Receiver<T>) -> Option<T> {
         {
             // Under the lock, so that an agent attaching meanwhile gets it
             // exactly once: asked again in its hello, or sent after it.
@@ -140,20 +139,21 @@ impl Core {
     /// (`hello`: this process, its listeners, the live connections with their
     /// tags, those that ended and those refused while no agent was there),
     /// then every question still waiting, then whatever comes after.
-    pub fn attach(&self, to: OwnedWriteHalf, protocol: u32, addr: &str, listeners: Vec<Value>) {
+    pub fn attach(&self, to: OwnedWriteHalf, protocol: u32, addr: &str, listeners: Vec<pb::BoundListener>) {
         // Both locks, in this order (ended, then ask take one each): nothing
         // ends or is asked between what hello says and what follows it.
         let mut away = self.ended_away.lock().unwrap();
         let pending = self.pending.lock().unwrap();
         self.attached.store(true, Ordering::SeqCst);
-        let live: Vec<Value> = self.live.lock().unwrap().iter().map(|(id, l)| json!({
-            "id": id, "tag": l.tag, "fromSource": l.from_source.load(Ordering::Relaxed), "toSource": l.to_source.load(Ordering::Relaxed),
-        })).collect();
+        let live: Vec<pb::Live> = self.live.lock().unwrap().iter().map(|(id, l)| pb::Live {
+            id: *id, tag: l.tag.clone(), from_source: l.from_source.load(Ordering::Relaxed), to_source: l.to_source.load(Ordering::Relaxed),
+        }).collect();
         let ended = std::mem::take(&mut *away);
         let refused = std::mem::take(&mut *self.refused_away.lock().unwrap());
-        let mut first = vec![json!({
-            "t": "hello", "protocol": protocol, "pid": std::process::id(), "addr": addr,
-            "listeners": listeners, "live": live, "ended": ended, "refusedAway": refused,
+        let refused_away = refused.into_iter().map(|(what, n)| (what.to_string(), n)).collect();
+        let mut first = vec![Out::Hello(pb::Hello {
+            protocol, pid: std::process::id(), addr: addr.to_string(),
+            listeners, live, ended, refused_away,
         })];
         first.extend(pending.values().cloned());
         self.outbox.attach(to, first);
@@ -179,7 +179,7 @@ impl Core {
     pub fn live(&self, id: u64, counts: &Counts, tag: String) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         self.live.lock().unwrap().insert(id, Live { from_source: counts.from_source.clone(), to_source: counts.to_source.clone(), reported: (0, 0), tag, close: Some(tx) });
-        self.outbox.send(json!({ "t": "open", "id": id }));
+        self.outbox.send(Out::Open(pb::Open { id }));
         rx
     }
 
@@ -187,17 +187,18 @@ impl Core {
     /// clean end). With no agent attached, it is kept (with its tag) for the next.
     pub fn ended(&self, id: u64, counts: &Counts, error: Option<String>) {
         let live = self.live.lock().unwrap().remove(&id);
-        let end = json!({
-            "t": "end", "id": id,
-            "fromSource": counts.from_source.load(Ordering::Relaxed), "toSource": counts.to_source.load(Ordering::Relaxed),
-            "error": error.unwrap_or_default(),
-            "tag": live.map(|l| l.tag).unwrap_or_default(),
-        });
+        let end = pb::End {
+            id,
+            from_source: counts.from_source.load(Ordering::Relaxed), to_source: counts.to_source.load(Ordering::Relaxed),
+            error: error.unwrap_or_default(),
+            tag: live.map(|l| l.tag).unwrap_or_default(),
+            ..Default::default()
+        };
         let mut away = self.ended_away.lock().unwrap();
         if !self.attached() && away.len() < ENDED_AWAY_MAX {
             away.push(end);
         } else {
-            self.outbox.send(end);
+            self.outbox.send(Out::End(end));
         }
     }
 
@@ -238,11 +239,11 @@ impl Core {
             let now = (live.from_source.load(Ordering::Relaxed), live.to_source.load(Ordering::Relaxed));
             if now != live.reported {
                 live.reported = now;
-                changed.push(json!([id, now.0, now.1]));
+                changed.push(pb::Count { id: *id, from_source: now.0, to_source: now.1 });
             }
         }
         if !changed.is_empty() {
-            self.outbox.send(json!({ "t": "bytes", "c": changed }));
+            self.outbox.send(Out::Bytes(pb::ByteCounts { counts: changed }));
         }
     }
 }

@@ -5,17 +5,20 @@
 //! code reads, kept free of I/O so the fuzz targets (dataplane/fuzz/) run
 //! them on arbitrary heads.
 use http::{HeaderMap, Request, Response};
-use serde_json::{json, Value};
+use crate::control::pb;
 
 /// The `stream` message that asks the agent for a CONNECT's verdict.
-pub fn stream_message<B>(id: u64, sid: u64, req: &Request<B>) -> Value {
+pub fn stream_message<B>(id: u64, sid: u64, req: &Request<B>) -> pb::Stream {
     let h = req.headers();
-    json!({
-        "t": "stream", "id": id, "sid": sid,
-        "method": req.method().as_str(),
-        "authority": req.uri().authority().map(|a| a.as_str()).unwrap_or(""),
-        "forwarded": joined(h, "forwarded"), "baggage": joined(h, "baggage"), "traceparent": joined(h, "traceparent"),
-    })
+    pb::Stream {
+        id,
+        sid,
+        method: req.method().as_str().to_string(),
+        authority: req.uri().authority().map(|a| a.as_str()).unwrap_or("").to_string(),
+        forwarded: joined(h, "forwarded"),
+        baggage: joined(h, "baggage"),
+        traceparent: joined(h, "traceparent"),
+    }
 }
 
 /// A refusal's answer head: `status` with the agent's reason, when the reason
@@ -50,13 +53,12 @@ mod tests {
             .body(())
             .unwrap();
         let m = stream_message(7, 3, &req);
-        assert_eq!(m["t"], "stream");
-        assert_eq!((m["id"].as_u64(), m["sid"].as_u64()), (Some(7), Some(3)));
-        assert_eq!(m["method"], "CONNECT");
-        assert_eq!(m["authority"], "10.0.0.7:8080");
-        assert_eq!(m["baggage"], "a=1, c=3");
-        assert_eq!(m["forwarded"], "");
-        assert_eq!(m["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!((m.id, m.sid), (7, 3));
+        assert_eq!(m.method, "CONNECT");
+        assert_eq!(m.authority, "10.0.0.7:8080");
+        assert_eq!(m.baggage, "a=1, c=3");
+        assert_eq!(m.forwarded, "");
+        assert_eq!(m.traceparent, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     }
 
     #[test]

@@ -9,17 +9,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 use h2::{server, Reason, RecvStream};
 use http::{Request, Response};
 use rustls::ServerConfig;
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use crate::control::{endpoint, listener_error, pb, Out};
 use crate::core::{until_true, Core};
 use crate::hbone_head::{status_response, stream_message};
 use crate::linger::{self, Lingering};
@@ -106,7 +104,7 @@ impl Inbound {
             };
             let Some(tls) = self.tls.read().unwrap().as_ref().map(|t| t.server.clone()) else {
                 // No identities yet: the agent has not sent its first config.
-                self.core.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                self.core.outbox.send(refused("tls"));
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -119,25 +117,25 @@ impl Inbound {
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.core.outbox.send(json!({ "t": "refused", "reason": handshake_failure(&e) }));
+                self.core.outbox.send(refused(handshake_failure(&e)));
                 return;
             }
             Err(_) => {
-                self.core.outbox.send(json!({ "t": "refused", "reason": "tls" }));
+                self.core.outbox.send(refused("tls"));
                 return;
             }
         };
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(b"h2".as_slice()) {
-            self.core.outbox.send(json!({ "t": "refused", "reason": "not_h2" }));
+            self.core.outbox.send(refused("not_h2"));
             return;
         }
-        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| STANDARD.encode(c)).collect();
+        let chain: Vec<Vec<u8>> = conn.peer_certificates().unwrap_or_default().iter().map(|c| c.to_vec()).collect();
         let sni = conn.server_name().unwrap_or("").to_string();
         let sid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.sessions.lock().unwrap().insert(sid, tx);
-        let question = json!({ "t": "session", "sid": sid, "remote": remote, "sni": sni, "chain": chain });
+        let question = Out::Session(pb::SessionQuestion { sid, remote, sni, chain });
         match self.core.ask(sid, "session", question, rx).await {
             Some(true) => {}
             Some(false) => return, // the agent rejected the peer and counted it
@@ -151,7 +149,7 @@ impl Inbound {
         // Not over until the peer has read everything: a drain that ended
         // here would let the agent exit and the kernel reset the socket.
         linger::close(socket_back).await;
-        self.core.outbox.send(json!({ "t": "sessionEnd", "sid": sid }));
+        self.core.outbox.send(Out::SessionEnd(pb::SessionEnd { sid }));
         self.core.session_closed();
     }
 
@@ -196,14 +194,14 @@ impl Inbound {
 
     async fn stream(self: Arc<Self>, sid: u64, req: Request<RecvStream>, mut respond: server::SendResponse<Bytes>) {
         if self.core.draining() {
-            self.core.outbox.send(json!({ "t": "refused", "reason": "draining" }));
+            self.core.outbox.send(refused("draining"));
             respond.send_reset(Reason::REFUSED_STREAM);
             return;
         }
         let id = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
-        let Some(d) = self.core.ask(id, "stream", stream_message(id, sid, &req), rx).await else {
+        let Some(d) = self.core.ask(id, "stream", Out::Stream(stream_message(id, sid, &req)), rx).await else {
             self.decisions.lock().unwrap().remove(&id);
             let _ = respond.send_response(status_response(503, "agent_unavailable"), true);
             return;
@@ -222,7 +220,7 @@ impl Inbound {
         let send = match respond.send_response(Response::builder().status(200).body(()).unwrap(), false) {
             Ok(s) => s,
             Err(_) => {
-                self.core.outbox.send(json!({ "t": "end", "id": id, "error": "client went away before the tunnel opened", "flags": "DC" }));
+                self.core.outbox.send(Out::End(pb::End { id, error: "client went away before the tunnel opened".into(), flags: "DC".into(), ..Default::default() }));
                 return;
             }
         };
@@ -237,13 +235,13 @@ impl Inbound {
         let listener = match TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
-                self.core.outbox.send(json!({ "t": "error", "lid": lid.load(Ordering::SeqCst), "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                self.core.outbox.send(listener_error(lid.load(Ordering::SeqCst), format!("cannot listen on {addr}: {e}")));
                 return;
             }
         };
         let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         *bound_at.lock().unwrap() = Some(bound.clone());
-        self.core.outbox.send(json!({ "t": "bound", "lid": lid.load(Ordering::SeqCst), "addr": bound }));
+        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: bound }));
         let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -264,18 +262,17 @@ impl Inbound {
     /// One redirected plaintext connection: its original destination → the
     /// agent's decision → dial the workload → relay → report its end.
     async fn plaintext(self: Arc<Self>, lid: u64, mut tcp: TcpStream, remote: SocketAddr) {
-        let addr = |a: SocketAddr| json!([a.ip().to_canonical().to_string(), a.port()]);
         // Bound to all addresses: the address iptables picked is this socket's own.
         let local = tcp.local_addr();
         let id = self.core.id();
-        let mut plain = json!({ "t": "plain", "id": id, "lid": lid, "remote": addr(remote), "local": local.as_ref().map(|a| addr(*a)).unwrap_or(json!(["", 0])) });
+        let mut plain = pb::Plain { id, lid, remote: Some(endpoint(remote)), local: local.as_ref().ok().map(|a| endpoint(*a)), ..Default::default() };
         match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
-            Ok(dst) => plain["dst"] = addr(dst),
-            Err(e) => plain["dstError"] = json!(e),
+            Ok(dst) => plain.dst = Some(endpoint(dst)),
+            Err(e) => plain.dst_error = e,
         }
         let (tx, rx) = oneshot::channel();
         self.decisions.lock().unwrap().insert(id, tx);
-        let Some(d) = self.core.ask(id, "plain", plain, rx).await else {
+        let Some(d) = self.core.ask(id, "plain", Out::Plain(plain), rx).await else {
             self.decisions.lock().unwrap().remove(&id);
             return reset(tcp);
         };
@@ -287,11 +284,11 @@ impl Inbound {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 reset(tcp);
-                return self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": format!("workload_unreachable: {}", errno_name(&e)), "flags": "UF" }));
+                return self.core.outbox.send(unreachable_end(id, format!("workload_unreachable: {}", errno_name(&e))));
             }
             Err(_) => {
                 reset(tcp);
-                return self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": "workload_unreachable: ETIMEDOUT", "flags": "UF" }));
+                return self.core.outbox.send(unreachable_end(id, "workload_unreachable: ETIMEDOUT".into()));
             }
         };
         let _ = upstream.set_nodelay(true);
@@ -311,8 +308,18 @@ impl Inbound {
     fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {
         let reason = format!("workload_unreachable: {code}");
         let _ = respond.send_response(status_response(503, &reason), true);
-        self.core.outbox.send(json!({ "t": "end", "id": id, "status": 503, "error": reason, "flags": "UF" }));
+        self.core.outbox.send(unreachable_end(id, reason));
     }
+}
+
+/// A connection refused before the agent was asked, and why.
+fn refused(reason: &str) -> Out {
+    Out::Refused(pb::Refused { direction: pb::Direction::Inbound as i32, reason: reason.to_string(), error: String::new() })
+}
+
+/// The end of an admitted connection whose workload could not be dialled.
+fn unreachable_end(id: u64, error: String) -> Out {
+    Out::End(pb::End { id, status: 503, error, flags: "UF".into(), ..Default::default() })
 }
 
 /// The HTTP/2 server of every inbound HBONE connection, its limits on.

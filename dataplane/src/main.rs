@@ -6,9 +6,12 @@
 //!   ambit-dataplane --listen HOST:PORT --control PATH
 //!
 //! It binds HBONE on HOST:PORT and a Unix socket at PATH (mode 0600), says
-//! `{"t":"ready",…}` on stdout (the only line it ever writes there), and then
-//! serves the agent that connects to PATH (control.rs): one at a time, a new
-//! one replacing the old. It is its own process with its own lifetime: when
+//! `{"t":"ready","addr":…,"control":…,"protocol":N,"pid":…}` on stdout (the
+//! only line it ever writes there, one JSON object: the agent reads it
+//! before the control socket exists; a start that fails says
+//! `{"t":"error","code":…,"message":…}` instead), and then serves the agent
+//! that connects to PATH (control.rs: length-delimited protobuf): one at a
+//! time, a new one replacing the old. It is its own process with its own lifetime: when
 //! the agent goes away (a crash, a restart) established connections go on,
 //! and the agent that starts next attaches to this process again (core.rs
 //! says what it is told then). It exits when the agent says `exit` (the
@@ -22,6 +25,7 @@ mod linger;
 mod original_dst;
 mod outbound;
 mod relay;
+mod socket_owner;
 mod socks5;
 mod tls;
 
@@ -30,13 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
+use tokio::io::BufReader;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use control::{In, Outbox};
+use control::{listener_error, pb, In, Out, Outbox};
 use core::Core;
 use inbound::{Decision, Inbound};
 use outbound::{Entry, Outbound};
@@ -58,7 +62,7 @@ fn fail(message: String) -> ! {
 struct ListenerEntry {
     lid: Arc<AtomicU64>,
     addr: String,
-    kind: String,
+    kind: pb::ListenerKind,
     bound: Arc<Mutex<Option<String>>>,
 }
 
@@ -73,53 +77,52 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    async fn handle(&self, line: &str) {
-        match control::decode(line) {
-            Ok(In::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &self.outbox) {
+    async fn handle(&self, m: In) {
+        match m {
+            In::Config(pb::Config { rev, bundle, identities }) => match tls::config(&bundle, &identities, &self.outbox) {
                 Ok(config) => {
                     *self.tls.write().unwrap() = Some(Arc::new(config));
-                    self.outbox.send(json!({ "t": "ack", "rev": rev }));
+                    self.outbox.send(Out::Ack(pb::Ack { rev }));
                 }
-                Err(message) => self.outbox.send(json!({ "t": "nack", "rev": rev, "message": message })),
+                Err(message) => self.outbox.send(Out::Nack(pb::Nack { rev, message })),
             },
-            Ok(In::Session { sid, ok }) => self.inbound.session_verdict(sid, ok),
-            Ok(In::Decide { id, status, reason, dial, timeout_ms, tag }) => self.inbound.decide(id, Decision { status, reason, dial, timeout_ms, tag }),
-            Ok(In::Close { id }) => self.core.close(id),
-            Ok(In::Listen { lid, addr, kind }) => self.listen(lid, addr, kind),
-            Ok(In::Route(route)) => self.outbound.route(route),
-            Ok(In::Peer { pid, ok }) => self.outbound.peer_verdict(pid, ok),
-            Ok(In::Drain) => {
+            In::Session(pb::SessionVerdict { sid, ok }) => self.inbound.session_verdict(sid, ok),
+            // A status beyond u16 is none HTTP knows: 0, which the answer head turns into 500.
+            In::Decide(d) => self.inbound.decide(d.id, Decision { status: u16::try_from(d.status).unwrap_or(0), reason: d.reason, dial: d.dial, timeout_ms: d.timeout_ms, tag: d.tag }),
+            In::Close(pb::Close { id }) => self.core.close(id),
+            In::Listen(l) => match pb::ListenerKind::try_from(l.kind) {
+                Ok(kind) => self.listen(l.lid, l.addr, kind),
+                Err(_) => self.outbox.send(listener_error(l.lid, format!("unknown listener kind {}", l.kind))),
+            },
+            In::Route(route) => self.outbound.route(route),
+            In::Peer(pb::PeerVerdict { pid, ok }) => self.outbound.peer_verdict(pid, ok),
+            In::Drain(_) => {
                 self.outbound.drain();
                 self.core.drain();
             }
-            Ok(In::Exit) => {
+            In::Exit(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox.written()).await;
                 std::process::exit(0);
             }
-            Err(e) => self.outbox.send(json!({ "t": "error", "code": "AMBIT_ERR_INTERNAL", "message": format!("unreadable control message: {e}") })),
         }
     }
 
     /// Serves a listener, or answers for the one already served at that
     /// address (bound for an agent before this one), now under `lid`.
-    fn listen(&self, lid: u64, addr: String, kind: String) {
+    fn listen(&self, lid: u64, addr: String, kind: pb::ListenerKind) {
         let mut listeners = self.listeners.lock().unwrap();
         if let Some(l) = listeners.iter().find(|l| l.addr == addr && l.kind == kind) {
             l.lid.store(lid, Ordering::SeqCst);
             if let Some(bound) = l.bound.lock().unwrap().clone() {
-                self.outbox.send(json!({ "t": "bound", "lid": lid, "addr": bound }));
+                self.outbox.send(Out::Bound(pb::Bound { lid, addr: bound }));
             }
             return;
         }
-        let entry = match kind.as_str() {
-            "plaintext" => None,
-            "" | "upstream" => Some(Entry::Upstream),
-            "socks5" => Some(Entry::Socks5),
-            "capture" => Some(Entry::Capture),
-            other => {
-                self.outbox.send(json!({ "t": "error", "lid": lid, "code": "AMBIT_ERR_INTERNAL", "message": format!("unknown listener kind {other:?}") }));
-                return;
-            }
+        let entry = match kind {
+            pb::ListenerKind::Plaintext => None,
+            pb::ListenerKind::Upstream => Some(Entry::Upstream),
+            pb::ListenerKind::Socks5 => Some(Entry::Socks5),
+            pb::ListenerKind::Capture => Some(Entry::Capture),
         };
         let l = ListenerEntry { lid: Arc::new(AtomicU64::new(lid)), addr: addr.clone(), kind, bound: Arc::new(Mutex::new(None)) };
         let (cell, bound) = (l.lid.clone(), l.bound.clone());
@@ -135,10 +138,10 @@ impl Dispatch {
     }
 
     /// The listeners bound so far, for the hello of an agent that attaches.
-    fn listeners(&self) -> Vec<Value> {
+    fn listeners(&self) -> Vec<pb::BoundListener> {
         self.listeners.lock().unwrap().iter().filter_map(|l| {
             let bound = l.bound.lock().unwrap().clone()?;
-            Some(json!({ "lid": l.lid.load(Ordering::SeqCst), "addr": l.addr, "kind": l.kind, "bound": bound }))
+            Some(pb::BoundListener { lid: l.lid.load(Ordering::SeqCst), addr: l.addr.clone(), kind: l.kind as i32, bound })
         }).collect()
     }
 }
@@ -166,11 +169,35 @@ fn trusted(stream: &UnixStream) -> bool {
     stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false)
 }
 
-/// Reads one agent's messages until its connection ends; then says which agent it was.
+/// Reads one agent's messages until its connection ends; then says which
+/// agent it was (its connection is then closed, and established connections
+/// go on for the next agent). What cannot be read is logged on stderr (the
+/// data plane's log) and, while the agent can still hear, told to it: a
+/// frame that does not decode is skipped (the framing is intact); a
+/// truncated, oversized or unframed one ends this agent's connection (no
+/// later byte can be trusted to start a frame).
 async fn read_agent(dispatch: Arc<Dispatch>, from: OwnedReadHalf, generation: u64, gone: mpsc::UnboundedSender<u64>) {
-    let mut lines = BufReader::new(from).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        dispatch.handle(&line).await;
+    let mut from = BufReader::with_capacity(64 * 1024, from);
+    let mut frame = Vec::new();
+    loop {
+        match control::read_frame(&mut from, &mut frame).await {
+            Ok(true) => match control::decode(&frame) {
+                Ok(m) => dispatch.handle(m).await,
+                Err(e) => {
+                    eprintln!("ambit-dataplane: skipped an unreadable control message from the agent: {e}");
+                    dispatch.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_INTERNAL".into(), message: format!("unreadable control message: {e}") }));
+                }
+            },
+            Ok(false) => break,
+            Err(e) => {
+                eprintln!("ambit-dataplane: {e}; closing this agent's control connection (established connections go on)");
+                if matches!(e, control::FrameError::Oversized { .. } | control::FrameError::BadLength) {
+                    dispatch.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_INTERNAL".into(), message: e.to_string() }));
+                    dispatch.outbox.written().await;
+                }
+                break;
+            }
+        }
     }
     let _ = gone.send(generation);
 }

@@ -14,24 +14,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 use h2::{client, Reason};
 use http::{Method, Request, Response};
 use rustls::pki_types::ServerName;
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use crate::control::{Attempt, RouteIn};
+use crate::control::pb::{self, Attempt, Route as RouteIn, RouteVerdict};
+use crate::control::{endpoint, listener_error, Out};
 use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
 use crate::original_dst::original_dst;
 use crate::relay;
+use crate::socket_owner;
 use crate::socks5;
 use crate::tls::Tls;
 
@@ -45,6 +44,12 @@ const IDLE: Duration = Duration::from_secs(60);
 /// three picks are dead, while a service whose endpoints are all dead costs
 /// at most three dials per connection, not a storm.
 pub const MAX_ATTEMPTS: usize = 3;
+
+/// The end of a connection that never opened (its client was reset): the
+/// status the peer agent answered (0: none), the reason and the detail.
+fn failed_end(id: u64, status: u32, reason: String, error: String) -> Out {
+    Out::End(pb::End { id, failed: true, status, reason, error, ..Default::default() })
+}
 
 /// One pooled HBONE connection. Dropping it (with every clone of `send`)
 /// lets h2 close the connection once its streams are over.
@@ -95,14 +100,14 @@ impl Outbound {
         let listener = match TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
-                self.core.outbox.send(json!({ "t": "error", "lid": lid.load(Ordering::SeqCst), "code": "AMBIT_ERR_INTERNAL", "message": format!("cannot listen on {addr}: {e}") }));
+                self.core.outbox.send(listener_error(lid.load(Ordering::SeqCst), format!("cannot listen on {addr}: {e}")));
                 return;
             }
         };
         let bound = listener.local_addr().ok();
         let said = bound.map(|a| a.to_string()).unwrap_or_default();
         *bound_at.lock().unwrap() = Some(said.clone());
-        self.core.outbox.send(json!({ "t": "bound", "lid": lid.load(Ordering::SeqCst), "addr": said }));
+        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: said }));
         // A listener on one address: every connection's local address is that
         // one, so no getsockname per connection (only a wildcard asks).
         let local = bound.filter(|a| !a.ip().is_unspecified());
@@ -159,40 +164,48 @@ impl Outbound {
     /// route it, then open the tunnel (or dial directly) and relay. The
     /// client's bytes wait in the socket until the tunnel is open.
     async fn connection(self: Arc<Self>, lid: u64, entry: Entry, mut tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>) {
-        let addr = |a: SocketAddr| json!([a.ip().to_canonical().to_string(), a.port()]);
-        let mut out = json!({ "t": "out", "lid": lid, "remote": addr(remote), "local": local.as_ref().map(|a| addr(*a)).unwrap_or(json!(["", 0])) });
+        let mut out = pb::Out { lid, remote: Some(endpoint(remote)), local: local.as_ref().ok().map(|a| endpoint(*a)), ..Default::default() };
         match entry {
             Entry::Upstream => {}
             Entry::Socks5 => match socks5::accept(&mut tcp, SOCKS_HANDSHAKE_TIMEOUT).await {
                 Ok(req) => {
-                    out["user"] = json!(req.user);
-                    out["dst"] = json!([req.host, req.port]);
+                    out.user = req.user;
+                    out.dst = Some(pb::Endpoint { address: req.host, port: u32::from(req.port) });
                 }
                 Err(refusal) => {
-                    self.core.outbox.send(json!({ "t": "refused", "direction": "outbound", "reason": "socks_protocol", "error": refusal.message }));
+                    self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "socks_protocol".into(), error: refusal.message }));
                     return;
                 }
             },
             Entry::Capture => match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
-                Ok(dst) => out["dst"] = json!([dst.ip().to_canonical().to_string(), dst.port()]),
-                Err(e) => out["dstError"] = json!(e),
+                Ok(dst) => {
+                    // REDIRECT kept the client's socket connected to the original destination.
+                    out.uid = socket_owner::owner_uid(remote, dst);
+                    out.dst = Some(endpoint(dst));
+                }
+                Err(e) => out.dst_error = e,
             },
         }
+        // Who owns the client's socket, when the client is on this host (the
+        // agent's source proof for a workload with a uid).
+        if let (Entry::Upstream | Entry::Socks5, Ok(l)) = (entry, local.as_ref()) {
+            out.uid = socket_owner::owner_uid(remote, *l);
+        }
         let id = self.core.id();
-        out["id"] = json!(id);
+        out.id = id;
         let (tx, rx) = oneshot::channel();
         self.routes.lock().unwrap().insert(id, tx);
         let front = Front { tcp, socks: entry == Entry::Socks5 };
-        let Some(route) = self.core.ask(id, "out", out, rx).await else {
+        let Some(route) = self.core.ask(id, "out", Out::Out(out), rx).await else {
             // No agent answered in time (away, restarting): refused, and counted for the next agent.
             self.routes.lock().unwrap().remove(&id);
             return front.refuse(socks5::reply::GENERAL_FAILURE).await;
         };
-        match route.verdict.as_str() {
-            "tunnel" => self.tunnel(id, front, route).await,
-            "direct" => self.direct(id, front, route).await,
-            // "refuse": the agent counted and logged it.
-            _ => front.refuse(route.reply).await,
+        match route.verdict() {
+            RouteVerdict::Tunnel => self.tunnel(id, front, route).await,
+            RouteVerdict::Direct => self.direct(id, front, route).await,
+            // The agent counted and logged it. A reply beyond a byte is no SOCKS5 reply: general failure.
+            RouteVerdict::Refuse => front.refuse(u8::try_from(route.reply).unwrap_or(socks5::reply::GENERAL_FAILURE)).await,
         }
     }
 
@@ -205,7 +218,7 @@ impl Outbound {
         };
         let _ = upstream.set_nodelay(true);
         let Some(mut tcp) = front.opened().await else {
-            return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the connection opened" }));
+            return self.core.outbox.send(failed_end(id, 0, "client_gone".into(), "client went away before the connection opened".into()));
         };
         let counts = relay::Counts::default();
         let closed = self.core.live(id, &counts, route.tag);
@@ -242,7 +255,7 @@ impl Outbound {
             let outcome = self.attempt(&route.source, attempt, now + share).await;
             let status = outcome.as_ref().map_or_else(|f| f.status, |_| 200);
             let (reason, error) = outcome.as_ref().err().map_or((String::new(), String::new()), |f| (f.reason.clone(), f.message.clone()));
-            self.core.outbox.send(json!({ "t": "attempt", "id": id, "n": n, "endpoint": attempt.authority, "hbone": attempt.hbone, "ok": outcome.is_ok(), "status": status, "reason": reason, "error": error }));
+            self.core.outbox.send(Out::Attempt(pb::AttemptResult { id, n: n as u32, endpoint: attempt.authority.clone(), hbone: attempt.hbone.clone(), ok: outcome.is_ok(), status: u32::from(status), reason, error }));
             match outcome {
                 Ok((release, response, send)) => return self.relay(id, route.tag.clone(), front, release, response, send).await,
                 Err(f) if retryable(&f) && n + 1 < attempts.len() => continue,
@@ -285,7 +298,7 @@ impl Outbound {
     async fn relay(&self, id: u64, tag: String, front: Front, _release: Release, response: Response<h2::RecvStream>, mut send: h2::SendStream<Bytes>) {
         let Some(tcp) = front.opened().await else {
             send.send_reset(Reason::CANCEL);
-            return self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": 0, "reason": "client_gone", "error": "client went away before the tunnel opened" }));
+            return self.core.outbox.send(failed_end(id, 0, "client_gone".into(), "client went away before the tunnel opened".into()));
         };
         self.core.tunnel(id, tag, tcp, send, response.into_body(), true).await;
     }
@@ -294,7 +307,7 @@ impl Outbound {
     /// reset) and the agent is told why.
     async fn failed(&self, id: u64, front: Front, f: Failure) {
         front.refuse(socks_reply_for(&f)).await;
-        self.core.outbox.send(json!({ "t": "end", "id": id, "failed": true, "status": f.status, "reason": f.reason, "error": f.message }));
+        self.core.outbox.send(failed_end(id, u32::from(f.status), f.reason, f.message));
     }
 
     /// Sends the CONNECT on a pooled connection with a free stream slot (the
@@ -310,8 +323,8 @@ impl Outbound {
         let key = format!("{}|{:x}|{}|{}", source, client.fingerprint, route.expect, route.hbone);
         let request = || {
             let mut r = Request::builder().method(Method::CONNECT).uri(route.authority.as_str());
-            for (name, value) in &route.headers {
-                r = r.header(name.as_str(), value.as_str());
+            for h in &route.headers {
+                r = r.header(h.name.as_str(), h.value.as_str());
             }
             r.body(()).map_err(|e| Failure::new("bad_request", format!("CONNECT {}: {e}", route.authority)))
         };
@@ -377,7 +390,7 @@ impl Outbound {
     async fn dial(&self, key: &str, route: &Attempt, config: Arc<rustls::ClientConfig>) -> Result<Arc<Pooled>, String> {
         let what = format!("cannot open HBONE to {} for {}", route.hbone, route.expect);
         let dialled = self.handshake(route, config).await;
-        self.core.outbox.send(json!({ "t": "dial", "ok": dialled.is_ok() }));
+        self.core.outbox.send(Out::Dial(pb::Dial { ok: dialled.is_ok() }));
         let (send, conn, back) = dialled.map_err(|e| format!("{what}: {e}"))?;
         // Draining: used by the tunnel that dialled it, not pooled, so h2 closes it once that stream is over.
         let draining = self.core.draining();
@@ -393,7 +406,7 @@ impl Outbound {
             let _ = conn.await;
             forget(&pool, &key, n);
             linger::close(back).await;
-            core.outbox.send(json!({ "t": "dialEnd" }));
+            core.outbox.send(Out::DialEnd(pb::DialEnd {}));
             core.session_closed();
         });
         Ok(pooled)
@@ -409,11 +422,11 @@ impl Outbound {
         if conn.alpn_protocol() != Some(b"h2".as_slice()) {
             return Err("peer did not negotiate h2".into());
         }
-        let chain: Vec<String> = conn.peer_certificates().unwrap_or_default().iter().map(|c| STANDARD.encode(c)).collect();
+        let chain: Vec<Vec<u8>> = conn.peer_certificates().unwrap_or_default().iter().map(|c| c.to_vec()).collect();
         let pid = self.core.id();
         let (tx, rx) = oneshot::channel();
         self.peers.lock().unwrap().insert(pid, tx);
-        let question = json!({ "t": "peer", "pid": pid, "hbone": route.hbone, "expect": route.expect, "chain": chain });
+        let question = Out::Peer(pb::PeerQuestion { pid, hbone: route.hbone.clone(), expect: route.expect.clone(), chain });
         match self.core.ask(pid, "peer", question, rx).await {
             Some(true) => {}
             Some(false) => return Err(format!("peer is not {}", route.expect)),

@@ -16,9 +16,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use serde_json::json;
 
-use crate::control::{IdentityIn, Outbox};
+use crate::control::{pb, Out, Outbox};
 
 fn pem_certs(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{what}: {e}"))?;
@@ -63,7 +62,7 @@ impl ResolvesServerCert for ByServerName {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let found = hello.server_name().and_then(|n| self.keys.get(&n.to_ascii_lowercase())).cloned();
         if found.is_none() {
-            self.outbox.send(json!({ "t": "refused", "reason": "unknown_server_name" }));
+            self.outbox.send(Out::Refused(pb::Refused { reason: "unknown_server_name".into(), ..Default::default() }));
         }
         found
     }
@@ -92,7 +91,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 /// The TLS state for one `config` message; an error names the part that was
 /// wrong, and the previous configuration stays in force.
-pub fn config(bundle: &str, identities: &[IdentityIn], outbox: &Outbox) -> Result<Tls, String> {
+pub fn config(bundle: &str, identities: &[pb::Identity], outbox: &Outbox) -> Result<Tls, String> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for c in pem_certs("trust bundle", bundle)? {

@@ -12,13 +12,53 @@ import { join } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
 import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
+import { frame, FrameReader, type FromDataplane, type ToDataplane } from '../../../agent/dataplane/supervisor.ts';
+import { AgentMessage, ListenerKind, RouteVerdict, type Endpoint } from '../../../shared/proto/gen/dataplane.ts';
 
 export const BINARY = defaultDataplaneBinary();
 /** This machine's loopback block for these tests. */
 export const HOST = '127.0.19.1';
 export const WEB_ID = 'spiffe://cluster.local/ns/default/sa/web';
 
+/**
+ * A message as the tests read and write it: its kind as `t` beside its
+ * fields (the generated types' names), endpoints as [address, port],
+ * certificate chains as base64 DER, listener kinds and route verdicts by
+ * name, CONNECT headers as [name, value]; say() and the reader convert.
+ */
 export type Msg = Record<string, unknown> & { t: string };
+
+const KINDS: Record<string, ListenerKind> = { upstream: ListenerKind.LISTENER_KIND_UPSTREAM, socks5: ListenerKind.LISTENER_KIND_SOCKS5, capture: ListenerKind.LISTENER_KIND_CAPTURE, plaintext: ListenerKind.LISTENER_KIND_PLAINTEXT };
+const VERDICTS: Record<string, RouteVerdict> = { refuse: RouteVerdict.ROUTE_VERDICT_REFUSE, tunnel: RouteVerdict.ROUTE_VERDICT_TUNNEL, direct: RouteVerdict.ROUTE_VERDICT_DIRECT };
+const kindName = (k: unknown): string => Object.keys(KINDS).find((n) => KINDS[n] === k) ?? String(k);
+
+/** A test's message as the agent sends it. */
+export function toAgentMessage(m: Msg): ToDataplane {
+  const { t, ...body } = m;
+  if (t === 'listen' && typeof body.kind === 'string') body.kind = KINDS[body.kind];
+  if (t === 'route') {
+    if (typeof body.verdict === 'string') body.verdict = VERDICTS[body.verdict];
+    body.attempts = ((body.attempts ?? []) as Record<string, unknown>[]).map((a) => ({ ...a, headers: ((a.headers ?? []) as [string, string][]).map(([name, value]) => ({ name, value })) }));
+  }
+  const msg = AgentMessage.fromPartial({ msg: { $case: t, [t]: body } as never }).msg;
+  if (!msg) throw new Error(`no message of kind ${t}`);
+  return msg;
+}
+
+/** A message from the data plane as the tests read it. */
+export function flat(m: FromDataplane): Msg {
+  const body = { ...(m as unknown as Record<string, Record<string, unknown>>)[m.$case] } as Record<string, unknown>;
+  for (const k of ['remote', 'local', 'dst']) {
+    const e = body[k] as Endpoint | undefined;
+    if (e === undefined) delete body[k];
+    else body[k] = [e.address, e.port];
+  }
+  if (Array.isArray(body.chain)) body.chain = (body.chain as Uint8Array[]).map((c) => Buffer.from(c).toString('base64'));
+  if (Array.isArray(body.listeners)) body.listeners = (body.listeners as Record<string, unknown>[]).map((l) => ({ ...l, kind: kindName(l.kind) }));
+  if (body.uid === undefined) delete body.uid;
+  if (body.lid === undefined) delete body.lid;
+  return { t: m.$case, ...body };
+}
 
 export interface Leaf {
   readonly chain: string;
@@ -60,7 +100,9 @@ export class Dataplane {
   #count = 0;
   #waiters: { pred: (m: Msg) => boolean; resolve: (m: Msg) => void }[] = [];
   #agent: Socket | undefined;
-  #queued: string[] = [];
+  #queued: Buffer[] = [];
+  /** What the data plane wrote on stderr (its log). */
+  stderr = '';
   readonly exited: Promise<number | null>;
 
   constructor(args: string[]) {
@@ -69,20 +111,35 @@ export class Dataplane {
     const full = args.includes('--listen') && given < 0 ? [...args, '--control', this.controlPath] : args;
     this.child = spawn(BINARY, full, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((r) => this.child.once('exit', (code) => r(code)));
+    this.child.stderr.setEncoding('utf8');
+    this.child.stderr.on('data', (d: string) => (this.stderr += d));
     this.#lines(this.child.stdout, (m) => {
       if (m.t === 'ready') this.attach();
     });
   }
 
-  /** Connects to the control socket as an agent (again, after detach()). */
-  attach(): void {
+  /** Connects to the control socket as an agent (again, after detach()); resolves once connected. */
+  attach(): Promise<Socket> {
     const agent = netConnect({ path: this.controlPath });
     agent.on('error', () => undefined);
-    agent.once('connect', () => {
+    const reader = new FrameReader();
+    agent.on('data', (d: Buffer) => reader.push(d, (m) => this.#arrived(flat(m)), (p) => this.#arrived({ t: 'unreadable', message: p.message })));
+    return new Promise((resolve) => agent.once('connect', () => {
       this.#agent = agent;
-      for (const line of this.#queued.splice(0)) agent.write(`${line}\n`);
-    });
-    this.#lines(agent, () => undefined);
+      for (const b of this.#queued.splice(0)) agent.write(b);
+      resolve(agent);
+    }));
+  }
+
+  /** The agent's current control connection, if attached. */
+  get agent(): Socket | undefined {
+    return this.#agent;
+  }
+
+  #arrived(m: Msg): void {
+    this.order.set(m, ++this.#count);
+    this.messages.push(m);
+    this.#waiters = this.#waiters.filter((w) => (w.pred(m) ? (w.resolve(m), false) : true));
   }
 
   /** The agent goes away: its control connection closes; the data plane goes on. */
@@ -100,22 +157,21 @@ export class Dataplane {
       while ((nl = buf.indexOf('\n')) >= 0) {
         const m = JSON.parse(buf.slice(0, nl)) as Msg;
         buf = buf.slice(nl + 1);
-        this.order.set(m, ++this.#count);
-        this.messages.push(m);
-        this.#waiters = this.#waiters.filter((w) => (w.pred(m) ? (w.resolve(m), false) : true));
+        this.#arrived(m);
         also(m);
       }
     });
   }
 
-  send(line: string): void {
-    if (this.#agent) this.#agent.write(`${line}\n`);
-    else this.#queued.push(line);
+  /** Writes raw bytes on the control socket (for the tests of what cannot be read). */
+  send(bytes: Buffer): void {
+    if (this.#agent) this.#agent.write(bytes);
+    else this.#queued.push(bytes);
   }
 
-  /** Sends a message object. */
+  /** Sends a message, framed as the agent frames it. */
   say(m: Msg): void {
-    this.send(JSON.stringify(m));
+    this.send(frame(toAgentMessage(m)));
   }
 
   next(pred: (m: Msg) => boolean, what: string): Promise<Msg> {

@@ -15,7 +15,8 @@ import { connect as netConnect, createServer as createNetServer, type AddressInf
 import { connect as tlsConnect } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
 import { DATAPLANE_PROTOCOL } from '../../../agent/proxy/native-inbound.ts';
-import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, WEB_ID } from './dataplane-harness.ts';
+import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, toAgentMessage, WEB_ID } from './dataplane-harness.ts';
+import { frame } from '../../../agent/dataplane/supervisor.ts';
 
 t.test('the executable is built', async (t) => {
   t.ok(existsSync(BINARY), `${BINARY} exists (npm run build:dataplane)`);
@@ -87,21 +88,24 @@ t.test('bad control input is answered and changes nothing; good input serves TLS
   const port = Number(String(hello.addr).split(':')[1]);
   t.ok(port > 0, `listens on ${String(hello.addr)}`);
 
-  dp.send('this is not JSON');
-  t.match(String((await dp.next((m) => m.t === 'error', 'error')).message), /unreadable control message/, 'unreadable line: an error, and it keeps running');
-  dp.send(JSON.stringify({ t: 'config', rev: 1, bundle: 'not PEM', identities: [] }));
+  // A frame of three bytes that are no protobuf (a field of wire type 7): the framing is intact, so it is skipped.
+  dp.send(Buffer.from([2, 0x0f, 0x00]));
+  t.match(String((await dp.next((m) => m.t === 'error', 'error')).message), /unreadable control message: a frame of 2 bytes that is not an AgentMessage/, 'an undecodable frame: an error naming it, and it keeps reading');
+  await eventuallyLog(dp, /skipped an unreadable control message from the agent: a frame of 2 bytes/);
+  t.pass('and its log says so');
+  dp.say({ t: 'config', rev: 1, bundle: 'not PEM', identities: [] });
   t.match(String((await dp.next((m) => m.t === 'nack', 'nack')).message), /trust bundle: no PEM certificate/, 'a bundle without certificates: nack naming the bundle');
 
   const good = pki();
   const sni = serverNameFor(WEB_ID);
-  dp.send(JSON.stringify({ t: 'config', rev: 2, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: 'no key here' }] }));
+  dp.say({ t: 'config', rev: 2, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: 'no key here' }] });
   t.match(String((await dp.next((m) => m.t === 'nack', 'nack')).message), new RegExp(`identity for ${sni}: no PEM private key`), 'an identity without a key: nack naming the identity');
 
-  dp.send(JSON.stringify({ t: 'config', rev: 3, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: good.key }] }));
+  dp.say({ t: 'config', rev: 3, bundle: good.bundle, identities: [{ sni, chain: good.chain, key: good.key }] });
   t.same(await dp.next((m) => m.t === 'ack', 'ack'), { t: 'ack', rev: 3 }, 'a good configuration: ack');
   // One thread, like the agent's event loop: the control socket is polled by the reactor.
   t.same(readdirSync(`/proc/${dp.child.pid}/task`).length, 1, 'one thread');
-  dp.send(JSON.stringify({ t: 'config', rev: 4, bundle: good.bundle, identities: [{ sni, chain: 'broken', key: good.key }] }));
+  dp.say({ t: 'config', rev: 4, bundle: good.bundle, identities: [{ sni, chain: 'broken', key: good.key }] });
   await dp.next((m) => m.t === 'nack' && m.rev === 4, 'nack of rev 4');
 
   // The nacked rev 4 left rev 3 in force: the server still presents the identity's certificate.
@@ -246,7 +250,7 @@ t.test('drain: GOAWAY only after the last tunnel\'s queued tail, which arrives i
   const port = Number(String((await dp.next((m) => m.t === 'hello', 'hello')).addr).split(':')[1]);
   const p = pki();
   const sni = serverNameFor(WEB_ID);
-  dp.send(JSON.stringify({ t: 'config', rev: 1, bundle: p.bundle, identities: [{ sni, chain: p.chain, key: p.key }] }));
+  dp.say({ t: 'config', rev: 1, bundle: p.bundle, identities: [{ sni, chain: p.chain, key: p.key }] });
   await dp.next((m) => m.t === 'ack', 'ack');
 
   // The workload answers with SIZE bytes, then closes.
@@ -289,17 +293,17 @@ t.test('drain: GOAWAY only after the last tunnel\'s queued tail, which arrives i
   });
 
   const s = await dp.next((m) => m.t === 'session', 'session');
-  dp.send(JSON.stringify({ t: 'session', sid: s.sid, ok: true }));
+  dp.say({ t: 'session', sid: s.sid, ok: true });
   const st = await dp.next((m) => m.t === 'stream', 'stream');
   // A trickle from here on: the data plane's socket stays full and h2 holds what does not fit.
   relay.allow(0);
   const trickle = setInterval(() => relay.allow(64 * 1024), 20);
-  dp.send(JSON.stringify({ t: 'decide', id: st.id, status: 200, reason: '', dial: `${HOST}:${workloadPort}`, timeoutMs: 5_000 }));
+  dp.say({ t: 'decide', id: st.id, status: 200, reason: '', dial: `${HOST}:${workloadPort}`, timeoutMs: 5_000 });
   const end = await dp.next((m) => m.t === 'end', 'end');
   clearInterval(trickle);
   relay.allow(0);
   t.same([end.toSource, end.error], [SIZE, ''], 'the data plane relayed the whole answer');
-  dp.send(JSON.stringify({ t: 'drain' }));
+  dp.say({ t: 'drain' });
   // A wait, not an event: what is checked is that nothing (no `drained`, no GOAWAY) comes early.
   await new Promise((r) => setTimeout(r, 200));
   t.notOk(dp.messages.some((m) => m.t === 'drained'), 'not drained while the tail is unread');
@@ -311,3 +315,47 @@ t.test('drain: GOAWAY only after the last tunnel\'s queued tail, which arrives i
   await dp.next((m) => m.t === 'drained', 'drained');
   t.equal(atGoaway, SIZE, 'the GOAWAY came after the last byte of the tunnel');
 });
+
+t.test('what cannot be read on the control socket ends at most that agent\'s connection: established connections keep flowing', async (t) => {
+  const dp = new Dataplane(['--listen', `${HOST}:0`]);
+  t.teardown(() => void dp.child.kill('SIGKILL'));
+  await dp.next((m) => m.t === 'hello', 'hello');
+  dp.say({ t: 'listen', lid: 1, addr: `${HOST}:0`, kind: 'upstream' });
+  const bound = await dp.next((m) => m.t === 'bound', 'bound');
+  const echo = createNetServer((s) => s.pipe(s));
+  await new Promise<void>((r) => echo.listen(0, HOST, r));
+  t.teardown(() => void echo.close());
+  const client = netConnect({ host: HOST, port: Number(String(bound.addr).split(':')[1]) });
+  const out = await dp.next((m) => m.t === 'out', 'out');
+  dp.say({ t: 'route', id: out.id, verdict: 'direct', dial: `${HOST}:${(echo.address() as AddressInfo).port}`, timeoutMs: 2_000, tag: 'kept' });
+  await dp.next((m) => m.t === 'open', 'open');
+  await echoRounds(client, 3, 1000);
+
+  // An oversized frame: refused by its length alone, named with its size and the limit; that agent's connection is closed.
+  const closed = new Promise((r) => dp.agent!.once('close', r));
+  const head = Buffer.from([0x81, 0x80, 0x80, 0x08]); // varint 16 MiB + 1
+  dp.send(head);
+  t.match(String((await dp.next((m) => m.t === 'error', 'error')).message), /frame of 16777217 bytes, over the limit of 16777216 bytes/, 'the agent is told');
+  await closed;
+  await eventuallyLog(dp, /the agent sent a frame of 16777217 bytes, over the limit of 16777216 bytes; closing this agent's control connection/);
+  t.pass('its log names the size and the limit, and the connection is closed');
+  await echoRounds(client, 3, 1000);
+  t.pass('the established connection keeps flowing');
+
+  // The agent vanishes mid-frame: the partial message is named and dropped.
+  const agent = await dp.attach();
+  const hello = await dp.next((m) => m.t === 'hello', 'hello again');
+  t.match(hello.live, [{ tag: 'kept' }], 'the next agent takes over the live connection');
+  const whole = frame(toAgentMessage({ t: 'close', id: out.id as number }));
+  agent.end(whole.subarray(0, whole.length - 1));
+  await eventuallyLog(dp, /the agent's connection ended inside a frame: (\d+) of its \d+ bytes arrived; closing this agent's control connection/);
+  t.pass('its log names the cut frame');
+  await echoRounds(client, 3, 1000);
+  t.pass('and the connection (which the cut message would have closed) keeps flowing');
+  client.destroy();
+});
+
+async function eventuallyLog(dp: Dataplane, re: RegExp): Promise<void> {
+  for (let i = 0; i < 100 && !re.test(dp.stderr); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!re.test(dp.stderr)) throw new Error(`no log line ${String(re)}; got ${dp.stderr}`);
+}
