@@ -50,6 +50,8 @@ t.test('shared/proto/gen/ambit.ts is what ts-proto generates from shared/proto/a
     // A text diff tells whether the .proto changed or only the tool versions in the header did.
     t.equal(checkedIn.toString('utf8'), fresh.toString('utf8'), 'difference between checked-in (found) and generated (wanted)');
   }
+  const freshDp = readFileSync(join(dir, 'dataplane.ts'));
+  t.equal(readFileSync(join(root, 'shared', 'proto', 'gen', 'dataplane.ts'), 'utf8'), freshDp.toString('utf8'), 'checked-in shared/proto/gen/dataplane.ts matches a fresh generation from shared/proto/dataplane.proto (if not: npm run gen:proto)');
 });
 
 t.test('ResourceKey encodes to the protobuf wire bytes', async (t) => {
