@@ -16,20 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub mod socks5;
 
 #[path = "../../src/control.rs"]
-#[allow(dead_code)] // the writer side is not fuzzed
+#[allow(dead_code)] // the writing side is not fuzzed
 pub mod control;
 
 #[path = "../../src/hbone_head.rs"]
 pub mod hbone_head;
-
-/// control.rs's writer has named `crate::pipe::writer()` (stdout); the
-/// decoder needs none of it, so a sink stands in where it is still named.
-#[allow(dead_code)]
-mod pipe {
-    pub fn writer() -> tokio::io::Sink {
-        tokio::io::sink()
-    }
-}
 
 /// A SOCKS5 client that says `input` and then closes its end: reads are
 /// served at most `chunk` bytes at a time, and every other read is
@@ -115,17 +106,41 @@ pub fn socks5(data: &[u8]) {
     assert!(read <= input.len());
 }
 
-/// One line from the agent, decoded by the one entry point the data plane
-/// reads its pipe with: any bytes end in a message or an error, never a panic.
+/// Bytes on the agent's control socket, read as the data plane reads them:
+/// cut into frames by `control::read_frame`, each decoded by
+/// `control::decode`, the one entry point after framing (and the whole
+/// input as one frame, to reach the decoder with every byte). Any bytes end
+/// in messages and named errors, never a panic; no frame is longer than
+/// MAX_FRAME; a clean end is only at the end of the input. A change of codec
+/// changes these two functions and this target only.
 pub fn control_decode(data: &[u8]) {
-    // The pipe is read as UTF-8 lines (main.rs): other bytes never reach the decoder.
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    for line in text.split('\n') {
-        if let Ok(message) = control::decode(line) {
-            // Every decoded message is a whole value (Debug walks all of it).
-            let _ = format!("{message:?}");
+    let _ = control::decode(data);
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(async {
+        // Small reads, so frames are assembled across buffer refills.
+        let mut r = tokio::io::BufReader::with_capacity(7, data);
+        let mut frame = Vec::new();
+        loop {
+            match control::read_frame(&mut r, &mut frame).await {
+                Ok(true) => {
+                    assert!(frame.len() <= control::MAX_FRAME);
+                    if let Ok(message) = control::decode(&frame) {
+                        // Every decoded message is a whole value (Debug walks all of it).
+                        let _ = format!("{message:?}");
+                    }
+                }
+                Ok(false) => {
+                    let rest = tokio::io::AsyncBufReadExt::fill_buf(&mut r).await.expect("in memory");
+                    assert!(rest.is_empty(), "a clean end before the input's end");
+                    break;
+                }
+                Err(e) => {
+                    let _ = e.to_string();
+                    break;
+                }
+            }
         }
-    }
+    });
 }
 
 /// A CONNECT head as h2 hands it over, built from fuzzer bytes.
@@ -149,7 +164,7 @@ enum Name<'a> {
 /// The CONNECT head Ambit reads (the `stream` message to the agent) and the
 /// refusal head it writes: for any head h2 would hand over, the message is
 /// the request's authority and each passed-on header's text values in
-/// order; it survives the pipe's JSON; and a refusal carries the agent's
+/// order; it survives the control socket's encoding; and a refusal carries the agent's
 /// status (500 when HTTP cannot carry it) and its reason exactly when the
 /// reason is a valid header value.
 pub fn hbone_head(data: &[u8]) {
@@ -178,13 +193,15 @@ pub fn hbone_head(data: &[u8]) {
     }
     let req = req.body(()).expect("a request of valid parts");
     let message = hbone_head::stream_message(1, 2, &req);
-    assert_eq!(message["authority"], uri.authority().map(|a| a.as_str()).unwrap_or(""));
-    assert_eq!(message["method"], req.method().as_str());
-    for (name, values) in &passed {
-        assert_eq!(message[*name], values.join(", "), "{name}");
+    assert_eq!(message.authority, uri.authority().map(|a| a.as_str()).unwrap_or(""));
+    assert_eq!(message.method, req.method().as_str());
+    let got = [&message.forwarded, &message.baggage, &message.traceparent];
+    for ((name, values), got) in passed.iter().zip(got) {
+        assert_eq!(*got, values.join(", "), "{name}");
     }
-    let line = serde_json::to_string(&message).expect("JSON");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&line).expect("JSON back"), message);
+    // It reaches the agent as it was built.
+    let bytes = prost::Message::encode_to_vec(&message);
+    assert_eq!(<control::pb::Stream as prost::Message>::decode(bytes.as_slice()).expect("decodes"), message);
 
     let response = hbone_head::status_response(head.status, head.reason);
     let carried = (100..=999).contains(&head.status);
