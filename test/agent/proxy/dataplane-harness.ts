@@ -174,14 +174,15 @@ export class Dataplane {
     this.send(frame(toAgentMessage(m)));
   }
 
-  next(pred: (m: Msg) => boolean, what: string): Promise<Msg> {
+  /** The first message (seen or to come, within `ms`) that `pred` accepts, taken from the list. */
+  next(pred: (m: Msg) => boolean, what: string, ms = 5_000): Promise<Msg> {
     const seen = this.messages.find(pred);
     if (seen) {
       this.messages.splice(this.messages.indexOf(seen), 1);
       return Promise.resolve(seen);
     }
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no ${what} within 5 s; got ${JSON.stringify(this.messages)}`)), 5_000);
+      const timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms; got ${JSON.stringify(this.messages)}`)), ms);
       this.#waiters.push({ pred, resolve: (m) => (clearTimeout(timer), this.messages.splice(this.messages.indexOf(m), 1), resolve(m)) });
     });
   }
