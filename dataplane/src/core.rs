@@ -25,10 +25,13 @@ use crate::control::{pb, Out, Outbox};
 use crate::relay::{self, Counts};
 
 /// How long a question (a peer's identity, a connection's route or verdict)
-/// waits for the agent's answer. An attached agent answers in well under a
-/// millisecond; this is how long a restarting agent has to come back before
-/// new connections are refused.
+/// waits while no agent is attached: how long a restarting agent has to come
+/// back before new connections are refused.
 pub const QUESTION_WAIT: Duration = Duration::from_secs(5);
+/// How long it waits for an attached agent. One answers in well under a
+/// millisecond, but a burst (thousands of connections at once) queues behind
+/// the agent's one thread; only a wedged agent takes this long.
+pub const QUESTION_WAIT_ATTACHED: Duration = Duration::from_secs(30);
 /// Connections that ended while no agent was attached, kept for the next one.
 const ENDED_AWAY_MAX: usize = 10_000;
 
@@ -48,7 +51,7 @@ pub struct Core {
     live: Mutex<HashMap<u64, Live>>,
     /// Questions asked and not yet answered, by id: asked again of an agent that attaches.
     pending: Mutex<BTreeMap<u64, Out>>,
-    attached: AtomicBool,
+    attached: watch::Sender<bool>,
     /// `end` messages of connections that ended while no agent was attached.
     ended_away: Mutex<Vec<pb::End>>,
     /// Connections refused because no agent answered in time, by what was asked.
@@ -66,7 +69,7 @@ impl Core {
             outbox,
             live: Mutex::new(HashMap::new()),
             pending: Mutex::new(BTreeMap::new()),
-            attached: AtomicBool::new(false),
+            attached: watch::channel(false).0,
             ended_away: Mutex::new(Vec::new()),
             refused_away: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
@@ -124,11 +127,22 @@ impl Core {
             pending.insert(id, question.clone());
             self.outbox.send(question);
         }
-        let answer = tokio::time::timeout(QUESTION_WAIT, rx).await;
+        // The clock runs by the agent's state, starting again when it changes:
+        // an agent that attaches has QUESTION_WAIT_ATTACHED to answer.
+        let mut attached = self.attached.subscribe();
+        let mut rx = std::pin::pin!(rx);
+        let answer = loop {
+            let wait = if *attached.borrow_and_update() { QUESTION_WAIT_ATTACHED } else { QUESTION_WAIT };
+            tokio::select! {
+                a = &mut rx => break a.ok(),
+                changed = attached.changed() => if changed.is_err() { break None },
+                _ = tokio::time::sleep(wait) => break None,
+            }
+        };
         self.pending.lock().unwrap().remove(&id);
         match answer {
-            Ok(Ok(a)) => Some(a),
-            _ => {
+            Some(a) => Some(a),
+            None => {
                 *self.refused_away.lock().unwrap().entry(what).or_default() += 1;
                 None
             }
@@ -144,7 +158,7 @@ impl Core {
         // ends or is asked between what hello says and what follows it.
         let mut away = self.ended_away.lock().unwrap();
         let pending = self.pending.lock().unwrap();
-        self.attached.store(true, Ordering::SeqCst);
+        self.attached.send_replace(true);
         let live: Vec<pb::Live> = self.live.lock().unwrap().iter().map(|(id, l)| pb::Live {
             id: *id, tag: l.tag.clone(), from_source: l.from_source.load(Ordering::Relaxed), to_source: l.to_source.load(Ordering::Relaxed),
         }).collect();
@@ -162,12 +176,12 @@ impl Core {
     /// The agent went away: what happens from now on is kept for the next one.
     pub fn detach(&self) {
         let _away = self.ended_away.lock().unwrap();
-        self.attached.store(false, Ordering::SeqCst);
+        self.attached.send_replace(false);
         self.outbox.detach();
     }
 
     pub fn attached(&self) -> bool {
-        self.attached.load(Ordering::SeqCst)
+        *self.attached.borrow()
     }
 
     /// Live tunnels and HBONE connections: while there are any, this process has work without an agent.
