@@ -1,8 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
-import { parse as parseYaml } from 'yaml';
 import { AmbitError } from './errors.ts';
+
+/**
+ * The YAML parser, loaded at the first --config file: it costs a daemon about
+ * 13 MiB of RSS, and most daemons are configured by flags and environment.
+ */
+function yaml(): typeof import('yaml') {
+  return createRequire(import.meta.url)('yaml') as typeof import('yaml');
+}
 
 /**
  * One configuration parser for the daemons: flags win over AMBIT_<FLAG>
@@ -74,7 +82,7 @@ export function parseConfig<S extends OptionSpecs>(specs: S, sources: ConfigSour
     }
     let doc: unknown;
     try {
-      doc = parseYaml(text);
+      doc = yaml().parse(text);
     } catch (cause) {
       throw new AmbitError('AMBIT_ERR_CONFIG_FILE', `config file ${configPath} is not valid YAML: ${(cause as Error).message}`, { cause });
     }

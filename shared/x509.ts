@@ -1,5 +1,6 @@
 import { createHash, createPublicKey, randomBytes, sign, verify, X509Certificate, type KeyObject } from 'node:crypto';
-import forge from 'node-forge';
+import { createRequire } from 'node:module';
+import type forge from 'node-forge';
 import { AmbitError } from './errors.ts';
 import { parseIp } from './net-address.ts';
 
@@ -14,7 +15,13 @@ import { parseIp } from './net-address.ts';
  * certificate) are always sliced from the original DER, never re-encoded, so a
  * signature is checked over exactly the bytes that were signed.
  */
-const asn1 = forge.asn1;
+// node-forge's index loads all of forge (ciphers, TLS, PKCS#12, ...: about
+// 9 MiB of RSS in every agent and controller); only its ASN.1 codec and byte
+// buffers are used here, so those two modules are loaded alone. Each exports
+// the very object the index exposes as forge.asn1 / forge.util.
+const requireForge = createRequire(import.meta.url);
+const asn1 = requireForge('node-forge/lib/asn1') as typeof forge.asn1;
+const forgeUtil = requireForge('node-forge/lib/util') as typeof forge.util;
 type Asn1 = forge.asn1.Asn1;
 
 const OID = {
@@ -131,7 +138,7 @@ function utcOrGeneralized(d: Date): Asn1 {
 function nameDer(attrs: readonly { oid: string; value: string }[]): Buffer {
   const rdns = attrs.map((a) =>
     asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SET, true, [
-      seq([oid(a.oid), asn1.create(asn1.Class.UNIVERSAL, asn1.Type.UTF8, false, forge.util.encodeUtf8(a.value))]),
+      seq([oid(a.oid), asn1.create(asn1.Class.UNIVERSAL, asn1.Type.UTF8, false, forgeUtil.encodeUtf8(a.value))]),
     ]),
   );
   return der(seq(rdns));
@@ -278,7 +285,7 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
   if (top.length !== 3 || !Array.isArray(info) || info.length < 3 || !sigAlg || !sigBits || sigBits.type !== asn1.Type.BITSTRING) {
     throw new AmbitError('AMBIT_ERR_CSR_INVALID', 'CSR structure is not a PKCS#10 CertificationRequest');
   }
-  const algOid = asn1.derToOid(forge.util.createBuffer(sigAlg.value as string));
+  const algOid = asn1.derToOid(forgeUtil.createBuffer(sigAlg.value as string));
   const hash = SIG_HASH[algOid];
   if (hash === undefined) throw new AmbitError('AMBIT_ERR_CSR_INVALID', `CSR signature algorithm ${algOid} is not supported`);
 
@@ -310,13 +317,13 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
     for (const rdn of (info[1]?.value as Asn1[]) ?? []) {
       for (const atv of (rdn.value as Asn1[]) ?? []) {
         const [o, v] = atv.value as Asn1[];
-        if (o && v) subject.push(`${asn1.derToOid(forge.util.createBuffer(o.value as string))}=${String(v.value)}`);
+        if (o && v) subject.push(`${asn1.derToOid(forgeUtil.createBuffer(o.value as string))}=${String(v.value)}`);
       }
     }
     for (const attr of attrs && Array.isArray(attrs.value) ? (attrs.value as Asn1[]) : []) {
       const [aOid, aSet] = attr.value as Asn1[];
       if (!aOid || !aSet) continue;
-      const attrOid = asn1.derToOid(forge.util.createBuffer(aOid.value as string));
+      const attrOid = asn1.derToOid(forgeUtil.createBuffer(aOid.value as string));
       if (attrOid !== OID.extensionRequest) {
         otherExtensions.push(`attribute:${attrOid}`);
         continue;
@@ -324,7 +331,7 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
       for (const exts of aSet.value as Asn1[]) {
         for (const ext of exts.value as Asn1[]) {
           const parts = ext.value as Asn1[];
-          const extOid = asn1.derToOid(forge.util.createBuffer(parts[0]!.value as string));
+          const extOid = asn1.derToOid(forgeUtil.createBuffer(parts[0]!.value as string));
           const valueNode = parts[parts.length - 1]!;
           if (extOid !== OID.subjectAltName) {
             otherExtensions.push(extOid);

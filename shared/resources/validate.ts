@@ -1,5 +1,5 @@
 import { Buffer } from 'node:buffer';
-import { parseAllDocuments } from 'yaml';
+import { createRequire } from 'node:module';
 import type { YAMLError } from 'yaml';
 import { AmbitError, errorMessage } from '../errors.ts';
 import { API_VERSION, KINDS, resourceKey } from './types.ts';
@@ -42,6 +42,15 @@ function syntaxProblem(source: string, e: YAMLError): { text: string; line?: num
     : { text: `${source}: line ${pos.line}, column ${pos.col}: ${reason}`, line: pos.line, column: pos.col };
 }
 
+/**
+ * The YAML parser, loaded at the first document stream parsed: the agent
+ * validates resources that arrive as protobuf and never parses YAML, and the
+ * parser would cost it about 13 MiB of RSS.
+ */
+function yaml(): typeof import('yaml') {
+  return createRequire(import.meta.url)('yaml') as typeof import('yaml');
+}
+
 /** Parses a multi-document YAML (or JSON) stream, keeping where each document came from. */
 export function parseSourcedDocuments(text: string, source: string): SourcedDocument[] {
   if (typeof text !== 'string') throw parseError(`${source}: input is not text`, { source });
@@ -51,7 +60,7 @@ export function parseSourcedDocuments(text: string, source: string): SourcedDocu
       { source, bytes, limit: MAX_INPUT_BYTES });
   }
   try {
-    const docs = parseAllDocuments(text, {
+    const docs = yaml().parseAllDocuments(text, {
       prettyErrors: true, stringKeys: true, uniqueKeys: true, resolveKnownTags: false, logLevel: 'error',
     });
     if (docs.length > MAX_DOCUMENTS) {
