@@ -54,6 +54,10 @@ export const REFUSALS = {
   not_h2: { directions: ['inbound'], hboneStatus: null, responseFlag: null, meaning: 'The HBONE client did not offer HTTP/2 by ALPN.' },
   unknown_server_name: { directions: ['inbound'], hboneStatus: null, responseFlag: null, meaning: 'The HBONE client asked by SNI for an identity no local workload has.' },
   draining: { directions: ['inbound'], hboneStatus: null, responseFlag: null, meaning: 'A new HBONE stream arrived while the agent drains; it is reset with REFUSED_STREAM so the peer retries elsewhere.' },
+  // ambit-dataplane's connection-flood limits (dataplane/src/admission.rs): HBONE (inbound) and SOCKS5 (outbound) before authentication; descriptor_limit on any listener.
+  too_many_handshakes: { directions: ['inbound', 'outbound'], hboneStatus: null, responseFlag: null, meaning: 'A source address already had 32 connections on the HBONE port or a SOCKS5 listener that had not finished their handshake; the new one was closed at once.' },
+  handshake_evicted: { directions: ['inbound', 'outbound'], hboneStatus: null, responseFlag: null, meaning: 'The listener had its limit of connections still in their handshake (a quarter of the descriptor limit); the oldest was closed to admit a new one.' },
+  descriptor_limit: { directions: ['inbound', 'outbound'], hboneStatus: null, responseFlag: null, meaning: 'ambit-dataplane had no file descriptor left; the connection was accepted and closed at once.' },
   // Inbound plaintext capture (:15006, admitPlaintext) and outbound capture (:15001).
   no_original_destination: { directions: ['inbound', 'outbound'], hboneStatus: null, responseFlag: 'NR', meaning: 'A captured connection has no original destination (it was not redirected by iptables).' },
   loop: { directions: ['inbound', 'outbound'], hboneStatus: null, responseFlag: 'NR', meaning: 'A client connected to the capture port itself, which would make the agent dial itself.' },

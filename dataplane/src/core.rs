@@ -21,6 +21,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
+use crate::admission::Reserve;
 use crate::control::{pb, Out, Outbox};
 use crate::relay::{self, Counts};
 
@@ -61,10 +62,14 @@ pub struct Core {
     open_sessions: AtomicUsize,
     draining: watch::Sender<bool>,
     drained_said: AtomicBool,
+    /// The spare descriptor every accept loop falls back on (admission.rs).
+    pub reserve: Reserve,
+    /// RLIMIT_NOFILE at start: the listeners' caps are shares of it.
+    pub nofile: u64,
 }
 
 impl Core {
-    pub fn new(outbox: Outbox) -> Arc<Self> {
+    pub fn new(outbox: Outbox, nofile: u64) -> Arc<Self> {
         Arc::new(Core {
             outbox,
             live: Mutex::new(HashMap::new()),
@@ -76,6 +81,8 @@ impl Core {
             open_sessions: AtomicUsize::new(0),
             draining: watch::channel(false).0,
             drained_said: AtomicBool::new(false),
+            reserve: Reserve::default(),
+            nofile,
         })
     }
 

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{self, AcceptFailure, Admission, Pending, Refusal};
 use crate::control::{endpoint, listener_error, pb, Out};
 use crate::core::{until_true, Core};
 use crate::hbone_head::{status_response, stream_message};
@@ -66,12 +67,15 @@ pub struct Inbound {
     core: Arc<Core>,
     tls: Arc<RwLock<Option<Arc<Tls>>>>,
     sessions: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    /// Connections on :15008 that have not finished TLS and the agent's peer check.
+    admission: Arc<Admission>,
     decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
 }
 
 impl Inbound {
     pub fn new(core: Arc<Core>, tls: Arc<RwLock<Option<Arc<Tls>>>>) -> Arc<Self> {
-        Arc::new(Inbound { core, tls, sessions: Mutex::new(HashMap::new()), decisions: Mutex::new(HashMap::new()) })
+        let admission = Admission::new(admission::PER_SOURCE, admission::pending_cap(core.nofile));
+        Arc::new(Inbound { core, tls, sessions: Mutex::new(HashMap::new()), decisions: Mutex::new(HashMap::new()), admission })
     }
 
     pub fn session_verdict(&self, sid: u64, ok: bool) {
@@ -95,10 +99,15 @@ impl Inbound {
                 _ = until_true(&mut draining) => return,
             };
             let (tcp, remote) = match accepted {
-                Ok(a) => a,
-                Err(_) => {
-                    // EMFILE or a peer that already reset: pause so it cannot spin.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(a) => {
+                    self.core.reserve.accepted();
+                    a
+                }
+                Err(e) => {
+                    match self.core.reserve.accept_failed(&listener, &e, "the HBONE port").await {
+                        AcceptFailure::Closed => self.core.outbox.send(refused("descriptor_limit")),
+                        AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
+                    }
                     continue;
                 }
             };
@@ -106,22 +115,41 @@ impl Inbound {
                 // No identities yet: the agent has not sent its first config.
                 self.core.outbox.send(refused("tls"));
                 continue;
+            let pending = match self.admission.admit(remote.ip()) {
+                Ok((pending, _)) => pending,
+                Err(Refusal::PerSource) => {
+                    // Closed at once, with a reset: no TIME_WAIT kept for a flood.
+                    let _ = tcp.set_zero_linger();
+                    self.core.outbox.send(refused("too_many_handshakes"));
+                    continue;
+                }
+            };
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(self.clone().session(tcp, remote.ip().to_string(), tls));
+            tokio::spawn(self.clone().session(tcp, remote.ip().to_string(), tls, pending));
         }
     }
 
-    async fn session(self: Arc<Self>, tcp: TcpStream, remote: String, config: Arc<ServerConfig>) {
+    async fn session(self: Arc<Self>, tcp: TcpStream, remote: String, config: Arc<ServerConfig>, mut pending: Pending) {
         let (tcp, socket_back) = linger::wrap(tcp);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                self.core.outbox.send(refused(handshake_failure(&e)));
-                return;
-            }
-            Err(_) => {
-                self.core.outbox.send(refused("tls"));
+        // Only the TLS handshake can be evicted: a connection past it holds a
+        // certificate that chains to the bundle, and the agent's answer is
+        // bounded (core.rs); it keeps its place in the count until then.
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp));
+        let tls = tokio::select! {
+            h = handshake => match h {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    self.core.outbox.send(refused(handshake_failure(&e)));
+                    return;
+                }
+                Err(_) => {
+                    self.core.outbox.send(refused("tls"));
+                    return;
+                }
+            },
+            _ = &mut pending.evicted => {
+                self.core.outbox.send(refused("handshake_evicted"));
                 return;
             }
         };
@@ -143,6 +171,8 @@ impl Inbound {
                 self.sessions.lock().unwrap().remove(&sid);
                 return;
             }
+        // Authenticated: no longer counted against its source or the total.
+        drop(pending);
         }
         self.core.session_opened();
         self.clone().streams(sid, tls).await;
@@ -241,7 +271,7 @@ impl Inbound {
         };
         let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         *bound_at.lock().unwrap() = Some(bound.clone());
-        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: bound }));
+        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: bound.clone() }));
         let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -249,12 +279,15 @@ impl Inbound {
                 _ = until_true(&mut draining) => return,
             };
             match accepted {
+                    self.core.reserve.accepted();
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     tokio::spawn(self.clone().plaintext(lid.load(Ordering::SeqCst), tcp, remote));
                 }
-                // EMFILE or a peer that already reset: pause so it cannot spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => match self.core.reserve.accept_failed(&listener, &e, &bound).await {
+                    AcceptFailure::Closed => self.core.outbox.send(refused("descriptor_limit")),
+                    AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
+                },
             }
         }
     }

@@ -17,6 +17,7 @@
 //! says what it is told then). It exits when the agent says `exit` (the
 //! agent stops for good), or when it has had no agent and no connection for
 //! ORPHAN_AFTER.
+mod admission;
 mod control;
 mod core;
 mod hbone_head;
@@ -208,7 +209,7 @@ async fn run(listen: String, control_path: String) {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (outbox, queue) = control::outbox();
     tokio::spawn(control::write_loop(queue));
-    let core = Core::new(outbox.clone());
+    let core = Core::new(outbox.clone(), admission::nofile_limit());
     let tls_state = Arc::new(RwLock::new(None));
     let inbound = Inbound::new(core.clone(), tls_state.clone());
     let outbound = Outbound::new(core.clone(), tls_state.clone());

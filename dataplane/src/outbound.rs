@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
+use crate::admission::{self, AcceptFailure, Admission, Pending, Refusal};
 use crate::control::pb::{self, Attempt, Route as RouteIn, RouteVerdict};
 use crate::control::{endpoint, listener_error, Out};
 use crate::core::{until_true, Core};
@@ -107,9 +108,13 @@ impl Outbound {
         let bound = listener.local_addr().ok();
         let said = bound.map(|a| a.to_string()).unwrap_or_default();
         *bound_at.lock().unwrap() = Some(said.clone());
-        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: said }));
+        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: said.clone() }));
         // A listener on one address: every connection's local address is that
         // one, so no getsockname per connection (only a wildcard asks).
+        // SOCKS5 clients negotiate before they are known: capped per source
+        // and in all until then (admission.rs). Upstream and capture
+        // connections are a workload's own and may idle as long as it likes.
+        let admission = (entry == Entry::Socks5).then(|| Admission::new(admission::PER_SOURCE, admission::pending_cap(self.core.nofile)));
         let local = bound.filter(|a| !a.ip().is_unspecified());
         let mut draining = self.core.drain_signal();
         loop {
@@ -118,13 +123,25 @@ impl Outbound {
                 _ = until_true(&mut draining) => return,
             };
             match accepted {
+                    self.core.reserve.accepted();
+                    let pending = match admission.as_ref().map(|a| a.admit(remote.ip())) {
+                        None => None,
+                        Some(Ok((pending, _))) => Some(pending),
+                        Some(Err(Refusal::PerSource)) => {
+                            let _ = tcp.set_zero_linger();
+                            self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "too_many_handshakes".into(), error: format!("{} SOCKS5 negotiations from {}", admission::PER_SOURCE, remote.ip()) }));
+                            continue;
+                        }
+                    };
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let local = local.map_or_else(|| tcp.local_addr(), Ok);
-                    tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local));
+                    tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local, pending));
                 }
-                // EMFILE or a peer that already reset: pause so it cannot spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => match self.core.reserve.accept_failed(&listener, &e, &said).await {
+                    AcceptFailure::Closed => self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "descriptor_limit".into(), error: format!("out of file descriptors accepting on {said}") })),
+                    AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
+                },
             }
         }
     }
@@ -163,18 +180,22 @@ impl Outbound {
     /// request, original destination), let the agent check its source and
     /// route it, then open the tunnel (or dial directly) and relay. The
     /// client's bytes wait in the socket until the tunnel is open.
-    async fn connection(self: Arc<Self>, lid: u64, entry: Entry, mut tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>) {
+    async fn connection(self: Arc<Self>, lid: u64, entry: Entry, mut tcp: TcpStream, remote: SocketAddr, local: std::io::Result<SocketAddr>, pending: Option<Pending>) {
         let mut out = pb::Out { lid, remote: Some(endpoint(remote)), local: local.as_ref().ok().map(|a| endpoint(*a)), ..Default::default() };
         match entry {
             Entry::Upstream => {}
-            Entry::Socks5 => match socks5::accept(&mut tcp, SOCKS_HANDSHAKE_TIMEOUT).await {
+            Entry::Socks5 => match negotiate(&mut tcp, pending).await {
                 Ok(req) => {
                     out.user = req.user;
                     out.dst = Some(pb::Endpoint { address: req.host, port: u32::from(req.port) });
                 }
-                Err(refusal) => {
+                Err(Some(refusal)) => {
                     self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "socks_protocol".into(), error: refusal.message }));
                     return;
+                Err(None) => {
+                    self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "handshake_evicted".into(), error: "too many SOCKS5 negotiations at once".into() }));
+                    return;
+                }
                 }
             },
             Entry::Capture => match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
@@ -488,6 +509,18 @@ impl Drop for Release {
             *self.0.idle_since.lock().unwrap() = Some(Instant::now());
         }
     }
+/// The SOCKS5 negotiation, unless the connection is evicted first (the
+/// listener's cap of unauthenticated connections, admission.rs); the
+/// connection stops counting against the cap once it is over.
+/// Err(None): evicted.
+async fn negotiate(tcp: &mut TcpStream, pending: Option<Pending>) -> Result<socks5::Request, Option<socks5::Refusal>> {
+    let Some(mut pending) = pending else { return socks5::accept(tcp, SOCKS_HANDSHAKE_TIMEOUT).await.map_err(Some) };
+    tokio::select! {
+        r = socks5::accept(tcp, SOCKS_HANDSHAKE_TIMEOUT) => r.map_err(Some),
+        _ = &mut pending.evicted => Err(None),
+    }
+}
+
 }
 
 /// Resets the client's connection (RST, not FIN): the application sees a
