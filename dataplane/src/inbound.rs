@@ -67,9 +67,9 @@ pub struct Inbound {
     core: Arc<Core>,
     tls: Arc<RwLock<Option<Arc<Tls>>>>,
     sessions: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
     /// Connections on :15008 that have not finished TLS and the agent's peer check.
     admission: Arc<Admission>,
-    decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
 }
 
 impl Inbound {
@@ -115,6 +115,7 @@ impl Inbound {
                 // No identities yet: the agent has not sent its first config.
                 self.core.outbox.send(refused("tls"));
                 continue;
+            };
             let pending = match self.admission.admit(remote.ip()) {
                 Ok((pending, _)) => pending,
                 Err(Refusal::PerSource) => {
@@ -123,7 +124,6 @@ impl Inbound {
                     self.core.outbox.send(refused("too_many_handshakes"));
                     continue;
                 }
-            };
             };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(self.clone().session(tcp, remote.ip().to_string(), tls, pending));
@@ -171,9 +171,9 @@ impl Inbound {
                 self.sessions.lock().unwrap().remove(&sid);
                 return;
             }
+        }
         // Authenticated: no longer counted against its source or the total.
         drop(pending);
-        }
         self.core.session_opened();
         self.clone().streams(sid, tls).await;
         // Not over until the peer has read everything: a drain that ended
@@ -279,8 +279,8 @@ impl Inbound {
                 _ = until_true(&mut draining) => return,
             };
             match accepted {
-                    self.core.reserve.accepted();
                 Ok((tcp, remote)) => {
+                    self.core.reserve.accepted();
                     let _ = tcp.set_nodelay(true);
                     tokio::spawn(self.clone().plaintext(lid.load(Ordering::SeqCst), tcp, remote));
                 }

@@ -111,11 +111,11 @@ impl Outbound {
         self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: said.clone() }));
         // A listener on one address: every connection's local address is that
         // one, so no getsockname per connection (only a wildcard asks).
+        let local = bound.filter(|a| !a.ip().is_unspecified());
         // SOCKS5 clients negotiate before they are known: capped per source
         // and in all until then (admission.rs). Upstream and capture
         // connections are a workload's own and may idle as long as it likes.
         let admission = (entry == Entry::Socks5).then(|| Admission::new(admission::PER_SOURCE, admission::pending_cap(self.core.nofile)));
-        let local = bound.filter(|a| !a.ip().is_unspecified());
         let mut draining = self.core.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -123,6 +123,7 @@ impl Outbound {
                 _ = until_true(&mut draining) => return,
             };
             match accepted {
+                Ok((tcp, remote)) => {
                     self.core.reserve.accepted();
                     let pending = match admission.as_ref().map(|a| a.admit(remote.ip())) {
                         None => None,
@@ -133,7 +134,6 @@ impl Outbound {
                             continue;
                         }
                     };
-                Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let local = local.map_or_else(|| tcp.local_addr(), Ok);
                     tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local, pending));
@@ -192,10 +192,10 @@ impl Outbound {
                 Err(Some(refusal)) => {
                     self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "socks_protocol".into(), error: refusal.message }));
                     return;
+                }
                 Err(None) => {
                     self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "handshake_evicted".into(), error: "too many SOCKS5 negotiations at once".into() }));
                     return;
-                }
                 }
             },
             Entry::Capture => match local.as_ref().map_err(errno_name).and_then(|l| original_dst(&tcp, *l).map_err(|e| errno_name(&e))) {
@@ -509,6 +509,17 @@ impl Drop for Release {
             *self.0.idle_since.lock().unwrap() = Some(Instant::now());
         }
     }
+}
+
+/// Resets the client's connection (RST, not FIN): the application sees a
+/// failed connection.
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+}
+
+/// How long a SOCKS5 client has to say what it wants.
+const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The SOCKS5 negotiation, unless the connection is evicted first (the
 /// listener's cap of unauthenticated connections, admission.rs); the
 /// connection stops counting against the cap once it is over.
@@ -520,17 +531,6 @@ async fn negotiate(tcp: &mut TcpStream, pending: Option<Pending>) -> Result<sock
         _ = &mut pending.evicted => Err(None),
     }
 }
-
-}
-
-/// Resets the client's connection (RST, not FIN): the application sees a
-/// failed connection.
-fn reset(tcp: TcpStream) {
-    let _ = tcp.set_zero_linger();
-}
-
-/// How long a SOCKS5 client has to say what it wants.
-const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outbound entry point a listener serves (control.rs `listen`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
