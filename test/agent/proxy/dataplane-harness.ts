@@ -105,11 +105,12 @@ export class Dataplane {
   stderr = '';
   readonly exited: Promise<number | null>;
 
-  constructor(args: string[]) {
+  /** `wrap`: a command that execs the data plane (e.g. `prlimit --nofile=256:256 --`), keeping its pid. */
+  constructor(args: string[], wrap: readonly string[] = []) {
     const given = args.indexOf('--control');
     this.controlPath = given >= 0 ? args[given + 1]! : join(mkdtempSync(join(tmpdir(), 'ambit-dp-')), 'dataplane.sock');
     const full = args.includes('--listen') && given < 0 ? [...args, '--control', this.controlPath] : args;
-    this.child = spawn(BINARY, full, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = wrap.length > 0 ? spawn(wrap[0]!, [...wrap.slice(1), BINARY, ...full], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(BINARY, full, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((r) => this.child.once('exit', (code) => r(code)));
     this.child.stderr.setEncoding('utf8');
     this.child.stderr.on('data', (d: string) => (this.stderr += d));
