@@ -47,7 +47,7 @@ export const REFUSALS = {
   denied: { directions: ['inbound', 'outbound'], hboneStatus: 401, responseFlag: 'DENY', meaning: 'Authorization policy denied the connection (the error and x-ambit-reason say which rule and policy).' },
   unknown_session: { directions: ['inbound'], hboneStatus: 400, responseFlag: null, meaning: 'A stream arrived on an HBONE session the agent did not approve (the data plane and agent are out of step).' },
   workload_unreachable: { directions: ['inbound'], hboneStatus: 503, responseFlag: 'UF', meaning: 'The local workload refused the connection or did not answer within --connect-timeout.' },
-  agent_unavailable: { directions: ['inbound', 'outbound'], hboneStatus: 503, responseFlag: null, meaning: 'ambit-dataplane asked and no agent answered within 5 s (the agent was restarting or away).' },
+  agent_unavailable: { directions: ['inbound', 'outbound'], hboneStatus: 503, responseFlag: null, meaning: 'ambit-dataplane asked and no agent answered in time: 5 s with no agent attached (restarting or away), 30 s for an attached one.' },
   // Inbound before the agent is asked: ambit-dataplane's own refusals.
   tls: { directions: ['inbound'], hboneStatus: null, responseFlag: null, meaning: 'The TLS handshake on the HBONE port failed for a reason other than the client certificate or ALPN.' },
   peer_certificate: { directions: ['inbound'], hboneStatus: null, responseFlag: null, meaning: 'The HBONE client presented no certificate, one that does not chain to the trust bundle, or one that is not a workload identity of this trust domain.' },
