@@ -244,6 +244,24 @@ impl Core {
         self.ended(id, &counts, error);
     }
 
+    /// Relays a plain connection (the socket end is the source's: a
+    /// destination outside the mesh, or plaintext to a local workload) until
+    /// both directions are over or the agent closes it (both ends reset),
+    /// then reports its end.
+    pub async fn pipe(&self, id: u64, tag: String, mut tcp: TcpStream, mut upstream: TcpStream) {
+        let counts = Counts::default();
+        let closed = self.live(id, &counts, tag);
+        let error = tokio::select! {
+            e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
+            _ = closed => {
+                let _ = tcp.set_zero_linger();
+                let _ = upstream.set_zero_linger();
+                Some("closed by the agent".to_string())
+            }
+        };
+        self.ended(id, &counts, error);
+    }
+
     pub fn close(&self, id: u64) {
         if let Some(live) = self.live.lock().unwrap().get_mut(&id) {
             if let Some(tx) = live.close.take() {

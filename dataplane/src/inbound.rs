@@ -23,7 +23,6 @@ use crate::core::{until_true, Core};
 use crate::hbone_head::{status_response, stream_message};
 use crate::linger::{self, Lingering};
 use crate::original_dst::original_dst;
-use crate::relay::{self, Counts};
 use crate::tls::Tls;
 
 /// The agents' HBONE_SETTINGS (agent/proxy/hbone-server.ts).
@@ -294,7 +293,7 @@ impl Inbound {
 
     /// One redirected plaintext connection: its original destination → the
     /// agent's decision → dial the workload → relay → report its end.
-    async fn plaintext(self: Arc<Self>, lid: u64, mut tcp: TcpStream, remote: SocketAddr) {
+    async fn plaintext(self: Arc<Self>, lid: u64, tcp: TcpStream, remote: SocketAddr) {
         // Bound to all addresses: the address iptables picked is this socket's own.
         let local = tcp.local_addr();
         let id = self.core.id();
@@ -313,7 +312,7 @@ impl Inbound {
             return reset(tcp);
         }
         let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
-        let mut upstream = match dialled {
+        let upstream = match dialled {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 reset(tcp);
@@ -325,17 +324,7 @@ impl Inbound {
             }
         };
         let _ = upstream.set_nodelay(true);
-        let counts = Counts::default();
-        let closed = self.core.live(id, &counts, d.tag);
-        let error = tokio::select! {
-            e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
-            _ = closed => {
-                let _ = tcp.set_zero_linger();
-                let _ = upstream.set_zero_linger();
-                Some("closed by the agent".to_string())
-            }
-        };
-        self.core.ended(id, &counts, error);
+        self.core.pipe(id, d.tag, tcp, upstream).await;
     }
 
     fn unreachable(&self, id: u64, mut respond: server::SendResponse<Bytes>, code: String) {

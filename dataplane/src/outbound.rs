@@ -7,7 +7,7 @@
 //!
 //! The pool keeps HTTP/2 connections per (source identity and certificate,
 //! destination identity, destination agent), at most MAX_STREAMS_PER_SESSION
-//! streams each, as the Node.js pool does (agent/proxy/tunnel-pool.ts).
+//! streams each.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,7 +30,6 @@ use crate::core::{until_true, Core};
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
 use crate::original_dst::original_dst;
-use crate::relay;
 use crate::socket_owner;
 use crate::socks5;
 use crate::tls::Tls;
@@ -232,26 +231,16 @@ impl Outbound {
 
     async fn direct(&self, id: u64, front: Front, route: RouteIn) {
         let dialled = tokio::time::timeout(Duration::from_millis(route.timeout_ms.max(1)), TcpStream::connect(route.dial.as_str())).await;
-        let mut upstream = match dialled {
+        let upstream = match dialled {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.failed(id, front, Failure::new("unreachable", errno_name(&e))).await,
             Err(_) => return self.failed(id, front, Failure::new("unreachable", "ETIMEDOUT".into())).await,
         };
         let _ = upstream.set_nodelay(true);
-        let Some(mut tcp) = front.opened().await else {
+        let Some(tcp) = front.opened().await else {
             return self.core.outbox.send(failed_end(id, 0, "client_gone".into(), "client went away before the connection opened".into()));
         };
-        let counts = relay::Counts::default();
-        let closed = self.core.live(id, &counts, route.tag);
-        let error = tokio::select! {
-            e = relay::tcp_pair(&mut tcp, &mut upstream, counts.directions(true)) => e,
-            _ = closed => {
-                let _ = tcp.set_zero_linger();
-                let _ = upstream.set_zero_linger();
-                Some("closed by the agent".to_string())
-            }
-        };
-        self.core.ended(id, &counts, error);
+        self.core.pipe(id, route.tag, tcp, upstream).await;
     }
 
     /// Opens the tunnel to the first of the route's attempts that answers
