@@ -83,13 +83,23 @@ export function lockDataDir(dir: string, pid = process.pid): DataDirLock {
       { cause, details: { path, pid: holder } },
     );
   }
-  // Written in place (not renamed over): only this holder writes it now.
+  // Written in place (not renamed over): only this holder writes it now. On a
+  // directory that is read-only apart from the lock it cannot be: the lock
+  // still holds; a second process is refused without the holder's pid.
   const pidPath = join(dir, LOCK_PID_FILE);
-  const fd = openSync(pidPath, 'w', 0o644);
   try {
-    writeSync(fd, `${pid}\n`);
-  } finally {
-    closeSync(fd);
+    const fd = openSync(pidPath, 'w', 0o644);
+    try {
+      writeSync(fd, `${pid}\n`);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    if (!readOnly(dir)) {
+      db.exec('ROLLBACK');
+      db.close();
+      throw new AmbitError('AMBIT_ERR_DATA_DIR_LOCKED', `cannot write ${pidPath}: ${(err as Error).message}`, { cause: err, details: { path: pidPath } });
+    }
   }
   let closed = false;
   return {

@@ -1,5 +1,8 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { accessSync, constants, lstatSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { AmbitError } from '../../shared/errors.ts';
@@ -26,8 +29,8 @@ export interface SupervisorOptions {
   readonly listen: string;
   /** The control socket (in the agent's data directory, so only its user reaches it). */
   readonly controlPath: string;
-  /** Where the data plane's own stderr goes (it outlives the agent's). */
-  readonly logPath: string;
+  /** Other sockets a data plane may already serve at (tried before controlPath). */
+  readonly alsoAttachAt?: readonly string[];
   /** The control protocol this agent speaks (hello must state the same). */
   readonly protocol: number;
   readonly logger: Logger;
@@ -139,6 +142,8 @@ export class DataplaneSupervisor {
   #legacy = false;
   #pid: number | undefined;
   #closing = false;
+  /** Data planes this agent started, by pid: resolved when each has exited (and been reaped). */
+  readonly #spawned = new Map<number, Promise<void>>();
 
   constructor(o: SupervisorOptions) {
     this.#o = o;
@@ -161,7 +166,10 @@ export class DataplaneSupervisor {
    */
   async attach(): Promise<Hello> {
     this.#closing = false;
-    const existing = await this.#connect().catch(() => undefined);
+    let existing: Socket | undefined;
+    for (const path of [...(this.#o.alsoAttachAt ?? []), this.#o.controlPath]) {
+      existing ??= await this.#connect(path).catch(() => undefined);
+    }
     if (existing) {
       const hello = await this.#greet(existing);
       if (hello.protocol === this.#o.protocol) return hello;
@@ -170,7 +178,7 @@ export class DataplaneSupervisor {
       this.#closing = false;
     }
     await this.#start();
-    return this.#greet(await this.#connect());
+    return this.#greet(await this.#connect(this.#o.controlPath));
   }
 
   send(m: ToDataplane): void {
@@ -208,6 +216,11 @@ export class DataplaneSupervisor {
         resolve();
       });
     });
+    // Its socket closes as it exits; the process itself is gone a moment
+    // later. A stopped agent leaves no process behind, so it waits for that
+    // too (a data plane this agent started is its child: its exit is reaped
+    // by the 'exit' listener; one it attached to is polled).
+    if (pid !== undefined) await gone(pid, this.#spawned.get(pid));
   }
 
   /** Lets go of the data plane without stopping it (it keeps carrying connections for the next agent). */
@@ -223,9 +236,9 @@ export class DataplaneSupervisor {
     if (frames.length > 0 && this.#socket && !this.#socket.destroyed) this.#socket.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
   }
 
-  #connect(): Promise<Socket> {
+  #connect(path: string): Promise<Socket> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ path: this.#o.controlPath });
+      const socket = connect({ path });
       socket.once('connect', () => {
         socket.removeListener('error', reject);
         resolve(socket);
@@ -311,18 +324,18 @@ export class DataplaneSupervisor {
 
   /**
    * Starts ambit-dataplane in a session of its own (so that it outlives this
-   * process and its terminal's signals), its stderr appended to logPath;
-   * resolves once it says it is ready.
+   * process and its terminal's signals); resolves once it says it is ready.
+   * Its stderr is the agent's (the journal under systemd, the container's
+   * log on Kubernetes), which it keeps when the agent is gone: no log file
+   * of its own holds the data directory open for writing.
    */
   async #start(): Promise<void> {
-    const log = openSync(this.#o.logPath, 'a', 0o600);
-    let child;
-    try {
-      child = spawn(this.#o.binary, ['--listen', this.#o.listen, '--control', this.#o.controlPath], { detached: true, stdio: ['ignore', 'pipe', log] as const });
-    } finally {
-      closeSync(log);
-    }
+    const child = spawn(this.#o.binary, ['--listen', this.#o.listen, '--control', this.#o.controlPath], { detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
     child.unref();
+    if (child.pid !== undefined) {
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      this.#spawned.set(child.pid, exited);
+    }
     const stdout = child.stdout;
     if (!stdout) throw new AmbitError('AMBIT_ERR_INTERNAL', 'ambit-dataplane started without a stdout pipe');
     const first = await new Promise<string>((resolve, reject) => {
@@ -338,7 +351,7 @@ export class DataplaneSupervisor {
       });
       child.once('exit', (code, signal) => {
         clearTimeout(timer);
-        reject(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane (${this.#o.binary}) exited before it was ready (code ${code}, signal ${signal}); its log: ${this.#o.logPath}`));
+        reject(new AmbitError('AMBIT_ERR_INTERNAL', `ambit-dataplane (${this.#o.binary}) exited before it was ready (code ${code}, signal ${signal}); its stderr is in the agent's log`));
       });
     });
     stdout.destroy();
@@ -355,6 +368,55 @@ export class DataplaneSupervisor {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', staleProtocol(this.#o.binary, said.t === 'ready' ? String(said.protocol) : '', this.#o.protocol), { details: { field: 'dataplaneBinary', value: this.#o.binary } });
     }
   }
+}
+
+/** Resolves once process `pid` is gone (its exit reaped when it is our child), at most EXIT_WAIT_MS; then SIGKILL. */
+async function gone(pid: number, exited: Promise<void> | undefined): Promise<void> {
+  const deadline = Date.now() + EXIT_WAIT_MS;
+  const alive = (): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (exited) {
+    await Promise.race([exited, new Promise((r) => setTimeout(r, EXIT_WAIT_MS))]);
+  } else {
+    while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+  if (alive() && !exited) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
+/**
+ * Where the data plane's control socket lives: the agent's data
+ * directory, or, when that is read-only (an agent restarted on a read-only
+ * mount serves from its cache: docs/reliability.md), a directory of this
+ * user's own under the temporary directory, named by the data directory so
+ * that the next agent finds the same socket. That directory must be this
+ * user's alone (0700, not a link): a socket there drives the data plane.
+ */
+export function controlPaths(dataDir: string): { socket: string; alsoAttachAt: string[] } {
+  let dir = dataDir;
+  try {
+    accessSync(dataDir, constants.W_OK);
+  } catch {
+    dir = join(tmpdir(), `ambit-dataplane-${createHash('sha256').update(resolve(dataDir)).digest('hex').slice(0, 16)}`);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `the data directory ${dataDir} is read-only and ${dir}, where the data plane's control socket would go instead, is not this user's alone`, { details: { path: dir } });
+    }
+  }
+  // A data plane started while the directory was writable still serves there.
+  return { socket: join(dir, 'dataplane.sock'), alsoAttachAt: dir === dataDir ? [] : [join(dataDir, 'dataplane.sock')] };
 }
 
 /** What the agent says of an executable that speaks another control protocol (`said`: its own, if any). */

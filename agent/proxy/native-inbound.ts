@@ -16,7 +16,7 @@ import type { NativeOutbound } from './native-outbound.ts';
 import { connectionTag, fromConnectionTag } from './connection-tag.ts';
 import type { ConnectionFacts } from '../rbac.ts';
 import { refusalOf } from '../connection/refusals.ts';
-import { DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from '../dataplane/supervisor.ts';
+import { controlPaths, DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from '../dataplane/supervisor.ts';
 import { Direction, ProtocolVersion, type End, type Live, type Plain, type SessionQuestion, type Stream } from '../../shared/proto/gen/dataplane.ts';
 
 const DATAPLANE_BINARY = join('dataplane', 'target', 'release', 'ambit-dataplane');
@@ -98,6 +98,7 @@ export class NativeInbound {
   readonly #conns = new Map<number, NativeConnection>();
   #rev = 0;
   #pushQueued = false;
+  #expiryTimer: NodeJS.Timeout | undefined;
   #address: AddressInfo | undefined;
   readonly #bundle: () => X509Certificate[];
   #draining = false;
@@ -113,11 +114,12 @@ export class NativeInbound {
   constructor(o: NativeInboundOptions) {
     this.#o = o;
     this.#bundle = bundleCertificates(o.bundlePem);
+    const paths = controlPaths(o.dataDir);
     this.#link = new DataplaneSupervisor({
       binary: o.binary,
       listen: formatHostPort({ host: o.host, port: o.port }),
-      controlPath: join(o.dataDir, 'dataplane.sock'),
-      logPath: join(o.dataDir, 'dataplane.log'),
+      controlPath: paths.socket,
+      alsoAttachAt: paths.alsoAttachAt,
       protocol: DATAPLANE_PROTOCOL,
       logger: o.logger,
       onMessage: (m) => this.#handle(m),
@@ -177,6 +179,7 @@ export class NativeInbound {
   async destroy(): Promise<void> {
     this.#destroyed = true;
     this.#unsubscribe();
+    clearTimeout(this.#expiryTimer);
     await this.#link.exit();
     this.#endAll('agent shutting down');
   }
@@ -266,11 +269,22 @@ export class NativeInbound {
 
   #push(): void {
     if (!this.#link.attached) return;
-    const identities = this.#uris.flatMap((uri) => {
+    const entries = this.#uris.flatMap((uri) => {
       const e = this.#o.certs.get(uri);
-      return e ? [{ uri, sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }] : [];
+      return e ? [{ uri, e }] : [];
     });
+    const identities = entries.map(({ uri, e }) => ({ uri, sni: serverNameFor(uri), chain: e.chainPem, key: e.keyPem }));
     this.#send({ $case: 'config', config: { rev: ++this.#rev, bundle: this.#o.bundlePem(), identities } });
+    // An expired certificate leaves the data plane when it expires, renewed
+    // or not: after that no new connection may present it (outbound, not even
+    // on an HBONE connection pooled before), and none be served with it.
+    clearTimeout(this.#expiryTimer);
+    const next = Math.min(...entries.map(({ e }) => e.notAfter));
+    if (Number.isFinite(next)) {
+      // setTimeout holds at most 2^31 - 1 ms (about 24 days); a later expiry is looked at again then.
+      this.#expiryTimer = setTimeout(() => this.#queuePush(), Math.min(2 ** 31 - 1, Math.max(0, next - (this.#o.now ?? Date.now)()) + 1));
+      this.#expiryTimer.unref();
+    }
   }
 
   /**

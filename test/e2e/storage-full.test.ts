@@ -28,6 +28,19 @@ function mountTmpfs(dir: string, size: string): void {
   mounts.push(dir);
 }
 const remount = (dir: string, how: 'ro' | 'rw'): void => void execFileSync('mount', ['-o', `remount,${how}`, dir]);
+/**
+ * Makes `dir` read-only under a running agent, and undoes it. The kernel
+ * refuses to remount a filesystem read-only while a process holds a file on
+ * it open for writing (EBUSY), and a running agent does: its data-directory
+ * lock. A read-only bind mount stacked on the directory gives every new open
+ * in it EROFS, as a filesystem remounted read-only after an error does;
+ * unmounting it gives the writable one back.
+ */
+const readOnlyOverlay = (dir: string): void => {
+  execFileSync('mount', ['--bind', dir, dir]);
+  execFileSync('mount', ['-o', 'remount,ro,bind', dir]);
+};
+const removeOverlay = (dir: string): void => void execFileSync('umount', [dir]);
 
 /** Writes to `file` until the filesystem is full (bounded by its size); returns the bytes written. */
 function fill(file: string): number {
@@ -143,7 +156,7 @@ t.test('agent: a full data directory (ENOSPC) does not stop it; it recovers when
 });
 
 t.test('agent: a read-only remount (EROFS) does not stop it; it recovers when remounted read-write', async (t) => {
-  await failsThenRecovers(t, 'EROFS', 'w-erofs', () => remount(agentData, 'ro'), () => remount(agentData, 'rw'));
+  await failsThenRecovers(t, 'EROFS', 'w-erofs', () => readOnlyOverlay(agentData), () => removeOverlay(agentData));
 });
 
 t.test('agent: restarts on a read-only data directory and serves from its cache', async (t) => {
