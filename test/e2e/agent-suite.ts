@@ -6,6 +6,7 @@
  * Run by agent.test.ts.
  */
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
@@ -281,6 +282,24 @@ export function agentSuite(o: AgentSuiteOptions): void {
     const log = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l['dst.workload'] === 'down');
     t.equal(log.response_flags, 'UF', 'destination log: upstream failure');
     t.match(String(log.error), /workload_unreachable/, 'and why');
+  });
+
+  // One data path: every data-path port is the data plane's; the agent
+  // itself listens only for admin, metrics and readiness.
+  t.test('ss: every data-path listener is ambit-dataplane\'s', async (t) => {
+    const table = execFileSync('ss', ['-Hltnp'], { encoding: 'utf8' });
+    const owner = (addr: string): string => {
+      const line = table.split('\n').find((l) => l.split(/\s+/)[3] === addr) ?? '';
+      return /users:\(\("([^"]+)"/.exec(line)?.[1] ?? '(none)';
+    };
+    t.equal(owner(agentB.hbone), 'ambit-dataplane', `HBONE on node-b (${agentB.hbone})`);
+    t.equal(owner(agentA.socks), 'ambit-dataplane', `SOCKS5 on node-a (${agentA.socks})`);
+    t.equal(owner(`${A}:19080`), 'ambit-dataplane', 'the upstream listener on node-a');
+    const own = [agentA.admin, agentA.metrics, agentA.ready];
+    const pidOf = (addr: string): string => /pid=(\d+),/.exec(table.split('\n').find((l) => l.split(/\s+/)[3] === addr) ?? '')?.[1] ?? '';
+    for (const addr of own) t.equal(pidOf(addr), String(agentA.proc.child.pid), `${addr} (admin, metrics or readiness) is the agent's`);
+    const mine = table.split('\n').filter((l) => l.includes(`pid=${agentA.proc.child.pid},`)).map((l) => l.split(/\s+/)[3]);
+    t.same(mine.sort(), [...own].sort(), 'node-a\'s agent listens on nothing else');
   });
 
   t.test('admin endpoints: config dump, certificates without keys, workloads, log level at run time', async (t) => {
