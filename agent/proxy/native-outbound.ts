@@ -186,14 +186,22 @@ export class NativeOutbound {
     const { record } = fromConnectionTag(c.tag, 'outbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
     record.open();
     this.#count(record, c.fromSource, c.toSource);
-    const id = c.id;
+    const kind = record.service === 'PassthroughCluster' ? 'direct' : 'tunnel';
+    this.#track(c.id, { record, kind, target: record.dst.addr, opened: true });
+    if (kind === 'tunnel') d.metrics.poolStreams.inc();
+  }
+
+  /**
+   * Keeps a connection the data plane carries until its end, and tracks it
+   * for the drain (which may close it: recorded when the data plane
+   * confirms, with its final byte counts).
+   */
+  #track(id: number, c: Omit<NativeConnection, 'finished'>): NativeConnection {
     let finished: () => void = () => undefined;
     const done = new Promise<void>((r) => (finished = r));
-    const kind = record.service === 'PassthroughCluster' ? 'direct' : 'tunnel';
-    const conn: NativeConnection = { record, kind, target: record.dst.addr, finished, opened: true };
+    const conn: NativeConnection = { ...c, finished };
     this.#conns.set(id, conn);
-    if (kind === 'tunnel') d.metrics.poolStreams.inc();
-    d.tracker.add({
+    this.#o.outbound.tracker.add({
       direction: 'outbound',
       close: (reason, flags) => {
         conn.closed ??= { reason, flags };
@@ -201,6 +209,7 @@ export class NativeOutbound {
       },
       done,
     });
+    return conn;
   }
 
   /** The data plane is gone: every connection it carried ends now, recorded with why. */
@@ -268,20 +277,9 @@ export class NativeOutbound {
         refuse(plan.failure);
         return;
       }
-      let finished: () => void = () => undefined;
-      const done = new Promise<void>((r) => (finished = r));
       const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
-      const conn: NativeConnection = { record, kind: plan.kind, target, finished, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) };
-      this.#conns.set(id, conn);
       // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
-      d.tracker.add({
-        direction: 'outbound',
-        close: (reason, flags) => {
-          conn.closed ??= { reason, flags };
-          this.#send({ $case: 'close', close: { id } });
-        },
-        done,
-      });
+      this.#track(id, { record, kind: plan.kind, target, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
       if (plan.kind === 'direct') {
         this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
         return;
