@@ -14,8 +14,8 @@ import { establishNodeIdentity, saveNodeInfo } from './identity/node-identity.ts
 import { OutlierDetector } from './connection/outlier.ts';
 import { ConnectionTracker } from './proxy/connection-tracker.ts';
 import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
-import { defaultDataplaneBinary, NativeInbound } from './proxy/native-inbound.ts';
-import { NativeOutbound, type DataplaneListener } from './proxy/native-outbound.ts';
+import { defaultDataplaneBinary, NativeInbound } from './dataplane/inbound.ts';
+import { NativeOutbound, type DataplaneListener } from './dataplane/outbound.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './connection/routing.ts';
 import { MeshState } from './state/mesh-state.ts';

@@ -16,7 +16,7 @@ import { answerStatusOf, flagOf, type RefusalReason } from './refusals.ts';
  * Inbound admission: whether a connection to a local workload may open, for
  * both inbound entry points ambit-dataplane serves (an HBONE CONNECT on
  * :15008, admitInbound; captured plaintext on :15006, admitPlaintext). Pure
- * over the mesh state: no sockets; the caller (proxy/native-inbound.ts)
+ * over the mesh state: no sockets; the caller (dataplane/inbound.ts)
  * answers the data plane with the decision.
  */
 
@@ -101,7 +101,7 @@ export interface Refused {
 
 /**
  * The decision half of an inbound connection, shared by both data paths
- * (ambit-dataplane asks it through native-inbound.ts): resolve the local
+ * (ambit-dataplane asks it through dataplane/inbound.ts): resolve the local
  * workload, check the identity the client asked for, authorize. A refusal is
  * counted and recorded here; the caller only answers with its status.
  */

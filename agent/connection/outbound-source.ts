@@ -3,7 +3,7 @@ import type { Workload } from '../../shared/resources/types.ts';
 import type { UpstreamListener } from '../config.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import type { RefusalReason } from './refusals.ts';
-import { isSourceWorkload } from '../proxy/explicit-listeners.ts';
+import { isSourceWorkload } from './local-source.ts';
 import { socketOwnerUid } from '../proxy/socket-owner.ts';
 
 /**

@@ -1,7 +1,7 @@
 /**
  * Passive health (outlier ejection) of service endpoints, as Envoy's outlier
  * detection does it for consecutive connect failures: the data plane reports
- * every attempt to open a tunnel (native-outbound.ts); after
+ * every attempt to open a tunnel (dataplane/outbound.ts); after
  * `consecutiveFailures` failures in a row an endpoint is ejected from its
  * service's balancing for `baseEjectionMs × 2^(n-1)` (n: its ejections,
  * capped at `maxEjectionMs`), then returns on its own. A success resets the

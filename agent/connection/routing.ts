@@ -15,7 +15,7 @@ import { failureOfStatus, flagOf, type OutboundFailure } from './refusals.ts';
  * Outbound routing: where a connection from a proven local workload goes
  * (a service's endpoints, a workload address, or passthrough), and what a
  * failed tunnel means for it. Pure over the mesh state and passive health:
- * no sockets; proxy/native-outbound.ts sends the plan to ambit-dataplane.
+ * no sockets; dataplane/outbound.ts sends the plan to ambit-dataplane.
  */
 
 export interface OutboundDeps {
@@ -95,7 +95,7 @@ export interface OutboundSource {
 /**
  * Resolves an outbound connection (service → endpoint, or workload address;
  * otherwise passthrough) and starts its record and span; ambit-dataplane
- * carries out the plan the agent sends it (native-outbound.ts).
+ * carries out the plan the agent sends it (dataplane/outbound.ts).
  */
 export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: ConnectionRecord; plan: OutboundPlan } {
   const sourceId = d.state.identityOf(req.source);

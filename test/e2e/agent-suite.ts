@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../shared/x509.ts';
 import { serverNameFor } from '../../agent/proxy/hbone-names.ts';
-import { defaultDataplaneBinary } from '../../agent/proxy/native-inbound.ts';
+import { defaultDataplaneBinary } from '../../agent/dataplane/inbound.ts';
 import { agentKnowsNode, agentsReady, ambitctl, childPids, sendRandom, eventually, socksConnect, httpGet, hostPortOf, metricValue, startAgent, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 export interface AgentSuiteOptions {

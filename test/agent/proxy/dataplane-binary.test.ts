@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DATAPLANE_PROTOCOL, dataplaneBinaryFrom, defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
+import { DATAPLANE_PROTOCOL, dataplaneBinaryFrom, defaultDataplaneBinary } from '../../../agent/dataplane/inbound.ts';
 
 const BIN = join('dataplane', 'target', 'release', 'ambit-dataplane');
 

@@ -1,7 +1,7 @@
 /**
  * Drives ambit-dataplane over its control socket, as the agent does, for the
  * tests that run the executable directly (native-dataplane.test.ts,
- * native-outbound.test.ts): a real process; certificates from a throwaway CA.
+ * native-outbound.test.ts, and the capture fixture): a real process; certificates from a throwaway CA.
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { issueCertificate, KeyUsage, EKU, NAME_OID, toPem } from '../../../shared/x509.ts';
-import { defaultDataplaneBinary } from '../../../agent/proxy/native-inbound.ts';
+import { defaultDataplaneBinary } from '../../../agent/dataplane/inbound.ts';
 import { frame, FrameReader, type FromDataplane, type ToDataplane } from '../../../agent/dataplane/supervisor.ts';
 import { AgentMessage, ListenerKind, RouteVerdict, type Endpoint } from '../../../shared/proto/gen/dataplane.ts';
 

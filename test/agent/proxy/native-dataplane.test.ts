@@ -14,7 +14,7 @@ import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { serverNameFor } from '../../../agent/proxy/hbone-names.ts';
-import { DATAPLANE_PROTOCOL } from '../../../agent/proxy/native-inbound.ts';
+import { DATAPLANE_PROTOCOL } from '../../../agent/dataplane/inbound.ts';
 import { BINARY, Dataplane, dataRecordBytes, echoRounds, HOST, pki, RecordingRelay, toAgentMessage, WEB_ID } from './dataplane-harness.ts';
 import { frame } from '../../../agent/dataplane/supervisor.ts';
 

@@ -2,13 +2,13 @@ import type { X509Certificate } from 'node:crypto';
 import { formatHostPort } from '../../shared/config-parse.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import type { ConnectionRecord } from './connection-record.ts';
-import { verifyReportedChain } from './dataplane-messages.ts';
-import type { FromDataplane, ToDataplane } from '../dataplane/supervisor.ts';
+import type { ConnectionRecord } from '../proxy/connection-record.ts';
+import { verifyReportedChain } from './peer-chain.ts';
+import type { FromDataplane, ToDataplane } from './supervisor.ts';
 import { ListenerKind, RouteVerdict, type AttemptResult, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
-import { connectionTag, fromConnectionTag } from './connection-tag.ts';
+import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
-import { serverNameFor } from './hbone-names.ts';
+import { serverNameFor } from '../proxy/hbone-names.ts';
 import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from '../connection/routing.ts';
 
 /** A listener ambit-dataplane binds for the agent: an outbound entry point, or inbound plaintext capture (:15006). */

@@ -1,6 +1,6 @@
 import type { Workload } from '../../shared/resources/types.ts';
-import { socketOwnerUid } from './socket-owner.ts';
-import { proveLocalSource, type AddressSharing } from '../connection/source-proof.ts';
+import { socketOwnerUid } from '../proxy/socket-owner.ts';
+import { proveLocalSource, type AddressSharing } from './source-proof.ts';
 
 /** A connection's two ends: a net.Socket, or what the native data plane reports of one. */
 export interface SocketEnds {
