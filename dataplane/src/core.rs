@@ -11,6 +11,7 @@
 //! counted. A connection that ends meanwhile is kept (bounded) for the next
 //! agent, with its tag, so that no record is lost.
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-use crate::admission::Reserve;
-use crate::control::{pb, Out, Outbox};
+use crate::admission::{AcceptFailure, Reserve};
+use crate::control::{listener_error, pb, Out, Outbox};
 use crate::relay::{self, Counts};
 
 /// How long a question (a peer's identity, a connection's route or verdict)
@@ -242,6 +243,50 @@ impl Core {
         }
         drop(tcp);
         self.ended(id, &counts, error);
+    }
+
+    /// Binds a listener the agent asked for (its name `lid`), records where
+    /// it listens and says so (`bound`); on failure says why (`error`) and
+    /// gives None.
+    pub async fn bind(&self, lid: &AtomicU64, addr: &str, bound_at: &Mutex<Option<String>>) -> Option<TcpListener> {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.outbox.send(listener_error(lid.load(Ordering::SeqCst), format!("cannot listen on {addr}: {e}")));
+                return None;
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        *bound_at.lock().unwrap() = Some(bound.clone());
+        self.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: bound }));
+        Some(listener)
+    }
+
+    /// The next connection on `listener` (`what`, for the log), or None once
+    /// the drain starts. A failed accept is handled here (admission.rs,
+    /// Reserve): a connection closed for want of descriptors is reported as
+    /// `descriptor_limit` in `direction`; anything else pauses, never spins.
+    pub async fn accept(&self, listener: &TcpListener, draining: &mut watch::Receiver<bool>, what: &str, direction: pb::Direction) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = until_true(draining) => return None,
+            };
+            match accepted {
+                Ok(a) => {
+                    self.reserve.accepted();
+                    return Some(a);
+                }
+                Err(e) => match self.reserve.accept_failed(listener, &e, what).await {
+                    AcceptFailure::Closed => self.outbox.send(Out::Refused(pb::Refused {
+                        direction: direction as i32,
+                        reason: "descriptor_limit".into(),
+                        error: format!("out of file descriptors accepting on {what}"),
+                    })),
+                    AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
+                },
+            }
+        }
     }
 
     /// Relays a plain connection (the socket end is the source's: a

@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{self, AcceptFailure, Admission, Pending, Refusal};
-use crate::control::{endpoint, listener_error, pb, Out};
+use crate::admission::{self, Admission, Pending, Refusal};
+use crate::control::{endpoint, pb, Out};
 use crate::core::{until_true, Core};
 use crate::hbone_head::{status_response, stream_message};
 use crate::linger::{self, Lingering};
@@ -92,24 +92,7 @@ impl Inbound {
     /// Accepts connections until the agent drains this data plane.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut draining = self.core.drain_signal();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = until_true(&mut draining) => return,
-            };
-            let (tcp, remote) = match accepted {
-                Ok(a) => {
-                    self.core.reserve.accepted();
-                    a
-                }
-                Err(e) => {
-                    match self.core.reserve.accept_failed(&listener, &e, "the HBONE port").await {
-                        AcceptFailure::Closed => self.core.outbox.send(refused("descriptor_limit")),
-                        AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
-                    }
-                    continue;
-                }
-            };
+        while let Some((tcp, remote)) = self.core.accept(&listener, &mut draining, "the HBONE port", pb::Direction::Inbound).await {
             let Some(tls) = self.tls.read().unwrap().as_ref().map(|t| t.server.clone()) else {
                 // No identities yet: the agent has not sent its first config.
                 self.core.outbox.send(refused("tls"));
@@ -261,33 +244,11 @@ impl Inbound {
     /// workload here; the agent decides from its original destination
     /// (strict mode refuses, permissive asks policy), then it is relayed.
     pub async fn listen_plaintext(self: Arc<Self>, lid: Arc<AtomicU64>, addr: String, bound_at: Arc<Mutex<Option<String>>>) {
-        let listener = match TcpListener::bind(&addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                self.core.outbox.send(listener_error(lid.load(Ordering::SeqCst), format!("cannot listen on {addr}: {e}")));
-                return;
-            }
-        };
-        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        *bound_at.lock().unwrap() = Some(bound.clone());
-        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: bound.clone() }));
+        let Some(listener) = self.core.bind(&lid, &addr, &bound_at).await else { return };
         let mut draining = self.core.drain_signal();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = until_true(&mut draining) => return,
-            };
-            match accepted {
-                Ok((tcp, remote)) => {
-                    self.core.reserve.accepted();
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(self.clone().plaintext(lid.load(Ordering::SeqCst), tcp, remote));
-                }
-                Err(e) => match self.core.reserve.accept_failed(&listener, &e, &bound).await {
-                    AcceptFailure::Closed => self.core.outbox.send(refused("descriptor_limit")),
-                    AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
-                },
-            }
+        while let Some((tcp, remote)) = self.core.accept(&listener, &mut draining, &addr, pb::Direction::Inbound).await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(self.clone().plaintext(lid.load(Ordering::SeqCst), tcp, remote));
         }
     }
 

@@ -19,14 +19,14 @@ use h2::{client, Reason};
 use http::{Method, Request, Response};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use crate::admission::{self, AcceptFailure, Admission, Pending, Refusal};
+use crate::admission::{self, Admission, Pending, Refusal};
 use crate::control::pb::{self, Attempt, Route as RouteIn, RouteVerdict};
-use crate::control::{endpoint, listener_error, Out};
-use crate::core::{until_true, Core};
+use crate::control::{endpoint, Out};
+use crate::core::Core;
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
 use crate::original_dst::original_dst;
@@ -97,17 +97,8 @@ impl Outbound {
     /// `lid` is the agent's name for it (a later agent may rename it);
     /// `bound` is set once it listens.
     pub async fn listen(self: Arc<Self>, lid: Arc<AtomicU64>, addr: String, entry: Entry, bound_at: Arc<Mutex<Option<String>>>) {
-        let listener = match TcpListener::bind(&addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                self.core.outbox.send(listener_error(lid.load(Ordering::SeqCst), format!("cannot listen on {addr}: {e}")));
-                return;
-            }
-        };
+        let Some(listener) = self.core.bind(&lid, &addr, &bound_at).await else { return };
         let bound = listener.local_addr().ok();
-        let said = bound.map(|a| a.to_string()).unwrap_or_default();
-        *bound_at.lock().unwrap() = Some(said.clone());
-        self.core.outbox.send(Out::Bound(pb::Bound { lid: lid.load(Ordering::SeqCst), addr: said.clone() }));
         // A listener on one address: every connection's local address is that
         // one, so no getsockname per connection (only a wildcard asks).
         let local = bound.filter(|a| !a.ip().is_unspecified());
@@ -116,32 +107,19 @@ impl Outbound {
         // connections are a workload's own and may idle as long as it likes.
         let admission = (entry == Entry::Socks5).then(|| Admission::new(admission::PER_SOURCE, admission::pending_cap(self.core.nofile)));
         let mut draining = self.core.drain_signal();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = until_true(&mut draining) => return,
-            };
-            match accepted {
-                Ok((tcp, remote)) => {
-                    self.core.reserve.accepted();
-                    let pending = match admission.as_ref().map(|a| a.admit(remote.ip())) {
-                        None => None,
-                        Some(Ok((pending, _))) => Some(pending),
-                        Some(Err(Refusal::PerSource)) => {
-                            let _ = tcp.set_zero_linger();
-                            self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "too_many_handshakes".into(), error: format!("{} SOCKS5 negotiations from {}", admission::PER_SOURCE, remote.ip()) }));
-                            continue;
-                        }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let local = local.map_or_else(|| tcp.local_addr(), Ok);
-                    tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local, pending));
+        while let Some((tcp, remote)) = self.core.accept(&listener, &mut draining, &addr, pb::Direction::Outbound).await {
+            let pending = match admission.as_ref().map(|a| a.admit(remote.ip())) {
+                None => None,
+                Some(Ok((pending, _))) => Some(pending),
+                Some(Err(Refusal::PerSource)) => {
+                    let _ = tcp.set_zero_linger();
+                    self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "too_many_handshakes".into(), error: format!("{} SOCKS5 negotiations from {}", admission::PER_SOURCE, remote.ip()) }));
+                    continue;
                 }
-                Err(e) => match self.core.reserve.accept_failed(&listener, &e, &said).await {
-                    AcceptFailure::Closed => self.core.outbox.send(Out::Refused(pb::Refused { direction: pb::Direction::Outbound as i32, reason: "descriptor_limit".into(), error: format!("out of file descriptors accepting on {said}") })),
-                    AcceptFailure::Pause(d) => tokio::time::sleep(d).await,
-                },
-            }
+            };
+            let _ = tcp.set_nodelay(true);
+            let local = local.map_or_else(|| tcp.local_addr(), Ok);
+            tokio::spawn(self.clone().connection(lid.load(Ordering::SeqCst), entry, tcp, remote, local, pending));
         }
     }
 
