@@ -3,7 +3,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
-import type { ConnectionFacts } from '../rbac.ts';
+import type { ConnectionFacts } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';

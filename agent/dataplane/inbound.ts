@@ -14,7 +14,7 @@ import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { verifyReportedChain } from './peer-chain.ts';
 import type { NativeOutbound } from './outbound.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
-import type { ConnectionFacts } from '../rbac.ts';
+import type { ConnectionFacts } from '../../shared/authorization.ts';
 import { refusalOf } from '../connection/refusals.ts';
 import { controlPaths, DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from './supervisor.ts';
 import { Direction, ProtocolVersion, type End, type Live, type Plain, type SessionQuestion, type Stream } from '../../shared/proto/gen/dataplane.ts';

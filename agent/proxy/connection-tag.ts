@@ -1,6 +1,6 @@
 import type { Logger } from '../../shared/logger.ts';
 import { parseSpiffeId } from '../../shared/spiffe-id.ts';
-import type { ConnectionFacts } from '../rbac.ts';
+import type { ConnectionFacts } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, type Direction, type Peer } from './connection-record.ts';
 import type { AgentMetrics } from './metrics.ts';

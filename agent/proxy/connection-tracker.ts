@@ -1,4 +1,4 @@
-import type { ConnectionFacts, Decision } from '../rbac.ts';
+import type { ConnectionFacts, Decision } from '../../shared/authorization.ts';
 
 export interface TrackedConnection {
   readonly direction: 'inbound' | 'outbound';

@@ -1,5 +1,5 @@
 import { isDeepStrictEqual } from 'node:util';
-import { Authorizer } from '../rbac.ts';
+import { Authorizer } from '../../shared/authorization.ts';
 import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';

@@ -1,8 +1,8 @@
 import { BlockList, isIP } from 'node:net';
-import { AmbitError } from '../shared/errors.ts';
-import { MESH_NAMESPACE } from '../shared/resources/types.ts';
-import type { AuthorizationPolicy, PolicyOperation, PolicySource, Workload } from '../shared/resources/types.ts';
-import type { SpiffeId } from '../shared/spiffe-id.ts';
+import { AmbitError } from './errors.ts';
+import { MESH_NAMESPACE } from './resources/types.ts';
+import type { AuthorizationPolicy, PolicyOperation, PolicySource, Workload } from './resources/types.ts';
+import type { SpiffeId } from './spiffe-id.ts';
 
 /**
  * L4 authorization (DESIGN.md §3), Istio-compatible: any matching DENY denies;

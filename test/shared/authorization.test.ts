@@ -1,6 +1,6 @@
 import t from 'tap';
-import { Authorizer } from '../../agent/rbac.ts';
-import type { ConnectionFacts, Decision } from '../../agent/rbac.ts';
+import { Authorizer } from '../../shared/authorization.ts';
+import type { ConnectionFacts, Decision } from '../../shared/authorization.ts';
 import { isAmbitError } from '../../shared/errors.ts';
 import { MESH_NAMESPACE } from '../../shared/resources/types.ts';
 import type {
