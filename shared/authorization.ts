@@ -34,15 +34,29 @@ export type DecisionReason = 'denied_by_policy' | 'no_allow_match' | 'allowed_by
 
 export interface Decision {
   readonly allowed: boolean;
-  /** "<namespace>/<name>" of the deciding policy; undefined when allowed because no ALLOW policy applies. */
+  /** "<namespace>/<name>" of the deciding policy; undefined when no policy decided (no_policies, no_allow_match). */
   readonly policy: string | undefined;
+  /** Index in the deciding policy's `spec.rules` of the first rule that matched; undefined when no policy decided. */
+  readonly rule: number | undefined;
   /** Short machine-readable reason. */
   readonly reason: DecisionReason;
 }
 
-const NO_POLICIES: Decision = Object.freeze({ allowed: true, policy: undefined, reason: 'no_policies' });
-// No single ALLOW policy is to blame when none matched, so none is named.
-const NO_ALLOW_MATCH: Decision = Object.freeze({ allowed: false, policy: undefined, reason: 'no_allow_match' });
+/**
+ * What a denial names as its policy when no ALLOW matched: the value of
+ * ambit_policy_denials_total's `policy` label and of the access log's
+ * `policy` field. No single ALLOW policy is to blame, so none is named; the
+ * parentheses keep it from ever equalling a real "<namespace>/<name>".
+ */
+export const NO_ALLOW_MATCHED = '(no ALLOW matched)';
+
+/** The `policy` a denial is counted and logged under: the deciding policy, or NO_ALLOW_MATCHED. */
+export function deniedBy(decision: Pick<Decision, 'policy' | 'reason'>): string {
+  return decision.policy ?? (decision.reason === 'no_allow_match' ? NO_ALLOW_MATCHED : '');
+}
+
+const NO_POLICIES: Decision = Object.freeze({ allowed: true, policy: undefined, rule: undefined, reason: 'no_policies' });
+const NO_ALLOW_MATCH: Decision = Object.freeze({ allowed: false, policy: undefined, rule: undefined, reason: 'no_allow_match' });
 
 const SPIFFE_SCHEME = 'spiffe://';
 const MAPPED_V4 = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
@@ -137,8 +151,8 @@ interface CompiledPolicy {
   /** Label pairs a workload must all carry; empty (no selector, or {}): every workload in scope. */
   readonly selector: readonly (readonly [string, string])[];
   readonly rules: readonly CompiledRule[];
-  /** Returned as-is when this policy decides, so evaluate() allocates no decision. */
-  readonly decision: Decision;
+  /** One per rule, returned as-is when this policy decides by that rule, so evaluate() allocates no decision. */
+  readonly decisions: readonly Decision[];
 }
 
 interface Applicable {
@@ -191,9 +205,15 @@ export class Authorizer {
     const { deny, allow } = this.#applicable(facts.destination);
     if (deny.length === 0 && allow.length === 0) return NO_POLICIES;
     const peer = peerOf(facts);
-    for (const p of deny) if (policyMatches(p, peer)) return p.decision;
+    for (const p of deny) {
+      const rule = matchingRule(p, peer);
+      if (rule !== -1) return p.decisions[rule]!;
+    }
     if (allow.length === 0) return NO_POLICIES;
-    for (const p of allow) if (policyMatches(p, peer)) return p.decision;
+    for (const p of allow) {
+      const rule = matchingRule(p, peer);
+      if (rule !== -1) return p.decisions[rule]!;
+    }
     return NO_ALLOW_MATCH;
   }
 
@@ -260,9 +280,10 @@ function peerOf(facts: ConnectionFacts): Peer {
   return { principal, namespace, serviceAccount, ip, family: version === 6 ? 'ipv6' : 'ipv4', port: facts.destinationPort };
 }
 
-function policyMatches(p: CompiledPolicy, peer: Peer): boolean {
-  for (const rule of p.rules) if (ruleMatches(rule, peer, p.deny)) return true;
-  return false;
+/** The index of the policy's first rule that matches, or -1. */
+function matchingRule(p: CompiledPolicy, peer: Peer): number {
+  for (let i = 0; i < p.rules.length; i++) if (ruleMatches(p.rules[i]!, peer, p.deny)) return i;
+  return -1;
 }
 
 function ruleMatches(rule: CompiledRule, peer: Peer, deny: boolean): boolean {
@@ -332,9 +353,9 @@ function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
       from: r.from.map((s, j) => compileSource(s, name, `spec.rules[${i}].from[${j}]`)),
       to: r.to.map(compileOperation),
     })),
-    decision: Object.freeze(deny
-      ? { allowed: false, policy: name, reason: 'denied_by_policy' as const }
-      : { allowed: true, policy: name, reason: 'allowed_by_policy' as const }),
+    decisions: p.spec.rules.map((_, rule) => Object.freeze(deny
+      ? { allowed: false, policy: name, rule, reason: 'denied_by_policy' as const }
+      : { allowed: true, policy: name, rule, reason: 'allowed_by_policy' as const })),
   };
 }
 

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Authorizer } from '../../shared/authorization.ts';
+import { Authorizer, deniedBy as deniedByLabel, NO_ALLOW_MATCHED } from '../../shared/authorization.ts';
 import type { ConnectionFacts, Decision } from '../../shared/authorization.ts';
 import { isAmbitError } from '../../shared/errors.ts';
 import { MESH_NAMESPACE } from '../../shared/resources/types.ts';
@@ -65,10 +65,10 @@ function conn(overrides: Partial<ConnectionFacts> = {}): ConnectionFacts {
 }
 const plain = (overrides: Partial<ConnectionFacts> = {}): ConnectionFacts => conn({ sourceIdentity: undefined, ...overrides });
 
-const NO_POLICIES: Decision = { allowed: true, policy: undefined, reason: 'no_policies' };
-const NO_MATCH: Decision = { allowed: false, policy: undefined, reason: 'no_allow_match' };
-const allowedBy = (p: string): Decision => ({ allowed: true, policy: p, reason: 'allowed_by_policy' });
-const deniedBy = (p: string): Decision => ({ allowed: false, policy: p, reason: 'denied_by_policy' });
+const NO_POLICIES: Decision = { allowed: true, policy: undefined, rule: undefined, reason: 'no_policies' };
+const NO_MATCH: Decision = { allowed: false, policy: undefined, rule: undefined, reason: 'no_allow_match' };
+const allowedBy = (p: string, rule = 0): Decision => ({ allowed: true, policy: p, rule, reason: 'allowed_by_policy' });
+const deniedBy = (p: string, rule = 0): Decision => ({ allowed: false, policy: p, rule, reason: 'denied_by_policy' });
 const ALLOWED = allowedBy('prod/allow');
 const DENIED = deniedBy('prod/deny');
 
@@ -105,6 +105,23 @@ const cases: Case[] = [
     name: 'several matching DENYs name the first by namespace/name whatever the input order',
     policies: [deny([rule()], { name: 'z' }), deny([rule()], { namespace: MESH_NAMESPACE, name: 'mesh-z' }), deny([rule()], { name: 'a' })],
     facts: conn(), expected: deniedBy(`${MESH_NAMESPACE}/mesh-z`),
+  },
+
+  // Which rule decided: the first of the deciding policy's rules that matches.
+  {
+    name: 'the ALLOW names its second rule when only that one matches',
+    policies: [allow([rule([src({ namespaces: ['other'] })]), rule([src({ namespaces: ['default'] })]), rule()])],
+    facts: conn(), expected: allowedBy('prod/allow', 1),
+  },
+  {
+    name: 'the DENY names its third rule when only that one matches (a port rule)',
+    policies: [deny([rule([src({ namespaces: ['evil'] })]), rule([], [op([9090])]), rule([], [op([8080])])])],
+    facts: conn(), expected: deniedBy('prod/deny', 2),
+  },
+  {
+    name: 'a DENY decides with its rule even when an ALLOW rule matches too',
+    policies: [allow([rule()]), deny([rule([src({ namespaces: ['evil'] })]), rule([src({ principals: ['*/sa/web'] })])])],
+    facts: conn(), expected: deniedBy('prod/deny', 1),
   },
 
   // principals / notPrincipals
@@ -181,7 +198,7 @@ const cases: Case[] = [
   { name: 'rule needs from AND to (to fails)', policies: [allow([rule([src({ namespaces: ['default'] })], [op([9090])])])], facts: conn(), expected: NO_MATCH },
   { name: 'rule needs from AND to (from fails)', policies: [allow([rule([src({ namespaces: ['other'] })], [op([8080])])])], facts: conn(), expected: NO_MATCH },
   { name: 'rule with from AND to both matching', policies: [allow([rule([src({ namespaces: ['default'] })], [op([8080])])])], facts: conn(), expected: ALLOWED },
-  { name: 'rules are ORed', policies: [allow([rule([src({ namespaces: ['other'] })]), rule([], [op([8080])])])], facts: conn(), expected: ALLOWED },
+  { name: 'rules are ORed', policies: [allow([rule([src({ namespaces: ['other'] })]), rule([], [op([8080])])])], facts: conn(), expected: allowedBy('prod/allow', 1) },
   { name: 'DENY fields are ANDed too', policies: denyFrom({ namespaces: ['default'], ipBlocks: ['192.168.0.0/16'] }), facts: conn(), expected: NO_POLICIES },
 
   // Scope: which policies apply to the destination.
@@ -300,6 +317,13 @@ t.test('repeated evaluation gives the same answer', async (t) => {
 t.test('decisions are frozen', async (t) => {
   t.ok(Object.isFrozen(new Authorizer([]).evaluate(conn())));
   t.ok(Object.isFrozen(new Authorizer([deny([rule()])]).evaluate(conn())));
+});
+
+t.test('a denial is counted and logged under the deciding policy, or NO_ALLOW_MATCHED when no ALLOW matched', async (t) => {
+  t.equal(deniedByLabel(new Authorizer([deny([rule()], { name: 'no-web' })]).evaluate(conn())), 'prod/no-web');
+  t.equal(deniedByLabel(new Authorizer([allow([rule([src({ namespaces: ['other'] })])])]).evaluate(conn())), NO_ALLOW_MATCHED);
+  t.equal(NO_ALLOW_MATCHED, '(no ALLOW matched)');
+  t.notOk(NO_ALLOW_MATCHED.includes('/'), 'never a "<namespace>/<name>"');
 });
 
 function compileError(policies: AuthorizationPolicy[]): unknown {
