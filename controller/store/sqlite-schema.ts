@@ -82,6 +82,18 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE nodes ADD COLUMN trusted_roots TEXT NOT NULL DEFAULT '';
   ALTER TABLE nodes ADD COLUMN certificates  TEXT NOT NULL DEFAULT '[]';
   `,
+  // v3: service ports declare appProtocol; ports stored before it are TCP.
+  // json() keeps the rebuilt array JSON (a subquery's result is plain text).
+  `
+  UPDATE resources SET body = json_set(body, '$.spec.ports', json((
+    SELECT json_group_array(json_set(p.value, '$.appProtocol', 'tcp'))
+    FROM (SELECT value FROM json_each(resources.body, '$.spec.ports') ORDER BY key) AS p
+  ))) WHERE kind = 'Service';
+  UPDATE changes SET body = json_set(body, '$.spec.ports', json((
+    SELECT json_group_array(json_set(p.value, '$.appProtocol', 'tcp'))
+    FROM (SELECT value FROM json_each(changes.body, '$.spec.ports') ORDER BY key) AS p
+  ))) WHERE kind = 'Service' AND op = 'put';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

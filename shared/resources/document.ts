@@ -34,7 +34,9 @@ function serviceSpec(s: ServiceSpec): Record<string, unknown> {
   out['ports'] = s.ports.map((p) => {
     // targetPort is always printed: where traffic lands is worth seeing even when it equals port.
     const port: Record<string, unknown> = p.name === `port-${p.port}` ? {} : { name: p.name };
-    return Object.assign(port, { port: p.port, targetPort: p.targetPort });
+    Object.assign(port, { port: p.port, targetPort: p.targetPort });
+    if (p.appProtocol !== 'tcp') port['appProtocol'] = p.appProtocol;
+    return port;
   });
   out['selector'] = { ...s.selector };
   return out;

@@ -41,10 +41,25 @@ export interface WorkloadSpec {
   readonly healthy: boolean;
 }
 
+/**
+ * What a service port speaks, as Kubernetes' `appProtocol` names it. `tcp`
+ * ports are carried as byte streams (L4); the others get per-request handling
+ * in the data plane: `http` is HTTP/1.1 from the app (HTTP/2 with prior
+ * knowledge is recognised too), `http2` and `grpc` are HTTP/2.
+ */
+export const APP_PROTOCOLS = ['tcp', 'http', 'http2', 'grpc'] as const;
+export type AppProtocol = (typeof APP_PROTOCOLS)[number];
+
+export function isHttpProtocol(p: AppProtocol): boolean {
+  return p !== 'tcp';
+}
+
 export interface ServicePort {
   readonly name: string;
   readonly port: number;
   readonly targetPort: number;
+  /** Default `tcp`. */
+  readonly appProtocol: AppProtocol;
 }
 
 export interface ServiceSpec {

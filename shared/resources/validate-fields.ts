@@ -183,6 +183,13 @@ export class Checker {
     return this.bad(field, `must be an integer ${min}-${max}`, v);
   };
 
+  /** One of a fixed set of strings (exact case: the values are names, as in Kubernetes). */
+  readonly oneOf = <T extends string>(v: unknown, field: string, allowed: readonly T[]): T | undefined => {
+    const s = this.string(v, field);
+    if (s === undefined) return undefined;
+    return (allowed as readonly string[]).includes(s) ? (s as T) : this.bad(field, `must be one of ${allowed.join(', ')}`, s);
+  };
+
   readonly bool = (v: unknown, field: string): boolean | undefined => {
     return typeof v === 'boolean' ? v : this.bad(field, 'must be true or false', v);
   };

@@ -2,7 +2,7 @@ import { Buffer } from 'node:buffer';
 import { createRequire } from 'node:module';
 import type { YAMLError } from 'yaml';
 import { AmbitError, errorMessage } from '../errors.ts';
-import { API_VERSION, KINDS, resourceKey } from './types.ts';
+import { API_VERSION, APP_PROTOCOLS, KINDS, resourceKey } from './types.ts';
 import type { Kind, ObjectMeta, Resource, ServicePort, ServiceSpec, WorkloadSpec } from './types.ts';
 import { Checker, describe, join } from './validate-fields.ts';
 import type { FieldError } from './validate-fields.ts';
@@ -172,20 +172,22 @@ function checkWorkloadSpec(c: Checker, v: unknown, field: string): WorkloadSpec 
 }
 
 const PORT_HINTS = {
-  protocol: 'Ambit carries TCP only; remove it',
-  appProtocol: 'not supported; remove it',
+  protocol: 'Ambit carries TCP only; remove it (appProtocol declares HTTP, HTTP/2 or gRPC)',
   nodePort: 'not supported; remove it',
 };
 
 function checkServicePort(c: Checker, v: unknown, field: string): ServicePort | undefined {
   const before = c.errors.length;
-  const m = c.mapping(v, field, ['name', 'port', 'targetPort'], PORT_HINTS);
+  const m = c.mapping(v, field, ['name', 'port', 'targetPort', 'appProtocol'], PORT_HINTS);
   if (m === undefined) return undefined;
   const port = c.req(m, 'port', field, (x, f) => c.int(x, f, 1, 65535));
   const targetPort = c.opt(m, 'targetPort', field, (x, f) => c.int(x, f, 1, 65535), port);
   const name = c.opt(m, 'name', field, c.label, port === undefined ? undefined : `port-${port}`);
-  if (c.errors.length !== before || port === undefined || targetPort === undefined || name === undefined) return undefined;
-  return { name, port, targetPort };
+  const appProtocol = c.opt(m, 'appProtocol', field, (x, f) => c.oneOf(x, f, APP_PROTOCOLS), 'tcp');
+  if (c.errors.length !== before || port === undefined || targetPort === undefined || name === undefined || appProtocol === undefined) {
+    return undefined;
+  }
+  return { name, port, targetPort, appProtocol };
 }
 
 /** Service selector: a label map; an empty one selects no workloads (as a Kubernetes Service without selector). */
@@ -302,20 +304,24 @@ export function validateAll(docs: readonly { readonly doc: unknown; readonly whe
   return resources.map((r) => r.resource);
 }
 
-const PORT_MAPPING = /^(?:([^=]*)=)?([0-9]{1,6})(?::([0-9]{1,6}))?$/;
+const PORT_MAPPING = /^(?:([^=]*)=)?([0-9]{1,6})(?::([0-9]{1,6}))?(?:\/([^/]*))?$/;
 
-/** A service port in the CLI's form: "80", "80:8080" or "http=80:8080" (name=port:targetPort). */
+/**
+ * A service port in the CLI's form: "80", "80:8080", "http=80:8080"
+ * (name=port:targetPort), with an optional "/APP_PROTOCOL" ("web=80:8080/http").
+ */
 export function parsePortMapping(text: string): ServicePort {
   const match = typeof text === 'string' ? PORT_MAPPING.exec(text) : null;
-  const usage = 'expected PORT, PORT:TARGET_PORT or NAME=PORT[:TARGET_PORT], e.g. 80, 80:8080 or http=80:8080';
+  const usage = 'expected [NAME=]PORT[:TARGET_PORT][/APP_PROTOCOL], e.g. 80, 80:8080, web=80:8080 or web=80:8080/http';
   if (match === null) {
     throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `invalid port mapping ${describe(text)}: ${usage}`, { details: { field: 'port', value: text } });
   }
-  const [, name, port, targetPort] = match;
+  const [, name, port, targetPort, appProtocol] = match;
   const c = new Checker();
   const doc: Record<string, unknown> = { port: Number(port) };
   if (name !== undefined) doc['name'] = name;
   if (targetPort !== undefined) doc['targetPort'] = Number(targetPort);
+  if (appProtocol !== undefined) doc['appProtocol'] = appProtocol;
   const checked = checkServicePort(c, doc, '');
   const problem = c.errors[0];
   if (checked === undefined || problem !== undefined) {

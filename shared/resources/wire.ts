@@ -2,6 +2,7 @@ import { AmbitError } from '../errors.ts';
 import type * as pb from '../proto/gen/ambit.ts';
 import {
   KINDS,
+  type AppProtocol,
   type AuthorizationPolicy,
   type Change,
   type Kind,
@@ -47,7 +48,7 @@ export function resourceToWire(r: Resource): pb.Resource {
             metadata: metaToWire(r.metadata),
             spec: {
               addresses: [...r.spec.addresses],
-              ports: r.spec.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort })),
+              ports: r.spec.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort, appProtocol: p.appProtocol })),
               selector: { ...r.spec.selector },
             },
           },
@@ -103,7 +104,10 @@ export function resourceFromWire(w: pb.Resource): Resource {
         metadata: metaFromWire(k.service.metadata),
         spec: {
           addresses: [...(s?.addresses ?? [])],
-          ports: (s?.ports ?? []).map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort })),
+          // An empty app_protocol is a peer that predates the field: its ports are TCP.
+          ports: (s?.ports ?? []).map((p) => ({
+            name: p.name, port: p.port, targetPort: p.targetPort, appProtocol: (p.appProtocol || 'tcp') as AppProtocol,
+          })),
           selector: { ...(s?.selector ?? {}) },
         },
       };

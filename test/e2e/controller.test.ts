@@ -243,3 +243,28 @@ t.test('a daemon whose stderr reader is gone still stops on SIGTERM', async (t) 
   if (exited === 'hung') child.kill('SIGKILL');
   t.equal(exited, 0, 'exited cleanly instead of spinning on the broken pipe');
 });
+
+t.test('a service port declares appProtocol: create, apply, get, and a bad value names the field', async (t) => {
+  await ok(['service', 'create', '--name', 'api', '--namespace', 'proto', '--port', 'web=80:8080/http', '--port', '9090/grpc', '--selector', 'app=api']);
+  t.match(await ok(['service', 'get', 'api', '-n', 'proto']), /web=80:8080\/http,port-9090=9090:9090\/grpc/, 'the table shows each port\'s protocol');
+  const yaml = await ok(['service', 'get', 'api', '-n', 'proto', '-o', 'yaml']);
+  t.match(yaml, /appProtocol: http\n/);
+  t.match(yaml, /appProtocol: grpc\n/);
+  await ok(['apply', '-f', '-'], [
+    'apiVersion: ambit.dev/v1alpha1', 'kind: Service', 'metadata: {name: h2, namespace: proto}',
+    'spec: {selector: {app: h2}, ports: [{port: 81, targetPort: 8081, appProtocol: http2}, {port: 82}]}', '',
+  ].join('\n'));
+  const h2 = JSON.parse(await ok(['service', 'get', 'h2', '-n', 'proto', '-o', 'json'])) as { spec: { ports: { appProtocol?: string }[] } };
+  t.same(h2.spec.ports.map((p) => p.appProtocol), ['http2', undefined], 'applied; tcp is the default and left out');
+  const before = await ok(['service', 'list', '-n', 'proto', '-o', 'json']);
+  const bad = await ambitctl(ctl, ['apply', '-f', '-'], [
+    'apiVersion: ambit.dev/v1alpha1', 'kind: Service', 'metadata: {name: h2, namespace: proto}',
+    'spec: {selector: {app: h2}, ports: [{port: 81, appProtocol: https}]}', '',
+  ].join('\n'));
+  t.not(bad.code, 0);
+  t.match(bad.stderr, /spec\.ports\[0\]\.appProtocol.*must be one of tcp, http, http2, grpc, got "https"/);
+  t.equal(await ok(['service', 'list', '-n', 'proto', '-o', 'json']), before, 'nothing applied');
+  const cli = await ambitctl(ctl, ['service', 'create', '--name', 'x', '--namespace', 'proto', '--port', '80/h3', '--selector', 'app=x']);
+  t.not(cli.code, 0);
+  t.match(cli.stderr, /appProtocol must be one of/);
+});

@@ -31,7 +31,9 @@ const SERVICE_VIEW: KindView = {
   headers: ['NAMESPACE', 'NAME', 'ADDRESSES', 'PORTS', 'SELECTOR'],
   row: (r) => r.kind !== 'Service' ? [] : [
     r.metadata.namespace, r.metadata.name, r.spec.addresses.join(',') || '<none>',
-    r.spec.ports.map((p) => `${p.name}=${p.port}:${p.targetPort}`).join(','), labelsText(r.spec.selector),
+    // The same form `service create --port` takes; "/tcp" is the default and left out.
+    r.spec.ports.map((p) => `${p.name}=${p.port}:${p.targetPort}${p.appProtocol === 'tcp' ? '' : `/${p.appProtocol}`}`).join(','),
+    labelsText(r.spec.selector),
   ],
 };
 
@@ -149,7 +151,7 @@ export function serviceCommand(ctx: CliContext): Command {
     .description('create a service')
     .requiredOption('--name <name>', 'service name')
     .option('--namespace <ns>', 'namespace', 'default')
-    .option('--port <port>', 'PORT[:TARGET_PORT] or NAME=PORT[:TARGET_PORT] (repeatable)', collect, [])
+    .option('--port <port>', '[NAME=]PORT[:TARGET_PORT][/APP_PROTOCOL] (repeatable; APP_PROTOCOL tcp, http, http2 or grpc)', collect, [])
     .option('--selector <k=v>', 'workload label selector (repeatable or comma-separated)', collect, [])
     .option('--address <vip>', 'virtual IP (repeatable)', collect, [])
     .addHelpText('after', example('ambitctl service create --name web --namespace default --port 80:8080 --selector app=web --address 10.96.0.10'))

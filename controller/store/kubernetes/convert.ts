@@ -1,7 +1,7 @@
 import type { V1Container, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { errorMessage } from '../../../shared/errors.ts';
 import { API_VERSION } from '../../../shared/resources/types.ts';
-import type { AuthorizationPolicy, Resource, Service, Workload } from '../../../shared/resources/types.ts';
+import type { AppProtocol, AuthorizationPolicy, Resource, Service, Workload } from '../../../shared/resources/types.ts';
 import { validateResource } from '../../../shared/resources/validate.ts';
 
 /**
@@ -117,7 +117,8 @@ export function workloadFromPod(pod: V1Pod, locality: string): Converted<Workloa
 }
 
 /**
- * A Service from a Kubernetes Service. Ports: TCP only; a numeric targetPort
+ * A Service from a Kubernetes Service. Ports: TCP only, each with its
+ * application protocol (appProtocolOf); a numeric targetPort
  * is taken as is, a named one is resolved through the container ports of the
  * pods the service selects when they all agree on one number, else that port
  * is left out with a warning. While the service selects no pod, a named
@@ -132,7 +133,7 @@ export function serviceFromKubernetes(svc: V1Service, pods: readonly V1Pod[]): C
   if (spec?.type === 'ExternalName') return { skip: 'ExternalName service (no endpoints)', warnings };
   const selector = spec?.selector ?? {};
   const selected = Object.keys(selector).length === 0 ? [] : pods.filter((p) => matches(p.metadata?.labels ?? {}, selector));
-  const ports: { name?: string; port: number; targetPort: number }[] = [];
+  const ports: { name?: string; port: number; targetPort: number; appProtocol: AppProtocol }[] = [];
   for (const p of spec?.ports ?? []) {
     if ((p.protocol ?? 'TCP') !== 'TCP') continue;
     const target = resolveTargetPort(p.targetPort, p.port, selected);
@@ -140,7 +141,7 @@ export function serviceFromKubernetes(svc: V1Service, pods: readonly V1Pod[]): C
       warnings.push(`port ${p.name ?? p.port}: ${target}; port left out`);
       continue;
     }
-    ports.push({ ...(p.name ? { name: p.name } : {}), port: p.port, targetPort: target });
+    ports.push({ ...(p.name ? { name: p.name } : {}), port: p.port, targetPort: target, appProtocol: appProtocolOf(p.name, p.appProtocol) });
   }
   if (ports.length === 0) return { skip: warnings.length > 0 ? `no usable TCP port (${warnings.join('; ')})` : 'no TCP port', warnings };
   const ips = spec?.clusterIPs?.length ? spec.clusterIPs : spec?.clusterIP ? [spec.clusterIP] : [];
@@ -151,6 +152,24 @@ export function serviceFromKubernetes(svc: V1Service, pods: readonly V1Pod[]): C
     spec: { addresses: ips.filter((ip) => ip !== 'None' && ip !== ''), ports, selector },
   }, at);
   return { ...converted, warnings };
+}
+
+/**
+ * A port's protocol the way Istio reads a Kubernetes Service, so Services
+ * already annotated for Istio need no change: `appProtocol` when set (with
+ * Kubernetes' `kubernetes.io/h2c` as HTTP/2 and `kubernetes.io/ws` as HTTP),
+ * else the port name's prefix before the first "-" (`http`, `http-web`,
+ * `http2-x`, `grpc-x`), case-insensitively. `grpc-web` is HTTP/1.1 framing,
+ * hence http. Anything else (`https`, `tls`, `mongo`, no name) stays an opaque
+ * byte stream: TCP.
+ */
+export function appProtocolOf(name: string | undefined, appProtocol: string | undefined): AppProtocol {
+  if (appProtocol === 'kubernetes.io/h2c') return 'http2';
+  if (appProtocol === 'kubernetes.io/ws') return 'http';
+  const declared = (appProtocol ?? name ?? '').toLowerCase();
+  if (declared.startsWith('grpc-web')) return 'http';
+  const prefix = declared.split('-', 1)[0];
+  return prefix === 'http' || prefix === 'http2' || prefix === 'grpc' ? prefix : 'tcp';
 }
 
 /** A number, or why it cannot be determined. */

@@ -64,6 +64,8 @@ export interface ServicePort {
   name: string;
   port: number;
   targetPort: number;
+  /** "tcp", "http", "http2" or "grpc"; empty means "tcp". */
+  appProtocol: string;
 }
 
 export interface ServiceSpec {
@@ -814,7 +816,7 @@ export const Workload: MessageFns<Workload> = {
 };
 
 function createBaseServicePort(): ServicePort {
-  return { name: "", port: 0, targetPort: 0 };
+  return { name: "", port: 0, targetPort: 0, appProtocol: "" };
 }
 
 export const ServicePort: MessageFns<ServicePort> = {
@@ -827,6 +829,9 @@ export const ServicePort: MessageFns<ServicePort> = {
     }
     if (message.targetPort !== 0) {
       writer.uint32(24).uint32(message.targetPort);
+    }
+    if (message.appProtocol !== "") {
+      writer.uint32(34).string(message.appProtocol);
     }
     return writer;
   },
@@ -868,6 +873,14 @@ export const ServicePort: MessageFns<ServicePort> = {
             message.targetPort = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.appProtocol = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -888,6 +901,7 @@ export const ServicePort: MessageFns<ServicePort> = {
     message.name = object.name ?? "";
     message.port = object.port ?? 0;
     message.targetPort = object.targetPort ?? 0;
+    message.appProtocol = object.appProtocol ?? "";
     return message;
   },
 };

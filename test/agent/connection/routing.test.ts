@@ -31,7 +31,7 @@ function wl(name: string, node: string, address: string, app = 'web'): Workload 
 const web: Service = {
   kind: 'Service',
   metadata: { name: 'web', namespace: 'shop', labels: {}, revision: 1 },
-  spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: 8080 }], selector: { app: 'web' } },
+  spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: 'web' } },
 };
 
 function setUp(endpoints: number, extra: readonly Workload[] = []): { d: OutboundDeps; client: Workload; clock: { now: number }; registry: Registry } {

@@ -21,7 +21,7 @@ function svc(name: string, o: Partial<Service['spec']> & { namespace?: string; r
   return {
     kind: 'Service',
     metadata: { name, namespace, labels: {}, revision },
-    spec: { addresses: [], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: name }, ...spec },
+    spec: { addresses: [], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: name }, ...spec },
   };
 }
 
@@ -134,13 +134,13 @@ t.test('localWorkloadAt: local only, and only its ports (none listed: any)', asy
 
 t.test('resolveService by VIP and by name forms, with the port', async (t) => {
   const s = new MeshState(NODE, TD);
-  const web = svc('web', { addresses: ['10.96.0.10', 'fd00:96::a'], ports: [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'grpc', port: 9000, targetPort: 9001 }] });
+  const web = svc('web', { addresses: ['10.96.0.10', 'fd00:96::a'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }, { name: 'grpc', port: 9000, targetPort: 9001, appProtocol: 'tcp' }] });
   const api = svc('api', { namespace: 'github' });
   s.apply({ revision: 1, snapshot: [web, api] });
 
   const r = s.resolveService('10.96.0.10', 80);
   t.equal(r?.service, web);
-  t.same(r?.port, { name: 'http', port: 80, targetPort: 8080 });
+  t.same(r?.port, { name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' });
   t.equal(s.resolveService('10.96.0.10', 9000)?.port.targetPort, 9001);
   t.equal(s.resolveService('FD00:96:0::A', 80)?.service, web, 'an IPv6 VIP in another spelling');
   t.equal(s.resolveService('10.96.0.10', 81), undefined, 'a port the service does not have');
@@ -181,7 +181,7 @@ t.test('serviceNameFor: first matching service by name targeting the port', asyn
       svc('zz-web', { selector: { app: 'web' } }),
       svc('aa-web', { selector: { app: 'web' } }),
       svc('all', { selector: {} }),
-      svc('grpc', { selector: { app: 'web' }, ports: [{ name: 'g', port: 9000, targetPort: 9001 }] }),
+      svc('grpc', { selector: { app: 'web' }, ports: [{ name: 'g', port: 9000, targetPort: 9001, appProtocol: 'tcp' }] }),
       svc('elsewhere', { selector: { app: 'web' }, namespace: 'other' }),
     ],
   });

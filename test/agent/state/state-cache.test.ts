@@ -28,7 +28,7 @@ const db: Workload = {
 const svc: Service = {
   kind: 'Service',
   metadata: { name: 'web', namespace: 'shop', labels: {}, revision: 9 },
-  spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: 'web' } },
+  spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: 'web' } },
 };
 const pol: AuthorizationPolicy = {
   kind: 'AuthorizationPolicy',

@@ -23,7 +23,7 @@ function service(name: string, ns = 'default'): Service {
   return {
     kind: 'Service',
     metadata: { name, namespace: ns, labels: {}, revision: 0 },
-    spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: name } },
+    spec: { addresses: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: name } },
   };
 }
 

@@ -1,6 +1,6 @@
 import t from 'tap';
 import type { V1ContainerPort, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
-import { localityOf, podTcpPorts, policyFromCustomResource, serviceFromKubernetes, workloadFromPod } from '../../../controller/store/kubernetes/convert.ts';
+import { appProtocolOf, localityOf, podTcpPorts, policyFromCustomResource, serviceFromKubernetes, workloadFromPod } from '../../../controller/store/kubernetes/convert.ts';
 import { diffResources, sameContent } from '../../../controller/store/kubernetes/diff.ts';
 import type { Resource, Service, Workload } from '../../../shared/resources/types.ts';
 import { resourceKey } from '../../../shared/resources/types.ts';
@@ -81,12 +81,28 @@ function converted(r: ReturnType<typeof serviceFromKubernetes>): Service {
   return r.resource;
 }
 
+t.test('a port\'s protocol as Istio reads a Service: appProtocol, else the port-name prefix', async (t) => {
+  const cases: [string | undefined, string | undefined, string][] = [
+    ['http', undefined, 'http'], ['http-web', undefined, 'http'], ['HTTP-web', undefined, 'http'], ['http2-x', undefined, 'http2'],
+    ['grpc', undefined, 'grpc'], ['grpc-api', undefined, 'grpc'], ['grpc-web', undefined, 'http'], ['grpc-web-ui', undefined, 'http'],
+    ['https', undefined, 'tcp'], ['tls-x', undefined, 'tcp'], ['httpx', undefined, 'tcp'], ['web', undefined, 'tcp'], [undefined, undefined, 'tcp'],
+    ['tcp-x', 'http', 'http'], ['http-x', 'tcp', 'tcp'], ['x', 'kubernetes.io/h2c', 'http2'], ['x', 'kubernetes.io/ws', 'http'],
+    ['http', 'kubernetes.io/wss', 'tcp'], ['x', 'GRPC', 'grpc'], ['http-web', 'mongo', 'tcp'],
+  ];
+  for (const [name, appProtocol, want] of cases) t.equal(appProtocolOf(name, appProtocol), want, `name ${name ?? '-'}, appProtocol ${appProtocol ?? '-'}`);
+  const s = converted(serviceFromKubernetes(svc({ ports: [
+    { name: 'http-web', port: 80, targetPort: 8080 }, { name: 'rpc', port: 81, targetPort: 8080, appProtocol: 'kubernetes.io/h2c' },
+    { name: 'grpc', port: 82, targetPort: 8080 }, { name: 'db', port: 83, targetPort: 8080 },
+  ] }), []));
+  t.same(s.spec.ports.map((p) => [p.port, p.appProtocol]), [[80, 'http'], [81, 'http2'], [82, 'grpc'], [83, 'tcp']]);
+});
+
 t.test('services', async (t) => {
-  t.same(converted(serviceFromKubernetes(svc(), [])).spec, { addresses: ['10.96.0.10', 'fd00::a'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: 'web' } });
+  t.same(converted(serviceFromKubernetes(svc(), [])).spec, { addresses: ['10.96.0.10', 'fd00::a'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'http' }], selector: { app: 'web' } });
 
   t.same(converted(serviceFromKubernetes(svc({ clusterIPs: ['None'] }), [])).spec.addresses, [], 'headless: no addresses');
 
-  t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 80 }] }), [])).spec.ports, [{ name: 'port-80', port: 80, targetPort: 80 }], 'no targetPort: the port itself');
+  t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 80 }] }), [])).spec.ports, [{ name: 'port-80', port: 80, targetPort: 80, appProtocol: 'tcp' }], 'no targetPort: the port itself');
 
   t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 53, protocol: 'UDP' }, { port: 80, targetPort: 8080 }] }), [])).spec.ports.map((p) => p.port), [80], 'UDP ports left out');
   t.match(serviceFromKubernetes(svc({ ports: [{ port: 53, protocol: 'UDP' }] }), []), { skip: /no TCP port/ }, 'only UDP: not a mesh service');
@@ -94,7 +110,7 @@ t.test('services', async (t) => {
 
   const pods = [pod({ name: 'a' }), pod({ name: 'b' }), pod({ name: 'other', labels: { app: 'db' }, ports: [{ containerPort: 5432, name: 'http' }] })];
   const named = serviceFromKubernetes(svc({ ports: [{ port: 80, targetPort: 'http' }] }), pods);
-  t.same(converted(named).spec.ports, [{ name: 'port-80', port: 80, targetPort: 8080 }], 'named targetPort resolved through the selected pods only');
+  t.same(converted(named).spec.ports, [{ name: 'port-80', port: 80, targetPort: 8080, appProtocol: 'tcp' }], 'named targetPort resolved through the selected pods only');
   t.same(named.warnings, []);
   t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 80, targetPort: '8081' }] }), [])).spec.ports[0]!.targetPort, 8081, 'numeric string targetPort');
 
@@ -104,7 +120,7 @@ t.test('services', async (t) => {
   t.match(both.warnings[0], /different ports in different pods \(8080, 8081\)/, '…with a warning');
   const none = serviceFromKubernetes(svc({ ports: [{ port: 80, targetPort: 'grpc' }] }), pods);
   t.match(none, { skip: /no usable TCP port.*grpc/ }, 'no port left: skipped, saying why');
-  t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 80, targetPort: 'http' }] }), [])).spec.ports, [{ name: 'port-80', port: 80, targetPort: 80 }],
+  t.same(converted(serviceFromKubernetes(svc({ ports: [{ port: 80, targetPort: 'http' }] }), [])).spec.ports, [{ name: 'port-80', port: 80, targetPort: 80, appProtocol: 'tcp' }],
     'no pod selected: the service stays known, the named port standing in as the port (nothing to reach anyway)');
 });
 

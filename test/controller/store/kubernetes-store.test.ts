@@ -109,7 +109,7 @@ t.test('derives the mesh from the API, then follows it one commit per change', a
   t.ok(snap.resources.every((r) => r.metadata.revision === 1));
   const web1 = snap.resources.find((r) => r.metadata.name === 'web-1') as Workload;
   t.equal(web1.spec.locality, 'eu/eu-1', 'locality from the node labels');
-  t.same(snap.resources.find((r) => r.kind === 'Service')?.spec, { addresses: ['10.96.0.10'], ports: [{ name: 'port-80', port: 80, targetPort: 8080 }], selector: { app: 'web' } });
+  t.same(snap.resources.find((r) => r.kind === 'Service')?.spec, { addresses: ['10.96.0.10'], ports: [{ name: 'port-80', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: 'web' } });
   t.equal(env.store.pod('ambit-system', 'agent')?.spec?.nodeName, 'node-a', 'pods (agents too) are looked up from the cache');
   t.same(await env.store.changesSince(1), [], 'nothing since the baseline');
 
@@ -133,7 +133,24 @@ t.test('derives the mesh from the API, then follows it one commit per change', a
   env.fake.put('pods', pod({ name: 'web-1', namespace: 'shop', node: 'node-a', ip: '10.1.0.1', serviceAccount: 'web', labels: { app: 'web' }, ports: [{ containerPort: 8081, name: 'http' }] }));
   env.fake.put('pods', pod({ name: 'pending', namespace: 'shop', node: 'node-b', ip: '10.1.0.3', serviceAccount: 'web', labels: { app: 'web' }, ports: [{ containerPort: 8081, name: 'http' }] }));
   const svc = await waitFor(() => env.changes.flatMap((c) => c.changes).find((c) => c.op === 'put' && c.resource.kind === 'Service'), 'the service to follow its pods\' named port');
-  t.same(svc.op === 'put' && svc.resource.kind === 'Service' ? svc.resource.spec.ports : [], [{ name: 'port-80', port: 80, targetPort: 8081 }]);
+  t.same(svc.op === 'put' && svc.resource.kind === 'Service' ? svc.resource.spec.ports : [], [{ name: 'port-80', port: 80, targetPort: 8081, appProtocol: 'tcp' }]);
+
+  // A port's protocol follows the Service: appProtocol, or Istio's port-name prefix.
+  env.fake.put('services', service({ name: 'api', namespace: 'shop', selector: { app: 'web' }, clusterIP: '10.96.0.11', ports: [
+    { port: 80, targetPort: 8081, name: 'http-web' }, { port: 81, targetPort: 8081, name: 'rpc', appProtocol: 'kubernetes.io/h2c' },
+    { port: 82, targetPort: 8081, name: 'grpc-api' }, { port: 83, targetPort: 8081, name: 'x', appProtocol: 'grpc' },
+  ] }));
+  const api = await waitFor(() => env.changes.flatMap((c) => c.changes).find((c) => c.op === 'put' && c.resource.metadata.name === 'api'), 'the HTTP service');
+  t.same(api.op === 'put' && api.resource.kind === 'Service' ? api.resource.spec.ports.map((p) => p.appProtocol) : [], ['http', 'http2', 'grpc', 'grpc'],
+    'appProtocol and port-name prefixes through list/watch');
+  const mark = env.changes.length;
+  env.fake.put('services', service({ name: 'api', namespace: 'shop', selector: { app: 'web' }, clusterIP: '10.96.0.11', ports: [
+    { port: 80, targetPort: 8081, name: 'tcp-web' }, { port: 81, targetPort: 8081, name: 'rpc', appProtocol: 'kubernetes.io/h2c' },
+    { port: 82, targetPort: 8081, name: 'grpc-api' }, { port: 83, targetPort: 8081, name: 'x', appProtocol: 'grpc' },
+  ] }));
+  const renamed = await waitFor(() => env.changes.slice(mark).flatMap((c) => c.changes).find((c) => c.op === 'put' && c.resource.metadata.name === 'api'), 'the renamed port');
+  t.same(renamed.op === 'put' && renamed.resource.kind === 'Service' ? renamed.resource.spec.ports.map((p) => p.appProtocol) : [], ['tcp', 'http2', 'grpc', 'grpc'],
+    'renaming a port to tcp- makes it TCP again');
 
   // Node labels move a workload's locality.
   env.fake.put('nodes', node('node-b', { 'topology.kubernetes.io/region': 'us' }));

@@ -29,7 +29,7 @@ function service(name: string, namespace = 'default'): Service {
   return {
     kind: 'Service',
     metadata: { name, namespace, labels: {}, revision: 0 },
-    spec: { addresses: ['10.96.0.10', 'fd00::a'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: name } },
+    spec: { addresses: ['10.96.0.10', 'fd00::a'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: name } },
   };
 }
 
@@ -488,4 +488,38 @@ t.test('every call after close fails with AMBIT_ERR_STORE_IO', async (t) => {
   await t.rejects(store.getSetting('k'), io);
   await t.rejects(store.putSetting('k', 'v'), io);
   t.throws(() => store.subscribe(() => {}), io);
+});
+
+t.test('service ports keep appProtocol; a v2 database migrates its stored services to tcp, order kept', async (t) => {
+  const file = dbPath(t);
+  const store = SqliteStore.open({ path: file });
+  const web = service('web');
+  const multi: Service = { ...service('multi'), spec: { ...web.spec, ports: [
+    { name: 'a', port: 80, targetPort: 8080, appProtocol: 'http' }, { name: 'b', port: 81, targetPort: 8081, appProtocol: 'grpc' },
+    { name: 'c', port: 82, targetPort: 8082, appProtocol: 'http2' },
+  ] } };
+  await store.commit([put(web), put(multi)]);
+  const kept = (await store.snapshot()).resources.find((r) => r.metadata.name === 'multi');
+  t.same(kept?.kind === 'Service' && kept.spec.ports.map((p) => p.appProtocol), ['http', 'grpc', 'http2'], 'declared protocols are stored');
+  await store.close();
+
+  // What a v2 database holds: ports without appProtocol, in rows and in the retained history.
+  const raw = new Database(file);
+  for (const table of ['resources', 'changes']) {
+    raw.exec(`UPDATE ${table} SET body = json_set(body, '$.spec.ports', json((SELECT json_group_array(json_remove(p.value, '$.appProtocol'))
+      FROM (SELECT value FROM json_each(${table}.body, '$.spec.ports') ORDER BY key) AS p))) WHERE kind = 'Service'`);
+  }
+  t.notMatch(raw.prepare("SELECT body FROM resources WHERE name = 'multi'").pluck().get(), /appProtocol/, 'the v2 shape');
+  raw.prepare('UPDATE schema_version SET version = 2').run();
+  raw.close();
+
+  const migrated = open(t, { path: file });
+  const ports = (r: Resource | undefined): unknown => (r?.kind === 'Service' ? r.spec.ports.map((p) => [p.name, p.appProtocol]) : undefined);
+  const snap = await migrated.snapshot();
+  t.same(ports(snap.resources.find((r) => r.metadata.name === 'multi')), [['a', 'tcp'], ['b', 'tcp'], ['c', 'tcp']], 'rows: tcp, port order kept');
+  t.same(ports(snap.resources.find((r) => r.metadata.name === 'web')), [['http', 'tcp']]);
+  const history = await migrated.changesSince(0);
+  const put0 = history?.[0]?.changes.find((c) => c.op === 'put' && c.resource.metadata.name === 'multi');
+  t.same(ports(put0?.op === 'put' ? put0.resource : undefined), [['a', 'tcp'], ['b', 'tcp'], ['c', 'tcp']], 'history: tcp too');
+  t.equal(snap.resources.length, 2, 'nothing lost');
 });

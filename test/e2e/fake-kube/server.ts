@@ -380,7 +380,7 @@ export function pod(o: {
   };
 }
 
-export function service(o: { name: string; namespace?: string; selector: Record<string, string>; ports: { port: number; targetPort?: number | string; name?: string; protocol?: string }[]; clusterIP?: string }): KubeObject {
+export function service(o: { name: string; namespace?: string; selector: Record<string, string>; ports: { port: number; targetPort?: number | string; name?: string; protocol?: string; appProtocol?: string }[]; clusterIP?: string }): KubeObject {
   const ip = o.clusterIP ?? 'None';
   return {
     metadata: { name: o.name, namespace: o.namespace ?? 'default' },

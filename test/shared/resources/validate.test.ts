@@ -105,13 +105,24 @@ t.test('a minimal Service gets every default', async (t) => {
     spec: {
       addresses: [],
       ports: [
-        { name: 'port-80', port: 80, targetPort: 8080 },
-        { name: 'port-443', port: 443, targetPort: 443 },
-        { name: 'grpc', port: 9090, targetPort: 9090 },
+        { name: 'port-80', port: 80, targetPort: 8080, appProtocol: 'tcp' },
+        { name: 'port-443', port: 443, targetPort: 443, appProtocol: 'tcp' },
+        { name: 'grpc', port: 9090, targetPort: 9090, appProtocol: 'tcp' },
       ],
       selector: {},
     },
   });
+});
+
+t.test('a Service port declares its application protocol', async (t) => {
+  const doc = withField(serviceDoc(), 'spec.ports', [
+    { port: 80, appProtocol: 'http' }, { port: 81, appProtocol: 'http2' }, { port: 82, appProtocol: 'grpc' }, { port: 83, appProtocol: 'tcp' },
+  ]);
+  const r = validateResource(doc, 's.yaml') as Service;
+  t.same(r.spec.ports.map((p) => p.appProtocol), ['http', 'http2', 'grpc', 'tcp']);
+  const back = toDocument(r) as { spec: { ports: Record<string, unknown>[] } };
+  t.same(back.spec.ports.map((p) => p['appProtocol']), ['http', 'http2', 'grpc', undefined], 'tcp, the default, is left out when printed');
+  t.same(validateResource(back, 'back'), r, 'round trip');
 });
 
 t.test('Service addresses are canonical and keep their order', async (t) => {
@@ -252,6 +263,10 @@ const BAD: readonly BadCase[] = [
   bad('duplicate port name', serviceDoc, 'spec.ports', [{ port: 80, name: 'web' }, { port: 81, name: 'web' }], 'spec.ports[1]', /duplicate port name "web"/),
   bad('explicit name clashing with a default', serviceDoc, 'spec.ports', [{ port: 80, name: 'port-81' }, { port: 81 }], 'spec.ports[1]', /duplicate port name "port-81"/),
   bad('protocol field', serviceDoc, 'spec.ports', [{ port: 80, protocol: 'TCP' }], 'spec.ports[0].protocol', /TCP only/),
+  bad('unknown appProtocol', serviceDoc, 'spec.ports', [{ port: 80, appProtocol: 'https' }], 'spec.ports[0].appProtocol',
+    /must be one of tcp, http, http2, grpc, got "https"/),
+  bad('upper-case appProtocol', serviceDoc, 'spec.ports', [{ port: 80, appProtocol: 'HTTP' }], 'spec.ports[0].appProtocol', /must be one of/),
+  bad('appProtocol a number', serviceDoc, 'spec.ports', [{ port: 80, appProtocol: 2 }], 'spec.ports[0].appProtocol', /must be a string/),
   bad('bad service address', serviceDoc, 'spec.addresses', ['10.0.0.300'], 'spec.addresses[0]', /IPv4 or IPv6/),
   bad('same address spelt twice', serviceDoc, 'spec.addresses', ['::1', '0:0::1'], 'spec.addresses[1]', /duplicate address/),
   bad('selector value a number', serviceDoc, 'spec.selector', { app: 1 }, 'spec.selector.app', /quote it/),
@@ -549,21 +564,26 @@ t.test('toDocument shares nothing with the resource', async (t) => {
 
 t.test('parsePortMapping', async (t) => {
   const good: [string, object][] = [
-    ['80', { name: 'port-80', port: 80, targetPort: 80 }],
-    ['80:8080', { name: 'port-80', port: 80, targetPort: 8080 }],
-    ['http=80:8080', { name: 'http', port: 80, targetPort: 8080 }],
-    ['grpc=9090', { name: 'grpc', port: 9090, targetPort: 9090 }],
+    ['80', { name: 'port-80', port: 80, targetPort: 80, appProtocol: 'tcp' }],
+    ['80:8080', { name: 'port-80', port: 80, targetPort: 8080, appProtocol: 'tcp' }],
+    ['http=80:8080', { name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }],
+    ['grpc=9090', { name: 'grpc', port: 9090, targetPort: 9090, appProtocol: 'tcp' }],
+    ['web=80:8080/http', { name: 'web', port: 80, targetPort: 8080, appProtocol: 'http' }],
+    ['9090/grpc', { name: 'port-9090', port: 9090, targetPort: 9090, appProtocol: 'grpc' }],
+    ['81:8081/http2', { name: 'port-81', port: 81, targetPort: 8081, appProtocol: 'http2' }],
   ];
   for (const [text, want] of good) t.same(parsePortMapping(text), want, text);
   const badOnes: [string, RegExp][] = [
-    ['', /expected PORT, PORT:TARGET_PORT or NAME=PORT\[:TARGET_PORT\]/],
-    ['80:', /expected PORT/],
-    ['http', /expected PORT/],
-    ['80:8080:9090', /expected PORT/],
+    ['', /expected \[NAME=\]PORT\[:TARGET_PORT\]\[\/APP_PROTOCOL\]/],
+    ['80:', /expected \[NAME=\]PORT/],
+    ['http', /expected \[NAME=\]PORT/],
+    ['80:8080:9090', /expected \[NAME=\]PORT/],
     ['70000', /port must be an integer 1-65535, got 70000/],
     ['80:0', /targetPort must be an integer 1-65535, got 0/],
     ['HTTP=80', /name must be a DNS label/],
     ['=80', /name must be a DNS label/],
+    ['80/https', /appProtocol must be one of tcp, http, http2, grpc, got "https"/],
+    ['80/http/x', /expected/],
   ];
   for (const [text, pattern] of badOnes) {
     const err = thrown(() => parsePortMapping(text));

@@ -20,7 +20,7 @@ const service: Service = {
   metadata: { name: 'api', namespace: 'web', labels: { team: 'core' }, revision: 12 },
   spec: {
     addresses: ['10.96.0.10', 'fd00:96::a'],
-    ports: [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'grpc', port: 9000, targetPort: 9000 }],
+    ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'http' }, { name: 'grpc', port: 9000, targetPort: 9000, appProtocol: 'grpc' }],
     selector: { app: 'api', tier: 'backend' },
   },
 };
@@ -68,6 +68,11 @@ t.test('a Service survives the wire', async (t) => {
   t.strictSame(roundTrip(service), service);
   const headless: Service = { ...service, spec: { ...service.spec, addresses: [], selector: {} } };
   t.strictSame(roundTrip(headless), headless, 'no addresses, empty selector');
+  // A sender that predates app_protocol leaves it empty: its ports are TCP.
+  const wire = resourceToWire(service);
+  if (wire.kind?.$case === 'service') for (const p of wire.kind.service.spec?.ports ?? []) p.appProtocol = '';
+  const old = resourceFromWire(PbResource.decode(PbResource.encode(wire).finish()));
+  t.same(old.kind === 'Service' && old.spec.ports.map((p) => p.appProtocol), ['tcp', 'tcp'], 'an empty app_protocol reads as tcp');
 });
 
 t.test('an AuthorizationPolicy keeps "selector absent" apart from "selector present but empty"', async (t) => {
