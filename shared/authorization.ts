@@ -51,7 +51,7 @@ export interface Decision {
 export const NO_ALLOW_MATCHED = '(no ALLOW matched)';
 
 /** The `policy` a denial is counted and logged under: the deciding policy, or NO_ALLOW_MATCHED. */
-export function deniedBy(decision: Pick<Decision, 'policy' | 'reason'>): string {
+export function deniedBy(decision: { readonly policy?: string | undefined; readonly reason: string }): string {
   return decision.policy ?? (decision.reason === 'no_allow_match' ? NO_ALLOW_MATCHED : '');
 }
 

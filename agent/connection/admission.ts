@@ -3,14 +3,14 @@ import type { Logger } from '../../shared/logger.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
-import type { ConnectionFacts } from '../../shared/authorization.ts';
+import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
 import type { PeerInfo } from '../proxy/hbone-names.ts';
 import type { AgentMetrics } from '../proxy/metrics.ts';
 import { verifyClaimedSource } from './source-proof.ts';
-import { answerStatusOf, flagOf, type RefusalReason } from './refusals.ts';
+import { answerStatusOf, deniedAnswer, flagOf, type RefusalReason } from './refusals.ts';
 
 /*
  * Inbound admission: whether a connection to a local workload may open, for
@@ -144,14 +144,20 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
 
   const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) return refuse('denied', deniedDetail(d, decision));
+  if (!decision.allowed) return refuseDenied(d, record, decision);
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port } };
 }
 
-/** Counts a policy denial; the answer's and the record's text: `denied: <rule> [by ns/policy]`. */
-export function deniedDetail(d: InboundDeps, decision: { readonly policy?: string | undefined; readonly reason: string }): string {
-  d.metrics.denials.inc({ direction: 'inbound', policy: decision.policy ?? '', reason: decision.reason });
-  return `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`;
+/**
+ * Refuses a connection policy denied: counted in ambit_policy_denials_total
+ * and logged under the deciding policy (or '(no ALLOW matched)'), answered
+ * `denied: <reason> [by ns/policy]`.
+ */
+export function refuseDenied(d: InboundDeps, record: ConnectionRecord, decision: Decision): Refused {
+  const policy = deniedBy(decision);
+  d.metrics.denials.inc({ direction: 'inbound', policy, reason: decision.reason });
+  record.policy = policy;
+  return refuseAdmission(d, record, 'denied', deniedAnswer(decision));
 }
 
 /** Refuses an inbound connection: counted, its record ended, answered with the registered status; `detail` (default: the reason) is the answer's reason text and the record's error. */
@@ -205,6 +211,6 @@ export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted 
   if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
   const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) return refuse('denied', deniedDetail(d, decision));
+  if (!decision.allowed) return refuseDenied(d, record, decision);
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port } };
 }

@@ -13,6 +13,8 @@
  * every entry exactly as it is here.
  */
 
+import { deniedBy } from '../../shared/authorization.ts';
+
 export type RefusalDirection = 'inbound' | 'outbound';
 
 /**
@@ -75,6 +77,26 @@ export const REFUSALS = {
 } as const satisfies Record<string, RefusalSpec>;
 
 export type RefusalReason = keyof typeof REFUSALS;
+
+/**
+ * The answer text (x-ambit-reason, the access log's `error`) of a policy
+ * denial: `denied: <reason>[ by <namespace>/<policy>]`. The source agent
+ * reads the policy back from it (policyOfDeniedAnswer), so both agents'
+ * telemetry name the same policy.
+ */
+export function deniedAnswer(decision: { readonly policy?: string | undefined; readonly reason: string }): string {
+  return `denied: ${decision.reason}${decision.policy ? ` by ${decision.policy}` : ''}`;
+}
+
+// Names as the resource schema allows them (DNS labels); anything else is not read as a policy.
+const DENIED_ANSWER = /^denied: ([a-z_]{1,32})(?: by ([a-z0-9][a-z0-9.-]{0,252}\/[a-z0-9][a-z0-9.-]{0,252}))?$/;
+
+/** A peer's denied answer → the reason and the `policy` a denial is counted under (deniedBy); undefined when it is not one. */
+export function policyOfDeniedAnswer(answer: string): { readonly reason: string; readonly policy: string } | undefined {
+  const m = DENIED_ANSWER.exec(answer);
+  if (!m) return undefined;
+  return { reason: m[1]!, policy: deniedBy({ policy: m[2], reason: m[1]! }) };
+}
 
 /** The failures planOutbound and tunnelFailure report, which the front end (SOCKS5 reply, reset) acts on. */
 export const OUTBOUND_FAILURES = ['denied', 'no_route', 'unreachable', 'refused', 'passthrough_denied'] as const satisfies readonly RefusalReason[];

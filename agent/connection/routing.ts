@@ -9,7 +9,7 @@ import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-r
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
 import type { AgentMetrics } from '../proxy/metrics.ts';
 import type { OutlierDetector } from './outlier.ts';
-import { failureOfStatus, flagOf, type OutboundFailure } from './refusals.ts';
+import { failureOfStatus, flagOf, policyOfDeniedAnswer, type OutboundFailure } from './refusals.ts';
 
 /*
  * Outbound routing: where a connection from a proven local workload goes
@@ -206,9 +206,19 @@ export function refuseOutbound(d: OutboundDeps, record: ConnectionRecord, failur
   record.finish(detail, flags);
 }
 
-/** What a failed tunnel means for the connection: the failure its front end acts on (by the peer's status, as the registry maps it), and the record's flags (a denial is also counted as one). */
-export function tunnelFailure(d: OutboundDeps, te: TunnelError): { failure: OutboundFailure; flags: string } {
+/**
+ * What a failed tunnel means for the connection: the failure its front end
+ * acts on (by the peer's status, as the registry maps it), and the record's
+ * flags. A denial is also counted as one, under the policy the peer's answer
+ * names ('' when no policy decided it, e.g. an unverified source address),
+ * which the record logs too.
+ */
+export function tunnelFailure(d: OutboundDeps, te: TunnelError, record?: ConnectionRecord): { failure: OutboundFailure; flags: string } {
   const failure = failureOfStatus(te.status);
-  if (failure === 'denied') d.metrics.denials.inc({ direction: 'outbound', policy: '', reason: te.reason });
+  if (failure === 'denied') {
+    const named = policyOfDeniedAnswer(te.reason);
+    d.metrics.denials.inc({ direction: 'outbound', policy: named?.policy ?? '', reason: named?.reason ?? te.reason });
+    if (record && named) record.policy = named.policy;
+  }
   return { failure, flags: flagOf(failure) };
 }

@@ -73,7 +73,7 @@ interface NativeConnection {
   readonly record: ConnectionRecord;
   readonly finished: () => void;
   /** Set when the agent closed it (policy change, drain deadline): the record ends with these. */
-  closed?: { reason: string; flags: string };
+  closed?: { reason: string; flags: string; policy?: string | undefined };
 }
 
 
@@ -474,9 +474,9 @@ export class NativeInbound {
     this.#o.inbound.tracker.add({
       direction: 'inbound',
       facts,
-      close: (reason, flags) => {
+      close: (reason, flags, policy) => {
         // Recorded when the data plane confirms, with its final byte counts.
-        conn.closed ??= { reason, flags };
+        conn.closed ??= { reason, flags, policy };
         this.#send({ $case: 'close', close: { id } });
       },
       done,
@@ -496,8 +496,9 @@ export class NativeInbound {
     } else {
       this.#count(c.record, m.fromSource, m.toSource);
       if (c.closed) {
+        if (c.closed.policy !== undefined) c.record.policy = c.closed.policy;
         c.record.finish(c.closed.reason, c.closed.flags);
-        if (c.closed.flags === 'DENY') this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: '', reason: 'policy_change' });
+        if (c.closed.flags === 'DENY') this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: c.closed.policy ?? '', reason: 'policy_change' });
       } else {
         c.record.finish(error || undefined, m.flags || undefined);
       }

@@ -352,7 +352,7 @@ export class NativeOutbound {
       else if (c.kind === 'direct') refuseOutbound(d, c.record, 'unreachable', `passthrough to ${c.target} failed: ${error}`, 'UF');
       else {
         const te = new TunnelError(m.status, m.reason, error);
-        const { failure, flags } = tunnelFailure(d, te);
+        const { failure, flags } = tunnelFailure(d, te, c.record);
         refuseOutbound(d, c.record, failure, te.message, flags);
       }
     } else {

@@ -30,6 +30,8 @@ export class ConnectionRecord {
   security: 'mutual_tls' | 'none';
   responseFlags = '-';
   error = '';
+  /** The policy a denial is counted under ("ns/name" or '(no ALLOW matched)'); '' unless policy denied or closed it. */
+  policy = '';
   bytesFromSource = 0;
   bytesToSource = 0;
   readonly #metrics: AgentMetrics;
@@ -114,7 +116,7 @@ export class ConnectionRecord {
       'src.addr': this.src.addr, 'src.workload': this.src.workload, 'src.namespace': this.src.namespace, 'src.identity': this.src.identity,
       'dst.addr': this.dst.addr, 'dst.workload': this.dst.workload, 'dst.namespace': this.dst.namespace, 'dst.identity': this.dst.identity,
       'dst.service': this.service, direction: this.direction, security: this.security, response_flags: this.responseFlags,
-      bytes_sent: this.bytesToSource, bytes_recv: this.bytesFromSource, duration_ms: duration, error: this.error, trace_id: this.#traceId,
+      bytes_sent: this.bytesToSource, bytes_recv: this.bytesFromSource, duration_ms: duration, error: this.error, policy: this.policy, trace_id: this.#traceId,
     }, 'connection');
     if (this.#span) {
       this.#span.setAttributes({ 'ambit.bytes_sent': this.bytesToSource, 'ambit.bytes_recv': this.bytesFromSource, 'ambit.response_flags': this.responseFlags });

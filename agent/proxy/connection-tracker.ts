@@ -1,11 +1,11 @@
-import type { ConnectionFacts, Decision } from '../../shared/authorization.ts';
+import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
 
 export interface TrackedConnection {
   readonly direction: 'inbound' | 'outbound';
   /** Inbound connections carry what authorization needs to re-check them. */
   readonly facts?: ConnectionFacts;
-  /** Closes the connection now, recording why. */
-  readonly close: (reason: string, flags: string) => void;
+  /** Closes the connection now, recording why; `policy`: the policy a policy close is counted under. */
+  readonly close: (reason: string, flags: string, policy?: string) => void;
   readonly done: Promise<void>;
 }
 
@@ -33,7 +33,8 @@ export class ConnectionTracker {
       if (!c.facts) continue;
       const d = decide(c.facts);
       if (!d.allowed) {
-        c.close(`denied by policy ${d.policy ?? '(no ALLOW matched)'} after a policy change`, 'DENY');
+        const policy = deniedBy(d);
+        c.close(`denied by policy ${policy} after a policy change`, 'DENY', policy);
         closed++;
       }
     }

@@ -142,11 +142,27 @@ t.test('admitInbound: every refusal it can make, and an admission', async (t) =>
   t.same(await counted(env.registry, 'ambit_connections_refused_total'), {}, 'nothing refused');
 });
 
-t.test('admitInbound: a denial counts as reason "denied"; the rule and policy stay in the answer and ambit_policy_denials_total', async (t) => {
+t.test('admitInbound: a denial counts as reason "denied"; the rule and policy stay in the answer, ambit_policy_denials_total and the access log', async (t) => {
   const env = setUp([denyAll()]);
   admitInbound(env.d, request(), peer);
   const denials = await env.registry.getSingleMetric('ambit_policy_denials_total')!.get();
   t.same(denials.values.map((v) => ({ ...v.labels, value: v.value })), [{ direction: 'inbound', policy: 'shop/no-web', reason: 'denied_by_policy', value: 1 }]);
+  t.match(env.lines, [{ policy: 'shop/no-web', response_flags: 'DENY' }], 'the access log names the policy');
+});
+
+t.test('admitInbound and admitPlaintext: a denial for want of a matching ALLOW is counted and logged as policy "(no ALLOW matched)"', async (t) => {
+  const onlyDb: AuthorizationPolicy = { kind: 'AuthorizationPolicy', metadata: { name: 'web-from-db', namespace: 'shop', labels: {}, revision: 1 }, spec: { action: 'ALLOW', selector: { app: 'web' }, rules: [{ from: [{ principals: [], notPrincipals: [], namespaces: [], notNamespaces: [], serviceAccounts: ['shop/db'], notServiceAccounts: [], ipBlocks: [], notIpBlocks: [] }], to: [] }] } };
+  for (const [what, admit] of [
+    ['HBONE', (d: InboundDeps) => admitInbound(d, request(), peer)],
+    ['plaintext', (d: InboundDeps) => admitPlaintext({ ...d, mode: 'permissive' }, arrival())],
+  ] as const) {
+    const env = setUp([onlyDb]);
+    const got = admit(env.d);
+    t.match(got, { allowed: false, reason: 'denied: no_allow_match' }, `${what}: answered as before`);
+    const denials = await env.registry.getSingleMetric('ambit_policy_denials_total')!.get();
+    t.same(denials.values.map((v) => ({ ...v.labels, value: v.value })), [{ direction: 'inbound', policy: '(no ALLOW matched)', reason: 'no_allow_match', value: 1 }], `${what}: counted`);
+    t.match(env.lines, [{ policy: '(no ALLOW matched)', response_flags: 'DENY' }], `${what}: logged`);
+  }
 });
 
 const arrival = (over: Partial<PlaintextArrival> = {}): PlaintextArrival => ({

@@ -140,3 +140,20 @@ t.test('tunnelFailure: the peer agent\'s answer as the registry maps it', async 
     t.equal(denials.length, status === 401 ? 1 : 0, `${status}: ${status === 401 ? 'also a denial' : 'not a denial'}`);
   }
 });
+
+t.test('tunnelFailure: a denial is counted and logged under the policy the peer\'s answer names', async (t) => {
+  const cases: [answer: string, policy: string, reason: string][] = [
+    ['denied: denied_by_policy by shop/no-web', 'shop/no-web', 'denied_by_policy'],
+    ['denied: no_allow_match', '(no ALLOW matched)', 'no_allow_match'],
+    ['unverified_source_address', '', 'unverified_source_address'],
+    ['denied: denied_by_policy by {"evil"}', '', 'denied: denied_by_policy by {"evil"}'],
+  ];
+  for (const [answer, policy, reason] of cases) {
+    const { d, registry, client } = setUp(1);
+    const { record } = planOutbound(d, { source: client, srcAddr: '10.0.0.1', host: '192.0.2.1', port: 443 });
+    tunnelFailure(d, new TunnelError(401, answer, 'x'), record);
+    const denials = (await registry.getSingleMetric('ambit_policy_denials_total')!.get()).values.filter((v) => v.value > 0);
+    t.same(denials.map((v) => ({ ...v.labels })), [{ direction: 'outbound', policy, reason }], `${answer}: counted under ${JSON.stringify(policy)}`);
+    t.equal(record.policy, policy, `${answer}: the record names it`);
+  }
+});
