@@ -2,7 +2,6 @@
 import { runDaemon } from '../shared/daemon.ts';
 import { createLogger } from '../shared/logger.ts';
 import { AGENT_OPTIONS, parseAgentConfig } from './config.ts';
-import { startAgent } from './app.ts';
 
 void runDaemon({
   name: 'ambit-agent',
@@ -12,7 +11,8 @@ void runDaemon({
   parse: parseAgentConfig,
   // The access log (a line per connection) goes through the sink's batched
   // entrance: one write per 16 KiB or 10 ms instead of one per connection.
-  start: (cfg, logger, sink) => startAgent(cfg, { logger, accessLog: createLogger({ name: 'ambit-agent', level: cfg.logLevel, destination: sink.batched }).child({ log: 'access' }) }),
+  // The agent proper is loaded once the configuration is good: --help and a usage error do without it.
+  start: async (cfg, logger, sink) => (await import('./app.ts')).startAgent(cfg, { logger, accessLog: createLogger({ name: 'ambit-agent', level: cfg.logLevel, destination: sink.batched }).child({ log: 'access' }) }),
   argv: process.argv.slice(2),
   env: process.env,
   stoppingMessage: 'draining',

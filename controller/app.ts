@@ -31,8 +31,9 @@ import { KubernetesStore } from './store/kubernetes-store.ts';
 import { loadKubeConfig } from './store/kubernetes/kube-config.ts';
 import { kubernetesTokenReviewer } from './api/token-review.ts';
 import type { Store } from './store/store.ts';
+import { VERSION } from './version.ts';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 /** Serving and admin certificates live this long and are re-issued at half-life. */
 const LOCAL_CERT_TTL_MS = 30 * 86_400_000;

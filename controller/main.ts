@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import { runDaemon } from '../shared/daemon.ts';
 import { CONTROLLER_OPTIONS, parseControllerConfig } from './config.ts';
-import { startController } from './app.ts';
 
 void runDaemon({
   name: 'ambit-controller',
@@ -9,7 +8,8 @@ void runDaemon({
   options: CONTROLLER_OPTIONS,
   dataDir: (cfg) => cfg.dataDir,
   parse: parseControllerConfig,
-  start: (cfg, logger) => startController(cfg, { logger }),
+  // The controller proper is loaded once the configuration is good: --help and a usage error do without it.
+  start: async (cfg, logger) => (await import('./app.ts')).startController(cfg, { logger }),
   argv: process.argv.slice(2),
   env: process.env,
   stoppingMessage: 'shutting down',

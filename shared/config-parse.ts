@@ -27,6 +27,13 @@ export interface Option<T> {
   /** Boolean flags take no value on the command line. */
   readonly boolean?: boolean;
   readonly example?: string;
+  /**
+   * A value as a user writes it (`24h`, `0.0.0.0:15012`), for --help: parse
+   * of the result gives the value back. Without it the help shows strings,
+   * numbers and lists (comma-separated) as they are.
+   */
+  // A method, so that an Option<number> is still an Option<unknown> (methods are bivariant in their parameters).
+  format?(value: T): string;
 }
 
 export type OptionSpecs = Readonly<Record<string, Option<unknown>>>;
@@ -137,15 +144,33 @@ export function parseConfig<S extends OptionSpecs>(specs: S, sources: ConfigSour
   return Object.freeze(out) as ConfigValues<S> & { readonly help: boolean };
 }
 
+/**
+ * An option's default as a user writes it, or undefined when there is nothing
+ * to show: no default, a boolean flag that is off unless given, an empty list.
+ */
+export function defaultText(spec: Option<unknown>): string | undefined {
+  const v = spec.default;
+  if (v === undefined || (spec.boolean && v === false) || (Array.isArray(v) && v.length === 0)) return undefined;
+  if (spec.format) return spec.format(v);
+  const plain = (x: unknown): x is string | number | boolean => typeof x === 'string' || typeof x === 'number' || typeof x === 'boolean';
+  if (plain(v)) return String(v);
+  if (Array.isArray(v) && v.every(plain)) return v.join(',');
+  // An object default needs a format; test/e2e/help.test.ts finds any shown this way (it does not parse back).
+  return JSON.stringify(v);
+}
+
 /** Help text listing every option with its env var and default. */
 export function configHelp(usage: string, specs: OptionSpecs): string {
-  const lines = [usage, '', 'Options (each also from env AMBIT_<FLAG> or a YAML --config FILE; flags win):'];
-  for (const [key, spec] of Object.entries(specs)) {
-    const def = spec.default === undefined ? '' : ` (default ${JSON.stringify(spec.default)})`;
+  const rows: [string, string][] = Object.entries(specs).map(([key, spec]) => {
+    const shown = defaultText(spec);
+    const def = shown === undefined ? '' : ` (default ${shown})`;
     const req = spec.required ? ' (required)' : '';
-    lines.push(`  --${flagName(key)}${spec.boolean ? '' : ' VALUE'}`.padEnd(34) + `${spec.description}${def}${req} [${envName(key)}]`);
-  }
-  lines.push('  --config FILE'.padEnd(34) + 'YAML file of option: value [AMBIT_CONFIG]');
+    return [`  --${flagName(key)}${spec.boolean ? '' : ' VALUE'}`, `${spec.description}${def}${req} [${envName(key)}]`];
+  });
+  rows.push(['  --config FILE', 'YAML file of option: value [AMBIT_CONFIG]']);
+  const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
+  const lines = [usage, '', 'Options (each also from env AMBIT_<FLAG> or a YAML --config FILE; flags win):'];
+  for (const [flag, text] of rows) lines.push(flag.padEnd(width) + text);
   return lines.join('\n');
 }
 
@@ -169,7 +194,9 @@ export function parseDuration(raw: unknown): number {
   return Math.round(total);
 }
 
+/** The shortest of the units parseDuration reads; whole days past one (7d, 90d), a day as 24h. */
 export function formatDuration(ms: number): string {
+  if (ms > 86_400_000 && ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
   if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
   if (ms % 60_000 === 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;
@@ -180,6 +207,7 @@ export function durationOption<D extends number | undefined = undefined>(descrip
   const option: Option<number> = {
     description,
     ...(def === undefined ? {} : { default: def }),
+    format: formatDuration,
     parse: (raw) => {
       const ms = parseDuration(raw);
       if (bounds.minMs !== undefined && ms < bounds.minMs) throw new Error(`must be at least ${formatDuration(bounds.minMs)}`);
@@ -292,7 +320,7 @@ export function parseHostPort(raw: unknown, defaultPort?: number): HostPort {
 }
 
 export function hostPortOption<D extends HostPort | undefined = undefined>(description: string, def?: D, defaultPort?: number): OptionWith<HostPort, D> {
-  return { description, ...(def === undefined ? {} : { default: def }), parse: (raw: unknown) => parseHostPort(raw, defaultPort) } as OptionWith<HostPort, D>;
+  return { description, ...(def === undefined ? {} : { default: def }), format: formatHostPort, parse: (raw: unknown) => parseHostPort(raw, defaultPort) } as OptionWith<HostPort, D>;
 }
 
 export function formatHostPort(hp: HostPort): string {

@@ -1,7 +1,7 @@
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { AmbitError, errorMessage } from './errors.ts';
-import { lockDataDir, type DataDirLock } from './data-dir-lock.ts';
+import type { DataDirLock } from './data-dir-lock.ts';
 import { configHelp, type ConfigSources, type OptionSpecs } from './config-parse.ts';
 import { createLogger, stderrSink, type LogSink, type Logger, type LogLevel } from './logger.ts';
 
@@ -46,6 +46,8 @@ export async function runDaemon<C extends { readonly help: boolean; readonly log
   let app: { close(): Promise<void> };
   let lock: DataDirLock | undefined;
   try {
+    // Loaded past --help: the lock is an SQLite database (data-dir-lock.ts).
+    const { lockDataDir } = await import('./data-dir-lock.ts');
     lock = lockDataDir(spec.dataDir(cfg));
     if (!lock.held) logger.warn({ path: lock.path }, 'data directory is read-only: started without its lock; another process may use it too');
     app = await spec.start(cfg, logger, sink);

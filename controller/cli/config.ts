@@ -13,13 +13,16 @@ export interface CliConnection {
   readonly credentialsDir: string;
 }
 
+/** The controller ambitctl talks to when neither --controller nor AMBIT_CONTROLLER names one. */
+export const DEFAULT_CONTROLLER = '127.0.0.1:15012';
+
 export const DEFAULT_DATA_DIRS = ['/var/lib/ambit-controller', '/var/lib/ambit/controller'] as const;
 
 export function resolveConnection(
   flags: { controller?: string | undefined; credentials?: string | undefined },
   env: Readonly<Record<string, string | undefined>>,
 ): CliConnection {
-  const rawController = flags.controller ?? env.AMBIT_CONTROLLER ?? '127.0.0.1:15012';
+  const rawController = flags.controller ?? env.AMBIT_CONTROLLER ?? DEFAULT_CONTROLLER;
   let controller: HostPort;
   try {
     controller = parseHostPort(rawController, 15012);

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { AmbitError } from '../../shared/errors.ts';
-import { AdminApi } from './client.ts';
-import { resolveConnection } from './config.ts';
+import type { AdminApi } from './client.ts';
 import { parseOutput, type OutputFormat } from './output.ts';
 
 /** What every command needs from the outside world; main.ts builds it from the process. */
@@ -15,15 +14,21 @@ export interface CliContext {
   readonly now: () => number;
 }
 
-/** Connects with the global --controller/--credentials options of `cmd`; the caller closes it. */
-export function connect(ctx: CliContext, cmd: Command): AdminApi {
+/**
+ * Connects with the global --controller/--credentials options of `cmd`; the
+ * caller closes it. The gRPC client and the generated protocol are loaded
+ * here, at the first command that talks to the controller, so that `--help`,
+ * usage errors and local validation never pay for them.
+ */
+export async function connect(ctx: CliContext, cmd: Command): Promise<AdminApi> {
+  const [{ AdminApi }, { resolveConnection }] = await Promise.all([import('./client.ts'), import('./config.ts')]);
   const g = cmd.optsWithGlobals<{ controller?: string; credentials?: string }>();
   return new AdminApi(resolveConnection({ controller: g.controller, credentials: g.credentials }, ctx.env));
 }
 
 /** Runs fn with a connection and always closes it. */
 export async function withApi<T>(ctx: CliContext, cmd: Command, fn: (api: AdminApi) => Promise<T>): Promise<T> {
-  const api = connect(ctx, cmd);
+  const api = await connect(ctx, cmd);
   try {
     return await fn(api);
   } finally {

@@ -1,5 +1,10 @@
-import { stringify } from 'yaml';
+import { createRequire } from 'node:module';
 import { AmbitError } from '../../shared/errors.ts';
+
+/** The YAML printer, loaded for -o yaml only: tables and JSON do without it. */
+function stringify(value: unknown, options: { lineWidth: number }): string {
+  return (createRequire(import.meta.url)('yaml') as typeof import('yaml')).stringify(value, options);
+}
 
 export const OUTPUT_FORMATS = ['table', 'json', 'yaml'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];

@@ -95,7 +95,7 @@ t.test('a bad value names the flag, the source and the value', async (t) => {
     [src(['--data-dir', '/d', '--address', '10.0.0.300']), [/--address/, /"10.0.0.300"/]],
     [src(['--data-dir', '/d', '--listen', 'host:65536']), [/--listen/, /"host:65536"/]],
     [src(['--data-dir', '/d', '--cert-ttl', '30s']), [/--cert-ttl/, /at least 1m/]],
-    [src(['--data-dir', '/d', '--cert-ttl', '91d']), [/--cert-ttl/, /at most 2160h/]],
+    [src(['--data-dir', '/d', '--cert-ttl', '91d']), [/--cert-ttl/, /at most 90d/]],
     [src(['--data-dir', '/d'], { AMBIT_VERBOSE: 'maybe' }), [/--verbose/, /env AMBIT_VERBOSE/, /"maybe"/]],
   ];
   for (const [sources, patterns] of cases) {
@@ -143,7 +143,9 @@ t.test('durations', async (t) => {
   t.equal(formatDuration(90_000), '90s');
   t.equal(formatDuration(120_000), '2m');
   t.equal(formatDuration(250), '250ms');
-  for (const ms of [86_400_000, 90_000, 120_000, 250, 5_400_000]) t.equal(parseDuration(formatDuration(ms)), ms, 'format round-trips');
+  t.equal(formatDuration(7 * 86_400_000), '7d', 'whole days past one in days');
+  t.equal(formatDuration(36 * 3_600_000), '36h');
+  for (const ms of [86_400_000, 90_000, 120_000, 250, 5_400_000, 7 * 86_400_000, 36 * 3_600_000]) t.equal(parseDuration(formatDuration(ms)), ms, 'format round-trips');
 });
 
 t.test('parseHostPort', async (t) => {
@@ -207,8 +209,10 @@ t.test('the real controller options', async (t) => {
 t.test('configHelp lists every option with its env var and default', async (t) => {
   const help = configHelp('usage: x', SPECS);
   t.match(help, /^usage: x\n/);
-  t.match(help, /--cert-ttl VALUE.*certificate lifetime \(default 86400000\).*\[AMBIT_CERT_TTL\]/);
+  t.match(help, /--cert-ttl VALUE.*certificate lifetime \(default 24h\).*\[AMBIT_CERT_TTL\]/);
   t.match(help, /--data-dir VALUE.*\(required\) \[AMBIT_DATA_DIR\]/);
   t.match(help, /--verbose {2,}verbose logging/);
   t.match(help, /--config FILE/);
+  t.match(help, /--listen VALUE.*\(default 0\.0\.0\.0:15012\)/, 'an address as HOST:PORT');
+  t.notMatch(help, /--verbose.*\(default/, 'an off switch shows no default');
 });

@@ -1,7 +1,5 @@
 import { Command } from 'commander';
 import { AmbitError } from '../../../shared/errors.ts';
-import { parseSourcedDocuments, validateAll } from '../../../shared/resources/validate.ts';
-import { keyToWire, resourceToWire } from '../../../shared/resources/wire.ts';
 import { KINDS, type Kind, type ResourceKey } from '../../../shared/resources/types.ts';
 import { example, withApi, type CliContext } from '../context.ts';
 import { applyResults } from './resources.ts';
@@ -46,6 +44,7 @@ export function applyCommand(ctx: CliContext): Command {
     .addHelpText('after', example('ambitctl apply -f examples/demo.yaml\ncat policy.yaml | ambitctl apply -f -'))
     .action(async (o: { filename: string; dryRun?: boolean }, c: Command) => {
       const { text, source } = await readSource(ctx, o.filename);
+      const [{ parseSourcedDocuments, validateAll }, { resourceToWire }] = await Promise.all([import('../../../shared/resources/validate.ts'), import('../../../shared/resources/wire.ts')]);
       // Validate locally first for a fast, precise error; the controller validates again.
       const resources = validateAll(parseSourcedDocuments(text, source));
       if (resources.length === 0) throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${source}: no resources found`);
@@ -64,6 +63,7 @@ export function deleteCommand(ctx: CliContext): Command {
     .addHelpText('after', example('ambitctl delete -f examples/demo.yaml'))
     .action(async (o: { filename: string; ignoreNotFound?: boolean }, c: Command) => {
       const { text, source } = await readSource(ctx, o.filename);
+      const [{ parseSourcedDocuments }, { keyToWire }] = await Promise.all([import('../../../shared/resources/validate.ts'), import('../../../shared/resources/wire.ts')]);
       const keys = keysOf(parseSourcedDocuments(text, source));
       await withApi(ctx, c, async (api) => {
         const res = await api.call('Delete', api.client.delete, { keys: keys.map(keyToWire), ignoreNotFound: o.ignoreNotFound === true });

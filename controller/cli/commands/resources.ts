@@ -1,12 +1,14 @@
 import { Command } from 'commander';
 import { AmbitError } from '../../../shared/errors.ts';
 import type * as pb from '../../../shared/proto/gen/ambit.ts';
-import { toDocument, validateResource, parsePortMapping } from '../../../shared/resources/validate.ts';
-import { keyToWire, resourceFromWire, resourceToWire } from '../../../shared/resources/wire.ts';
 import { API_VERSION, type Kind, type Resource } from '../../../shared/resources/types.ts';
 import type { AdminApi } from '../client.ts';
 import { collect, example, outputOf, parsePairs, withApi, type CliContext } from '../context.ts';
 import { formatList, formatOne, labelsText, table } from '../output.ts';
+
+/** The validator and the wire codec, loaded by the commands that use them (not by --help). */
+const validation = () => import('../../../shared/resources/validate.ts');
+const wire = () => import('../../../shared/resources/wire.ts');
 
 interface KindView {
   readonly kind: Kind;
@@ -46,10 +48,10 @@ const POLICY_VIEW: KindView = {
   ],
 };
 
-function printResources(ctx: CliContext, cmd: Command, view: KindView, resources: readonly Resource[]): void {
+async function printResources(ctx: CliContext, cmd: Command, view: KindView, resources: readonly Resource[]): Promise<void> {
   const format = outputOf(cmd);
   if (format === 'table') ctx.out(table(view.headers, resources.map(view.row)));
-  else ctx.out(formatList(format, resources.map(toDocument)));
+  else ctx.out(formatList(format, resources.map((await validation()).toDocument)));
 }
 
 /** list / get / remove for one kind: the same verbs and flags for every kind. */
@@ -63,7 +65,8 @@ function addReadVerbs(ctx: CliContext, parent: Command, view: KindView, withRemo
     .action(async (opts: { namespace?: string }, cmd: Command) => {
       await withApi(ctx, cmd, async (api) => {
         const res = await api.call('List', api.client.list, { kind: view.kind, namespace: opts.namespace ?? '' });
-        printResources(ctx, cmd, view, res.resources.map(resourceFromWire));
+        const { resourceFromWire } = await wire();
+        await printResources(ctx, cmd, view, res.resources.map(resourceFromWire));
       });
     });
   parent
@@ -74,6 +77,7 @@ function addReadVerbs(ctx: CliContext, parent: Command, view: KindView, withRemo
     .addHelpText('after', example(`ambitctl ${view.noun} get web -n default -o yaml`))
     .action(async (name: string, opts: { namespace: string }, cmd: Command) => {
       await withApi(ctx, cmd, async (api) => {
+        const [{ resourceFromWire }, { toDocument }] = await Promise.all([wire(), validation()]);
         const r = resourceFromWire(await api.call('Get', api.client.get, { key: { kind: view.kind, namespace: opts.namespace, name } }));
         const format = outputOf(cmd);
         if (format === 'table') ctx.out(table(view.headers, [view.row(r)]));
@@ -89,6 +93,7 @@ function addReadVerbs(ctx: CliContext, parent: Command, view: KindView, withRemo
     .addHelpText('after', example(`ambitctl ${view.noun} remove web -n default`))
     .action(async (name: string, opts: { namespace: string }, cmd: Command) => {
       await withApi(ctx, cmd, async (api) => {
+        const { keyToWire } = await wire();
         const res = await api.call('Delete', api.client.delete, { keys: [keyToWire({ kind: view.kind, namespace: opts.namespace, name })], ignoreNotFound: false });
         ctx.out(`${view.kind} ${opts.namespace}/${name} removed (revision ${res.revision})\n`);
       });
@@ -97,6 +102,7 @@ function addReadVerbs(ctx: CliContext, parent: Command, view: KindView, withRemo
 
 /** Creates one resource, failing if it exists (imperative create, like kubectl create). */
 async function createOne(ctx: CliContext, api: AdminApi, doc: Record<string, unknown>, where: string): Promise<void> {
+  const [{ validateResource }, { resourceToWire }] = await Promise.all([validation(), wire()]);
   const r = validateResource(doc, where);
   const res = await api.call('Apply', api.client.apply, { resources: [resourceToWire(r)], createOnly: true, dryRun: false });
   ctx.out(`${r.kind} ${r.metadata.namespace}/${r.metadata.name} created (revision ${res.revision})\n`);
@@ -156,6 +162,7 @@ export function serviceCommand(ctx: CliContext): Command {
     .option('--address <vip>', 'virtual IP (repeatable)', collect, [])
     .addHelpText('after', example('ambitctl service create --name web --namespace default --port 80:8080 --selector app=web --address 10.96.0.10'))
     .action(async (o: { name: string; namespace: string; port: string[]; selector: string[]; address: string[] }, c: Command) => {
+      const { parsePortMapping } = await validation();
       const doc = {
         apiVersion: API_VERSION,
         kind: 'Service',

@@ -1,0 +1,84 @@
+// Wall time of the programs as a user runs them: `node <entry>.ts` (what the
+// VM install's wrappers exec), one process per run, stdout to a pipe that is
+// read to the end. A real ambit-controller (SQLite, loopback) answers
+// `ambitctl status` and `ambitctl workload list`.
+//
+// Each command runs once on an empty compile cache (ambitctl keeps Node's
+// compile cache in the user's cache directory: the first run of a release
+// pays for type stripping and compiling, later ones read it back), then
+// --runs times; the median and p90 of those are the figures, with PASS/FAIL
+// against the targets. Informational: the exit status is 0 whatever the
+// numbers (1 only when a command fails).
+//
+// Run: node bench/cli.ts [--runs N] [--quick]
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, startController } from '../test/e2e/harness.ts';
+
+const HOST = '127.0.128.10';
+const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' } } });
+if (args.help) {
+  process.stdout.write('Usage: node bench/cli.ts [--runs N (default 30)] [--quick (3 runs)]\n');
+  process.exit(0);
+}
+const runs = args.quick ? 3 : Number(args.runs ?? 30);
+
+interface Case {
+  readonly name: string;
+  readonly argv: readonly string[];
+  readonly targetMs?: number;
+}
+
+function percentile(sorted: readonly number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+/** One run's wall time in ms; throws when the command fails. */
+function timeOnce(argv: readonly string[], env: NodeJS.ProcessEnv): number {
+  const start = process.hrtime.bigint();
+  const r = spawnSync(process.execPath, argv, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 30_000 });
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr.slice(-500)}`);
+  return ms;
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-cli-'));
+const ctl = await startController(join(dir, 'controller'), [], HOST);
+let failed = false;
+try {
+  const conn = ['--controller', ctl.address, '--credentials', ctl.credentials];
+  const cases: Case[] = [
+    { name: 'ambitctl --help', argv: [AMBITCTL_MAIN, '--help'], targetMs: 150 },
+    { name: 'ambitctl status', argv: [AMBITCTL_MAIN, ...conn, 'status'], targetMs: 300 },
+    { name: 'ambitctl workload list', argv: [AMBITCTL_MAIN, ...conn, 'workload', 'list'] },
+    { name: 'ambit-controller --help', argv: [CONTROLLER_MAIN, '--help'] },
+    { name: 'ambit-agent --help', argv: [AGENT_MAIN, '--help'] },
+  ];
+  // A cache of the bench's own, so the first run is a first run.
+  const env = { ...process.env, XDG_CACHE_HOME: join(dir, 'cache'), NODE_NO_WARNINGS: '1' };
+  process.stdout.write(`node ${process.version}, ${runs} runs each after one on an empty compile cache; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n\n`);
+  process.stdout.write(`${'command'.padEnd(26)}${'first'.padStart(9)}${'median'.padStart(9)}${'p90'.padStart(9)}  target\n`);
+  for (const c of cases) {
+    const first = timeOnce(c.argv, env);
+    const times: number[] = [];
+    for (let i = 0; i < runs; i++) times.push(timeOnce(c.argv, env));
+    times.sort((a, b) => a - b);
+    const median = percentile(times, 50);
+    const verdict = c.targetMs === undefined ? '-' : `median <= ${c.targetMs} ms: ${median <= c.targetMs ? 'PASS' : 'FAIL'}`;
+    process.stdout.write(`${c.name.padEnd(26)}${`${first.toFixed(0)} ms`.padStart(9)}${`${median.toFixed(0)} ms`.padStart(9)}${`${percentile(times, 90).toFixed(0)} ms`.padStart(9)}  ${verdict}\n`);
+  }
+  const floor: number[] = [];
+  for (let i = 0; i < runs; i++) floor.push(timeOnce(['-e', '0'], env));
+  floor.sort((a, b) => a - b);
+  process.stdout.write(`${'(node -e 0: the floor)'.padEnd(26)}${''.padStart(9)}${`${percentile(floor, 50).toFixed(0)} ms`.padStart(9)}${`${percentile(floor, 90).toFixed(0)} ms`.padStart(9)}\n`);
+} catch (err) {
+  failed = true;
+  process.stdout.write(`ERROR: ${(err as Error).message}\n`);
+} finally {
+  await ctl.proc.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+process.exitCode = failed ? 1 : 0;
