@@ -103,7 +103,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const nodeIdentity = nodeId(info.trustDomain, cfg.node);
 
     // --- state: last good state from disk first
-    const state = new MeshState(cfg.node, info.trustDomain);
+    const state = new MeshState(cfg.node, info.trustDomain, { clusterDomain: cfg.clusterDomain, clusterId: cfg.clusterId });
     const cached = loadState(cfg.dataDir, log);
     // Ready needs *some* state (cached or from the controller), not a
     // non-zero revision: an empty mesh's first snapshot is revision 0.

@@ -72,6 +72,10 @@ export const AGENT_OPTIONS = {
   outlierBaseEjection: durationOption('how long an endpoint is first ejected; each further ejection doubles it', 10_000, { minMs: 100, maxMs: 3_600_000 }),
   outlierMaxEjection: durationOption('the longest an endpoint stays ejected', 300_000, { minMs: 100, maxMs: 86_400_000 }),
   outlierMaxEjectionPercent: intOption('the share (percent) of a service\'s endpoints that may be ejected at once (at least one; 0: none)', 50, 0, 100),
+  // Istio's telemetry names (agent/proxy/istio-names.ts): its defaults, so
+  // Istio's dashboards and Kiali see the values they expect.
+  clusterDomain: stringOption('DNS domain of service host names in telemetry and logs (name.namespace.svc.DOMAIN), as Istio\'s domainSuffix', 'cluster.local', { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS name' }),
+  clusterId: stringOption('cluster name reported as source_cluster and destination_cluster, as Istio\'s CLUSTER_ID', 'Kubernetes', { re: /^[A-Za-z0-9._-]{1,253}$/, what: 'letters, digits, ".", "-", "_"' }),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
 } as const;
 

@@ -117,6 +117,7 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
     workload: srcNamed?.metadata.name ?? (bag.namespace === peer.identity.namespace ? bag.name ?? 'unknown' : 'unknown'),
     namespace: peer.identity.namespace ?? 'unknown',
     identity: peer.identity.uri,
+    ...(srcNamed ? { names: d.state.namesOf(srcNamed) } : {}),
   };
   const authority = String(req.authority ?? '');
   const record = new ConnectionRecord({ direction: 'inbound', src, dst: { ...UNKNOWN_PEER, addr: authority }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
@@ -132,7 +133,7 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
   const dst = d.state.localWorkloadAt(target.ip, target.port);
   if (!dst) return refuse('not_a_local_workload');
   const dstIdentity = d.state.identityOf(dst).uri;
-  record.dst = { addr: `${target.ip}:${target.port}`, workload: dst.metadata.name, namespace: dst.metadata.namespace, identity: dstIdentity };
+  record.dst = { addr: `${target.ip}:${target.port}`, workload: dst.metadata.name, namespace: dst.metadata.namespace, identity: dstIdentity, names: d.state.namesOf(dst) };
   record.service = d.state.serviceNameFor(dst, target.port);
   // The client verified our certificate for peer.servedIdentity; tunnelling it to a workload of another identity would break that promise.
   if (dstIdentity !== peer.servedIdentity) return refuse('identity_mismatch');
@@ -206,7 +207,7 @@ export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted 
   if (canonicalIp(dst.address) === canonicalIp(a.local.address) && dst.port === a.local.port) return refuse('loop');
   const w = d.state.localWorkloadAt(dst.address, dst.port);
   if (!w) return refuse('not_a_local_workload');
-  record.dst = { addr: `${dst.address}:${dst.port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: d.state.identityOf(w).uri };
+  record.dst = { addr: `${dst.address}:${dst.port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: d.state.identityOf(w).uri, names: d.state.namesOf(w) };
   record.service = d.state.serviceNameFor(w, dst.port);
   if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
   const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };

@@ -8,6 +8,7 @@ import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
 import type { AgentMetrics } from '../proxy/metrics.ts';
+import { PASSTHROUGH } from '../proxy/istio-names.ts';
 import type { OutlierDetector } from './outlier.ts';
 import { failureOfStatus, flagOf, policyOfDeniedAnswer, type OutboundFailure } from './refusals.ts';
 
@@ -99,7 +100,7 @@ export interface OutboundSource {
  */
 export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: ConnectionRecord; plan: OutboundPlan } {
   const sourceId = d.state.identityOf(req.source);
-  const src = { addr: req.srcAddr, workload: req.source.metadata.name, namespace: req.source.metadata.namespace, identity: sourceId.uri };
+  const src: Peer = { addr: req.srcAddr, workload: req.source.metadata.name, namespace: req.source.metadata.namespace, identity: sourceId.uri, names: d.state.namesOf(req.source) };
   const record = new ConnectionRecord({ direction: 'outbound', src, dst: { ...UNKNOWN_PEER, addr: `${req.host}:${req.port}` }, service: '', security: 'mutual_tls', metrics: d.metrics, log: d.accessLog });
   const span = startConnectionSpan(d.tracer, 'ambit.outbound', SpanKind.CLIENT, undefined, { 'ambit.source.identity': sourceId.uri, 'ambit.destination': `${req.host}:${req.port}` });
   record.setSpan(span.span, span.context.traceId);
@@ -111,7 +112,7 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
   let targetPort = req.port;
   const svc = d.state.resolveService(req.host, req.port);
   if (svc) {
-    record.service = `${svc.service.metadata.name}.${svc.service.metadata.namespace}.svc`;
+    record.service = d.state.serviceHost(svc.service);
     targetPort = svc.port.targetPort;
     const serving = d.state.endpointsOf(svc.service).filter((w) => w.spec.ports.length === 0 || w.spec.ports.includes(targetPort));
     serviceSize = serving.length;
@@ -129,7 +130,7 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
 
   if (!target) {
     // Not a mesh destination: passthrough.
-    record.service = 'PassthroughCluster';
+    record.service = PASSTHROUGH;
     record.security = 'none';
     if (d.passthrough === 'deny') return refuse('passthrough_denied', `${req.host}:${req.port} is outside the mesh and --passthrough is deny`);
     return { record, plan: { kind: 'direct', host: req.host, port: req.port } };
@@ -177,7 +178,7 @@ function tunnelEndpoint(d: OutboundDeps, w: Workload, port: number): TunnelEndpo
     destination,
     hboneAddress: d.state.hboneAddressOf(w.spec.node) ?? '',
     authority: endpointOf(w.spec.address, port),
-    peer: { addr: `${w.spec.address}:${port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: destination.uri },
+    peer: { addr: `${w.spec.address}:${port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: destination.uri, names: d.state.namesOf(w) },
   };
 }
 

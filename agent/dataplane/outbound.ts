@@ -7,6 +7,7 @@ import { verifyReportedChain } from './peer-chain.ts';
 import type { FromDataplane, ToDataplane } from './supervisor.ts';
 import { ListenerKind, RouteVerdict, type AttemptResult, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
+import { PASSTHROUGH } from '../proxy/istio-names.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
 import { serverNameFor } from '../proxy/hbone-names.ts';
 import { isConnectFailure, planOutbound, refuseOutbound, TunnelError, tunnelFailure, type OutboundDeps, type OutboundFailure, type TunnelRequest } from '../connection/routing.ts';
@@ -186,7 +187,7 @@ export class NativeOutbound {
     const { record } = fromConnectionTag(c.tag, 'outbound', { metrics: d.metrics, log: d.accessLog, state: d.state });
     record.open();
     this.#count(record, c.fromSource, c.toSource);
-    const kind = record.service === 'PassthroughCluster' ? 'direct' : 'tunnel';
+    const kind = record.service === PASSTHROUGH ? 'direct' : 'tunnel';
     this.#track(c.id, { record, kind, target: record.dst.addr, opened: true });
     if (kind === 'tunnel') d.metrics.poolStreams.inc();
   }

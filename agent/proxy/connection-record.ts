@@ -1,5 +1,6 @@
 import type { Logger } from '../../shared/logger.ts';
 import type { Span } from '../../shared/tracing.ts';
+import { serviceLabels, type WorkloadNames } from './istio-names.ts';
 import type { AgentMetrics, TcpLabels, TcpSeries } from './metrics.ts';
 
 export type Direction = 'inbound' | 'outbound';
@@ -9,6 +10,8 @@ export interface Peer {
   readonly workload: string;
   readonly namespace: string;
   readonly identity: string;
+  /** Istio's app, version, canonical service and revision, cluster (istio-names.ts); absent for a peer not known as a workload. */
+  readonly names?: WorkloadNames;
 }
 
 export const UNKNOWN_PEER: Peer = { addr: '', workload: 'unknown', namespace: 'unknown', identity: 'unknown' };
@@ -65,18 +68,35 @@ export class ConnectionRecord {
     return this.#traceId;
   }
 
+  /** Istio's TCP labels (metrics.ts TCP_LABELS) with Istio's values; what is not known is "unknown", as Istio reports it. */
   labels(): TcpLabels {
+    const src = this.src;
+    const dst = this.dst;
+    const svc = serviceLabels(this.service);
     return {
       reporter: this.direction === 'outbound' ? 'source' : 'destination',
-      source_workload: this.src.workload,
-      source_workload_namespace: this.src.namespace,
-      source_principal: this.src.identity,
-      destination_workload: this.dst.workload,
-      destination_workload_namespace: this.dst.namespace,
-      destination_principal: this.dst.identity,
-      destination_service: this.service || 'unknown',
-      connection_security_policy: this.security,
+      source_workload: src.workload,
+      source_canonical_service: src.names?.canonicalService ?? 'unknown',
+      source_canonical_revision: src.names?.canonicalRevision ?? 'unknown',
+      source_workload_namespace: src.namespace,
+      source_principal: src.identity || 'unknown',
+      source_app: src.names?.app ?? 'unknown',
+      source_version: src.names?.version ?? 'unknown',
+      source_cluster: src.names?.cluster ?? 'unknown',
+      destination_service: svc.service,
+      destination_service_namespace: svc.namespace,
+      destination_service_name: svc.name,
+      destination_workload: dst.workload,
+      destination_canonical_service: dst.names?.canonicalService ?? 'unknown',
+      destination_canonical_revision: dst.names?.canonicalRevision ?? 'unknown',
+      destination_workload_namespace: dst.namespace,
+      destination_principal: dst.identity || 'unknown',
+      destination_app: dst.names?.app ?? 'unknown',
+      destination_version: dst.names?.version ?? 'unknown',
+      destination_cluster: dst.names?.cluster ?? 'unknown',
+      request_protocol: 'tcp',
       response_flags: this.responseFlags,
+      connection_security_policy: this.security,
     };
   }
 

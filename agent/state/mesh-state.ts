@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { Authorizer } from '../../shared/authorization.ts';
 import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
+import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';
 
 export interface NodeEndpoint {
@@ -54,10 +55,18 @@ export class MeshState {
   // identity computed once per object stays right; it is asked for on every
   // connection (source and destination), and building one validates each part.
   readonly #ids = new WeakMap<Workload, SpiffeId>();
+  /** Telemetry names per workload object, for the same reason. */
+  readonly #names = new WeakMap<Workload, WorkloadNames>();
+  /** The DNS domain of service host names (`name.namespace.svc.<domain>`). */
+  readonly clusterDomain: string;
+  /** The cluster every workload of this mesh is reported in (`source_cluster`, `destination_cluster`). */
+  readonly clusterId: string;
 
-  constructor(node: string, trustDomain: string) {
+  constructor(node: string, trustDomain: string, o: { readonly clusterDomain?: string; readonly clusterId?: string } = {}) {
     this.node = node;
     this.trustDomain = trustDomain;
+    this.clusterDomain = o.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
+    this.clusterId = o.clusterId ?? DEFAULT_CLUSTER_ID;
   }
 
   get revision(): number {
@@ -168,6 +177,21 @@ export class MeshState {
     return id;
   }
 
+  /** Istio's app, version, canonical service and revision and cluster of `w` (proxy/istio-names.ts). */
+  namesOf(w: Workload): WorkloadNames {
+    let names = this.#names.get(w);
+    if (names === undefined) {
+      names = workloadNames(w, this.clusterId);
+      this.#names.set(w, names);
+    }
+    return names;
+  }
+
+  /** A service's host name, `name.namespace.svc.<cluster domain>`: how telemetry, logs and passive health name it. */
+  serviceHost(svc: Service): string {
+    return serviceHost(svc, this.clusterDomain);
+  }
+
   hboneAddressOf(node: string): string | undefined {
     return this.#nodes.get(node);
   }
@@ -190,7 +214,7 @@ export class MeshState {
     return svc && p ? { service: svc, port: p } : undefined;
   }
 
-  /** "name.namespace.svc" of the first service (by name) that selects `w` and targets `port`, or '' — for inbound telemetry. */
+  /** The host name (serviceHost) of the first service (by name) that selects `w` and targets `port`, or '' — for inbound telemetry. */
   serviceNameFor(w: Workload, port: number): string {
     let best: Service | undefined;
     for (const svc of this.#servicesByName.values()) {
@@ -199,7 +223,7 @@ export class MeshState {
       if (sel.length === 0 || !sel.every(([k, v]) => w.metadata.labels[k] === v)) continue;
       if (!best || svc.metadata.name < best.metadata.name) best = svc;
     }
-    return best ? `${best.metadata.name}.${best.metadata.namespace}.svc` : '';
+    return best ? this.serviceHost(best) : '';
   }
 
   /** Workloads a service selects (same namespace, every selector pair present); an empty selector selects none. */

@@ -78,7 +78,7 @@ export function layoutFrom(yamlText: string, source: string): Layout {
       workload: w.metadata.name, node: w.spec.node, address: w.spec.address, port: port.targetPort,
       identity: identityOf(w.metadata.namespace, w.spec.serviceAccount),
     })),
-    service: { host: `${svc.metadata.name}.${svc.metadata.namespace}`, port: port.port, targetPort: port.targetPort, name: `${svc.metadata.name}.${svc.metadata.namespace}.svc` },
+    service: { host: `${svc.metadata.name}.${svc.metadata.namespace}`, port: port.port, targetPort: port.targetPort, name: `${svc.metadata.name}.${svc.metadata.namespace}.svc.cluster.local` },
   };
 }
 

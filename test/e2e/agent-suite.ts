@@ -119,7 +119,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
       const m = (await httpGet(hostPortOf(agentA.metrics), '/metrics')).body;
       return metricValue(m, 'istio_tcp_connections_closed_total', { reporter: 'source', ...labels }) >= 1 ? m : undefined;
     }, 'source agent counts the closed connection');
-    t.equal(metricValue(ma, 'istio_tcp_connections_opened_total', { reporter: 'source', ...labels, destination_service: 'web.default.svc' }), 1, 'source agent: opened, with service');
+    t.equal(metricValue(ma, 'istio_tcp_connections_opened_total', { reporter: 'source', ...labels, destination_service: 'web.default.svc.cluster.local' }), 1, 'source agent: opened, with service');
     t.ok(metricValue(ma, 'istio_tcp_received_bytes_total', { reporter: 'source', ...labels }) >= 64 * 1024 * 1024, 'source agent: bytes received from the client');
     const mb = (await httpGet(hostPortOf(agentB.metrics), '/metrics')).body;
     t.equal(metricValue(mb, 'istio_tcp_connections_opened_total', { reporter: 'destination', ...labels }), 1, 'destination agent: opened');
@@ -128,7 +128,7 @@ export function agentSuite(o: AgentSuiteOptions): void {
     const logA = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'outbound' && l.bytes_recv === 64 * 1024 * 1024);
     t.equal(logA['src.identity'], CLIENT_ID);
     t.equal(logA['dst.identity'], WEB_ID);
-    t.equal(logA['dst.service'], 'web.default.svc');
+    t.equal(logA['dst.service'], 'web.default.svc.cluster.local');
     const logB = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l.bytes_recv === 64 * 1024 * 1024);
     t.equal(logB['src.identity'], CLIENT_ID, 'destination log names the source identity');
     t.equal(logB.trace_id, logA.trace_id, 'one trace across both hops (traceparent in the CONNECT)');
@@ -147,13 +147,13 @@ export function agentSuite(o: AgentSuiteOptions): void {
     const logA = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'outbound' && l['src.addr'] === CLIENT_IP && l.bytes_recv === 64 * 1024 * 1024 && !logsBefore.has(l));
     t.equal(logA['src.identity'], CLIENT_ID, 'source log: the listener\'s workload');
     t.equal(logA['dst.identity'], WEB_ID, 'source log: the destination workload');
-    t.equal(logA['dst.service'], 'web.default.svc', 'source log: the service it resolved');
+    t.equal(logA['dst.service'], 'web.default.svc.cluster.local', 'source log: the service it resolved');
     t.equal(logA.bytes_sent, 64 * 1024 * 1024, 'source log: every byte back to the client');
     t.equal(logA.error, '', 'source log: no error');
     const logB = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l.trace_id === logA.trace_id);
     t.equal(logB.bytes_recv, 64 * 1024 * 1024, 'destination log: the same connection (one trace across both hops), every byte');
     const ma = (await httpGet(hostPortOf(agentA.metrics), '/metrics')).body;
-    const labels = { reporter: 'source', source_principal: CLIENT_ID, destination_principal: WEB_ID, destination_service: 'web.default.svc' };
+    const labels = { reporter: 'source', source_principal: CLIENT_ID, destination_principal: WEB_ID, destination_service: 'web.default.svc.cluster.local' };
     t.ok(metricValue(ma, 'istio_tcp_connections_closed_total', labels) >= 2, 'source agent counts it (after the SOCKS5 one)');
     t.ok(metricValue(ma, 'istio_tcp_sent_bytes_total', labels) >= 128 * 1024 * 1024, 'and its bytes');
     const spoof = connect({ host: A, port: 19080, allowHalfOpen: true }); // from 127.0.0.1, not the workload's address

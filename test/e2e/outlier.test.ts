@@ -121,23 +121,23 @@ t.test('one dead endpoint of three: 100 new connections, none fails; the dead on
   // starts, after every report of its attempts: once all are logged, the
   // agent has counted everything below.
   const live = new Set(WEB.slice(0, 2).map((a) => `${a}:${PORT}`));
-  const served = () => agentA.proc.logs.filter((l) => l.msg === 'connection' && l.direction === 'outbound' && l['dst.service'] === 'web.default.svc');
+  const served = () => agentA.proc.logs.filter((l) => l.msg === 'connection' && l.direction === 'outbound' && l['dst.service'] === 'web.default.svc.cluster.local');
   await eventually(async () => served().filter((l) => live.has(String(l['dst.addr']))).length >= CONNECTIONS + 1, 'an access log line for each connection');
   t.ok(served().filter((l) => live.has(String(l['dst.addr']))).length >= CONNECTIONS + 1, 'each connection is logged naming the endpoint that served');
   t.same(served().filter((l) => !live.has(String(l['dst.addr']))), [], 'no access log line names the dead endpoint');
 
   const dump = await configDump();
   const ejected = dump.ejectedEndpoints.find((e) => e.endpoint === `${WEB[2]}:${PORT}`);
-  t.match(ejected, { service: 'web.default.svc', workload: 'default/web-3', reason: 'workload_unreachable', ejections: 1 }, '/config_dump shows the dead endpoint ejected, and why');
+  t.match(ejected, { service: 'web.default.svc.cluster.local', workload: 'default/web-3', reason: 'workload_unreachable', ejections: 1 }, '/config_dump shows the dead endpoint ejected, and why');
   t.ok(ejected && Date.parse(ejected.until) - Date.parse(ejected.since) === 120_000, 'since and until: the configured first ejection');
-  t.equal(dump.ejectedEndpoints.filter((e) => e.service === 'web.default.svc').length, 1, 'only the dead one');
+  t.equal(dump.ejectedEndpoints.filter((e) => e.service === 'web.default.svc.cluster.local').length, 1, 'only the dead one');
 
   const m = await metrics();
-  t.equal(metricValue(m, 'ambit_endpoint_ejected', { service: 'web.default.svc', endpoint: `${WEB[2]}:${PORT}` }), 1, 'ambit_endpoint_ejected names it');
-  t.equal(metricValue(m, 'ambit_endpoint_ejections_total', { service: 'web.default.svc' }), 1, 'one ejection counted');
+  t.equal(metricValue(m, 'ambit_endpoint_ejected', { service: 'web.default.svc.cluster.local', endpoint: `${WEB[2]}:${PORT}` }), 1, 'ambit_endpoint_ejected names it');
+  t.equal(metricValue(m, 'ambit_endpoint_ejections_total', { service: 'web.default.svc.cluster.local' }), 1, 'one ejection counted');
   t.ok(metricValue(m, 'ambit_connect_retries_total', { result: 'ok' }) >= 1, 'the retries that saved connections are counted');
   t.equal(metricValue(m, 'istio_tcp_connections_opened_total', { reporter: 'source', destination_workload: 'web-3' }), 0, 'no connection is counted against the endpoint that never served');
-  t.ok(metricValue(m, 'istio_tcp_connections_opened_total', { reporter: 'source', destination_service: 'web.default.svc' }) >= CONNECTIONS + 1, 'every connection counted against the endpoint that served');
+  t.ok(metricValue(m, 'istio_tcp_connections_opened_total', { reporter: 'source', destination_service: 'web.default.svc.cluster.local' }) >= CONNECTIONS + 1, 'every connection counted against the endpoint that served');
 
   // Ejected: new connections do not even try it.
   const retriesBefore = metricValue(m, 'ambit_connect_retries_total');
@@ -154,7 +154,7 @@ t.test('every endpoint dead: a bounded number of attempts, then a clean refusal'
   t.equal(r.reply, 5, 'the client hears "connection refused", not a hang');
   t.ok(Date.now() - started < CONNECT_TIMEOUT_MS, `within the connect timeout (${Date.now() - started} ms)`);
   // The end (and the attempts before it) reach the agent after the client's refusal: wait for the record.
-  const log = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l['dst.service'] === 'gone.default.svc');
+  const log = await agentA.proc.waitForLog((l) => l.msg === 'connection' && l['dst.service'] === 'gone.default.svc.cluster.local');
   // Two endpoints: the first attempt and one retry, both failed.
   t.equal(metricValue(await metrics(), 'ambit_connect_retries_total', { result: 'failed' }) - before, 1, 'one retry, to the other endpoint, then no more');
   t.match(log, { response_flags: 'UF' }, 'the access log records an upstream failure');

@@ -18,7 +18,7 @@ import { createLogger } from '../../../shared/logger.ts';
 import type { Service, Workload } from '../../../shared/resources/types.ts';
 import { getTracer } from '../../../shared/tracing.ts';
 
-const SVC = 'web.shop.svc';
+const SVC = 'web.shop.svc.cluster.local';
 
 function wl(name: string, node: string, address: string, app = 'web'): Workload {
   return {
@@ -103,7 +103,7 @@ t.test('what counts against an endpoint\'s health', async (t) => {
 
 t.test('planOutbound: every refusal it can make, each with its registered flag', async (t) => {
   const cases: { name: string; host: string; port: number; passthrough?: 'allow' | 'deny'; extra?: Workload[]; failure: OutboundFailure; detail: RegExp }[] = [
-    { name: 'a service with no endpoint serving the port', host: 'web.shop', port: 80, failure: 'no_route', detail: /^service web\.shop\.svc has no endpoint serving port 8080$/ },
+    { name: 'a service with no endpoint serving the port', host: 'web.shop', port: 80, failure: 'no_route', detail: /^service web\.shop\.svc\.cluster\.local has no endpoint serving port 8080$/ },
     { name: 'a workload whose node has no known agent', host: '10.0.2.1', port: 8080, extra: [wl('lost', 'node-x', '10.0.2.1', 'lost')], failure: 'no_route', detail: /^node node-x of shop\/lost has no known agent address$/ },
     { name: 'outside the mesh, --passthrough deny', host: '192.0.2.1', port: 443, passthrough: 'deny', failure: 'passthrough_denied', detail: /^192\.0\.2\.1:443 is outside the mesh and --passthrough is deny$/ },
   ];

@@ -18,7 +18,7 @@ function rig() {
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ name: 'test', level: 'info', destination: { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) } });
   const record = (direction: 'inbound' | 'outbound' = 'outbound') =>
-    new ConnectionRecord({ direction, src: client, dst: server, service: 'server.default.svc', security: 'mutual_tls', metrics, log });
+    new ConnectionRecord({ direction, src: client, dst: server, service: 'server.default.svc.cluster.local', security: 'mutual_tls', metrics, log });
   /** name{labels} → value, from the exposition text. */
   const scrape = async (): Promise<Map<string, number>> => {
     const out = new Map<string, number>();
@@ -109,5 +109,5 @@ t.test('labels differ by reporter and by peer', async (t) => {
   const opened = text.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total{'));
   t.equal(opened.length, 2, 'one series per reporter');
   t.ok(opened.some((l) => l.includes('reporter="source"')) && opened.some((l) => l.includes('reporter="destination"')));
-  t.ok(opened.every((l) => l.includes(`source_principal="${client.identity}"`) && l.includes('destination_service="server.default.svc"')), 'the Istio labels carry the peers');
+  t.ok(opened.every((l) => l.includes(`source_principal="${client.identity}"`) && l.includes('destination_service="server.default.svc.cluster.local"') && l.includes('destination_service_name="server"')), 'the Istio labels carry the peers');
 });

@@ -185,10 +185,27 @@ t.test('serviceNameFor: first matching service by name targeting the port', asyn
       svc('elsewhere', { selector: { app: 'web' }, namespace: 'other' }),
     ],
   });
-  t.equal(s.serviceNameFor(w, 8080), 'aa-web.shop.svc', 'the first by name');
-  t.equal(s.serviceNameFor(w, 9001), 'grpc.shop.svc', 'matched by target port');
+  t.equal(s.serviceNameFor(w, 8080), 'aa-web.shop.svc.cluster.local', 'the first by name, as its host name');
+  t.equal(s.serviceNameFor(w, 9001), 'grpc.shop.svc.cluster.local', 'matched by target port');
   t.equal(s.serviceNameFor(w, 80), '', 'the service port is not the target port');
   t.equal(s.serviceNameFor(wl('db', { labels: { app: 'db' } }), 8080), '', 'no service selects it (an empty selector does not)');
+  const other = new MeshState(NODE, TD, { clusterDomain: 'corp.example' });
+  other.apply({ revision: 1, snapshot: [w, svc('web', { selector: { app: 'web' } })] });
+  t.equal(other.serviceNameFor(w, 8080), 'web.shop.svc.corp.example', 'in the configured cluster domain');
+});
+
+t.test('namesOf: Istio\'s app, version, canonical service and revision, and the cluster', async (t) => {
+  const s = new MeshState(NODE, TD, { clusterId: 'east' });
+  const named = (labels: Record<string, string>) => s.namesOf(wl('web-v1', { labels }));
+  t.same(named({}), { app: 'web-v1', version: 'latest', canonicalService: 'web-v1', canonicalRevision: 'latest', cluster: 'east' }, 'no labels: the workload name and "latest"');
+  t.same(named({ app: 'web', version: 'v1' }), { app: 'web', version: 'v1', canonicalService: 'web', canonicalRevision: 'v1', cluster: 'east' }, 'app and version');
+  t.same(named({ 'app.kubernetes.io/name': 'web', 'app.kubernetes.io/version': '2.0' }), { app: 'web', version: '2.0', canonicalService: 'web', canonicalRevision: '2.0', cluster: 'east' }, 'the recommended Kubernetes labels');
+  t.same(named({ app: 'web', 'app.kubernetes.io/name': 'webapp', version: 'v1', 'app.kubernetes.io/version': '1.0.3' }),
+    { app: 'web', version: 'v1', canonicalService: 'webapp', canonicalRevision: '1.0.3', cluster: 'east' }, 'app/version win for app and version, the Kubernetes labels for the canonical ones');
+  t.same(named({ app: 'web', version: 'v1', 'service.istio.io/canonical-name': 'frontend', 'service.istio.io/canonical-revision': 'r7' }),
+    { app: 'web', version: 'v1', canonicalService: 'frontend', canonicalRevision: 'r7', cluster: 'east' }, 'Istio\'s canonical labels win for the canonical names only');
+  t.same(named({ 'service.istio.io/canonical-name': 'frontend' }), { app: 'frontend', version: 'latest', canonicalService: 'frontend', canonicalRevision: 'latest', cluster: 'east' }, 'no app label: the canonical service');
+  t.equal(new MeshState(NODE, TD).namesOf(wl('x', {})).cluster, 'Kubernetes', 'Istio\'s default cluster id');
 });
 
 t.test('an update that cannot be applied changes nothing', async (t) => {

@@ -252,8 +252,8 @@ async function main(): Promise<void> {
       t.match(log, { 'dst.service': 'PassthroughCluster', security: 'none', 'src.identity': CLIENT_ID, error: '' }, `${dst}: access log says PassthroughCluster`);
     }
     const met = await topo.metrics(1);
-    t.ok(metricValue(met, 'istio_tcp_connections_opened_total', { reporter: 'source', source_principal: CLIENT_ID, destination_service: 'PassthroughCluster', connection_security_policy: 'none' }) >= 2,
-      'metrics: destination_service PassthroughCluster, connection_security_policy none');
+    t.ok(metricValue(met, 'istio_tcp_connections_opened_total', { reporter: 'source', source_principal: CLIENT_ID, destination_service_name: 'PassthroughCluster', connection_security_policy: 'none' }) >= 2,
+      'metrics: destination_service_name PassthroughCluster, connection_security_policy none');
     t.notOk(a2.logs.slice(m2).some((l) => l.msg === 'connection' && l['dst.addr'] === `${OUTSIDER}:8080`), "h2's agent never saw it (not a mesh destination)");
   });
 
@@ -394,10 +394,10 @@ async function main(): Promise<void> {
       by.set(s, (by.get(s) ?? 0) + 1);
     }
     t.same([...by.keys()].sort(), ['web', 'web-2'], `both endpoints served (${JSON.stringify(Object.fromEntries(by))})`);
-    const log = await logAfter(topo.agent(1), mark, (l) => l.msg === 'connection' && l.direction === 'outbound' && l['dst.service'] === 'web.default.svc', 'service record');
+    const log = await logAfter(topo.agent(1), mark, (l) => l.msg === 'connection' && l.direction === 'outbound' && l['dst.service'] === 'web.default.svc.cluster.local', 'service record');
     t.match(log, { 'dst.identity': WEB_ID, security: 'mutual_tls' }, 'h1 reports the service');
     const m3 = await topo.metrics(3);
-    t.ok(metricValue(m3, 'istio_tcp_connections_opened_total', { reporter: 'destination', destination_workload: 'web-2', destination_service: 'web.default.svc' }) >= 1, 'h3 reports its share for the service');
+    t.ok(metricValue(m3, 'istio_tcp_connections_opened_total', { reporter: 'destination', destination_workload: 'web-2', destination_service: 'web.default.svc.cluster.local' }) >= 1, 'h3 reports its share for the service');
   });
 
   t.test('8. agent restart while another host pair transfers; capture rules are never duplicated', SCENARIO, async (t) => {
