@@ -30,7 +30,7 @@ const WEB = wl('web-7f9', 'node-b', '10.2.0.7', { 'app.kubernetes.io/name': 'web
 const WEB_SVC: Service = {
   kind: 'Service',
   metadata: { name: 'web', namespace: 'shop', labels: {}, revision: 1 },
-  spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: 8080 }], selector: { 'app.kubernetes.io/name': 'web' } },
+  spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { 'app.kubernetes.io/name': 'web' } },
 };
 
 function agent(node: string) {
