@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admission::{AcceptFailure, Reserve};
 use crate::control::{listener_error, pb, Out, Outbox};
+use crate::l7::outcome::Observers;
 use crate::relay::{self, Counts};
 
 /// How long a question (a peer's identity, a connection's route or verdict)
@@ -67,6 +68,9 @@ pub struct Core {
     pub reserve: Reserve,
     /// RLIMIT_NOFILE at start: the listeners' caps are shares of it.
     pub nofile: u64,
+    /// Who hears of each finished HTTP request (l7/outcome.rs); none by default.
+    #[allow(dead_code)]
+    pub observers: Observers,
 }
 
 impl Core {
@@ -84,6 +88,7 @@ impl Core {
             drained_said: AtomicBool::new(false),
             reserve: Reserve::default(),
             nofile,
+            observers: Observers::default(),
         })
     }
 
