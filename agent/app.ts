@@ -5,7 +5,7 @@ import { HttpEndpoint } from '../shared/http-endpoint.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createMetricsRegistry } from '../shared/metrics.ts';
 import { nodeId } from '../shared/spiffe-id.ts';
-import { getTracer } from '../shared/tracing.ts';
+import { createTracing } from '../shared/tracing.ts';
 import { adminEndpoint } from './admin-server.ts';
 import { loopbackAddressFor, type AgentConfig } from './config.ts';
 import { CaClient } from './identity/ca-client.ts';
@@ -137,7 +137,12 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     persistState.health = (healthy) => metrics.persistHealthy.set(healthy ? 1 : 0);
     // Failures during start-up (before the registry existed) are counted too.
     for (const f of persister.failures()) metrics.persistFailures.inc({ path: f.path, errno: f.code || 'unknown' }, f.attempts);
-    const tracer = getTracer('ambit-agent', AGENT_VERSION);
+    // Spans export through the SDK when --traces-exporter otlp; a graceful
+    // stop sends what is queued (this cleanup runs after the drain's, which
+    // end the last connections' spans).
+    const tracing = await createTracing(cfg.tracing, 'ambit-agent', { serviceVersion: AGENT_VERSION, node: cfg.node, trustDomain: info.trustDomain, instance: nodeIdentity.uri }, { logger: log });
+    cleanups.push(() => tracing.shutdown());
+    const tracer = tracing.tracer;
     const refreshCertGauges = (): void => {
       metrics.certExpiry.reset();
       for (const e of certs.entries()) metrics.certExpiry.set({ identity: e.identity.uri }, e.notAfter / 1000);

@@ -6,6 +6,7 @@ import {
 } from '../shared/config-parse.ts';
 import { AmbitError } from '../shared/errors.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
+import { TRACING_OPTIONS, tracingSettings, type TracingSettings } from '../shared/tracing-config.ts';
 
 /**
  * An explicit (no-iptables) outbound listener: the named local workload's
@@ -77,9 +78,10 @@ export const AGENT_OPTIONS = {
   clusterDomain: stringOption('DNS domain of service host names in telemetry and logs (name.namespace.svc.DOMAIN), as Istio\'s domainSuffix', 'cluster.local', { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS name' }),
   clusterId: stringOption('cluster name reported as source_cluster and destination_cluster, as Istio\'s CLUSTER_ID', 'Kubernetes', { re: /^[A-Za-z0-9._-]{1,253}$/, what: 'letters, digits, ".", "-", "_"' }),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
+  ...TRACING_OPTIONS,
 } as const;
 
-export type AgentConfig = ConfigValues<typeof AGENT_OPTIONS>;
+export type AgentConfig = ConfigValues<typeof AGENT_OPTIONS> & { readonly tracing: TracingSettings };
 
 /**
  * The token of --join-file. A file that group or others can read is refused,
@@ -104,7 +106,8 @@ function readJoinFile(path: string, readFile: (p: string) => string): string {
 }
 
 export function parseAgentConfig(sources: ConfigSources): AgentConfig & { readonly help: boolean } {
-  let cfg = parseConfig(AGENT_OPTIONS, sources);
+  const parsed = parseConfig(AGENT_OPTIONS, sources);
+  let cfg = Object.freeze({ ...parsed, tracing: tracingSettings(parsed, 'ambit-agent') });
   if (!cfg.help && cfg.joinFile !== undefined) {
     if (cfg.join !== undefined) {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--join and --join-file (or AMBIT_JOIN and AMBIT_JOIN_FILE) are alternatives: give one', { details: { key: 'join-file' } });

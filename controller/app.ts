@@ -12,6 +12,7 @@ import { ConnectionAdmission } from '../shared/connection-admission.ts';
 import { listenOn } from '../shared/listen.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createMetricsRegistry } from '../shared/metrics.ts';
+import { createTracing } from '../shared/tracing.ts';
 import { AdminService, BootstrapService, CertificateAuthorityService, DiscoveryService } from '../shared/proto/gen/ambit.ts';
 import { adminId, controllerId } from '../shared/spiffe-id.ts';
 import { CertificateAuthority } from './ca/authority.ts';
@@ -168,7 +169,11 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     const nodes = new NodeTracker(store, now);
     await nodes.load();
     const tokens = new JoinTokens(store, now);
-    const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl, reviewKubernetesToken };
+    // A span per certificate signed or refused (--traces-exporter otlp); the
+    // last cleanup sends what is queued.
+    const tracing = await createTracing(cfg.tracing, 'ambit-controller', { serviceVersion: VERSION, node: hostname(), trustDomain: cfg.trustDomain, instance: controllerId(cfg.trustDomain).uri }, { logger });
+    cleanups.push(() => tracing.shutdown());
+    const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, tracer: tracing.tracer, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl, reviewKubernetesToken };
     const storeId = await store.identity();
     logger.info({ storeId, backend: store.backend }, 'store identity');
     const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics, storeId });

@@ -5,6 +5,7 @@ import {
 import { descriptorLimit } from '../shared/connection-admission.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
 import { AmbitError } from '../shared/errors.ts';
+import { TRACING_OPTIONS, tracingSettings, type TracingSettings } from '../shared/tracing-config.ts';
 
 /**
  * Descriptors --max-connections auto leaves to the controller itself: the
@@ -47,9 +48,10 @@ export const CONTROLLER_OPTIONS = {
   } as Option<number | 'auto'> & { readonly default: number | 'auto' },
   maxConnectionsPerSource: intOption('gRPC port: connections at most per source address that have not yet authenticated', 32, 1, 100_000),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
+  ...TRACING_OPTIONS,
 } as const;
 
-export type ControllerConfig = Omit<ConfigValues<typeof CONTROLLER_OPTIONS>, 'maxConnections'> & { readonly maxConnections: number };
+export type ControllerConfig = Omit<ConfigValues<typeof CONTROLLER_OPTIONS>, 'maxConnections'> & { readonly maxConnections: number; readonly tracing: TracingSettings };
 
 /** "auto" resolved against the soft RLIMIT_NOFILE the controller runs under. */
 export function autoMaxConnections(limit: number | undefined): number {
@@ -58,7 +60,7 @@ export function autoMaxConnections(limit: number | undefined): number {
 
 export function parseControllerConfig(sources: ConfigSources, readLimit: () => number | undefined = () => descriptorLimit()): ControllerConfig & { readonly help: boolean } {
   const parsed = parseConfig(CONTROLLER_OPTIONS, sources);
-  const cfg = Object.freeze({ ...parsed, maxConnections: parsed.maxConnections === 'auto' ? autoMaxConnections(readLimit()) : parsed.maxConnections });
+  const cfg = Object.freeze({ ...parsed, maxConnections: parsed.maxConnections === 'auto' ? autoMaxConnections(readLimit()) : parsed.maxConnections, tracing: tracingSettings(parsed, 'ambit-controller') });
   if ((cfg.caCert === undefined) !== (cfg.caKey === undefined)) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--ca-cert and --ca-key must be given together', { details: { key: cfg.caCert === undefined ? 'ca-cert' : 'ca-key' } });
   }

@@ -34,6 +34,12 @@ export interface Option<T> {
    */
   // A method, so that an Option<number> is still an Option<unknown> (methods are bivariant in their parameters).
   format?(value: T): string;
+  /**
+   * The environment variable that sets it, when a standard one names it
+   * rather than AMBIT_<FLAG> (OpenTelemetry's OTEL_*: operators set those
+   * once for every process on a host).
+   */
+  readonly env?: string;
 }
 
 export type OptionSpecs = Readonly<Record<string, Option<unknown>>>;
@@ -113,7 +119,8 @@ export function parseConfig<S extends OptionSpecs>(specs: S, sources: ConfigSour
   const out: Record<string, unknown> = {};
   for (const [key, spec] of Object.entries(specs)) {
     const flag = flags[flagName(key)];
-    const env = sources.env[envName(key)];
+    const envVar = spec.env ?? envName(key);
+    const env = sources.env[envVar];
     let raw: unknown;
     let source: string;
     if (flag !== undefined) {
@@ -121,13 +128,13 @@ export function parseConfig<S extends OptionSpecs>(specs: S, sources: ConfigSour
       source = `flag --${flagName(key)}`;
     } else if (env !== undefined && env !== '') {
       raw = env;
-      source = `env ${envName(key)}`;
+      source = `env ${envVar}`;
     } else if (file[key] !== undefined) {
       raw = file[key];
       source = `config file ${configPath ?? ''}`;
     } else {
       if (spec.required && spec.default === undefined && !flags.help) {
-        throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `missing required --${flagName(key)} (or ${envName(key)}): ${spec.description}`, {
+        throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `missing required --${flagName(key)} (or ${envVar}): ${spec.description}`, {
           details: { key: flagName(key) },
         });
       }
@@ -165,11 +172,11 @@ export function configHelp(usage: string, specs: OptionSpecs): string {
     const shown = defaultText(spec);
     const def = shown === undefined ? '' : ` (default ${shown})`;
     const req = spec.required ? ' (required)' : '';
-    return [`  --${flagName(key)}${spec.boolean ? '' : ' VALUE'}`, `${spec.description}${def}${req} [${envName(key)}]`];
+    return [`  --${flagName(key)}${spec.boolean ? '' : ' VALUE'}`, `${spec.description}${def}${req} [${spec.env ?? envName(key)}]`];
   });
   rows.push(['  --config FILE', 'YAML file of option: value [AMBIT_CONFIG]']);
   const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
-  const lines = [usage, '', 'Options (each also from env AMBIT_<FLAG> or a YAML --config FILE; flags win):'];
+  const lines = [usage, '', 'Options (each also from the env var in brackets or a YAML --config FILE; flags win):'];
   for (const [flag, text] of rows) lines.push(flag.padEnd(width) + text);
   return lines.join('\n');
 }

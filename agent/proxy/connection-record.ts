@@ -138,10 +138,18 @@ export class ConnectionRecord {
       'dst.service': this.service, direction: this.direction, security: this.security, response_flags: this.responseFlags,
       bytes_sent: this.bytesToSource, bytes_recv: this.bytesFromSource, duration_ms: duration, error: this.error, policy: this.policy, trace_id: this.#traceId,
     }, 'connection');
-    if (this.#span) {
-      this.#span.setAttributes({ 'ambit.bytes_sent': this.bytesToSource, 'ambit.bytes_recv': this.bytesFromSource, 'ambit.response_flags': this.responseFlags });
+    if (this.#span?.isRecording()) {
+      // What is known only now (the destination resolved, the bytes moved),
+      // named as the access log and Istio's metric labels name it.
+      this.#span.setAttributes({
+        'ambit.direction': this.direction,
+        'ambit.source.workload': this.src.workload, 'ambit.source.namespace': this.src.namespace, 'ambit.source.principal': this.src.identity, 'ambit.source.address': this.src.addr,
+        'ambit.destination.workload': this.dst.workload, 'ambit.destination.namespace': this.dst.namespace, 'ambit.destination.principal': this.dst.identity, 'ambit.destination.address': this.dst.addr,
+        'ambit.destination.service': this.service, 'ambit.connection_security_policy': this.security,
+        'ambit.bytes_sent': this.bytesToSource, 'ambit.bytes_recv': this.bytesFromSource, 'ambit.response_flags': this.responseFlags,
+      });
       if (this.error) this.#span.setStatus({ code: 2, message: this.error });
-      this.#span.end();
     }
+    this.#span?.end();
   }
 }

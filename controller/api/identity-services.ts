@@ -9,6 +9,7 @@ import type { JoinTokens } from '../registry/join-tokens.ts';
 import type { NodeTracker } from '../registry/node-tracker.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { ControllerMetrics } from '../metrics.ts';
+import { SpanKind, type Span, type Tracer } from '../../shared/tracing.ts';
 import { unary, type PeerAuthenticator } from './peer.ts';
 
 export interface IdentityDeps {
@@ -19,10 +20,17 @@ export interface IdentityDeps {
   readonly auth: PeerAuthenticator;
   readonly logger: Logger;
   readonly metrics: ControllerMetrics;
+  readonly tracer: Tracer;
   readonly certTtlMs: number;
   readonly nodeCertTtlMs: number;
   /** Verifies a Kubernetes service-account token for `node` (kubernetes store only). */
   readonly reviewKubernetesToken?: (token: string, node: string) => Promise<void>;
+}
+
+/** Ends a call's span: refused calls carry the refusal reason as an error status. */
+function endSpan(span: Span, refused: string): void {
+  if (refused) span.setStatus({ code: 2, message: refused });
+  span.end();
 }
 
 function reasonOf(err: unknown): string {
@@ -44,6 +52,7 @@ export function bootstrapService(d: IdentityDeps): BootstrapServer {
     join: unary(d.logger, 'Join', async (call: ServerUnaryCall<JoinRequest, JoinResponse>): Promise<JoinResponse> => {
       const req = call.request;
       const peer = call.getPeer();
+      const span = d.tracer.startSpan('ambit.controller.Join', { kind: SpanKind.SERVER, attributes: { 'ambit.node': req.node } });
       try {
         if (!isValidName(req.node)) {
           throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `invalid node name ${JSON.stringify(req.node)}`, { details: { field: 'node', reason: 'bad-node-name' } });
@@ -71,11 +80,13 @@ export function bootstrapService(d: IdentityDeps): BootstrapServer {
         await d.nodes.seen(req.node, { certExpiresAt: issued.notAfter });
         await d.nodes.issued(req.node, { identity: identity.uri, root: issued.root, notAfter: issued.notAfter });
         d.metrics.bootstrap.inc({ result: 'ok', reason: '' });
+        endSpan(span, '');
         d.logger.info({ node: req.node, identity: identity.uri, peer, expiresAt: new Date(issued.notAfter).toISOString() }, 'node bootstrapped');
         return { certificateChainPem: issued.chainPem, trustBundlePem: d.ca.bundlePem(), trustDomain: d.ca.trustDomain, expiresAtMs: issued.notAfter };
       } catch (err) {
         const reason = reasonOf(err);
         d.metrics.bootstrap.inc({ result: 'refused', reason });
+        endSpan(span, reason);
         d.logger.warn({ node: req.node, peer, reason, err: (err as Error).message }, 'node bootstrap refused');
         throw err;
       }
@@ -93,6 +104,7 @@ export function certificateService(d: IdentityDeps): CertificateAuthorityServer 
     createCertificate: unary(d.logger, 'CreateCertificate', async (call: ServerUnaryCall<CreateCertificateRequest, CreateCertificateResponse>): Promise<CreateCertificateResponse> => {
       const started = performance.now();
       let kind = 'unknown';
+      const span = d.tracer.startSpan('ambit.controller.CreateCertificate', { kind: SpanKind.SERVER, attributes: { 'ambit.identity': call.request.identity } });
       try {
         const caller = d.auth.require(call);
         if (caller.kind !== 'node' || caller.name === undefined) {
@@ -116,10 +128,13 @@ export function certificateService(d: IdentityDeps): CertificateAuthorityServer 
           .catch((err: unknown) => d.logger.warn({ err }, 'recording the issued certificate failed'));
         d.metrics.csr.inc({ result: 'signed', reason: '', kind });
         d.metrics.csrSeconds.observe((performance.now() - started) / 1000);
+        span.setAttribute('ambit.node', caller.name);
+        endSpan(span, '');
         d.logger.debug({ node: caller.name, identity: identity.uri, serial: issued.serial }, 'certificate issued');
         return { certificateChainPem: issued.chainPem, trustBundlePem: d.ca.bundlePem(), expiresAtMs: issued.notAfter };
       } catch (err) {
         d.metrics.csr.inc({ result: 'refused', reason: reasonOf(err), kind });
+        endSpan(span, reasonOf(err));
         throw err;
       }
     }),
