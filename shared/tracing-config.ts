@@ -55,12 +55,12 @@ export function parseResourceAttributes(raw: unknown): Readonly<Record<string, s
 
 export const TRACING_OPTIONS = {
   tracesExporter: { ...enumOption('trace export: otlp sends spans to an OpenTelemetry collector; none (default) makes no span', ['otlp', 'none'] as const, 'none'), env: 'OTEL_TRACES_EXPORTER' },
-  otlpEndpoint: urlOption('OTLP collector base URL; traces go to <url>/v1/traces over http/protobuf, to <url> over grpc (default http://localhost:4318, grpc http://localhost:4317)', 'OTEL_EXPORTER_OTLP_ENDPOINT'),
+  otlpEndpoint: urlOption('OTLP collector base URL; traces go to <url>/v1/traces over http/protobuf, to <url> over grpc; unset: http://localhost:4318, over grpc http://localhost:4317', 'OTEL_EXPORTER_OTLP_ENDPOINT'),
   otlpTracesEndpoint: urlOption('OTLP traces URL, used as given (wins over --otlp-endpoint)', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'),
   otlpProtocol: { ...enumOption('OTLP transport', OTLP_PROTOCOLS, 'http/protobuf'), env: 'OTEL_EXPORTER_OTLP_PROTOCOL' },
   tracesSampler: { ...enumOption('which traces are recorded', SAMPLERS, 'parentbased_always_on'), env: 'OTEL_TRACES_SAMPLER' },
   tracesSamplerArg: {
-    description: 'the traceidratio samplers\' ratio, 0 to 1 (default 1)',
+    description: 'the traceidratio samplers\' ratio, 0 to 1; unset: 1',
     env: 'OTEL_TRACES_SAMPLER_ARG',
     parse: (raw: unknown): number => {
       const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(raw) ? Number(raw) : NaN;

@@ -118,7 +118,7 @@ t.test('one connection, one trace: source agent → destination agent, with the 
     t.equal(s.attributes['ambit.response_flags'], '-', `${reporter}: no response flags`);
     t.equal(s.status.code, 0, `${reporter}: no error`);
   }
-  t.equal(out.attributes['ambit.destination.service'], 'web.default.svc', 'the service the source resolved');
+  t.equal(out.attributes['ambit.destination.service'], 'web.default.svc.cluster.local', 'the service the source resolved (its full name, as Istio\'s destination_service)');
 });
 
 t.test('a refused connection\'s span says why', async (t) => {
