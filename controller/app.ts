@@ -18,6 +18,7 @@ import { adminId, controllerId } from '../shared/spiffe-id.ts';
 import { CertificateAuthority } from './ca/authority.ts';
 import type { ControllerConfig } from './config.ts';
 import { adminService } from './api/admin-service.ts';
+import { Explainer } from './explain/explain.ts';
 import { discoveryService } from './api/discovery-service.ts';
 import { bootstrapService, certificateService } from './api/identity-services.ts';
 import { peerAuthenticator, ServingCertificates } from './api/peer.ts';
@@ -202,7 +203,13 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     server.addService(BootstrapService, bootstrapService(identityDeps));
     server.addService(CertificateAuthorityService, certificateService(identityDeps));
     server.addService(DiscoveryService, discovery.server);
-    server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, version: VERSION, startedAt: now(), now }));
+    const explainer = new Explainer(() => ({
+      revision: registry.revision,
+      trustDomain: cfg.trustDomain,
+      resources: registry.all(),
+      nodeAddress: (node) => nodes.endpoints().find((e) => e.name === node)?.hboneAddress,
+    }));
+    server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, explainer, version: VERSION, startedAt: now(), now }));
     const listener = grpcListener(server, servingCerts, admission, cfg.connectDeadline);
     const grpcPort = await listenOn(listener.server, cfg.listen.host, cfg.listen.port).then((a) => a.port).catch((cause: unknown) => {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --listen ${formatHostPort(cfg.listen)}: ${(cause as Error).message}`, { cause, details: { key: 'listen' } });

@@ -3,6 +3,7 @@ import { Authorizer } from '../../shared/authorization.ts';
 import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
+import { serviceKeyOfHost } from '../../shared/service-host.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';
 
 export interface NodeEndpoint {
@@ -205,10 +206,8 @@ export class MeshState {
     let svc: Service | undefined;
     if (ip) svc = this.#servicesByVip.get(ip);
     else {
-      const parts = host.toLowerCase().replace(/\.$/, '').split('.');
-      // name.namespace, or name.namespace.svc[.<cluster domain>]; any other name
-      // (api.github.com) is outside the mesh even if a service "api" lives in a namespace "github".
-      if (parts.length === 2 || (parts.length >= 3 && parts[2] === 'svc')) svc = this.#servicesByName.get(`${parts[0]}.${parts[1]}`);
+      const key = serviceKeyOfHost(host);
+      if (key !== undefined) svc = this.#servicesByName.get(key);
     }
     const p = svc?.spec.ports.find((sp) => sp.port === port);
     return svc && p ? { service: svc, port: p } : undefined;

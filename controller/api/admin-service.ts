@@ -15,6 +15,8 @@ import type { NodeTracker, NodeView } from '../registry/node-tracker.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Store } from '../store/store.ts';
 import type { ControllerMetrics } from '../metrics.ts';
+import type { Explainer } from '../explain/explain.ts';
+import { explainRequestFromWire, explanationToWire } from './explain-wire.ts';
 import { unary, type PeerAuthenticator } from './peer.ts';
 
 export interface AdminDeps {
@@ -26,6 +28,7 @@ export interface AdminDeps {
   readonly auth: PeerAuthenticator;
   readonly logger: Logger;
   readonly metrics: ControllerMetrics;
+  readonly explainer: Explainer;
   readonly version: string;
   readonly startedAt: number;
   readonly now: () => number;
@@ -203,6 +206,8 @@ export function adminService(d: AdminDeps): pb.AdminServer {
       d.logger.warn({ by: who, phase, forced: req.force }, 'CA root rotation phase applied');
       return { ca: caResponse((await rotation()).status), phase };
     }),
+
+    explain: admin('Explain', async (req: pb.ExplainRequest) => explanationToWire(d.explainer.explain(explainRequestFromWire(req)))),
 
     status: admin('Status', async () => {
       const counts = d.registry.counts();

@@ -413,6 +413,102 @@ export interface StatusResponse {
   uptimeMs: number;
 }
 
+/**
+ * A dry run: how a connection from a source to host:port would resolve and
+ * be authorized, answered from the controller's state (controller/explain/).
+ */
+export interface ExplainRequest {
+  /** Exactly one source: "namespace/name" of a workload, a SPIFFE ID, or an IP. */
+  fromWorkload: string;
+  fromIdentity: string;
+  fromAddress: string;
+  /** A service name (name.namespace[.svc…]), a service VIP, a workload address or any other host. */
+  toHost: string;
+  toPort: number;
+}
+
+export interface ExplainSource {
+  /** "workload" | "identity" | "external" */
+  kind: string;
+  /** "namespace/name"; "" when not a workload */
+  workload: string;
+  /** "" outside the mesh */
+  identity: string;
+  node: string;
+  /** "" when no address is verified */
+  address: string;
+  /** "mutual_tls" | "plaintext" */
+  peerAuthentication: string;
+}
+
+export interface ExplainServicePort {
+  name: string;
+  port: number;
+  targetPort: number;
+  appProtocol: string;
+}
+
+export interface ExplainDestination {
+  /** "service" | "workload" | "passthrough" */
+  kind: string;
+  host: string;
+  port: number;
+  /** "name.namespace.svc.cluster.local"; "" when not a service */
+  service: string;
+  serviceAddresses: string[];
+  /** unset when not a service */
+  servicePort: ExplainServicePort | undefined;
+  detail: string;
+}
+
+export interface ExplainVerdict {
+  allowed: boolean;
+  /** denied_by_policy | no_allow_match | allowed_by_policy | no_policies */
+  reason: string;
+  /** "namespace/name", "(no ALLOW matched)", or "" */
+  policy: string;
+  /** index in the policy's spec.rules; -1 when no policy decided */
+  rule: number;
+  /** no_allow_match: the ALLOW policies selecting the workload */
+  allowPolicies: string[];
+  summary: string;
+}
+
+export interface ExplainEndpoint {
+  workload: string;
+  identity: string;
+  address: string;
+  port: number;
+  node: string;
+  nodeAddress: string;
+  weight: number;
+  healthy: boolean;
+  locality: string;
+  serving: boolean;
+  verdict: ExplainVerdict | undefined;
+}
+
+export interface ExplainError {
+  /** AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE | AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION */
+  code: string;
+  message: string;
+}
+
+export interface ExplainResponse {
+  revision: number;
+  queryFrom: string;
+  queryTo: string;
+  /** unset: unknown source */
+  source:
+    | ExplainSource
+    | undefined;
+  /** unset: unknown destination */
+  destination: ExplainDestination | undefined;
+  endpoints: ExplainEndpoint[];
+  /** unset: answered */
+  error: ExplainError | undefined;
+}
+
 function createBaseObjectMeta(): ObjectMeta {
   return { name: "", namespace: "", labels: {}, revision: 0 };
 }
@@ -4537,6 +4633,956 @@ export const StatusResponse: MessageFns<StatusResponse> = {
   },
 };
 
+function createBaseExplainRequest(): ExplainRequest {
+  return { fromWorkload: "", fromIdentity: "", fromAddress: "", toHost: "", toPort: 0 };
+}
+
+export const ExplainRequest: MessageFns<ExplainRequest> = {
+  encode(message: ExplainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fromWorkload !== "") {
+      writer.uint32(10).string(message.fromWorkload);
+    }
+    if (message.fromIdentity !== "") {
+      writer.uint32(18).string(message.fromIdentity);
+    }
+    if (message.fromAddress !== "") {
+      writer.uint32(26).string(message.fromAddress);
+    }
+    if (message.toHost !== "") {
+      writer.uint32(34).string(message.toHost);
+    }
+    if (message.toPort !== 0) {
+      writer.uint32(40).uint32(message.toPort);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fromWorkload = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromIdentity = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.fromAddress = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toHost = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.toPort = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainRequest>): ExplainRequest {
+    return ExplainRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainRequest>): ExplainRequest {
+    const message = createBaseExplainRequest();
+    message.fromWorkload = object.fromWorkload ?? "";
+    message.fromIdentity = object.fromIdentity ?? "";
+    message.fromAddress = object.fromAddress ?? "";
+    message.toHost = object.toHost ?? "";
+    message.toPort = object.toPort ?? 0;
+    return message;
+  },
+};
+
+function createBaseExplainSource(): ExplainSource {
+  return { kind: "", workload: "", identity: "", node: "", address: "", peerAuthentication: "" };
+}
+
+export const ExplainSource: MessageFns<ExplainSource> = {
+  encode(message: ExplainSource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.workload !== "") {
+      writer.uint32(18).string(message.workload);
+    }
+    if (message.identity !== "") {
+      writer.uint32(26).string(message.identity);
+    }
+    if (message.node !== "") {
+      writer.uint32(34).string(message.node);
+    }
+    if (message.address !== "") {
+      writer.uint32(42).string(message.address);
+    }
+    if (message.peerAuthentication !== "") {
+      writer.uint32(50).string(message.peerAuthentication);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainSource {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainSource();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workload = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.peerAuthentication = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainSource>): ExplainSource {
+    return ExplainSource.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainSource>): ExplainSource {
+    const message = createBaseExplainSource();
+    message.kind = object.kind ?? "";
+    message.workload = object.workload ?? "";
+    message.identity = object.identity ?? "";
+    message.node = object.node ?? "";
+    message.address = object.address ?? "";
+    message.peerAuthentication = object.peerAuthentication ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainServicePort(): ExplainServicePort {
+  return { name: "", port: 0, targetPort: 0, appProtocol: "" };
+}
+
+export const ExplainServicePort: MessageFns<ExplainServicePort> = {
+  encode(message: ExplainServicePort, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.port !== 0) {
+      writer.uint32(16).uint32(message.port);
+    }
+    if (message.targetPort !== 0) {
+      writer.uint32(24).uint32(message.targetPort);
+    }
+    if (message.appProtocol !== "") {
+      writer.uint32(34).string(message.appProtocol);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainServicePort {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainServicePort();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.targetPort = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.appProtocol = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainServicePort>): ExplainServicePort {
+    return ExplainServicePort.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainServicePort>): ExplainServicePort {
+    const message = createBaseExplainServicePort();
+    message.name = object.name ?? "";
+    message.port = object.port ?? 0;
+    message.targetPort = object.targetPort ?? 0;
+    message.appProtocol = object.appProtocol ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainDestination(): ExplainDestination {
+  return { kind: "", host: "", port: 0, service: "", serviceAddresses: [], servicePort: undefined, detail: "" };
+}
+
+export const ExplainDestination: MessageFns<ExplainDestination> = {
+  encode(message: ExplainDestination, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.host !== "") {
+      writer.uint32(18).string(message.host);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    if (message.service !== "") {
+      writer.uint32(34).string(message.service);
+    }
+    for (const v of message.serviceAddresses) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.servicePort !== undefined) {
+      ExplainServicePort.encode(message.servicePort, writer.uint32(50).fork()).join();
+    }
+    if (message.detail !== "") {
+      writer.uint32(58).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainDestination {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainDestination();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.serviceAddresses.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.servicePort = ExplainServicePort.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainDestination>): ExplainDestination {
+    return ExplainDestination.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainDestination>): ExplainDestination {
+    const message = createBaseExplainDestination();
+    message.kind = object.kind ?? "";
+    message.host = object.host ?? "";
+    message.port = object.port ?? 0;
+    message.service = object.service ?? "";
+    message.serviceAddresses = object.serviceAddresses?.map((e) => e) || [];
+    message.servicePort = (object.servicePort !== undefined && object.servicePort !== null)
+      ? ExplainServicePort.fromPartial(object.servicePort)
+      : undefined;
+    message.detail = object.detail ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainVerdict(): ExplainVerdict {
+  return { allowed: false, reason: "", policy: "", rule: 0, allowPolicies: [], summary: "" };
+}
+
+export const ExplainVerdict: MessageFns<ExplainVerdict> = {
+  encode(message: ExplainVerdict, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.allowed !== false) {
+      writer.uint32(8).bool(message.allowed);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.policy !== "") {
+      writer.uint32(26).string(message.policy);
+    }
+    if (message.rule !== 0) {
+      writer.uint32(32).int32(message.rule);
+    }
+    for (const v of message.allowPolicies) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.summary !== "") {
+      writer.uint32(50).string(message.summary);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainVerdict {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainVerdict();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.allowed = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rule = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.allowPolicies.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.summary = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainVerdict>): ExplainVerdict {
+    return ExplainVerdict.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainVerdict>): ExplainVerdict {
+    const message = createBaseExplainVerdict();
+    message.allowed = object.allowed ?? false;
+    message.reason = object.reason ?? "";
+    message.policy = object.policy ?? "";
+    message.rule = object.rule ?? 0;
+    message.allowPolicies = object.allowPolicies?.map((e) => e) || [];
+    message.summary = object.summary ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainEndpoint(): ExplainEndpoint {
+  return {
+    workload: "",
+    identity: "",
+    address: "",
+    port: 0,
+    node: "",
+    nodeAddress: "",
+    weight: 0,
+    healthy: false,
+    locality: "",
+    serving: false,
+    verdict: undefined,
+  };
+}
+
+export const ExplainEndpoint: MessageFns<ExplainEndpoint> = {
+  encode(message: ExplainEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workload !== "") {
+      writer.uint32(10).string(message.workload);
+    }
+    if (message.identity !== "") {
+      writer.uint32(18).string(message.identity);
+    }
+    if (message.address !== "") {
+      writer.uint32(26).string(message.address);
+    }
+    if (message.port !== 0) {
+      writer.uint32(32).uint32(message.port);
+    }
+    if (message.node !== "") {
+      writer.uint32(42).string(message.node);
+    }
+    if (message.nodeAddress !== "") {
+      writer.uint32(50).string(message.nodeAddress);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(56).uint32(message.weight);
+    }
+    if (message.healthy !== false) {
+      writer.uint32(64).bool(message.healthy);
+    }
+    if (message.locality !== "") {
+      writer.uint32(74).string(message.locality);
+    }
+    if (message.serving !== false) {
+      writer.uint32(80).bool(message.serving);
+    }
+    if (message.verdict !== undefined) {
+      ExplainVerdict.encode(message.verdict, writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workload = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.nodeAddress = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.weight = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.healthy = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.locality = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.serving = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.verdict = ExplainVerdict.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainEndpoint>): ExplainEndpoint {
+    return ExplainEndpoint.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainEndpoint>): ExplainEndpoint {
+    const message = createBaseExplainEndpoint();
+    message.workload = object.workload ?? "";
+    message.identity = object.identity ?? "";
+    message.address = object.address ?? "";
+    message.port = object.port ?? 0;
+    message.node = object.node ?? "";
+    message.nodeAddress = object.nodeAddress ?? "";
+    message.weight = object.weight ?? 0;
+    message.healthy = object.healthy ?? false;
+    message.locality = object.locality ?? "";
+    message.serving = object.serving ?? false;
+    message.verdict = (object.verdict !== undefined && object.verdict !== null)
+      ? ExplainVerdict.fromPartial(object.verdict)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainError(): ExplainError {
+  return { code: "", message: "" };
+}
+
+export const ExplainError: MessageFns<ExplainError> = {
+  encode(message: ExplainError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== "") {
+      writer.uint32(10).string(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainError>): ExplainError {
+    return ExplainError.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainError>): ExplainError {
+    const message = createBaseExplainError();
+    message.code = object.code ?? "";
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainResponse(): ExplainResponse {
+  return {
+    revision: 0,
+    queryFrom: "",
+    queryTo: "",
+    source: undefined,
+    destination: undefined,
+    endpoints: [],
+    error: undefined,
+  };
+}
+
+export const ExplainResponse: MessageFns<ExplainResponse> = {
+  encode(message: ExplainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0) {
+      writer.uint32(8).uint64(message.revision);
+    }
+    if (message.queryFrom !== "") {
+      writer.uint32(18).string(message.queryFrom);
+    }
+    if (message.queryTo !== "") {
+      writer.uint32(26).string(message.queryTo);
+    }
+    if (message.source !== undefined) {
+      ExplainSource.encode(message.source, writer.uint32(34).fork()).join();
+    }
+    if (message.destination !== undefined) {
+      ExplainDestination.encode(message.destination, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.endpoints) {
+      ExplainEndpoint.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.error !== undefined) {
+      ExplainError.encode(message.error, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.queryFrom = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queryTo = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.source = ExplainSource.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.destination = ExplainDestination.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.endpoints.push(ExplainEndpoint.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.error = ExplainError.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainResponse>): ExplainResponse {
+    return ExplainResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainResponse>): ExplainResponse {
+    const message = createBaseExplainResponse();
+    message.revision = object.revision ?? 0;
+    message.queryFrom = object.queryFrom ?? "";
+    message.queryTo = object.queryTo ?? "";
+    message.source = (object.source !== undefined && object.source !== null)
+      ? ExplainSource.fromPartial(object.source)
+      : undefined;
+    message.destination = (object.destination !== undefined && object.destination !== null)
+      ? ExplainDestination.fromPartial(object.destination)
+      : undefined;
+    message.endpoints = object.endpoints?.map((e) => ExplainEndpoint.fromPartial(e)) || [];
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ExplainError.fromPartial(object.error)
+      : undefined;
+    return message;
+  },
+};
+
 export type BootstrapService = typeof BootstrapService;
 export const BootstrapService = {
   /**
@@ -4777,6 +5823,15 @@ export const AdminService = {
     responseSerialize: (value: StatusResponse): Buffer => Buffer.from(StatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatusResponse => StatusResponse.decode(value),
   },
+  explain: {
+    path: "/ambit.v1.Admin/Explain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExplainRequest): Buffer => Buffer.from(ExplainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExplainRequest => ExplainRequest.decode(value),
+    responseSerialize: (value: ExplainResponse): Buffer => Buffer.from(ExplainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExplainResponse => ExplainResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -4789,6 +5844,7 @@ export interface AdminServer extends UntypedServiceImplementation {
   getCa: handleUnaryCall<GetCaRequest, GetCaResponse>;
   rotateCa: handleUnaryCall<RotateCaRequest, RotateCaResponse>;
   status: handleUnaryCall<StatusRequest, StatusResponse>;
+  explain: handleUnaryCall<ExplainRequest, ExplainResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -4920,6 +5976,21 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StatusResponse) => void,
+  ): ClientUnaryCall;
+  explain(
+    request: ExplainRequest,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  explain(
+    request: ExplainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  explain(
+    request: ExplainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
   ): ClientUnaryCall;
 }
 
