@@ -16,6 +16,7 @@ import { ConnectionTracker } from './proxy/connection-tracker.ts';
 import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
 import { defaultDataplaneBinary, NativeInbound } from './dataplane/inbound.ts';
 import { NativeOutbound, type DataplaneListener } from './dataplane/outbound.ts';
+import { TelemetryReporter } from './proxy/telemetry-reporter.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './connection/routing.ts';
 import { MeshState } from './state/mesh-state.ts';
@@ -152,7 +153,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- data plane
     const tracker = new ConnectionTracker();
-    const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout };
+    const telemetry = new TelemetryReporter(metrics.tcp);
+    const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout, denials: telemetry };
     const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout, outlier };
     const loopback = loopbackAddressFor(cfg.address);
     const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
@@ -313,6 +315,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       revision: () => state.revision,
       certExpiresAt: () => certs.earliestExpiry(),
       trustedRoots,
+      report: () => telemetry.take(),
+      reportIntervalMs: cfg.telemetryInterval,
       apply: (u) => {
         try {
           applyUpdate(u);

@@ -77,6 +77,7 @@ export const AGENT_OPTIONS = {
   // Istio's dashboards and Kiali see the values they expect.
   clusterDomain: stringOption('DNS domain of service host names in telemetry and logs (name.namespace.svc.DOMAIN), as Istio\'s domainSuffix', 'cluster.local', { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS name' }),
   clusterId: stringOption('cluster name reported as source_cluster and destination_cluster, as Istio\'s CLUSTER_ID', 'Kubernetes', { re: /^[A-Za-z0-9._-]{1,253}$/, what: 'letters, digits, ".", "-", "_"' }),
+  telemetryInterval: durationOption('how often the agent reports its traffic (edge counters, denials) to the controller for the web console', 5_000, { minMs: 200, maxMs: 300_000 }),
   logLevel: enumOption('log level', LOG_LEVELS, 'info'),
   ...TRACING_OPTIONS,
 } as const;

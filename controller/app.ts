@@ -34,6 +34,13 @@ import { loadKubeConfig } from './store/kubernetes/kube-config.ts';
 import { kubernetesTokenReviewer } from './api/token-review.ts';
 import type { Store } from './store/store.ts';
 import { VERSION } from './version.ts';
+import type { Workload } from '../shared/resources/types.ts';
+import { verifyPeer } from '../shared/tls.ts';
+import { TelemetryWindow } from './telemetry/telemetry-window.ts';
+import { ConsoleLogins } from './console/console-logins.ts';
+import { ConsoleServer } from './console/console-server.ts';
+import { loadConsoleAssets } from './console/console-assets.ts';
+import { explainFromPolicies } from './console/console-views.ts';
 
 export { VERSION };
 
@@ -44,6 +51,8 @@ const LOCAL_RENEW_CHECK_MS = 3_600_000;
 export interface ControllerApp {
   readonly grpcAddress: HostPort;
   readonly monitoringAddress: HostPort;
+  /** Where the web console listens; undefined with --console none. */
+  readonly consoleAddress: HostPort | undefined;
   readonly ca: CertificateAuthority;
   readonly store: Store;
   /** Graceful: stop accepting, end watch streams, finish in-flight calls (up to 5 s), close the store. */
@@ -132,9 +141,12 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     // --- local credentials: serving certificate and admin client credentials
     const servingSans = (): { dnsNames: string[]; ips: string[] } => {
       const ips = new Set(['127.0.0.1', '::1']);
-      if (isIP(cfg.listen.host) && cfg.listen.host !== '0.0.0.0' && cfg.listen.host !== '::') ips.add(cfg.listen.host);
       const dns = new Set(['localhost', hostname()]);
-      if (!isIP(cfg.listen.host)) dns.add(cfg.listen.host);
+      // The console presents the same certificate, so its address is named too.
+      for (const host of [cfg.listen.host, ...(cfg.console === 'none' ? [] : [cfg.console.host])]) {
+        if (isIP(host) && host !== '0.0.0.0' && host !== '::') ips.add(host);
+        if (!isIP(host)) dns.add(host);
+      }
       return { dnsNames: [...dns].filter((n) => /^[A-Za-z0-9.-]+$/.test(n)), ips: [...ips] };
     };
     const issueServing = () => ca.issueLocal(controllerId(cfg.trustDomain), LOCAL_CERT_TTL_MS, servingSans());
@@ -177,7 +189,10 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     const identityDeps = { ca, registry, tokens, nodes, auth, logger, metrics, tracer: tracing.tracer, certTtlMs: cfg.certTtl, nodeCertTtlMs: cfg.nodeCertTtl, reviewKubernetesToken };
     const storeId = await store.identity();
     logger.info({ storeId, backend: store.backend }, 'store identity');
-    const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics, storeId });
+    const telemetry = new TelemetryWindow({ now, workload: (namespace, name) => registry.get({ kind: 'Workload', namespace, name }) as Workload | undefined });
+    const consoleLogins = new ConsoleLogins(now);
+    let consoleUrl = '';
+    const discovery = discoveryService({ registry, store, ca, nodes, auth, logger, metrics, storeId, telemetry });
     // Admission on the gRPC port (docs/reliability.md, "Connection floods"):
     // the controller owns the listening socket and TLS, and hands grpc-js
     // only the connections it admits, so a flood of idle or unauthenticated clients
@@ -209,7 +224,8 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
       resources: registry.all(),
       nodeAddress: (node) => nodes.endpoints().find((e) => e.name === node)?.hboneAddress,
     }));
-    server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, explainer, version: VERSION, startedAt: now(), now }));
+    const startedAt = now();
+    server.addService(AdminService, adminService({ registry, store, ca, tokens, nodes, auth, logger, metrics, explainer, version: VERSION, startedAt, now, consoleLogins, consoleUrl: () => consoleUrl }));
     const listener = grpcListener(server, servingCerts, admission, cfg.connectDeadline);
     const grpcPort = await listenOn(listener.server, cfg.listen.host, cfg.listen.port).then((a) => a.port).catch((cause: unknown) => {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --listen ${formatHostPort(cfg.listen)}: ${(cause as Error).message}`, { cause, details: { key: 'listen' } });
@@ -250,14 +266,44 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     });
     cleanups.unshift(() => monitoring.close());
 
+    // --- web console (docs/console.md)
+    let consoleAddress: HostPort | undefined;
+    if (cfg.console !== 'none') {
+      const at = cfg.console;
+      const web = new ConsoleServer({
+        views: { registry, nodes, ca, telemetry, storeBackend: store.backend, storeId, version: VERSION, startedAt, now, explain: explainFromPolicies(registry) },
+        logins: consoleLogins,
+        assets: loadConsoleAssets(),
+        serving: servingCerts,
+        adminOf: (der) => {
+          try {
+            const id = verifyPeer(der, ca.intermediates(), ca.bundle(), ca.trustDomain, now());
+            return id.kind === 'admin' ? id.uri : undefined;
+          } catch {
+            return undefined;
+          }
+        },
+        hostNames: [hostname().toLowerCase(), ...(isIP(at.host) ? [] : [at.host.toLowerCase()])],
+        logger: logger.child({ component: 'console' }),
+      });
+      const bound = await web.listen(at).catch((cause: unknown) => {
+        throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `cannot listen on --console ${formatHostPort(at)}: ${(cause as Error).message}`, { cause, details: { key: 'console' } });
+      });
+      cleanups.unshift(() => web.close());
+      consoleAddress = { host: at.host, port: bound.port };
+      const shownHost = at.host === '0.0.0.0' || at.host === '::' ? hostname() : at.host;
+      consoleUrl = `https://${formatHostPort({ host: shownHost, port: bound.port })}`;
+    }
+
     logger.info(
-      { grpc: formatHostPort({ host: cfg.listen.host, port: grpcPort }), monitoring: `${mon.address}:${mon.port}`, trustDomain: cfg.trustDomain, revision: registry.revision, caRoot: ca.activeRootFingerprint(), admin: adminDir },
+      { grpc: formatHostPort({ host: cfg.listen.host, port: grpcPort }), monitoring: `${mon.address}:${mon.port}`, console: consoleUrl || 'off', trustDomain: cfg.trustDomain, revision: registry.revision, caRoot: ca.activeRootFingerprint(), admin: adminDir },
       'controller ready',
     );
     let closing: Promise<void> | undefined;
     return {
       grpcAddress: { host: cfg.listen.host, port: grpcPort },
       monitoringAddress: { host: cfg.monitoring.host, port: mon.port },
+      consoleAddress,
       ca,
       store,
       close: () => {

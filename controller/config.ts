@@ -1,6 +1,6 @@
 import {
   boolOption, durationOption, enumOption, hostPortOption, intOption, parseConfig, stringOption,
-  type ConfigSources, type ConfigValues, type Option,
+  formatHostPort, parseHostPort, type ConfigSources, type ConfigValues, type HostPort, type Option,
 } from '../shared/config-parse.ts';
 import { descriptorLimit } from '../shared/connection-admission.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
@@ -21,6 +21,12 @@ export const CONTROLLER_OPTIONS = {
   dataDir: { ...stringOption('directory for the store, the CA and the admin credentials'), required: true },
   listen: hostPortOption('gRPC API address (TLS 1.3)', { host: '0.0.0.0', port: 15012 }, 15012),
   monitoring: hostPortOption('/metrics and /healthz/ready address', { host: '0.0.0.0', port: 15014 }, 15014),
+  console: {
+    description: 'web console address (HTTPS, admin only: docs/console.md), or "none" to turn it off',
+    default: { host: '127.0.0.1', port: 15015 },
+    parse: (raw: unknown): HostPort | 'none' => (raw === 'none' ? 'none' : parseHostPort(raw, 15015)),
+    format: (v: HostPort | 'none') => (v === 'none' ? v : formatHostPort(v)),
+  } as Option<HostPort | 'none'> & { readonly default: HostPort | 'none' },
   trustDomain: stringOption('SPIFFE trust domain', 'cluster.local', { re: /^[a-z0-9._-]{1,255}$/, what: 'lower-case letters, digits, ".", "-", "_"' }),
   reinitializeStore: boolOption('start a new, empty store even though the data directory holds a CA whose store is missing, empty or another one (agents keep their cached state and refuse the new store until told to accept it)'),
   store: enumOption('state store backend', ['sqlite', 'kubernetes', 'etcd'] as const, 'sqlite'),

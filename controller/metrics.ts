@@ -61,6 +61,12 @@ export function createControllerMetrics(registry: Registry) {
       labelNames: ['kind'] as const,
       registers,
     }),
+    telemetry: new Counter({
+      name: 'ambit_controller_telemetry_items_total',
+      help: 'Edges and denials agents reported for the console, by kind (edge, denial) and result (kept, refused: not about the reporting node\'s workloads).',
+      labelNames: ['kind', 'result'] as const,
+      registers,
+    }),
     grpcConnectionsDropped: new Counter({
       name: 'ambit_controller_grpc_connections_dropped_total',
       help: 'gRPC-port connections the controller closed or refused before they authenticated, by reason (refused-per-source, refused-full, evicted, expired).',

@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   AMBIT_ERR_EXPLAIN_QUERY_INVALID: 'An explain query names no source or several, or its destination is not HOST:PORT.',
   AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE: 'An explain query names a source the mesh does not know (no such workload, not a workload SPIFFE ID of this trust domain, not an IP).',
   AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION: 'An explain query names a mesh service that does not exist or does not have that port.',
+  AMBIT_ERR_CONSOLE_LOGIN: 'A web console login token is unknown, expired or already used, or the console is off.',
   AMBIT_ERR_CLI_USAGE: 'An ambitctl command was called with wrong arguments.',
   AMBIT_ERR_INTERNAL: 'An unexpected internal failure; report it.',
 } as const;

@@ -28,6 +28,7 @@ const STATUS_OF: Partial<Record<ErrorCode, status>> = {
   AMBIT_ERR_CA_LOAD: status.FAILED_PRECONDITION,
   AMBIT_ERR_CA_ROTATION_UNSAFE: status.FAILED_PRECONDITION,
   AMBIT_ERR_EXPLAIN_QUERY_INVALID: status.INVALID_ARGUMENT,
+  AMBIT_ERR_CONSOLE_LOGIN: status.FAILED_PRECONDITION,
 };
 
 /** Server side: an error thrown by a handler → the status object grpc-js sends. */

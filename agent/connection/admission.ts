@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import type { Logger } from '../../shared/logger.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
+import type { DeniedConnection } from '../proxy/telemetry-reporter.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
@@ -32,6 +33,8 @@ export interface InboundDeps {
   readonly connectTimeoutMs: number;
   /** Where to dial a local workload (tests and VMs: its address; a pod network could map differently). */
   readonly dialAddress?: (w: Workload) => string;
+  /** Told of each policy denial (the console's recent denials). */
+  readonly denials?: { denied(d: DeniedConnection): void };
 }
 
 /** "ip:port" or "[v6]:port" → parts, or undefined when malformed. */
@@ -145,19 +148,25 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
 
   const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) return refuseDenied(d, record, decision);
+  if (!decision.allowed) return refuseDenied(d, record, decision, target.port);
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port } };
 }
 
 /**
  * Refuses a connection policy denied: counted in ambit_policy_denials_total
  * and logged under the deciding policy (or '(no ALLOW matched)'), answered
- * `denied: <reason> [by ns/policy]`.
+ * `denied: <reason> [by ns/policy]`, and reported to the controller for the
+ * console's recent denials.
  */
-export function refuseDenied(d: InboundDeps, record: ConnectionRecord, decision: Decision): Refused {
+export function refuseDenied(d: InboundDeps, record: ConnectionRecord, decision: Decision, port: number): Refused {
   const policy = deniedBy(decision);
   d.metrics.denials.inc({ direction: 'inbound', policy, reason: decision.reason });
   record.policy = policy;
+  d.denials?.denied({
+    direction: 'inbound', sourcePrincipal: record.src.identity, sourceWorkload: record.src.workload, sourceNamespace: record.src.namespace, sourceAddress: record.src.addr,
+    destinationWorkload: record.dst.workload, destinationNamespace: record.dst.namespace, destinationPort: port, destinationService: record.service,
+    policy: decision.policy ?? '', reason: decision.reason,
+  });
   return refuseAdmission(d, record, 'denied', deniedAnswer(decision));
 }
 
@@ -212,6 +221,6 @@ export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted 
   if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
   const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };
   const decision = d.state.authorizer.evaluate(facts);
-  if (!decision.allowed) return refuseDenied(d, record, decision);
+  if (!decision.allowed) return refuseDenied(d, record, decision, dst.port);
   return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port } };
 }

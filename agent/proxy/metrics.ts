@@ -63,6 +63,11 @@ export class TcpSeriesTable {
     return entry.series;
   }
 
+  /** Every series, for readers other than prom-client (the telemetry reporter). */
+  *all(): IterableIterator<TcpSeries> {
+    for (const { series } of this.#series.values()) yield series;
+  }
+
   /** Passes what `field` grew by since the last call to `counter` (a prom-client collect() step). */
   report(field: Field, counter: Counter<string>): void {
     for (const { series, reported } of this.#series.values()) {

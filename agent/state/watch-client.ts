@@ -1,5 +1,5 @@
 import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
-import { DiscoveryClient, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
+import { DiscoveryClient, type TelemetryReport, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { Backoff } from '../../shared/backoff.ts';
 import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
@@ -32,6 +32,9 @@ export interface WatchClientOptions {
    * waiting forever instead of reconnecting. Default 30 s.
    */
   readonly firstResponseTimeoutMs?: number;
+  /** The traffic report since the last one (undefined: nothing to say), sent every reportIntervalMs while the stream is up. */
+  readonly report?: () => TelemetryReport | undefined;
+  readonly reportIntervalMs?: number;
 }
 
 /**
@@ -81,6 +84,7 @@ export class WatchClient {
   #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #firstResponseTimer: NodeJS.Timeout | undefined;
+  #reportTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #connected = false;
   lastError = '';
@@ -102,6 +106,17 @@ export class WatchClient {
   #setConnected(v: boolean): void {
     if (this.#connected === v) return;
     this.#connected = v;
+    clearInterval(this.#reportTimer);
+    this.#reportTimer = undefined;
+    // Reports are taken only while a stream is up to carry them: what happened meanwhile goes in the first one after.
+    const report = this.#o.report;
+    if (v && report) {
+      this.#reportTimer = setInterval(() => {
+        const r = report();
+        if (r) this.#call?.write({ request: { $case: 'report', report: r } });
+      }, this.#o.reportIntervalMs ?? 5_000);
+      this.#reportTimer.unref();
+    }
     this.#o.onStatus?.(v);
   }
 
@@ -167,6 +182,7 @@ export class WatchClient {
 
   close(): void {
     this.#closed = true;
+    clearInterval(this.#reportTimer);
     clearTimeout(this.#timer);
     clearTimeout(this.#firstResponseTimer);
     this.#call?.cancel();

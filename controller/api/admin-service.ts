@@ -18,6 +18,7 @@ import type { ControllerMetrics } from '../metrics.ts';
 import type { Explainer } from '../explain/explain.ts';
 import { explainRequestFromWire, explanationToWire } from './explain-wire.ts';
 import { unary, type PeerAuthenticator } from './peer.ts';
+import { DEFAULT_LOGIN_TTL_MS, type ConsoleLogins } from '../console/console-logins.ts';
 
 export interface AdminDeps {
   readonly registry: Registry;
@@ -32,6 +33,9 @@ export interface AdminDeps {
   readonly version: string;
   readonly startedAt: number;
   readonly now: () => number;
+  /** The console's login tokens, and where it serves ("" while it is off). */
+  readonly consoleLogins: ConsoleLogins;
+  readonly consoleUrl: () => string;
 }
 
 /** Optimistic-concurrency retries when another writer commits between plan and commit. */
@@ -208,6 +212,13 @@ export function adminService(d: AdminDeps): pb.AdminServer {
     }),
 
     explain: admin('Explain', async (req: pb.ExplainRequest) => explanationToWire(d.explainer.explain(explainRequestFromWire(req)))),
+    createConsoleLogin: admin('CreateConsoleLogin', async (req: pb.CreateConsoleLoginRequest, who) => {
+      const url = d.consoleUrl();
+      if (!url) throw new AmbitError('AMBIT_ERR_CONSOLE_LOGIN', 'the web console is off (ambit-controller --console none)');
+      const t = d.consoleLogins.createLogin(who, req.ttlMs > 0 ? req.ttlMs : DEFAULT_LOGIN_TTL_MS);
+      d.logger.info({ by: who, expiresAt: new Date(t.expiresAt).toISOString() }, 'console login token created');
+      return { token: t.token, expiresAtMs: t.expiresAt, consoleUrl: url };
+    }),
 
     status: admin('Status', async () => {
       const counts = d.registry.counts();

@@ -12,6 +12,7 @@ import type { Registry } from '../registry/registry.ts';
 import type { Store } from '../store/store.ts';
 import type { ControllerMetrics } from '../metrics.ts';
 import type { PeerAuthenticator } from './peer.ts';
+import type { TelemetryWindow } from '../telemetry/telemetry-window.ts';
 
 export interface DiscoveryDeps {
   readonly registry: Registry;
@@ -23,6 +24,8 @@ export interface DiscoveryDeps {
   readonly metrics: ControllerMetrics;
   /** The store's identity (Store.identity), sent on every response so agents can refuse state from another store. */
   readonly storeId: string;
+  /** Where agents' traffic reports go (the console's graph and denials); reports are ignored without it. */
+  readonly telemetry?: TelemetryWindow;
   /** How long a new stream may take to send its WatchStart. */
   readonly startTimeoutMs?: number;
 }
@@ -159,6 +162,20 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
             endWithStatus(call, 'catch-up failed', toStatus(err));
           },
         );
+        return;
+      }
+      if (r.$case === 'report') {
+        if (!d.telemetry) return;
+        const out = d.telemetry.record(node, r.report);
+        d.metrics.telemetry.inc({ kind: 'edge', result: 'kept' }, out.edges);
+        d.metrics.telemetry.inc({ kind: 'denial', result: 'kept' }, out.denials);
+        const refused = [...out.refusedEdges, ...out.refusedDenials];
+        if (refused.length > 0) {
+          d.metrics.telemetry.inc({ kind: 'edge', result: 'refused' }, out.refusedEdges.length);
+          d.metrics.telemetry.inc({ kind: 'denial', result: 'refused' }, out.refusedDenials.length);
+          // Node authorization, as for certificates: a node speaks only for its own workloads.
+          log.warn({ code: 'AMBIT_ERR_NODE_UNAUTHORIZED', refused: refused.slice(0, 10), count: refused.length }, 'telemetry about workloads of other nodes refused');
+        }
         return;
       }
       const ack = r.ack;

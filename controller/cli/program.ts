@@ -9,6 +9,7 @@ import { policyCommand, serviceCommand, workloadCommand } from './commands/resou
 import { applyCommand, deleteCommand } from './commands/files.ts';
 import { caCommand, statusCommand } from './commands/mesh.ts';
 import { explainCommand } from './commands/explain.ts';
+import { consoleCommand } from './commands/console.ts';
 
 // Ambit speaks TLS 1.3 only (DESIGN §3); grpc-js has no per-channel minimum.
 tls.DEFAULT_MIN_VERSION = 'TLSv1.3';
@@ -29,7 +30,7 @@ export function buildProgram(ctx: CliContext): Command {
     .option('--credentials <dir>', 'admin credentials dir with cert.pem, key.pem, ca.pem [AMBIT_CREDENTIALS] (default: <controller data dir>/admin)')
     .showHelpAfterError()
     .exitOverride();
-  for (const c of [nodeCommand(ctx), workloadCommand(ctx), serviceCommand(ctx), policyCommand(ctx), applyCommand(ctx), deleteCommand(ctx), caCommand(ctx), statusCommand(ctx), explainCommand(ctx)]) {
+  for (const c of [nodeCommand(ctx), workloadCommand(ctx), serviceCommand(ctx), policyCommand(ctx), applyCommand(ctx), deleteCommand(ctx), caCommand(ctx), statusCommand(ctx), explainCommand(ctx), consoleCommand(ctx)]) {
     program.addCommand(c);
   }
   const configure = (cmd: Command): void => {

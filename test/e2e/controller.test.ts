@@ -230,7 +230,7 @@ t.test('data dir secrets are 0600', async (t) => {
 t.test('a daemon whose stderr reader is gone still stops on SIGTERM', async (t) => {
   const { spawn } = await import('node:child_process');
   const dir = mkdtempSync(join(tmpdir(), 'ambit-e2e-epipe-'));
-  const child = spawn(process.execPath, [join(import.meta.dirname, '../../controller/main.ts'), '--data-dir', dir, '--listen', '127.0.0.1:0', '--monitoring', '127.0.0.1:0', '--log-level', 'debug'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [join(import.meta.dirname, '../../controller/main.ts'), '--data-dir', dir, '--listen', '127.0.0.1:0', '--monitoring', '127.0.0.1:0', '--console', '127.0.0.1:0', '--log-level', 'debug'], { stdio: ['ignore', 'ignore', 'pipe'] });
   // Read one line, then close our end: every later log write hits EPIPE.
   await new Promise<void>((resolve) => child.stderr!.once('data', () => resolve()));
   child.stderr!.destroy();

@@ -25,7 +25,7 @@ t.test('controller: a second one on the same --data-dir is refused; after kill -
   const dataDir = mkdtempSync(join(tmpdir(), 'ambit-e2e-lock-ctl-'));
   const first = await startController(dataDir, [], HOST);
   t.teardown(() => first.proc.stop('SIGKILL'));
-  const second = await refused(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`]);
+  const second = await refused(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, '--console', `${HOST}:0`]);
   t.not(second.code, 0, 'the second exits non-zero');
   t.match(second.stderr, 'AMBIT_ERR_DATA_DIR_LOCKED');
   t.match(second.stderr, `pid ${first.proc.child.pid}`, 'naming the holder\'s pid');

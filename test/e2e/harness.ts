@@ -130,11 +130,14 @@ export interface RunningController {
   readonly dataDir: string;
   readonly credentials: string;
   readonly address: string;
+  /** The web console's URL ("https://host:port"), or "off". */
+  readonly console: string;
 }
 
-/** Starts ambit-controller on 127.0.0.1 with OS-chosen ports and waits for "controller ready". */
+/** Starts ambit-controller on 127.0.0.1 with OS-chosen ports (the console's too, unless `extra` sets --console) and waits for "controller ready". */
 export async function startController(dataDir: string, extra: readonly string[] = [], host = '127.0.0.1', ports: { grpc?: number; monitoring?: number } = {}, main = CONTROLLER_MAIN): Promise<RunningController> {
-  const proc = new Proc(main, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...extra]);
+  const consoleArgs = extra.includes('--console') ? [] : ['--console', `${host}:0`];
+  const proc = new Proc(main, ['--data-dir', dataDir, '--listen', `${host}:${ports.grpc ?? 0}`, '--monitoring', `${host}:${ports.monitoring ?? 0}`, ...consoleArgs, ...extra]);
   const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
   const grpcPort = Number(String(ready.grpc).split(':').pop());
   const monPort = Number(String(ready.monitoring).split(':').pop());
@@ -145,6 +148,7 @@ export async function startController(dataDir: string, extra: readonly string[] 
     dataDir,
     credentials: join(dataDir, 'admin'),
     address: `${host}:${grpcPort}`,
+    console: String(ready.console ?? 'off'),
   };
 }
 

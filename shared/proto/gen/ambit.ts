@@ -175,7 +175,69 @@ export interface CreateCertificateResponse {
 }
 
 export interface WatchRequest {
-  request: { $case: "start"; start: WatchStart } | { $case: "ack"; ack: WatchAck } | undefined;
+  request: { $case: "start"; start: WatchStart } | { $case: "ack"; ack: WatchAck } | //
+  /**
+   * The agent's traffic since its last report, for the console's service
+   * graph and recent denials. Node-authorized like everything on this
+   * stream: the controller keeps only what concerns the reporting node's
+   * own workloads (the source of an outbound edge, the destination of an
+   * inbound one, the denying side of a denial).
+   */
+  { $case: "report"; report: TelemetryReport } | undefined;
+}
+
+/**
+ * Counters of one edge (source workload → destination service/workload as
+ * one reporter saw it), grown since the previous report.
+ */
+export interface TelemetryEdge {
+  /** "source" (outbound) | "destination" (inbound) */
+  reporter: string;
+  /** "unknown" when not a known workload */
+  sourceWorkload: string;
+  sourceNamespace: string;
+  sourcePrincipal: string;
+  destinationWorkload: string;
+  destinationNamespace: string;
+  destinationPrincipal: string;
+  /** "" or "unknown" when addressed directly */
+  destinationService: string;
+  /** "mutual_tls" | "none" */
+  security: string;
+  connectionsOpened: number;
+  connectionsClosed: number;
+  /** Connections that ended with a response flag (refused, denied, failed upstream). */
+  connectionsFailed: number;
+  bytesSent: number;
+  bytesReceived: number;
+  requests: number;
+  requestErrors: number;
+}
+
+/** One connection refused by authorization policy. */
+export interface TelemetryDenial {
+  atMs: number;
+  /** "inbound" | "outbound" */
+  direction: string;
+  sourcePrincipal: string;
+  sourceWorkload: string;
+  sourceNamespace: string;
+  sourceAddress: string;
+  destinationWorkload: string;
+  destinationNamespace: string;
+  destinationPort: number;
+  destinationService: string;
+  /** "ns/name" of the deciding policy, "" when no ALLOW matched */
+  policy: string;
+  /** rbac DecisionReason */
+  reason: string;
+}
+
+export interface TelemetryReport {
+  edges: TelemetryEdge[];
+  denials: TelemetryDenial[];
+  /** Denials the agent dropped since its last report (its buffer was full). */
+  denialsDropped: number;
 }
 
 export interface WatchStart {
@@ -245,6 +307,18 @@ export interface WatchResponse {
 export interface NodeEndpoint {
   name: string;
   hboneAddress: string;
+}
+
+export interface CreateConsoleLoginRequest {
+  /** 0: the controller's default (5 min) */
+  ttlMs: number;
+}
+
+export interface CreateConsoleLoginResponse {
+  token: string;
+  expiresAtMs: number;
+  /** "https://host:port" of the console; "" when the console is off. */
+  consoleUrl: string;
 }
 
 export interface CreateJoinTokenRequest {
@@ -2399,6 +2473,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
       case "ack":
         WatchAck.encode(message.request.ack, writer.uint32(18).fork()).join();
         break;
+      case "report":
+        TelemetryReport.encode(message.request.report, writer.uint32(82).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2432,6 +2509,14 @@ export const WatchRequest: MessageFns<WatchRequest> = {
             message.request = { $case: "ack", ack: WatchAck.decode(reader, reader.uint32()) };
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.request = { $case: "report", report: TelemetryReport.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2462,7 +2547,544 @@ export const WatchRequest: MessageFns<WatchRequest> = {
         }
         break;
       }
+      case "report": {
+        if (object.request?.report !== undefined && object.request?.report !== null) {
+          message.request = { $case: "report", report: TelemetryReport.fromPartial(object.request.report) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseTelemetryEdge(): TelemetryEdge {
+  return {
+    reporter: "",
+    sourceWorkload: "",
+    sourceNamespace: "",
+    sourcePrincipal: "",
+    destinationWorkload: "",
+    destinationNamespace: "",
+    destinationPrincipal: "",
+    destinationService: "",
+    security: "",
+    connectionsOpened: 0,
+    connectionsClosed: 0,
+    connectionsFailed: 0,
+    bytesSent: 0,
+    bytesReceived: 0,
+    requests: 0,
+    requestErrors: 0,
+  };
+}
+
+export const TelemetryEdge: MessageFns<TelemetryEdge> = {
+  encode(message: TelemetryEdge, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reporter !== "") {
+      writer.uint32(10).string(message.reporter);
+    }
+    if (message.sourceWorkload !== "") {
+      writer.uint32(18).string(message.sourceWorkload);
+    }
+    if (message.sourceNamespace !== "") {
+      writer.uint32(26).string(message.sourceNamespace);
+    }
+    if (message.sourcePrincipal !== "") {
+      writer.uint32(34).string(message.sourcePrincipal);
+    }
+    if (message.destinationWorkload !== "") {
+      writer.uint32(42).string(message.destinationWorkload);
+    }
+    if (message.destinationNamespace !== "") {
+      writer.uint32(50).string(message.destinationNamespace);
+    }
+    if (message.destinationPrincipal !== "") {
+      writer.uint32(58).string(message.destinationPrincipal);
+    }
+    if (message.destinationService !== "") {
+      writer.uint32(66).string(message.destinationService);
+    }
+    if (message.security !== "") {
+      writer.uint32(74).string(message.security);
+    }
+    if (message.connectionsOpened !== 0) {
+      writer.uint32(80).uint64(message.connectionsOpened);
+    }
+    if (message.connectionsClosed !== 0) {
+      writer.uint32(88).uint64(message.connectionsClosed);
+    }
+    if (message.connectionsFailed !== 0) {
+      writer.uint32(96).uint64(message.connectionsFailed);
+    }
+    if (message.bytesSent !== 0) {
+      writer.uint32(104).uint64(message.bytesSent);
+    }
+    if (message.bytesReceived !== 0) {
+      writer.uint32(112).uint64(message.bytesReceived);
+    }
+    if (message.requests !== 0) {
+      writer.uint32(120).uint64(message.requests);
+    }
+    if (message.requestErrors !== 0) {
+      writer.uint32(128).uint64(message.requestErrors);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryEdge {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryEdge();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reporter = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceWorkload = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceNamespace = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sourcePrincipal = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.destinationWorkload = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.destinationNamespace = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.destinationPrincipal = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.destinationService = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.security = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.connectionsOpened = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.connectionsClosed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.connectionsFailed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.bytesSent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.bytesReceived = longToNumber(reader.uint64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.requests = longToNumber(reader.uint64());
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.requestErrors = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TelemetryEdge>): TelemetryEdge {
+    return TelemetryEdge.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TelemetryEdge>): TelemetryEdge {
+    const message = createBaseTelemetryEdge();
+    message.reporter = object.reporter ?? "";
+    message.sourceWorkload = object.sourceWorkload ?? "";
+    message.sourceNamespace = object.sourceNamespace ?? "";
+    message.sourcePrincipal = object.sourcePrincipal ?? "";
+    message.destinationWorkload = object.destinationWorkload ?? "";
+    message.destinationNamespace = object.destinationNamespace ?? "";
+    message.destinationPrincipal = object.destinationPrincipal ?? "";
+    message.destinationService = object.destinationService ?? "";
+    message.security = object.security ?? "";
+    message.connectionsOpened = object.connectionsOpened ?? 0;
+    message.connectionsClosed = object.connectionsClosed ?? 0;
+    message.connectionsFailed = object.connectionsFailed ?? 0;
+    message.bytesSent = object.bytesSent ?? 0;
+    message.bytesReceived = object.bytesReceived ?? 0;
+    message.requests = object.requests ?? 0;
+    message.requestErrors = object.requestErrors ?? 0;
+    return message;
+  },
+};
+
+function createBaseTelemetryDenial(): TelemetryDenial {
+  return {
+    atMs: 0,
+    direction: "",
+    sourcePrincipal: "",
+    sourceWorkload: "",
+    sourceNamespace: "",
+    sourceAddress: "",
+    destinationWorkload: "",
+    destinationNamespace: "",
+    destinationPort: 0,
+    destinationService: "",
+    policy: "",
+    reason: "",
+  };
+}
+
+export const TelemetryDenial: MessageFns<TelemetryDenial> = {
+  encode(message: TelemetryDenial, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atMs !== 0) {
+      writer.uint32(8).int64(message.atMs);
+    }
+    if (message.direction !== "") {
+      writer.uint32(18).string(message.direction);
+    }
+    if (message.sourcePrincipal !== "") {
+      writer.uint32(26).string(message.sourcePrincipal);
+    }
+    if (message.sourceWorkload !== "") {
+      writer.uint32(34).string(message.sourceWorkload);
+    }
+    if (message.sourceNamespace !== "") {
+      writer.uint32(42).string(message.sourceNamespace);
+    }
+    if (message.sourceAddress !== "") {
+      writer.uint32(50).string(message.sourceAddress);
+    }
+    if (message.destinationWorkload !== "") {
+      writer.uint32(58).string(message.destinationWorkload);
+    }
+    if (message.destinationNamespace !== "") {
+      writer.uint32(66).string(message.destinationNamespace);
+    }
+    if (message.destinationPort !== 0) {
+      writer.uint32(72).uint32(message.destinationPort);
+    }
+    if (message.destinationService !== "") {
+      writer.uint32(82).string(message.destinationService);
+    }
+    if (message.policy !== "") {
+      writer.uint32(90).string(message.policy);
+    }
+    if (message.reason !== "") {
+      writer.uint32(98).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryDenial {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryDenial();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.direction = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourcePrincipal = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sourceWorkload = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sourceNamespace = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sourceAddress = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.destinationWorkload = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.destinationNamespace = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.destinationPort = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.destinationService = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TelemetryDenial>): TelemetryDenial {
+    return TelemetryDenial.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TelemetryDenial>): TelemetryDenial {
+    const message = createBaseTelemetryDenial();
+    message.atMs = object.atMs ?? 0;
+    message.direction = object.direction ?? "";
+    message.sourcePrincipal = object.sourcePrincipal ?? "";
+    message.sourceWorkload = object.sourceWorkload ?? "";
+    message.sourceNamespace = object.sourceNamespace ?? "";
+    message.sourceAddress = object.sourceAddress ?? "";
+    message.destinationWorkload = object.destinationWorkload ?? "";
+    message.destinationNamespace = object.destinationNamespace ?? "";
+    message.destinationPort = object.destinationPort ?? 0;
+    message.destinationService = object.destinationService ?? "";
+    message.policy = object.policy ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseTelemetryReport(): TelemetryReport {
+  return { edges: [], denials: [], denialsDropped: 0 };
+}
+
+export const TelemetryReport: MessageFns<TelemetryReport> = {
+  encode(message: TelemetryReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.edges) {
+      TelemetryEdge.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.denials) {
+      TelemetryDenial.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.denialsDropped !== 0) {
+      writer.uint32(24).uint32(message.denialsDropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.edges.push(TelemetryEdge.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.denials.push(TelemetryDenial.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.denialsDropped = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TelemetryReport>): TelemetryReport {
+    return TelemetryReport.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TelemetryReport>): TelemetryReport {
+    const message = createBaseTelemetryReport();
+    message.edges = object.edges?.map((e) => TelemetryEdge.fromPartial(e)) || [];
+    message.denials = object.denials?.map((e) => TelemetryDenial.fromPartial(e)) || [];
+    message.denialsDropped = object.denialsDropped ?? 0;
     return message;
   },
 };
@@ -2873,6 +3495,140 @@ export const NodeEndpoint: MessageFns<NodeEndpoint> = {
     const message = createBaseNodeEndpoint();
     message.name = object.name ?? "";
     message.hboneAddress = object.hboneAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateConsoleLoginRequest(): CreateConsoleLoginRequest {
+  return { ttlMs: 0 };
+}
+
+export const CreateConsoleLoginRequest: MessageFns<CreateConsoleLoginRequest> = {
+  encode(message: CreateConsoleLoginRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ttlMs !== 0) {
+      writer.uint32(8).int64(message.ttlMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateConsoleLoginRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateConsoleLoginRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ttlMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<CreateConsoleLoginRequest>): CreateConsoleLoginRequest {
+    return CreateConsoleLoginRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateConsoleLoginRequest>): CreateConsoleLoginRequest {
+    const message = createBaseCreateConsoleLoginRequest();
+    message.ttlMs = object.ttlMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateConsoleLoginResponse(): CreateConsoleLoginResponse {
+  return { token: "", expiresAtMs: 0, consoleUrl: "" };
+}
+
+export const CreateConsoleLoginResponse: MessageFns<CreateConsoleLoginResponse> = {
+  encode(message: CreateConsoleLoginResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.expiresAtMs !== 0) {
+      writer.uint32(16).int64(message.expiresAtMs);
+    }
+    if (message.consoleUrl !== "") {
+      writer.uint32(26).string(message.consoleUrl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateConsoleLoginResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateConsoleLoginResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.expiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.consoleUrl = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<CreateConsoleLoginResponse>): CreateConsoleLoginResponse {
+    return CreateConsoleLoginResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateConsoleLoginResponse>): CreateConsoleLoginResponse {
+    const message = createBaseCreateConsoleLoginResponse();
+    message.token = object.token ?? "";
+    message.expiresAtMs = object.expiresAtMs ?? 0;
+    message.consoleUrl = object.consoleUrl ?? "";
     return message;
   },
 };
@@ -5832,6 +6588,18 @@ export const AdminService = {
     responseSerialize: (value: ExplainResponse): Buffer => Buffer.from(ExplainResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExplainResponse => ExplainResponse.decode(value),
   },
+  /** A single-use login token for the web console (ambitctl console). */
+  createConsoleLogin: {
+    path: "/ambit.v1.Admin/CreateConsoleLogin" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateConsoleLoginRequest): Buffer =>
+      Buffer.from(CreateConsoleLoginRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateConsoleLoginRequest => CreateConsoleLoginRequest.decode(value),
+    responseSerialize: (value: CreateConsoleLoginResponse): Buffer =>
+      Buffer.from(CreateConsoleLoginResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateConsoleLoginResponse => CreateConsoleLoginResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -5845,6 +6613,8 @@ export interface AdminServer extends UntypedServiceImplementation {
   rotateCa: handleUnaryCall<RotateCaRequest, RotateCaResponse>;
   status: handleUnaryCall<StatusRequest, StatusResponse>;
   explain: handleUnaryCall<ExplainRequest, ExplainResponse>;
+  /** A single-use login token for the web console (ambitctl console). */
+  createConsoleLogin: handleUnaryCall<CreateConsoleLoginRequest, CreateConsoleLoginResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -5991,6 +6761,22 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  /** A single-use login token for the web console (ambitctl console). */
+  createConsoleLogin(
+    request: CreateConsoleLoginRequest,
+    callback: (error: ServiceError | null, response: CreateConsoleLoginResponse) => void,
+  ): ClientUnaryCall;
+  createConsoleLogin(
+    request: CreateConsoleLoginRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateConsoleLoginResponse) => void,
+  ): ClientUnaryCall;
+  createConsoleLogin(
+    request: CreateConsoleLoginRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateConsoleLoginResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -35,7 +35,7 @@ interface Ctl { pid: number; address: string; grpc: { host: string; port: number
 
 /** ambit-controller under `prlimit --nofile=256:256` (the same pid: prlimit execs it). */
 async function startLimitedController(dataDir: string): Promise<Ctl> {
-  const child = spawn('prlimit', ['--nofile=256:256', '--', process.execPath, CONTROLLER_MAIN, '--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('prlimit', ['--nofile=256:256', '--', process.execPath, CONTROLLER_MAIN, '--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, '--console', `${HOST}:0`], { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = once(child, 'exit');
   let stderr = '';
   const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
