@@ -153,7 +153,10 @@ class Demo {
     await p.step(`starting the controller on ${CONTROLLER.host}:${CONTROLLER.grpcPort}`, async () => {
       const proc = new DemoProcess({
         name: 'controller', entry: ENTRY.controller, cwd: ROOT, env: childEnv(process.env), logPath: join(this.#dirs.logs, 'controller.log'),
-        args: ['--data-dir', this.#dirs.controller, '--listen', `${CONTROLLER.host}:${CONTROLLER.grpcPort}`, '--monitoring', `${CONTROLLER.host}:${CONTROLLER.monitoringPort}`],
+        args: [
+          '--data-dir', this.#dirs.controller, '--listen', `${CONTROLLER.host}:${CONTROLLER.grpcPort}`, '--monitoring', `${CONTROLLER.host}:${CONTROLLER.monitoringPort}`,
+          '--console', `${CONTROLLER.host}:${CONTROLLER.consolePort}`,
+        ],
       });
       this.#controller = proc;
       this.#watch(proc);

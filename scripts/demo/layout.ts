@@ -11,7 +11,7 @@ import type { WebApp } from './apps.ts';
 import type { Endpoint } from './ports.ts';
 
 export const TRUST_DOMAIN = 'cluster.local';
-export const CONTROLLER = { host: '127.0.10.1', grpcPort: 15012, monitoringPort: 15014 } as const;
+export const CONTROLLER = { host: '127.0.10.1', grpcPort: 15012, monitoringPort: 15014, consolePort: 15015 } as const;
 /** ambit-agent's default ports (DESIGN §3): the demo passes none, so what it shows is what an operator gets. */
 export const AGENT_PORTS = { hbone: 15008, metrics: 15020, ready: 15021, admin: 15000, socks: 15080 } as const;
 
@@ -87,6 +87,7 @@ export function demoEndpoints(layout: Layout): Endpoint[] {
   const out: Endpoint[] = [
     { host: CONTROLLER.host, port: CONTROLLER.grpcPort, what: 'controller gRPC' },
     { host: CONTROLLER.host, port: CONTROLLER.monitoringPort, what: 'controller monitoring' },
+    { host: CONTROLLER.host, port: CONTROLLER.consolePort, what: 'controller web console' },
   ];
   for (const n of NODES) {
     for (const [what, port] of Object.entries(AGENT_PORTS)) out.push({ host: n.address, port, what: `${n.name} ${what}` });

@@ -117,6 +117,10 @@ export function formatSummary(i: SummaryInput): string {
     out.push(`  ${' '.repeat(10)}  HBONE   ${n.address}:${AGENT_PORTS.hbone}  SOCKS5 ${n.address}:${AGENT_PORTS.socks}${up}`);
   }
 
+  h(`Web console: https://${ctl.host}:${ctl.consolePort}/ (admin only; docs/console.md)`);
+  out.push(`  log in with the single-use link this prints (the browser warns about the mesh CA's certificate unless it trusts ${shown(i.paths.root, i.paths.credentials)}/ca.pem):`);
+  out.push(`  ${i.paths.node} ${i.paths.ambitctl} --controller ${ctl.host}:${ctl.grpcPort} --credentials ${i.paths.credentials} console`);
+
   h(`Explore (another terminal, in ${i.paths.root})`);
   const c = i.layout.client;
   const web = i.layout.web[0]!;
@@ -124,6 +128,7 @@ export function formatSummary(i: SummaryInput): string {
   out.push(`  alias ambitctl="${i.paths.node} ${i.paths.ambitctl}"`);
   for (const cmd of [
     'ambitctl status',
+    'ambitctl console   # the web console\'s address and a login link',
     'ambitctl node list',
     `ambitctl workload list -n ${c.namespace}`,
     `ambitctl service get ${i.layout.service.host.split('.')[0]} -n ${c.namespace} -o yaml`,

@@ -24,7 +24,7 @@ const WEB_ID = 'spiffe://cluster.local/ns/demo/sa/web';
 const INTRUDER_ID = 'spiffe://cluster.local/ns/demo/sa/intruder';
 /** Every address:port the demo listens on. */
 const ENDPOINTS: readonly [string, number][] = [
-  ['127.0.10.1', 15012], ['127.0.10.1', 15014],
+  ['127.0.10.1', 15012], ['127.0.10.1', 15014], ['127.0.10.1', 15015],
   ...['127.0.10.2', '127.0.10.3'].flatMap((h) => [15008, 15020, 15021, 15000, 15080].map((p): [string, number] => [h, p])),
   ['127.0.10.2', 18080], ['127.0.10.13', 8080], ['127.0.10.14', 8080],
 ];
@@ -154,6 +154,8 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.match(out, /http:\/\/127\.0\.10\.2:15000\/config_dump/, 'admin URL');
   t.match(out, /export AMBIT_CONTROLLER=127\.0\.10\.1:15012 AMBIT_CREDENTIALS=\S+\/controller\/admin/, 'how to point ambitctl at the demo');
   t.match(out, /ambitctl status/, 'commands to explore');
+  t.match(out, /Web console: https:\/\/127\.0\.10\.1:15015\//, 'the console\'s address');
+  t.match(out, /controller\/cli\/main\.ts --controller 127\.0\.10\.1:15012 --credentials \S+ console$/m, 'and how to log in (ambitctl console)');
   t.match(out, /Stopped: no demo process or listener is left/, 'it says it stopped cleanly');
   const log = readFileSync(join(dir, 'logs', 'node-b.log'), 'utf8');
   t.ok(log.includes('"msg":"connection"'), 'agent logs are kept in <dir>/logs/');
