@@ -105,13 +105,13 @@ async function explainJson(t: Test, args: string[], code: number): Promise<Expla
 }
 
 t.test('allowed: the source, the service with its port, target port and appProtocol, each endpoint with node, weight and the ALLOW that decides', async (t) => {
-  const r = await explain(['--from', 'demo/client', '--to', 'web.demo:80']);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/client', '--to', 'web.demo:80']), explainJson(t, ['--from', 'demo/client', '--to', 'web.demo.svc.cluster.local:80'], 0)]);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /source\s+workload demo\/client \(spiffe:\/\/cluster\.local\/ns\/demo\/sa\/client\) on node node-a, address 127\.0\.125\.10, mTLS/);
   t.match(r.stdout, /destination\s+service web\.demo\.svc\.cluster\.local \(VIP 127\.0\.125\.100\), port 80 \(http\) → target port 8080, appProtocol http/);
   t.match(r.stdout, /demo\/web\s+127\.0\.125\.20:8080\s+node-b \(127\.0\.125\.3:15008\)\s+1\s+yes\s+allowed: ALLOW demo\/web-allow-client rule 0 matches/);
 
-  const x = await explainJson(t, ['--from', 'demo/client', '--to', 'web.demo.svc.cluster.local:80'], 0);
   t.same(x.source, { kind: 'workload', workload: 'demo/client', identity: `spiffe://${TD}/ns/demo/sa/client`, node: 'node-a', address: CLIENT, peerAuthentication: 'mutual_tls' });
   t.match(x.destination, { kind: 'service', service: 'web.demo.svc.cluster.local', serviceAddresses: [ip(100)], servicePort: { name: 'http', port: 80, targetPort: PORT, appProtocol: 'http' } });
   t.same(x.endpoints.map((p) => ({ workload: p.workload, address: p.address, port: p.port, node: p.node, nodeAddress: p.nodeAddress, weight: p.weight })), [
@@ -122,44 +122,44 @@ t.test('allowed: the source, the service with its port, target port and appProto
 });
 
 t.test('denied by a DENY: the policy and its rule are named', async (t) => {
-  const r = await explain(['--from', 'demo/spy', '--to', `${ip(100)}:80`]);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/spy', '--to', `${ip(100)}:80`]), explainJson(t, ['--from-identity', `spiffe://${TD}/ns/demo/sa/spy`, '--to', `${ip(100)}:80`], 0)]);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /denied: DENY demo\/no-spy rule 1 matches/);
-  const x = await explainJson(t, ['--from-identity', `spiffe://${TD}/ns/demo/sa/spy`, '--to', `${ip(100)}:80`], 0);
   t.match(x.endpoints, [{ workload: 'demo/web', verdict: { allowed: false, reason: 'denied_by_policy', policy: 'demo/no-spy', rule: 1 } }]);
 });
 
 t.test('denied for a missing ALLOW: which ALLOW policy needs a rule', async (t) => {
-  const r = await explain(['--from', 'demo/intruder', '--to', 'web.demo:80']);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/intruder', '--to', 'web.demo:80']), explainJson(t, ['--from-address', INTRUDER, '--to', 'web.demo:80'], 0)]);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /denied: no ALLOW policy matches: demo\/web is selected by ALLOW demo\/web-allow-client, one of which needs a rule for this source/);
-  const x = await explainJson(t, ['--from-address', INTRUDER, '--to', 'web.demo:80'], 0);
   t.match(x.source, { kind: 'workload', workload: 'demo/intruder' });
   t.match(x.endpoints, [{ verdict: { allowed: false, reason: 'no_allow_match', policy: '(no ALLOW matched)', rule: -1, allowPolicies: ['demo/web-allow-client'] } }]);
 });
 
 t.test('passthrough: nothing in the mesh has the address', async (t) => {
-  const r = await explain(['--from', 'demo/client', '--to', '192.0.2.7:443']);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/client', '--to', '192.0.2.7:443']), explainJson(t, ['--from', 'demo/client', '--to', '192.0.2.7:443'], 0)]);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /destination\s+passthrough: nothing in the mesh has 192\.0\.2\.7:443/);
-  const x = await explainJson(t, ['--from', 'demo/client', '--to', '192.0.2.7:443'], 0);
   t.match(x, { error: null, destination: { kind: 'passthrough', host: '192.0.2.7', port: 443, service: '', servicePort: null }, endpoints: [] });
 });
 
 t.test('unknown source: a typed answer, exit status 1, the code on stderr', async (t) => {
-  const r = await explain(['--from', 'demo/nobody', '--to', 'web.demo:80']);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/nobody', '--to', 'web.demo:80']), explainJson(t, ['--from', 'demo/nobody', '--to', 'web.demo:80'], 1)]);
   t.equal(r.code, 1);
   t.match(r.stdout, /source\s+unknown/);
   t.match(r.stderr, /^error: no workload demo\/nobody is registered \(namespace demo has client, intruder, spy, web\) \[AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE\]\n$/);
-  const x = await explainJson(t, ['--from', 'demo/nobody', '--to', 'web.demo:80'], 1);
   t.match(x, { source: null, destination: null, endpoints: [], error: { code: 'AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE', message: /no workload demo\/nobody/ } });
 });
 
 t.test('unknown destination: a typed answer, exit status 1, the code on stderr', async (t) => {
-  const r = await explain(['--from', 'demo/client', '--to', 'web.demo:8080']);
+  // The table and -o json runs go together: each ambitctl run costs about a second of CPU.
+  const [r, x] = await Promise.all([explain(['--from', 'demo/client', '--to', 'web.demo:8080']), explainJson(t, ['--from', 'demo/client', '--to', 'nosuch.demo:80'], 1)]);
   t.equal(r.code, 1);
   t.match(r.stderr, /service web\.demo has no port 8080 \(its ports: 80\) \[AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION\]/);
-  const x = await explainJson(t, ['--from', 'demo/client', '--to', 'nosuch.demo:80'], 1);
   t.match(x, { source: { workload: 'demo/client' }, destination: null, endpoints: [], error: { code: 'AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION', message: /no service nosuch\.demo is registered/ } });
 });
 
