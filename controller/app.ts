@@ -30,6 +30,9 @@ import { Registry } from './registry/registry.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
 import { checkStoreBeforeOpen, checkStoreIdentity, storePaths } from './store/store-guard.ts';
 import { KubernetesStore } from './store/kubernetes-store.ts';
+import { EtcdStore } from './store/etcd-store.ts';
+import { etcdClientOptions } from './store/etcd-connection.ts';
+import { parseEtcdEndpoints } from './config.ts';
 import { loadKubeConfig } from './store/kubernetes/kube-config.ts';
 import { kubernetesTokenReviewer } from './api/token-review.ts';
 import type { Store } from './store/store.ts';
@@ -43,6 +46,9 @@ import { loadConsoleAssets } from './console/console-assets.ts';
 import { explainFromPolicies } from './console/console-views.ts';
 
 export { VERSION };
+
+/** Setting holding the root fingerprints of the CA the replicas of a shared store sign with. */
+const CA_ROOTS_SETTING = 'ca.roots';
 
 /** Serving and admin certificates live this long and are re-issued at half-life. */
 const LOCAL_CERT_TTL_MS = 30 * 86_400_000;
@@ -62,42 +68,16 @@ export interface ControllerApp {
 export interface ControllerDeps {
   readonly logger: Logger;
   readonly now?: () => number;
+  /** The controller cannot go on (an etcd replica that can no longer follow the revision); main.ts exits so a supervisor restarts it. */
+  readonly onFatal?: (err: Error) => void;
 }
 
 /** Builds and starts every part of the controller; the only place that knows them all. */
 export async function startController(cfg: ControllerConfig, deps: ControllerDeps): Promise<ControllerApp> {
   const now = deps.now ?? Date.now;
   const logger = deps.logger;
-  if (cfg.store === 'etcd') {
-    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--store ${cfg.store} is not available in this build yet; use --store sqlite or kubernetes`, {
-      details: { key: 'store', value: cfg.store },
-    });
-  }
   ensurePrivateDir(cfg.dataDir);
-  // A CA without its store must not become an empty mesh served to every agent (store-guard.ts).
-  const paths = storePaths(cfg.dataDir);
-  checkStoreBeforeOpen(paths, cfg.reinitializeStore === true, logger);
-  const local = SqliteStore.open({ path: paths.db, now });
-  try {
-    checkStoreIdentity(paths, await local.identity(), cfg.reinitializeStore === true, logger);
-  } catch (err) {
-    await local.close();
-    throw err;
-  }
-  // Kubernetes mode: mesh resources from the API, tokens/nodes/settings in the embedded store; agents may join with projected tokens.
-  let store: Store = local;
-  let reviewKubernetesToken: ((token: string, node: string) => Promise<void>) | undefined;
-  if (cfg.store === 'kubernetes') {
-    try {
-      const kubeConfig = loadKubeConfig(cfg.kubeconfig);
-      const k8s = await KubernetesStore.open({ kubeConfig, local, logger });
-      store = k8s;
-      reviewKubernetesToken = kubernetesTokenReviewer({ kubeConfig, cache: k8s, agentServiceAccount: cfg.agentServiceAccount, logger });
-    } catch (err) {
-      await local.close();
-      throw err;
-    }
-  }
+  const { store, reviewKubernetesToken } = await openStore(cfg, deps, now);
   const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
   try {
     // Changing the trust domain would silently orphan every identity already issued.
@@ -123,6 +103,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
           }
         : {}),
     });
+    if (store.backend === 'etcd') await checkSharedCa(store, ca);
     const { registry, stop: stopFollowing } = await Registry.follow(store);
     cleanups.unshift(stopFollowing);
 
@@ -180,6 +161,9 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     // --- gRPC API
     const auth = peerAuthenticator(ca, now);
     const nodes = new NodeTracker(store, now);
+    // With a shared store, records other replicas write arrive here too (subscribed before the load, so none falls between).
+    const stopNodes = store.onNodeChange?.((n) => nodes.recordChanged(n));
+    if (stopNodes) cleanups.unshift(stopNodes);
     await nodes.load();
     const tokens = new JoinTokens(store, now);
     // A span per certificate signed or refused (--traces-exporter otlp); the
@@ -316,6 +300,64 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     await runAll(cleanups, logger);
     throw err;
   }
+}
+
+/**
+ * Opens the configured store. SQLite: the file in the data directory, guarded
+ * against a lost store under a surviving CA (store-guard.ts). Kubernetes:
+ * mesh resources from the API, tokens, nodes and settings in the embedded
+ * SQLite store. etcd: everything in the cluster, shared by every replica.
+ */
+async function openStore(cfg: ControllerConfig, deps: ControllerDeps, now: () => number): Promise<{ store: Store; reviewKubernetesToken?: (token: string, node: string) => Promise<void> }> {
+  const logger = deps.logger;
+  if (cfg.store === 'etcd') {
+    const store = await EtcdStore.open({
+      client: etcdClientOptions({ endpoints: parseEtcdEndpoints(cfg.etcdEndpoints ?? '', cfg.etcdCa !== undefined), caFile: cfg.etcdCa, certFile: cfg.etcdCert, keyFile: cfg.etcdKey }),
+      prefix: cfg.etcdPrefix,
+      logger,
+      now,
+      onFatal: (err) => deps.onFatal?.(err),
+    });
+    logger.info({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, revision: await store.revision() }, 'etcd store opened');
+    return { store };
+  }
+  // A CA without its store must not become an empty mesh served to every agent (store-guard.ts).
+  const paths = storePaths(cfg.dataDir);
+  checkStoreBeforeOpen(paths, cfg.reinitializeStore === true, logger);
+  const local = SqliteStore.open({ path: paths.db, now });
+  try {
+    checkStoreIdentity(paths, await local.identity(), cfg.reinitializeStore === true, logger);
+  } catch (err) {
+    await local.close();
+    throw err;
+  }
+  if (cfg.store !== 'kubernetes') return { store: local };
+  try {
+    const kubeConfig = loadKubeConfig(cfg.kubeconfig);
+    const k8s = await KubernetesStore.open({ kubeConfig, local, logger });
+    return { store: k8s, reviewKubernetesToken: kubernetesTokenReviewer({ kubeConfig, cache: k8s, agentServiceAccount: cfg.agentServiceAccount, logger }) };
+  } catch (err) {
+    await local.close();
+    throw err;
+  }
+}
+
+/**
+ * Replicas on one etcd store must sign with one CA: a replica given another
+ * CA's files would issue certificates the other replicas' agents reject. The
+ * first replica records its trust bundle's root fingerprints; a replica whose
+ * bundle shares none of them is refused. One that shares a root (the files
+ * were replaced to rotate the CA) records its own bundle.
+ */
+async function checkSharedCa(store: Store, ca: CertificateAuthority): Promise<void> {
+  const mine = ca.roots().map((r) => r.fingerprint);
+  const recorded = (await store.getSetting(CA_ROOTS_SETTING))?.split(',').filter(Boolean) ?? [];
+  if (recorded.length > 0 && !recorded.some((fp) => mine.includes(fp))) {
+    throw new AmbitError('AMBIT_ERR_CA_LOAD', `this replica's CA (roots ${mine.map((f) => f.slice(0, 16)).join(', ')}) shares no root with the CA the other replicas of this etcd store use (${recorded.map((f) => f.slice(0, 16)).join(', ')}); give every replica the same --ca-cert, --ca-key and --ca-roots files`, {
+      details: { roots: mine, storeRoots: recorded },
+    });
+  }
+  if (recorded.join(',') !== mine.join(',')) await store.putSetting(CA_ROOTS_SETTING, mine.join(','));
 }
 
 async function runAll(steps: readonly (() => Promise<void> | void)[], logger: Logger): Promise<void> {

@@ -34,6 +34,11 @@ export const CONTROLLER_OPTIONS = {
   agentServiceAccount: stringOption('--store kubernetes: NAMESPACE/NAME of the agents\' service account; only its tokens may join', 'ambit-system/ambit-agent', {
     re: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, what: 'NAMESPACE/NAME, e.g. ambit-system/ambit-agent',
   }),
+  etcdEndpoints: stringOption('--store etcd: the etcd cluster\'s client URLs, comma-separated (https://10.0.0.1:2379,https://10.0.0.2:2379; host:port takes https with --etcd-ca, else http)'),
+  etcdCa: stringOption('--store etcd: PEM file of the CA that signed the etcd members\' certificates (turns on TLS)'),
+  etcdCert: stringOption('--store etcd: PEM file of this controller\'s client certificate for etcd'),
+  etcdKey: stringOption('--store etcd: PEM file of the private key of --etcd-cert (mode 0600)'),
+  etcdPrefix: stringOption('--store etcd: key prefix of this mesh in etcd', '/ambit/', { re: /^[A-Za-z0-9._\/-]{1,128}$/, what: 'letters, digits, ".", "-", "_", "/"' }),
   certTtl: durationOption('lifetime of workload certificates', 24 * 3_600_000, { minMs: 60_000, maxMs: 90 * 86_400_000 }),
   nodeCertTtl: durationOption('lifetime of node (agent) certificates', 7 * 86_400_000, { minMs: 60_000, maxMs: 365 * 86_400_000 }),
   caCert: stringOption('PEM file of a user-supplied signing CA (root or intermediate, optionally followed by its chain)'),
@@ -70,5 +75,52 @@ export function parseControllerConfig(sources: ConfigSources, readLimit: () => n
   if ((cfg.caCert === undefined) !== (cfg.caKey === undefined)) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--ca-cert and --ca-key must be given together', { details: { key: cfg.caCert === undefined ? 'ca-cert' : 'ca-key' } });
   }
+  if (cfg.store === 'etcd' && !cfg.help) checkEtcdConfig(cfg);
   return cfg;
+}
+
+/**
+ * --store etcd: endpoints are required, TLS files come as a set, and the CA is
+ * the operator's (--ca-cert/--ca-key, the same files on every replica; its key
+ * is never written to etcd: docs/ha.md, "The CA").
+ */
+function checkEtcdConfig(cfg: ControllerConfig): void {
+  if (cfg.etcdEndpoints === undefined) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--store etcd needs --etcd-endpoints (the etcd cluster\'s client URLs, comma-separated)', { details: { key: 'etcd-endpoints' } });
+  }
+  parseEtcdEndpoints(cfg.etcdEndpoints, cfg.etcdCa !== undefined);
+  if ((cfg.etcdCert === undefined) !== (cfg.etcdKey === undefined)) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--etcd-cert and --etcd-key must be given together', { details: { key: cfg.etcdCert === undefined ? 'etcd-cert' : 'etcd-key' } });
+  }
+  if (cfg.etcdCert !== undefined && cfg.etcdCa === undefined) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--etcd-cert needs --etcd-ca: a client certificate is only sent over TLS', { details: { key: 'etcd-ca' } });
+  }
+  if (cfg.caCert === undefined) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--store etcd needs --ca-cert and --ca-key: every replica signs with the same CA, given to each as files (its key is never stored in etcd; see docs/ha.md)', { details: { key: 'ca-cert' } });
+  }
+}
+
+/**
+ * The etcd client URLs: "scheme://host:port" or "host:port" (https when TLS
+ * is on, else http). A scheme that contradicts the TLS setting is refused
+ * rather than silently sending the client key over plain text or failing later.
+ */
+export function parseEtcdEndpoints(raw: string, tls: boolean): string[] {
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0) throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --etcd-endpoints ${JSON.stringify(raw)}: no endpoint`, { details: { key: 'etcd-endpoints', value: raw } });
+  return list.map((e) => {
+    const m = /^(?:(https?):\/\/)?(.+)$/.exec(e)!;
+    const scheme = m[1] ?? (tls ? 'https' : 'http');
+    if ((scheme === 'https') !== tls) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --etcd-endpoints ${JSON.stringify(e)}: ${scheme} ${tls ? 'while --etcd-ca turns TLS on' : 'needs --etcd-ca'}`, { details: { key: 'etcd-endpoints', value: e } });
+    }
+    let hp;
+    try {
+      hp = parseHostPort(m[2]!.replace(/\/$/, ''));
+    } catch (err) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --etcd-endpoints ${JSON.stringify(e)}: ${(err as Error).message}`, { details: { key: 'etcd-endpoints', value: e } });
+    }
+    if (hp.port < 1) throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --etcd-endpoints ${JSON.stringify(e)}: port must be 1-65535`, { details: { key: 'etcd-endpoints', value: e } });
+    return `${scheme}://${formatHostPort(hp)}`;
+  });
 }

@@ -9,7 +9,8 @@ void runDaemon({
   dataDir: (cfg) => cfg.dataDir,
   parse: parseControllerConfig,
   // The controller proper is loaded once the configuration is good: --help and a usage error do without it.
-  start: async (cfg, logger) => (await import('./app.ts')).startController(cfg, { logger }),
+  // A replica that can no longer follow its shared store exits; its supervisor restarts it on a fresh snapshot.
+  start: async (cfg, logger) => (await import('./app.ts')).startController(cfg, { logger, onFatal: () => process.exit(1) }),
   argv: process.argv.slice(2),
   env: process.env,
   stoppingMessage: 'shutting down',

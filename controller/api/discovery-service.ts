@@ -124,6 +124,8 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     call.on('close', () => cleanup('closed'));
 
     const catchUp = async (resume: number): Promise<void> => {
+      // An agent coming from another replica may hold a revision this replica has not delivered yet: catch up first, never answer from behind it.
+      if (resume > d.registry.revision && d.store.sync) await d.store.sync();
       const current = d.registry.revision;
       const bundle = d.ca.bundlePem();
       const activeRootSha256 = d.ca.activeRootFingerprint();

@@ -22,8 +22,9 @@ export class NodeTracker {
   readonly #endpointListeners = new Set<() => void>();
   /**
    * node → latest certificate issued per identity. The persisted list is read
-   * once at load and this process is its only writer, so an update never
-   * waits on a read (two CSRs of one node cannot lose each other's record).
+   * once at load and then kept here (with a shared store, also from the
+   * records other replicas write), so an update never waits on a read (two
+   * CSRs of one node cannot lose each other's record).
    */
   readonly #certificates = new Map<string, readonly IssuedCertificateRecord[]>();
 
@@ -39,6 +40,18 @@ export class NodeTracker {
       if (n.hboneAddress) this.#endpoints.set(n.name, n.hboneAddress);
       this.#certificates.set(n.name, n.certificates);
     }
+  }
+
+  /**
+   * A node record written elsewhere (another replica of a shared store): its
+   * HBONE address reaches this replica's agents, and its issued certificates
+   * replace what this replica held for it.
+   */
+  recordChanged(n: NodeRecord): void {
+    this.#certificates.set(n.name, n.certificates);
+    if (!n.hboneAddress || this.#endpoints.get(n.name) === n.hboneAddress) return;
+    this.#endpoints.set(n.name, n.hboneAddress);
+    for (const l of this.#endpointListeners) l();
   }
 
   endpoints(): { name: string; hboneAddress: string }[] {

@@ -98,6 +98,20 @@ export interface Store {
   /** Listener is called for each commit (by any writer) in revision order. Returns an unsubscribe function. */
   subscribe(listener: (cs: ChangeSet) => void): () => void;
 
+  /**
+   * Shared stores only (etcd), where other replicas write too: resolves once
+   * every commit the backend holds has been handed to subscribers, so a
+   * replica answering an agent that comes from another replica is not behind it.
+   */
+  sync?(): Promise<void>;
+
+  /**
+   * Shared stores only (etcd): node records as any replica writes them, so
+   * each replica knows every node's HBONE address and issued certificates.
+   * Returns an unsubscribe function.
+   */
+  onNodeChange?(listener: (node: NodeRecord) => void): () => void;
+
   putToken(token: TokenRecord): Promise<void>;
   /**
    * Marks the token used, atomically: of two concurrent calls for one token

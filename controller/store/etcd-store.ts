@@ -1,0 +1,520 @@
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { Etcd3, isRecoverableError, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Watcher } from 'etcd3';
+import { AmbitError, errorMessage } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { keyString, resourceKey, type Resource } from '../../shared/resources/types.ts';
+import { ChangeFeed } from './change-feed.ts';
+import { EtcdKeys, prefixEnd } from './etcd-keys.ts';
+import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+
+export interface EtcdStoreOptions {
+  /** etcd3 client options: hosts and TLS credentials (etcd-connection.ts builds them from the flags). */
+  readonly client: IOptions;
+  /** Every key lives under this prefix (--etcd-prefix). */
+  readonly prefix: string;
+  readonly logger: Logger;
+  /** Change sets kept for changesSince; older ones are deleted by the commit that passes them (default 10000). */
+  readonly retainChangeSets?: number;
+  /** How long one store operation keeps retrying an unreachable cluster before failing with AMBIT_ERR_STORE_IO (default 15 s). */
+  readonly operationTimeoutMs?: number;
+  /**
+   * Called when this replica can no longer follow the mesh revision in order
+   * (it fell further behind than the retained change sets): the process must
+   * restart and load a snapshot.
+   */
+  readonly onFatal: (err: AmbitError) => void;
+  readonly now?: () => number;
+}
+
+/** The change set as stored: `id` names the commit that wrote it, so a commit whose answer was lost can tell its own. */
+interface StoredChangeSet extends ChangeSet {
+  readonly id: string;
+}
+
+interface StoredToken extends TokenRecord {
+  /** Which consumeToken call marked it used (a retried transaction recognises its own success). */
+  readonly usedBy?: string;
+}
+
+const DEFAULT_RETAIN = 10_000;
+const DEFAULT_OPERATION_TIMEOUT_MS = 15_000;
+/** A unary etcd call that takes longer is abandoned and retried (another member, after a leader change). */
+const CALL_DEADLINE_MS = 3_000;
+/** Commits retried when another replica committed first (no expected revision given). */
+const COMMIT_ATTEMPTS = 50;
+/** Snapshot pages: small enough for etcd's default response limits. */
+const PAGE = 1000;
+/** A safety net under the watch: every few seconds the revision is read and any missed commit is caught up. */
+const SYNC_INTERVAL_MS = 5_000;
+const TOKEN_RETENTION_MS = 24 * 60 * 60 * 1000;
+
+const pad = (n: number): string => String(n).padStart(16, '0');
+
+function storeIo(op: string, err: unknown, details: Record<string, unknown> = {}): AmbitError {
+  if (err instanceof AmbitError) return err;
+  const msg = errorMessage(err);
+  const hint = /too many operations in txn/.test(msg)
+    ? ' (the commit needs more operations than etcd\'s --max-txn-ops allows; raise it, see docs/ha.md)'
+    : /request is too large/.test(msg) ? ' (the commit is larger than etcd\'s --max-request-bytes; raise it, see docs/ha.md)' : '';
+  return new AmbitError('AMBIT_ERR_STORE_IO', `etcd store: ${op} failed: ${msg}${hint}`, { cause: err, details: { op, ...details } });
+}
+
+function tokenInvalid(id: string, reason: 'unknown' | 'mismatch' | 'used' | 'expired'): AmbitError {
+  return new AmbitError('AMBIT_ERR_TOKEN_INVALID', `join token ${id} is ${reason === 'mismatch' ? 'not valid' : reason}`, { details: { id, reason } });
+}
+
+function hashesEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a, 'utf8');
+  const y = Buffer.from(b, 'utf8');
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+const cmpMod = (key: Buffer, kv: IKeyValue | undefined): ICompare =>
+  kv === undefined
+    ? { key, target: 'Version', result: 'Equal', version: 0 }
+    : { key, target: 'Mod', result: 'Equal', mod_revision: kv.mod_revision };
+const put = (key: Buffer, value: string): IRequestOp => ({ request_put: { key, value: Buffer.from(value) } });
+const del = (key: Buffer): IRequestOp => ({ request_delete_range: { key } });
+
+const byKindNamespaceName = (a: Resource, b: Resource): number =>
+  a.kind < b.kind ? -1 : a.kind > b.kind ? 1
+    : a.metadata.namespace < b.metadata.namespace ? -1 : a.metadata.namespace > b.metadata.namespace ? 1
+      : a.metadata.name < b.metadata.name ? -1 : a.metadata.name > b.metadata.name ? 1 : 0;
+
+/**
+ * The HA Store backend (DESIGN §4): several controller replicas share one etcd
+ * cluster through its v3 API (the etcd3 client over @grpc/grpc-js).
+ *
+ * - Every commit is one etcd transaction: it compares the revision key's
+ *   modification revision with the one read, and writes the resources, the
+ *   change set and the incremented mesh revision together. Of two replicas
+ *   committing at once, one transaction fails its compare and retries on the
+ *   new revision (or, with an expected revision, reports the conflict), so
+ *   the mesh revision is one gapless counter across replicas.
+ * - A commit whose answer was lost (a member died mid-call) is recognised by
+ *   the id in its change set, so it is neither reported failed nor applied twice.
+ * - Subscribers see every commit, by any replica, in revision order: an etcd
+ *   watch on the change sets, a catch-up read on every gap, and a periodic read
+ *   of the revision as a safety net under the watch.
+ * - Join tokens are consumed with a compare-and-swap on the token's key, so a
+ *   token is single-use across replicas.
+ */
+export class EtcdStore implements Store {
+  readonly backend = 'etcd' as const;
+
+  readonly #client: Etcd3;
+  readonly #keys: EtcdKeys;
+  readonly #logger: Logger;
+  readonly #retain: number;
+  readonly #timeoutMs: number;
+  readonly #onFatal: (err: AmbitError) => void;
+  readonly #now: () => number;
+  readonly #feed = new ChangeFeed();
+  readonly #nodeListeners = new Set<(n: NodeRecord) => void>();
+  /** Highest revision handed to subscribers. */
+  #delivered = 0;
+  /** Catch-ups run one after another, so change sets are delivered once each, in order. */
+  #chain: Promise<void> = Promise.resolve();
+  #watchers: Watcher[] = [];
+  #syncTimer: NodeJS.Timeout | undefined;
+  #identity = '';
+  #closed = false;
+
+  private constructor(o: EtcdStoreOptions) {
+    this.#client = new Etcd3({
+      ...o.client,
+      // Unary calls get a deadline (a hung member must not hang a commit); watch streams do not.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + CALL_DEADLINE_MS }),
+    });
+    this.#keys = new EtcdKeys(o.prefix);
+    this.#logger = o.logger.child({ store: 'etcd' });
+    this.#retain = o.retainChangeSets ?? DEFAULT_RETAIN;
+    this.#timeoutMs = o.operationTimeoutMs ?? DEFAULT_OPERATION_TIMEOUT_MS;
+    this.#onFatal = o.onFatal;
+    this.#now = o.now ?? Date.now;
+  }
+
+  /** Connects, makes or reads the store identity, and starts following the cluster's commits. */
+  static async open(o: EtcdStoreOptions): Promise<EtcdStore> {
+    const retain = o.retainChangeSets ?? DEFAULT_RETAIN;
+    if (!Number.isSafeInteger(retain) || retain < 1) {
+      throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `retainChangeSets must be a positive integer, got ${retain}`, { details: { key: 'retainChangeSets', value: retain } });
+    }
+    const store = new EtcdStore(o);
+    try {
+      const id = randomUUID();
+      // Made once: of several replicas starting together, one creates it and all read the same.
+      const res = await store.#call('open', () => store.#client.kv.txn({
+        compare: [{ key: store.#keys.id, target: 'Version', result: 'Equal', version: 0 }],
+        success: [put(store.#keys.id, id)],
+        failure: [{ request_range: { key: store.#keys.id } }],
+      }));
+      store.#identity = res.succeeded ? id : res.responses[0]?.response_range.kvs[0]?.value.toString() ?? '';
+      if (store.#identity === '') throw new Error('the store identity key is empty');
+      const head = await store.#readRevision();
+      store.#delivered = head.value;
+      await store.#watch(head.etcdRevision);
+      store.#syncTimer = setInterval(() => void store.sync().catch((err: unknown) => store.#logger.warn({ err: errorMessage(err) }, 'etcd revision check failed; retrying')), SYNC_INTERVAL_MS);
+      store.#syncTimer.unref();
+      return store;
+    } catch (err) {
+      await store.close();
+      throw storeIo('open', err, { endpoints: o.client.hosts });
+    }
+  }
+
+  async revision(): Promise<number> {
+    this.#assertOpen();
+    return (await this.#readRevision()).value;
+  }
+
+  async identity(): Promise<string> {
+    this.#assertOpen();
+    return this.#identity;
+  }
+
+  /** The revision key and every resource, read at one etcd revision (pages pinned to it), so the snapshot is one state. */
+  async snapshot(): Promise<Snapshot> {
+    this.#assertOpen();
+    return this.#call('snapshot', async () => {
+      const head = await this.#client.kv.range({ key: this.#keys.revision });
+      const at = head.header.revision;
+      const revision = Number(head.kvs[0]?.value.toString() ?? '0');
+      const resources: Resource[] = [];
+      const end = prefixEnd(this.#keys.resources);
+      let from = this.#keys.resources;
+      for (;;) {
+        const page = await this.#client.kv.range({ key: from, range_end: end, revision: at, limit: PAGE });
+        for (const kv of page.kvs) resources.push(JSON.parse(kv.value.toString()) as Resource);
+        const last = page.kvs.at(-1);
+        if (!page.more || last === undefined) break;
+        from = Buffer.concat([last.key, Buffer.from([0])]);
+      }
+      return { revision, resources: resources.sort(byKindNamespaceName) };
+    });
+  }
+
+  async changesSince(revision: number): Promise<readonly ChangeSet[] | undefined> {
+    this.#assertOpen();
+    return this.#call('changesSince', async () => {
+      // One transaction: the revision and the change sets come from one state.
+      const res = await this.#client.kv.txn({
+        success: [{ request_range: { key: this.#keys.revision } }, { request_range: { key: this.#keys.changeSet(revision + 1), range_end: prefixEnd(this.#keys.changeSets) } }],
+      });
+      const current = Number(res.responses[0]?.response_range.kvs[0]?.value.toString() ?? '0');
+      if (!Number.isSafeInteger(revision) || revision < 0 || revision > current) return undefined;
+      if (revision === current) return [];
+      const sets = (res.responses[1]?.response_range.kvs ?? []).map((kv) => this.#parseChangeSet(kv)).filter((cs) => cs.revision <= current);
+      // Compacted away (or a gap): the caller falls back to a snapshot.
+      if (sets.length !== current - revision || sets[0]?.revision !== revision + 1) return undefined;
+      return sets;
+    });
+  }
+
+  async commit(changes: readonly Change[], expectedRevision?: number): Promise<ChangeSet> {
+    this.#assertOpen();
+    const keys = new Set<string>();
+    for (const c of changes) {
+      const key = c.op === 'put' ? resourceKey(c.resource) : keyString(c.key);
+      if (keys.has(key)) throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `${key} is changed more than once in one commit`, { details: { key } });
+      keys.add(key);
+    }
+    if (changes.length === 0) {
+      const revision = await this.revision();
+      this.#checkExpected(expectedRevision, revision);
+      return { revision, changes: [] };
+    }
+    const id = randomUUID();
+    for (let attempt = 1; ; attempt++) {
+      const head = await this.#readRevision();
+      if (expectedRevision !== undefined && expectedRevision !== head.value) {
+        // Subscribers (the registry) learn the newer state before the caller hears of the conflict, so its retry plans against it.
+        await this.#catchUp(head.value);
+        this.#checkExpected(expectedRevision, head.value);
+      }
+      const revision = head.value + 1;
+      const applied: Change[] = changes.map((c): Change =>
+        c.op === 'put' ? { op: 'put', resource: { ...c.resource, metadata: { ...c.resource.metadata, revision } } as Resource } : { op: 'delete', key: { ...c.key } });
+      const stored: StoredChangeSet = { revision, id, changes: applied };
+      const deletes = applied.flatMap((c) => (c.op === 'delete' ? [this.#keys.resource(c.key.kind, c.key.namespace, c.key.name)] : []));
+      const ops: IRequestOp[] = applied.map((c) =>
+        c.op === 'put'
+          ? put(this.#keys.resource(c.resource.kind, c.resource.metadata.namespace, c.resource.metadata.name), JSON.stringify(c.resource))
+          : del(this.#keys.resource(c.key.kind, c.key.namespace, c.key.name)));
+      ops.push(put(this.#keys.changeSet(revision), JSON.stringify(stored)), put(this.#keys.revision, String(revision)));
+      if (revision - this.#retain > 0) ops.push(del(this.#keys.changeSet(revision - this.#retain)));
+      const compare: ICompare[] = [
+        head.kv === undefined ? { key: this.#keys.revision, target: 'Version', result: 'Equal', version: 0 } : { key: this.#keys.revision, target: 'Mod', result: 'Equal', mod_revision: head.kv.mod_revision },
+        // A delete of a missing resource fails the whole transaction.
+        ...deletes.map((key): ICompare => ({ key, target: 'Version', result: 'Greater', version: 0 })),
+      ];
+      let succeeded: boolean;
+      try {
+        succeeded = (await this.#call('commit', () => this.#client.kv.txn({ compare, success: ops }))).succeeded;
+      } catch (err) {
+        // The answer was lost: whether it committed is read back below.
+        this.#logger.warn({ err: errorMessage(err), revision }, 'etcd commit outcome unknown; checking');
+        succeeded = false;
+      }
+      if (succeeded || (await this.#committedAs(revision, id))) {
+        await this.#catchUp(revision);
+        return { revision, changes: applied };
+      }
+      const now = await this.#readRevision();
+      if (now.value === head.value) {
+        // The revision did not move, so a compared resource is missing.
+        for (const c of applied) {
+          if (c.op !== 'delete') continue;
+          const got = await this.#call('commit', () => this.#client.kv.range({ key: this.#keys.resource(c.key.kind, c.key.namespace, c.key.name), count_only: true }));
+          if (Number(got.count) === 0) throw new AmbitError('AMBIT_ERR_RESOURCE_NOT_FOUND', `${keyString(c.key)} does not exist`, { details: { ...c.key } });
+        }
+        continue;
+      }
+      await this.#catchUp(now.value);
+      this.#checkExpected(expectedRevision, now.value);
+      if (attempt >= COMMIT_ATTEMPTS) {
+        throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `other replicas committed ${COMMIT_ATTEMPTS} times while this commit was retried; try again`, { details: { revision: now.value } });
+      }
+    }
+  }
+
+  subscribe(listener: (cs: ChangeSet) => void): () => void {
+    this.#assertOpen();
+    return this.#feed.subscribe(listener);
+  }
+
+  /** Node records written by any replica (HBONE addresses, issued certificates), as they change. */
+  onNodeChange(listener: (n: NodeRecord) => void): () => void {
+    this.#nodeListeners.add(listener);
+    return () => this.#nodeListeners.delete(listener);
+  }
+
+  /** Delivers to subscribers every commit the cluster holds now, then resolves. */
+  async sync(): Promise<void> {
+    this.#assertOpen();
+    await this.#catchUp((await this.#readRevision()).value);
+  }
+
+  async putToken(token: TokenRecord): Promise<void> {
+    this.#assertOpen();
+    await this.#purgeTokens();
+    const key = this.#keys.token(token.id);
+    const value = JSON.stringify(token);
+    const res = await this.#call('putToken', () => this.#client.kv.txn({
+      compare: [{ key, target: 'Version', result: 'Equal', version: 0 }],
+      success: [put(key, value)],
+      failure: [{ request_range: { key } }],
+    }));
+    // Never overwrite: replacing a used token would make it usable again. A retried put finds its own record.
+    if (!res.succeeded && res.responses[0]?.response_range.kvs[0]?.value.toString() !== value) {
+      throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `join token ${token.id} already exists`, { details: { id: token.id } });
+    }
+  }
+
+  async consumeToken(id: string, secretHash: string, now: number): Promise<TokenRecord> {
+    this.#assertOpen();
+    const key = this.#keys.token(id);
+    const by = randomUUID();
+    for (;;) {
+      const kv = (await this.#call('consumeToken', () => this.#client.kv.range({ key }))).kvs[0];
+      if (kv === undefined) throw tokenInvalid(id, 'unknown');
+      const record = JSON.parse(kv.value.toString()) as StoredToken;
+      if (!hashesEqual(record.secretHash, secretHash)) throw tokenInvalid(id, 'mismatch');
+      if (record.usedAt !== 0) {
+        // Our own transaction, committed though its answer was lost.
+        if (record.usedBy === by) return { ...record, usedAt: 0, usedBy: undefined } as TokenRecord;
+        throw tokenInvalid(id, 'used');
+      }
+      if (now >= record.expiresAt) throw tokenInvalid(id, 'expired');
+      const used: StoredToken = { ...record, usedAt: now, usedBy: by };
+      let ok = false;
+      try {
+        // Compare-and-swap on the key: of two replicas consuming one token, one transaction fails.
+        ok = (await this.#call('consumeToken', () => this.#client.kv.txn({ compare: [cmpMod(key, kv)], success: [put(key, JSON.stringify(used))] }))).succeeded;
+      } catch (err) {
+        this.#logger.warn({ err: errorMessage(err), token: id }, 'etcd token use outcome unknown; checking');
+      }
+      if (ok) {
+        const { usedBy: _, ...before } = record;
+        return before;
+      }
+    }
+  }
+
+  async listTokens(): Promise<readonly TokenRecord[]> {
+    this.#assertOpen();
+    const kvs = await this.#rangePrefix('listTokens', this.#keys.tokens);
+    return kvs.map((kv) => {
+      const { usedBy: _, ...t } = JSON.parse(kv.value.toString()) as StoredToken;
+      return t;
+    }).sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+  }
+
+  async upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord> {
+    this.#assertOpen();
+    const key = this.#keys.node(name);
+    for (;;) {
+      const kv = (await this.#call('upsertNode', () => this.#client.kv.range({ key }))).kvs[0];
+      const base: NodeRecord = kv === undefined
+        ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] }
+        : JSON.parse(kv.value.toString()) as NodeRecord;
+      const merged: NodeRecord = {
+        name,
+        registeredAt: fields.registeredAt ?? base.registeredAt,
+        lastSeen: fields.lastSeen ?? base.lastSeen,
+        ackedRevision: fields.ackedRevision ?? base.ackedRevision,
+        nackedRevision: fields.nackedRevision ?? base.nackedRevision,
+        nackReason: fields.nackReason ?? base.nackReason,
+        certExpiresAt: fields.certExpiresAt ?? base.certExpiresAt,
+        hboneAddress: fields.hboneAddress ?? base.hboneAddress,
+        trustedRoots: [...(fields.trustedRoots ?? base.trustedRoots)],
+        certificates: (fields.certificates ?? base.certificates).map((c) => ({ identity: c.identity, root: c.root, notAfter: c.notAfter })),
+      };
+      // Compare-and-swap: two replicas updating one node (an ack and a CSR) never lose each other's fields.
+      const res = await this.#call('upsertNode', () => this.#client.kv.txn({ compare: [cmpMod(key, kv)], success: [put(key, JSON.stringify(merged))] }));
+      if (res.succeeded) return merged;
+    }
+  }
+
+  async getNode(name: string): Promise<NodeRecord | undefined> {
+    this.#assertOpen();
+    const kv = (await this.#call('getNode', () => this.#client.kv.range({ key: this.#keys.node(name) }))).kvs[0];
+    return kv === undefined ? undefined : JSON.parse(kv.value.toString()) as NodeRecord;
+  }
+
+  async listNodes(): Promise<readonly NodeRecord[]> {
+    this.#assertOpen();
+    return (await this.#rangePrefix('listNodes', this.#keys.nodes)).map((kv) => JSON.parse(kv.value.toString()) as NodeRecord);
+  }
+
+  async getSetting(key: string): Promise<string | undefined> {
+    this.#assertOpen();
+    return (await this.#call('getSetting', () => this.#client.kv.range({ key: this.#keys.setting(key) }))).kvs[0]?.value.toString();
+  }
+
+  async putSetting(key: string, value: string): Promise<void> {
+    this.#assertOpen();
+    await this.#call('putSetting', () => this.#client.kv.put({ key: this.#keys.setting(key), value: Buffer.from(value) }));
+  }
+
+  /** Idempotent: stops following the cluster and closes the client. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#syncTimer);
+    this.#feed.clear();
+    this.#nodeListeners.clear();
+    const watchers = this.#watchers.splice(0);
+    await Promise.all(watchers.map((w) => w.cancel().catch(() => undefined)));
+    this.#client.close();
+  }
+
+  // ------------------------------------------------------------ internals
+
+  async #readRevision(): Promise<{ value: number; kv: IKeyValue | undefined; etcdRevision: string }> {
+    const res = await this.#call('revision', () => this.#client.kv.range({ key: this.#keys.revision }));
+    const kv = res.kvs[0];
+    return { value: Number(kv?.value.toString() ?? '0'), kv, etcdRevision: res.header.revision };
+  }
+
+  /** Whether the change set at `revision` is the one commit `id` wrote. */
+  async #committedAs(revision: number, id: string): Promise<boolean> {
+    const kv = (await this.#call('commit', () => this.#client.kv.range({ key: this.#keys.changeSet(revision) }))).kvs[0];
+    return kv !== undefined && (JSON.parse(kv.value.toString()) as StoredChangeSet).id === id;
+  }
+
+  #parseChangeSet(kv: IKeyValue): ChangeSet {
+    const { revision, changes } = JSON.parse(kv.value.toString()) as StoredChangeSet;
+    return { revision, changes };
+  }
+
+  async #rangePrefix(op: string, prefix: Buffer): Promise<IKeyValue[]> {
+    return (await this.#call(op, () => this.#client.kv.range({ key: prefix, range_end: prefixEnd(prefix) }))).kvs;
+  }
+
+  /** Used and expired tokens are kept a day (for `ambitctl node token list`), then deleted. */
+  async #purgeTokens(): Promise<void> {
+    const cutoff = this.#now() - TOKEN_RETENTION_MS;
+    for (const kv of await this.#rangePrefix('putToken', this.#keys.tokens)) {
+      const t = JSON.parse(kv.value.toString()) as StoredToken;
+      if ((t.usedAt !== 0 && t.usedAt <= cutoff) || t.expiresAt <= cutoff) {
+        await this.#call('putToken', () => this.#client.kv.txn({ compare: [cmpMod(kv.key, kv)], success: [del(kv.key)] }));
+      }
+    }
+  }
+
+  /** Hands subscribers every change set up to `target` they have not seen, in order (one catch-up at a time). */
+  #catchUp(target: number): Promise<void> {
+    const run = this.#chain.then(async () => {
+      if (this.#closed || target <= this.#delivered) return;
+      const res = await this.#call('catch-up', () => this.#client.kv.range({ key: this.#keys.changeSet(this.#delivered + 1), range_end: this.#keys.changeSet(target + 1) }));
+      const sets = res.kvs.map((kv) => this.#parseChangeSet(kv));
+      if (sets[0]?.revision !== this.#delivered + 1 || sets.some((cs, i) => cs.revision !== this.#delivered + 1 + i)) {
+        const err = new AmbitError('AMBIT_ERR_STORE_REVISION', `this replica is at revision ${this.#delivered} and the etcd store no longer holds the change sets after it (it keeps the last ${this.#retain}); restart the replica to load a snapshot`, {
+          details: { delivered: this.#delivered, target, oldest: sets[0]?.revision },
+        });
+        this.#logger.fatal({ err }, 'cannot follow the mesh revision');
+        this.#onFatal(err);
+        throw err;
+      }
+      this.#delivered = sets.at(-1)!.revision;
+      this.#feed.deliver(...sets);
+    });
+    // A failed catch-up must not block the next one.
+    this.#chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Watches change sets (deliver in order) and node records (tell node listeners), from just after `etcdRevision`. */
+  async #watch(etcdRevision: string): Promise<void> {
+    const start = String(BigInt(etcdRevision) + 1n);
+    const changes = await this.#client.watch().prefix(this.#keys.changeSets).startRevision(start).create();
+    changes.on('put', (kv) => {
+      const revision = this.#keys.revisionOfChangeSetKey(kv.key);
+      if (revision !== undefined && revision > this.#delivered) void this.#catchUp(revision).catch(() => undefined);
+    });
+    const nodes = await this.#client.watch().prefix(this.#keys.nodes).startRevision(start).create();
+    nodes.on('put', (kv) => {
+      const record = JSON.parse(kv.value.toString()) as NodeRecord;
+      for (const l of [...this.#nodeListeners]) l(record);
+    });
+    for (const w of [changes, nodes]) {
+      w.on('connected', () => void this.sync().catch(() => undefined));
+      w.on('disconnected', (err) => this.#logger.warn({ err: errorMessage(err) }, 'etcd watch disconnected; reconnecting'));
+      w.on('error', (err) => this.#logger.warn({ err: errorMessage(err) }, 'etcd watch failed; the revision check catches up'));
+    }
+    this.#watchers = [changes, nodes];
+  }
+
+  #checkExpected(expected: number | undefined, current: number): void {
+    if (expected !== undefined && expected !== current) {
+      throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `store is at revision ${current}, expected ${expected}`, { details: { expectedRevision: expected, revision: current } });
+    }
+  }
+
+  /** Runs an etcd call, retrying what a member failure or a leader election explains, for up to the operation timeout. */
+  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + this.#timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      if (this.#closed && op !== 'open') throw new AmbitError('AMBIT_ERR_STORE_IO', 'the etcd store is closed', { details: { op } });
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isRetryable(err) || Date.now() >= deadline) throw storeIo(op, err);
+        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1_000)));
+      }
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new AmbitError('AMBIT_ERR_STORE_IO', 'the etcd store is closed', { details: { op: 'closed' } });
+  }
+}
+
+/** Unavailable members, deadlines and leader elections pass; anything else (a bad request, permissions) is reported at once. */
+function isRetryable(err: unknown): boolean {
+  if (err instanceof AmbitError) return false;
+  if (typeof err === 'object' && err !== null && isRecoverableError(err as Error)) return true;
+  const msg = errorMessage(err);
+  return /deadline|unavailable|leader|timed out|timeout|ECONNREFUSED|ECONNRESET|No connection|circuit/i.test(msg);
+}
