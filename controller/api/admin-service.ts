@@ -143,10 +143,13 @@ export function adminService(d: AdminDeps): pb.AdminServer {
 
     apply: admin('Apply', async (req: pb.ApplyRequest, who) => {
       // Validate every document first: a batch with one bad resource writes nothing.
-      const resources = validateAll(req.resources.map((w, i) => ({ doc: toDocument(resourceFromWire(w)), where: `resource #${i + 1}` })));
+      const wire = req.resources.map(resourceFromWire);
+      const resources = validateAll(wire.map((r, i) => ({ doc: toDocument(r), where: `resource #${i + 1}` })));
+      // metadata.revision as sent: the revision each update is based on (0: none), checked against the current one.
+      const bases = wire.map((r) => r.metadata.revision);
       for (let attempt = 1; ; attempt++) {
         const expected = d.registry.revision;
-        const plan = d.registry.planApply(resources, req.createOnly);
+        const plan = d.registry.planApply(resources, req.createOnly, bases);
         if (req.dryRun || plan.changes.length === 0) {
           return { revision: expected, results: plan.results.map((r) => ({ key: keyToWire(r.key), outcome: r.outcome })) };
         }

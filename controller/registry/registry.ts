@@ -137,8 +137,15 @@ export class Registry {
    * Plans an apply of already validated resources against this view: rejects
    * the whole batch (nothing written) on an address another workload holds,
    * or, with createOnly, on a name that exists.
+   *
+   * Optimistic concurrency (Kubernetes' resourceVersion): baseRevisions[i],
+   * when above 0, is the metadata.revision resources[i] was read at; if the
+   * resource changed since (or was deleted), the batch is refused with a
+   * conflict naming it. 0 (no base) applies over whatever is there. The plan
+   * is only safe because the caller commits it with this view's revision as
+   * the expected one: a commit by anyone in between fails and is re-planned.
    */
-  planApply(resources: readonly Resource[], createOnly: boolean): ApplyPlan {
+  planApply(resources: readonly Resource[], createOnly: boolean, baseRevisions: readonly number[] = []): ApplyPlan {
     const changes: Change[] = [];
     const results: { key: ResourceKey; outcome: ApplyOutcome }[] = [];
     const batchKeys = new Set(resources.map(resourceKey));
@@ -146,6 +153,18 @@ export class Registry {
     for (const r of this.#resources.values()) {
       if (r.kind === 'Workload' && !batchKeys.has(resourceKey(r))) addressOwner.set(r.spec.address, resourceKey(r));
     }
+    resources.forEach((r, i) => {
+      const base = baseRevisions[i] ?? 0;
+      if (base <= 0) return;
+      const existing = this.#resources.get(resourceKey(r));
+      if (existing?.metadata.revision === base) return;
+      const what = `${r.kind} ${r.metadata.namespace}/${r.metadata.name}`;
+      throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', existing
+        ? `${what} was changed at revision ${existing.metadata.revision}, after revision ${base} this update is based on (metadata.revision); get it again and re-apply your change`
+        : `${what} was deleted after revision ${base} this update is based on (metadata.revision); remove metadata.revision to create it again`, {
+        details: { kind: r.kind, namespace: r.metadata.namespace, name: r.metadata.name, field: 'metadata.revision', baseRevision: base, revision: existing?.metadata.revision ?? 0 },
+      });
+    });
     for (const r of resources) {
       const key: ResourceKey = { kind: r.kind, namespace: r.metadata.namespace, name: r.metadata.name };
       const existing = this.#resources.get(resourceKey(r));

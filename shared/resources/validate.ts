@@ -135,7 +135,8 @@ function checkMetadata(c: Checker, v: unknown, id: Identity): Omit<ObjectMeta, '
   const name = c.req(m, 'name', 'metadata', c.subdomain);
   const namespace = c.opt(m, 'namespace', 'metadata', c.label, 'default');
   const labels = c.opt(m, 'labels', 'metadata', c.labels, {});
-  // The revision a `get -o yaml` printed is accepted so the output can be re-applied; the store assigns a new one.
+  // The revision a `get -o yaml` printed is accepted so the output can be re-applied: it is the revision the
+  // update is based on (ambitctl apply sends it; a stale one is refused as a conflict), never stored as given.
   c.opt(m, 'revision', 'metadata', (x, f) => c.int(x, f, 0, Number.MAX_SAFE_INTEGER), 0);
   id.name = name;
   id.namespace = namespace;

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { AmbitError } from '../../../shared/errors.ts';
-import { KINDS, type Kind, type ResourceKey } from '../../../shared/resources/types.ts';
+import { KINDS, type Kind, type Resource, type ResourceKey } from '../../../shared/resources/types.ts';
 import { example, withApi, type CliContext } from '../context.ts';
 import { applyResults } from './resources.ts';
 
@@ -36,9 +36,15 @@ function keysOf(docs: readonly { doc: unknown; where: string }[]): ResourceKey[]
   });
 }
 
+/** metadata.revision of a validated document (validation checked it is a non-negative integer), 0 when absent. */
+function baseRevision(doc: unknown): number {
+  const r = (doc as { metadata?: { revision?: unknown } } | null)?.metadata?.revision;
+  return typeof r === 'number' ? r : 0;
+}
+
 export function applyCommand(ctx: CliContext): Command {
   return new Command('apply')
-    .description('create or update the resources in a YAML/JSON file, all or nothing')
+    .description('create or update the resources in a YAML/JSON file, all or nothing; a document with metadata.revision (as get -o yaml prints it) is refused with a conflict if the resource changed since')
     .requiredOption('-f, --filename <file>', 'file with one or more documents ("-" for stdin)')
     .option('--dry-run', 'validate on the controller and report what would change, without changing it')
     .addHelpText('after', example('ambitctl apply -f examples/demo.yaml\ncat policy.yaml | ambitctl apply -f -'))
@@ -46,10 +52,13 @@ export function applyCommand(ctx: CliContext): Command {
       const { text, source } = await readSource(ctx, o.filename);
       const [{ parseSourcedDocuments, validateAll }, { resourceToWire }] = await Promise.all([import('../../../shared/resources/validate.ts'), import('../../../shared/resources/wire.ts')]);
       // Validate locally first for a fast, precise error; the controller validates again.
-      const resources = validateAll(parseSourcedDocuments(text, source));
+      const docs = parseSourcedDocuments(text, source);
+      const resources = validateAll(docs);
       if (resources.length === 0) throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${source}: no resources found`);
+      // A document's metadata.revision (as `get -o yaml` prints it) is the revision the update is based on: sent as is, refused by the controller if stale.
+      const wire = resources.map((r, i) => resourceToWire({ ...r, metadata: { ...r.metadata, revision: baseRevision(docs[i]?.doc) } } as Resource));
       await withApi(ctx, c, async (api) => {
-        const res = await api.call('Apply', api.client.apply, { resources: resources.map(resourceToWire), createOnly: false, dryRun: o.dryRun === true });
+        const res = await api.call('Apply', api.client.apply, { resources: wire, createOnly: false, dryRun: o.dryRun === true });
         applyResults(ctx, res, o.dryRun === true);
       });
     });

@@ -144,6 +144,21 @@ t.test('planApply: createOnly refuses an existing name', async (t) => {
   t.equal(reg.planApply([workload('other', { address: '10.0.0.5' })], true).results[0]!.outcome, 'created');
 });
 
+t.test('planApply: an update based on a revision the resource has moved past is refused, naming it', async (t) => {
+  const reg = new Registry();
+  reg.load(5, [at(workload('web'), 3), at(service('web'), 5)]);
+  const changed = { ...workload('web', { weight: 2 }) };
+  t.equal(reg.planApply([changed], false, [3]).results[0]!.outcome, 'configured', 'based on the current revision: applied');
+  t.throws(() => reg.planApply([service('web'), changed], false, [0, 2]), {
+    code: 'AMBIT_ERR_RESOURCE_CONFLICT',
+    message: /Workload default\/web was changed at revision 3, after revision 2/,
+    details: { kind: 'Workload', namespace: 'default', name: 'web', baseRevision: 2, revision: 3 },
+  }, 'a stale base refuses the whole batch');
+  t.throws(() => reg.planApply([workload('gone', { address: '10.0.0.9' })], false, [4]), { code: 'AMBIT_ERR_RESOURCE_CONFLICT', message: /Workload default\/gone was deleted after revision 4/ });
+  t.throws(() => reg.planApply([at(service('web'), 0)], false, [4]), { code: 'AMBIT_ERR_RESOURCE_CONFLICT' }, 'even an unchanged resource: the caller read an old version');
+  t.equal(reg.planApply([changed], false, [0]).results[0]!.outcome, 'configured', 'no base: applied over whatever is there');
+});
+
 t.test('planApply: an address another workload holds is a conflict', async (t) => {
   const reg = new Registry();
   reg.load(1, [at(workload('web', { address: '10.0.0.1' }), 1), at(workload('db', { address: '10.0.0.2' }), 1)]);
