@@ -1,12 +1,13 @@
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import {
-  durationOption, enumOption, hostPortOption, intOption, ipOption, parseConfig, parseHostPort, stringOption,
-  type ConfigSources, type ConfigValues, type HostPort,
+  durationOption, enumOption, hostPortListOption, intOption, ipOption, parseConfig, parseHostPort, stringOption,
+  formatHostPort, type ConfigSources, type ConfigValues, type HostPort,
 } from '../shared/config-parse.ts';
 import { AmbitError } from '../shared/errors.ts';
 import { LOG_LEVELS } from '../shared/logger.ts';
 import { TRACING_OPTIONS, tracingSettings, type TracingSettings } from '../shared/tracing-config.ts';
+import { controllerListProblem } from '../shared/controller-target.ts';
 
 /**
  * An explicit (no-iptables) outbound listener: the named local workload's
@@ -40,7 +41,7 @@ const port = (description: string, def: number) => intOption(description, def, 0
 /** ambit-agent's options (DESIGN §6). */
 export const AGENT_OPTIONS = {
   node: { ...stringOption('this host\'s node name', undefined, { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS-1123 name' }), required: true },
-  controller: { ...hostPortOption('controller gRPC address HOST:PORT', undefined, 15012), required: true },
+  controller: { ...hostPortListOption('controller gRPC address HOST:PORT; several replicas as a comma-separated list of IP addresses, or a DNS name that resolves to each', undefined, 15012), required: true },
   address: { ...ipOption('this host\'s address: HBONE, metrics and readiness listen here'), required: true },
   dataDir: { ...stringOption('directory for node credentials, workload certificates and cached state'), required: true },
   join: stringOption('join token from "ambitctl node token create" (first start of a VM); on the command line it is visible to every local user (ps): prefer --join-file or AMBIT_JOIN'),
@@ -109,6 +110,10 @@ function readJoinFile(path: string, readFile: (p: string) => string): string {
 export function parseAgentConfig(sources: ConfigSources): AgentConfig & { readonly help: boolean } {
   const parsed = parseConfig(AGENT_OPTIONS, sources);
   let cfg = Object.freeze({ ...parsed, tracing: tracingSettings(parsed, 'ambit-agent') });
+  const listProblem = cfg.help ? undefined : controllerListProblem(cfg.controller);
+  if (listProblem !== undefined) {
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `invalid --controller ${cfg.controller.map(formatHostPort).join(',')}: ${listProblem}`, { details: { key: 'controller' } });
+  }
   if (!cfg.help && cfg.joinFile !== undefined) {
     if (cfg.join !== undefined) {
       throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--join and --join-file (or AMBIT_JOIN and AMBIT_JOIN_FILE) are alternatives: give one', { details: { key: 'join-file' } });

@@ -330,6 +330,25 @@ export function hostPortOption<D extends HostPort | undefined = undefined>(descr
   return { description, ...(def === undefined ? {} : { default: def }), format: formatHostPort, parse: (raw: unknown) => parseHostPort(raw, defaultPort) } as OptionWith<HostPort, D>;
 }
 
+/** "host:port,host:port": one address or several (of replicas), at least one, none twice. */
+export function parseHostPortList(raw: unknown, defaultPort?: number): HostPort[] {
+  if (typeof raw !== 'string' || raw.trim() === '') throw new Error('must be HOST:PORT or a comma-separated list of them');
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean).map((s) => {
+    try {
+      return parseHostPort(s, defaultPort);
+    } catch (err) {
+      throw new Error(`${JSON.stringify(s)}: ${(err as Error).message}`);
+    }
+  });
+  const seen = new Set(list.map(formatHostPort));
+  if (seen.size !== list.length) throw new Error('lists an address twice');
+  return list;
+}
+
+export function hostPortListOption<D extends readonly HostPort[] | undefined = undefined>(description: string, def?: D, defaultPort?: number): OptionWith<readonly HostPort[], D> {
+  return { description, ...(def === undefined ? {} : { default: def }), parse: (raw: unknown) => parseHostPortList(raw, defaultPort) } as OptionWith<readonly HostPort[], D>;
+}
+
 export function formatHostPort(hp: HostPort): string {
   return isIP(hp.host) === 6 ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
 }

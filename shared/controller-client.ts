@@ -3,6 +3,7 @@ import type { PeerCertificate } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { controllerId } from './spiffe-id.ts';
 import { spiffeIdOfCertificate } from './tls.ts';
+import { SPREAD_OVER_REPLICAS } from './controller-target.ts';
 
 /**
  * Channel credentials for talking to the controller. The controller is
@@ -46,4 +47,6 @@ export const CONTROLLER_CHANNEL_OPTIONS: ChannelOptions = {
   // The controller is verified by SPIFFE ID, not by name; a fixed DNS-style
   // server name also keeps Node from sending an IP address as SNI (RFC 6066).
   'grpc.ssl_target_name_override': 'ambit-controller',
+  // Several replicas (a list or a name with several addresses): each client picks one at random and moves on when it fails.
+  ...SPREAD_OVER_REPLICAS,
 };

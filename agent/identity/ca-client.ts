@@ -6,6 +6,7 @@ import { AmbitError } from '../../shared/errors.ts';
 import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
 import { fromServiceError } from '../../shared/grpc-errors.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { controllerList, controllerTarget, type Controllers } from '../../shared/controller-target.ts';
 import { controllerId, nodeId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { certificateFingerprint, parseCertificates, spiffeIdOfCertificate, TLS_MIN_VERSION, verifyChain } from '../../shared/tls.ts';
 import { createCsr } from '../../shared/x509.ts';
@@ -95,8 +96,26 @@ function probeController(controller: HostPort, trust: (presented: X509Certificat
  * verifies against that root). A controller that cannot prove the pin never
  * sees the token.
  */
-export function discoverPinnedRoot(controller: HostPort, fingerprint: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
-  return probeController(controller, (presented) => {
+/**
+ * Probes the replicas in turn until one answers: an unreachable one is
+ * skipped, one that answers with the wrong CA fails the join (sending the
+ * token elsewhere is not what its pin allows).
+ */
+async function probeFirstReachable(controllers: Controllers, probe: (c: HostPort) => Promise<{ rootPem: string; trustDomain: string }>): Promise<{ rootPem: string; trustDomain: string }> {
+  let last: unknown;
+  for (const c of controllerList(controllers)) {
+    try {
+      return await probe(c);
+    } catch (err) {
+      if (!(err instanceof AmbitError) || err.code !== 'AMBIT_ERR_RPC_UNAVAILABLE') throw err;
+      last = err;
+    }
+  }
+  throw last;
+}
+
+export function discoverPinnedRoot(controllers: Controllers, fingerprint: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
+  return probeFirstReachable(controllers, (controller) => probeController(controller, (presented) => {
     const pinned = presented.find((c) => certificateFingerprint(c) === fingerprint);
     if (!pinned) {
       throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} did not present the CA pinned by the join token (sha256 ${fingerprint.slice(0, 16)}…); refusing to send the token`, {
@@ -104,7 +123,7 @@ export function discoverPinnedRoot(controller: HostPort, fingerprint: string, no
       });
     }
     return [pinned];
-  }, now, timeoutMs);
+  }, now, timeoutMs));
 }
 
 /**
@@ -113,17 +132,17 @@ export function discoverPinnedRoot(controller: HostPort, fingerprint: string, no
  * verified controller certificate. A controller that cannot chain to the
  * bundle never sees the token.
  */
-export function discoverTrustedController(controller: HostPort, bundlePem: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
+export function discoverTrustedController(controllers: Controllers, bundlePem: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {
   const roots = parseCertificates(bundlePem);
   if (roots.length === 0) throw new AmbitError('AMBIT_ERR_CERT_INVALID', 'the CA bundle holds no certificate', { details: { reason: 'empty-bundle' } });
-  return probeController(controller, () => roots, now, timeoutMs).catch((err: unknown) => {
+  return probeFirstReachable(controllers, (controller) => probeController(controller, () => roots, now, timeoutMs).catch((err: unknown) => {
     if (err instanceof AmbitError && err.code === 'AMBIT_ERR_CERT_INVALID') {
       throw new AmbitError('AMBIT_ERR_CERT_INVALID', `the controller at ${formatHostPort(controller)} is not trusted by the CA bundle (${err.message}); refusing to send the token`, {
         cause: err, details: { reason: 'ca-bundle-mismatch' },
       });
     }
     throw err;
-  });
+  }));
 }
 
 function deadline(timeoutMs: number): { deadline: number } {
@@ -132,7 +151,7 @@ function deadline(timeoutMs: number): { deadline: number } {
 
 /** First start of a VM agent: prove the node with a join token, get a node certificate. */
 export async function joinWithToken(o: {
-  readonly controller: HostPort;
+  readonly controller: Controllers;
   readonly node: string;
   readonly token: string;
   readonly caFingerprint: string;
@@ -149,7 +168,7 @@ export async function joinWithToken(o: {
  * the pod runs on `node`); the controller is verified against `bundlePem`.
  */
 export async function joinWithKubernetesToken(o: {
-  readonly controller: HostPort;
+  readonly controller: Controllers;
   readonly node: string;
   readonly token: string;
   readonly bundlePem: string;
@@ -161,13 +180,14 @@ export async function joinWithKubernetesToken(o: {
 }
 
 async function join(
-  o: { readonly controller: HostPort; readonly node: string; readonly now?: () => number; readonly timeoutMs?: number },
+  o: { readonly controller: Controllers; readonly node: string; readonly now?: () => number; readonly timeoutMs?: number },
   trusted: { readonly rootPem: string; readonly trustDomain: string },
   credential: JoinRequest['credential'],
 ): Promise<NodeCredentials> {
   const { privateKey, publicKey } = newKeyPair();
   const identity = nodeId(trusted.trustDomain, o.node);
-  const client = new BootstrapClient(formatHostPort(o.controller), controllerCredentials({ caPem: trusted.rootPem, trustDomain: trusted.trustDomain }), CONTROLLER_CHANNEL_OPTIONS);
+  // Any replica: they share the CA the probe verified, and the connection verifies it again.
+  const client = new BootstrapClient(controllerTarget(o.controller), controllerCredentials({ caPem: trusted.rootPem, trustDomain: trusted.trustDomain }), CONTROLLER_CHANNEL_OPTIONS);
   try {
     const res = await new Promise<JoinResponse>((resolve, reject) => {
       client.join(
@@ -213,9 +233,10 @@ export class CaClient {
   readonly #timeoutMs: number;
   readonly #now: () => number;
 
-  constructor(controller: HostPort, creds: NodeCredentials, o: { timeoutMs?: number; now?: () => number } = {}) {
+  /** `controllers`: every replica; a call after the one in use failed goes to another that answers (controller-target.ts). */
+  constructor(controllers: Controllers, creds: NodeCredentials, o: { timeoutMs?: number; now?: () => number } = {}) {
     this.#client = new CertificateAuthorityClient(
-      formatHostPort(controller),
+      controllerTarget(controllers),
       controllerCredentials({ caPem: creds.bundlePem, trustDomain: creds.trustDomain, keyPem: creds.keyPem, certChainPem: creds.certChainPem }),
       CONTROLLER_CHANNEL_OPTIONS,
     );

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AmbitError } from '../../shared/errors.ts';
 import { writeFileAtomic } from '../../shared/files.ts';
-import type { HostPort } from '../../shared/config-parse.ts';
+import type { Controllers } from '../../shared/controller-target.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { nodeId } from '../../shared/spiffe-id.ts';
 import { parseJoinToken } from '../../shared/join-token.ts';
@@ -44,7 +44,7 @@ export function saveNodeInfo(dataDir: string, info: NodeInfo, write: (path: stri
 export async function establishNodeIdentity(o: {
   readonly dataDir: string;
   readonly node: string;
-  readonly controller: HostPort;
+  readonly controller: Controllers;
   readonly joinToken: string | undefined;
   /** --kubernetes-token-file: a projected service-account token (audience ambit). */
   readonly kubernetesTokenFile?: string | undefined;

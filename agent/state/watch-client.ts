@@ -1,8 +1,8 @@
 import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
 import { DiscoveryClient, type TelemetryReport, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { Backoff } from '../../shared/backoff.ts';
-import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { controllerTarget, type Controllers } from '../../shared/controller-target.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { changeFromWire, resourceFromWire } from '../../shared/resources/wire.ts';
@@ -12,7 +12,8 @@ import type { NodeCredentials } from '../identity/ca-client.ts';
 import type { StateUpdate } from './mesh-state.ts';
 
 export interface WatchClientOptions {
-  readonly controller: HostPort;
+  /** Every controller replica; each (re)connect lets grpc-js pick one that answers (controller-target.ts). */
+  readonly controller: Controllers;
   readonly credentials: () => NodeCredentials;
   readonly hboneAddress: string;
   /** Revision to resume from (the cached state's), read at each (re)connect. */
@@ -126,7 +127,7 @@ export class WatchClient {
     this.#client?.close();
     // A fresh client per attempt picks up renewed node credentials and bundle.
     const client = new DiscoveryClient(
-      formatHostPort(this.#o.controller),
+      controllerTarget(this.#o.controller),
       controllerCredentials({ caPem: creds.bundlePem, trustDomain: creds.trustDomain, keyPem: creds.keyPem, certChainPem: creds.certChainPem }),
       CONTROLLER_CHANNEL_OPTIONS,
     );

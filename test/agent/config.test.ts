@@ -58,14 +58,30 @@ t.test('parseAgentConfig: required flags', async (t) => {
   // The environment can supply them.
   const cfg = parseAgentConfig({ argv: [], env: { AMBIT_NODE: 'n1', AMBIT_CONTROLLER: '10.0.0.1', AMBIT_ADDRESS: '::1', AMBIT_DATA_DIR: '/d' } });
   t.equal(cfg.node, 'n1');
-  t.same(cfg.controller, { host: '10.0.0.1', port: 15012 }, 'controller port defaults to 15012');
+  t.same(cfg.controller, [{ host: '10.0.0.1', port: 15012 }], 'controller port defaults to 15012');
   t.equal(cfg.address, '::1');
+});
+
+t.test('parseAgentConfig: --controller takes every replica: IP addresses, or one name', async (t) => {
+  const base = { AMBIT_NODE: 'n1', AMBIT_ADDRESS: '10.0.0.9', AMBIT_DATA_DIR: '/d' };
+  const cfg = parseAgentConfig({ argv: [], env: { ...base, AMBIT_CONTROLLER: '10.0.0.1,10.0.0.2:15099, 10.0.0.3' } });
+  t.same(cfg.controller, [{ host: '10.0.0.1', port: 15012 }, { host: '10.0.0.2', port: 15099 }, { host: '10.0.0.3', port: 15012 }]);
+  t.same(parseAgentConfig({ argv: [], env: { ...base, AMBIT_CONTROLLER: '[fd00::1]:15012,[fd00::2]:15012' } }).controller.length, 2);
+  for (const [value, why] of [
+    ['ctl-a.example,ctl-b.example', /must all be IP addresses/],
+    ['10.0.0.1,ctl.example', /must all be IP addresses/],
+    ['10.0.0.1,[fd00::1]:15012', /all IPv4 or all IPv6/],
+    ['10.0.0.1,10.0.0.1:15012', /twice/],
+    ['10.0.0.1,bad host', /"bad host"/],
+  ] as const) {
+    t.throws(() => parseAgentConfig({ argv: [], env: { ...base, AMBIT_CONTROLLER: value } }), { code: 'AMBIT_ERR_CONFIG_INVALID', message: why }, value);
+  }
 });
 
 t.test('parseAgentConfig: defaults', async (t) => {
   const cfg = parseAgentConfig({ argv: REQUIRED, env: {} });
   t.equal(cfg.help, false);
-  t.same(cfg.controller, { host: 'ctl.example', port: 15012 });
+  t.same(cfg.controller, [{ host: 'ctl.example', port: 15012 }]);
   t.equal(cfg.hbonePort, 15008);
   t.equal(cfg.outboundPort, 15001);
   t.equal(cfg.inboundPlaintextPort, 15006);
