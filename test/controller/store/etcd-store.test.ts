@@ -24,7 +24,7 @@ function workload(name: string, address: string): Workload {
 }
 
 function service(name: string): Service {
-  return { kind: 'Service', metadata: { name, namespace: 'default', labels: {}, revision: 0 }, spec: { addresses: ['10.96.0.1'], ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: name } } };
+  return { kind: 'Service', metadata: { name, namespace: 'default', labels: {}, revision: 0 }, spec: { addresses: ['10.96.0.1'], ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'tcp' }], selector: { app: name } } };
 }
 
 /** The error p rejects with (fails the test when it resolves). */
