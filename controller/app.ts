@@ -43,7 +43,7 @@ import { TelemetryWindow } from './telemetry/telemetry-window.ts';
 import { ConsoleLogins } from './console/console-logins.ts';
 import { ConsoleServer } from './console/console-server.ts';
 import { loadConsoleAssets } from './console/console-assets.ts';
-import { explainFromPolicies } from './console/console-views.ts';
+import { explainWithEngine } from './console/console-views.ts';
 
 export { VERSION };
 
@@ -255,7 +255,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
     if (cfg.console !== 'none') {
       const at = cfg.console;
       const web = new ConsoleServer({
-        views: { registry, nodes, ca, telemetry, storeBackend: store.backend, storeId, version: VERSION, startedAt, now, explain: explainFromPolicies(registry) },
+        views: { registry, nodes, ca, telemetry, storeBackend: store.backend, storeId, version: VERSION, startedAt, now, explain: explainWithEngine(explainer, registry) },
         logins: consoleLogins,
         assets: loadConsoleAssets(),
         serving: servingCerts,

@@ -4,6 +4,7 @@ import type { CertificateAuthority } from '../ca/authority.ts';
 import type { NodeTracker } from '../registry/node-tracker.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { DenialView, TelemetryWindow } from '../telemetry/telemetry-window.ts';
+import type { Explainer } from '../explain/explain.ts';
 
 /** Why a denial happened, in words an operator can act on. */
 export interface Explanation {
@@ -11,7 +12,7 @@ export interface Explanation {
   readonly details: readonly string[];
 }
 
-/** Explains one reported denial from the controller's current state (the explain engine when wired, else explainFromPolicies). */
+/** Explains one reported denial from the controller's current state. */
 export type ExplainDenial = (d: DenialView) => Explanation;
 
 export interface ViewDeps {
@@ -72,30 +73,39 @@ export function ruleText(r: PolicyRule): string {
 }
 
 /**
- * A denial explained from the policies that select its destination now: the
- * DENY policy it names, or — when no ALLOW matched — the ALLOW policies that
- * apply and what each one admits, so the operator sees which one to extend.
+ * A denial explained by the explain engine (controller/explain/, what
+ * `ambitctl explain` answers): the same question asked now — this source
+ * identity (or address, for plaintext) to the denied workload's address and
+ * port — with the verdict from the agents' own policy code, the rules of the
+ * policies it names, and how the source and destination resolve. When the
+ * state changed since (the source or workload is gone, or it is allowed now)
+ * the explanation says so.
  */
-export function explainFromPolicies(registry: Registry): ExplainDenial {
+export function explainWithEngine(explainer: Explainer, registry: Registry): ExplainDenial {
+  const rules = (ref: string, action: string): string[] => {
+    const [ns, name] = ref.split('/');
+    const p = registry.get({ kind: 'AuthorizationPolicy', namespace: ns ?? '', name: name ?? '' }) as AuthorizationPolicy | undefined;
+    if (!p) return [];
+    return p.spec.rules.length === 0 ? [`${ref} (${action}) has no rules`] : p.spec.rules.map((r, i) => `${ref} (${action}) rule ${i} admits ${ruleText(r)}`);
+  };
   return (d) => {
+    const deciding = d.policy || 'no ALLOW matching';
     const dst = registry.get({ kind: 'Workload', namespace: d.destinationNamespace, name: d.destinationWorkload }) as Workload | undefined;
-    const who = d.sourcePrincipal || `${d.sourceAddress} (no identity)`;
-    if (d.policy) {
-      const [ns, name] = d.policy.split('/');
-      const p = registry.get({ kind: 'AuthorizationPolicy', namespace: ns ?? '', name: name ?? '' }) as AuthorizationPolicy | undefined;
-      return {
-        summary: `${p?.spec.action === 'DENY' || d.reason === 'denied_by_policy' ? 'DENY' : 'Policy'} ${d.policy} matched ${who}`,
-        details: p ? p.spec.rules.map((r) => `rule: ${ruleText(r)}`) : [`policy ${d.policy} no longer exists`],
-      };
-    }
-    if (!dst) return { summary: `no ALLOW policy matched ${who}`, details: [`workload ${d.destinationNamespace}/${d.destinationWorkload} no longer exists`] };
-    const allows = policies(registry).filter((p) => p.spec.action === 'ALLOW' && selectedBy(p, [dst]).length > 0);
-    return {
-      summary: `no ALLOW policy matched ${who} on port ${d.destinationPort}; once an ALLOW policy selects ${nsName(dst)}, everything it does not match is denied`,
-      details: allows.length > 0
-        ? allows.flatMap((p) => p.spec.rules.length === 0 ? [`${nsName(p)} (ALLOW) has no rules`] : p.spec.rules.map((r) => `${nsName(p)} (ALLOW) admits ${ruleText(r)}`))
-        : ['no ALLOW policy selects the destination now (a policy changed since)'],
-    };
+    if (!dst) return { summary: `denied by ${deciding}; workload ${d.destinationNamespace}/${d.destinationWorkload} no longer exists`, details: [] };
+    const from = d.sourcePrincipal ? { kind: 'identity' as const, identity: d.sourcePrincipal } : { kind: 'address' as const, address: d.sourceAddress.replace(/:\d+$/, '') };
+    const e = explainer.explain({ from, host: dst.spec.address, port: d.destinationPort });
+    if (e.error) return { summary: `denied by ${deciding}; asked now: ${e.error.message}`, details: [] };
+    const ep = e.endpoints.find((x) => x.workload === `${dst.metadata.namespace}/${dst.metadata.name}`);
+    if (!ep) return { summary: `denied by ${deciding}`, details: e.destination ? [e.destination.detail] : [] };
+    const v = ep.verdict;
+    const deny = v.reason === 'denied_by_policy' ? rules(v.policy, 'DENY').filter((_, i) => i === v.rule) : [];
+    const details = [
+      ...(e.source ? [`source: ${e.source.workload || e.source.identity || e.source.address}${e.source.node ? ` on ${e.source.node}` : ''}, ${e.source.peerAuthentication === 'mutual_tls' ? 'mTLS' : 'plaintext'}`] : []),
+      ...(e.destination ? [`destination: ${e.destination.detail}`] : []),
+      ...deny.map((r) => r.replace(' admits ', ' matches ')),
+      ...v.allowPolicies.flatMap((p) => rules(p, 'ALLOW')),
+    ];
+    return { summary: v.allowed ? `allowed now (${v.summary}): the policies changed since this denial` : v.summary, details };
   };
 }
 

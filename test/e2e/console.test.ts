@@ -259,8 +259,9 @@ t.test('in Chromium: log in, nodes, the client → web edge with its rate, the i
   await denial.waitFor({ timeout: 20_000 });
   const text = await denial.innerText();
   t.match(text, /spiffe:\/\/cluster\.local\/ns\/demo\/sa\/intruder/, 'the denial names the source identity');
-  t.match(text, /no ALLOW policy matched/, 'and why: no ALLOW matched');
-  t.match(text, /demo\/web-allow-client \(ALLOW\) admits from principals cluster\.local\/ns\/demo\/sa\/client/, 'and which ALLOW policy would have to admit it');
+  t.match(text, /no ALLOW matched/, 'the deciding "policy": no ALLOW matched');
+  t.match(text, /denied: no ALLOW policy matches: demo\/web is selected by ALLOW demo\/web-allow-client, one of which needs a rule for this source/, 'the explain engine\'s verdict');
+  t.match(text, /demo\/web-allow-client \(ALLOW\) rule 0 admits from principals cluster\.local\/ns\/demo\/sa\/client to ports 8080/, 'and what the ALLOW policy admits');
   await page.screenshot({ path: join(shots, 'denials.png'), fullPage: true });
 
   await page.getByRole('link', { name: 'Policies' }).click();
