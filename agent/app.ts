@@ -291,7 +291,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         rebuildCaClient();
       }
       if (effect.policiesChanged) {
-        const closed = tracker.recheck((facts) => state.authorizer.evaluate(facts));
+        const closed = tracker.recheck((facts) => state.authorizer.evaluate(facts), (facts) => state.authorizer.requestPolicy(facts));
         if (closed > 0) log.warn({ closed, revision: state.revision }, 'closed live connections a policy change now denies');
       }
       if (effect.localWorkloadsChanged || effect.bundleChanged) void syncCertificates().catch((err: unknown) => log.error({ err }, 'certificate sync failed'));

@@ -3,6 +3,7 @@ import { AmbitError } from './errors.ts';
 import { MESH_NAMESPACE } from './resources/types.ts';
 import type { AuthorizationPolicy, PolicyOperation, PolicySource, Workload } from './resources/types.ts';
 import type { SpiffeId } from './spiffe-id.ts';
+import { ANY_REQUEST, compileHttpOperation, EMPTY_REQUEST_POLICY, type HttpOperation, type HttpPolicy, type RequestPolicy } from './authorization-http.ts';
 
 /**
  * L4 authorization (DESIGN.md §3), Istio-compatible: any matching DENY denies;
@@ -11,6 +12,16 @@ import type { SpiffeId } from './spiffe-id.ts';
  * connection and again for every live connection when policies change, so all
  * parsing happens once in the constructor and evaluate() allocates at most one
  * small peer view per call.
+ *
+ * On a port a Service declares http, http2 or grpc (`httpPort`), operations
+ * may also test the request's method, path and host. The connection is then
+ * decided on what it can be decided on, and requestPolicy() leaves the rest
+ * per request (authorization-http.ts): an ALLOW rule with HTTP conditions lets
+ * the connection open and is required of each request; a DENY rule with HTTP
+ * conditions denies the requests it matches. So L7 rules narrow what L4
+ * allows, never widen it. On any other port such a rule fails closed, as
+ * ztunnel does with L7 rules it cannot evaluate: its ALLOW never matches, its
+ * DENY matches every connection its other conditions match.
  *
  * An Authorizer is immutable: the agent builds a new one on every policy change.
  */
@@ -28,6 +39,8 @@ export interface ConnectionFacts {
   /** The local destination workload. */
   readonly destination: Workload;
   readonly destinationPort: number;
+  /** A Service selecting the destination declares this port http, http2 or grpc: requests are authorized one by one. */
+  readonly httpPort?: boolean;
 }
 
 export type DecisionReason = 'denied_by_policy' | 'no_allow_match' | 'allowed_by_policy' | 'no_policies';
@@ -110,6 +123,7 @@ interface Peer {
   readonly ip: string | undefined;
   readonly family: 'ipv4' | 'ipv6';
   readonly port: number;
+  readonly httpPort: boolean;
 }
 
 type IdentityAttribute = 'principal' | 'namespace' | 'serviceAccount';
@@ -136,6 +150,8 @@ interface CompiledOperation {
   /** undefined: unset, any port. */
   readonly ports: readonly number[] | undefined;
   readonly notPorts: readonly number[] | undefined;
+  /** The HTTP conditions; undefined when there are none. */
+  readonly http: HttpOperation | undefined;
 }
 
 interface CompiledRule {
@@ -217,6 +233,30 @@ export class Authorizer {
     return NO_ALLOW_MATCH;
   }
 
+  /**
+   * What is left to authorize per request on a connection to an HTTP port
+   * that evaluate() allowed: the DENY and ALLOW policies whose rules match
+   * its peer and port, each with the HTTP conditions of those rules.
+   */
+  requestPolicy(facts: ConnectionFacts): RequestPolicy {
+    const { deny, allow } = this.#applicable(facts.destination);
+    if (!facts.httpPort || (deny.length === 0 && allow.length === 0)) return EMPTY_REQUEST_POLICY;
+    const peer = peerOf(facts);
+    const denies: HttpPolicy[] = [];
+    for (const p of deny) {
+      const operations = requestOperations(p, peer);
+      if (operations.length > 0) denies.push({ name: policyName(p.policy), operations });
+    }
+    const allows: HttpPolicy[] = [];
+    for (const p of allow) {
+      const operations = requestOperations(p, peer);
+      // One ALLOW matching every request of the connection: no request needs another.
+      if (operations.includes(ANY_REQUEST)) return { deny: denies, allow: [], allowRequired: false };
+      if (operations.length > 0) allows.push({ name: policyName(p.policy), operations });
+    }
+    return { deny: denies, allow: allows, allowRequired: allow.length > 0 };
+  }
+
   /** Policies that could apply to this workload (mesh-wide first, then its namespace's; each by name). */
   applicable(workload: Workload): readonly AuthorizationPolicy[] {
     return this.#applicable(workload).policies;
@@ -249,6 +289,10 @@ export class Authorizer {
   }
 }
 
+function policyName(p: AuthorizationPolicy): string {
+  return `${p.metadata.namespace}/${p.metadata.name}`;
+}
+
 function selectorMatches(selector: CompiledPolicy['selector'], labels: Readonly<Record<string, string>>): boolean {
   // hasOwn: a selector key such as "constructor" must not be satisfied by Object.prototype.
   for (const [k, v] of selector) if (!Object.hasOwn(labels, k) || labels[k] !== v) return false;
@@ -277,7 +321,7 @@ function peerOf(facts: ConnectionFacts): Peer {
   if (mapped?.[1] !== undefined) ip = mapped[1];
   const version = ip === undefined ? 0 : isIP(ip);
   if (version === 0) ip = undefined;
-  return { principal, namespace, serviceAccount, ip, family: version === 6 ? 'ipv6' : 'ipv4', port: facts.destinationPort };
+  return { principal, namespace, serviceAccount, ip, family: version === 6 ? 'ipv6' : 'ipv4', port: facts.destinationPort, httpPort: facts.httpPort === true };
 }
 
 /** The index of the policy's first rule that matches, or -1. */
@@ -293,10 +337,26 @@ function ruleMatches(rule: CompiledRule, peer: Peer, deny: boolean): boolean {
     if (!any) return false;
   }
   if (rule.to.length > 0) {
-    for (const op of rule.to) if (operationMatches(op, peer.port)) return true;
+    for (const op of rule.to) if (operationMatches(op, peer, deny)) return true;
     return false;
   }
   return true;
+}
+
+/**
+ * The HTTP conditions under which the policy matches a request of this
+ * connection: of each rule whose sources match the peer, the operations
+ * whose ports match (ANY_REQUEST for one without HTTP conditions, and for a
+ * rule without operations). Empty: the policy matches no request.
+ */
+function requestOperations(p: CompiledPolicy, peer: Peer): HttpOperation[] {
+  const out: HttpOperation[] = [];
+  for (const rule of p.rules) {
+    if (rule.from.length > 0 && !rule.from.some((s) => sourceMatches(s, peer, p.deny))) continue;
+    if (rule.to.length === 0) out.push(ANY_REQUEST);
+    for (const op of rule.to) if (portsMatch(op, peer.port)) out.push(op.http ?? ANY_REQUEST);
+  }
+  return out;
 }
 
 /**
@@ -330,7 +390,18 @@ function sourceMatches(s: CompiledSource, peer: Peer, deny: boolean): boolean {
   return true;
 }
 
-function operationMatches(op: CompiledOperation, port: number): boolean {
+/**
+ * Whether the operation matches the connection. Its HTTP conditions are for
+ * each request: on an HTTP port an ALLOW counts as matching (requestPolicy()
+ * then requires them of each request) and a DENY as not matching (it denies
+ * the requests that meet them); on any other port they fail closed.
+ */
+function operationMatches(op: CompiledOperation, peer: Peer, deny: boolean): boolean {
+  if (!portsMatch(op, peer.port)) return false;
+  return op.http === undefined || peer.httpPort !== deny;
+}
+
+function portsMatch(op: CompiledOperation, port: number): boolean {
   if (op.ports !== undefined && !op.ports.includes(port)) return false;
   if (op.notPorts !== undefined && op.notPorts.includes(port)) return false;
   return true;
@@ -384,6 +455,7 @@ function compileOperation(op: PolicyOperation): CompiledOperation {
   return {
     ports: op.ports.length > 0 ? op.ports : undefined,
     notPorts: op.notPorts.length > 0 ? op.notPorts : undefined,
+    http: compileHttpOperation(op),
   };
 }
 

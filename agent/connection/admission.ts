@@ -3,7 +3,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { parseTraceparent, SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { DeniedConnection } from '../proxy/telemetry-reporter.ts';
-import type { Workload } from '../../shared/resources/types.ts';
+import { isHttpProtocol, type AppProtocol, type Workload } from '../../shared/resources/types.ts';
 import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
@@ -91,6 +91,8 @@ export interface Admitted {
   readonly record: ConnectionRecord;
   readonly facts: ConnectionFacts;
   readonly dial: { readonly host: string; readonly port: number };
+  /** What the destination port speaks: on http, http2 and grpc the data plane serves HTTP and authorizes each request. */
+  readonly protocol: AppProtocol;
 }
 
 export interface Refused {
@@ -146,10 +148,11 @@ export function admitInbound(d: InboundDeps, req: InboundRequest, peer: PeerInfo
     return { allowed: false, status: answerStatusOf(claim.reason), reason: claim.reason, refusal: claim.reason };
   }
 
-  const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port };
+  const protocol = d.state.appProtocolAt(dst, target.port);
+  const facts: ConnectionFacts = { sourceIdentity: peer.identity, sourceAddress: claim.address, destination: dst, destinationPort: target.port, httpPort: isHttpProtocol(protocol) };
   const decision = d.state.authorizer.evaluate(facts);
   if (!decision.allowed) return refuseDenied(d, record, decision, target.port);
-  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port } };
+  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(dst) ?? dst.spec.address, port: target.port }, protocol };
 }
 
 /**
@@ -219,8 +222,9 @@ export function admitPlaintext(d: PlaintextDeps, a: PlaintextArrival): Admitted 
   record.dst = { addr: `${dst.address}:${dst.port}`, workload: w.metadata.name, namespace: w.metadata.namespace, identity: d.state.identityOf(w).uri, names: d.state.namesOf(w) };
   record.service = d.state.serviceNameFor(w, dst.port);
   if (d.mode === 'strict') return refuse('plaintext_refused_strict_mode');
-  const facts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port };
+  const protocol = d.state.appProtocolAt(w, dst.port);
+  const facts: ConnectionFacts = { sourceIdentity: undefined, sourceAddress: srcAddr, destination: w, destinationPort: dst.port, httpPort: isHttpProtocol(protocol) };
   const decision = d.state.authorizer.evaluate(facts);
   if (!decision.allowed) return refuseDenied(d, record, decision, dst.port);
-  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port } };
+  return { allowed: true, record, facts, dial: { host: d.dialAddress?.(w) ?? w.spec.address, port: dst.port }, protocol };
 }

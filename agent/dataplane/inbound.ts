@@ -12,9 +12,10 @@ import { serverNameFor, type PeerInfo } from '../proxy/hbone-names.ts';
 import { admitInbound, admitPlaintext, refuseRecord, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { verifyReportedChain } from './peer-chain.ts';
+import { httpInbound, requestPolicyToWire } from './request-policy.ts';
 import type { NativeOutbound } from './outbound.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
-import type { ConnectionFacts } from '../../shared/authorization.ts';
+import { deniedBy, type ConnectionFacts, type DecisionReason } from '../../shared/authorization.ts';
 import { refusalOf } from '../connection/refusals.ts';
 import { controlPaths, DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from './supervisor.ts';
 import { Direction, ProtocolVersion, type End, type Live, type Plain, type SessionQuestion, type Stream } from '../../shared/proto/gen/dataplane.ts';
@@ -374,6 +375,14 @@ export class NativeInbound {
       case 'sessionEnd':
         this.#sessions.delete(m.sessionEnd.sid);
         return;
+      case 'denials':
+        // Counted in the data plane, reported every second: nothing per request crosses.
+        for (const { policy, reason, count } of m.denials.denials) {
+          const by = deniedBy({ policy: policy || undefined, reason: reason as DecisionReason });
+          metrics.requestDenials.inc({ policy: by, reason }, count);
+          this.#o.logger.info({ policy: by, reason, requests: count }, 'requests denied by authorization policy');
+        }
+        return;
       case 'drained':
         this.#onDrained?.();
         return;
@@ -447,7 +456,7 @@ export class NativeInbound {
     const id = m.id;
     const peer = this.#sessions.get(m.sid);
     if (!peer) {
-      this.#send({ $case: 'decide', decide: { id, status: 400, reason: 'unknown_session', dial: '', timeoutMs: 0, tag: '' } });
+      this.#send({ $case: 'decide', decide: { id, status: 400, reason: 'unknown_session', dial: '', timeoutMs: 0, tag: '', http: undefined } });
       return;
     }
     const admitted = admitInbound(this.#o.inbound, { method: m.method, authority: m.authority, forwarded: m.forwarded || undefined, baggage: m.baggage || undefined, traceparent: m.traceparent || undefined }, peer);
@@ -458,11 +467,12 @@ export class NativeInbound {
   #admitted(id: number, admitted: Admitted | Refused): void {
     const d = this.#o.inbound;
     if (!admitted.allowed) {
-      this.#send({ $case: 'decide', decide: { id, status: admitted.status, reason: admitted.reason, dial: '', timeoutMs: 0, tag: '' } });
+      this.#send({ $case: 'decide', decide: { id, status: admitted.status, reason: admitted.reason, dial: '', timeoutMs: 0, tag: '', http: undefined } });
       return;
     }
     this.#track(id, admitted.record, admitted.facts);
-    this.#send({ $case: 'decide', decide: { id, status: 200, reason: '', dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts) } });
+    const http = httpInbound(admitted.protocol, d.state.authorizer.requestPolicy(admitted.facts));
+    this.#send({ $case: 'decide', decide: { id, status: 200, reason: '', dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts), http } });
   }
 
   /** Tracks a connection the data plane carries until its end: for the drain and, with facts, policy re-checks. */
@@ -479,6 +489,7 @@ export class NativeInbound {
         conn.closed ??= { reason, flags, policy };
         this.#send({ $case: 'close', close: { id } });
       },
+      authorizeRequests: (policy) => this.#send({ $case: 'requestPolicy', requestPolicy: { id, policy: requestPolicyToWire(policy) } }),
       done,
     });
   }

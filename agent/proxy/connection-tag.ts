@@ -22,13 +22,13 @@ interface Tag {
   readonly at: number;
   readonly trace: string;
   /** Inbound: what authorization re-checks (the destination by namespace/name). */
-  readonly facts?: { readonly id?: string; readonly addr?: string; readonly ns: string; readonly name: string; readonly port: number };
+  readonly facts?: { readonly id?: string; readonly addr?: string; readonly ns: string; readonly name: string; readonly port: number; readonly http?: true };
 }
 
 export function connectionTag(record: ConnectionRecord, facts?: ConnectionFacts): string {
   const tag: Tag = {
     v: 1, d: record.direction, src: record.src, dst: record.dst, svc: record.service, sec: record.security, at: record.startedAt, trace: record.traceId,
-    ...(facts ? { facts: { id: facts.sourceIdentity?.uri, addr: facts.sourceAddress, ns: facts.destination.metadata.namespace, name: facts.destination.metadata.name, port: facts.destinationPort } } : {}),
+    ...(facts ? { facts: { id: facts.sourceIdentity?.uri, addr: facts.sourceAddress, ns: facts.destination.metadata.namespace, name: facts.destination.metadata.name, port: facts.destinationPort, ...(facts.httpPort ? { http: true as const } : {}) } } : {}),
   };
   return JSON.stringify(tag);
 }
@@ -61,5 +61,5 @@ export function fromConnectionTag(text: string, direction: Direction, d: { reado
   } catch {
     sourceIdentity = undefined;
   }
-  return { record, facts: { sourceIdentity, sourceAddress: f.addr, destination, destinationPort: f.port } };
+  return { record, facts: { sourceIdentity, sourceAddress: f.addr, destination, destinationPort: f.port, httpPort: f.http === true } };
 }

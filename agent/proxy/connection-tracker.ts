@@ -1,4 +1,5 @@
 import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
+import type { RequestPolicy } from '../../shared/authorization-http.ts';
 
 export interface TrackedConnection {
   readonly direction: 'inbound' | 'outbound';
@@ -6,6 +7,8 @@ export interface TrackedConnection {
   readonly facts?: ConnectionFacts;
   /** Closes the connection now, recording why; `policy`: the policy a policy close is counted under. */
   readonly close: (reason: string, flags: string, policy?: string) => void;
+  /** A connection to an HTTP port: authorizes its next requests by `policy`. */
+  readonly authorizeRequests?: (policy: RequestPolicy) => void;
   readonly done: Promise<void>;
 }
 
@@ -26,8 +29,11 @@ export class ConnectionTracker {
     return this.#live.size;
   }
 
-  /** Closes inbound connections the new decision function denies; returns how many. */
-  recheck(decide: (facts: ConnectionFacts) => Decision): number {
+  /**
+   * Closes inbound connections the new decision function denies; returns how
+   * many. Those it allows to HTTP ports get their new request policy.
+   */
+  recheck(decide: (facts: ConnectionFacts) => Decision, requestPolicy?: (facts: ConnectionFacts) => RequestPolicy): number {
     let closed = 0;
     for (const c of this.#live) {
       if (!c.facts) continue;
@@ -36,6 +42,8 @@ export class ConnectionTracker {
         const policy = deniedBy(d);
         c.close(`denied by policy ${policy} after a policy change`, 'DENY', policy);
         closed++;
+      } else if (requestPolicy && c.authorizeRequests && c.facts.httpPort) {
+        c.authorizeRequests(requestPolicy(c.facts));
       }
     }
     return closed;

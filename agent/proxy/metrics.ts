@@ -93,6 +93,7 @@ export function createAgentMetrics(registry: Registry, o: { readonly ejected?: (
     sent: counted('istio_tcp_sent_bytes_total', 'Bytes sent toward the source (response direction).', 'sent'),
     received: counted('istio_tcp_received_bytes_total', 'Bytes received from the source (request direction).', 'received'),
     denials: new Counter({ name: 'ambit_policy_denials_total', help: 'Connections refused or closed by authorization policy.', labelNames: ['direction', 'policy', 'reason'] as const, registers }),
+    requestDenials: new Counter({ name: 'ambit_request_denials_total', help: 'HTTP requests on HTTP ports answered 403 (gRPC: PERMISSION_DENIED) by authorization policy, by deciding policy.', labelNames: ['policy', 'reason'] as const, registers }),
     refused: new Counter({ name: 'ambit_connections_refused_total', help: 'Connections refused before a tunnel opened, by reason (docs/refusals.md).', labelNames: ['direction', 'reason'] as const, registers }) as RefusalCounter,
     active: new Gauge({
       name: 'ambit_connections_active', help: 'Connections currently open, by direction.', labelNames: ['direction'] as const, registers,

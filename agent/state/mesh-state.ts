@@ -4,7 +4,7 @@ import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
 import { serviceKeyOfHost } from '../../shared/service-host.ts';
-import { keyString, resourceKey, type Change, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';
+import { keyString, resourceKey, type Change, type Resource, type Service, type AppProtocol, type ServicePort, type Workload } from '../../shared/resources/types.ts';
 
 export interface NodeEndpoint {
   readonly name: string;
@@ -215,6 +215,20 @@ export class MeshState {
 
   /** The host name (serviceHost) of the first service (by name) that selects `w` and targets `port`, or '' — for inbound telemetry. */
   serviceNameFor(w: Workload, port: number): string {
+    const best = this.#serviceAt(w, port);
+    return best ? this.serviceHost(best) : '';
+  }
+
+  /**
+   * What the workload's port speaks: the appProtocol its Service (the one
+   * serviceNameFor names) declares for it; `tcp` when no Service selects it.
+   */
+  appProtocolAt(w: Workload, port: number): AppProtocol {
+    return this.#serviceAt(w, port)?.spec.ports.find((p) => p.targetPort === port)?.appProtocol ?? 'tcp';
+  }
+
+  /** The Service (first by name) that selects the workload and targets `port`. */
+  #serviceAt(w: Workload, port: number): Service | undefined {
     let best: Service | undefined;
     for (const svc of this.#servicesByName.values()) {
       if (svc.metadata.namespace !== w.metadata.namespace || !svc.spec.ports.some((p) => p.targetPort === port)) continue;
@@ -222,7 +236,7 @@ export class MeshState {
       if (sel.length === 0 || !sel.every(([k, v]) => w.metadata.labels[k] === v)) continue;
       if (!best || svc.metadata.name < best.metadata.name) best = svc;
     }
-    return best ? this.serviceHost(best) : '';
+    return best;
   }
 
   /** Workloads a service selects (same namespace, every selector pair present); an empty selector selects none. */

@@ -21,6 +21,8 @@ use crate::admission::{self, Admission, Pending, Refusal};
 use crate::control::{endpoint, pb, Out};
 use crate::core::{until_true, Core};
 use crate::hbone_head::{status_response, stream_message};
+use crate::l7::server_side::ServerSide;
+use crate::l7::stream_io::StreamIo;
 use crate::linger::{self, Lingering};
 use crate::original_dst::original_dst;
 use crate::tls::Tls;
@@ -60,6 +62,8 @@ pub struct Decision {
     pub dial: String,
     pub timeout_ms: u64,
     pub tag: String,
+    /// Set for an HTTP port: served as HTTP, each request authorized (l7/server_side.rs).
+    pub http: Option<pb::HttpInbound>,
 }
 
 pub struct Inbound {
@@ -69,12 +73,14 @@ pub struct Inbound {
     decisions: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
     /// Connections on :15008 that have not finished TLS and the agent's peer check.
     admission: Arc<Admission>,
+    /// Connections to HTTP ports.
+    pub http: Arc<ServerSide>,
 }
 
 impl Inbound {
     pub fn new(core: Arc<Core>, tls: Arc<RwLock<Option<Arc<Tls>>>>) -> Arc<Self> {
         let admission = Admission::new(admission::PER_SOURCE, admission::pending_cap(core.nofile));
-        Arc::new(Inbound { core, tls, sessions: Mutex::new(HashMap::new()), decisions: Mutex::new(HashMap::new()), admission })
+        Arc::new(Inbound { core, tls, sessions: Mutex::new(HashMap::new()), decisions: Mutex::new(HashMap::new()), admission, http: ServerSide::new() })
     }
 
     pub fn session_verdict(&self, sid: u64, ok: bool) {
@@ -222,6 +228,15 @@ impl Inbound {
             let _ = respond.send_response(status_response(d.status, &d.reason), true);
             return;
         }
+        if let Some(http) = d.http {
+            // Requests go to the workload over pooled connections, each dialled when needed.
+            let Ok(send) = respond.send_response(Response::builder().status(200).body(()).unwrap(), false) else {
+                self.core.outbox.send(Out::End(pb::End { id, error: "client went away before the tunnel opened".into(), flags: "DC".into(), ..Default::default() }));
+                return;
+            };
+            let io = StreamIo::new(send, req.into_body());
+            return self.http.clone().serve(&self.core, id, d.tag, &http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), io).await;
+        }
         let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
         let tcp = match dialled {
             Ok(Ok(tcp)) => tcp,
@@ -271,6 +286,9 @@ impl Inbound {
         };
         if d.status != 200 {
             return reset(tcp);
+        }
+        if let Some(http) = d.http {
+            return self.http.clone().serve(&self.core, id, d.tag, &http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), tcp).await;
         }
         let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
         let upstream = match dialled {

@@ -92,7 +92,8 @@ impl Dispatch {
             },
             In::Session(pb::SessionVerdict { sid, ok }) => self.inbound.session_verdict(sid, ok),
             // A status beyond u16 is none HTTP knows: 0, which the answer head turns into 500.
-            In::Decide(d) => self.inbound.decide(d.id, Decision { status: u16::try_from(d.status).unwrap_or(0), reason: d.reason, dial: d.dial, timeout_ms: d.timeout_ms, tag: d.tag }),
+            In::Decide(d) => self.inbound.decide(d.id, Decision { status: u16::try_from(d.status).unwrap_or(0), reason: d.reason, dial: d.dial, timeout_ms: d.timeout_ms, tag: d.tag, http: d.http }),
+            In::RequestPolicy(u) => self.inbound.http.update(u.id, &u.policy.unwrap_or_default()),
             In::Close(pb::Close { id }) => self.core.close(id),
             In::Listen(l) => match pb::ListenerKind::try_from(l.kind) {
                 Ok(kind) => self.listen(l.lid, l.addr, kind),
@@ -217,12 +218,15 @@ async fn run(listen: String, control_path: String) {
     let inbound = Inbound::new(core.clone(), tls_state.clone());
     let outbound = Outbound::new(core.clone(), tls_state.clone());
     tokio::spawn(inbound.clone().serve(listener));
-    let (ticker, sweeper) = (core.clone(), outbound.clone());
+    let (ticker, sweeper, http) = (core.clone(), outbound.clone(), inbound.http.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(BYTES_EVERY);
         loop {
             every.tick().await;
             ticker.report_bytes();
+            if let Some(denials) = http.report() {
+                ticker.outbox.send(denials);
+            }
             sweeper.sweep();
         }
     });

@@ -95,6 +95,19 @@ export interface PolicySource {
 export interface PolicyOperation {
   readonly ports: readonly number[];
   readonly notPorts: readonly number[];
+  /**
+   * HTTP request conditions, for ports a Service declares http, http2 or
+   * grpc (shared/authorization-http.ts has their semantics): methods exactly,
+   * paths after normalisation ("/x/*" prefix, "*.png" suffix), hosts
+   * lower-cased; "*" alone or as a prefix or suffix wildcard. Absent
+   * rather than empty when unset, as L4-only operations have always been.
+   */
+  readonly methods?: readonly string[];
+  readonly notMethods?: readonly string[];
+  readonly paths?: readonly string[];
+  readonly notPaths?: readonly string[];
+  readonly hosts?: readonly string[];
+  readonly notHosts?: readonly string[];
 }
 
 export interface PolicyRule {

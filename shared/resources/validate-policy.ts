@@ -3,6 +3,7 @@ import { parseSpiffeId } from '../spiffe-id.ts';
 import { POLICY_ACTIONS } from './types.ts';
 import type { AuthorizationPolicySpec, PolicyAction, PolicyOperation, PolicyRule, PolicySource } from './types.ts';
 import { Checker, describe, isDnsLabel, isDnsSubdomain, join } from './validate-fields.ts';
+import { HTTP_OPERATION_FIELDS, normalizePath, type HttpOperationField } from '../authorization-http.ts';
 
 /**
  * AuthorizationPolicy specs in Istio's input shape (spec.selector.matchLabels,
@@ -17,24 +18,23 @@ export const SOURCE_FIELDS = [
 ] as const satisfies readonly (keyof PolicySource)[];
 type SourceField = (typeof SOURCE_FIELDS)[number];
 
-export const OPERATION_FIELDS = ['ports', 'notPorts'] as const satisfies readonly (keyof PolicyOperation)[];
+export const OPERATION_FIELDS = ['ports', 'notPorts', ...HTTP_OPERATION_FIELDS] as const satisfies readonly (keyof PolicyOperation)[];
+type OperationField = (typeof OPERATION_FIELDS)[number];
 
-const L4_ONLY = 'not supported: Ambit authorizes connections at L4 (ports, peers), not HTTP requests';
+const UNSUPPORTED = 'not supported: Ambit authorizes by peer, port, method, path and host';
 const SPEC_HINTS = {
   provider: 'not supported: only ALLOW and DENY actions exist',
   targetRef: 'not supported: use selector.matchLabels',
   targetRefs: 'not supported: use selector.matchLabels',
 };
-const RULE_HINTS = { when: `conditions are ${L4_ONLY}` };
+const RULE_HINTS = { when: `conditions are ${UNSUPPORTED}` };
+const OPERATION_HINTS = {};
 const SOURCE_HINTS = {
-  requestPrincipals: `JWT principals are ${L4_ONLY}`,
-  notRequestPrincipals: `JWT principals are ${L4_ONLY}`,
+  requestPrincipals: `JWT principals are ${UNSUPPORTED}`,
+  notRequestPrincipals: `JWT principals are ${UNSUPPORTED}`,
   remoteIpBlocks: 'not supported: there is no proxy hop; use ipBlocks',
   notRemoteIpBlocks: 'not supported: there is no proxy hop; use notIpBlocks',
 };
-const OPERATION_HINTS = Object.fromEntries(
-  ['hosts', 'notHosts', 'methods', 'notMethods', 'paths', 'notPaths'].map((k) => [k, L4_ONLY]),
-);
 
 /** A canonicaliser: the stored form of a valid value, or a message (which names the value). */
 type Canon = (s: string) => { readonly value: string } | { readonly message: string };
@@ -119,6 +119,49 @@ function ipBlock(s: string): ReturnType<Canon> {
   return r.ok ? { value: r.text } : { message: `must be a valid CIDR block: ${describe(s)} ${r.reason}` };
 }
 
+/** An HTTP method (RFC 9110 token), matched exactly as Istio does: "get" is not GET. */
+function method(s: string): ReturnType<Canon> {
+  const p = pattern(s);
+  const fixed = p.kind === 'prefix' || p.kind === 'suffix' ? p.fixed : s;
+  if (p.kind === 'bad') return { message: `${WILDCARD_RULE}, got ${describe(s)}` };
+  return p.kind === 'any' || /^[!#$%&'+\-.^_`|~0-9A-Za-z]+$/.test(fixed) ? { value: s } : { message: `must be an HTTP method such as GET, got ${describe(s)}` };
+}
+
+const PATH_CHARS = /^[\x21-\x7e]+$/;
+
+/**
+ * A request path as Istio matches it: exact ("/a/b"), prefix ("/a/*"),
+ * suffix ("*.png") or "*". Paths are compared after normalisation, so an
+ * exact or prefix value that normalisation would change could never match
+ * and is refused with the form that would.
+ */
+function path(s: string): ReturnType<Canon> {
+  const p = pattern(s);
+  if (p.kind === 'any') return { value: s };
+  if (p.kind === 'bad' || s.includes('{')) return { message: `${WILDCARD_RULE} (no path templates), got ${describe(s)}` };
+  const fixed = p.kind === 'exact' ? s : p.fixed;
+  if (!PATH_CHARS.test(fixed)) return { message: `must be a path of visible ASCII characters, got ${describe(s)}` };
+  if (fixed.includes('?') || fixed.includes('#')) return { message: `is matched against the path without its query; remove "?" or "#", got ${describe(s)}` };
+  if (p.kind === 'suffix') return { value: s };
+  if (!fixed.startsWith('/')) return { message: `must start with "/" (or be "*" or a "*suffix"), got ${describe(s)}` };
+  const n = normalizePath(fixed);
+  if (n !== undefined && n.path !== fixed) return { message: `would never match: requests are matched by their normalised path, ${describe(n.path)}; got ${describe(s)}` };
+  return { value: s };
+}
+
+/** A Host/:authority value, "*.example.com" or "example.com:*" forms; compared case-insensitively, so stored lower-case. */
+function host(s: string): ReturnType<Canon> {
+  const p = pattern(s);
+  if (p.kind === 'any') return { value: s };
+  if (p.kind === 'bad') return { message: `${WILDCARD_RULE}, got ${describe(s)}` };
+  const fixed = p.kind === 'exact' ? s : p.fixed;
+  return /^[A-Za-z0-9._:\[\]-]+$/.test(fixed) ? { value: s.toLowerCase() } : { message: `must be a host name or address, optionally with ":port", got ${describe(s)}` };
+}
+
+const HTTP_CANON: Record<HttpOperationField, Canon> = {
+  methods: method, notMethods: method, paths: path, notPaths: path, hosts: host, notHosts: host,
+};
+
 const CANON: Record<SourceField, Canon> = {
   principals: principal, notPrincipals: principal,
   namespaces: namespacePattern, notNamespaces: namespacePattern,
@@ -179,9 +222,18 @@ function source(c: Checker, v: unknown, field: string): PolicySource | undefined
 }
 
 function operation(c: Checker, v: unknown, field: string): PolicyOperation | undefined {
-  const f = fields(c, v, field, OPERATION_FIELDS, OPERATION_HINTS, () => portItem(c));
+  const f = fields<OperationField, string | number>(c, v, field, OPERATION_FIELDS, OPERATION_HINTS,
+    (k) => (k === 'ports' || k === 'notPorts' ? portItem(c) : stringItem(c, HTTP_CANON[k])));
   if (f === undefined) return undefined;
-  return { ports: f.get('ports') ?? [], notPorts: f.get('notPorts') ?? [] };
+  const out: { -readonly [K in keyof PolicyOperation]: PolicyOperation[K] } = {
+    ports: (f.get('ports') ?? []) as number[], notPorts: (f.get('notPorts') ?? []) as number[],
+  };
+  // HTTP fields only when set, so an L4 operation keeps its shape.
+  for (const k of HTTP_OPERATION_FIELDS) {
+    const values = f.get(k) as string[] | undefined;
+    if (values !== undefined && values.length > 0) out[k] = values;
+  }
+  return out;
 }
 
 /** A list of single-key wrappers ({source: ...} / {operation: ...}), unwrapped. */

@@ -1,4 +1,5 @@
 import { AmbitError } from '../errors.ts';
+import { HTTP_OPERATION_FIELDS } from '../authorization-http.ts';
 import type * as pb from '../proto/gen/ambit.ts';
 import {
   KINDS,
@@ -8,6 +9,7 @@ import {
   type Kind,
   type ObjectMeta,
   type PolicyAction,
+  type PolicyOperation,
   type Resource,
   type ResourceKey,
   type Service,
@@ -71,13 +73,29 @@ export function resourceToWire(r: Resource): pb.Resource {
                   serviceAccounts: [...s.serviceAccounts], notServiceAccounts: [...s.notServiceAccounts],
                   ipBlocks: [...s.ipBlocks], notIpBlocks: [...s.notIpBlocks],
                 })),
-                to: rule.to.map((o) => ({ ports: [...o.ports], notPorts: [...o.notPorts] })),
+                to: rule.to.map(operationToWire),
               })),
             },
           },
         },
       };
   }
+}
+
+function operationToWire(o: PolicyOperation): pb.PolicyOperation {
+  // `?? []`: a policy stored before the HTTP fields existed has none.
+  return {
+    ports: [...o.ports], notPorts: [...o.notPorts],
+    methods: [...(o.methods ?? [])], notMethods: [...(o.notMethods ?? [])],
+    paths: [...(o.paths ?? [])], notPaths: [...(o.notPaths ?? [])],
+    hosts: [...(o.hosts ?? [])], notHosts: [...(o.notHosts ?? [])],
+  };
+}
+
+function operationFromWire(o: pb.PolicyOperation): PolicyOperation {
+  const out: { -readonly [K in keyof PolicyOperation]: PolicyOperation[K] } = { ports: [...o.ports], notPorts: [...o.notPorts] };
+  for (const f of HTTP_OPERATION_FIELDS) if (o[f].length > 0) out[f] = [...o[f]];
+  return out;
 }
 
 export function resourceFromWire(w: pb.Resource): Resource {
@@ -128,7 +146,7 @@ export function resourceFromWire(w: pb.Resource): Resource {
               serviceAccounts: [...f.serviceAccounts], notServiceAccounts: [...f.notServiceAccounts],
               ipBlocks: [...f.ipBlocks], notIpBlocks: [...f.notIpBlocks],
             })),
-            to: r.to.map((o) => ({ ports: [...o.ports], notPorts: [...o.notPorts] })),
+            to: r.to.map(operationFromWire),
           })),
         },
       };

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { AmbitError } from '../../shared/errors.ts';
 import { parseDocuments, validateResource } from '../../shared/resources/validate.ts';
 import { OPERATION_FIELDS, SOURCE_FIELDS } from '../../shared/resources/validate-policy.ts';
+import { HTTP_OPERATION_FIELDS } from '../../shared/authorization-http.ts';
 import { API_VERSION } from '../../shared/resources/types.ts';
 import { structuralProblems, validateCustomResource } from './crd-schema.ts';
 import { ROOT, at, find, loadManifests, obj, type Obj } from './load.ts';
@@ -61,7 +62,8 @@ t.test('the schema is structural, closed, and in step with the validator', async
   const operation = obj(at(spec, 'properties.rules.items.properties.to.items.properties.operation.properties'));
   tt.same(Object.keys(source).sort(), [...SOURCE_FIELDS].sort(), 'source fields are exactly validate-policy.ts\'s');
   tt.same(Object.keys(operation).sort(), [...OPERATION_FIELDS].sort(), 'operation fields are exactly validate-policy.ts\'s');
-  for (const [k, p] of Object.entries(operation)) tt.equal(at(p, 'items.x-kubernetes-int-or-string'), true, `${k}: int or string`);
+  for (const k of ['ports', 'notPorts']) tt.equal(at(operation[k], 'items.x-kubernetes-int-or-string'), true, `${k}: int or string`);
+  for (const k of HTTP_OPERATION_FIELDS) tt.equal(at(operation[k], 'items.type'), 'string', `${k}: strings`);
   const text = JSON.stringify(schema);
   tt.notOk(text.includes('x-kubernetes-preserve-unknown-fields'), 'no preserve-unknown-fields anywhere');
 
@@ -110,6 +112,10 @@ const ACCEPTED: Readonly<Record<string, unknown>> = {
   'an empty selector': { selector: {}, action: 'ALLOW', rules: [] },
   'a label selector': { selector: { matchLabels: { app: 'web', 'app.kubernetes.io/name': 'web' } }, action: 'DENY', rules: [{}] },
   'a null field (absent)': { action: 'DENY', rules: null },
+  'every HTTP operation field': {
+    action: 'DENY',
+    rules: [{ to: [{ operation: { ports: [8080], methods: ['POST'], notMethods: ['GET'], paths: ['/admin/*'], notPaths: ['*.png'], hosts: ['web.example:*'], notHosts: ['*.internal'] } }] }],
+  },
 };
 
 /** Specs both must refuse: every one is a structural mistake the API server can see. */
@@ -121,7 +127,8 @@ const REFUSED: Readonly<Record<string, unknown>> = {
   'an unknown spec field': { action: 'ALLOW', provider: { name: 'x' } },
   'a misspelt spec field': { action: 'ALLOW', rule: [] },
   'an unknown source field': { action: 'ALLOW', rules: [{ from: [{ source: { principal: ['x/ns/a/sa/b'] } }] }] },
-  'an HTTP operation field': { action: 'ALLOW', rules: [{ to: [{ operation: { methods: ['GET'] } }] }] },
+  'an HTTP method not a string': { action: 'ALLOW', rules: [{ to: [{ operation: { methods: [5] } }] }] },
+  'a repeated path': { action: 'ALLOW', rules: [{ to: [{ operation: { paths: ['/a', '/a'] } }] }] },
   'a condition': { action: 'ALLOW', rules: [{ when: [{ key: 'request.headers[x]', values: ['y'] }] }] },
   'matchExpressions': { selector: { matchExpressions: [] }, action: 'DENY' },
   'a from entry without source': { action: 'ALLOW', rules: [{ from: [{}] }] },

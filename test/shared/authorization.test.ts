@@ -353,3 +353,51 @@ t.test('an uncompilable policy is rejected with the field named', async (t) => {
   const err = compileError([{ ...allow([]), spec: { action: 'AUDIT' as 'ALLOW', rules: [] } }]);
   t.ok(isAmbitError(err, 'AMBIT_ERR_RESOURCE_INVALID') && err.details['field'] === 'spec.action', 'unknown action');
 });
+
+// ------------------------------------------------------------------ HTTP operation fields
+
+t.test('HTTP conditions narrow what a connection may do on HTTP ports and fail closed elsewhere', async (t) => {
+  const post = (extra: Partial<PolicyOperation> = {}): PolicyOperation => ({ ports: [], notPorts: [], methods: ['POST'], paths: ['/admin/*'], ...extra });
+  const fromWeb = [src({ principals: ['cluster.local/ns/default/sa/web'] })];
+  const http = conn({ httpPort: true });
+  const tcp = conn({ httpPort: false });
+
+  t.test('DENY with HTTP conditions: an HTTP connection opens and its matching requests are denied; a TCP one is denied', async (t) => {
+    const a = new Authorizer([deny([rule(fromWeb, [post()])])]);
+    t.same(a.evaluate(http), NO_POLICIES, 'the connection is not denied: only some requests are');
+    t.same(a.requestPolicy(http), {
+      deny: [{ name: 'prod/deny', operations: [{ methods: [{ kind: 'exact', value: 'POST' }], notMethods: [], paths: [{ kind: 'prefix', value: '/admin/' }], notPaths: [], hosts: [], notHosts: [] }] }],
+      allow: [], allowRequired: false,
+    });
+    t.same(a.evaluate(tcp), DENIED, 'on a TCP port the DENY cannot be checked per request, so it denies the connection');
+    t.same(a.requestPolicy(conn({ httpPort: true, sourceIdentity: workloadId('cluster.local', 'default', 'other') })).deny, [], 'a peer the rule does not name leaves nothing to check');
+  });
+
+  t.test('ALLOW with HTTP conditions: the connection opens, each request must match', async (t) => {
+    const a = new Authorizer([allow([rule(fromWeb, [post()])])]);
+    t.same(a.evaluate(http), ALLOWED);
+    const rp = a.requestPolicy(http);
+    t.equal(rp.allowRequired, true);
+    t.equal(rp.allow.length, 1);
+    t.same(a.evaluate(tcp), NO_MATCH, 'on a TCP port the ALLOW never matches');
+    t.same(a.evaluate(conn({ httpPort: true, sourceIdentity: workloadId('cluster.local', 'default', 'other') })), NO_MATCH, 'L7 rules never widen: another peer is still denied the connection');
+  });
+
+  t.test('an ALLOW matching the whole connection leaves no request requirement; DENYs still apply', async (t) => {
+    const a = new Authorizer([allow([rule(fromWeb)], { name: 'a-all' }), allow([rule([], [post()])], { name: 'b-some' }), deny([rule([], [post({ methods: ['DELETE'] })])])]);
+    const rp = a.requestPolicy(http);
+    t.equal(rp.allowRequired, false);
+    t.same(rp.allow, []);
+    t.same(rp.deny.map((p) => p.name), ['prod/deny']);
+  });
+
+  t.test('ports still narrow an HTTP operation', async (t) => {
+    const a = new Authorizer([deny([rule([], [post({ ports: [9090] })])])]);
+    t.same(a.requestPolicy(http).deny, [], 'port 8080 is not 9090: nothing to deny');
+    t.same(a.requestPolicy(conn({ httpPort: true, destinationPort: 9090 })).deny.map((p) => p.name), ['prod/deny']);
+  });
+
+  t.test('no policies: nothing to check per request', async (t) => {
+    t.same(new Authorizer([]).requestPolicy(http), { deny: [], allow: [], allowRequired: false });
+  });
+});

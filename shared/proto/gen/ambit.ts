@@ -98,6 +98,13 @@ export interface PolicySource {
 export interface PolicyOperation {
   ports: number[];
   notPorts: number[];
+  /** HTTP request conditions (ports a Service declares http, http2 or grpc). */
+  methods: string[];
+  notMethods: string[];
+  paths: string[];
+  notPaths: string[];
+  hosts: string[];
+  notHosts: string[];
 }
 
 export interface PolicyRule {
@@ -1453,7 +1460,7 @@ export const PolicySource: MessageFns<PolicySource> = {
 };
 
 function createBasePolicyOperation(): PolicyOperation {
-  return { ports: [], notPorts: [] };
+  return { ports: [], notPorts: [], methods: [], notMethods: [], paths: [], notPaths: [], hosts: [], notHosts: [] };
 }
 
 export const PolicyOperation: MessageFns<PolicyOperation> = {
@@ -1471,6 +1478,24 @@ export const PolicyOperation: MessageFns<PolicyOperation> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    for (const v of message.methods) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.notMethods) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.paths) {
+      writer.uint32(42).string(v!);
+    }
+    for (const v of message.notPaths) {
+      writer.uint32(50).string(v!);
+    }
+    for (const v of message.hosts) {
+      writer.uint32(58).string(v!);
+    }
+    for (const v of message.notHosts) {
+      writer.uint32(66).string(v!);
     }
     return writer;
   },
@@ -1524,6 +1549,54 @@ export const PolicyOperation: MessageFns<PolicyOperation> = {
 
             break;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.methods.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.notMethods.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.paths.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.notPaths.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.hosts.push(reader.string());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.notHosts.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1543,6 +1616,12 @@ export const PolicyOperation: MessageFns<PolicyOperation> = {
     const message = createBasePolicyOperation();
     message.ports = object.ports?.map((e) => e) || [];
     message.notPorts = object.notPorts?.map((e) => e) || [];
+    message.methods = object.methods?.map((e) => e) || [];
+    message.notMethods = object.notMethods?.map((e) => e) || [];
+    message.paths = object.paths?.map((e) => e) || [];
+    message.notPaths = object.notPaths?.map((e) => e) || [];
+    message.hosts = object.hosts?.map((e) => e) || [];
+    message.notHosts = object.notHosts?.map((e) => e) || [];
     return message;
   },
 };

@@ -39,7 +39,7 @@ export const protobufFileName = "dataplane.proto";
  */
 export const ProtocolVersion = {
   PROTOCOL_VERSION_UNSPECIFIED: 0,
-  PROTOCOL_VERSION_CURRENT: 5,
+  PROTOCOL_VERSION_CURRENT: 6,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -93,6 +93,25 @@ export namespace ListenerKind {
   export type UNRECOGNIZED = typeof ListenerKind.UNRECOGNIZED;
 }
 
+export const MatchKind = {
+  MATCH_KIND_EXACT: 0,
+  MATCH_KIND_PREFIX: 1,
+  MATCH_KIND_SUFFIX: 2,
+  /** MATCH_KIND_ANY - Any non-empty value. */
+  MATCH_KIND_ANY: 3,
+  UNRECOGNIZED: -1,
+} as const;
+
+export type MatchKind = typeof MatchKind[keyof typeof MatchKind];
+
+export namespace MatchKind {
+  export type MATCH_KIND_EXACT = typeof MatchKind.MATCH_KIND_EXACT;
+  export type MATCH_KIND_PREFIX = typeof MatchKind.MATCH_KIND_PREFIX;
+  export type MATCH_KIND_SUFFIX = typeof MatchKind.MATCH_KIND_SUFFIX;
+  export type MATCH_KIND_ANY = typeof MatchKind.MATCH_KIND_ANY;
+  export type UNRECOGNIZED = typeof MatchKind.UNRECOGNIZED;
+}
+
 export const RouteVerdict = {
   /** ROUTE_VERDICT_REFUSE - Reset the client (SOCKS5: answer `reply` first). */
   ROUTE_VERDICT_REFUSE: 0,
@@ -142,6 +161,7 @@ export interface AgentMessage {
     | { $case: "peer"; peer: PeerVerdict }
     | { $case: "exit"; exit: Exit }
     | { $case: "drain"; drain: Drain }
+    | { $case: "requestPolicy"; requestPolicy: RequestPolicyUpdate }
     | undefined;
 }
 
@@ -189,6 +209,71 @@ export interface Decide {
    * back to a later agent (hello `live`, `end`) so it can take it over.
    */
   tag: string;
+  /**
+   * Set when the workload port is one a Service declares http, http2 or
+   * grpc: the data plane serves HTTP on the connection, authorizes each
+   * request and forwards allowed ones to `dial` (dataplane/src/l7/).
+   */
+  http: HttpInbound | undefined;
+}
+
+/** An admitted connection to an HTTP port. */
+export interface HttpInbound {
+  /**
+   * The Service's appProtocol: "http" (HTTP/1.1, or HTTP/2 with prior
+   * knowledge), "http2" or "grpc".
+   */
+  protocol: string;
+  policy: RequestPolicy | undefined;
+}
+
+/**
+ * What is left to authorize per request on one connection, once its peer
+ * and port are known (shared/authorization-http.ts defines it; the data
+ * plane's l7/authz.rs evaluates it). A request is denied by the first `deny`
+ * policy that matches it; otherwise, with `allow_required`, it must match
+ * one of `allow`.
+ */
+export interface RequestPolicy {
+  deny: HttpPolicy[];
+  allow: HttpPolicy[];
+  allowRequired: boolean;
+}
+
+/**
+ * One policy's part: it matches a request when any operation matches (one
+ * with no condition matches every request).
+ */
+export interface HttpPolicy {
+  /** "<namespace>/<name>", named in a denial's answer and metric. */
+  name: string;
+  operations: HttpOperation[];
+}
+
+/** Every non-empty list must match: one of its values; a `not_` list, none. */
+export interface HttpOperation {
+  methods: StringMatch[];
+  notMethods: StringMatch[];
+  /** Matched against the normalised path, without its query. */
+  paths: StringMatch[];
+  notPaths: StringMatch[];
+  /** Lower-case; matched against the lower-cased Host or :authority. */
+  hosts: StringMatch[];
+  notHosts: StringMatch[];
+}
+
+export interface StringMatch {
+  kind: MatchKind;
+  value: string;
+}
+
+/**
+ * A policy change: the live HTTP connection `id` is authorized by `policy`
+ * from its next request on.
+ */
+export interface RequestPolicyUpdate {
+  id: number;
+  policy: RequestPolicy | undefined;
 }
 
 /** Close a live connection (policy now denies it, or the drain deadline passed). */
@@ -288,6 +373,7 @@ export interface DataplaneMessage {
     | { $case: "dial"; dial: Dial }
     | { $case: "dialEnd"; dialEnd: DialEnd }
     | { $case: "peer"; peer: PeerQuestion }
+    | { $case: "denials"; denials: RequestDenials }
     | undefined;
 }
 
@@ -516,6 +602,23 @@ export interface PeerQuestion {
   chain: Buffer[];
 }
 
+/**
+ * Requests the data plane answered 403 (gRPC: PERMISSION_DENIED) since the
+ * last report, counted by deciding policy and reason; sent at most every
+ * second, when there are any.
+ */
+export interface RequestDenials {
+  denials: RequestDenial[];
+}
+
+export interface RequestDenial {
+  /** "<namespace>/<name>"; empty when no single policy decided (no_allow_match). */
+  policy: string;
+  /** denied_by_policy or no_allow_match. */
+  reason: string;
+  count: number;
+}
+
 function createBaseEndpoint(): Endpoint {
   return { address: "", port: 0 };
 }
@@ -617,6 +720,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "drain":
         Drain.encode(message.msg.drain, writer.uint32(74).fork()).join();
         break;
+      case "requestPolicy":
+        RequestPolicyUpdate.encode(message.msg.requestPolicy, writer.uint32(162).fork()).join();
+        break;
     }
     return writer;
   },
@@ -706,6 +812,17 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             message.msg = { $case: "drain", drain: Drain.decode(reader, reader.uint32()) };
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.msg = {
+              $case: "requestPolicy",
+              requestPolicy: RequestPolicyUpdate.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -775,6 +892,15 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "drain": {
         if (object.msg?.drain !== undefined && object.msg?.drain !== null) {
           message.msg = { $case: "drain", drain: Drain.fromPartial(object.msg.drain) };
+        }
+        break;
+      }
+      case "requestPolicy": {
+        if (object.msg?.requestPolicy !== undefined && object.msg?.requestPolicy !== null) {
+          message.msg = {
+            $case: "requestPolicy",
+            requestPolicy: RequestPolicyUpdate.fromPartial(object.msg.requestPolicy),
+          };
         }
         break;
       }
@@ -1021,7 +1147,7 @@ export const SessionVerdict: MessageFns<SessionVerdict> = {
 };
 
 function createBaseDecide(): Decide {
-  return { id: 0, status: 0, reason: "", dial: "", timeoutMs: 0, tag: "" };
+  return { id: 0, status: 0, reason: "", dial: "", timeoutMs: 0, tag: "", http: undefined };
 }
 
 export const Decide: MessageFns<Decide> = {
@@ -1043,6 +1169,9 @@ export const Decide: MessageFns<Decide> = {
     }
     if (message.tag !== "") {
       writer.uint32(50).string(message.tag);
+    }
+    if (message.http !== undefined) {
+      HttpInbound.encode(message.http, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1108,6 +1237,14 @@ export const Decide: MessageFns<Decide> = {
             message.tag = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.http = HttpInbound.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1131,6 +1268,475 @@ export const Decide: MessageFns<Decide> = {
     message.dial = object.dial ?? "";
     message.timeoutMs = object.timeoutMs ?? 0;
     message.tag = object.tag ?? "";
+    message.http = (object.http !== undefined && object.http !== null)
+      ? HttpInbound.fromPartial(object.http)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHttpInbound(): HttpInbound {
+  return { protocol: "", policy: undefined };
+}
+
+export const HttpInbound: MessageFns<HttpInbound> = {
+  encode(message: HttpInbound, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.protocol !== "") {
+      writer.uint32(10).string(message.protocol);
+    }
+    if (message.policy !== undefined) {
+      RequestPolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpInbound {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpInbound();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.protocol = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policy = RequestPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpInbound>): HttpInbound {
+    return HttpInbound.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpInbound>): HttpInbound {
+    const message = createBaseHttpInbound();
+    message.protocol = object.protocol ?? "";
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? RequestPolicy.fromPartial(object.policy)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRequestPolicy(): RequestPolicy {
+  return { deny: [], allow: [], allowRequired: false };
+}
+
+export const RequestPolicy: MessageFns<RequestPolicy> = {
+  encode(message: RequestPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deny) {
+      HttpPolicy.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.allow) {
+      HttpPolicy.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.allowRequired !== false) {
+      writer.uint32(24).bool(message.allowRequired);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deny.push(HttpPolicy.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.allow.push(HttpPolicy.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allowRequired = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestPolicy>): RequestPolicy {
+    return RequestPolicy.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestPolicy>): RequestPolicy {
+    const message = createBaseRequestPolicy();
+    message.deny = object.deny?.map((e) => HttpPolicy.fromPartial(e)) || [];
+    message.allow = object.allow?.map((e) => HttpPolicy.fromPartial(e)) || [];
+    message.allowRequired = object.allowRequired ?? false;
+    return message;
+  },
+};
+
+function createBaseHttpPolicy(): HttpPolicy {
+  return { name: "", operations: [] };
+}
+
+export const HttpPolicy: MessageFns<HttpPolicy> = {
+  encode(message: HttpPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.operations) {
+      HttpOperation.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operations.push(HttpOperation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpPolicy>): HttpPolicy {
+    return HttpPolicy.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpPolicy>): HttpPolicy {
+    const message = createBaseHttpPolicy();
+    message.name = object.name ?? "";
+    message.operations = object.operations?.map((e) => HttpOperation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHttpOperation(): HttpOperation {
+  return { methods: [], notMethods: [], paths: [], notPaths: [], hosts: [], notHosts: [] };
+}
+
+export const HttpOperation: MessageFns<HttpOperation> = {
+  encode(message: HttpOperation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.methods) {
+      StringMatch.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.notMethods) {
+      StringMatch.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.paths) {
+      StringMatch.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.notPaths) {
+      StringMatch.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.hosts) {
+      StringMatch.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.notHosts) {
+      StringMatch.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpOperation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpOperation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.methods.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.notMethods.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.paths.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.notPaths.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.hosts.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.notHosts.push(StringMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpOperation>): HttpOperation {
+    return HttpOperation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpOperation>): HttpOperation {
+    const message = createBaseHttpOperation();
+    message.methods = object.methods?.map((e) => StringMatch.fromPartial(e)) || [];
+    message.notMethods = object.notMethods?.map((e) => StringMatch.fromPartial(e)) || [];
+    message.paths = object.paths?.map((e) => StringMatch.fromPartial(e)) || [];
+    message.notPaths = object.notPaths?.map((e) => StringMatch.fromPartial(e)) || [];
+    message.hosts = object.hosts?.map((e) => StringMatch.fromPartial(e)) || [];
+    message.notHosts = object.notHosts?.map((e) => StringMatch.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseStringMatch(): StringMatch {
+  return { kind: 0, value: "" };
+}
+
+export const StringMatch: MessageFns<StringMatch> = {
+  encode(message: StringMatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StringMatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStringMatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<StringMatch>): StringMatch {
+    return StringMatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StringMatch>): StringMatch {
+    const message = createBaseStringMatch();
+    message.kind = object.kind ?? 0;
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseRequestPolicyUpdate(): RequestPolicyUpdate {
+  return { id: 0, policy: undefined };
+}
+
+export const RequestPolicyUpdate: MessageFns<RequestPolicyUpdate> = {
+  encode(message: RequestPolicyUpdate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.policy !== undefined) {
+      RequestPolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestPolicyUpdate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestPolicyUpdate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policy = RequestPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestPolicyUpdate>): RequestPolicyUpdate {
+    return RequestPolicyUpdate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestPolicyUpdate>): RequestPolicyUpdate {
+    const message = createBaseRequestPolicyUpdate();
+    message.id = object.id ?? 0;
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? RequestPolicy.fromPartial(object.policy)
+      : undefined;
     return message;
   },
 };
@@ -1795,6 +2401,9 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "peer":
         PeerQuestion.encode(message.msg.peer, writer.uint32(154).fork()).join();
         break;
+      case "denials":
+        RequestDenials.encode(message.msg.denials, writer.uint32(242).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1964,6 +2573,14 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
             message.msg = { $case: "peer", peer: PeerQuestion.decode(reader, reader.uint32()) };
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.msg = { $case: "denials", denials: RequestDenials.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2093,6 +2710,12 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "peer": {
         if (object.msg?.peer !== undefined && object.msg?.peer !== null) {
           message.msg = { $case: "peer", peer: PeerQuestion.fromPartial(object.msg.peer) };
+        }
+        break;
+      }
+      case "denials": {
+        if (object.msg?.denials !== undefined && object.msg?.denials !== null) {
+          message.msg = { $case: "denials", denials: RequestDenials.fromPartial(object.msg.denials) };
         }
         break;
       }
@@ -4077,6 +4700,140 @@ export const PeerQuestion: MessageFns<PeerQuestion> = {
     message.hbone = object.hbone ?? "";
     message.expect = object.expect ?? "";
     message.chain = object.chain?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseRequestDenials(): RequestDenials {
+  return { denials: [] };
+}
+
+export const RequestDenials: MessageFns<RequestDenials> = {
+  encode(message: RequestDenials, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.denials) {
+      RequestDenial.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestDenials {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestDenials();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.denials.push(RequestDenial.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestDenials>): RequestDenials {
+    return RequestDenials.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestDenials>): RequestDenials {
+    const message = createBaseRequestDenials();
+    message.denials = object.denials?.map((e) => RequestDenial.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRequestDenial(): RequestDenial {
+  return { policy: "", reason: "", count: 0 };
+}
+
+export const RequestDenial: MessageFns<RequestDenial> = {
+  encode(message: RequestDenial, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.policy !== "") {
+      writer.uint32(10).string(message.policy);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.count !== 0) {
+      writer.uint32(24).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestDenial {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestDenial();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.count = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestDenial>): RequestDenial {
+    return RequestDenial.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestDenial>): RequestDenial {
+    const message = createBaseRequestDenial();
+    message.policy = object.policy ?? "";
+    message.reason = object.reason ?? "";
+    message.count = object.count ?? 0;
     return message;
   },
 };

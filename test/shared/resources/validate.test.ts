@@ -169,6 +169,21 @@ t.test('an AuthorizationPolicy in Istio shape maps to the flat core types', asyn
   });
 });
 
+t.test('HTTP operation fields are kept as sets, hosts lower-cased, absent when unset', async (t) => {
+  const doc = withField(policyDoc(), 'spec.rules', [{
+    to: [
+      { operation: { methods: ['POST', 'GET'], paths: ['/api/*', '*.png', '/healthz', '*'], notHosts: ['Admin.Example.com:*', '*.Internal'] } },
+      { operation: { ports: [8080], notMethods: ['DELETE'], notPaths: ['/admin/*'], hosts: ['*'] } },
+    ],
+  }]);
+  const r = validateResource(doc, 'p.yaml#1') as AuthorizationPolicy;
+  t.same(r.spec.rules[0]!.to, [
+    { ports: [], notPorts: [], methods: ['GET', 'POST'], paths: ['*', '*.png', '/api/*', '/healthz'], notHosts: ['*.internal', 'admin.example.com:*'] },
+    { ports: [8080], notPorts: [], notMethods: ['DELETE'], notPaths: ['/admin/*'], hosts: ['*'] },
+  ]);
+  t.notOk('methods' in r.spec.rules[0]!.to[1]!, 'an unset HTTP field is absent');
+});
+
 t.test('an empty policy selector selects everything and is kept as {}', async (t) => {
   for (const sel of [{}, { matchLabels: {} }, { matchLabels: null }]) {
     const r = validateResource(withField(policyDoc(), 'spec.selector', sel), 'p.yaml#1') as AuthorizationPolicy;
@@ -279,12 +294,22 @@ const BAD: readonly BadCase[] = [
   bad('matchExpressions', policyDoc, 'spec.selector', { matchExpressions: [] }, 'spec.selector.matchExpressions', /use matchLabels/),
   bad('bad matchLabels value', policyDoc, 'spec.selector', { matchLabels: { app: 'a b' } }, 'spec.selector.matchLabels.app', /letters, digits/),
   bad('rules not a list', policyDoc, 'spec.rules', {}, 'spec.rules', /must be a list/),
-  bad('when conditions', policyDoc, 'spec.rules', [{ when: [] }], 'spec.rules[0].when', /L4/),
+  bad('when conditions', policyDoc, 'spec.rules', [{ when: [] }], 'spec.rules[0].when', /conditions are not supported: Ambit authorizes by peer, port, method, path and host/),
   bad('from item without source', policyDoc, 'spec.rules', [{ from: [{}] }], 'spec.rules[0].from[0].source', /is required/),
   bad('empty source', policyDoc, 'spec.rules', rule({}), SRC, /matches everything; omit it instead/),
   bad('source of empty lists', policyDoc, 'spec.rules', rule({ principals: [], ipBlocks: [] }), SRC, /matches everything/),
   bad('empty operation', policyDoc, 'spec.rules', op({}), OP, /matches everything/),
-  bad('HTTP methods', policyDoc, 'spec.rules', op({ methods: ['GET'] }), `${OP}.methods`, /L4/),
+  bad('method with a space', policyDoc, 'spec.rules', op({ methods: ['GE T'] }), `${OP}.methods[0]`, /HTTP method such as GET, got "GE T"/),
+  bad('method with a star inside', policyDoc, 'spec.rules', op({ notMethods: ['G*T'] }), `${OP}.notMethods[0]`, /first or last character/),
+  bad('relative path', policyDoc, 'spec.rules', op({ paths: ['admin/*'] }), `${OP}.paths[0]`, /must start with "\/"/),
+  bad('path template', policyDoc, 'spec.rules', op({ paths: ['/a/{*}/b'] }), `${OP}.paths[0]`, /no path templates/),
+  bad('path with a star inside', policyDoc, 'spec.rules', op({ notPaths: ['/a*b'] }), `${OP}.notPaths[0]`, /first or last character/),
+  bad('path normalisation would change', policyDoc, 'spec.rules', op({ paths: ['/a/../admin'] }), `${OP}.paths[0]`, /would never match.*normalised path, "\/admin"/),
+  bad('path with a query', policyDoc, 'spec.rules', op({ paths: ['/a?b=1'] }), `${OP}.paths[0]`, /without its query/),
+  bad('path with a space', policyDoc, 'spec.rules', op({ paths: ['/a b'] }), `${OP}.paths[0]`, /visible ASCII/),
+  bad('host with a slash', policyDoc, 'spec.rules', op({ hosts: ['a.com/x'] }), `${OP}.hosts[0]`, /host name or address/),
+  bad('one host in two cases', policyDoc, 'spec.rules', op({ notHosts: ['A.example', 'a.example'] }), `${OP}.notHosts[1]`, /duplicate entry "a\.example"/),
+  bad('empty method', policyDoc, 'spec.rules', op({ methods: [''] }), `${OP}.methods[0]`, /non-empty string/),
   bad('requestPrincipals', policyDoc, 'spec.rules', rule({ requestPrincipals: ['*'] }), `${SRC}.requestPrincipals`, /JWT/),
   bad('principal without trust domain', policyDoc, 'spec.rules', rule({ principals: ['ns/a/sa/b'] }), `${SRC}.principals[0]`, /trust domain \(e\.g\. cluster\.local\/ns\/a\/sa\/b\)/),
   bad('principal prefix without trust domain', policyDoc, 'spec.rules', rule({ principals: ['ns/a/*'] }), `${SRC}.principals[0]`, /trust domain/),
