@@ -80,13 +80,22 @@ export class NodeTracker {
   }
 
   streamOpened(node: string): void {
-    this.#streams.set(node, (this.#streams.get(node) ?? 0) + 1);
+    const n = (this.#streams.get(node) ?? 0) + 1;
+    this.#streams.set(node, n);
+    if (n === 1) this.#shareConnected(node, true);
   }
 
   streamClosed(node: string): void {
     const n = (this.#streams.get(node) ?? 1) - 1;
-    if (n <= 0) this.#streams.delete(node);
-    else this.#streams.set(node, n);
+    if (n <= 0) {
+      this.#streams.delete(node);
+      this.#shareConnected(node, false);
+    } else this.#streams.set(node, n);
+  }
+
+  /** With a shared store, other replicas learn which nodes watch from this one (best effort: a failed write only affects `node list`). */
+  #shareConnected(node: string, connected: boolean): void {
+    void this.#store.markConnected?.(node, connected).catch(() => undefined);
   }
 
   isConnected(node: string): boolean {
@@ -114,8 +123,10 @@ export class NodeTracker {
 
   async list(): Promise<NodeView[]> {
     const records = await this.#store.listNodes();
+    // A shared store also knows the nodes watching from other replicas.
+    const elsewhere = await this.#store.connectedNodes?.().catch(() => undefined);
     // The in-memory list is authoritative (see #certificates): a record write that failed does not hide a certificate.
-    return records.map((r) => ({ ...r, certificates: this.#certificates.get(r.name) ?? r.certificates, connected: this.isConnected(r.name) }));
+    return records.map((r) => ({ ...r, certificates: this.#certificates.get(r.name) ?? r.certificates, connected: this.isConnected(r.name) || (elsewhere?.has(r.name) ?? false) }));
   }
 }
 

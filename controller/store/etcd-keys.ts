@@ -13,6 +13,8 @@ import type { Kind } from '../../shared/resources/types.ts';
  *   <prefix>t/<id>              a join token record (secret hashed)
  *   <prefix>n/<name>            a node record
  *   <prefix>s/<key>             a setting
+ *   <prefix>w/<node>/<replica>  the node watches from that replica (held by
+ *                               the replica's lease: gone when it dies)
  */
 export class EtcdKeys {
   readonly prefix: string;
@@ -72,6 +74,19 @@ export class EtcdKeys {
 
   get nodes(): Buffer {
     return this.#b('n/');
+  }
+
+  watching(node: string, replica: string): Buffer {
+    return this.#b(`w/${node}/${replica}`);
+  }
+
+  get watchingAll(): Buffer {
+    return this.#b('w/');
+  }
+
+  /** The node a watching key names. */
+  nodeOfWatchingKey(key: Buffer): string {
+    return key.toString().slice(this.prefix.length + 2).split('/')[0] ?? '';
   }
 
   setting(key: string): Buffer {

@@ -1,5 +1,5 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
-import { Etcd3, isRecoverableError, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Watcher } from 'etcd3';
+import { Etcd3, isRecoverableError, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Lease, type Watcher } from 'etcd3';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { keyString, resourceKey, type Resource } from '../../shared/resources/types.ts';
@@ -47,6 +47,8 @@ const PAGE = 1000;
 /** A safety net under the watch: every few seconds the revision is read and any missed commit is caught up. */
 const SYNC_INTERVAL_MS = 5_000;
 const TOKEN_RETENTION_MS = 24 * 60 * 60 * 1000;
+/** A replica's "node watches from me" records outlive it by at most this (its etcd lease). */
+const WATCHING_LEASE_S = 10;
 
 const pad = (n: number): string => String(n).padStart(16, '0');
 
@@ -119,6 +121,11 @@ export class EtcdStore implements Store {
   #syncTimer: NodeJS.Timeout | undefined;
   #identity = '';
   #closed = false;
+  /** This process among the replicas (names its watching records). */
+  readonly #replica = randomUUID();
+  /** Nodes watching from this replica, held by #lease (put again on a new lease when one is lost). */
+  readonly #watching = new Set<string>();
+  #lease: Lease | undefined;
 
   private constructor(o: EtcdStoreOptions) {
     this.#client = new Etcd3({
@@ -295,6 +302,38 @@ export class EtcdStore implements Store {
     await this.#catchUp((await this.#readRevision()).value);
   }
 
+  async markConnected(node: string, connected: boolean): Promise<void> {
+    this.#assertOpen();
+    if (connected) {
+      this.#watching.add(node);
+      await this.#call('markConnected', () => this.#watchingLease().put(this.#keys.watching(node, this.#replica)).value('1').exec());
+    } else {
+      this.#watching.delete(node);
+      await this.#call('markConnected', () => this.#client.kv.deleteRange({ key: this.#keys.watching(node, this.#replica) }));
+    }
+  }
+
+  async connectedNodes(): Promise<ReadonlySet<string>> {
+    this.#assertOpen();
+    const prefix = this.#keys.watchingAll;
+    const res = await this.#call('connectedNodes', () => this.#client.kv.range({ key: prefix, range_end: prefixEnd(prefix), keys_only: true }));
+    return new Set(res.kvs.map((kv) => this.#keys.nodeOfWatchingKey(kv.key)));
+  }
+
+  /** The lease holding this replica's watching records; a lost one (etcd unreachable past its TTL) is replaced and the records put again. */
+  #watchingLease(): Lease {
+    if (this.#lease !== undefined && !this.#lease.revoked()) return this.#lease;
+    const lease = this.#client.lease(WATCHING_LEASE_S);
+    lease.on('lost', (err) => {
+      if (this.#closed || this.#lease !== lease) return;
+      this.#logger.warn({ err: errorMessage(err) }, 'etcd lease of this replica\'s connected nodes lost; renewing');
+      this.#lease = undefined;
+      for (const node of this.#watching) void this.markConnected(node, true).catch(() => undefined);
+    });
+    this.#lease = lease;
+    return lease;
+  }
+
   async putToken(token: TokenRecord): Promise<void> {
     this.#assertOpen();
     await this.#purgeTokens();
@@ -321,8 +360,11 @@ export class EtcdStore implements Store {
       const record = JSON.parse(kv.value.toString()) as StoredToken;
       if (!hashesEqual(record.secretHash, secretHash)) throw tokenInvalid(id, 'mismatch');
       if (record.usedAt !== 0) {
-        // Our own transaction, committed though its answer was lost.
-        if (record.usedBy === by) return { ...record, usedAt: 0, usedBy: undefined } as TokenRecord;
+        // Our own transaction, committed though its answer was lost: the record as it was before use.
+        if (record.usedBy === by) {
+          const { usedBy: _, ...before } = record;
+          return { ...before, usedAt: 0 };
+        }
         throw tokenInvalid(id, 'used');
       }
       if (now >= record.expiresAt) throw tokenInvalid(id, 'expired');
@@ -406,6 +448,8 @@ export class EtcdStore implements Store {
     this.#nodeListeners.clear();
     const watchers = this.#watchers.splice(0);
     await Promise.all(watchers.map((w) => w.cancel().catch(() => undefined)));
+    // Revoking the lease removes this replica's connected-node records at once, not after its TTL.
+    await this.#lease?.revoke().catch(() => undefined);
     this.#client.close();
   }
 
@@ -475,7 +519,13 @@ export class EtcdStore implements Store {
     });
     const nodes = await this.#client.watch().prefix(this.#keys.nodes).startRevision(start).create();
     nodes.on('put', (kv) => {
-      const record = JSON.parse(kv.value.toString()) as NodeRecord;
+      let record: NodeRecord;
+      try {
+        record = JSON.parse(kv.value.toString()) as NodeRecord;
+      } catch (err) {
+        this.#logger.warn({ key: kv.key.toString(), err: errorMessage(err) }, 'unreadable node record in etcd ignored');
+        return;
+      }
       for (const l of [...this.#nodeListeners]) l(record);
     });
     for (const w of [changes, nodes]) {

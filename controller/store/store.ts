@@ -112,6 +112,15 @@ export interface Store {
    */
   onNodeChange?(listener: (node: NodeRecord) => void): () => void;
 
+  /**
+   * Shared stores only (etcd): records that `node` has a watch stream on this
+   * replica (connected: true) or no longer has (false). A replica's records
+   * vanish with it, so every replica can tell which nodes are connected to any.
+   */
+  markConnected?(node: string, connected: boolean): Promise<void>;
+  /** Shared stores only (etcd): the nodes with a watch stream on any replica. */
+  connectedNodes?(): Promise<ReadonlySet<string>>;
+
   putToken(token: TokenRecord): Promise<void>;
   /**
    * Marks the token used, atomically: of two concurrent calls for one token

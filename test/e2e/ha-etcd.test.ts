@@ -141,6 +141,11 @@ t.test('replicas share one store: one identity, one revision, one CA', async (t)
   t.ok(ids[0]);
   t.same(new Set(ids).size, 1, 'one store identity');
   await eventually(async () => new Set((await Promise.all(apis.map((a) => a.call('List', a.client.list, { kind: '', namespace: '' })))).map((l) => l.revision)).size === 1, 'replicas at one revision');
+  for (const a of apis) {
+    const nodes = await a.call('ListNodes', a.client.listNodes, {});
+    t.same(nodes.nodes.filter((n) => n.connected).map((n) => n.name).sort(), ['node-a', 'node-b'], 'every replica sees both agents connected, whichever replica they watch from');
+    t.same(nodes.nodes.filter((n) => n.name.startsWith('node-')).map((n) => n.hboneAddress).sort(), agents.map((ag) => ag.hbone).sort(), 'and knows both agents\' HBONE addresses');
+  }
 });
 
 t.test('a replica given another CA is refused', async (t) => {

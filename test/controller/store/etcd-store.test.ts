@@ -1,5 +1,6 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { Etcd3 } from 'etcd3';
 import { createLogger } from '../../../shared/logger.ts';
 import { AmbitError } from '../../../shared/errors.ts';
 import type { Service, Workload } from '../../../shared/resources/types.ts';
@@ -152,6 +153,15 @@ t.test('node records merge across replicas and reach the other replica', async (
   const deadline = Date.now() + 5_000;
   while (!heard.some((h) => h.ackedRevision === 7 && h.certExpiresAt === 99) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.ok(heard.some((h) => h.hboneAddress === '127.0.0.2:15008'), 'the other replica heard of the HBONE address');
+  // Which nodes watch from some replica: every replica can tell, and a closed replica's are gone at once.
+  const c = await EtcdStore.open({ client: { hosts: cluster.endpoints.split(',') }, prefix, logger, onFatal: () => undefined });
+  await c.markConnected('n1', true);
+  await a.markConnected('n2', true);
+  t.same([...await b.connectedNodes()].sort(), ['n1', 'n2']);
+  await a.markConnected('n2', false);
+  t.same([...await b.connectedNodes()], ['n1']);
+  await c.close();
+  t.same([...await b.connectedNodes()], [], 'a closed replica\'s nodes are no longer connected');
   await a.putSetting('k', 'v');
   t.equal(await b.getSetting('k'), 'v');
   t.equal(await b.getSetting('absent'), undefined);
@@ -165,6 +175,21 @@ t.test('change sets beyond the retained ones ask for a snapshot; prefixes are se
   const other = await open({ prefix: '/retain-other/' });
   t.equal(await other.revision(), 0);
   t.not(await other.identity(), await store.identity());
+});
+
+t.test('a replica that can no longer follow the revision in order reports it as fatal', async (t) => {
+  const prefix = '/behind/';
+  const fatal: AmbitError[] = [];
+  const store = await open({ prefix, retainChangeSets: 2, onFatal: (err) => fatal.push(err) });
+  await store.commit([{ op: 'put', resource: service('one') }]);
+  // Another writer moved the revision on while the change sets it would need are gone (compacted past this replica).
+  const raw = new Etcd3({ hosts: cluster.endpoints.split(',') });
+  t.teardown(() => raw.close());
+  await raw.put(`${prefix}revision`).value('9');
+  const err = await failure(store.sync());
+  t.equal(err.code, 'AMBIT_ERR_STORE_REVISION');
+  t.equal(fatal.length, 1, 'onFatal was called');
+  t.match(fatal[0]?.message, /restart the replica/);
 });
 
 t.test('TLS with a client certificate; a client without one is refused', async (t) => {
