@@ -7,7 +7,7 @@
 //   node install-helper.mjs verify DEST              exit 0 iff DEST matches its manifest exactly
 //   node install-helper.mjs copy FROM GENDIR DEST    create DEST (must not exist) from the plan
 //   node install-helper.mjs check-config FROM agent|controller ENVFILE
-//   node install-helper.mjs check-pin FROM HOST:PORT SHA256 [TIMEOUT_MS]
+//   node install-helper.mjs check-pin FROM HOST:PORT[,HOST:PORT…] SHA256 [TIMEOUT_MS]
 //
 // The runtime tree (what /usr/lib/ambit holds):
 //   package.json (its "type": "module" makes Node read the .ts sources as ESM)
@@ -222,9 +222,10 @@ async function checkConfig(from, which, envFile) {
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'EADDRNOTAVAIL']);
 
 async function checkPin(from, hostPort, fingerprint, timeoutMs) {
-  const { parseHostPort } = await import(pathToFileURL(join(resolve(from), 'shared/config-parse.ts')).href);
+  const { parseHostPortList } = await import(pathToFileURL(join(resolve(from), 'shared/config-parse.ts')).href);
   const { discoverPinnedRoot } = await import(pathToFileURL(join(resolve(from), 'agent/identity/ca-client.ts')).href);
-  const controller = parseHostPort(hostPort, 15012);
+  // One address or every replica's (comma-separated): the first that answers must present the pin.
+  const controller = parseHostPortList(hostPort, 15012);
   try {
     const { trustDomain } = await discoverPinnedRoot(controller, fingerprint, Date.now, timeoutMs);
     process.stdout.write(`the controller at ${hostPort} presents the pinned CA (trust domain ${trustDomain})\n`);

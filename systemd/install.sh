@@ -40,7 +40,8 @@ usage:
 
 agent:
   --node NAME             this host's node name (as in "ambitctl node token create --node NAME")
-  --controller HOST:PORT  the controller's gRPC address (port defaults to 15012)
+  --controller HOST:PORT  the controller's gRPC address (port defaults to 15012);
+                          several replicas: a comma-separated list of IP addresses
   --address IP            this host's address: HBONE, metrics and readiness listen here
   --token TOKEN           join token; needed until the node has joined
   --capture MODE          transparent (iptables, uid owner match; default) or none (SOCKS5/upstreams only)
