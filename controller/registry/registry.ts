@@ -1,9 +1,11 @@
 import { isDeepStrictEqual } from 'node:util';
 import { AmbitError } from '../../shared/errors.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
+import { httpFieldsOnTcpPorts } from '../../shared/resources/validate-policy.ts';
 import {
   keyString,
   resourceKey,
+  type AuthorizationPolicy,
   type Change,
   type ChangeSet,
   type Kind,
@@ -189,7 +191,24 @@ export class Registry {
       changes.push({ op: 'put', resource: r });
       results.push({ key, outcome: existing ? 'configured' : 'created' });
     }
+    this.#checkHttpFields(resources);
     return { changes, results };
+  }
+
+  /** Refuses a policy of the batch whose HTTP fields reach its workloads only on TCP ports (validate-policy.ts), judged on the mesh as the batch leaves it. */
+  #checkHttpFields(batch: readonly Resource[]): void {
+    const policies = batch.filter((r): r is AuthorizationPolicy => r.kind === 'AuthorizationPolicy');
+    if (policies.length === 0) return;
+    const after = new Map(this.#resources);
+    for (const r of batch) after.set(resourceKey(r), r);
+    for (const p of policies) {
+      const problem = httpFieldsOnTcpPorts(p, after.values());
+      if (problem === undefined) continue;
+      const what = `AuthorizationPolicy ${p.metadata.namespace}/${p.metadata.name}`;
+      throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${what}: ${problem.field}: ${problem.message}`, {
+        details: { kind: 'AuthorizationPolicy', namespace: p.metadata.namespace, name: p.metadata.name, field: problem.field, value: problem.value },
+      });
+    }
   }
 
   /** Plans a delete; a missing key fails the batch unless ignoreNotFound. */

@@ -1,8 +1,8 @@
 import { canonicalIp, parseCidr } from '../net-address.ts';
 import { parseSpiffeId } from '../spiffe-id.ts';
-import { POLICY_ACTIONS } from './types.ts';
-import type { AuthorizationPolicySpec, PolicyAction, PolicyOperation, PolicyRule, PolicySource } from './types.ts';
-import { Checker, describe, isDnsLabel, isDnsSubdomain, join } from './validate-fields.ts';
+import { isHttpProtocol, MESH_NAMESPACE, POLICY_ACTIONS } from './types.ts';
+import type { AuthorizationPolicy, AuthorizationPolicySpec, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Resource, Service, Workload } from './types.ts';
+import { Checker, describe, isDnsLabel, isDnsSubdomain, join, type FieldError } from './validate-fields.ts';
 import { HTTP_OPERATION_FIELDS, normalizePath, type HttpOperationField } from '../authorization-http.ts';
 
 /**
@@ -300,4 +300,50 @@ export function checkPolicySpec(c: Checker, v: unknown, field: string): Authoriz
   });
   if (c.errors.length !== before || act === undefined) return undefined;
   return sel === undefined ? { action: act, rules } : { selector: sel, action: act, rules };
+}
+
+/**
+ * HTTP operation fields only mean something on ports a Service declares
+ * http, http2 or grpc: elsewhere they fail closed (authorization.ts), so a
+ * policy whose HTTP conditions could reach the workloads it selects only
+ * through TCP ports is refused, naming the field, rather than silently
+ * denying (DENY) or never admitting (ALLOW) every connection. Checked
+ * against the mesh as the apply would leave it (`resources`). A policy that
+ * selects no workload yet is accepted: there is nothing to judge it by.
+ */
+export function httpFieldsOnTcpPorts(policy: AuthorizationPolicy, resources: Iterable<Resource>): FieldError | undefined {
+  const ns = policy.metadata.namespace;
+  const sel = Object.entries(policy.spec.selector ?? {});
+  const workloads: Workload[] = [];
+  const services: Service[] = [];
+  for (const r of resources) {
+    if (r.kind === 'Service') services.push(r);
+    if (r.kind !== 'Workload' || (ns !== MESH_NAMESPACE && r.metadata.namespace !== ns)) continue;
+    if (sel.every(([k, v]) => Object.hasOwn(r.metadata.labels, k) && r.metadata.labels[k] === v)) workloads.push(r);
+  }
+  if (workloads.length === 0) return undefined;
+  // The target ports of the selected workloads, each with whether a Service selecting it declares HTTP there.
+  const ports = new Map<number, boolean>();
+  for (const svc of services) {
+    const ssel = Object.entries(svc.spec.selector);
+    const selects = ssel.length > 0 && workloads.some((w) => w.metadata.namespace === svc.metadata.namespace && ssel.every(([k, v]) => w.metadata.labels[k] === v));
+    if (!selects) continue;
+    for (const p of svc.spec.ports) ports.set(p.targetPort, (ports.get(p.targetPort) ?? false) || isHttpProtocol(p.appProtocol));
+  }
+  for (const w of workloads) for (const p of w.spec.ports) if (!ports.has(p)) ports.set(p, false);
+  let problem: FieldError | undefined;
+  policy.spec.rules.forEach((rule, i) => rule.to.forEach((op, j) => {
+    const field = HTTP_OPERATION_FIELDS.find((f) => (op[f]?.length ?? 0) > 0);
+    if (field === undefined || problem !== undefined) return;
+    const candidates = (op.ports.length > 0 ? op.ports : [...ports.keys()]).filter((p) => !op.notPorts.includes(p));
+    if (candidates.some((p) => ports.get(p) === true)) return;
+    const names = workloads.slice(0, 3).map((w) => `${w.metadata.namespace}/${w.metadata.name}`).join(', ') + (workloads.length > 3 ? ', …' : '');
+    const where = candidates.length > 0 ? `only TCP ports (${[...candidates].sort((a, b) => a - b).join(', ')})` : 'no port a Service declares';
+    problem = {
+      field: `spec.rules[${i}].to[${j}].operation.${field}`,
+      message: `HTTP fields apply only to ports a Service declares http, http2 or grpc (appProtocol), and this operation reaches the workloads the policy selects (${names}) through ${where}; declare the port's appProtocol (in the same apply, or first) or remove the field`,
+      value: op[field],
+    };
+  }));
+  return problem;
 }

@@ -212,3 +212,20 @@ spec:
   t.ok(pub.reused);
   await ok(['delete', '-f', '-'], 'apiVersion: ambit.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: { name: web-read-only, namespace: default }\n');
 });
+
+t.test('ambitctl apply refuses HTTP fields that can only reach TCP ports, naming the field; nothing is applied', async (t) => {
+  const r = await ambitctl(ctl, ['apply', '-f', '-'], `
+apiVersion: ambit.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: web-tcp-methods, namespace: default }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - to:
+        - operation: { ports: [9999], methods: [GET] }
+`);
+  t.not(r.code, 0, 'refused');
+  t.match(r.stderr, /spec\.rules\[0\]\.to\[0\]\.operation\.methods: HTTP fields apply only to ports a Service declares http, http2 or grpc/);
+  t.match((await ambitctl(ctl, ['policy', 'list'])).stdout, /^(?![\s\S]*web-tcp-methods)/, 'not stored');
+});

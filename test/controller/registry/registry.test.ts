@@ -249,3 +249,28 @@ t.test('Registry.follow: a commit that lands while the snapshot is read is not l
   t.same(seen, [4]);
   t.same(registry.list('Workload').map((w) => w.metadata.name), ['a', 'c']);
 });
+
+// ------------------------------------------------------------------ HTTP operation fields
+
+t.test('planApply: a policy whose HTTP fields reach its workloads only on TCP ports is refused, naming the field', async (t) => {
+  const web = workload('web', { address: '10.0.0.1' });
+  const tcp = service('web');
+  const http: Service = { ...tcp, spec: { ...tcp.spec, ports: [{ name: 'web', port: 80, targetPort: 8080, appProtocol: 'http' }, { name: 'db', port: 5432, targetPort: 5432, appProtocol: 'tcp' }] } };
+  const l7 = (op: Record<string, unknown>): AuthorizationPolicy => ({
+    ...policy('web-l7'),
+    spec: { selector: { app: 'web' }, action: 'DENY', rules: [{ from: [], to: [{ ports: [], notPorts: [], ...op }] }] },
+  });
+  const reg = new Registry();
+  reg.load(3, [web, tcp]);
+  t.throws(() => reg.planApply([l7({ methods: ['POST'] })], false), {
+    code: 'AMBIT_ERR_RESOURCE_INVALID',
+    message: /^AuthorizationPolicy default\/web-l7: spec\.rules\[0\]\.to\[0\]\.operation\.methods: HTTP fields apply only to ports a Service declares http, http2 or grpc .*\(default\/web\) through only TCP ports \(8080\)/,
+  }, 'the only Service declares its port tcp');
+  t.same(reg.planApply([http, l7({ methods: ['POST'] })], false).results.map((r) => r.outcome), ['configured', 'created'], 'accepted when the same apply declares the port http');
+  reg.load(4, [web, http]);
+  t.throws(() => reg.planApply([l7({ ports: [5432], paths: ['/x'] })], false), { message: /operation\.paths: .*only TCP ports \(5432\)/ }, 'an operation limited to a TCP port');
+  t.throws(() => reg.planApply([l7({ notPorts: [8080], hosts: ['a'] })], false), { message: /operation\.hosts: .*only TCP ports \(5432\)/ }, 'notPorts leaves only the TCP port');
+  t.equal(reg.planApply([l7({ ports: [8080], notMethods: ['GET'] })], false).changes.length, 1, 'the HTTP port: accepted');
+  t.equal(reg.planApply([{ ...l7({ methods: ['GET'] }), spec: { ...l7({}).spec, selector: { app: 'none' } } }], false).changes.length, 1, 'a policy selecting no workload yet is accepted');
+  t.equal(reg.planApply([l7({ ports: [5432] })], false).changes.length, 1, 'port-only operations are not concerned');
+});
