@@ -17,6 +17,7 @@ import { CaptureRules, spawnCaptureExec } from './proxy/capture.ts';
 import { defaultDataplaneBinary, NativeInbound } from './dataplane/inbound.ts';
 import { NativeOutbound, type DataplaneListener } from './dataplane/outbound.ts';
 import { TelemetryReporter } from './proxy/telemetry-reporter.ts';
+import { RequestMetrics } from './proxy/request-metrics.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './connection/routing.ts';
 import { MeshState } from './state/mesh-state.ts';
@@ -187,9 +188,14 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       inbound: inboundDeps,
       mode: cfg.mode,
       upstreams: outbound,
+      requests: { metrics: new RequestMetrics(registry, state), accessLog: () => deps.accessLog.isLevelEnabled('info') },
     });
     // Before listen(): a start that fails after spawning the data plane must still end it.
     cleanups.push(() => hbone.destroy());
+    // The data plane writes the per-request access log lines: at the access log's level (admin /logging changes it).
+    const levelChanged = (): void => hbone.sendRequestTelemetry();
+    deps.accessLog.on('level-change', levelChanged);
+    cleanups.push(() => void deps.accessLog.off('level-change', levelChanged));
     const localIdentities = (): string[] => [...new Set(state.localWorkloads().map((w) => state.identityOf(w).uri))];
     // The identities it holds certificates for (from disk) go with the first
     // configuration: a data plane already serving (this agent restarted)

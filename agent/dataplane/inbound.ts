@@ -11,6 +11,7 @@ import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from '../proxy/hbone-names.ts';
 import { admitInbound, admitPlaintext, refuseRecord, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
+import { requestTelemetry, type RequestMetrics } from '../proxy/request-metrics.ts';
 import { verifyReportedChain } from './peer-chain.ts';
 import { httpInbound, requestPolicyToWire } from './request-policy.ts';
 import type { NativeOutbound } from './outbound.ts';
@@ -67,6 +68,8 @@ export interface NativeInboundOptions {
   readonly mode: 'strict' | 'permissive';
   /** The outbound half and the listeners (SOCKS5, upstream, capture); bound on every start. */
   readonly upstreams: NativeOutbound;
+  /** Where the data plane's request reports go, and whether it writes a line per request (the access log's level). */
+  readonly requests?: { readonly metrics: RequestMetrics; readonly accessLog: () => boolean };
 }
 
 /** One admitted tunnel while ambit-dataplane relays it. */
@@ -317,7 +320,14 @@ export class NativeInbound {
       this.#o.logger.info({ pid: m.pid, live: taken.live, ended: taken.ended, refusedWhileAway: refused }, 'attached to the ambit-dataplane already serving: took over its connections');
     }
     this.#push();
+    this.#o.requests?.metrics.attached();
+    this.sendRequestTelemetry();
     if (this.#served) void this.listenAll().catch((err: Error) => this.#o.logger.error({ err: err.message }, 'ambit-dataplane could not serve its listeners again'));
+  }
+
+  /** Tells the data plane how to report requests (again, when the access log's level changed). */
+  sendRequestTelemetry(): void {
+    if (this.#o.requests && this.#link.attached) this.#send({ $case: 'requestTelemetry', requestTelemetry: requestTelemetry(this.#o.requests.accessLog()) });
   }
 
   /** A connection that ended while no agent was attached: counted and logged from its tag. */
@@ -408,6 +418,9 @@ export class NativeInbound {
           if (c) this.#count(c.record, from, to);
           else this.#o.upstreams.count(id, from, to);
         }
+        return;
+      case 'requests':
+        this.#o.requests?.metrics.add(m.requests);
         return;
       case 'end':
         if (this.#conns.has(m.end.id)) return this.#end(m.end);

@@ -165,6 +165,12 @@ export class MeshState {
     return w.spec.ports.length === 0 || w.spec.ports.includes(port) ? w : undefined;
   }
 
+  /** Any workload of the mesh by namespace and name. */
+  workloadByName(namespace: string, name: string): Workload | undefined {
+    const r = this.#resources.get(keyString({ kind: 'Workload', namespace, name }));
+    return r?.kind === 'Workload' ? r : undefined;
+  }
+
   localWorkloadByName(namespace: string, name: string): Workload | undefined {
     return this.#local.find((w) => w.metadata.namespace === namespace && w.metadata.name === name);
   }

@@ -47,6 +47,8 @@ use tokio::sync::mpsc;
 use control::{listener_error, pb, In, Out, Outbox};
 use core::Core;
 use inbound::{Decision, Inbound};
+use l7::access_log::{AccessLog, Sink};
+use l7::metrics::RequestMetrics;
 use outbound::{Entry, Outbound};
 
 /// How often live tunnels' byte counts go to the agent.
@@ -78,6 +80,8 @@ struct Dispatch {
     outbound: Arc<Outbound>,
     tls: Arc<RwLock<Option<Arc<tls::Tls>>>>,
     listeners: Mutex<Vec<ListenerEntry>>,
+    requests: Arc<RequestMetrics>,
+    access_log: Arc<AccessLog>,
 }
 
 impl Dispatch {
@@ -104,6 +108,13 @@ impl Dispatch {
             In::Drain(_) => {
                 self.outbound.drain();
                 self.core.drain();
+            }
+            In::RequestTelemetry(t) => {
+                self.access_log.enable(t.access_log);
+                if let Err(message) = self.requests.configure(t.duration_bounds_ms, t.bytes_bounds) {
+                    eprintln!("ambit-dataplane: {message}; request metrics keep the bounds they had");
+                    self.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_INTERNAL".into(), message }));
+                }
             }
             In::Exit(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.outbox.written()).await;
@@ -218,7 +229,12 @@ async fn run(listen: String, control_path: String) {
     let inbound = Inbound::new(core.clone(), tls_state.clone());
     let outbound = Outbound::new(core.clone(), tls_state.clone());
     tokio::spawn(inbound.clone().serve(listener));
-    let (ticker, sweeper, http) = (core.clone(), outbound.clone(), inbound.http.clone());
+    // Finished HTTP requests: aggregated for the agent, and logged here.
+    let requests = Arc::new(RequestMetrics::default());
+    let access_log = Arc::new(AccessLog::new(Sink::stderr()));
+    core.observers.add(requests.clone());
+    core.observers.add(access_log.clone());
+    let (ticker, sweeper, http, reporter) = (core.clone(), outbound.clone(), inbound.http.clone(), requests.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(BYTES_EVERY);
         loop {
@@ -227,10 +243,24 @@ async fn run(listen: String, control_path: String) {
             if let Some(denials) = http.report() {
                 ticker.outbox.send(denials);
             }
+            // While no agent is attached requests keep aggregating, for the next.
+            if ticker.attached() {
+                if let Some(stats) = reporter.report() {
+                    ticker.outbox.send(Out::Requests(stats));
+                }
+            }
             sweeper.sweep();
         }
     });
-    let dispatch = Arc::new(Dispatch { core: core.clone(), outbox, inbound, outbound, tls: tls_state, listeners: Mutex::new(Vec::new()) });
+    let flusher = access_log.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(l7::access_log::FLUSH_EVERY);
+        loop {
+            every.tick().await;
+            flusher.flush();
+        }
+    });
+    let dispatch = Arc::new(Dispatch { core: core.clone(), outbox, inbound, outbound, tls: tls_state, listeners: Mutex::new(Vec::new()), requests: requests.clone(), access_log });
     // The agent that started this process waits for this line, then connects.
     println!("{}", json!({ "t": "ready", "addr": addr, "control": control_path, "protocol": control::PROTOCOL, "pid": std::process::id() }));
 
@@ -254,6 +284,7 @@ async fn run(listen: String, control_path: String) {
                 generation += 1;
                 let (from, to) = stream.into_split();
                 core.attach(to, control::PROTOCOL, &addr, dispatch.listeners());
+                requests.attached();
                 reader = Some(tokio::spawn(read_agent(dispatch.clone(), from, generation, gone_tx.clone())));
                 alone_since = None;
             }

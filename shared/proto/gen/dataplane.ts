@@ -39,7 +39,7 @@ export const protobufFileName = "dataplane.proto";
  */
 export const ProtocolVersion = {
   PROTOCOL_VERSION_UNSPECIFIED: 0,
-  PROTOCOL_VERSION_CURRENT: 6,
+  PROTOCOL_VERSION_CURRENT: 7,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -162,7 +162,24 @@ export interface AgentMessage {
     | { $case: "exit"; exit: Exit }
     | { $case: "drain"; drain: Drain }
     | { $case: "requestPolicy"; requestPolicy: RequestPolicyUpdate }
+    | { $case: "requestTelemetry"; requestTelemetry: RequestTelemetry }
     | undefined;
+}
+
+/**
+ * How the data plane reports finished HTTP requests (dataplane/src/l7/):
+ * the histogram buckets it aggregates into (the agent's, Istio's) and
+ * whether it writes an access-log line per request. Sent after every
+ * attach's first config, and again when it changes. Until the first, the
+ * data plane aggregates nothing and logs nothing.
+ */
+export interface RequestTelemetry {
+  /** Upper bounds of istio_request_duration_milliseconds' buckets, ascending (+Inf implied). */
+  durationBoundsMs: number[];
+  /** Upper bounds of istio_request_bytes' and istio_response_bytes' buckets, ascending (+Inf implied). */
+  bytesBounds: number[];
+  /** Write one access-log line per request to stderr (the agent's log). */
+  accessLog: boolean;
 }
 
 /**
@@ -374,6 +391,7 @@ export interface DataplaneMessage {
     | { $case: "dialEnd"; dialEnd: DialEnd }
     | { $case: "peer"; peer: PeerQuestion }
     | { $case: "denials"; denials: RequestDenials }
+    | { $case: "requests"; requests: RequestStats }
     | undefined;
 }
 
@@ -619,6 +637,68 @@ export interface RequestDenial {
   count: number;
 }
 
+/**
+ * Finished HTTP requests since the last report, aggregated by series (one
+ * per label set), every second while any finish. A series is declared once
+ * per attached agent, in the report where it first has requests; later
+ * reports name it by id only.
+ */
+export interface RequestStats {
+  series: RequestSeries[];
+  deltas: RequestDelta[];
+  /**
+   * Requests not counted since the last report: their series would have
+   * passed the data plane's cap on series (l7/metrics.rs MAX_SERIES).
+   */
+  dropped: number;
+}
+
+/** What a series stands for: everything Istio's request labels are made of. */
+export interface RequestSeries {
+  id: number;
+  /** The destination agent's report (reporter="destination"); else the source's. */
+  destinationSide: boolean;
+  /** "http" or "grpc". */
+  protocol: string;
+  /** The response status; 0 when none was sent. */
+  status: number;
+  /** gRPC: the response's grpc-status; "" when none. */
+  grpcStatus: string;
+  /** Envoy's response flags; "-" when none. */
+  responseFlags: string;
+  /** The service's host name; "" when the request went to a workload address. */
+  service: string;
+  source: RequestPeer | undefined;
+  destination:
+    | RequestPeer
+    | undefined;
+  /** The request came or went over mutual TLS (HBONE). */
+  mutualTls: boolean;
+}
+
+export interface RequestPeer {
+  /** SPIFFE URI; "" when unknown. */
+  identity: string;
+  /** The workload's name and namespace; "" when unknown. */
+  workload: string;
+  namespace: string;
+}
+
+/**
+ * What one series grew by. Bucket counts are per bucket (not cumulative),
+ * one per bound of RequestTelemetry then one for +Inf.
+ */
+export interface RequestDelta {
+  id: number;
+  count: number;
+  durationBuckets: number[];
+  durationSumMs: number;
+  requestBytesBuckets: number[];
+  requestBytesSum: number;
+  responseBytesBuckets: number[];
+  responseBytesSum: number;
+}
+
 function createBaseEndpoint(): Endpoint {
   return { address: "", port: 0 };
 }
@@ -723,6 +803,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "requestPolicy":
         RequestPolicyUpdate.encode(message.msg.requestPolicy, writer.uint32(162).fork()).join();
         break;
+      case "requestTelemetry":
+        RequestTelemetry.encode(message.msg.requestTelemetry, writer.uint32(242).fork()).join();
+        break;
     }
     return writer;
   },
@@ -823,6 +906,17 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             };
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.msg = {
+              $case: "requestTelemetry",
+              requestTelemetry: RequestTelemetry.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -904,7 +998,123 @@ export const AgentMessage: MessageFns<AgentMessage> = {
         }
         break;
       }
+      case "requestTelemetry": {
+        if (object.msg?.requestTelemetry !== undefined && object.msg?.requestTelemetry !== null) {
+          message.msg = {
+            $case: "requestTelemetry",
+            requestTelemetry: RequestTelemetry.fromPartial(object.msg.requestTelemetry),
+          };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseRequestTelemetry(): RequestTelemetry {
+  return { durationBoundsMs: [], bytesBounds: [], accessLog: false };
+}
+
+export const RequestTelemetry: MessageFns<RequestTelemetry> = {
+  encode(message: RequestTelemetry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.durationBoundsMs.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.durationBoundsMs) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    if (message.bytesBounds.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.bytesBounds) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    if (message.accessLog !== false) {
+      writer.uint32(24).bool(message.accessLog);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestTelemetry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestTelemetry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 9) {
+              message.durationBoundsMs.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.durationBoundsMs.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag === 17) {
+              message.bytesBounds.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.bytesBounds.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.accessLog = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestTelemetry>): RequestTelemetry {
+    return RequestTelemetry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestTelemetry>): RequestTelemetry {
+    const message = createBaseRequestTelemetry();
+    message.durationBoundsMs = object.durationBoundsMs?.map((e) => e) || [];
+    message.bytesBounds = object.bytesBounds?.map((e) => e) || [];
+    message.accessLog = object.accessLog ?? false;
     return message;
   },
 };
@@ -2404,6 +2614,9 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "denials":
         RequestDenials.encode(message.msg.denials, writer.uint32(242).fork()).join();
         break;
+      case "requests":
+        RequestStats.encode(message.msg.requests, writer.uint32(250).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2581,6 +2794,14 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
             message.msg = { $case: "denials", denials: RequestDenials.decode(reader, reader.uint32()) };
             continue;
           }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.msg = { $case: "requests", requests: RequestStats.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2716,6 +2937,12 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "denials": {
         if (object.msg?.denials !== undefined && object.msg?.denials !== null) {
           message.msg = { $case: "denials", denials: RequestDenials.fromPartial(object.msg.denials) };
+        }
+        break;
+      }
+      case "requests": {
+        if (object.msg?.requests !== undefined && object.msg?.requests !== null) {
+          message.msg = { $case: "requests", requests: RequestStats.fromPartial(object.msg.requests) };
         }
         break;
       }
@@ -4834,6 +5061,532 @@ export const RequestDenial: MessageFns<RequestDenial> = {
     message.policy = object.policy ?? "";
     message.reason = object.reason ?? "";
     message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseRequestStats(): RequestStats {
+  return { series: [], deltas: [], dropped: 0 };
+}
+
+export const RequestStats: MessageFns<RequestStats> = {
+  encode(message: RequestStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.series) {
+      RequestSeries.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.deltas) {
+      RequestDelta.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.dropped !== 0) {
+      writer.uint32(24).uint64(message.dropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.series.push(RequestSeries.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.deltas.push(RequestDelta.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dropped = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestStats>): RequestStats {
+    return RequestStats.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestStats>): RequestStats {
+    const message = createBaseRequestStats();
+    message.series = object.series?.map((e) => RequestSeries.fromPartial(e)) || [];
+    message.deltas = object.deltas?.map((e) => RequestDelta.fromPartial(e)) || [];
+    message.dropped = object.dropped ?? 0;
+    return message;
+  },
+};
+
+function createBaseRequestSeries(): RequestSeries {
+  return {
+    id: 0,
+    destinationSide: false,
+    protocol: "",
+    status: 0,
+    grpcStatus: "",
+    responseFlags: "",
+    service: "",
+    source: undefined,
+    destination: undefined,
+    mutualTls: false,
+  };
+}
+
+export const RequestSeries: MessageFns<RequestSeries> = {
+  encode(message: RequestSeries, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.destinationSide !== false) {
+      writer.uint32(16).bool(message.destinationSide);
+    }
+    if (message.protocol !== "") {
+      writer.uint32(26).string(message.protocol);
+    }
+    if (message.status !== 0) {
+      writer.uint32(32).uint32(message.status);
+    }
+    if (message.grpcStatus !== "") {
+      writer.uint32(42).string(message.grpcStatus);
+    }
+    if (message.responseFlags !== "") {
+      writer.uint32(50).string(message.responseFlags);
+    }
+    if (message.service !== "") {
+      writer.uint32(58).string(message.service);
+    }
+    if (message.source !== undefined) {
+      RequestPeer.encode(message.source, writer.uint32(66).fork()).join();
+    }
+    if (message.destination !== undefined) {
+      RequestPeer.encode(message.destination, writer.uint32(74).fork()).join();
+    }
+    if (message.mutualTls !== false) {
+      writer.uint32(80).bool(message.mutualTls);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestSeries {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestSeries();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.destinationSide = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.protocol = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.status = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.grpcStatus = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.responseFlags = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.source = RequestPeer.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.destination = RequestPeer.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.mutualTls = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestSeries>): RequestSeries {
+    return RequestSeries.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestSeries>): RequestSeries {
+    const message = createBaseRequestSeries();
+    message.id = object.id ?? 0;
+    message.destinationSide = object.destinationSide ?? false;
+    message.protocol = object.protocol ?? "";
+    message.status = object.status ?? 0;
+    message.grpcStatus = object.grpcStatus ?? "";
+    message.responseFlags = object.responseFlags ?? "";
+    message.service = object.service ?? "";
+    message.source = (object.source !== undefined && object.source !== null)
+      ? RequestPeer.fromPartial(object.source)
+      : undefined;
+    message.destination = (object.destination !== undefined && object.destination !== null)
+      ? RequestPeer.fromPartial(object.destination)
+      : undefined;
+    message.mutualTls = object.mutualTls ?? false;
+    return message;
+  },
+};
+
+function createBaseRequestPeer(): RequestPeer {
+  return { identity: "", workload: "", namespace: "" };
+}
+
+export const RequestPeer: MessageFns<RequestPeer> = {
+  encode(message: RequestPeer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.identity !== "") {
+      writer.uint32(10).string(message.identity);
+    }
+    if (message.workload !== "") {
+      writer.uint32(18).string(message.workload);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(26).string(message.namespace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestPeer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestPeer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workload = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestPeer>): RequestPeer {
+    return RequestPeer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestPeer>): RequestPeer {
+    const message = createBaseRequestPeer();
+    message.identity = object.identity ?? "";
+    message.workload = object.workload ?? "";
+    message.namespace = object.namespace ?? "";
+    return message;
+  },
+};
+
+function createBaseRequestDelta(): RequestDelta {
+  return {
+    id: 0,
+    count: 0,
+    durationBuckets: [],
+    durationSumMs: 0,
+    requestBytesBuckets: [],
+    requestBytesSum: 0,
+    responseBytesBuckets: [],
+    responseBytesSum: 0,
+  };
+}
+
+export const RequestDelta: MessageFns<RequestDelta> = {
+  encode(message: RequestDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).uint64(message.count);
+    }
+    if (message.durationBuckets.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.durationBuckets) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.durationSumMs !== 0) {
+      writer.uint32(33).double(message.durationSumMs);
+    }
+    if (message.requestBytesBuckets.length !== 0) {
+      writer.uint32(42).fork();
+      for (const v of message.requestBytesBuckets) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.requestBytesSum !== 0) {
+      writer.uint32(48).uint64(message.requestBytesSum);
+    }
+    if (message.responseBytesBuckets.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.responseBytesBuckets) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.responseBytesSum !== 0) {
+      writer.uint32(64).uint64(message.responseBytesSum);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.durationBuckets.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.durationBuckets.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.durationSumMs = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag === 40) {
+              message.requestBytesBuckets.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 42) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.requestBytesBuckets.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.requestBytesSum = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.responseBytesBuckets.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.responseBytesBuckets.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.responseBytesSum = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestDelta>): RequestDelta {
+    return RequestDelta.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestDelta>): RequestDelta {
+    const message = createBaseRequestDelta();
+    message.id = object.id ?? 0;
+    message.count = object.count ?? 0;
+    message.durationBuckets = object.durationBuckets?.map((e) => e) || [];
+    message.durationSumMs = object.durationSumMs ?? 0;
+    message.requestBytesBuckets = object.requestBytesBuckets?.map((e) => e) || [];
+    message.requestBytesSum = object.requestBytesSum ?? 0;
+    message.responseBytesBuckets = object.responseBytesBuckets?.map((e) => e) || [];
+    message.responseBytesSum = object.responseBytesSum ?? 0;
     return message;
   },
 };
