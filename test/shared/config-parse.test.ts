@@ -173,13 +173,14 @@ t.test('parseHostPort', async (t) => {
 });
 
 t.test('the real controller options', async (t) => {
-  const cfg = parseControllerConfig({ argv: ['--data-dir', '/var/lib/ambit', '--listen', '[::1]:9000', '--cert-ttl', '1h30m'], env: { AMBIT_STORE: 'etcd' } });
+  const cfg = parseControllerConfig({ argv: ['--data-dir', '/var/lib/ambit', '--listen', '[::1]:9000', '--cert-ttl', '1h30m'], env: { AMBIT_STORE: 'kubernetes' } });
   t.equal(cfg.dataDir, '/var/lib/ambit');
   t.same(cfg.listen, { host: '::1', port: 9000 });
   t.same(cfg.monitoring, { host: '0.0.0.0', port: 15014 });
   t.equal(cfg.certTtl, 5_400_000);
   t.equal(cfg.nodeCertTtl, 7 * 86_400_000);
-  t.equal(cfg.store, 'etcd');
+  t.equal(cfg.store, 'kubernetes');
+  t.throws(() => parseControllerConfig({ argv: ['--data-dir', 'd', '--store', 'etcd'], env: {} }), { code: 'AMBIT_ERR_CONFIG_INVALID', details: { key: 'etcd-endpoints' } }, '--store etcd without endpoints');
   t.equal(cfg.trustDomain, 'cluster.local');
   t.equal(cfg.adminName, 'admin');
   t.equal(cfg.logLevel, 'info');
