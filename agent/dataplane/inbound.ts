@@ -484,7 +484,7 @@ export class NativeInbound {
       return;
     }
     this.#track(id, admitted.record, admitted.facts);
-    const http = httpInbound(admitted.protocol, d.state.authorizer.requestPolicy(admitted.facts));
+    const http = httpInbound(admitted.protocol, d.state.authorizer.requestPolicy(admitted.facts), admitted.record);
     this.#send({ $case: 'decide', decide: { id, status: 200, reason: '', dial: formatHostPort(admitted.dial), timeoutMs: d.connectTimeoutMs, tag: connectionTag(admitted.record, admitted.facts), http } });
   }
 

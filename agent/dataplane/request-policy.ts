@@ -29,7 +29,23 @@ export function requestPolicyToWire(p: RequestPolicy): WireRequestPolicy {
   return { deny: p.deny.map(policy), allow: p.allow.map(policy), allowRequired: p.allowRequired };
 }
 
+/** Who a connection's requests are between, as its record names them. */
+export interface RequestEnds {
+  readonly src: { readonly identity: string; readonly workload: string; readonly namespace: string };
+  readonly dst: { readonly identity: string; readonly workload: string; readonly namespace: string };
+  readonly service: string;
+}
+
+/** What the record says when it does not know: Istio's "unknown" is for labels, the data plane's outcome leaves it empty. */
+const known = (v: string): string => (v === 'unknown' ? '' : v);
+
 /** Decide.http for a connection to a port that speaks `protocol`; undefined for tcp (relayed as bytes). */
-export function httpInbound(protocol: AppProtocol, p: RequestPolicy): HttpInbound | undefined {
-  return protocol === 'tcp' ? undefined : { protocol, policy: requestPolicyToWire(p) };
+export function httpInbound(protocol: AppProtocol, p: RequestPolicy, ends: RequestEnds): HttpInbound | undefined {
+  if (protocol === 'tcp') return undefined;
+  return {
+    protocol, policy: requestPolicyToWire(p),
+    sourceIdentity: known(ends.src.identity), sourceWorkload: known(ends.src.workload), sourceNamespace: known(ends.src.namespace),
+    destinationIdentity: known(ends.dst.identity), destinationWorkload: known(ends.dst.workload), destinationNamespace: known(ends.dst.namespace),
+    service: ends.service,
+  };
 }

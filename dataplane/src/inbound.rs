@@ -235,7 +235,7 @@ impl Inbound {
                 return;
             };
             let io = StreamIo::new(send, req.into_body());
-            return self.http.clone().serve(&self.core, id, d.tag, &http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), io).await;
+            return self.http.clone().serve(self.core.clone(), id, d.tag, http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), io).await;
         }
         let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
         let tcp = match dialled {
@@ -288,7 +288,7 @@ impl Inbound {
             return reset(tcp);
         }
         if let Some(http) = d.http {
-            return self.http.clone().serve(&self.core, id, d.tag, &http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), tcp).await;
+            return self.http.clone().serve(self.core.clone(), id, d.tag, http, d.dial, Duration::from_millis(d.timeout_ms.max(1)), tcp).await;
         }
         let dialled = tokio::time::timeout(Duration::from_millis(d.timeout_ms.max(1)), TcpStream::connect(d.dial.as_str())).await;
         let upstream = match dialled {

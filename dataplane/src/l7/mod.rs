@@ -6,6 +6,7 @@
 //! the agent, `access_log` writes a line per request.
 pub mod access_log;
 pub mod authz;
+pub mod body;
 mod counted;
 pub mod metrics;
 pub mod outcome;

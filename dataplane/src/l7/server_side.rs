@@ -19,9 +19,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE};
@@ -40,7 +41,9 @@ use crate::core::Core;
 use crate::relay::Counts;
 
 use super::authz::{normalize_path, Request as AuthzRequest, RequestPolicy, Verdict};
+use super::body::{self, Counted as CountedBody};
 use super::counted::Counted;
+use super::outcome::{Peer, Protocol, RequestOutcome, Side};
 
 /// Concurrent requests a client may have on one HTTP/2 connection: more are
 /// refused (REFUSED_STREAM) until some finish. Envoy's default is larger
@@ -73,7 +76,9 @@ const MAX_SEND_BUF: usize = 400 * 1024;
 const POOL_IDLE_PER_HOST: usize = 32;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Answer = Either<Incoming, Full<Bytes>>;
+/// What the client receives: the answer, counted, reporting the request's outcome when it ends.
+type Body = CountedBody<Answer>;
 
 /// What the appProtocol says of the workload's side: HTTP/1.1 for `http`
 /// (whatever the client spoke), HTTP/2 for `http2` and `grpc`.
@@ -83,12 +88,17 @@ enum Upstream {
     Http2,
 }
 
-/// One admitted HTTP connection: where its requests go, and its request policy (replaced on a policy change).
+/// One admitted HTTP connection: where its requests go, its request policy
+/// (replaced on a policy change), and who its requests are between.
 struct Conn {
     dial: Arc<str>,
     upstream: Upstream,
     connect_timeout: Duration,
     policy: Arc<RwLock<Arc<RequestPolicy>>>,
+    core: Arc<Core>,
+    source: Peer,
+    destination: Peer,
+    service: String,
 }
 
 /// The HTTP side of the inbound half: servers' limits, the pooled clients
@@ -97,7 +107,7 @@ struct Conn {
 pub struct ServerSide {
     client_only: auto::Builder<TokioExecutor>,
     h2_only: auto::Builder<TokioExecutor>,
-    clients: Mutex<HashMap<(Arc<str>, Upstream), Client<Dial, Incoming>>>,
+    clients: Mutex<HashMap<(Arc<str>, Upstream), Client<Dial, CountedBody<Incoming>>>>,
     policies: Mutex<HashMap<u64, Arc<RwLock<Arc<RequestPolicy>>>>>,
     denials: Mutex<HashMap<(String, &'static str), u64>>,
 }
@@ -151,7 +161,7 @@ impl ServerSide {
         Some(Out::Denials(pb::RequestDenials { denials }))
     }
 
-    fn client(&self, dial: &Arc<str>, upstream: Upstream, connect_timeout: Duration) -> Client<Dial, Incoming> {
+    fn client(&self, dial: &Arc<str>, upstream: Upstream, connect_timeout: Duration) -> Client<Dial, CountedBody<Incoming>> {
         let mut clients = self.clients.lock().unwrap();
         clients.entry((dial.clone(), upstream)).or_insert_with(|| {
             let mut b = Client::builder(TokioExecutor::new());
@@ -166,7 +176,7 @@ impl ServerSide {
     /// Serves HTTP on an admitted connection (`io`: from the source) until
     /// it ends or the agent closes it; registered with the core like any
     /// tunnel (byte counts, tag, end).
-    pub async fn serve<IO>(self: Arc<Self>, core: &Core, id: u64, tag: String, http: &pb::HttpInbound, dial: String, connect_timeout: Duration, io: IO)
+    pub async fn serve<IO>(self: Arc<Self>, core: Arc<Core>, id: u64, tag: String, http: pb::HttpInbound, dial: String, connect_timeout: Duration, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -176,7 +186,12 @@ impl ServerSide {
         let policy = Arc::new(RwLock::new(Arc::new(RequestPolicy::from_pb(&http.policy.clone().unwrap_or_default()))));
         self.policies.lock().unwrap().insert(id, policy.clone());
         let upstream = if http.protocol == "http" { Upstream::Http1 } else { Upstream::Http2 };
-        let conn = Arc::new(Conn { dial: dial.into(), upstream, connect_timeout, policy });
+        let conn = Arc::new(Conn {
+            dial: dial.into(), upstream, connect_timeout, policy, core: core.clone(),
+            source: Peer { identity: http.source_identity.clone(), workload: http.source_workload.clone(), namespace: http.source_namespace.clone() },
+            destination: Peer { identity: http.destination_identity.clone(), workload: http.destination_workload.clone(), namespace: http.destination_namespace.clone() },
+            service: http.service.clone(),
+        });
         let side = self.clone();
         let svc = service_fn(move |req| {
             let (side, conn) = (side.clone(), conn.clone());
@@ -191,29 +206,50 @@ impl ServerSide {
         core.ended(id, &counts, error);
     }
 
-    /// One request: authorize, then answer the denial or forward.
+    /// One request: authorize, then answer the denial or forward; its
+    /// outcome goes to the core's observers once the answer is over.
     async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
-        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
-        let Some((path, query)) = normalize_path(target) else {
-            return plain(StatusCode::BAD_REQUEST, "bad request: the target is not a path\n".into());
+        let started = (SystemTime::now(), Instant::now());
+        let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("").to_string();
+        let host = authority_of(&req);
+        let mut outcome = RequestOutcome {
+            side: Side::Destination,
+            protocol: if grpc { Protocol::Grpc } else if req.version() == Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 },
+            method: req.method().as_str().to_string(),
+            authority: host.clone().unwrap_or_default(),
+            path: target.clone(),
+            status: 0, grpc_status: None, response_flags: String::new(),
+            start: started.0, duration: Duration::ZERO, request_bytes: 0, response_bytes: 0,
+            upstream: String::new(), service: conn.service.clone(), source: conn.source.clone(), destination: conn.destination.clone(),
+            traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
         };
-        let host = authority_of(&req).map(|h| h.to_ascii_lowercase());
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let Some((path, query)) = normalize_path(&target) else {
+            return conn.report(outcome, started.1, request_bytes, plain(StatusCode::BAD_REQUEST, "bad request: the target is not a path\n".into()));
+        };
+        let lower_host = host.map(|h| h.to_ascii_lowercase());
         let policy = conn.policy.read().unwrap().clone();
         if policy.decides() {
-            let verdict = policy.evaluate(&AuthzRequest { method: req.method().as_str(), path: &path, host: host.as_deref() });
+            let verdict = policy.evaluate(&AuthzRequest { method: req.method().as_str(), path: &path, host: lower_host.as_deref() });
             if let Verdict::Denied { policy, reason } = verdict {
                 *self.denials.lock().unwrap().entry((policy.unwrap_or("").to_string(), reason)).or_default() += 1;
-                return denied(&req, policy);
+                return conn.report(outcome, started.1, request_bytes, denied(grpc, policy));
             }
         }
         let query = query.to_string();
+        outcome.upstream = conn.dial.to_string();
+        let req = req.map(|b| CountedBody::new(b, request_bytes.clone(), None, None));
         match self.forward(conn, req, &path, &query).await {
-            Ok(res) => res.map(Either::Left),
-            Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error or disconnect: {why}\n")),
+            Ok(res) => conn.report(outcome, started.1, request_bytes, res.map(Either::Left)),
+            Err(why) => {
+                outcome.response_flags = "UF".into();
+                conn.report(outcome, started.1, request_bytes, plain(StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error or disconnect: {why}\n")))
+            }
         }
     }
 
-    async fn forward(&self, conn: &Conn, req: Request<Incoming>, path: &str, query: &str) -> Result<Response<Incoming>, String> {
+    async fn forward(&self, conn: &Conn, req: Request<CountedBody<Incoming>>, path: &str, query: &str) -> Result<Response<Incoming>, String> {
         let (mut parts, body) = req.into_parts();
         let authority = authority_of_parts(&parts).unwrap_or_else(|| conn.dial.to_string());
         // The normalised path goes to the workload: the one that was authorized.
@@ -236,6 +272,30 @@ impl ServerSide {
             }
             why
         })
+    }
+}
+
+impl Conn {
+    /// The answer as it goes to the client: counted, and reporting the
+    /// request's outcome to the observers once its last byte is out (or the
+    /// client went away first: flag DC).
+    fn report(&self, mut outcome: RequestOutcome, started: Instant, request_bytes: Arc<AtomicU64>, res: Response<Answer>) -> Response<Body> {
+        outcome.status = res.status().as_u16();
+        let grpc_status = Arc::new(Mutex::new(body::grpc_status(res.headers())));
+        let response_bytes = Arc::new(AtomicU64::new(0));
+        let (core, slot, sent) = (self.core.clone(), grpc_status.clone(), response_bytes.clone());
+        let watch = (outcome.protocol == Protocol::Grpc).then(|| grpc_status.clone());
+        let done: body::Done = Box::new(move |complete| {
+            outcome.duration = started.elapsed();
+            outcome.request_bytes = request_bytes.load(Ordering::Relaxed);
+            outcome.response_bytes = sent.load(Ordering::Relaxed);
+            outcome.grpc_status = *slot.lock().unwrap();
+            if !complete && outcome.response_flags.is_empty() {
+                outcome.response_flags = "DC".into();
+            }
+            core.observers.observe(&outcome);
+        });
+        res.map(|b| CountedBody::new(b, response_bytes, watch, Some(done)))
     }
 }
 
@@ -267,7 +327,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response<Body> {
+fn plain(status: StatusCode, body: String) -> Response<Answer> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -276,12 +336,11 @@ fn plain(status: StatusCode, body: String) -> Response<Body> {
 
 /// The answer to a denied request: 403 naming the deciding policy, or for
 /// gRPC a trailers-only PERMISSION_DENIED (grpc-status 7) saying the same.
-fn denied<B>(req: &Request<B>, policy: Option<&str>) -> Response<Body> {
+fn denied(grpc: bool, policy: Option<&str>) -> Response<Answer> {
     let text = match policy {
         Some(p) => format!("RBAC: access denied by policy {p}"),
         None => "RBAC: access denied: no ALLOW policy matched".to_string(),
     };
-    let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !grpc {
         return plain(StatusCode::FORBIDDEN, format!("{text}\n"));
     }
@@ -322,5 +381,88 @@ impl tower_service::Service<Uri> for Dial {
             let _ = tcp.set_nodelay(true);
             Ok(TokioIo::new(tcp))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One connection served in memory (tokio's duplex) against a real
+    //! upstream: authorized, forwarded with the normalised path, denied with
+    //! the policy named, and each request's outcome observed once.
+    use super::*;
+    use crate::l7::outcome::RequestObserver;
+    use http_body_util::BodyExt;
+    use tokio::net::TcpListener;
+
+    struct Seen(Mutex<Vec<RequestOutcome>>);
+    impl RequestObserver for Seen {
+        fn observe(&self, o: &RequestOutcome) {
+            self.0.lock().unwrap().push(o.clone());
+        }
+    }
+
+    fn prefix(v: &str) -> pb::StringMatch {
+        pb::StringMatch { kind: pb::MatchKind::Prefix as i32, value: v.into() }
+    }
+
+    #[tokio::test]
+    async fn requests_are_authorized_forwarded_and_reported() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = upstream.accept().await {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("ok {} {}", req.uri(), req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(""))))))
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
+            }
+        });
+        let (outbox, _queue) = crate::control::outbox();
+        let core = Core::new(outbox, 1024);
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        core.observers.add(seen.clone());
+        let deny = pb::HttpPolicy { name: "ns/no-admin".into(), operations: vec![pb::HttpOperation { paths: vec![prefix("/admin/")], ..Default::default() }] };
+        let http = pb::HttpInbound {
+            protocol: "http".into(),
+            policy: Some(pb::RequestPolicy { deny: vec![deny], ..Default::default() }),
+            source_identity: "spiffe://td/ns/a/sa/client".into(),
+            destination_workload: "web".into(),
+            service: "web.ns.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        tokio::spawn(ServerSide::new().serve(core.clone(), 1, String::new(), http, addr.to_string(), Duration::from_secs(1), server_io));
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(client_io)).await.unwrap();
+        tokio::spawn(conn);
+        let mut ask = async |path: &str| {
+            let req = Request::builder().uri(path).header(HOST, "Web.Example").body(Full::new(Bytes::new())).unwrap();
+            let res = send.send_request(req).await.unwrap();
+            let status = res.status().as_u16();
+            (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        };
+        assert_eq!(ask("/hello?x=1").await, (200, "ok /hello?x=1 Web.Example".to_string()));
+        let (status, body) = ask("/admin/users").await;
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied by policy ns/no-admin\n"));
+        assert_eq!(ask("/public/../%61dmin/users").await.0, 403, "normalised before it is matched");
+        assert_eq!(ask("/a/./b/../c").await, (200, "ok /a/c Web.Example".to_string()), "the app gets the normalised path");
+        let seen = seen.0.lock().unwrap();
+        let statuses: Vec<u16> = seen.iter().map(|o| o.status).collect();
+        assert_eq!(statuses, vec![200, 403, 403, 200], "one outcome per request, in order");
+        let first = &seen[0];
+        assert_eq!((first.side, first.protocol, first.method.as_str(), first.path.as_str(), first.authority.as_str()), (Side::Destination, Protocol::Http1, "GET", "/hello?x=1", "Web.Example"));
+        assert_eq!((first.service.as_str(), first.source.identity.as_str(), first.destination.workload.as_str()), ("web.ns.svc.cluster.local", "spiffe://td/ns/a/sa/client", "web"));
+        assert_eq!(first.upstream, addr.to_string());
+        assert_eq!(first.response_bytes, "ok /hello?x=1 Web.Example".len() as u64);
+        assert_eq!(seen[1].upstream, "", "a denied request reached no upstream");
+        assert_eq!(seen[1].response_flags, "");
+    }
+
+    #[test]
+    fn a_grpc_denial_is_a_trailers_only_permission_denied() {
+        let res = denied(true, Some("ns/p"));
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "7");
+        assert_eq!(res.headers()["grpc-message"], "RBAC:%20access%20denied%20by%20policy%20ns/p");
+        assert!(hyper::body::Body::is_end_stream(res.body()), "no body: the status travels in the headers");
     }
 }

@@ -241,7 +241,21 @@ export interface HttpInbound {
    * knowledge), "http2" or "grpc".
    */
   protocol: string;
-  policy: RequestPolicy | undefined;
+  policy:
+    | RequestPolicy
+    | undefined;
+  /**
+   * What each request's outcome reports (RequestOutcome): the verified
+   * source (its workload only when its address was proven), the local
+   * destination workload, and the Service ("name.namespace.svc.cluster.local").
+   */
+  sourceIdentity: string;
+  sourceWorkload: string;
+  sourceNamespace: string;
+  destinationIdentity: string;
+  destinationWorkload: string;
+  destinationNamespace: string;
+  service: string;
 }
 
 /**
@@ -1486,7 +1500,17 @@ export const Decide: MessageFns<Decide> = {
 };
 
 function createBaseHttpInbound(): HttpInbound {
-  return { protocol: "", policy: undefined };
+  return {
+    protocol: "",
+    policy: undefined,
+    sourceIdentity: "",
+    sourceWorkload: "",
+    sourceNamespace: "",
+    destinationIdentity: "",
+    destinationWorkload: "",
+    destinationNamespace: "",
+    service: "",
+  };
 }
 
 export const HttpInbound: MessageFns<HttpInbound> = {
@@ -1496,6 +1520,27 @@ export const HttpInbound: MessageFns<HttpInbound> = {
     }
     if (message.policy !== undefined) {
       RequestPolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    if (message.sourceIdentity !== "") {
+      writer.uint32(26).string(message.sourceIdentity);
+    }
+    if (message.sourceWorkload !== "") {
+      writer.uint32(34).string(message.sourceWorkload);
+    }
+    if (message.sourceNamespace !== "") {
+      writer.uint32(42).string(message.sourceNamespace);
+    }
+    if (message.destinationIdentity !== "") {
+      writer.uint32(50).string(message.destinationIdentity);
+    }
+    if (message.destinationWorkload !== "") {
+      writer.uint32(58).string(message.destinationWorkload);
+    }
+    if (message.destinationNamespace !== "") {
+      writer.uint32(66).string(message.destinationNamespace);
+    }
+    if (message.service !== "") {
+      writer.uint32(74).string(message.service);
     }
     return writer;
   },
@@ -1529,6 +1574,62 @@ export const HttpInbound: MessageFns<HttpInbound> = {
             message.policy = RequestPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceIdentity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sourceWorkload = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sourceNamespace = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.destinationIdentity = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.destinationWorkload = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.destinationNamespace = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1550,6 +1651,13 @@ export const HttpInbound: MessageFns<HttpInbound> = {
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? RequestPolicy.fromPartial(object.policy)
       : undefined;
+    message.sourceIdentity = object.sourceIdentity ?? "";
+    message.sourceWorkload = object.sourceWorkload ?? "";
+    message.sourceNamespace = object.sourceNamespace ?? "";
+    message.destinationIdentity = object.destinationIdentity ?? "";
+    message.destinationWorkload = object.destinationWorkload ?? "";
+    message.destinationNamespace = object.destinationNamespace ?? "";
+    message.service = object.service ?? "";
     return message;
   },
 };
