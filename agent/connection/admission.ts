@@ -165,12 +165,17 @@ export function refuseDenied(d: InboundDeps, record: ConnectionRecord, decision:
   const policy = deniedBy(decision);
   d.metrics.denials.inc({ direction: 'inbound', policy, reason: decision.reason });
   record.policy = policy;
+  reportDenial(d, record, port, decision.policy ?? '', decision.reason);
+  return refuseAdmission(d, record, 'denied', deniedAnswer(decision));
+}
+
+/** Tells the controller (the console's recent denials) of a connection policy refused or closed; `policy` '' when no single policy decided. */
+export function reportDenial(d: InboundDeps, record: ConnectionRecord, port: number, policy: string, reason: string): void {
   d.denials?.denied({
     direction: 'inbound', sourcePrincipal: record.src.identity, sourceWorkload: record.src.workload, sourceNamespace: record.src.namespace, sourceAddress: record.src.addr,
     destinationWorkload: record.dst.workload, destinationNamespace: record.dst.namespace, destinationPort: port, destinationService: record.service,
-    policy: decision.policy ?? '', reason: decision.reason,
+    policy, reason,
   });
-  return refuseAdmission(d, record, 'denied', deniedAnswer(decision));
 }
 
 /** Refuses an inbound connection: counted, its record ended, answered with the registered status; `detail` (default: the reason) is the answer's reason text and the record's error. */

@@ -9,14 +9,14 @@ import type { Logger } from '../../shared/logger.ts';
 import { bundleCertificates } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from '../proxy/hbone-names.ts';
-import { admitInbound, admitPlaintext, refuseRecord, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
+import { admitInbound, admitPlaintext, refuseRecord, reportDenial, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { requestTelemetry, type RequestMetrics } from '../proxy/request-metrics.ts';
 import { verifyReportedChain } from './peer-chain.ts';
 import { httpInbound, requestPolicyToWire } from './request-policy.ts';
 import type { NativeOutbound } from './outbound.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
-import { deniedBy, type ConnectionFacts, type DecisionReason } from '../../shared/authorization.ts';
+import { deniedBy, NO_ALLOW_MATCHED, type ConnectionFacts, type DecisionReason } from '../../shared/authorization.ts';
 import { refusalOf } from '../connection/refusals.ts';
 import { controlPaths, DataplaneSupervisor, type FromDataplane, type Hello, type ToDataplane } from './supervisor.ts';
 import { Direction, ProtocolVersion, type End, type Live, type Plain, type SessionQuestion, type Stream } from '../../shared/proto/gen/dataplane.ts';
@@ -522,7 +522,11 @@ export class NativeInbound {
       if (c.closed) {
         if (c.closed.policy !== undefined) c.record.policy = c.closed.policy;
         c.record.finish(c.closed.reason, c.closed.flags);
-        if (c.closed.flags === 'DENY') this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: c.closed.policy ?? '', reason: 'policy_change' });
+        if (c.closed.flags === 'DENY') {
+          this.#o.inbound.metrics.denials.inc({ direction: 'inbound', policy: c.closed.policy ?? '', reason: 'policy_change' });
+          const policy = c.closed.policy === NO_ALLOW_MATCHED ? '' : c.closed.policy ?? '';
+          reportDenial(this.#o.inbound, c.record, Number(c.record.dst.addr.slice(c.record.dst.addr.lastIndexOf(':') + 1)) || 0, policy, 'policy_change');
+        }
       } else {
         c.record.finish(error || undefined, m.flags || undefined);
       }

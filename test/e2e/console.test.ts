@@ -277,3 +277,41 @@ t.test('in Chromium: log in, nodes, the client → web edge with its rate, the i
   writeFileSync(join(shots, 'README'), 'Screenshots of test/e2e/console.test.ts\n');
   t.comment(`screenshots in ${shots}`);
 });
+
+t.test('a live connection a policy change closes shows as a denial, explained by the DENY that closed it', async (t) => {
+  const { socket, reply } = await socksConnect(agentA.socks, CLIENT, 'demo/client', 'web.demo', 80, 10_000);
+  t.equal(reply, 0, 'client → web.demo open');
+  const closed = new Promise((r) => socket.once('close', r));
+  socket.on('error', () => undefined);
+  socket.resume();
+  const deny = `
+apiVersion: ambit.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: deny-client, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/demo/sa/client"] } }]
+`;
+  const applied = await ambitctl(ctl, ['apply', '-f', '-'], deny);
+  t.equal(applied.code, 0, 'DENY for the client applied');
+  await closed;
+  t.pass('the live connection was closed');
+  const found = await eventually(async () => {
+    const r = await fetchConsole('/api/denials', { admin: true });
+    const list = (JSON.parse(r.body) as { denials: { reason: string; policy: string; sourceLabel: string; explanation: { summary: string } }[] }).denials;
+    return list.find((d) => d.reason === 'policy_change');
+  }, 'the policy_change denial reported', 15_000);
+  t.match(found, { policy: 'demo/deny-client', sourceLabel: 'demo/client', explanation: { summary: 'denied: DENY demo/deny-client rule 0 matches' } });
+});
+
+t.test('--console none: no console, and ambitctl console says so', async (t) => {
+  const off = await startController(join(root, 'ctl-off'), ['--console', 'none'], ip(30));
+  t.teardown(() => off.proc.stop());
+  t.equal(off.console, 'off', 'the controller logs the console as off');
+  const r = await ambitctl(off, ['console']);
+  t.equal(r.code, 1, 'ambitctl console fails');
+  t.match(r.stderr, /the web console is off \(ambit-controller --console none\) \[AMBIT_ERR_CONSOLE_LOGIN\]/);
+  t.equal(r.stdout, '', 'and prints no link');
+});
