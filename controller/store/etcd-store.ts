@@ -264,7 +264,8 @@ export class EtcdStore implements Store {
         succeeded = false;
       }
       if (succeeded || (await this.#committedAs(revision, id))) {
-        await this.#catchUp(revision);
+        // Subscribers have it before commit() resolves (as with SQLite); no read back when it is the next one due.
+        await this.#offer({ revision, changes: applied });
         return { revision, changes: applied };
       }
       const now = await this.#readRevision();
@@ -487,26 +488,46 @@ export class EtcdStore implements Store {
     }
   }
 
+  /**
+   * A change set known whole (this replica's commit, or a watch event's
+   * value): delivered as is when it is the next one due, else after a
+   * catch-up read of the ones before it.
+   */
+  #offer(cs: ChangeSet): Promise<void> {
+    return this.#serialized(async () => {
+      if (this.#closed || cs.revision <= this.#delivered) return;
+      if (cs.revision > this.#delivered + 1) await this.#readAndDeliver(cs.revision - 1);
+      this.#delivered = cs.revision;
+      this.#feed.deliver(cs);
+    });
+  }
+
   /** Hands subscribers every change set up to `target` they have not seen, in order (one catch-up at a time). */
   #catchUp(target: number): Promise<void> {
-    const run = this.#chain.then(async () => {
-      if (this.#closed || target <= this.#delivered) return;
-      const res = await this.#call('catch-up', () => this.#client.kv.range({ key: this.#keys.changeSet(this.#delivered + 1), range_end: this.#keys.changeSet(target + 1) }));
-      const sets = res.kvs.map((kv) => this.#parseChangeSet(kv));
-      if (sets[0]?.revision !== this.#delivered + 1 || sets.some((cs, i) => cs.revision !== this.#delivered + 1 + i)) {
-        const err = new AmbitError('AMBIT_ERR_STORE_REVISION', `this replica is at revision ${this.#delivered} and the etcd store no longer holds the change sets after it (it keeps the last ${this.#retain}); restart the replica to load a snapshot`, {
-          details: { delivered: this.#delivered, target, oldest: sets[0]?.revision },
-        });
-        this.#logger.fatal({ err }, 'cannot follow the mesh revision');
-        this.#onFatal(err);
-        throw err;
-      }
-      this.#delivered = sets.at(-1)!.revision;
-      this.#feed.deliver(...sets);
-    });
-    // A failed catch-up must not block the next one.
+    return this.#serialized(() => this.#readAndDeliver(target));
+  }
+
+  /** Runs deliveries one after another, so change sets reach subscribers once each, in order; a failed one does not block the next. */
+  #serialized(fn: () => Promise<void>): Promise<void> {
+    const run = this.#chain.then(fn);
     this.#chain = run.catch(() => undefined);
     return run;
+  }
+
+  async #readAndDeliver(target: number): Promise<void> {
+    if (this.#closed || target <= this.#delivered) return;
+    const res = await this.#call('catch-up', () => this.#client.kv.range({ key: this.#keys.changeSet(this.#delivered + 1), range_end: this.#keys.changeSet(target + 1) }));
+    const sets = res.kvs.map((kv) => this.#parseChangeSet(kv));
+    if (sets[0]?.revision !== this.#delivered + 1 || sets.some((cs, i) => cs.revision !== this.#delivered + 1 + i)) {
+      const err = new AmbitError('AMBIT_ERR_STORE_REVISION', `this replica is at revision ${this.#delivered} and the etcd store no longer holds the change sets after it (it keeps the last ${this.#retain}); restart the replica to load a snapshot`, {
+        details: { delivered: this.#delivered, target, oldest: sets[0]?.revision },
+      });
+      this.#logger.fatal({ err }, 'cannot follow the mesh revision');
+      this.#onFatal(err);
+      throw err;
+    }
+    this.#delivered = sets.at(-1)!.revision;
+    this.#feed.deliver(...sets);
   }
 
   /** Watches change sets (deliver in order) and node records (tell node listeners), from just after `etcdRevision`. */
@@ -515,7 +536,14 @@ export class EtcdStore implements Store {
     const changes = await this.#client.watch().prefix(this.#keys.changeSets).startRevision(start).create();
     changes.on('put', (kv) => {
       const revision = this.#keys.revisionOfChangeSetKey(kv.key);
-      if (revision !== undefined && revision > this.#delivered) void this.#catchUp(revision).catch(() => undefined);
+      if (revision === undefined || revision <= this.#delivered) return;
+      let cs: ChangeSet | undefined;
+      try {
+        cs = this.#parseChangeSet(kv);
+      } catch {
+        cs = undefined;
+      }
+      void (cs?.revision === revision ? this.#offer(cs) : this.#catchUp(revision)).catch(() => undefined);
     });
     const nodes = await this.#client.watch().prefix(this.#keys.nodes).startRevision(start).create();
     nodes.on('put', (kv) => {
