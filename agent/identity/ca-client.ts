@@ -6,6 +6,8 @@ import { AmbitError } from '../../shared/errors.ts';
 import { formatHostPort, type HostPort } from '../../shared/config-parse.ts';
 import { fromServiceError } from '../../shared/grpc-errors.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { controllerList, controllerTarget, type Controllers } from '../../shared/controller-target.ts';
 import { controllerId, nodeId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { certificateFingerprint, parseCertificates, spiffeIdOfCertificate, TLS_MIN_VERSION, verifyChain } from '../../shared/tls.ts';
@@ -103,7 +105,7 @@ function probeController(controller: HostPort, trust: (presented: X509Certificat
  */
 async function probeFirstReachable(controllers: Controllers, probe: (c: HostPort) => Promise<{ rootPem: string; trustDomain: string }>): Promise<{ rootPem: string; trustDomain: string }> {
   let last: unknown;
-  for (const c of controllerList(controllers)) {
+  for (const c of await everyAddress(controllerList(controllers))) {
     try {
       return await probe(c);
     } catch (err) {
@@ -112,6 +114,21 @@ async function probeFirstReachable(controllers: Controllers, probe: (c: HostPort
     }
   }
   throw last;
+}
+
+/** A name stands for each address it resolves to (a name for every replica); one that does not resolve is kept, to fail with its own error. */
+async function everyAddress(list: readonly HostPort[]): Promise<HostPort[]> {
+  const out: HostPort[] = [];
+  for (const hp of list) {
+    if (isIP(hp.host) !== 0) {
+      out.push(hp);
+      continue;
+    }
+    const found = await lookup(hp.host, { all: true }).catch(() => []);
+    if (found.length === 0) out.push(hp);
+    for (const a of found) out.push({ host: a.address, port: hp.port });
+  }
+  return out;
 }
 
 export function discoverPinnedRoot(controllers: Controllers, fingerprint: string, now: () => number = Date.now, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ rootPem: string; trustDomain: string }> {

@@ -295,6 +295,11 @@ t.test('an etcd member and then a controller replica killed during traffic and a
     return certs.some((c) => c.identity === 'spiffe://cluster.local/ns/default/sa/late' && c.state === 'valid');
   }, 'node-a gets the new workload\'s certificate after the failover', 15_000);
   t.pass('certificate issued by a surviving replica');
+
+  // A join given every replica, the dead one first, goes through a live one.
+  const { token } = await survivor.call('CreateJoinToken', survivor.client.createJoinToken, { node: 'node-late', ttlMs: 600_000 });
+  const joined = await joinWithToken({ controller: [controllers[victim]!.grpc, ...controllers.filter((_, i) => i !== victim).map((c) => c.grpc)], node: 'node-late', token, caFingerprint: parseJoinToken(token).caFingerprint });
+  t.match(joined.certChainPem, /BEGIN CERTIFICATE/, 'joined through a surviving replica');
 });
 
 async function etcdLeader(): Promise<number> {
