@@ -8,6 +8,7 @@
  */
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -15,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentKnowsNode, agentsReady, ambitctl, eventually, socksConnect, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from './harness.ts';
 import {
-  grafanaQuery, SERVICE_TCP_RECEIVED_BYTES, WORKLOAD_TCP_BYTES_RECEIVED_BY_SOURCE, WORKLOAD_TCP_BYTES_SENT_BY_SOURCE, WORKLOAD_TCP_SERVER_TRAFFIC,
+  grafanaQuery, SERVICE_SERVER_REQUEST_VOLUME, SERVICE_SERVER_SUCCESS_RATE, SERVICE_TCP_RECEIVED_BYTES, WORKLOAD_INCOMING_SUCCESS_RATE, WORKLOAD_TCP_BYTES_RECEIVED_BY_SOURCE, WORKLOAD_TCP_BYTES_SENT_BY_SOURCE, WORKLOAD_TCP_SERVER_TRAFFIC,
 } from './fixtures/istio-dashboards.ts';
 
 const NET = '127.0.123';
@@ -26,7 +27,11 @@ const PROM = `${NET}.9:19090`;
 const CLIENT_IP = `${NET}.12`;
 const WEB_IP = `${NET}.13`;
 const WEB_PORT = 8080;
+const API_PORT = 8081;
+/** node-a's upstream listener for the client to the HTTP service. */
+const API_LOCAL = 19380;
 const SERVICE = 'web.default.svc.cluster.local';
+const API = 'api.default.svc.cluster.local';
 /** Two bursts, each seen by a scrape of its own, so a dashboard rate has two different samples to work on. */
 const FIRST = 30_000;
 const SECOND = 50_000;
@@ -37,12 +42,18 @@ metadata: { name: ${name}, namespace: default, labels: { app: ${name}, version: 
 spec: { serviceAccount: ${name}, node: ${node}, address: ${address}, ports: ${ports} }
 `;
 const MESH = [
-  workload('web', 'node-b', WEB_IP, 'v1', `[${WEB_PORT}]`),
-  workload('client', 'node-a', CLIENT_IP, 'v2', '[]'),
+  workload('web', 'node-b', WEB_IP, 'v1', `[${WEB_PORT}, ${API_PORT}]`),
+  // Its uid proves the client on node-a's upstream listener (as on a VM).
+  workload('client', 'node-a', CLIENT_IP, 'v2', '[]').replace('ports: [] }', `ports: [], uid: ${process.getuid?.() ?? 0} }`),
   `apiVersion: ambit.dev/v1alpha1
 kind: Service
 metadata: { name: web, namespace: default }
 spec: { ports: [{ name: tcp, port: 80, targetPort: ${WEB_PORT} }], selector: { app: web } }
+`,
+  `apiVersion: ambit.dev/v1alpha1
+kind: Service
+metadata: { name: api, namespace: default }
+spec: { ports: [{ name: http, port: 80, targetPort: ${API_PORT}, appProtocol: http }], selector: { app: web } }
 `,
 ].join('---\n');
 
@@ -106,6 +117,15 @@ t.teardown(async () => {
 t.before(async () => {
   const web = await startEchoServer(WEB_IP, WEB_PORT);
   t.teardown(() => web.close());
+  // The HTTP app: /fail answers 500, anything else 200 with a 100-byte body.
+  const api = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(req.url === '/fail' ? 500 : 200, { 'content-type': 'text/plain' }).end('x'.repeat(100));
+    });
+  });
+  await new Promise<void>((r) => api.listen(API_PORT, WEB_IP, r));
+  t.teardown(() => api.close());
   ctl = await startController(join(root, 'ctl'), [], CTL);
   t.teardown(() => ctl.proc.stop());
   const ok = async (args: string[], stdin?: string): Promise<string> => {
@@ -116,7 +136,7 @@ t.before(async () => {
   await ok(['apply', '-f', '-'], MESH);
   const [ta, tb] = (await Promise.all(['node-a', 'node-b'].map((n) => ok(['node', 'token', 'create', '--node', n])))).map((s) => s.trim());
   agents = await startAgentPair((stop) => t.teardown(stop), [
-    { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta },
+    { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--upstreams', `default/client:${API_LOCAL}=api.default:80`] },
     { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
   ]);
   await agentsReady(agents);
@@ -200,4 +220,50 @@ t.test('Istio dashboard queries answer with the numbers of real traffic', async 
   t.ok(Math.abs(svc! - rateIn) < 1e-6, `Service dashboard, TCP received bytes of ${SERVICE} (${svc} vs ${rateIn})`);
   const mtlsOnly = await query(grafanaQuery(WORKLOAD_TCP_BYTES_RECEIVED_BY_SOURCE.replace('connection_security_policy="mutual_tls"', 'connection_security_policy!="mutual_tls"'), vars), at);
   t.same(mtlsOnly, [], 'the dashboard\'s non-mTLS twin finds nothing: every connection was mutual_tls');
+});
+
+t.test('HTTP: per-request metrics from the data plane answer Istio\'s request dashboards; one access-log line per request', async (t) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (path: string): Promise<number> => new Promise((resolve, reject) => {
+    const req = http.request({ host: A, port: API_LOCAL, path, agent, headers: { host: 'api.default' } }, (res) => {
+      res.resume().on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const requests = (code: string) => `sum(istio_requests_total{reporter="destination", destination_service="${API}", response_code="${code}"})`;
+  const burst = async (ok: number, failed: number): Promise<void> => {
+    for (let i = 0; i < ok; i++) t.equal(await get('/ok'), 200, 'ok', { diagnostic: false });
+    for (let i = 0; i < failed; i++) t.equal(await get('/fail'), 500, 'fail', { diagnostic: false });
+  };
+  // Two bursts, each scraped on its own: a dashboard rate needs two samples of each series.
+  await burst(1, 1);
+  await eventually(async () => (await scalar(requests('200'))) === 1 && (await scalar(requests('500'))) === 1, 'first burst scraped');
+  await burst(20, 5);
+  await eventually(async () => (await scalar(requests('200'))) === 21 && (await scalar(requests('500'))) === 6, 'second burst scraped');
+
+  t.equal(await scalar(`sum(istio_requests_total{reporter="destination", destination_service="${API}"})`), 27, 'every request counted once, by the destination agent');
+  t.equal(await scalar(`sum(istio_requests_total{reporter="destination", destination_service_name="api", destination_workload="web", destination_app="web", destination_version="v1", source_workload="client", source_app="client", source_version="v2", request_protocol="http", connection_security_policy="mutual_tls", response_flags="-", grpc_response_status=""})`), 27, 'with Istio\'s labels and values');
+  t.equal(await scalar(`sum(istio_request_duration_milliseconds_count{destination_service="${API}"})`), 27, 'a duration for each');
+  t.equal(await scalar(`sum(istio_response_bytes_sum{destination_service="${API}"})`), 2700, 'response body bytes, exactly');
+  t.equal(await scalar(`sum(istio_response_bytes_bucket{destination_service="${API}", le="100"}) - sum(istio_response_bytes_bucket{destination_service="${API}", le="50"})`), 27, 'each 100-byte body in the (50, 100] bucket');
+  t.equal(await scalar(`sum(istio_request_bytes_bucket{destination_service="${API}", le="0.5"})`), 27, 'empty request bodies in the first bucket');
+
+  // At the moment the second burst was first scraped, both series' last two samples span it: 20 ok of 25.
+  const [series] = await query(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="200"}[1m]`);
+  const at = series!.values!.find(([, v]) => Number(v) === 21)![0];
+  const vars = { qrep: 'destination', namespace: 'default', workload: 'web', service: API, __rate_interval: '1m' };
+  const volume = await scalar(grafanaQuery(SERVICE_SERVER_REQUEST_VOLUME, vars), at);
+  const expected = (await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="200"}`, at)) + (await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="500"}`, at));
+  t.ok(volume! > 0 && Math.abs(volume! - expected) < 0.001, `Service dashboard, server request volume (${volume} vs ${expected} req/s)`);
+  t.ok(Math.abs((await scalar(grafanaQuery(SERVICE_SERVER_SUCCESS_RATE, vars), at))! - 0.8) < 1e-9, 'Service dashboard, server success rate: 20 of 25');
+  t.ok(Math.abs((await scalar(grafanaQuery(WORKLOAD_INCOMING_SUCCESS_RATE, vars), at))! - 0.8) < 1e-9, 'Workload dashboard, incoming success rate: 20 of 25');
+
+  const lines = await eventually(async () => {
+    const l = agents[1].proc.logs.filter((l) => l.msg === 'request' && l['dst.service'] === API);
+    return l.length >= 27 && l;
+  }, 'access log lines');
+  t.equal(lines.length, 27, 'one access-log line per request, from the destination\'s data plane');
+  t.match(lines.find((l) => l.status === 500), { log: 'access', method: 'GET', path: '/fail', authority: 'api.default', bytes_sent: 100, 'src.workload': 'client', 'dst.workload': 'web', direction: 'inbound', response_flags: '-' });
 });

@@ -140,8 +140,9 @@ impl RequestMetrics {
                     service: key.service.clone(),
                     source: Some(pb_peer(&key.source)),
                     destination: Some(pb_peer(&key.destination)),
-                    // Every request on the L7 paths comes or goes over HBONE.
-                    mutual_tls: true,
+                    // The source side always tunnels over HBONE; the
+                    // destination side saw mTLS when the source has a verified identity.
+                    mutual_tls: !key.destination_side || !key.source.0.is_empty(),
                 });
             }
             let (d, rq, rs) = (series.duration.take(), series.request_bytes.take(), series.response_bytes.take());
