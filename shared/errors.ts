@@ -29,7 +29,7 @@ export const ERROR_CODES = {
   AMBIT_ERR_STATE_REFUSED: 'An agent refused controller state from another store, or from behind the revision it holds.',
   AMBIT_ERR_RPC_UNAVAILABLE: 'The controller cannot be reached.',
   AMBIT_ERR_RPC_FAILED: 'A controller call failed.',
-  AMBIT_ERR_EXPLAIN_QUERY_INVALID: 'An explain query names no source or several, or its destination is not HOST:PORT.',
+  AMBIT_ERR_EXPLAIN_QUERY_INVALID: 'An explain query names no source or several, its destination is not HOST:PORT, or its HTTP request is malformed.',
   AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE: 'An explain query names a source the mesh does not know (no such workload, not a workload SPIFFE ID of this trust domain, not an IP).',
   AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION: 'An explain query names a mesh service that does not exist or does not have that port.',
   AMBIT_ERR_CONSOLE_LOGIN: 'A web console login token is unknown, expired or already used, or the console is off.',

@@ -3,7 +3,7 @@ import { Authorizer } from '../../shared/authorization.ts';
 import { workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
 import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
-import { serviceKeyOfHost } from '../../shared/service-host.ts';
+import { appProtocolAtWorkloadPort, serviceAtWorkloadPort, serviceKeyOfHost } from '../../shared/service-host.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type AppProtocol, type ServicePort, type Workload } from '../../shared/resources/types.ts';
 
 export interface NodeEndpoint {
@@ -230,19 +230,12 @@ export class MeshState {
    * serviceNameFor names) declares for it; `tcp` when no Service selects it.
    */
   appProtocolAt(w: Workload, port: number): AppProtocol {
-    return this.#serviceAt(w, port)?.spec.ports.find((p) => p.targetPort === port)?.appProtocol ?? 'tcp';
+    return appProtocolAtWorkloadPort(this.#servicesByName.values(), w, port);
   }
 
   /** The Service (first by name) that selects the workload and targets `port`. */
   #serviceAt(w: Workload, port: number): Service | undefined {
-    let best: Service | undefined;
-    for (const svc of this.#servicesByName.values()) {
-      if (svc.metadata.namespace !== w.metadata.namespace || !svc.spec.ports.some((p) => p.targetPort === port)) continue;
-      const sel = Object.entries(svc.spec.selector);
-      if (sel.length === 0 || !sel.every(([k, v]) => w.metadata.labels[k] === v)) continue;
-      if (!best || svc.metadata.name < best.metadata.name) best = svc;
-    }
-    return best;
+    return serviceAtWorkloadPort(this.#servicesByName.values(), w, port);
   }
 
   /** Workloads a service selects (same namespace, every selector pair present); an empty selector selects none. */

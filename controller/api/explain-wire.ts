@@ -4,6 +4,7 @@ import { AmbitError } from '../../shared/errors.ts';
 import { parseHostPort } from '../../shared/config-parse.ts';
 import { EXPLAIN_ERRORS, type ExplainErrorCode, type ExplainFrom, type ExplainQuery, type Explanation, type ExplainedVerdict, type PeerAuthentication } from '../explain/explain.ts';
 import type { DecisionReason } from '../../shared/authorization.ts';
+import type { HttpRequestFacts, RequestDecisionReason } from '../../shared/authorization-http.ts';
 import { APP_PROTOCOLS } from '../../shared/resources/types.ts';
 
 /*
@@ -17,7 +18,10 @@ function invalid(message: string, field: string): AmbitError {
 }
 
 /** The source and destination ambitctl's flags name → a query; checks what the engine needs (exactly one source, a port). */
-export function explainQuery(o: { readonly from?: string; readonly fromIdentity?: string; readonly fromAddress?: string; readonly to: string }): ExplainQuery {
+export function explainQuery(o: {
+  readonly from?: string; readonly fromIdentity?: string; readonly fromAddress?: string; readonly to: string;
+  readonly method?: string; readonly path?: string; readonly host?: string;
+}): ExplainQuery {
   const given = [o.from ? 'from' : '', o.fromIdentity ? 'from-identity' : '', o.fromAddress ? 'from-address' : ''].filter(Boolean);
   if (given.length !== 1) throw invalid(given.length === 0 ? 'give the source: --from NS/WORKLOAD, --from-identity SPIFFE_ID or --from-address IP' : `give one source, not ${given.map((g) => `--${g}`).join(' and ')}`, 'from');
   let from: ExplainFrom;
@@ -40,7 +44,19 @@ export function explainQuery(o: { readonly from?: string; readonly fromIdentity?
   }
   // parseHostPort takes port 0 (a listener's "any port"); a connection has a real one.
   if (to.port < 1) throw badTo();
-  return { from, host: to.host, port: to.port };
+  if (o.method === undefined && o.path === undefined && o.host === undefined) return { from, host: to.host, port: to.port };
+  // As curl sends it: the Host is the name dialled, with its port unless that is 80.
+  const host = o.host ?? (to.port === 80 ? o.to.replace(/:80$/, '') : o.to);
+  return { from, host: to.host, port: to.port, request: httpRequest(o.method ?? 'GET', o.path ?? '/', host) };
+}
+
+// RFC 9110's token: what a method may be.
+const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$/;
+
+function httpRequest(method: string, path: string, host: string | undefined): HttpRequestFacts {
+  if (!METHOD.test(method)) throw invalid(`--method ${JSON.stringify(method)}: not an HTTP method`, 'method');
+  if (!path.startsWith('/') || path.length > 8192) throw invalid(`--path ${JSON.stringify(path.slice(0, 100))}: expected an origin-form path starting with /`, 'path');
+  return { method, path, host };
 }
 
 export function explainRequestToWire(q: ExplainQuery): pb.ExplainRequest {
@@ -50,12 +66,17 @@ export function explainRequestToWire(q: ExplainQuery): pb.ExplainRequest {
     fromAddress: q.from.kind === 'address' ? q.from.address : '',
     toHost: q.host,
     toPort: q.port,
+    method: q.request?.method ?? '',
+    path: q.request?.path ?? '',
+    host: q.request?.host ?? '',
   };
 }
 
 export function explainRequestFromWire(r: pb.ExplainRequest): ExplainQuery {
   const to = isIP(r.toHost) === 6 ? `[${r.toHost}]:${r.toPort}` : `${r.toHost}:${r.toPort}`;
-  return explainQuery({ from: r.fromWorkload || undefined, fromIdentity: r.fromIdentity || undefined, fromAddress: r.fromAddress || undefined, to });
+  const q = explainQuery({ from: r.fromWorkload || undefined, fromIdentity: r.fromIdentity || undefined, fromAddress: r.fromAddress || undefined, to });
+  // On the wire an empty host is a request without one (ambitctl has already applied its default).
+  return r.method === '' ? q : { ...q, request: httpRequest(r.method, r.path || '/', r.host === '' ? undefined : r.host) };
 }
 
 export function explanationToWire(e: Explanation): pb.ExplainResponse {
@@ -63,9 +84,17 @@ export function explanationToWire(e: Explanation): pb.ExplainResponse {
     revision: e.revision,
     queryFrom: e.query.from,
     queryTo: e.query.to,
+    queryRequest: e.query.request,
     source: e.source ?? undefined,
     destination: e.destination === null ? undefined : { ...e.destination, serviceAddresses: [...e.destination.serviceAddresses], servicePort: e.destination.servicePort ?? undefined },
-    endpoints: e.endpoints.map((p) => ({ ...p, verdict: { ...p.verdict, allowPolicies: [...p.verdict.allowPolicies] } })),
+    endpoints: e.endpoints.map((p) => ({
+      ...p,
+      verdict: {
+        ...p.verdict,
+        allowPolicies: [...p.verdict.allowPolicies],
+        request: p.verdict.request === null ? undefined : { ...p.verdict.request, denyPolicies: [...p.verdict.request.denyPolicies], allowPolicies: [...p.verdict.request.allowPolicies] },
+      },
+    })),
     error: e.error ?? undefined,
   };
 }
@@ -76,11 +105,20 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], what: str
 }
 
 const REASONS = ['denied_by_policy', 'no_allow_match', 'allowed_by_policy', 'no_policies'] as const satisfies readonly DecisionReason[];
+const REQUEST_REASONS = ['', 'denied_by_policy', 'no_allow_match', 'allowed_by_policy', 'connection_allowed', 'bad_path'] as const satisfies readonly (RequestDecisionReason | '')[];
 const AUTHN = ['mutual_tls', 'plaintext'] as const satisfies readonly PeerAuthentication[];
 
 function verdictFromWire(v: pb.ExplainVerdict | undefined): ExplainedVerdict {
   if (v === undefined) throw new AmbitError('AMBIT_ERR_RPC_FAILED', 'explain answer: an endpoint without a verdict');
-  return { allowed: v.allowed, reason: oneOf(v.reason, REASONS, 'verdict reason'), policy: v.policy, rule: v.rule, allowPolicies: v.allowPolicies, summary: v.summary };
+  const r = v.request;
+  return {
+    allowed: v.allowed, reason: oneOf(v.reason, REASONS, 'verdict reason'), policy: v.policy, rule: v.rule, allowPolicies: v.allowPolicies, summary: v.summary,
+    request: r === undefined ? null : {
+      ...r,
+      outcome: oneOf(r.outcome, ['allowed', 'denied', 'per_request', 'all_allowed'] as const, 'request outcome'),
+      reason: oneOf<RequestDecisionReason | ''>(r.reason, REQUEST_REASONS, 'request reason'),
+    },
+  };
 }
 
 export function explanationFromWire(r: pb.ExplainResponse): Explanation {
@@ -88,7 +126,7 @@ export function explanationFromWire(r: pb.ExplainResponse): Explanation {
   const d = r.destination;
   return {
     revision: r.revision,
-    query: { from: r.queryFrom, to: r.queryTo },
+    query: { from: r.queryFrom, to: r.queryTo, request: r.queryRequest },
     source: s === undefined ? null : { ...s, kind: oneOf(s.kind, ['workload', 'identity', 'external'] as const, 'source kind'), peerAuthentication: oneOf(s.peerAuthentication, AUTHN, 'peer authentication') },
     destination: d === undefined ? null : {
       ...d,

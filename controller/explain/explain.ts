@@ -2,9 +2,10 @@ import { isIP } from 'node:net';
 import { Authorizer, NO_ALLOW_MATCHED, type ConnectionFacts, type Decision, type DecisionReason } from '../../shared/authorization.ts';
 import type { ErrorCode } from '../../shared/errors.ts';
 import { canonicalIp } from '../../shared/net-address.ts';
-import { serviceKeyOfHost } from '../../shared/service-host.ts';
+import { appProtocolAtWorkloadPort, serviceKeyOfHost } from '../../shared/service-host.ts';
+import { evaluateRequest, isEmptyRequestPolicy, type HttpRequestFacts, type RequestDecisionReason, type RequestPolicy } from '../../shared/authorization-http.ts';
 import { parseSpiffeId, workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
-import type { AppProtocol, AuthorizationPolicy, Resource, Service, Workload } from '../../shared/resources/types.ts';
+import { isHttpProtocol, type AppProtocol, type AuthorizationPolicy, type Resource, type Service, type Workload } from '../../shared/resources/types.ts';
 
 /*
  * `ambitctl explain`: how a connection from a source to host:port would be
@@ -24,6 +25,8 @@ export interface ExplainQuery {
   readonly from: ExplainFrom;
   readonly host: string;
   readonly port: number;
+  /** One HTTP request on the connection, checked against the policies' methods, paths and hosts on HTTP ports. */
+  readonly request?: HttpRequestFacts;
 }
 
 /** What explain reads of the controller's state. */
@@ -94,6 +97,28 @@ export interface ExplainedVerdict {
   /** no_allow_match: the ALLOW policies that select the workload, one of which needs a rule for this source. */
   readonly allowPolicies: readonly string[];
   readonly summary: string;
+  /** On an HTTP port of an allowed connection, how its requests are authorized; null otherwise. */
+  readonly request: ExplainedRequest | null;
+}
+
+/**
+ * Requests on an allowed connection to an HTTP port: policies whose rules
+ * test methods, paths or hosts decide each request (shared/authorization-http.ts,
+ * what ambit-dataplane applies per request).
+ */
+export interface ExplainedRequest {
+  /** `allowed`/`denied`: the query's request; `per_request`: no request given and policies decide each one; `all_allowed`: nothing is left to decide per request. */
+  readonly outcome: 'allowed' | 'denied' | 'per_request' | 'all_allowed';
+  /** The query's request decision ('' when none was given). */
+  readonly reason: RequestDecisionReason | '';
+  /** The policy that decided the query's request, "(no ALLOW matched)", or ''. */
+  readonly policy: string;
+  /** The DENY policies with HTTP conditions this connection's requests are checked against, in order. */
+  readonly denyPolicies: readonly string[];
+  /** The ALLOW policies with HTTP conditions; one must match each request when `allowRequired`. */
+  readonly allowPolicies: readonly string[];
+  readonly allowRequired: boolean;
+  readonly summary: string;
 }
 
 export interface ExplainedEndpoint {
@@ -116,7 +141,8 @@ export interface ExplainedEndpoint {
 
 export interface Explanation {
   readonly revision: number;
-  readonly query: { readonly from: string; readonly to: string };
+  /** The question as asked: `request` is "METHOD PATH Host H", '' when no request was given. */
+  readonly query: { readonly from: string; readonly to: string; readonly request: string };
   /** null when the source is unknown. */
   readonly source: ExplainedSource | null;
   /** null when the destination is unknown (or the source is, which is checked first). */
@@ -165,7 +191,7 @@ export class Explainer {
 export function explain(view: ExplainView, authorizer: Authorizer, q: ExplainQuery): Explanation {
   const workloads = view.resources.filter((r): r is Workload => r.kind === 'Workload');
   const services = view.resources.filter((r): r is Service => r.kind === 'Service');
-  const query = { from: fromText(q.from), to: hostPort(q.host, q.port) };
+  const query = { from: fromText(q.from), to: hostPort(q.host, q.port), request: q.request ? requestText(q.request) : '' };
   const answer = (source: ExplainedSource | null, destination: ExplainedDestination | null, endpoints: readonly ExplainedEndpoint[], error: Explanation['error']): Explanation =>
     ({ revision: view.revision, query, source, destination, endpoints, error });
 
@@ -176,7 +202,9 @@ export function explain(view: ExplainView, authorizer: Authorizer, q: ExplainQue
   if (!dst.ok) return answer(src.source, null, [], { code: 'AMBIT_ERR_EXPLAIN_UNKNOWN_DESTINATION', message: dst.message });
 
   const endpoints = dst.targets.map((w): ExplainedEndpoint => {
-    const facts: ConnectionFacts = { sourceIdentity: src.identity, sourceAddress: src.source.address || undefined, destination: w, destinationPort: dst.targetPort };
+    const httpPort = isHttpProtocol(appProtocolAtWorkloadPort(services, w, dst.targetPort));
+    const facts: ConnectionFacts = { sourceIdentity: src.identity, sourceAddress: src.source.address || undefined, destination: w, destinationPort: dst.targetPort, httpPort };
+    const decision = authorizer.evaluate(facts);
     return {
       workload: `${w.metadata.namespace}/${w.metadata.name}`,
       identity: workloadId(view.trustDomain, w.metadata.namespace, w.spec.serviceAccount).uri,
@@ -188,7 +216,7 @@ export function explain(view: ExplainView, authorizer: Authorizer, q: ExplainQue
       healthy: w.spec.healthy,
       locality: w.spec.locality,
       serving: w.spec.ports.length === 0 || w.spec.ports.includes(dst.targetPort),
-      verdict: verdictOf(authorizer.evaluate(facts), authorizer, w),
+      verdict: verdictOf(decision, authorizer, w, decision.allowed && httpPort ? requestOf(authorizer.requestPolicy(facts), q.request) : null),
     };
   });
   return answer(src.source, dst.destination, endpoints, null);
@@ -315,20 +343,50 @@ function resolveDestination(trustDomain: string, workloads: readonly Workload[],
   };
 }
 
-function verdictOf(d: Decision, authorizer: Authorizer, w: Workload): ExplainedVerdict {
+function requestText(r: HttpRequestFacts): string {
+  return `${r.method} ${r.path}${r.host === undefined ? ' (no Host)' : ` Host ${r.host}`}`;
+}
+
+function requestOf(policy: RequestPolicy, req: HttpRequestFacts | undefined): ExplainedRequest {
+  const denyPolicies = policy.deny.map((p) => p.name);
+  const allowPolicies = policy.allow.map((p) => p.name);
+  const base = { denyPolicies, allowPolicies, allowRequired: policy.allowRequired };
+  const checks = [
+    denyPolicies.length > 0 ? `DENY ${denyPolicies.join(', ')} deny the requests they match` : '',
+    policy.allowRequired ? `each request must match ALLOW ${allowPolicies.join(', ')}` : '',
+  ].filter(Boolean).join('; ');
+  if (req === undefined) {
+    return isEmptyRequestPolicy(policy)
+      ? { ...base, outcome: 'all_allowed', reason: '', policy: '', summary: 'every request allowed (no policy tests methods, paths or hosts here)' }
+      : { ...base, outcome: 'per_request', reason: '', policy: '', summary: `requests decided one by one: ${checks} (ask with --method, --path, --host)` };
+  }
+  const d = evaluateRequest(policy, req);
+  const named = d.reason === 'no_allow_match' ? NO_ALLOW_MATCHED : d.policy ?? '';
+  const why = {
+    denied_by_policy: `denied by DENY ${named}`,
+    no_allow_match: `denied: matches none of ALLOW ${allowPolicies.join(', ')}`,
+    allowed_by_policy: `allowed by ALLOW ${named}`,
+    connection_allowed: 'allowed: nothing is left to decide per request',
+    bad_path: 'denied: the path cannot be normalised (400)',
+  }[d.reason];
+  return { ...base, outcome: d.allowed ? 'allowed' : 'denied', reason: d.reason, policy: named, summary: `request ${requestText(req)}: ${why}` };
+}
+
+function verdictOf(d: Decision, authorizer: Authorizer, w: Workload, request: ExplainedRequest | null): ExplainedVerdict {
   const workload = `${w.metadata.namespace}/${w.metadata.name}`;
   switch (d.reason) {
     case 'denied_by_policy':
-      return { allowed: false, reason: d.reason, policy: d.policy ?? '', rule: d.rule ?? -1, allowPolicies: [], summary: `denied: DENY ${d.policy} rule ${d.rule} matches` };
+      return { allowed: false, reason: d.reason, policy: d.policy ?? '', rule: d.rule ?? -1, allowPolicies: [], summary: `denied: DENY ${d.policy} rule ${d.rule} matches`, request };
     case 'allowed_by_policy':
-      return { allowed: true, reason: d.reason, policy: d.policy ?? '', rule: d.rule ?? -1, allowPolicies: [], summary: `allowed: ALLOW ${d.policy} rule ${d.rule} matches` };
+      return { allowed: true, reason: d.reason, policy: d.policy ?? '', rule: d.rule ?? -1, allowPolicies: [], summary: `allowed: ALLOW ${d.policy} rule ${d.rule} matches`, request };
     case 'no_policies':
-      return { allowed: true, reason: d.reason, policy: '', rule: -1, allowPolicies: [], summary: `allowed: no ALLOW policy selects ${workload} and no DENY matches` };
+      return { allowed: true, reason: d.reason, policy: '', rule: -1, allowPolicies: [], summary: `allowed: no ALLOW policy selects ${workload} and no DENY matches`, request };
     case 'no_allow_match': {
       const allow = authorizer.applicable(w).filter((p) => p.spec.action === 'ALLOW').map((p) => `${p.metadata.namespace}/${p.metadata.name}`);
       return {
         allowed: false, reason: d.reason, policy: NO_ALLOW_MATCHED, rule: -1, allowPolicies: allow,
         summary: `denied: no ALLOW policy matches: ${workload} is selected by ALLOW ${allow.join(', ')}, one of which needs a rule for this source`,
+        request,
       };
     }
   }

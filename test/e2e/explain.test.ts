@@ -59,6 +59,15 @@ spec:
   rules:
     - from: [{ source: { namespaces: ["evil"] } }]
     - from: [{ source: { principals: ["${TD}/ns/demo/sa/spy"] } }]
+---
+apiVersion: ambit.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-admin, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: DENY
+  rules:
+    - to: [{ operation: { paths: ["/admin", "/admin/*"] } }]
 `;
 
 const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-explain-'));
@@ -136,6 +145,18 @@ t.test('denied for a missing ALLOW: which ALLOW policy needs a rule', async (t) 
   t.match(r.stdout, /denied: no ALLOW policy matches: demo\/web is selected by ALLOW demo\/web-allow-client, one of which needs a rule for this source/);
   t.match(x.source, { kind: 'workload', workload: 'demo/intruder' });
   t.match(x.endpoints, [{ verdict: { allowed: false, reason: 'no_allow_match', policy: '(no ALLOW matched)', rule: -1, allowPolicies: ['demo/web-allow-client'] } }]);
+});
+
+t.test('one HTTP request on the http port: the DENY on its path is named', async (t) => {
+  const [r, x] = await Promise.all([
+    explain(['--from', 'demo/client', '--to', 'web.demo:80', '--method', 'POST', '--path', '/admin/users']),
+    explainJson(t, ['--from', 'demo/client', '--to', 'web.demo:80', '--path', '/shop'], 0),
+  ]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /explain demo\/client → web\.demo:80, request POST \/admin\/users Host web\.demo/);
+  t.match(r.stdout, /allowed: ALLOW demo\/web-allow-client rule 0 matches; request POST \/admin\/users Host web\.demo: denied by DENY demo\/no-admin/);
+  t.match(x.query, { request: 'GET /shop Host web.demo' });
+  t.match(x.endpoints, [{ verdict: { allowed: true, request: { outcome: 'allowed', reason: 'connection_allowed', denyPolicies: ['demo/no-admin'], allowRequired: false } } }]);
 });
 
 t.test('passthrough: nothing in the mesh has the address', async (t) => {

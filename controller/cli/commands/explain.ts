@@ -24,7 +24,7 @@ function destinationText(d: ExplainedDestination): string[] {
 
 /** The human form: source, destination, then one row per endpoint with its verdict. */
 export function explanationText(e: Explanation): string {
-  const lines = [`explain ${e.query.from} → ${e.query.to} (revision ${e.revision})`];
+  const lines = [`explain ${e.query.from} → ${e.query.to}${e.query.request ? `, request ${e.query.request}` : ''} (revision ${e.revision})`];
   lines.push(`source       ${e.source ? sourceText(e.source) : 'unknown'}`);
   if (e.source) {
     const [first, ...rest] = e.destination ? destinationText(e.destination) : ['unknown'];
@@ -38,7 +38,7 @@ export function explanationText(e: Explanation): string {
       `${p.node}${p.nodeAddress ? ` (${p.nodeAddress})` : ' (no agent address)'}`,
       String(p.weight),
       p.healthy ? 'yes' : 'no',
-      p.verdict.summary,
+      p.verdict.request ? `${p.verdict.summary}; ${p.verdict.request.summary}` : p.verdict.summary,
     ]))}`;
   }
   return out;
@@ -51,9 +51,12 @@ export function explainCommand(ctx: CliContext): Command {
     .option('--from-identity <spiffe-id>', 'the source by SPIFFE ID')
     .option('--from-address <ip>', 'the source by address (a workload\'s, or one outside the mesh)')
     .requiredOption('--to <host:port>', 'a service name (name.ns, name.ns.svc.cluster.local), a service VIP, a workload address or any host')
+    .option('--method <method>', 'on HTTP ports: check one request with this method (default with --path or --host: GET)')
+    .option('--path <path>', 'on HTTP ports: the request\'s path (default with --method or --host: /)')
+    .option('--host <host>', 'on HTTP ports: the request\'s Host (default with --method or --path: HOST of --to, with :PORT unless 80)')
     .option('-o, --output <format>', 'table, json or yaml', 'table')
-    .addHelpText('after', example('ambitctl explain --from demo/client --to web.demo:80\nambitctl explain --from-identity spiffe://cluster.local/ns/demo/sa/intruder --to web.demo.svc.cluster.local:80 -o json\nambitctl explain --from-address 10.0.0.9 --to 10.96.0.10:80'))
-    .action(async (o: { from?: string; fromIdentity?: string; fromAddress?: string; to: string }, c: Command) => {
+    .addHelpText('after', example('ambitctl explain --from demo/client --to web.demo:80\nambitctl explain --from-identity spiffe://cluster.local/ns/demo/sa/intruder --to web.demo.svc.cluster.local:80 -o json\nambitctl explain --from-address 10.0.0.9 --to 10.96.0.10:80\nambitctl explain --from demo/client --to web.demo:80 --method POST --path /admin'))
+    .action(async (o: { from?: string; fromIdentity?: string; fromAddress?: string; to: string; method?: string; path?: string; host?: string }, c: Command) => {
       const format = outputOf(c);
       // Loaded when the command runs (program.ts: --help loads no command's dependencies).
       const { explainQuery, explainRequestToWire, explanationFromWire } = await import('../../api/explain-wire.ts');

@@ -506,6 +506,11 @@ export interface ExplainRequest {
   /** A service name (name.namespace[.svc…]), a service VIP, a workload address or any other host. */
   toHost: string;
   toPort: number;
+  /** One HTTP request to check on HTTP ports; method "" when none is asked about. */
+  method: string;
+  path: string;
+  /** the Host header; "" for none */
+  host: string;
 }
 
 export interface ExplainSource {
@@ -553,6 +558,21 @@ export interface ExplainVerdict {
   /** no_allow_match: the ALLOW policies selecting the workload */
   allowPolicies: string[];
   summary: string;
+  /** unset unless an allowed connection to an HTTP port */
+  request: ExplainRequestVerdict | undefined;
+}
+
+/** How requests on an allowed connection to an HTTP port are authorized. */
+export interface ExplainRequestVerdict {
+  /** "allowed" | "denied" (the asked request) | "per_request" | "all_allowed" */
+  outcome: string;
+  /** the asked request's decision reason; "" when none was asked */
+  reason: string;
+  policy: string;
+  denyPolicies: string[];
+  allowPolicies: string[];
+  allowRequired: boolean;
+  summary: string;
 }
 
 export interface ExplainEndpoint {
@@ -579,6 +599,8 @@ export interface ExplainResponse {
   revision: number;
   queryFrom: string;
   queryTo: string;
+  /** "" when no request was asked about */
+  queryRequest: string;
   /** unset: unknown source */
   source:
     | ExplainSource
@@ -5469,7 +5491,7 @@ export const StatusResponse: MessageFns<StatusResponse> = {
 };
 
 function createBaseExplainRequest(): ExplainRequest {
-  return { fromWorkload: "", fromIdentity: "", fromAddress: "", toHost: "", toPort: 0 };
+  return { fromWorkload: "", fromIdentity: "", fromAddress: "", toHost: "", toPort: 0, method: "", path: "", host: "" };
 }
 
 export const ExplainRequest: MessageFns<ExplainRequest> = {
@@ -5488,6 +5510,15 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     }
     if (message.toPort !== 0) {
       writer.uint32(40).uint32(message.toPort);
+    }
+    if (message.method !== "") {
+      writer.uint32(50).string(message.method);
+    }
+    if (message.path !== "") {
+      writer.uint32(58).string(message.path);
+    }
+    if (message.host !== "") {
+      writer.uint32(66).string(message.host);
     }
     return writer;
   },
@@ -5545,6 +5576,30 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.toPort = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5567,6 +5622,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     message.fromAddress = object.fromAddress ?? "";
     message.toHost = object.toHost ?? "";
     message.toPort = object.toPort ?? 0;
+    message.method = object.method ?? "";
+    message.path = object.path ?? "";
+    message.host = object.host ?? "";
     return message;
   },
 };
@@ -5907,7 +5965,7 @@ export const ExplainDestination: MessageFns<ExplainDestination> = {
 };
 
 function createBaseExplainVerdict(): ExplainVerdict {
-  return { allowed: false, reason: "", policy: "", rule: 0, allowPolicies: [], summary: "" };
+  return { allowed: false, reason: "", policy: "", rule: 0, allowPolicies: [], summary: "", request: undefined };
 }
 
 export const ExplainVerdict: MessageFns<ExplainVerdict> = {
@@ -5929,6 +5987,9 @@ export const ExplainVerdict: MessageFns<ExplainVerdict> = {
     }
     if (message.summary !== "") {
       writer.uint32(50).string(message.summary);
+    }
+    if (message.request !== undefined) {
+      ExplainRequestVerdict.encode(message.request, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -5994,6 +6055,14 @@ export const ExplainVerdict: MessageFns<ExplainVerdict> = {
             message.summary = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.request = ExplainRequestVerdict.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6016,6 +6085,144 @@ export const ExplainVerdict: MessageFns<ExplainVerdict> = {
     message.policy = object.policy ?? "";
     message.rule = object.rule ?? 0;
     message.allowPolicies = object.allowPolicies?.map((e) => e) || [];
+    message.summary = object.summary ?? "";
+    message.request = (object.request !== undefined && object.request !== null)
+      ? ExplainRequestVerdict.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainRequestVerdict(): ExplainRequestVerdict {
+  return {
+    outcome: "",
+    reason: "",
+    policy: "",
+    denyPolicies: [],
+    allowPolicies: [],
+    allowRequired: false,
+    summary: "",
+  };
+}
+
+export const ExplainRequestVerdict: MessageFns<ExplainRequestVerdict> = {
+  encode(message: ExplainRequestVerdict, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.outcome !== "") {
+      writer.uint32(10).string(message.outcome);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.policy !== "") {
+      writer.uint32(26).string(message.policy);
+    }
+    for (const v of message.denyPolicies) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.allowPolicies) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.allowRequired !== false) {
+      writer.uint32(48).bool(message.allowRequired);
+    }
+    if (message.summary !== "") {
+      writer.uint32(58).string(message.summary);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRequestVerdict {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRequestVerdict();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcome = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.denyPolicies.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.allowPolicies.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.allowRequired = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.summary = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainRequestVerdict>): ExplainRequestVerdict {
+    return ExplainRequestVerdict.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainRequestVerdict>): ExplainRequestVerdict {
+    const message = createBaseExplainRequestVerdict();
+    message.outcome = object.outcome ?? "";
+    message.reason = object.reason ?? "";
+    message.policy = object.policy ?? "";
+    message.denyPolicies = object.denyPolicies?.map((e) => e) || [];
+    message.allowPolicies = object.allowPolicies?.map((e) => e) || [];
+    message.allowRequired = object.allowRequired ?? false;
     message.summary = object.summary ?? "";
     return message;
   },
@@ -6282,6 +6489,7 @@ function createBaseExplainResponse(): ExplainResponse {
     revision: 0,
     queryFrom: "",
     queryTo: "",
+    queryRequest: "",
     source: undefined,
     destination: undefined,
     endpoints: [],
@@ -6299,6 +6507,9 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
     }
     if (message.queryTo !== "") {
       writer.uint32(26).string(message.queryTo);
+    }
+    if (message.queryRequest !== "") {
+      writer.uint32(66).string(message.queryRequest);
     }
     if (message.source !== undefined) {
       ExplainSource.encode(message.source, writer.uint32(34).fork()).join();
@@ -6350,6 +6561,14 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
             }
 
             message.queryTo = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.queryRequest = reader.string();
             continue;
           }
           case 4: {
@@ -6404,6 +6623,7 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
     message.revision = object.revision ?? 0;
     message.queryFrom = object.queryFrom ?? "";
     message.queryTo = object.queryTo ?? "";
+    message.queryRequest = object.queryRequest ?? "";
     message.source = (object.source !== undefined && object.source !== null)
       ? ExplainSource.fromPartial(object.source)
       : undefined;

@@ -61,9 +61,13 @@ t.test('allowed: each endpoint of a service by name, with the ALLOW and rule tha
     ['demo/web-2', '10.0.1.2', 8080, 'node-c', '', 1, false, true],
   ], 'both endpoints, their nodes (node-c has no known agent) and weights');
   for (const p of x.endpoints) {
-    t.same(p.verdict, { allowed: true, reason: 'allowed_by_policy', policy: 'demo/web-allow', rule: 1, allowPolicies: [], summary: 'allowed: ALLOW demo/web-allow rule 1 matches' }, p.workload);
+    t.same(p.verdict, {
+      allowed: true, reason: 'allowed_by_policy', policy: 'demo/web-allow', rule: 1, allowPolicies: [], summary: 'allowed: ALLOW demo/web-allow rule 1 matches',
+      // web's port is http: requests are authorized too, and no policy here tests them.
+      request: { outcome: 'all_allowed', reason: '', policy: '', denyPolicies: [], allowPolicies: [], allowRequired: false, summary: 'every request allowed (no policy tests methods, paths or hosts here)' },
+    }, p.workload);
   }
-  t.same(x.query, { from: 'demo/client', to: 'web.demo:80' });
+  t.same(x.query, { from: 'demo/client', to: 'web.demo:80', request: '' });
   t.equal(x.revision, 7);
 });
 
@@ -74,7 +78,7 @@ t.test('the service resolves the same by every name the agent accepts and by its
 
 t.test('denied by a DENY: the policy and rule are named', async (t) => {
   const x = ask({ from: from('demo', 'spy'), host: 'web.demo', port: 80 });
-  for (const p of x.endpoints) t.same(p.verdict, { allowed: false, reason: 'denied_by_policy', policy: 'demo/no-spy', rule: 1, allowPolicies: [], summary: 'denied: DENY demo/no-spy rule 1 matches' });
+  for (const p of x.endpoints) t.same(p.verdict, { allowed: false, reason: 'denied_by_policy', policy: 'demo/no-spy', rule: 1, allowPolicies: [], summary: 'denied: DENY demo/no-spy rule 1 matches', request: null });
 });
 
 t.test('denied for a missing ALLOW: the ALLOW policies that need a rule are named', async (t) => {
@@ -84,6 +88,7 @@ t.test('denied for a missing ALLOW: the ALLOW policies that need a rule are name
     t.same(p.verdict, {
       allowed: false, reason: 'no_allow_match', policy: '(no ALLOW matched)', rule: -1, allowPolicies: ['demo/web-allow'],
       summary: `denied: no ALLOW policy matches: ${p.workload} is selected by ALLOW demo/web-allow, one of which needs a rule for this source`,
+      request: null,
     });
   }
 });
@@ -181,6 +186,8 @@ t.test('across the Admin API: the query and the answer survive protobuf unchange
     { from: from('demo', 'client'), host: 'web.demo', port: 81 },
     { from: { kind: 'address', address: '203.0.113.5' }, host: '2001:db8::1', port: 443 },
     { from: { kind: 'identity', identity: `spiffe://${TD}/ns/demo/sa/spy` }, host: '10.96.0.10', port: 80 },
+    { from: from('demo', 'client'), host: 'web.demo', port: 80, request: { method: 'DELETE', path: '/a?b=c', host: 'web.demo' } },
+    { from: from('demo', 'client'), host: 'web.demo', port: 80, request: { method: 'GET', path: '/', host: undefined } },
   ];
   const { e } = explainer();
   for (const q of queries) {
@@ -191,6 +198,40 @@ t.test('across the Admin API: the query and the answer survive protobuf unchange
   }
 });
 
+function httpPolicy(name: string, action: 'ALLOW' | 'DENY', from: PolicySource[], op: { methods?: string[]; paths?: string[]; hosts?: string[] }): AuthorizationPolicy {
+  return { kind: 'AuthorizationPolicy', metadata: { name, namespace: 'demo', labels: {}, revision: 1 }, spec: { action, selector: { app: 'web' }, rules: [{ from, to: [{ ports: [], notPorts: [], ...op }] }] } };
+}
+
+t.test('on an HTTP port: how requests are authorized, and the verdict on one request', async (t) => {
+  // The client may GET anything, and POST only under /api; nobody may touch /admin.
+  const rs: Resource[] = [
+    ...BASE.filter((r) => r !== ALLOW_CLIENT),
+    httpPolicy('client-get', 'ALLOW', [src({ principals: [`${TD}/ns/demo/sa/client`] })], { methods: ['GET'] }),
+    httpPolicy('client-post-api', 'ALLOW', [src({ principals: [`${TD}/ns/demo/sa/client`] })], { methods: ['POST'], paths: ['/api/*'] }),
+    httpPolicy('no-admin', 'DENY', [], { paths: ['/admin', '/admin/*'] }),
+  ];
+  const q = (request?: ExplainQuery['request']): Explanation => ask({ from: from('demo', 'client'), host: 'web.demo', port: 80, ...(request ? { request } : {}) }, rs);
+  const none = q();
+  t.match(none.endpoints[0]!.verdict, { allowed: true, reason: 'allowed_by_policy', policy: 'demo/client-get', request: {
+    outcome: 'per_request', denyPolicies: ['demo/no-admin'], allowPolicies: ['demo/client-get', 'demo/client-post-api'], allowRequired: true,
+    summary: 'requests decided one by one: DENY demo/no-admin deny the requests they match; each request must match ALLOW demo/client-get, demo/client-post-api (ask with --method, --path, --host)',
+  } }, 'no request asked: which policies decide each one');
+  const cases: [ExplainQuery['request'], string, string, string, RegExp][] = [
+    [{ method: 'GET', path: '/', host: 'web.demo' }, 'allowed', 'allowed_by_policy', 'demo/client-get', /^request GET \/ Host web\.demo: allowed by ALLOW demo\/client-get$/],
+    [{ method: 'POST', path: '/api/orders', host: 'web.demo' }, 'allowed', 'allowed_by_policy', 'demo/client-post-api', /allowed by ALLOW demo\/client-post-api/],
+    [{ method: 'POST', path: '/other', host: undefined }, 'denied', 'no_allow_match', '(no ALLOW matched)', /^request POST \/other \(no Host\): denied: matches none of ALLOW demo\/client-get, demo\/client-post-api$/],
+    [{ method: 'GET', path: '/x/../admin/users', host: 'web.demo' }, 'denied', 'denied_by_policy', 'demo/no-admin', /denied by DENY demo\/no-admin/],
+  ];
+  for (const [request, outcome, reason, policy, summary] of cases) {
+    const x = q(request);
+    t.equal(x.query.request, `${request!.method} ${request!.path}${request!.host === undefined ? ' (no Host)' : ` Host ${request!.host}`}`);
+    t.match(x.endpoints[0]!.verdict.request, { outcome, reason, policy, summary }, `${request!.method} ${request!.path}: ${outcome} (${policy})`);
+  }
+  // A TCP port: L7 rules do not apply per request; a denied connection has no request verdict.
+  t.equal(ask({ from: from('demo', 'web-1'), host: '10.0.2.1', port: 5432, request: { method: 'GET', path: '/', host: undefined } }).endpoints[0]!.verdict.request, null, 'a tcp port: no request verdict');
+  t.equal(ask({ from: from('demo', 'spy'), host: 'web.demo', port: 80, request: { method: 'GET', path: '/', host: undefined } }).endpoints[0]!.verdict.request, null, 'a denied connection: no request verdict');
+});
+
 t.test('a malformed query is refused with the flag named', async (t) => {
   const cases: [Parameters<typeof explainQuery>[0], string, RegExp][] = [
     [{ to: 'web.demo:80' }, 'from', /give the source/],
@@ -199,6 +240,8 @@ t.test('a malformed query is refused with the flag named', async (t) => {
     [{ from: 'demo/client', to: 'web.demo' }, 'to', /expected HOST:PORT/],
     [{ from: 'demo/client', to: 'web.demo:0' }, 'to', /expected HOST:PORT/],
     [{ from: 'demo/client', to: 'web.demo:70000' }, 'to', /expected HOST:PORT/],
+    [{ from: 'demo/client', to: 'web.demo:80', method: 'GET /' }, 'method', /not an HTTP method/],
+    [{ from: 'demo/client', to: 'web.demo:80', path: 'admin' }, 'path', /starting with \//],
   ];
   for (const [o, field, message] of cases) {
     try {
@@ -210,4 +253,8 @@ t.test('a malformed query is refused with the flag named', async (t) => {
     }
   }
   t.same(explainQuery({ fromIdentity: 'spiffe://x/ns/a/sa/b', to: '[2001:db8::1]:443' }), { from: { kind: 'identity', identity: 'spiffe://x/ns/a/sa/b' }, host: '2001:db8::1', port: 443 });
+  // A request's defaults, as curl sends them.
+  t.same(explainQuery({ from: 'a/b', to: 'web.demo:80', path: '/x' }).request, { method: 'GET', path: '/x', host: 'web.demo' }, 'port 80: Host without it');
+  t.same(explainQuery({ from: 'a/b', to: 'web.demo:8080', method: 'POST' }).request, { method: 'POST', path: '/', host: 'web.demo:8080' }, 'another port: Host with it');
+  t.same(explainQuery({ from: 'a/b', to: 'web.demo:80', host: 'shop.example' }).request, { method: 'GET', path: '/', host: 'shop.example' }, '--host as given');
 });
