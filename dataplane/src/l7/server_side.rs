@@ -197,9 +197,14 @@ impl ServerSide {
             let (side, conn) = (side.clone(), conn.clone());
             async move { Ok::<_, Infallible>(side.handle(&conn, req).await) }
         });
-        let builder = if upstream == Upstream::Http2 { &self.h2_only } else { &self.client_only };
+        // HTTP/1.1 clients may upgrade (WebSocket): the bytes after a 101 are relayed as they are.
+        let served: Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + '_>> = if upstream == Upstream::Http2 {
+            Box::pin(self.h2_only.serve_connection(TokioIo::new(io), svc))
+        } else {
+            Box::pin(self.client_only.serve_connection_with_upgrades(TokioIo::new(io), svc))
+        };
         let error = tokio::select! {
-            r = builder.serve_connection(TokioIo::new(io), svc) => r.err().map(|e| e.to_string()),
+            r = served => r.err().map(|e| e.to_string()),
             _ = closed => Some("closed by the agent".to_string()),
         };
         self.policies.lock().unwrap().remove(&id);
@@ -208,7 +213,7 @@ impl ServerSide {
 
     /// One request: authorize, then answer the denial or forward; its
     /// outcome goes to the core's observers once the answer is over.
-    async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
         let started = (SystemTime::now(), Instant::now());
         let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("").to_string();
@@ -239,9 +244,23 @@ impl ServerSide {
         }
         let query = query.to_string();
         outcome.upstream = conn.dial.to_string();
+        // An HTTP/1.1 Upgrade (WebSocket) goes to the app as asked; once it answers 101 both sides are relayed as bytes.
+        let upgrade = (req.version() == Version::HTTP_11 && conn.upstream == Upstream::Http1 && req.headers().contains_key(UPGRADE))
+            .then(|| (hyper::upgrade::on(&mut req), req.headers().get(UPGRADE).cloned()));
         let req = req.map(|b| CountedBody::new(b, request_bytes.clone(), None, None));
-        match self.forward(conn, req, &path, &query).await {
-            Ok(res) => conn.report(outcome, started.1, request_bytes, res.map(Either::Left)),
+        let upgrade_to = upgrade.as_ref().and_then(|(_, to)| to.clone());
+        match self.forward(conn, req, &path, &query, upgrade_to).await {
+            Ok(mut res) => {
+                if let (Some((client, _)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, res.status()) {
+                    let app = hyper::upgrade::on(&mut res);
+                    tokio::spawn(async move {
+                        if let (Ok(client), Ok(app)) = (client.await, app.await) {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
+                        }
+                    });
+                }
+                conn.report(outcome, started.1, request_bytes, res.map(Either::Left))
+            }
             Err(why) => {
                 outcome.response_flags = "UF".into();
                 conn.report(outcome, started.1, request_bytes, plain(StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error or disconnect: {why}\n")))
@@ -249,12 +268,16 @@ impl ServerSide {
         }
     }
 
-    async fn forward(&self, conn: &Conn, req: Request<CountedBody<Incoming>>, path: &str, query: &str) -> Result<Response<Incoming>, String> {
+    async fn forward(&self, conn: &Conn, req: Request<CountedBody<Incoming>>, path: &str, query: &str, upgrade: Option<HeaderValue>) -> Result<Response<Incoming>, String> {
         let (mut parts, body) = req.into_parts();
         let authority = authority_of_parts(&parts).unwrap_or_else(|| conn.dial.to_string());
         // The normalised path goes to the workload: the one that was authorized.
         parts.uri = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(format!("{path}{query}")).build().map_err(|e| format!("bad authority {authority:?}: {e}"))?;
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(to) = upgrade {
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, to);
+        }
         parts.version = match conn.upstream {
             Upstream::Http1 => Version::HTTP_11,
             Upstream::Http2 => Version::HTTP_2,
@@ -455,6 +478,48 @@ mod tests {
         assert_eq!(first.response_bytes, "ok /hello?x=1 Web.Example".len() as u64);
         assert_eq!(seen[1].upstream, "", "a denied request reached no upstream");
         assert_eq!(seen[1].response_flags, "");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_is_relayed_as_bytes_once_the_app_answers_101() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = upstream.accept().await {
+                let svc = service_fn(|mut req: Request<Incoming>| async move {
+                    assert_eq!(req.headers()[UPGRADE], "echo");
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on.await.unwrap());
+                        let mut buf = [0u8; 4];
+                        io.read_exact(&mut buf).await.unwrap();
+                        io.write_all(&buf).await.unwrap();
+                    });
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    res.headers_mut().insert(UPGRADE, HeaderValue::from_static("echo"));
+                    res.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    Ok::<_, Infallible>(res)
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades());
+            }
+        });
+        let (outbox, _queue) = crate::control::outbox();
+        let core = Core::new(outbox, 1024);
+        let http = pb::HttpInbound { protocol: "http".into(), policy: Some(pb::RequestPolicy::default()), ..Default::default() };
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        tokio::spawn(ServerSide::new().serve(core, 1, String::new(), http, addr.to_string(), Duration::from_secs(1), server_io));
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(client_io)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::builder().uri("/ws").header(HOST, "web").header(CONNECTION, "upgrade").header(UPGRADE, "echo").body(Full::new(Bytes::new())).unwrap();
+        let mut res = send.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await.unwrap());
+        io.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf, b"ping");
     }
 
     #[test]
