@@ -188,7 +188,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       inbound: inboundDeps,
       mode: cfg.mode,
       upstreams: outbound,
-      requests: { metrics: new RequestMetrics(registry, state), accessLog: () => deps.accessLog.isLevelEnabled('info') },
+      requests: { metrics: new RequestMetrics(registry, state, (labels, count) => telemetry.requests(labels, count)), accessLog: () => deps.accessLog.isLevelEnabled('info') },
     });
     // Before listen(): a start that fails after spawning the data plane must still end it.
     cleanups.push(() => hbone.destroy());

@@ -104,8 +104,12 @@ export class RequestMetrics {
   readonly #responseBytes: BucketHistogram;
   readonly #dropped: Counter;
 
-  constructor(registry: Registry, state: MeshState) {
+  /** Told of each report's request counts per label set (the controller's console: request rates on the service graph). */
+  readonly #onRequests: ((labels: RequestLabels, count: number) => void) | undefined;
+
+  constructor(registry: Registry, state: MeshState, onRequests?: (labels: RequestLabels, count: number) => void) {
     this.#state = state;
+    this.#onRequests = onRequests;
     const registers = [registry];
     this.#requests = new Counter({ name: 'istio_requests_total', help: 'Requests handled, by Istio\'s labels.', labelNames: REQUEST_LABELS, registers });
     const histogram = (name: string, help: string): BucketHistogram => {
@@ -136,6 +140,7 @@ export class RequestMetrics {
       const series = this.#declared.get(d.id);
       if (!series) continue;
       this.#requests.inc(series.labels, d.count);
+      this.#onRequests?.(series.labels, d.count);
       this.#duration.add(series.key, series.labels, d.durationBuckets, d.durationSumMs);
       this.#requestBytes.add(series.key, series.labels, d.requestBytesBuckets, d.requestBytesSum);
       this.#responseBytes.add(series.key, series.labels, d.responseBytesBuckets, d.responseBytesSum);

@@ -152,8 +152,18 @@ export class TelemetryWindow {
     for (const g of groups.values()) {
       const bySource = g.filter((s) => s.reporter === 'source');
       const chosen = bySource.length > 0 ? bySource : g;
-      const sum = Object.fromEntries(COUNT_FIELDS.map((f) => [f, 0])) as Record<(typeof COUNT_FIELDS)[number], number>;
-      for (const s of chosen) for (const smp of s.samples) for (const f of COUNT_FIELDS) sum[f] += smp.counts[f];
+      const total = (list: readonly EdgeSeries[]): Record<(typeof COUNT_FIELDS)[number], number> => {
+        const sum = Object.fromEntries(COUNT_FIELDS.map((f) => [f, 0])) as Record<(typeof COUNT_FIELDS)[number], number>;
+        for (const s of list) for (const smp of s.samples) for (const f of COUNT_FIELDS) sum[f] += smp.counts[f];
+        return sum;
+      };
+      const sum = total(chosen);
+      // Requests are counted where HTTP is handled, which may be the destination's side only: its counts when the source's have none.
+      if (sum.requests === 0) {
+        const dst = total(g.filter((s) => s.reporter === 'destination'));
+        sum.requests = dst.requests;
+        sum.requestErrors = dst.requestErrors;
+      }
       const securities = new Set(chosen.map((s) => s.security));
       const first = chosen[0]!;
       const perSecond = (n: number): number => n / (WINDOW_MS / 1000);

@@ -20,12 +20,16 @@ import {
   type RunningAgent, type RunningController,
 } from './harness.ts';
 import type { Server } from 'node:net';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
 
 const ip = (n: number): string => `127.0.126.${n}`;
 const CTL = ip(1);
 const CLIENT = ip(12);
 const WEB = ip(13);
 const INTRUDER = ip(15);
+const API = ip(14);
+/** node-a's upstream listener for the client to api.demo:80 (an HTTP port: requests are counted). */
+const API_UPSTREAM = 19126;
 const CONNECTIONS = 12;
 
 const MESH = `
@@ -43,6 +47,18 @@ apiVersion: ambit.dev/v1alpha1
 kind: Workload
 metadata: { name: intruder, namespace: demo, labels: { app: intruder } }
 spec: { serviceAccount: intruder, node: node-a, address: ${INTRUDER} }
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: { name: api, namespace: demo, labels: { app: api } }
+spec: { serviceAccount: api, node: node-b, address: ${API}, ports: [8081] }
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Service
+metadata: { name: api, namespace: demo }
+spec:
+  ports: [{ name: http, port: 80, targetPort: 8081, appProtocol: http }]
+  selector: { app: api }
 ---
 apiVersion: ambit.dev/v1alpha1
 kind: Service
@@ -67,11 +83,16 @@ let ctl: RunningController;
 let agentA: RunningAgent;
 let agentB: RunningAgent;
 let web: Server;
+let api: HttpServer;
 
 t.before(async () => {
   await setUp(async (started) => {
     web = await startEchoServer(WEB, 8080);
     started(() => web.close());
+    // /fail answers 503: the graph's request error rate.
+    api = createHttpServer((req, res) => res.writeHead(req.url === '/fail' ? 503 : 200).end('api\n'));
+    await new Promise<void>((r) => api.listen(8081, API, r));
+    started(() => api.close());
     ctl = await startController(join(root, 'ctl'), [], CTL);
     started(() => ctl.proc.stop());
     const ok = async (args: string[], stdin?: string): Promise<string> => {
@@ -82,7 +103,7 @@ t.before(async () => {
     await ok(['apply', '-f', '-'], MESH);
     const [ta, tb] = [(await ok(['node', 'token', 'create', '--node', 'node-a'])).trim(), (await ok(['node', 'token', 'create', '--node', 'node-b'])).trim()];
     [agentA, agentB] = await startAgentPair(started, [
-      { node: 'node-a', address: ip(2), controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--telemetry-interval', '300ms'] },
+      { node: 'node-a', address: ip(2), controller: ctl.address, dataDir: join(root, 'a'), join: ta, extra: ['--telemetry-interval', '300ms', '--upstreams', `demo/client:${API_UPSTREAM}=api.demo:80`] },
       { node: 'node-b', address: ip(3), controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: ['--telemetry-interval', '300ms'] },
     ]);
     await agentsReady([agentA, agentB], 20_000);
@@ -94,6 +115,7 @@ t.teardown(async () => {
   await agentB?.proc.stop();
   await ctl?.proc.stop();
   web?.close();
+  api?.close();
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -276,6 +298,27 @@ t.test('in Chromium: log in, nodes, the client → web edge with its rate, the i
   t.same(errors.filter((e) => !/401/.test(e)), [], 'no script errors (CSP let every script the console needs run)');
   writeFileSync(join(shots, 'README'), 'Screenshots of test/e2e/console.test.ts\n');
   t.comment(`screenshots in ${shots}`);
+});
+
+t.test('an HTTP port: the edge carries request rate and request error rate', async (t) => {
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (path: string): Promise<number> => new Promise((resolve, reject) => {
+    const req = httpRequest({ host: ip(2), port: API_UPSTREAM, path, agent, localAddress: CLIENT, headers: { host: 'api.demo' } }, (res) => {
+      res.resume().on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const codes: number[] = [];
+  for (let i = 0; i < 10; i++) codes.push(await get(i < 2 ? '/fail' : '/ok'));
+  t.same(codes.sort(), [200, 200, 200, 200, 200, 200, 200, 200, 503, 503], '8 answered 200, 2 answered 503');
+  const edge = await eventually(async () => {
+    const r = await fetchConsole('/api/graph', { admin: true });
+    const list = (JSON.parse(r.body) as { edges: { sourceLabel: string; destinationLabel: string; requests: number; requestsPerSecond: number; errorRate: number }[] }).edges;
+    return list.find((e) => e.sourceLabel === 'demo/client' && e.destinationLabel.startsWith('api.demo') && e.requests === 10);
+  }, 'the client → api edge with 10 requests', 15_000);
+  t.match(edge, { requestsPerSecond: 10 / 60, errorRate: 0.2 }, '10 requests over the minute, 2 of them failed');
 });
 
 t.test('a live connection a policy change closes shows as a denial, explained by the DENY that closed it', async (t) => {

@@ -43,3 +43,16 @@ t.test('denials: passed on once, bounded, with the overflow counted', async (t) 
   t.match(rep?.denials[0], { ...d, atMs: 7 });
   t.equal(r.take(), undefined, 'nothing twice');
 });
+
+t.test('request counts per edge, with 5xx, no response and response flags counted as errors', async (t) => {
+  const r = new TelemetryReporter(new TcpSeriesTable(), () => 7);
+  r.requests({ ...labels(), response_code: '200' }, 8);
+  r.requests({ ...labels(), response_code: '404' }, 1);
+  r.requests({ ...labels(), response_code: '503' }, 2);
+  r.requests({ ...labels(), response_code: '0' }, 1);
+  r.requests({ ...labels('UF'), response_code: '200' }, 1);
+  const rep = r.take();
+  t.equal(rep?.edges.length, 1, 'one edge: response codes and flags are not part of it');
+  t.match(rep?.edges[0], { sourceWorkload: 'client', destinationService: 'web.demo.svc.cluster.local', connectionsOpened: 0, requests: 13, requestErrors: 4 });
+  t.equal(r.take(), undefined, 'reported once');
+});

@@ -82,3 +82,10 @@ t.test('denials: newest first, bounded, times clamped to the controller\'s clock
   w.record('node-b', { edges: [], denials: [denial({ destinationPort: 1, atMs: Number.MAX_SAFE_INTEGER })], denialsDropped: 0 });
   t.ok(w.denials()[0]!.at <= 10_000_000 + (MAX_DENIALS + 10) * 10, 'a denial from the future is clamped to now');
 });
+
+t.test('request counts: the source\'s when it has them, else the destination\'s; errors per request', async (t) => {
+  const { w } = setup();
+  w.record('node-a', { edges: [edge('source')], denials: [], denialsDropped: 0 });
+  w.record('node-b', { edges: [edge('destination', { connectionsOpened: 0, connectionsClosed: 0, bytesSent: 0, bytesReceived: 0, requests: 30, requestErrors: 3 })], denials: [], denialsDropped: 0 });
+  t.match(w.edges(), [{ reporter: 'source', connections: 6, requests: 30, requestsPerSecond: 0.5, errorRate: 0.1 }]);
+});
