@@ -27,12 +27,21 @@ export interface ApplyPlan {
  * watch stream serves and what node authorization reads. Pure and synchronous;
  * it follows the store through applyChangeSet (whole change sets only, in
  * revision order), so every read sees one consistent revision.
+ *
+ * Its indexes (workloads by node and by address, counts by kind) follow each
+ * change set rather than being rebuilt from every resource, so an apply or a
+ * certificate request costs what it touches, not the size of the mesh.
  */
 export class Registry {
   #revision = 0;
   readonly #resources = new Map<string, Resource>();
-  /** node → "ns/sa" identities scheduled on it: the node-authorization index. */
-  #identitiesByNode = new Map<string, Set<string>>();
+  /** node → workloads scheduled on it (by resource key): the node-authorization index. */
+  readonly #workloadsByNode = new Map<string, Map<string, Workload>>();
+  /** address → keys of the workloads registered at it (several only when a store other than planApply's checks put them there). */
+  readonly #holdersByAddress = new Map<string, Set<string>>();
+  readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0 };
+  /** list() of every kind, kept until the next change: what each Watch snapshot sends. */
+  #allSorted: Resource[] | undefined;
   readonly #listeners = new Set<(cs: ChangeSet) => void>();
 
   /** Loads the store's snapshot and follows its commits. Returns the registry and an unsubscribe function. */
@@ -52,9 +61,11 @@ export class Registry {
 
   load(revision: number, resources: readonly Resource[]): void {
     this.#resources.clear();
-    for (const r of resources) this.#resources.set(resourceKey(r), r);
+    this.#workloadsByNode.clear();
+    this.#holdersByAddress.clear();
+    for (const kind of Object.keys(this.#counts) as Kind[]) this.#counts[kind] = 0;
+    for (const r of resources) this.#put(resourceKey(r), r);
     this.#revision = revision;
-    this.#reindex();
   }
 
   get revision(): number {
@@ -63,18 +74,11 @@ export class Registry {
 
   applyChangeSet(cs: ChangeSet): void {
     if (cs.revision <= this.#revision) return; // already seen (snapshot overlap)
-    let workloadsChanged = false;
     for (const c of cs.changes) {
-      if (c.op === 'put') {
-        this.#resources.set(resourceKey(c.resource), c.resource);
-        workloadsChanged ||= c.resource.kind === 'Workload';
-      } else {
-        this.#resources.delete(keyString(c.key));
-        workloadsChanged ||= c.key.kind === 'Workload';
-      }
+      if (c.op === 'put') this.#put(resourceKey(c.resource), c.resource);
+      else this.#remove(keyString(c.key));
     }
     this.#revision = cs.revision;
-    if (workloadsChanged) this.#reindex();
     for (const l of this.#listeners) l(cs);
   }
 
@@ -84,15 +88,33 @@ export class Registry {
     return () => this.#listeners.delete(listener);
   }
 
-  #reindex(): void {
-    const idx = new Map<string, Set<string>>();
-    for (const r of this.#resources.values()) {
-      if (r.kind !== 'Workload') continue;
-      let set = idx.get(r.spec.node);
-      if (!set) idx.set(r.spec.node, (set = new Set()));
-      set.add(`${r.metadata.namespace}/${r.spec.serviceAccount}`);
-    }
-    this.#identitiesByNode = idx;
+  #put(key: string, r: Resource): void {
+    this.#remove(key);
+    this.#resources.set(key, r);
+    this.#counts[r.kind]++;
+    this.#allSorted = undefined;
+    if (r.kind !== 'Workload') return;
+    let onNode = this.#workloadsByNode.get(r.spec.node);
+    if (!onNode) this.#workloadsByNode.set(r.spec.node, (onNode = new Map()));
+    onNode.set(key, r);
+    let holders = this.#holdersByAddress.get(r.spec.address);
+    if (!holders) this.#holdersByAddress.set(r.spec.address, (holders = new Set()));
+    holders.add(key);
+  }
+
+  #remove(key: string): void {
+    const old = this.#resources.get(key);
+    if (!old) return;
+    this.#resources.delete(key);
+    this.#counts[old.kind]--;
+    this.#allSorted = undefined;
+    if (old.kind !== 'Workload') return;
+    const onNode = this.#workloadsByNode.get(old.spec.node);
+    onNode?.delete(key);
+    if (onNode?.size === 0) this.#workloadsByNode.delete(old.spec.node);
+    const holders = this.#holdersByAddress.get(old.spec.address);
+    holders?.delete(key);
+    if (holders?.size === 0) this.#holdersByAddress.delete(old.spec.address);
   }
 
   get(key: ResourceKey): Resource | undefined {
@@ -101,13 +123,16 @@ export class Registry {
 
   /** Resources of a kind (all kinds when undefined), optionally in one namespace, ordered by namespace then name. */
   list(kind?: Kind, namespace?: string): Resource[] {
+    if (kind === undefined && !namespace && this.#allSorted) return [...this.#allSorted];
     const out: Resource[] = [];
     for (const r of this.#resources.values()) {
       if (kind !== undefined && r.kind !== kind) continue;
       if (namespace && r.metadata.namespace !== namespace) continue;
       out.push(r);
     }
-    return out.sort((a, b) => a.kind.localeCompare(b.kind) || a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name));
+    out.sort((a, b) => a.kind.localeCompare(b.kind) || a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name));
+    if (kind === undefined && !namespace) this.#allSorted = [...out];
+    return out;
   }
 
   all(): Resource[] {
@@ -115,7 +140,7 @@ export class Registry {
   }
 
   workloadsOnNode(node: string): Workload[] {
-    return this.list('Workload').filter((w): w is Workload => w.kind === 'Workload' && w.spec.node === node);
+    return [...(this.#workloadsByNode.get(node)?.values() ?? [])].sort((a, b) => a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name));
   }
 
   /**
@@ -126,13 +151,14 @@ export class Registry {
   mayIssue(node: string, identity: SpiffeId): boolean {
     if (identity.kind === 'node') return identity.name === node;
     if (identity.kind !== 'workload') return false;
-    return this.#identitiesByNode.get(node)?.has(`${identity.namespace}/${identity.serviceAccount}`) ?? false;
+    for (const w of this.#workloadsByNode.get(node)?.values() ?? []) {
+      if (w.metadata.namespace === identity.namespace && w.spec.serviceAccount === identity.serviceAccount) return true;
+    }
+    return false;
   }
 
   counts(): Record<Kind, number> {
-    const c: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0 };
-    for (const r of this.#resources.values()) c[r.kind]++;
-    return c;
+    return { ...this.#counts };
   }
 
   /**
@@ -151,10 +177,14 @@ export class Registry {
     const changes: Change[] = [];
     const results: { key: ResourceKey; outcome: ApplyOutcome }[] = [];
     const batchKeys = new Set(resources.map(resourceKey));
-    const addressOwner = new Map<string, string>();
-    for (const r of this.#resources.values()) {
-      if (r.kind === 'Workload' && !batchKeys.has(resourceKey(r))) addressOwner.set(r.spec.address, resourceKey(r));
-    }
+    /** Addresses taken by earlier workloads of this batch. */
+    const batchOwner = new Map<string, string>();
+    // A holder outside the batch, or one earlier in it; a workload of the batch may keep or take its own address.
+    const ownerOf = (address: string, key: string): string | undefined => {
+      for (const h of this.#holdersByAddress.get(address) ?? []) if (h !== key && !batchKeys.has(h)) return h;
+      const b = batchOwner.get(address);
+      return b !== key ? b : undefined;
+    };
     resources.forEach((r, i) => {
       const base = baseRevisions[i] ?? 0;
       if (base <= 0) return;
@@ -176,13 +206,13 @@ export class Registry {
         });
       }
       if (r.kind === 'Workload') {
-        const owner = addressOwner.get(r.spec.address);
-        if (owner && owner !== resourceKey(r)) {
+        const owner = ownerOf(r.spec.address, resourceKey(r));
+        if (owner) {
           throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `Workload ${r.metadata.namespace}/${r.metadata.name}: spec.address ${r.spec.address} is already used by ${owner}`, {
             details: { field: 'spec.address', value: r.spec.address, owner },
           });
         }
-        addressOwner.set(r.spec.address, resourceKey(r));
+        batchOwner.set(r.spec.address, resourceKey(r));
       }
       if (existing && sameContent(existing, r)) {
         results.push({ key, outcome: 'unchanged' });

@@ -178,6 +178,33 @@ t.test('planApply: an address another workload holds is a conflict', async (t) =
   t.same(move.results.map((r) => r.outcome), ['configured', 'created'], 'an address freed in the batch may be taken in it');
 });
 
+t.test('the indexes follow moves and deletes: addresses freed, node authorization and counts updated', async (t) => {
+  const reg = new Registry();
+  reg.load(1, [at(workload('web', { address: '10.0.0.1', node: 'node-1' }), 1), at(workload('db', { address: '10.0.0.2', node: 'node-1' }), 1), at(service('web'), 1)]);
+  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0 });
+  t.same(reg.workloadsOnNode('node-1').map((w) => w.metadata.name), ['db', 'web']);
+  // web moves to node-2 and to another address: its old address is free, node-1 may no longer hold its identity.
+  reg.applyChangeSet(put(2, workload('web', { address: '10.0.0.3', node: 'node-2' })));
+  t.same(reg.workloadsOnNode('node-1').map((w) => w.metadata.name), ['db']);
+  t.same(reg.workloadsOnNode('node-2').map((w) => w.metadata.name), ['web']);
+  t.notOk(reg.mayIssue('node-1', workloadId(TD, 'default', 'web')), 'the old node lost the identity');
+  t.ok(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')), 'the new node has it');
+  t.same(reg.planApply([workload('api', { address: '10.0.0.1' })], false).results.map((r) => r.outcome), ['created'], 'the old address is free');
+  t.throws(() => reg.planApply([workload('api', { address: '10.0.0.3' })], false), { code: 'AMBIT_ERR_RESOURCE_CONFLICT', details: { owner: 'Workload/default/web' } }, 'the new one is taken');
+  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0 }, 'a move counts once');
+  // Deleted: its address and identity go with it.
+  reg.applyChangeSet({ revision: 3, changes: [{ op: 'delete', key: key(workload('web')) }, { op: 'delete', key: key(service('web')) }] });
+  t.same(reg.workloadsOnNode('node-2'), []);
+  t.notOk(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')));
+  t.same(reg.planApply([workload('api', { address: '10.0.0.3' })], false).results.map((r) => r.outcome), ['created']);
+  t.same(reg.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0 });
+  t.same(reg.all().map((r) => r.metadata.name), ['db'], 'the listing follows too');
+  // Two workloads of one identity on a node: removing one keeps the node's right to the identity.
+  reg.applyChangeSet(put(4, workload('a1', { sa: 'shared', address: '10.0.1.1' }), workload('a2', { sa: 'shared', address: '10.0.1.2' })));
+  reg.applyChangeSet({ revision: 5, changes: [{ op: 'delete', key: key(workload('a1')) }] });
+  t.ok(reg.mayIssue('node-1', workloadId(TD, 'default', 'shared')));
+});
+
 t.test('planDelete', async (t) => {
   const reg = new Registry();
   const web = workload('web');
