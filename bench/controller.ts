@@ -11,6 +11,12 @@
 //            Time until all of them hold their first state, then one change
 //            (a workload applied on node 0) and how long each agent takes to
 //            see it: p50, p99, max.
+//   --agent-memory (instead of the above)
+//            one real ambit-agent (--capture none, with its ambit-dataplane)
+//            whose node has 10 workloads, in a mesh of those 10 workloads
+//            and 20 services, then in the same mesh grown to W workloads and
+//            S services on other nodes: the agent's RSS in each, once it has
+//            acknowledged the mesh's revision.
 //
 // Every figure is printed with PASS/FAIL against its target; informational:
 // the exit status is 0 whatever the numbers (1 when the bench cannot run).
@@ -31,19 +37,21 @@ import { resourceToWire } from '../shared/resources/wire.ts';
 import { API_VERSION, type Resource } from '../shared/resources/types.ts';
 import { nodeId } from '../shared/spiffe-id.ts';
 import { createCsr } from '../shared/x509.ts';
-import { startController, type RunningController } from '../test/e2e/harness.ts';
+import { agentsReady, childPids, CONTROLLER_MAIN, Proc, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 
 const HOST = '127.0.128.20';
+/** What systemd/ambit-controller.service and daemonset/controller.yaml set. */
+const CONTROLLER_NODE_OPTIONS = '--max-semi-space-size=2';
 const MiB = 1024 * 1024;
 
 const { values: args } = parseArgs({
   options: {
     workloads: { type: 'string' }, services: { type: 'string' }, agents: { type: 'string' }, nodes: { type: 'string' },
-    batch: { type: 'string' }, concurrency: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' },
+    batch: { type: 'string' }, concurrency: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
   },
 });
 if (args.help) {
-  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--quick]\n');
+  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--quick] [--agent-memory]\n');
   process.exit(0);
 }
 const WORKLOADS = Number(args.workloads ?? (args.quick ? 2000 : 100_000));
@@ -56,7 +64,7 @@ const CONCURRENCY = Number(args.concurrency ?? 2);
 /** Workload i's namespace; a service's selected workloads share its namespace (NAMESPACES divides SERVICES). */
 const NAMESPACES = 100;
 
-const TARGET = { applyPerSecond: 5000, rssMiB: 300, changeP99Ms: 1000 } as const;
+const TARGET = { applyPerSecond: 5000, rssMiB: 300, changeP99Ms: 1000, agentGrowthMiB: 10 } as const;
 
 function verdict(ok: boolean): string {
   return ok ? 'PASS' : 'FAIL';
@@ -95,8 +103,8 @@ function service(j: number): Resource {
   }, `service ${j}`);
 }
 
-async function loadMesh(api: AdminApi): Promise<{ seconds: number; applied: number }> {
-  const all: Resource[] = [];
+async function loadMesh(api: AdminApi, extra: readonly Resource[] = []): Promise<{ seconds: number; applied: number }> {
+  const all: Resource[] = [...extra];
   for (let j = 0; j < SERVICES; j++) all.push(service(j));
   for (let i = 0; i < WORKLOADS; i++) all.push(workload(i));
   const batches: Resource[][] = [];
@@ -211,6 +219,23 @@ function until(pred: () => boolean, subscribe: (fn: () => void) => void, timeout
   });
 }
 
+/**
+ * ambit-controller as its systemd unit and Deployment run it: with
+ * NODE_OPTIONS=--max-semi-space-size=2 (V8's young generation at 2 MiB
+ * semi-spaces instead of Node 24's 32 MiB, which a controller applying large
+ * batches grows to and keeps as RSS).
+ */
+async function startController(dataDir: string, extra: readonly string[]): Promise<RunningController> {
+  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, ...extra], { NODE_OPTIONS: CONTROLLER_NODE_OPTIONS });
+  const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
+  const port = (v: unknown): number => Number(String(v).split(':').pop());
+  const grpc = { host: HOST, port: port(ready.grpc) };
+  return { proc, grpc, monitoring: { host: HOST, port: port(ready.monitoring) }, dataDir, credentials: join(dataDir, 'admin'), address: `${HOST}:${grpc.port}` };
+}
+
+/** Thrown to end the bench early without an error. */
+class Done extends Error {}
+
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-controller-'));
 let failed = false;
@@ -221,9 +246,14 @@ try {
   // Every simulated agent connects from the same address, and the controller
   // admits at most --max-connections-per-source unauthenticated connections
   // from one (32): a fleet's agents each have their own address.
-  controller = await startController(join(dir, 'controller'), ['--max-connections-per-source', String(AGENTS + 100)], HOST);
+  controller = await startController(join(dir, 'controller'), ['--max-connections-per-source', String(AGENTS + 100)]);
   const pid = controller.proc.child.pid!;
   const api = new AdminApi({ controller: controller.grpc, credentialsDir: controller.credentials }, 600_000);
+  if (args['agent-memory']) {
+    await agentMemory(api, controller);
+    api.close();
+    throw new Done();
+  }
   const idle = memoryOf(pid);
   out(`\nload (SQLite store)`);
   out(`  controller RSS idle                 ${idle.rssMiB.toFixed(1)} MiB`);
@@ -238,8 +268,8 @@ try {
   if (AGENTS > 0) await watchPhase(api, controller, pid);
   api.close();
 } catch (err) {
-  failed = true;
-  out(`ERROR: ${(err as Error).stack ?? String(err)}`);
+  failed = !(err instanceof Done);
+  if (failed) out(`ERROR: ${(err as Error).stack ?? String(err)}`);
 } finally {
   for (const a of agents) a.close();
   await controller?.proc.stop();
@@ -261,15 +291,20 @@ async function watchPhase(api: AdminApi, controller: RunningController, pid: num
     for (const l of listeners) l();
   };
   const subscribe = (fn: () => void): void => void listeners.add(fn);
+  // Connected in waves of 50, each once the previous holds its first state:
+  // a thousand TLS handshakes at one instant outlast the controller's
+  // connect deadline on a small machine (a fleet's agents come up spread
+  // out, and reconnect with jittered backoff).
   const watchStarted = performance.now();
-  for (const c of creds) {
-    const a = new SimAgent(controller.address, c);
-    agents.push(a);
-    a.start(notify);
+  for (let k = 0; k < creds.length; k += 50) {
+    const wave = creds.slice(k, k + 50).map((c) => new SimAgent(controller.address, c));
+    agents.push(...wave);
+    for (const a of wave) a.start(notify);
+    await until(() => wave.every((a) => a.firstStateAt > 0), subscribe, 120_000, `the first state of agents ${k}-${k + wave.length - 1}`).catch((err: Error) => {
+      const errors = wave.map((a) => a.error).filter(Boolean);
+      throw new Error(`${err.message}; ${wave.filter((a) => a.firstStateAt === 0).length} without, ${errors.length} errors, the first: ${errors[0] ?? 'none'}`);
+    });
   }
-  await until(() => agents.every((a) => a.firstStateAt > 0), subscribe, 120_000, 'every agent\'s first state').catch((err: Error) => {
-    throw new Error(`${err.message}; ${agents.filter((a) => a.firstStateAt === 0).length} without, errors: ${[...new Set(agents.map((a) => a.error).filter(Boolean))].join('; ')}`);
-  });
   listeners.clear();
   const firstState = agents.map((a) => a.firstStateAt - watchStarted).sort((a, b) => a - b);
   out(`  first state, all agents             ${(firstState[firstState.length - 1]! / 1000).toFixed(1)} s (p50 ${(percentile(firstState, 50) / 1000).toFixed(1)} s); resources held each ${agents[0]!.resources}, snapshot ${(agents[0]!.snapshotBytes / MiB).toFixed(1)} MiB`);
@@ -288,4 +323,67 @@ async function watchPhase(api: AdminApi, controller: RunningController, pid: num
   const lat = agents.map((a) => a.seen.get('ns-0/probe')! - applyAt).sort((a, b) => a - b);
   out(`  one change (Apply returned in ${(committedAt - applyAt).toFixed(0)} ms), seen by each agent after:`);
   out(`    p50 ${percentile(lat, 50).toFixed(0)} ms, p99 ${percentile(lat, 99).toFixed(0)} ms, max ${lat[lat.length - 1]!.toFixed(0)} ms   target p99 <= ${TARGET.changeP99Ms} ms: ${verdict(percentile(lat, 99) <= TARGET.changeP99Ms)}`);
+}
+
+/** The mesh of the agent under test: 10 workloads on its node, 20 services over them (two a workload, one port each). */
+function agentMesh(node: string): Resource[] {
+  const out: Resource[] = [];
+  for (let i = 0; i < 10; i++) {
+    out.push(validateResource({
+      apiVersion: API_VERSION, kind: 'Workload', metadata: { name: `local-${i}`, namespace: 'mem', labels: { app: `local-${i}` } },
+      spec: { serviceAccount: `local-${i}`, node, address: `127.0.128.${100 + i}`, ports: [8080] },
+    }, `local ${i}`));
+  }
+  for (let j = 0; j < 20; j++) {
+    out.push(validateResource({
+      apiVersion: API_VERSION, kind: 'Service', metadata: { name: `called-${j}`, namespace: 'mem' },
+      spec: { ports: [{ name: 'http', port: 80, targetPort: 8080 }], selector: { app: `local-${j % 10}` }, addresses: [`100.127.0.${j + 1}`] },
+    }, `called ${j}`));
+  }
+  return out;
+}
+
+/** Resolves once `node` has acknowledged the controller's current revision. */
+async function acked(api: AdminApi, node: string, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const res = await api.call('ListNodes', api.client.listNodes, {});
+    const n = res.nodes.find((x) => x.name === node);
+    if (n && n.ackedRevision >= res.revision) return res.revision;
+    if (Date.now() > deadline) throw new Error(`${node} did not acknowledge revision ${res.revision} within ${timeoutMs} ms (at ${n?.ackedRevision ?? 'none'})`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function agentMemory(api: AdminApi, controller: RunningController): Promise<void> {
+  const node = 'mem-1';
+  out(`\nagent memory: one ambit-agent (--capture none) with 10 local workloads and 20 services over them`);
+  await api.call('Apply', api.client.apply, { resources: agentMesh(node).map(resourceToWire), createOnly: false, dryRun: false });
+  const token = await api.call('CreateJoinToken', api.client.createJoinToken, { node, ttlMs: 600_000 });
+  let agent: RunningAgent | undefined;
+  try {
+    agent = await startAgent({ node, address: '127.0.128.30', controller: controller.address, dataDir: join(dir, 'agent'), join: token.token });
+    await agentsReady([agent], 60_000);
+    const pid = agent.proc.child.pid!;
+    const measure = async (): Promise<{ agent: number; dataplane: number; hwm: number }> => {
+      // Settled: a few seconds after the ack, so the figure is what the agent holds, not what it was still allocating.
+      await new Promise((r) => setTimeout(r, 5000));
+      const a = memoryOf(pid);
+      const dp = childPids(pid).map(memoryOf).reduce((sum, m) => sum + m.rssMiB, 0);
+      return { agent: a.rssMiB, dataplane: dp, hwm: a.hwmMiB };
+    };
+    const small = await acked(api, node, 60_000);
+    const inSmall = await measure();
+    out(`  mesh of 10 workloads, 20 services (revision ${small})`);
+    out(`    agent RSS ${inSmall.agent.toFixed(1)} MiB (peak ${inSmall.hwm.toFixed(1)}), its ambit-dataplane ${inSmall.dataplane.toFixed(1)} MiB`);
+    const load = await loadMesh(api);
+    const large = await acked(api, node, 900_000);
+    const inLarge = await measure();
+    out(`  mesh grown by ${WORKLOADS} workloads and ${SERVICES} services on other nodes (revision ${large}, applied in ${load.seconds.toFixed(1)} s)`);
+    out(`    agent RSS ${inLarge.agent.toFixed(1)} MiB (peak ${inLarge.hwm.toFixed(1)}), its ambit-dataplane ${inLarge.dataplane.toFixed(1)} MiB`);
+    const growth = inLarge.agent + inLarge.dataplane - (inSmall.agent + inSmall.dataplane);
+    out(`  growth (agent + data plane)         ${growth.toFixed(1)} MiB   target <= +${TARGET.agentGrowthMiB} MiB: ${verdict(growth <= TARGET.agentGrowthMiB)}`);
+  } finally {
+    await agent?.proc.stop();
+  }
 }
