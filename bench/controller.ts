@@ -226,11 +226,11 @@ function until(pred: () => boolean, subscribe: (fn: () => void) => void, timeout
  * batches grows to and keeps as RSS).
  */
 async function startController(dataDir: string, extra: readonly string[]): Promise<RunningController> {
-  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, ...extra], { NODE_OPTIONS: CONTROLLER_NODE_OPTIONS });
+  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, '--console', 'none', ...extra], { NODE_OPTIONS: CONTROLLER_NODE_OPTIONS });
   const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
   const port = (v: unknown): number => Number(String(v).split(':').pop());
   const grpc = { host: HOST, port: port(ready.grpc) };
-  return { proc, grpc, monitoring: { host: HOST, port: port(ready.monitoring) }, dataDir, credentials: join(dataDir, 'admin'), address: `${HOST}:${grpc.port}` };
+  return { proc, grpc, monitoring: { host: HOST, port: port(ready.monitoring) }, dataDir, credentials: join(dataDir, 'admin'), address: `${HOST}:${grpc.port}`, console: 'off' };
 }
 
 /** Thrown to end the bench early without an error. */
