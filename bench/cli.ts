@@ -12,13 +12,14 @@
 //
 // Run: node bench/cli.ts [--runs N] [--quick]
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, startController } from '../test/e2e/harness.ts';
 
 const HOST = '127.0.128.10';
+const GNU_TIME = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
 const { values: args } = parseArgs({ options: { runs: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' } } });
 if (args.help) {
   process.stdout.write('Usage: node bench/cli.ts [--runs N (default 30)] [--quick (3 runs)]\n');
@@ -36,13 +37,19 @@ function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
 }
 
-/** One run's wall time in ms; throws when the command fails. */
-function timeOnce(argv: readonly string[], env: NodeJS.ProcessEnv): number {
+/**
+ * One run's wall time and CPU time (user + system, from GNU time when
+ * installed: what a busy machine changes least) in ms; throws when the
+ * command fails.
+ */
+function timeOnce(argv: readonly string[], env: NodeJS.ProcessEnv): { wall: number; cpu: number } {
   const start = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, argv, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 30_000 });
-  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  const [file, args] = GNU_TIME ? [GNU_TIME, ['-f', 'cpu %U %S', process.execPath, ...argv]] : [process.execPath, argv];
+  const r = spawnSync(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', timeout: 30_000 });
+  const wall = Number(process.hrtime.bigint() - start) / 1e6;
   if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr.slice(-500)}`);
-  return ms;
+  const m = /^cpu ([\d.]+) ([\d.]+)$/m.exec(r.stderr);
+  return { wall, cpu: m ? (Number(m[1]) + Number(m[2])) * 1000 : Number.NaN };
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-cli-'));
@@ -60,20 +67,23 @@ try {
   // A cache of the bench's own, so the first run is a first run.
   const env = { ...process.env, XDG_CACHE_HOME: join(dir, 'cache'), NODE_NO_WARNINGS: '1' };
   process.stdout.write(`node ${process.version}, ${runs} runs each after one on an empty compile cache; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n\n`);
-  process.stdout.write(`${'command'.padEnd(26)}${'first'.padStart(9)}${'median'.padStart(9)}${'p90'.padStart(9)}  target\n`);
+  const ms = (v: number): string => `${Number.isNaN(v) ? '-' : v.toFixed(0)} ms`.padStart(9);
+  process.stdout.write(`${'command'.padEnd(26)}${'first'.padStart(9)}${'median'.padStart(9)}${'p90'.padStart(9)}${'cpu p50'.padStart(9)}  target (wall median)\n`);
+  const row = (name: string, first: number | undefined, runsOf: readonly { wall: number; cpu: number }[], verdict: string): void => {
+    const wall = runsOf.map((r) => r.wall).sort((a, b) => a - b);
+    const cpu = runsOf.map((r) => r.cpu).sort((a, b) => a - b);
+    process.stdout.write(`${name.padEnd(26)}${first === undefined ? ''.padStart(9) : ms(first)}${ms(percentile(wall, 50))}${ms(percentile(wall, 90))}${ms(percentile(cpu, 50))}  ${verdict}\n`);
+  };
   for (const c of cases) {
-    const first = timeOnce(c.argv, env);
-    const times: number[] = [];
+    const first = timeOnce(c.argv, env).wall;
+    const times: { wall: number; cpu: number }[] = [];
     for (let i = 0; i < runs; i++) times.push(timeOnce(c.argv, env));
-    times.sort((a, b) => a - b);
-    const median = percentile(times, 50);
-    const verdict = c.targetMs === undefined ? '-' : `median <= ${c.targetMs} ms: ${median <= c.targetMs ? 'PASS' : 'FAIL'}`;
-    process.stdout.write(`${c.name.padEnd(26)}${`${first.toFixed(0)} ms`.padStart(9)}${`${median.toFixed(0)} ms`.padStart(9)}${`${percentile(times, 90).toFixed(0)} ms`.padStart(9)}  ${verdict}\n`);
+    const median = percentile(times.map((r) => r.wall).sort((a, b) => a - b), 50);
+    row(c.name, first, times, c.targetMs === undefined ? '-' : `median <= ${c.targetMs} ms: ${median <= c.targetMs ? 'PASS' : 'FAIL'}`);
   }
-  const floor: number[] = [];
+  const floor: { wall: number; cpu: number }[] = [];
   for (let i = 0; i < runs; i++) floor.push(timeOnce(['-e', '0'], env));
-  floor.sort((a, b) => a - b);
-  process.stdout.write(`${'(node -e 0: the floor)'.padEnd(26)}${''.padStart(9)}${`${percentile(floor, 50).toFixed(0)} ms`.padStart(9)}${`${percentile(floor, 90).toFixed(0)} ms`.padStart(9)}\n`);
+  row('(node -e 0: the floor)', undefined, floor, '');
 } catch (err) {
   failed = true;
   process.stdout.write(`ERROR: ${(err as Error).message}\n`);
