@@ -205,7 +205,7 @@ export interface PairAddresses {
   readonly upstream: HostPort;
 }
 
-async function startPair(what: string, start: (side: 'client' | 'server') => TrackedChild, entry: HostPort, tls: HostPort): Promise<ProxyPair> {
+export async function startPair(what: string, start: (side: 'client' | 'server') => TrackedChild, entry: HostPort, tls: HostPort): Promise<ProxyPair> {
   const server = start('server');
   let client: TrackedChild | undefined;
   try {
