@@ -1,6 +1,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { Etcd3 } from 'etcd3';
+import { InterceptingCall, status, type Interceptor } from '@grpc/grpc-js';
 import { createLogger } from '../../../shared/logger.ts';
 import { AmbitError } from '../../../shared/errors.ts';
 import type { Service, Workload } from '../../../shared/resources/types.ts';
@@ -175,6 +176,35 @@ t.test('change sets beyond the retained ones ask for a snapshot; prefixes are se
   const other = await open({ prefix: '/retain-other/' });
   t.equal(await other.revision(), 0);
   t.not(await other.identity(), await store.identity());
+});
+
+t.test('a commit whose answer is lost is neither reported failed nor applied twice', async (t) => {
+  // A client interceptor lets one Txn reach etcd and then replaces its answer with UNAVAILABLE, as a member dying mid-call would.
+  let armed = false;
+  let lost = 0;
+  const loseAnswer: Interceptor = (options, nextCall) => {
+    if (!armed || !String(options.method_definition.path).endsWith('/Txn')) return new InterceptingCall(nextCall(options));
+    armed = false;
+    lost++;
+    return new InterceptingCall(nextCall(options), {
+      start: (metadata, listener, next) => next(metadata, {
+        // The answer's message passes (grpc-js holds the status until it does); the UNAVAILABLE status makes the call fail.
+        onReceiveMessage: (message, nextMessage) => nextMessage(message),
+        onReceiveStatus: (st, nextStatus) => nextStatus({ ...st, code: status.UNAVAILABLE, details: 'answer lost' }),
+      }),
+    });
+  };
+  const store = await EtcdStore.open({ client: { hosts: cluster.endpoints.split(','), grpcOptions: { interceptors: [loseAnswer] } as never }, prefix: '/lost/', logger, onFatal: () => undefined });
+  t.teardown(() => store.close());
+  const seen: number[] = [];
+  store.subscribe((cs) => seen.push(cs.revision));
+  armed = true;
+  const cs = await store.commit([{ op: 'put', resource: service('once') }]);
+  t.equal(lost, 1, 'the answer of the commit\'s transaction was lost');
+  t.equal(cs.revision, 1, 'reported as committed');
+  t.equal(await store.revision(), 1, 'applied once: the revision moved by one');
+  t.same(seen, [1], 'delivered once');
+  t.same((await store.changesSince(0))?.map((c) => c.revision), [1]);
 });
 
 t.test('a replica that can no longer follow the revision in order reports it as fatal', async (t) => {
