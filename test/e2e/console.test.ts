@@ -16,10 +16,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import {
-  agentKnowsNode, agentsReady, ambitctl, eventually, setUp, socksConnect, startAgentPair, startController, startEchoServer,
+  agentKnowsNode, agentsReady, ambitctl, eventually, httpGet, metricValue, setUp, socksConnect, startAgentPair, startController, startEchoServer,
   type RunningAgent, type RunningController,
 } from './harness.ts';
 import type { Server } from 'node:net';
+import { Metadata } from '@grpc/grpc-js';
+import { DiscoveryClient } from '../../shared/proto/gen/ambit.ts';
+import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { parseJoinToken } from '../../controller/registry/join-tokens.ts';
+import { joinWithToken } from '../../agent/identity/ca-client.ts';
 import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
 
 const ip = (n: number): string => `127.0.126.${n}`;
@@ -347,6 +352,42 @@ spec:
     return list.find((d) => d.reason === 'policy_change');
   }, 'the policy_change denial reported', 15_000);
   t.match(found, { policy: 'demo/deny-client', sourceLabel: 'demo/client', explanation: { summary: 'denied: DENY demo/deny-client rule 0 matches' } });
+});
+
+t.test('node authorization: a node\'s report about other nodes\' workloads is refused, not shown', async (t) => {
+  const token = (await ambitctl(ctl, ['node', 'token', 'create', '--node', 'node-x'])).stdout.trim();
+  const node = await joinWithToken({ controller: ctl.grpc, node: 'node-x', token, caFingerprint: parseJoinToken(token).caFingerprint });
+  const client = new DiscoveryClient(ctl.address, controllerCredentials({ keyPem: node.keyPem, certChainPem: node.certChainPem, caPem: node.bundlePem, trustDomain: 'cluster.local' }), CONTROLLER_CHANNEL_OPTIONS);
+  t.teardown(() => client.close());
+  const call = client.watch(new Metadata());
+  t.teardown(() => call.cancel());
+  call.on('error', () => undefined);
+  const first = new Promise((r) => call.once('data', r));
+  call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '' } } });
+  await first;
+  const principal = (sa: string): string => `spiffe://cluster.local/ns/demo/sa/${sa}`;
+  // node-x runs no workload: it may speak for none. It claims client's outbound traffic (node-a's) and web's denial (node-b's).
+  call.write({ request: { $case: 'report', report: {
+    edges: [{
+      reporter: 'source', sourceWorkload: 'client', sourceNamespace: 'demo', sourcePrincipal: principal('client'), destinationWorkload: 'web', destinationNamespace: 'demo',
+      destinationPrincipal: principal('web'), destinationService: 'spoofed.demo.svc.cluster.local', security: 'mutual_tls',
+      connectionsOpened: 1000, connectionsClosed: 1000, connectionsFailed: 1000, bytesSent: 0, bytesReceived: 0, requests: 0, requestErrors: 0,
+    }],
+    denials: [{
+      atMs: Date.now(), direction: 'inbound', sourcePrincipal: principal('client'), sourceWorkload: 'client', sourceNamespace: 'demo', sourceAddress: CLIENT,
+      destinationWorkload: 'web', destinationNamespace: 'demo', destinationPort: 9999, destinationService: '', policy: 'demo/made-up', reason: 'denied_by_policy',
+    }],
+    denialsDropped: 0,
+  } } });
+  const line = await ctl.proc.waitForLog((l) => l.msg === 'telemetry about workloads of other nodes refused' && l.node === 'node-x', 15_000);
+  t.match(line, { code: 'AMBIT_ERR_NODE_UNAUTHORIZED', count: 2 }, 'the controller logs the refusal, naming the node');
+  const metrics = (await httpGet(ctl.monitoring, '/metrics')).body;
+  t.equal(metricValue(metrics, 'ambit_controller_telemetry_items_total', { kind: 'edge', result: 'refused' }), 1, 'the refused edge is counted');
+  t.equal(metricValue(metrics, 'ambit_controller_telemetry_items_total', { kind: 'denial', result: 'refused' }), 1, 'and the refused denial');
+  const graph = (await fetchConsole('/api/graph', { admin: true })).body;
+  const denials = (await fetchConsole('/api/denials', { admin: true })).body;
+  t.notOk(graph.includes('spoofed'), 'the claimed edge is not in the graph');
+  t.notOk(denials.includes('made-up') || denials.includes('9999'), 'nor the claimed denial');
 });
 
 t.test('--console none: no console, and ambitctl console says so', async (t) => {
