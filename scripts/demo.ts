@@ -25,7 +25,7 @@ import { childEnv, DemoProcess, describeExit, runOnce } from './demo/processes.t
 import { Progress, styleFor, type Style } from './demo/progress.ts';
 import { savedNodeCredentials } from './demo/saved-credentials.ts';
 import { formatSummary, type IdentityRow } from './demo/summary.ts';
-import { clientRequest, intruderRequest, type Exchange, type TrafficDeps } from './demo/traffic.ts';
+import { clientRequest, intruderRequest, l7DeniedRequest, type Exchange, type TrafficDeps } from './demo/traffic.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ENTRY = {
@@ -38,6 +38,9 @@ const POLICY_FILE = 'examples/policy.yaml';
 const POLICY_NAME = 'demo/web-allow-client';
 /** Requests the client sends to the service (half by SOCKS5, half by the upstream listener). */
 const LB_REQUESTS = 20;
+/** A path examples/policy.yaml's DENY (web-deny-admin) names: the client asks for it once. */
+const L7_DENIED_PATH = '/admin/config';
+const L7_POLICY_NAME = 'demo/web-deny-admin';
 const STEPS = 9;
 
 interface DemoOptions {
@@ -274,17 +277,17 @@ class Demo {
     if (!a?.upstream) throw new Error('no node with an upstream listener');
     const deps: TrafficDeps = { layout: this.#layout, source: { ...a, upstream: a.upstream }, agents: this.#agents };
     const exchanges: Exchange[] = [];
-    const { refusal } = await this.#progress.step(
-      `sending traffic: ${LB_REQUESTS} requests ${this.#layout.client.name} → ${this.#layout.service.host}, 1 from ${this.#layout.intruder.name}`,
+    const { refusal, l7Denial } = await this.#progress.step(
+      `sending traffic: ${LB_REQUESTS + 1} requests ${this.#layout.client.name} → ${this.#layout.service.host}, 1 from ${this.#layout.intruder.name}`,
       async () => {
         for (let k = 0; k < LB_REQUESTS; k++) exchanges.push(await clientRequest(deps, k % 2 === 0 ? 'socks' : 'upstream', `/hello?n=${k + 1}`));
         const bad = exchanges.find((e) => e.status !== 200 || !e.answer);
         if (bad) throw new Error(`${bad.url} answered HTTP ${bad.status}`);
-        return { refusal: await intruderRequest(deps) };
+        return { refusal: await intruderRequest(deps), l7Denial: await l7DeniedRequest(deps, L7_DENIED_PATH) };
       },
       () => {
         const per = this.#layout.web.map((w) => `${w.workload} ${exchanges.filter((e) => e.answer?.workload === w.workload).length}`).join(', ');
-        return { status: 'done', notes: [`${exchanges.length} answered (${per}); ${this.#layout.intruder.name} refused`] };
+        return { status: 'done', notes: [`${exchanges.length} answered (${per}); ${this.#layout.intruder.name} refused; GET ${L7_DENIED_PATH} denied`] };
       },
     );
     const showcase = exchanges.find((e) => e.via === 'socks' && e.answer && e.answer.node !== a.name)
@@ -300,7 +303,8 @@ class Demo {
       exchanges,
       showcase,
       refusal,
-      policy: { name: POLICY_NAME, file: POLICY_FILE },
+      l7Denial,
+      policy: { name: POLICY_NAME, file: POLICY_FILE, l7Name: L7_POLICY_NAME },
       paths: {
         root: ROOT, dir: this.#o.dir, credentials: this.#dirs.credentials, node: process.execPath, ambitctl: ENTRY.ambitctl,
         logs: ['controller', ...NODES.map((n) => n.name), 'ambitctl'].map((f) => join(this.#dirs.logs, `${f}.log`)),

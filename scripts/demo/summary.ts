@@ -8,7 +8,7 @@ import { AGENT_PORTS, CONTROLLER, type Layout, type NodeSpec } from './layout.ts
 import { SOCKS_REPLIES } from './http-client.ts';
 import type { Style } from './progress.ts';
 import type { LogLine } from './processes.ts';
-import type { Exchange, Refusal } from './traffic.ts';
+import type { Exchange, L7Denial, Refusal } from './traffic.ts';
 
 export interface IdentityRow {
   readonly identity: string;
@@ -28,7 +28,8 @@ export interface SummaryInput {
   readonly exchanges: readonly Exchange[];
   readonly showcase: Exchange;
   readonly refusal: Refusal;
-  readonly policy: { readonly name: string; readonly file: string };
+  readonly l7Denial: L7Denial;
+  readonly policy: { readonly name: string; readonly file: string; readonly l7Name: string };
   readonly paths: { readonly root: string; readonly dir: string; readonly logs: readonly string[]; readonly credentials: string; readonly node: string; readonly ambitctl: string };
   readonly pids: readonly { readonly name: string; readonly pid: number | undefined }[];
   readonly exitAfterSummary: boolean;
@@ -97,6 +98,11 @@ export function formatSummary(i: SummaryInput): string {
   out.push(`  → SOCKS reply ${r.reply} "${SOCKS_REPLIES[r.reply] ?? '?'}": the connection was refused before any byte reached ${String(r.outbound['dst.workload'])}`);
   if (r.inbound) out.push(`  ${pad(`${r.refusedBy} (destination agent)`, 28)} ${logLine(r.inbound)}`);
   out.push(`  ${pad(`${a.name} (source agent)`, 28)} ${logLine(r.outbound)}`);
+
+  const d = i.l7Denial;
+  h(`A request denied by method and path (AuthorizationPolicy ${i.policy.l7Name}: DENY paths /admin/*, on the HTTP port)`);
+  out.push(`  ${i.layout.client.name} → GET ${d.url} via the upstream listener ${a.address}:${a.upstream?.port}`);
+  out.push(`  → HTTP ${d.status} "${d.body}": answered by the destination agent; the app never saw it, and the client's other requests went through`);
 
   const counts = new Map<string, number>(i.layout.web.map((wa) => [wa.workload, 0]));
   for (const e of i.exchanges) if (e.answer) counts.set(e.answer.workload, (counts.get(e.answer.workload) ?? 0) + 1);

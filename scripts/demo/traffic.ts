@@ -35,6 +35,14 @@ export interface Refusal {
   readonly refusedBy: string;
 }
 
+/** A request the destination agent denied by method and path (examples/policy.yaml, web-deny-admin). */
+export interface L7Denial {
+  readonly url: string;
+  readonly status: number;
+  /** The answer's body: it names the deciding policy. */
+  readonly body: string;
+}
+
 export interface TrafficDeps {
   readonly layout: Layout;
   readonly source: NodeSpec & { readonly upstream: NonNullable<NodeSpec['upstream']> };
@@ -83,4 +91,13 @@ export async function intruderRequest(d: TrafficDeps): Promise<Refusal> {
   const outbound = await agent.waitForLog((l) => isConnection('outbound')(l) && l['src.identity'] === layout.intruder.identity, 'outbound access log line of the refused request', LOG_WAIT_MS, from);
   const { line, node } = await inboundFor(d, outbound);
   return { reply, outbound, inbound: line, refusedBy: node };
+}
+
+/** The client asks for a path a DENY names: answered 403 by the destination agent, naming the policy. */
+export async function l7DeniedRequest(d: TrafficDeps, path: string): Promise<L7Denial> {
+  const { layout, source } = d;
+  const socket = await tcpConnect({ host: source.address, port: source.upstream.port, localAddress: layout.client.address });
+  const res = await httpGet(socket, layout.service.host, path);
+  if (res.status !== 403) throw new Error(`GET http://${layout.service.host}${path} answered HTTP ${res.status}, not 403 — is examples/policy.yaml applied?`);
+  return { url: `http://${layout.service.host}${path}`, status: res.status, body: res.body.trim() };
 }

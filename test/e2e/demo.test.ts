@@ -146,6 +146,9 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.match(out, /SOCKS reply 2 "connection not allowed by ruleset"/, 'the intruder was refused');
   t.match(out, new RegExp(`\\(destination agent\\)\\s+${INTRUDER_ID.replace(/[./]/g, '\\$&')} → .*response_flags DENY, error "denied: no_allow_match"`), 'the destination agent logged the DENY and why');
 
+  t.match(out, /client → GET http:\/\/web\.demo\/admin\/config via the upstream listener/, 'the client asked for a path a DENY names');
+  t.match(out, /→ HTTP 403 "RBAC: access denied by policy demo\/web-deny-admin"/, 'and was denied 403 by method and path, the policy named');
+
   const counts = Object.fromEntries([...out.matchAll(/^\s+(web(?:-2)?)\s+on node-[ab]\s+\S+\s+(\d+) answered/gm)].map((m) => [m[1], Number(m[2])]));
   t.ok(counts.web! > 0 && counts['web-2']! > 0, `both web instances answered (${JSON.stringify(counts)})`);
   t.equal(counts.web! + counts['web-2']!, 20, 'every request was answered');
