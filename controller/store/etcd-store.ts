@@ -1,10 +1,12 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
-import { Etcd3, isRecoverableError, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Lease } from 'etcd3';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { keyString, resourceKey, type Resource } from '../../shared/resources/types.ts';
 import { ChangeFeed } from './change-feed.ts';
 import { EtcdKeys, prefixEnd } from './etcd-keys.ts';
+import { callWithRetry, storeIo, type EtcdCall } from './etcd-calls.ts';
+import { EtcdFollower, parseChangeSet } from './etcd-follower.ts';
 import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
 
 export interface EtcdStoreOptions {
@@ -44,22 +46,9 @@ const CALL_DEADLINE_MS = 3_000;
 const COMMIT_ATTEMPTS = 50;
 /** Snapshot pages: small enough for etcd's default response limits. */
 const PAGE = 1000;
-/** A safety net under the watch: every few seconds the revision is read and any missed commit is caught up. */
-const SYNC_INTERVAL_MS = 5_000;
 const TOKEN_RETENTION_MS = 24 * 60 * 60 * 1000;
 /** A replica's "node watches from me" records outlive it by at most this (its etcd lease). */
 const WATCHING_LEASE_S = 10;
-
-const pad = (n: number): string => String(n).padStart(16, '0');
-
-function storeIo(op: string, err: unknown, details: Record<string, unknown> = {}): AmbitError {
-  if (err instanceof AmbitError) return err;
-  const msg = errorMessage(err);
-  const hint = /too many operations in txn/.test(msg)
-    ? ' (the commit needs more operations than etcd\'s --max-txn-ops allows; raise it, see docs/ha.md)'
-    : /request is too large/.test(msg) ? ' (the commit is larger than etcd\'s --max-request-bytes; raise it, see docs/ha.md)' : '';
-  return new AmbitError('AMBIT_ERR_STORE_IO', `etcd store: ${op} failed: ${msg}${hint}`, { cause: err, details: { op, ...details } });
-}
 
 function tokenInvalid(id: string, reason: 'unknown' | 'mismatch' | 'used' | 'expired'): AmbitError {
   return new AmbitError('AMBIT_ERR_TOKEN_INVALID', `join token ${id} is ${reason === 'mismatch' ? 'not valid' : reason}`, { details: { id, reason } });
@@ -95,9 +84,9 @@ const byKindNamespaceName = (a: Resource, b: Resource): number =>
  *   the mesh revision is one gapless counter across replicas.
  * - A commit whose answer was lost (a member died mid-call) is recognised by
  *   the id in its change set, so it is neither reported failed nor applied twice.
- * - Subscribers see every commit, by any replica, in revision order: an etcd
- *   watch on the change sets, a catch-up read on every gap, and a periodic read
- *   of the revision as a safety net under the watch.
+ * - Subscribers see every commit, by any replica, in revision order
+ *   (etcd-follower.ts: an etcd watch on the change sets, a catch-up read on
+ *   every gap, a periodic read of the revision under the watch).
  * - Join tokens are consumed with a compare-and-swap on the token's key, so a
  *   token is single-use across replicas.
  */
@@ -112,13 +101,7 @@ export class EtcdStore implements Store {
   readonly #onFatal: (err: AmbitError) => void;
   readonly #now: () => number;
   readonly #feed = new ChangeFeed();
-  readonly #nodeListeners = new Set<(n: NodeRecord) => void>();
-  /** Highest revision handed to subscribers. */
-  #delivered = 0;
-  /** Catch-ups run one after another, so change sets are delivered once each, in order. */
-  #chain: Promise<void> = Promise.resolve();
-  #watchers: Watcher[] = [];
-  #syncTimer: NodeJS.Timeout | undefined;
+  #follower: EtcdFollower | undefined;
   #identity = '';
   #closed = false;
   /** This process among the replicas (names its watching records). */
@@ -159,10 +142,11 @@ export class EtcdStore implements Store {
       store.#identity = res.succeeded ? id : res.responses[0]?.response_range.kvs[0]?.value.toString() ?? '';
       if (store.#identity === '') throw new Error('the store identity key is empty');
       const head = await store.#readRevision();
-      store.#delivered = head.value;
-      await store.#watch(head.etcdRevision);
-      store.#syncTimer = setInterval(() => void store.sync().catch((err: unknown) => store.#logger.warn({ err: errorMessage(err) }, 'etcd revision check failed; retrying')), SYNC_INTERVAL_MS);
-      store.#syncTimer.unref();
+      store.#follower = new EtcdFollower({
+        client: store.#client, keys: store.#keys, call: store.#call, feed: store.#feed, logger: store.#logger, retain: store.#retain, onFatal: store.#onFatal,
+        revision: async () => (await store.#readRevision()).value,
+      }, head.value);
+      await store.#follower.start(head.etcdRevision);
       return store;
     } catch (err) {
       await store.close();
@@ -211,7 +195,7 @@ export class EtcdStore implements Store {
       const current = Number(res.responses[0]?.response_range.kvs[0]?.value.toString() ?? '0');
       if (!Number.isSafeInteger(revision) || revision < 0 || revision > current) return undefined;
       if (revision === current) return [];
-      const sets = (res.responses[1]?.response_range.kvs ?? []).map((kv) => this.#parseChangeSet(kv)).filter((cs) => cs.revision <= current);
+      const sets = (res.responses[1]?.response_range.kvs ?? []).map((kv) => parseChangeSet(kv)).filter((cs) => cs.revision <= current);
       // Compacted away (or a gap): the caller falls back to a snapshot.
       if (sets.length !== current - revision || sets[0]?.revision !== revision + 1) return undefined;
       return sets;
@@ -236,7 +220,7 @@ export class EtcdStore implements Store {
       const head = await this.#readRevision();
       if (expectedRevision !== undefined && expectedRevision !== head.value) {
         // Subscribers (the registry) learn the newer state before the caller hears of the conflict, so its retry plans against it.
-        await this.#catchUp(head.value);
+        await this.#following().catchUp(head.value);
         this.#checkExpected(expectedRevision, head.value);
       }
       const revision = head.value + 1;
@@ -265,7 +249,7 @@ export class EtcdStore implements Store {
       }
       if (succeeded || (await this.#committedAs(revision, id))) {
         // Subscribers have it before commit() resolves (as with SQLite); no read back when it is the next one due.
-        await this.#offer({ revision, changes: applied });
+        await this.#following().offer({ revision, changes: applied });
         return { revision, changes: applied };
       }
       const now = await this.#readRevision();
@@ -278,7 +262,7 @@ export class EtcdStore implements Store {
         }
         continue;
       }
-      await this.#catchUp(now.value);
+      await this.#following().catchUp(now.value);
       this.#checkExpected(expectedRevision, now.value);
       if (attempt >= COMMIT_ATTEMPTS) {
         throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `other replicas committed ${COMMIT_ATTEMPTS} times while this commit was retried; try again`, { details: { revision: now.value } });
@@ -293,14 +277,13 @@ export class EtcdStore implements Store {
 
   /** Node records written by any replica (HBONE addresses, issued certificates), as they change. */
   onNodeChange(listener: (n: NodeRecord) => void): () => void {
-    this.#nodeListeners.add(listener);
-    return () => this.#nodeListeners.delete(listener);
+    return this.#following().onNodeChange(listener);
   }
 
   /** Delivers to subscribers every commit the cluster holds now, then resolves. */
   async sync(): Promise<void> {
     this.#assertOpen();
-    await this.#catchUp((await this.#readRevision()).value);
+    await this.#following().sync();
   }
 
   async markConnected(node: string, connected: boolean): Promise<void> {
@@ -444,11 +427,8 @@ export class EtcdStore implements Store {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearInterval(this.#syncTimer);
     this.#feed.clear();
-    this.#nodeListeners.clear();
-    const watchers = this.#watchers.splice(0);
-    await Promise.all(watchers.map((w) => w.cancel().catch(() => undefined)));
+    await this.#follower?.close();
     // Revoking the lease removes this replica's connected-node records at once, not after its TTL.
     await this.#lease?.revoke().catch(() => undefined);
     this.#client.close();
@@ -468,10 +448,13 @@ export class EtcdStore implements Store {
     return kv !== undefined && (JSON.parse(kv.value.toString()) as StoredChangeSet).id === id;
   }
 
-  #parseChangeSet(kv: IKeyValue): ChangeSet {
-    const { revision, changes } = JSON.parse(kv.value.toString()) as StoredChangeSet;
-    return { revision, changes };
+  #following(): EtcdFollower {
+    if (this.#follower === undefined) throw new AmbitError('AMBIT_ERR_STORE_IO', 'the etcd store is not open', { details: { op: 'open' } });
+    return this.#follower;
   }
+
+  /** Runs an etcd call with the store's retries (etcd-calls.ts); an arrow, so it can be handed to the follower. */
+  readonly #call: EtcdCall = (op, fn) => callWithRetry(op, fn, this.#timeoutMs, () => this.#closed && op !== 'open');
 
   async #rangePrefix(op: string, prefix: Buffer): Promise<IKeyValue[]> {
     return (await this.#call(op, () => this.#client.kv.range({ key: prefix, range_end: prefixEnd(prefix) }))).kvs;
@@ -488,111 +471,13 @@ export class EtcdStore implements Store {
     }
   }
 
-  /**
-   * A change set known whole (this replica's commit, or a watch event's
-   * value): delivered as is when it is the next one due, else after a
-   * catch-up read of the ones before it.
-   */
-  #offer(cs: ChangeSet): Promise<void> {
-    return this.#serialized(async () => {
-      if (this.#closed || cs.revision <= this.#delivered) return;
-      if (cs.revision > this.#delivered + 1) await this.#readAndDeliver(cs.revision - 1);
-      this.#delivered = cs.revision;
-      this.#feed.deliver(cs);
-    });
-  }
-
-  /** Hands subscribers every change set up to `target` they have not seen, in order (one catch-up at a time). */
-  #catchUp(target: number): Promise<void> {
-    return this.#serialized(() => this.#readAndDeliver(target));
-  }
-
-  /** Runs deliveries one after another, so change sets reach subscribers once each, in order; a failed one does not block the next. */
-  #serialized(fn: () => Promise<void>): Promise<void> {
-    const run = this.#chain.then(fn);
-    this.#chain = run.catch(() => undefined);
-    return run;
-  }
-
-  async #readAndDeliver(target: number): Promise<void> {
-    if (this.#closed || target <= this.#delivered) return;
-    const res = await this.#call('catch-up', () => this.#client.kv.range({ key: this.#keys.changeSet(this.#delivered + 1), range_end: this.#keys.changeSet(target + 1) }));
-    const sets = res.kvs.map((kv) => this.#parseChangeSet(kv));
-    if (sets[0]?.revision !== this.#delivered + 1 || sets.some((cs, i) => cs.revision !== this.#delivered + 1 + i)) {
-      const err = new AmbitError('AMBIT_ERR_STORE_REVISION', `this replica is at revision ${this.#delivered} and the etcd store no longer holds the change sets after it (it keeps the last ${this.#retain}); restart the replica to load a snapshot`, {
-        details: { delivered: this.#delivered, target, oldest: sets[0]?.revision },
-      });
-      this.#logger.fatal({ err }, 'cannot follow the mesh revision');
-      this.#onFatal(err);
-      throw err;
-    }
-    this.#delivered = sets.at(-1)!.revision;
-    this.#feed.deliver(...sets);
-  }
-
-  /** Watches change sets (deliver in order) and node records (tell node listeners), from just after `etcdRevision`. */
-  async #watch(etcdRevision: string): Promise<void> {
-    const start = String(BigInt(etcdRevision) + 1n);
-    const changes = await this.#client.watch().prefix(this.#keys.changeSets).startRevision(start).create();
-    changes.on('put', (kv) => {
-      const revision = this.#keys.revisionOfChangeSetKey(kv.key);
-      if (revision === undefined || revision <= this.#delivered) return;
-      let cs: ChangeSet | undefined;
-      try {
-        cs = this.#parseChangeSet(kv);
-      } catch {
-        cs = undefined;
-      }
-      void (cs?.revision === revision ? this.#offer(cs) : this.#catchUp(revision)).catch(() => undefined);
-    });
-    const nodes = await this.#client.watch().prefix(this.#keys.nodes).startRevision(start).create();
-    nodes.on('put', (kv) => {
-      let record: NodeRecord;
-      try {
-        record = JSON.parse(kv.value.toString()) as NodeRecord;
-      } catch (err) {
-        this.#logger.warn({ key: kv.key.toString(), err: errorMessage(err) }, 'unreadable node record in etcd ignored');
-        return;
-      }
-      for (const l of [...this.#nodeListeners]) l(record);
-    });
-    for (const w of [changes, nodes]) {
-      w.on('connected', () => void this.sync().catch(() => undefined));
-      w.on('disconnected', (err) => this.#logger.warn({ err: errorMessage(err) }, 'etcd watch disconnected; reconnecting'));
-      w.on('error', (err) => this.#logger.warn({ err: errorMessage(err) }, 'etcd watch failed; the revision check catches up'));
-    }
-    this.#watchers = [changes, nodes];
-  }
-
   #checkExpected(expected: number | undefined, current: number): void {
     if (expected !== undefined && expected !== current) {
       throw new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `store is at revision ${current}, expected ${expected}`, { details: { expectedRevision: expected, revision: current } });
     }
   }
 
-  /** Runs an etcd call, retrying what a member failure or a leader election explains, for up to the operation timeout. */
-  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    const deadline = Date.now() + this.#timeoutMs;
-    for (let attempt = 1; ; attempt++) {
-      if (this.#closed && op !== 'open') throw new AmbitError('AMBIT_ERR_STORE_IO', 'the etcd store is closed', { details: { op } });
-      try {
-        return await fn();
-      } catch (err) {
-        if (!isRetryable(err) || Date.now() >= deadline) throw storeIo(op, err);
-        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1_000)));
-      }
-    }
-  }
-
   #assertOpen(): void {
     if (this.#closed) throw new AmbitError('AMBIT_ERR_STORE_IO', 'the etcd store is closed', { details: { op: 'closed' } });
   }
-}
-
-/** Unavailable members, deadlines and leader elections pass; anything else (a bad request, permissions) is reported at once. */
-function isRetryable(err: unknown): boolean {
-  if (err instanceof AmbitError) return false;
-  if (typeof err === 'object' && err !== null && isRecoverableError(err as Error)) return true;
-  const msg = errorMessage(err);
-  return /deadline|unavailable|leader|timed out|timeout|ECONNREFUSED|ECONNRESET|No connection|circuit/i.test(msg);
 }
