@@ -37,6 +37,8 @@ import { resourceToWire } from '../shared/resources/wire.ts';
 import { API_VERSION, type Resource } from '../shared/resources/types.ts';
 import { nodeId } from '../shared/spiffe-id.ts';
 import { createCsr } from '../shared/x509.ts';
+import { EtcdCluster } from '../test/e2e/fixtures/etcd-cluster.ts';
+import { writeMeshCa } from '../test/e2e/fixtures/test-pki.ts';
 import { agentsReady, childPids, CONTROLLER_MAIN, Proc, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 
 const HOST = '127.0.128.20';
@@ -47,11 +49,11 @@ const MiB = 1024 * 1024;
 const { values: args } = parseArgs({
   options: {
     workloads: { type: 'string' }, services: { type: 'string' }, agents: { type: 'string' }, nodes: { type: 'string' },
-    batch: { type: 'string' }, concurrency: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
+    batch: { type: 'string' }, concurrency: { type: 'string' }, store: { type: 'string' }, 'etcd-members': { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
   },
 });
 if (args.help) {
-  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--quick] [--agent-memory]\n');
+  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--store sqlite|etcd] [--etcd-members 1] [--quick] [--agent-memory]\n');
   process.exit(0);
 }
 const WORKLOADS = Number(args.workloads ?? (args.quick ? 2000 : 100_000));
@@ -64,6 +66,10 @@ const CONCURRENCY = Number(args.concurrency ?? 2);
 /** Workload i's namespace; a service's selected workloads share its namespace (NAMESPACES divides SERVICES). */
 const NAMESPACES = 100;
 
+const STORE = args.store ?? 'sqlite';
+if (STORE !== 'sqlite' && STORE !== 'etcd') throw new Error(`--store ${STORE}: sqlite or etcd`);
+/** etcd members (Debian's /usr/bin/etcd) on 127.0.128.51 and up, with --store etcd. */
+const ETCD_MEMBERS = Number(args['etcd-members'] ?? 1);
 const TARGET = { applyPerSecond: 5000, rssMiB: 300, changeP99Ms: 1000, agentGrowthMiB: 10 } as const;
 
 function verdict(ok: boolean): string {
@@ -240,13 +246,22 @@ const out = (s: string): void => void process.stdout.write(`${s}\n`);
 const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-controller-'));
 let failed = false;
 let controller: RunningController | undefined;
+let etcd: EtcdCluster | undefined;
 const agents: SimAgent[] = [];
 try {
   out(`node ${process.version}; ${WORKLOADS} workloads on ${NODES} nodes, ${SERVICES} services, ${BATCH} resources an Apply, ${CONCURRENCY} in flight; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   // Every simulated agent connects from the same address, and the controller
   // admits at most --max-connections-per-source unauthenticated connections
   // from one (32): a fleet's agents each have their own address.
-  controller = await startController(join(dir, 'controller'), ['--max-connections-per-source', String(AGENTS + 100)]);
+  const storeArgs: string[] = [];
+  if (STORE === 'etcd') {
+    etcd = new EtcdCluster({ hosts: Array.from({ length: ETCD_MEMBERS }, (_, i) => `127.0.128.${51 + i}`), dir: join(dir, 'etcd') });
+    await etcd.start();
+    // Replicas on etcd sign with a CA given to each as files (docs/ha.md).
+    const ca = writeMeshCa(dir);
+    storeArgs.push('--store', 'etcd', '--etcd-endpoints', etcd.endpoints, '--ca-cert', ca.caCert, '--ca-key', ca.caKey);
+  }
+  controller = await startController(join(dir, 'controller'), ['--max-connections-per-source', String(AGENTS + 100), ...storeArgs]);
   const pid = controller.proc.child.pid!;
   const api = new AdminApi({ controller: controller.grpc, credentialsDir: controller.credentials }, 600_000);
   if (args['agent-memory']) {
@@ -255,7 +270,7 @@ try {
     throw new Done();
   }
   const idle = memoryOf(pid);
-  out(`\nload (SQLite store)`);
+  out(`\nload (${STORE === 'etcd' ? `etcd store, ${ETCD_MEMBERS} member${ETCD_MEMBERS > 1 ? 's' : ''}` : 'SQLite store'})`);
   out(`  controller RSS idle                 ${idle.rssMiB.toFixed(1)} MiB`);
   const load = await loadMesh(api);
   const rate = load.applied / load.seconds;
@@ -273,6 +288,7 @@ try {
 } finally {
   for (const a of agents) a.close();
   await controller?.proc.stop();
+  await etcd?.stop();
   rmSync(dir, { recursive: true, force: true });
 }
 process.exitCode = failed ? 1 : 0;
