@@ -1,7 +1,8 @@
 /**
- * Smoke test of bench/controller.ts and bench/cli.ts in their --quick modes:
- * each sets up what it measures (a controller, a loaded mesh, simulated
- * agents with node certificates joined as agents join) and prints every
+ * Smoke test of bench/controller.ts (on SQLite and on a real etcd) and
+ * bench/cli.ts in their --quick modes: each sets up what it measures (a
+ * controller, a loaded mesh, simulated agents with node certificates joined
+ * as agents join) and prints every
  * figure with its verdict. No figure is checked — timing depends on the
  * machine, and a bench is not a timed assertion. It fails when a bench cannot
  * run, reports an error, or leaves a target without its verdict.
@@ -34,6 +35,15 @@ t.test('bench/controller.ts --quick loads a mesh, watches it with simulated agen
     /first state, all agents +[\d.]+ s .*resources held each 2200/, /p50 \d+ ms, p99 \d+ ms, max \d+ ms +target p99 <= 1000 ms: (PASS|FAIL)/]) {
     t.match(r.stdout, figure, `reports ${figure.source}`);
   }
+});
+
+t.test('bench/controller.ts --quick --store etcd runs the same against a real etcd', async (t) => {
+  const r = await runBench('bench/controller.ts', ['--quick', '--store', 'etcd', '--agents', '10']);
+  t.equal(r.code, 0, `the bench exits 0 (stdout tail: ${r.stdout.slice(-1500)} stderr tail: ${r.stderr.slice(-1500)})`);
+  t.notMatch(r.stdout, /ERROR/, 'no error');
+  t.match(r.stdout, /load \(etcd store, 1 member\)/);
+  t.match(r.stdout, /apply rate +\d+ resources\/s +target >= 5000: (PASS|FAIL)/);
+  t.match(r.stdout, /p50 \d+ ms, p99 \d+ ms, max \d+ ms +target p99 <= 1000 ms: (PASS|FAIL)/);
 });
 
 t.test('bench/cli.ts --quick times each program and gives the targets their verdicts', async (t) => {
