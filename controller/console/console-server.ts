@@ -1,11 +1,13 @@
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { isIP, type AddressInfo } from 'node:net';
+import { isIP, type AddressInfo, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { AmbitError } from '../../shared/errors.ts';
 import type { HostPort } from '../../shared/config-parse.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { TLS_MIN_VERSION } from '../../shared/tls.ts';
+import { ConnectionAdmission } from '../../shared/connection-admission.ts';
+import { HTTP_ENDPOINT_LIMITS } from '../../shared/http-endpoint.ts';
 import type { ServingCertificates } from '../api/peer.ts';
 import type { ConsoleAssets } from './console-assets.ts';
 import type { ConsoleLogins } from './console-logins.ts';
@@ -49,6 +51,8 @@ export class ConsoleServer {
   readonly #server: Server;
   readonly #csp: string;
   readonly #unwatch: () => void;
+  /** The operational endpoints' limits (docs/reliability.md): a flood of idle connections cannot keep the admin out. */
+  readonly #admission = new ConnectionAdmission(HTTP_ENDPOINT_LIMITS);
 
   constructor(d: ConsoleServerDeps) {
     this.#d = d;
@@ -62,11 +66,18 @@ export class ConsoleServer {
       // Asked for, not required: a browser without the admin certificate logs in with a token instead.
       requestCert: true,
       rejectUnauthorized: false,
+      handshakeTimeout: 10_000,
       requestTimeout: 10_000,
       headersTimeout: 5_000,
       keepAliveTimeout: 5_000,
-    }, (req, res) => this.#handle(req, res));
-    this.#server.maxConnections = 128;
+      connectionsCheckingInterval: 1_000,
+    }, (req, res) => {
+      res.once('close', this.#admission.callStarted(req.socket.remoteAddress, req.socket.remotePort));
+      this.#handle(req, res);
+    });
+    this.#server.on('connection', (socket: Socket) => {
+      this.#admission.admit(socket);
+    });
     this.#unwatch = d.serving.watch((o) => this.#server.setSecureContext({ cert: o.cert, key: o.key, ca: o.ca, minVersion: TLS_MIN_VERSION }));
   }
 

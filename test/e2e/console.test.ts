@@ -19,7 +19,7 @@ import {
   agentKnowsNode, agentsReady, ambitctl, eventually, httpGet, metricValue, setUp, socksConnect, startAgentPair, startController, startEchoServer,
   type RunningAgent, type RunningController,
 } from './harness.ts';
-import type { Server } from 'node:net';
+import { connect as netConnect, type Server, type Socket } from 'node:net';
 import { Metadata } from '@grpc/grpc-js';
 import { DiscoveryClient } from '../../shared/proto/gen/ambit.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
@@ -388,6 +388,28 @@ t.test('node authorization: a node\'s report about other nodes\' workloads is re
   const denials = (await fetchConsole('/api/denials', { admin: true })).body;
   t.notOk(graph.includes('spoofed'), 'the claimed edge is not in the graph');
   t.notOk(denials.includes('made-up') || denials.includes('9999'), 'nor the claimed denial');
+});
+
+t.test('a flood of idle connections does not keep the admin out', async (t) => {
+  const url = new URL(ctl.console);
+  const flood: Socket[] = [];
+  t.teardown(() => flood.forEach((s) => s.destroy()));
+  // 10 sources × 14: more than any fixed connection cap of 128 would take, each source under the per-source limit.
+  for (let src = 40; src < 50; src++) {
+    for (let i = 0; i < 14; i++) {
+      const s = netConnect({ host: url.hostname, port: Number(url.port), localAddress: ip(src) });
+      s.on('error', () => undefined);
+      flood.push(s);
+    }
+  }
+  await Promise.all(flood.map((s) => new Promise((r) => (s.connecting ? s.once('connect', r).once('close', r) : r(undefined)))));
+  for (const s of flood) s.resume();
+  const started = performance.now();
+  const r = await fetchConsole('/api/nodes', { admin: true });
+  t.equal(r.status, 200, `the admin is served during the flood (${Math.round(performance.now() - started)} ms)`);
+  const open = (): number => flood.filter((s) => !s.closed).length;
+  await eventually(async () => open() <= 64, 'the console to hold at most 64 connections', 10_000);
+  t.ok(open() <= 64, `the console keeps at most 64 connections open: ${flood.length - open()} of ${flood.length} idle ones closed`);
 });
 
 t.test('--console none: no console, and ambitctl console says so', async (t) => {
