@@ -5,8 +5,8 @@ import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } f
 import { AdminClient } from '../../shared/proto/gen/ambit.ts';
 import { AmbitError } from '../../shared/errors.ts';
 import { fromServiceError } from '../../shared/grpc-errors.ts';
-import { formatHostPort } from '../../shared/config-parse.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { controllerTarget } from '../../shared/controller-target.ts';
 import { spiffeIdOfCertificate } from '../../shared/tls.ts';
 import type { CliConnection } from './config.ts';
 
@@ -32,7 +32,7 @@ export class AdminApi {
     const id = spiffeIdOfCertificate(new X509Certificate(certPem));
     this.trustDomain = id.trustDomain;
     this.#client = new AdminClient(
-      formatHostPort(conn.controller),
+      controllerTarget(conn.controller),
       controllerCredentials({ caPem, keyPem, certChainPem: certPem, trustDomain: id.trustDomain }),
       CONTROLLER_CHANNEL_OPTIONS,
     );

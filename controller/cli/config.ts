@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseHostPort, type HostPort } from '../../shared/config-parse.ts';
+import { parseHostPortList } from '../../shared/config-parse.ts';
+import { controllerListProblem, type Controllers } from '../../shared/controller-target.ts';
 import { AmbitError } from '../../shared/errors.ts';
 
 /**
@@ -9,7 +10,8 @@ import { AmbitError } from '../../shared/errors.ts';
  * directory on this host (AMBIT_DATA_DIR, or the packaged default locations).
  */
 export interface CliConnection {
-  readonly controller: HostPort;
+  /** One controller, or every replica's address (a call goes to one that answers). */
+  readonly controller: Controllers;
   readonly credentialsDir: string;
 }
 
@@ -23,9 +25,12 @@ export function resolveConnection(
   env: Readonly<Record<string, string | undefined>>,
 ): CliConnection {
   const rawController = flags.controller ?? env.AMBIT_CONTROLLER ?? DEFAULT_CONTROLLER;
-  let controller: HostPort;
+  let controller: Controllers;
   try {
-    controller = parseHostPort(rawController, 15012);
+    const list = parseHostPortList(rawController, 15012);
+    const problem = controllerListProblem(list);
+    if (problem !== undefined) throw new Error(problem);
+    controller = list.length === 1 ? list[0]! : list;
   } catch (cause) {
     throw new AmbitError('AMBIT_ERR_CLI_USAGE', `invalid --controller ${JSON.stringify(rawController)}: ${(cause as Error).message}`, { cause, details: { field: 'controller' } });
   }

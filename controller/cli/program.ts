@@ -26,7 +26,7 @@ export function buildProgram(ctx: CliContext): Command {
   const program = new Command('ambitctl')
     .description('operate an Ambit mesh: register workloads, apply policies, inspect nodes and the CA')
     .version(VERSION)
-    .option('--controller <host:port>', `controller address [AMBIT_CONTROLLER] (default: ${DEFAULT_CONTROLLER})`)
+    .option('--controller <host:port>', `controller address, or every replica's as a comma-separated list of IP addresses [AMBIT_CONTROLLER] (default: ${DEFAULT_CONTROLLER})`)
     .option('--credentials <dir>', 'admin credentials dir with cert.pem, key.pem, ca.pem [AMBIT_CREDENTIALS] (default: <controller data dir>/admin)')
     .showHelpAfterError()
     .exitOverride();

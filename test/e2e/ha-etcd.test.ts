@@ -300,6 +300,11 @@ t.test('an etcd member and then a controller replica killed during traffic and a
   const { token } = await survivor.call('CreateJoinToken', survivor.client.createJoinToken, { node: 'node-late', ttlMs: 600_000 });
   const joined = await joinWithToken({ controller: [controllers[victim]!.grpc, ...controllers.filter((_, i) => i !== victim).map((c) => c.grpc)], node: 'node-late', token, caFingerprint: parseJoinToken(token).caFingerprint });
   t.match(joined.certChainPem, /BEGIN CERTIFICATE/, 'joined through a surviving replica');
+
+  // ambitctl given every replica, the dead one among them, is answered by a live one.
+  const others = controllers.filter((_, i) => i !== victim);
+  const viaList = await ambitctl({ address: [controllers[victim]!.address, ...others.map((c) => c.address)].join(','), credentials: others[0]!.credentials }, ['service', 'get', 'race', '-o', 'json']);
+  t.equal(viaList.code, 0, `ambitctl --controller with every replica: ${viaList.stderr}`);
 });
 
 async function etcdLeader(): Promise<number> {

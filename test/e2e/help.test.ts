@@ -7,6 +7,7 @@
  * not timed: how fast that makes it is bench/cli.ts's figure.
  */
 import t from 'tap';
+import { controllerTarget } from '../../shared/controller-target.ts';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -18,7 +19,7 @@ import { AGENT_OPTIONS, parseAgentConfig } from '../../agent/config.ts';
 import { CONTROLLER_OPTIONS, parseControllerConfig } from '../../controller/config.ts';
 import { resolveConnection } from '../../controller/cli/config.ts';
 import { buildProgram, shownDefault } from '../../controller/cli/program.ts';
-import { defaultText, flagName, formatHostPort, type ConfigSources, type OptionSpecs } from '../../shared/config-parse.ts';
+import { defaultText, flagName, type ConfigSources, type OptionSpecs } from '../../shared/config-parse.ts';
 import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, ROOT } from './harness.ts';
 
 const HOOK = join(ROOT, 'test', 'e2e', 'fixtures', 'loaded-modules.ts');
@@ -113,7 +114,7 @@ t.test('ambitctl: every command\'s help shows each default as written, and it pa
   const help = program.helpInformation().replace(/\s+/g, ' ');
   const shown = /--controller <host:port> .*?\(default: ([^)]+)\)/.exec(help)?.[1];
   t.equal(shown, '127.0.0.1:15012');
-  t.equal(formatHostPort(resolveConnection({}, { AMBIT_CREDENTIALS: '/x' }).controller), shown, '--controller: the shown default is the one used');
+  t.equal(controllerTarget(resolveConnection({}, { AMBIT_CREDENTIALS: '/x' }).controller), shown, '--controller: the shown default is the one used');
 });
 
 /** What --help must not load, with what it is. */
