@@ -18,6 +18,7 @@ import { defaultDataplaneBinary, NativeInbound } from './dataplane/inbound.ts';
 import { NativeOutbound, type DataplaneListener } from './dataplane/outbound.ts';
 import { TelemetryReporter } from './proxy/telemetry-reporter.ts';
 import { RequestMetrics } from './proxy/request-metrics.ts';
+import { dataplaneSpans } from './dataplane/span-export.ts';
 import { createAgentMetrics } from './proxy/metrics.ts';
 import type { OutboundDeps } from './connection/routing.ts';
 import { MeshState } from './state/mesh-state.ts';
@@ -189,6 +190,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       mode: cfg.mode,
       upstreams: outbound,
       requests: { metrics: new RequestMetrics(registry, state, (labels, count) => telemetry.requests(labels, count)), accessLog: () => deps.accessLog.isLevelEnabled('info') },
+      spans: dataplaneSpans(cfg.tracing, tracing, log),
     });
     // Before listen(): a start that fails after spawning the data plane must still end it.
     cleanups.push(() => hbone.destroy());

@@ -1,3 +1,4 @@
+import type { DataplaneSpans } from './span-export.ts';
 import { existsSync } from 'node:fs';
 import type { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
@@ -70,6 +71,8 @@ export interface NativeInboundOptions {
   readonly upstreams: NativeOutbound;
   /** Where the data plane's request reports go, and whether it writes a line per request (the access log's level). */
   readonly requests?: { readonly metrics: RequestMetrics; readonly accessLog: () => boolean };
+  /** Request tracing in the data plane: told on every attach; its span batches exported (span-export.ts). */
+  readonly spans?: DataplaneSpans;
 }
 
 /** One admitted tunnel while ambit-dataplane relays it. */
@@ -319,6 +322,8 @@ export class NativeInbound {
     if (taken.live + taken.ended > 0 || Object.keys(refused).length > 0) {
       this.#o.logger.info({ pid: m.pid, live: taken.live, ended: taken.ended, refusedWhileAway: refused }, 'attached to the ambit-dataplane already serving: took over its connections');
     }
+    // Off too: a data plane that served a tracing agent before must stop.
+    this.#send({ $case: 'tracing', tracing: this.#o.spans?.config ?? { enabled: false, ratio: 1, parentBased: true } });
     this.#push();
     this.#o.requests?.metrics.attached();
     this.sendRequestTelemetry();
@@ -395,6 +400,9 @@ export class NativeInbound {
         return;
       case 'drained':
         this.#onDrained?.();
+        return;
+      case 'spans':
+        this.#o.spans?.export(m.spans);
         return;
       case 'stream':
         return this.#stream(m.stream);

@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 use crate::admission::{AcceptFailure, Reserve};
 use crate::control::{listener_error, pb, Out, Outbox};
 use crate::l7::outcome::Observers;
+use crate::spans::Spans;
 use crate::relay::{self, Counts};
 
 /// How long a question (a peer's identity, a connection's route or verdict)
@@ -71,10 +72,15 @@ pub struct Core {
     /// Who hears of each finished HTTP request (l7/outcome.rs); none by default.
     #[allow(dead_code)]
     pub observers: Observers,
+    /// Request trace context and spans (spans.rs): one of the observers, off until the agent says `tracing`.
+    pub spans: Arc<Spans>,
 }
 
 impl Core {
     pub fn new(outbox: Outbox, nofile: u64) -> Arc<Self> {
+        let spans = Arc::new(Spans::default());
+        let observers = Observers::default();
+        observers.add(spans.clone());
         Arc::new(Core {
             outbox,
             live: Mutex::new(HashMap::new()),
@@ -88,7 +94,8 @@ impl Core {
             drained_said: AtomicBool::new(false),
             reserve: Reserve::default(),
             nofile,
-            observers: Observers::default(),
+            observers,
+            spans,
         })
     }
 

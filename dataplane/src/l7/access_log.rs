@@ -233,6 +233,7 @@ mod tests {
             source: Peer { identity: "spiffe://cluster.local/ns/shop/sa/client".into(), workload: "client".into(), namespace: "shop".into() },
             destination: Peer { identity: "spiffe://cluster.local/ns/shop/sa/web".into(), workload: "web".into(), namespace: "shop".into() },
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            trace: None,
         }
     }
 

@@ -213,6 +213,7 @@ mod tests {
             source: Peer { identity: "spiffe://cluster.local/ns/shop/sa/client".into(), workload: "client".into(), namespace: "shop".into() },
             destination: Peer { identity: "spiffe://cluster.local/ns/shop/sa/web".into(), workload: "web".into(), namespace: "shop".into() },
             traceparent: None,
+            trace: None,
         }
     }
 

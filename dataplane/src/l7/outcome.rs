@@ -79,6 +79,10 @@ pub struct RequestOutcome {
     pub destination: Peer,
     /// The request's `traceparent` header as it reached this side, if any.
     pub traceparent: Option<String>,
+    /// This side's hop of the request's trace (spans.rs: `Spans::hop` of
+    /// the incoming traceparent, whose `traceparent()` the request was
+    /// forwarded with); None when the path made none.
+    pub trace: Option<crate::spans::TraceHop>,
 }
 
 /// Hears of every finished request. Called on the request's task: it must
@@ -123,7 +127,7 @@ mod tests {
             side: Side::Source, protocol: Protocol::Grpc, method: "POST".into(), authority: "a".into(), path: "/x".into(), status,
             grpc_status: Some(0), response_flags: String::new(), start: SystemTime::now(), duration: Duration::ZERO,
             request_bytes: 0, response_bytes: 0, upstream: String::new(), service: String::new(), source: Peer::default(),
-            destination: Peer::default(), traceparent: None,
+            destination: Peer::default(), traceparent: None, trace: None,
         }
     }
 

@@ -39,7 +39,7 @@ export const protobufFileName = "dataplane.proto";
  */
 export const ProtocolVersion = {
   PROTOCOL_VERSION_UNSPECIFIED: 0,
-  PROTOCOL_VERSION_CURRENT: 7,
+  PROTOCOL_VERSION_CURRENT: 8,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -163,6 +163,7 @@ export interface AgentMessage {
     | { $case: "drain"; drain: Drain }
     | { $case: "requestPolicy"; requestPolicy: RequestPolicyUpdate }
     | { $case: "requestTelemetry"; requestTelemetry: RequestTelemetry }
+    | { $case: "tracing"; tracing: Tracing }
     | undefined;
 }
 
@@ -381,6 +382,21 @@ export interface Exit {
 export interface Drain {
 }
 
+/**
+ * Whether the data plane records spans of the requests it carries
+ * (sent on every attach; off until told). Off, it records nothing per
+ * request (it still carries the W3C traceparent, and makes one for a
+ * request without it). On, a request that starts a trace is sampled with
+ * probability `ratio`; one that continues a trace follows its sampled flag
+ * when `parent_based`, else `ratio` too. Recorded spans go to the agent in
+ * `spans` batches, which it exports.
+ */
+export interface Tracing {
+  enabled: boolean;
+  ratio: number;
+  parentBased: boolean;
+}
+
 export interface DataplaneMessage {
   msg:
     | //
@@ -406,6 +422,7 @@ export interface DataplaneMessage {
     | { $case: "peer"; peer: PeerQuestion }
     | { $case: "denials"; denials: RequestDenials }
     | { $case: "requests"; requests: RequestStats }
+    | { $case: "spans"; spans: SpanBatch }
     | undefined;
 }
 
@@ -713,6 +730,42 @@ export interface RequestDelta {
   responseBytesSum: number;
 }
 
+/**
+ * Spans the data plane recorded (Tracing), a batch at a time (at most every
+ * second, or as soon as 512 are waiting): the agent exports them as they
+ * are, ids and parents kept, under its own resource.
+ */
+export interface SpanBatch {
+  spans: Span[];
+  /**
+   * Spans dropped since the last batch because the agent was not reading
+   * (at most 2048 wait).
+   */
+  dropped: number;
+}
+
+export interface Span {
+  /** W3C ids: 16 bytes, 8 bytes, 8 bytes (empty: a root span). */
+  traceId: Buffer;
+  spanId: Buffer;
+  parentSpanId: Buffer;
+  name: string;
+  /** OpenTelemetry SpanKind: 1 server, 2 client. */
+  kind: number;
+  /** Microseconds since the Unix epoch: exact as a JavaScript number (nanoseconds would not be). */
+  startUnixMicros: number;
+  endUnixMicros: number;
+  attributes: Attribute[];
+  /** An error status (a 5xx answer, or no answer), and why. */
+  error: boolean;
+  statusMessage: string;
+}
+
+export interface Attribute {
+  key: string;
+  value: { $case: "stringValue"; stringValue: string } | { $case: "intValue"; intValue: number } | undefined;
+}
+
 function createBaseEndpoint(): Endpoint {
   return { address: "", port: 0 };
 }
@@ -819,6 +872,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
         break;
       case "requestTelemetry":
         RequestTelemetry.encode(message.msg.requestTelemetry, writer.uint32(242).fork()).join();
+        break;
+      case "tracing":
+        Tracing.encode(message.msg.tracing, writer.uint32(322).fork()).join();
         break;
     }
     return writer;
@@ -931,6 +987,14 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             };
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.msg = { $case: "tracing", tracing: Tracing.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1018,6 +1082,12 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             $case: "requestTelemetry",
             requestTelemetry: RequestTelemetry.fromPartial(object.msg.requestTelemetry),
           };
+        }
+        break;
+      }
+      case "tracing": {
+        if (object.msg?.tracing !== undefined && object.msg?.tracing !== null) {
+          message.msg = { $case: "tracing", tracing: Tracing.fromPartial(object.msg.tracing) };
         }
         break;
       }
@@ -2655,6 +2725,85 @@ export const Drain: MessageFns<Drain> = {
   },
 };
 
+function createBaseTracing(): Tracing {
+  return { enabled: false, ratio: 0, parentBased: false };
+}
+
+export const Tracing: MessageFns<Tracing> = {
+  encode(message: Tracing, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.enabled !== false) {
+      writer.uint32(8).bool(message.enabled);
+    }
+    if (message.ratio !== 0) {
+      writer.uint32(17).double(message.ratio);
+    }
+    if (message.parentBased !== false) {
+      writer.uint32(24).bool(message.parentBased);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Tracing {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTracing();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.ratio = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.parentBased = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Tracing>): Tracing {
+    return Tracing.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Tracing>): Tracing {
+    const message = createBaseTracing();
+    message.enabled = object.enabled ?? false;
+    message.ratio = object.ratio ?? 0;
+    message.parentBased = object.parentBased ?? false;
+    return message;
+  },
+};
+
 function createBaseDataplaneMessage(): DataplaneMessage {
   return { msg: undefined };
 }
@@ -2724,6 +2873,9 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
         break;
       case "requests":
         RequestStats.encode(message.msg.requests, writer.uint32(250).fork()).join();
+        break;
+      case "spans":
+        SpanBatch.encode(message.msg.spans, writer.uint32(330).fork()).join();
         break;
     }
     return writer;
@@ -2910,6 +3062,14 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
             message.msg = { $case: "requests", requests: RequestStats.decode(reader, reader.uint32()) };
             continue;
           }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.msg = { $case: "spans", spans: SpanBatch.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3051,6 +3211,12 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "requests": {
         if (object.msg?.requests !== undefined && object.msg?.requests !== null) {
           message.msg = { $case: "requests", requests: RequestStats.fromPartial(object.msg.requests) };
+        }
+        break;
+      }
+      case "spans": {
+        if (object.msg?.spans !== undefined && object.msg?.spans !== null) {
+          message.msg = { $case: "spans", spans: SpanBatch.fromPartial(object.msg.spans) };
         }
         break;
       }
@@ -5695,6 +5861,340 @@ export const RequestDelta: MessageFns<RequestDelta> = {
     message.requestBytesSum = object.requestBytesSum ?? 0;
     message.responseBytesBuckets = object.responseBytesBuckets?.map((e) => e) || [];
     message.responseBytesSum = object.responseBytesSum ?? 0;
+    return message;
+  },
+};
+
+function createBaseSpanBatch(): SpanBatch {
+  return { spans: [], dropped: 0 };
+}
+
+export const SpanBatch: MessageFns<SpanBatch> = {
+  encode(message: SpanBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.spans) {
+      Span.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.dropped !== 0) {
+      writer.uint32(16).uint64(message.dropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpanBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpanBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.spans.push(Span.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dropped = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SpanBatch>): SpanBatch {
+    return SpanBatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SpanBatch>): SpanBatch {
+    const message = createBaseSpanBatch();
+    message.spans = object.spans?.map((e) => Span.fromPartial(e)) || [];
+    message.dropped = object.dropped ?? 0;
+    return message;
+  },
+};
+
+function createBaseSpan(): Span {
+  return {
+    traceId: Buffer.alloc(0),
+    spanId: Buffer.alloc(0),
+    parentSpanId: Buffer.alloc(0),
+    name: "",
+    kind: 0,
+    startUnixMicros: 0,
+    endUnixMicros: 0,
+    attributes: [],
+    error: false,
+    statusMessage: "",
+  };
+}
+
+export const Span: MessageFns<Span> = {
+  encode(message: Span, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traceId.length !== 0) {
+      writer.uint32(10).bytes(message.traceId);
+    }
+    if (message.spanId.length !== 0) {
+      writer.uint32(18).bytes(message.spanId);
+    }
+    if (message.parentSpanId.length !== 0) {
+      writer.uint32(26).bytes(message.parentSpanId);
+    }
+    if (message.name !== "") {
+      writer.uint32(34).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(40).uint32(message.kind);
+    }
+    if (message.startUnixMicros !== 0) {
+      writer.uint32(48).uint64(message.startUnixMicros);
+    }
+    if (message.endUnixMicros !== 0) {
+      writer.uint32(56).uint64(message.endUnixMicros);
+    }
+    for (const v of message.attributes) {
+      Attribute.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.error !== false) {
+      writer.uint32(72).bool(message.error);
+    }
+    if (message.statusMessage !== "") {
+      writer.uint32(82).string(message.statusMessage);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Span {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpan();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traceId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.spanId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parentSpanId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.kind = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.startUnixMicros = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.endUnixMicros = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.attributes.push(Attribute.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.error = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.statusMessage = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Span>): Span {
+    return Span.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Span>): Span {
+    const message = createBaseSpan();
+    message.traceId = object.traceId ?? Buffer.alloc(0);
+    message.spanId = object.spanId ?? Buffer.alloc(0);
+    message.parentSpanId = object.parentSpanId ?? Buffer.alloc(0);
+    message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
+    message.startUnixMicros = object.startUnixMicros ?? 0;
+    message.endUnixMicros = object.endUnixMicros ?? 0;
+    message.attributes = object.attributes?.map((e) => Attribute.fromPartial(e)) || [];
+    message.error = object.error ?? false;
+    message.statusMessage = object.statusMessage ?? "";
+    return message;
+  },
+};
+
+function createBaseAttribute(): Attribute {
+  return { key: "", value: undefined };
+}
+
+export const Attribute: MessageFns<Attribute> = {
+  encode(message: Attribute, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    switch (message.value?.$case) {
+      case "stringValue":
+        writer.uint32(18).string(message.value.stringValue);
+        break;
+      case "intValue":
+        writer.uint32(24).int64(message.value.intValue);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Attribute {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttribute();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = { $case: "stringValue", stringValue: reader.string() };
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.value = { $case: "intValue", intValue: longToNumber(reader.int64()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Attribute>): Attribute {
+    return Attribute.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Attribute>): Attribute {
+    const message = createBaseAttribute();
+    message.key = object.key ?? "";
+    switch (object.value?.$case) {
+      case "stringValue": {
+        if (object.value?.stringValue !== undefined && object.value?.stringValue !== null) {
+          message.value = { $case: "stringValue", stringValue: object.value.stringValue };
+        }
+        break;
+      }
+      case "intValue": {
+        if (object.value?.intValue !== undefined && object.value?.intValue !== null) {
+          message.value = { $case: "intValue", intValue: object.value.intValue };
+        }
+        break;
+      }
+    }
     return message;
   },
 };
