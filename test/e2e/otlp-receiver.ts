@@ -109,7 +109,7 @@ function receiver(spans: ReceivedSpan[], url: string, close: () => Promise<void>
   return {
     spans,
     url,
-    waitFor: (pick, what, timeoutMs = 20_000) => new Promise((resolve, reject) => {
+    waitFor: (pick, what, timeoutMs = 40_000) => new Promise((resolve, reject) => {
       const check = (): void => {
         const found = pick(spans);
         if (found !== undefined) {

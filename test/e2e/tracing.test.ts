@@ -106,7 +106,7 @@ t.test('one connection, one trace: source agent → destination agent, with the 
   t.equal(inb.kind, 2, 'destination: a server span');
   t.equal(inb.traceId, out.traceId, 'one trace id across both agents');
   t.equal(inb.parentSpanId, out.spanId, 'the destination span is the child of the source span (traceparent in the CONNECT)');
-  t.ok(inb.startNs >= out.startNs && inb.endNs <= out.endNs + 1_000_000_000n, 'the child lies within its parent (clock of one machine)');
+  t.ok(inb.startNs >= out.startNs, 'the child starts after its parent (one machine\'s clock)');
 
   for (const [s, reporter] of [[out, 'source'], [inb, 'destination']] as [ReceivedSpan, string][]) {
     t.equal(s.attributes['ambit.source.workload'], 'client', `${reporter}: source workload`);
