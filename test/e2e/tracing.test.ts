@@ -4,11 +4,14 @@
  * connection tunnelled from a client workload on node-a to a server workload
  * on node-b yields one trace: the source agent's span, and the destination
  * agent's span as its child (the traceparent carried in the HBONE CONNECT).
- * The agents export over OTLP/HTTP (configured by the standard OTEL_*
- * variables), the controller over OTLP/gRPC (configured by flags).
+ * On a service port declaring HTTP, the destination agent's data plane
+ * continues the client app's traceparent with a span per request and sends
+ * the server app its own. The agents export over OTLP/HTTP (configured by
+ * the standard OTEL_* variables), the controller over OTLP/gRPC (flags).
  */
 import t from 'tap';
 import { mkdtempSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentKnowsNode, agentsReady, ambitctl, setUp, socksConnect, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from './harness.ts';
@@ -22,6 +25,9 @@ const RX = `${NET}.4`;
 const CLIENT_IP = `${NET}.12`;
 const WEB_IP = `${NET}.13`;
 const WEB_PORT = 8080;
+const HTTP_PORT = 8081;
+/** Agent A's upstream listener for the client's HTTP requests to web.default:81. */
+const LOCAL_HTTP = 19181;
 const CLIENT_ID = 'spiffe://cluster.local/ns/default/sa/client';
 const WEB_ID = 'spiffe://cluster.local/ns/default/sa/web';
 
@@ -31,6 +37,8 @@ let agentA: RunningAgent;
 let agentB: RunningAgent;
 let httpRx: OtlpReceiver;
 let grpcRx: OtlpReceiver;
+/** The traceparent of each request the HTTP app received, in order. */
+const appSaw: (string | undefined)[] = [];
 
 t.setTimeout(90_000);
 
@@ -42,6 +50,16 @@ t.before(async () => {
     started(() => grpcRx.close());
     const web = await startEchoServer(WEB_IP, WEB_PORT);
     started(() => web.close());
+    const app = http.createServer((req, res) => {
+      const tp = req.headers.traceparent;
+      appSaw.push(Array.isArray(tp) ? tp.join(', ') : tp);
+      res.end('ok');
+    });
+    await new Promise<void>((r) => app.listen(HTTP_PORT, WEB_IP, r));
+    started(() => {
+      app.closeAllConnections();
+      app.close();
+    });
     ctl = await startController(join(root, 'ctl'), ['--traces-exporter', 'otlp', '--otlp-protocol', 'grpc', '--otlp-endpoint', grpcRx.url, '--traces-export-delay', '100'], CTL);
     started(() => ctl.proc.stop());
     const ok = async (args: string[]): Promise<string> => {
@@ -49,14 +67,14 @@ t.before(async () => {
       if (r.code !== 0) throw new Error(`ambitctl ${args.join(' ')}: ${r.stderr}`);
       return r.stdout.trim();
     };
-    await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', WEB_IP, '--port', String(WEB_PORT), '--label', 'app=web']);
+    await ok(['workload', 'register', '--name', 'web', '--service-account', 'web', '--node', 'node-b', '--address', WEB_IP, '--port', String(WEB_PORT), '--port', String(HTTP_PORT), '--label', 'app=web']);
     await ok(['workload', 'register', '--name', 'client', '--service-account', 'client', '--node', 'node-a', '--address', CLIENT_IP]);
-    await ok(['service', 'create', '--name', 'web', '--port', `80:${WEB_PORT}`, '--selector', 'app=web']);
+    await ok(['service', 'create', '--name', 'web', '--port', `tcp=80:${WEB_PORT}`, '--port', `web=81:${HTTP_PORT}/http`, '--selector', 'app=web']);
     const ta = await ok(['node', 'token', 'create', '--node', 'node-a']);
     const tb = await ok(['node', 'token', 'create', '--node', 'node-b']);
     const env = { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_ENDPOINT: httpRx.url, OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=e2e' };
     [agentA, agentB] = await startAgentPair(started, [
-      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, env },
+      { node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta, env, extra: ['--upstreams', `default/client:${LOCAL_HTTP}=web.default:81`] },
       { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, env },
     ]);
     await agentsReady([agentA, agentB]);
@@ -66,6 +84,8 @@ t.before(async () => {
       await agentB.proc.stop();
       await ctl.proc.stop();
       web.close();
+      app.closeAllConnections();
+      app.close();
       await httpRx.close();
       await grpcRx.close();
     });
@@ -145,4 +165,54 @@ t.test('the controller exports over OTLP/gRPC: a span per certificate it signs',
   t.equal(c?.resource['ambit.mesh'], 'cluster.local');
   t.equal(c?.via, 'grpc');
   t.notOk(httpRx.spans.some((s) => s.resource['service.name'] === 'ambit-controller'), 'the controller sent nothing to the agents\' HTTP receiver');
+});
+
+/** One HTTP request from the client workload to web.default:81 through agent A's upstream listener; resolves with the status. */
+function request(path: string, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: A, port: LOCAL_HTTP, localAddress: CLIENT_IP, path, headers: { host: 'web.default', ...headers }, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+t.test('HTTP port: client app → destination agent → server app in one trace, the app\'s traceparent continued', async (t) => {
+  // The client app's own span, as an instrumented app sends it.
+  const clientTrace = '5b8efff798038103d269b633813fc60c';
+  const clientSpan = 'eee19b7ec3c1b174';
+  const before = appSaw.length;
+  t.equal(await request('/orders/7?x=1', { traceparent: `00-${clientTrace}-${clientSpan}-01` }), 200, 'answered by the app');
+  const inbound = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.inbound' && s.traceId === clientTrace), 'the destination agent\'s request span');
+  t.equal(inbound.resource['ambit.node'], 'node-b', 'made by the destination agent (its data plane)');
+  t.equal(inbound.scope, 'ambit-dataplane');
+  t.equal(inbound.parentSpanId, clientSpan, 'its parent is the client app\'s span (the app\'s traceparent, carried through the source agent)');
+  t.equal(inbound.kind, 2, 'a server span');
+  const seen = appSaw[before];
+  t.equal(seen, `00-${clientTrace}-${inbound.spanId}-01`, 'the server app got a traceparent: the same trace, the destination agent\'s span as its parent');
+  t.equal(inbound.attributes['http.request.method'], 'GET');
+  t.equal(inbound.attributes['url.path'], '/orders/7?x=1');
+  t.equal(inbound.attributes['http.response.status_code'], 200);
+  t.equal(inbound.attributes['ambit.source.principal'], CLIENT_ID, 'the verified source');
+  t.equal(inbound.attributes['ambit.destination.workload'], 'web');
+  t.equal(inbound.attributes['ambit.destination.service'], 'web.default.svc.cluster.local');
+  t.equal(inbound.status.code, 0);
+  t.ok(inbound.endNs > inbound.startNs, 'a real duration');
+  // The source agent carries this port at L4: its span is the connection's.
+  const conn = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.outbound' && s.attributes['ambit.destination'] === 'web.default:81'), 'the source agent\'s connection span');
+  t.equal(conn.resource['ambit.node'], 'node-a');
+});
+
+t.test('HTTP port: a request without a traceparent starts a trace at the destination agent, and the app gets it', async (t) => {
+  const before = appSaw.length;
+  t.equal(await request('/no-context', {}), 200);
+  const seen = appSaw[before];
+  const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(seen ?? '');
+  t.ok(m, `the app got a traceparent: ${seen}`);
+  const span = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.inbound' && s.traceId === m?.[1]), 'its span');
+  t.equal(span.spanId, m?.[2], 'the app\'s parent is that span');
+  t.equal(span.parentSpanId, '', 'which starts the trace');
+  t.equal(span.attributes['url.path'], '/no-context');
 });

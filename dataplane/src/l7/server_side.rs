@@ -228,7 +228,16 @@ impl ServerSide {
             start: started.0, duration: Duration::ZERO, request_bytes: 0, response_bytes: 0,
             upstream: String::new(), service: conn.service.clone(), source: conn.source.clone(), destination: conn.destination.clone(),
             traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
+            trace: None,
         };
+        // This request's hop of its trace (spans.rs): the child of the
+        // client's span, and the parent of what the app is sent.
+        let hop = conn.core.spans.hop(outcome.traceparent.as_deref());
+        outcome.trace = Some(hop);
+        let mut req = req;
+        if let Ok(v) = HeaderValue::from_str(&hop.traceparent()) {
+            req.headers_mut().insert("traceparent", v);
+        }
         let request_bytes = Arc::new(AtomicU64::new(0));
         let Some((path, query)) = normalize_path(&target) else {
             return conn.report(outcome, started.1, request_bytes, plain(StatusCode::BAD_REQUEST, "bad request: the target is not a path\n".into()));
