@@ -234,7 +234,6 @@ impl ServerSide {
         // client's span, and the parent of what the app is sent.
         let hop = conn.core.spans.hop(outcome.traceparent.as_deref());
         outcome.trace = Some(hop);
-        let mut req = req;
         if let Ok(v) = HeaderValue::from_str(&hop.traceparent()) {
             req.headers_mut().insert("traceparent", v);
         }
