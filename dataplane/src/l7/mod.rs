@@ -10,5 +10,6 @@ pub mod body;
 mod counted;
 pub mod metrics;
 pub mod outcome;
+pub mod server_limits;
 pub mod server_side;
 pub mod stream_io;
