@@ -49,11 +49,11 @@ const MiB = 1024 * 1024;
 const { values: args } = parseArgs({
   options: {
     workloads: { type: 'string' }, services: { type: 'string' }, agents: { type: 'string' }, nodes: { type: 'string' },
-    batch: { type: 'string' }, concurrency: { type: 'string' }, store: { type: 'string' }, 'etcd-members': { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
+    batch: { type: 'string' }, concurrency: { type: 'string' }, store: { type: 'string' }, 'etcd-members': { type: 'string' }, replicas: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
   },
 });
 if (args.help) {
-  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--store sqlite|etcd] [--etcd-members 1] [--quick] [--agent-memory]\n');
+  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--store sqlite|etcd] [--etcd-members 1] [--replicas 1] [--quick] [--agent-memory]\n');
   process.exit(0);
 }
 const WORKLOADS = Number(args.workloads ?? (args.quick ? 2000 : 100_000));
@@ -70,6 +70,9 @@ const STORE = args.store ?? 'sqlite';
 if (STORE !== 'sqlite' && STORE !== 'etcd') throw new Error(`--store ${STORE}: sqlite or etcd`);
 /** etcd members (Debian's /usr/bin/etcd) on 127.0.128.51 and up, with --store etcd. */
 const ETCD_MEMBERS = Number(args['etcd-members'] ?? 1);
+/** Controller replicas sharing the etcd store; with more than one, the watch phase ends by killing replica 1. */
+const REPLICAS = Number(args.replicas ?? 1);
+if (REPLICAS > 1 && STORE !== 'etcd') throw new Error('--replicas needs --store etcd');
 const TARGET = { applyPerSecond: 5000, rssMiB: 300, changeP99Ms: 1000, agentGrowthMiB: 10 } as const;
 
 function verdict(ok: boolean): string {
@@ -163,51 +166,87 @@ async function joinNode(api: AdminApi, controller: RunningController, caPem: str
  */
 class SimAgent {
   readonly node: string;
-  readonly #client: DiscoveryClient;
+  readonly #addresses: readonly string[];
+  readonly #creds: NodeCreds;
+  #client: DiscoveryClient | undefined;
   #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
+  #closed = false;
+  /** The replica (index into the addresses) the stream is on. */
+  replica: number;
   revision = 0;
   resources = 0;
   firstStateAt = 0;
+  /** When the stream last broke, and when it was answered again on another replica (0: not since). */
+  brokeAt = 0;
+  rewatchedAt = 0;
   error = '';
   snapshotBytes = 0;
   readonly seen = new Map<string, number>();
   #onUpdate: (() => void) | undefined;
 
-  constructor(address: string, creds: NodeCreds) {
+  constructor(addresses: readonly string[], replica: number, creds: NodeCreds) {
     this.node = creds.node;
-    this.#client = new DiscoveryClient(address, controllerCredentials({ caPem: creds.bundlePem, trustDomain: creds.trustDomain, keyPem: creds.keyPem, certChainPem: creds.certChainPem }), CONTROLLER_CHANNEL_OPTIONS);
+    this.#addresses = addresses;
+    this.#creds = creds;
+    this.replica = replica;
   }
 
   start(onUpdate: () => void): void {
     this.#onUpdate = onUpdate;
-    const call = this.#client.watch();
+    this.#connect();
+  }
+
+  /**
+   * One Watch stream to the current replica, resumed from the revision held;
+   * when it breaks, the next replica at once (an agent's failover, without
+   * its backoff).
+   */
+  #connect(): void {
+    const c = this.#creds;
+    const client = new DiscoveryClient(this.#addresses[this.replica]!, controllerCredentials({ caPem: c.bundlePem, trustDomain: c.trustDomain, keyPem: c.keyPem, certChainPem: c.certChainPem }), CONTROLLER_CHANNEL_OPTIONS);
+    this.#client = client;
+    const call = client.watch();
     this.#call = call;
+    let broken = false;
+    const broke = (err?: Error): void => {
+      if (broken || this.#closed) return;
+      broken = true;
+      if (err) this.error = err.message;
+      this.brokeAt = performance.now();
+      this.rewatchedAt = 0;
+      client.close();
+      this.replica = (this.replica + 1) % this.#addresses.length;
+      setTimeout(() => this.#connect(), 50);
+    };
     call.on('data', (res: WatchResponse) => {
       const at = performance.now();
       if (res.snapshot) {
         this.resources = res.resources.length;
         this.snapshotBytes = WatchResponse.encode(res).finish().length;
       }
-      for (const c of res.changes) {
-        if (c.change?.$case === 'put') {
+      for (const ch of res.changes) {
+        if (ch.change?.$case === 'put') {
           this.resources++;
-          const k = c.change.put.kind;
+          const k = ch.change.put.kind;
           const m = k?.$case === 'workload' ? k.workload.metadata : undefined;
           if (m) this.seen.set(`${m.namespace}/${m.name}`, at);
         }
       }
       this.revision = res.revision;
       if (this.firstStateAt === 0) this.firstStateAt = at;
+      if (this.brokeAt > 0 && this.rewatchedAt === 0) this.rewatchedAt = at;
       call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: 0, trustedRoots: [] } } });
       this.#onUpdate?.();
     });
-    call.on('error', (err: Error) => { this.error = err.message; });
-    call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '' } } });
+    call.on('error', (err: Error) => broke(err));
+    call.on('end', () => broke());
+    call.write({ request: { $case: 'start', start: { resumeRevision: this.revision, certExpiresAtMs: 0, hboneAddress: '' } } });
   }
 
   close(): void {
+    this.#closed = true;
     this.#call?.cancel();
-    this.#client.close();
+    this.#client?.close();
   }
 }
 
@@ -231,12 +270,12 @@ function until(pred: () => boolean, subscribe: (fn: () => void) => void, timeout
  * semi-spaces instead of Node 24's 32 MiB, which a controller applying large
  * batches grows to and keeps as RSS).
  */
-async function startController(dataDir: string, extra: readonly string[]): Promise<RunningController> {
-  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${HOST}:0`, '--monitoring', `${HOST}:0`, '--console', 'none', ...extra], { NODE_OPTIONS: CONTROLLER_NODE_OPTIONS });
-  const ready = await proc.startedWhen((l) => l.msg === 'controller ready');
+async function startController(dataDir: string, extra: readonly string[], host = HOST): Promise<RunningController> {
+  const proc = new Proc(CONTROLLER_MAIN, ['--data-dir', dataDir, '--listen', `${host}:0`, '--monitoring', `${host}:0`, '--console', 'none', ...extra], { NODE_OPTIONS: CONTROLLER_NODE_OPTIONS });
+  const ready = await proc.startedWhen((l) => l.msg === 'controller ready', 60_000);
   const port = (v: unknown): number => Number(String(v).split(':').pop());
-  const grpc = { host: HOST, port: port(ready.grpc) };
-  return { proc, grpc, monitoring: { host: HOST, port: port(ready.monitoring) }, dataDir, credentials: join(dataDir, 'admin'), address: `${HOST}:${grpc.port}`, console: 'off' };
+  const grpc = { host, port: port(ready.grpc) };
+  return { proc, grpc, monitoring: { host, port: port(ready.monitoring) }, dataDir, credentials: join(dataDir, 'admin'), address: `${host}:${grpc.port}`, console: 'off' };
 }
 
 /** Thrown to end the bench early without an error. */
@@ -247,6 +286,8 @@ const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-controller-'));
 let failed = false;
 let controller: RunningController | undefined;
 let etcd: EtcdCluster | undefined;
+/** Replicas besides `controller` (--replicas, on etcd). */
+const replicas: RunningController[] = [];
 const agents: SimAgent[] = [];
 try {
   out(`node ${process.version}; ${WORKLOADS} workloads on ${NODES} nodes, ${SERVICES} services, ${BATCH} resources an Apply, ${CONCURRENCY} in flight; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
@@ -262,6 +303,9 @@ try {
     storeArgs.push('--store', 'etcd', '--etcd-endpoints', etcd.endpoints, '--ca-cert', ca.caCert, '--ca-key', ca.caKey);
   }
   controller = await startController(join(dir, 'controller'), ['--max-connections-per-source', String(AGENTS + 100), ...storeArgs]);
+  for (let k = 1; k < REPLICAS; k++) {
+    replicas.push(await startController(join(dir, `controller-${k}`), ['--max-connections-per-source', String(AGENTS + 100), ...storeArgs], `127.0.128.${20 + k}`));
+  }
   const pid = controller.proc.child.pid!;
   const api = new AdminApi({ controller: controller.grpc, credentialsDir: controller.credentials }, 600_000);
   if (args['agent-memory']) {
@@ -280,7 +324,7 @@ try {
   out(`  controller RSS after the load       ${loaded.rssMiB.toFixed(1)} MiB   target <= ${TARGET.rssMiB}: ${verdict(loaded.rssMiB <= TARGET.rssMiB)}`);
   out(`  controller peak RSS (VmHWM)         ${loaded.hwmMiB.toFixed(1)} MiB   target <= ${TARGET.rssMiB}: ${verdict(loaded.hwmMiB <= TARGET.rssMiB)}`);
 
-  if (AGENTS > 0) await watchPhase(api, controller, pid);
+  if (AGENTS > 0) await watchPhase(api, [controller, ...replicas], pid);
   api.close();
 } catch (err) {
   failed = !(err instanceof Done);
@@ -288,13 +332,15 @@ try {
 } finally {
   for (const a of agents) a.close();
   await controller?.proc.stop();
+  for (const r of replicas) await r.proc.stop();
   await etcd?.stop();
   rmSync(dir, { recursive: true, force: true });
 }
 process.exitCode = failed ? 1 : 0;
 
-async function watchPhase(api: AdminApi, controller: RunningController, pid: number): Promise<void> {
-  out(`\nwatch: ${AGENTS} simulated agents`);
+async function watchPhase(api: AdminApi, replicas: readonly RunningController[], pid: number): Promise<void> {
+  const controller = replicas[0]!;
+  out(`\nwatch: ${AGENTS} simulated agents${replicas.length > 1 ? `, spread over ${replicas.length} replicas` : ''}`);
   const caPem = readFileSync(join(controller.credentials, 'ca.pem'), 'utf8');
   const joinStarted = performance.now();
   const creds: NodeCreds[] = [];
@@ -313,7 +359,7 @@ async function watchPhase(api: AdminApi, controller: RunningController, pid: num
   // out, and reconnect with jittered backoff).
   const watchStarted = performance.now();
   for (let k = 0; k < creds.length; k += 50) {
-    const wave = creds.slice(k, k + 50).map((c) => new SimAgent(controller.address, c));
+    const wave = creds.slice(k, k + 50).map((c, x) => new SimAgent(replicas.map((r) => r.address), (k + x) % replicas.length, c));
     agents.push(...wave);
     for (const a of wave) a.start(notify);
     await until(() => wave.every((a) => a.firstStateAt > 0), subscribe, 120_000, `the first state of agents ${k}-${k + wave.length - 1}`).catch((err: Error) => {
@@ -339,6 +385,7 @@ async function watchPhase(api: AdminApi, controller: RunningController, pid: num
   const lat = agents.map((a) => a.seen.get('ns-0/probe')! - applyAt).sort((a, b) => a - b);
   out(`  one change (Apply returned in ${(committedAt - applyAt).toFixed(0)} ms), seen by each agent after:`);
   out(`    p50 ${percentile(lat, 50).toFixed(0)} ms, p99 ${percentile(lat, 99).toFixed(0)} ms, max ${lat[lat.length - 1]!.toFixed(0)} ms   target p99 <= ${TARGET.changeP99Ms} ms: ${verdict(percentile(lat, 99) <= TARGET.changeP99Ms)}`);
+  if (replicas.length > 1) await failover(api, replicas, subscribe);
 }
 
 /** The mesh of the agent under test: 10 workloads on its node, 20 services over them (two a workload, one port each). */
@@ -402,4 +449,30 @@ async function agentMemory(api: AdminApi, controller: RunningController): Promis
   } finally {
     await agent?.proc.stop();
   }
+}
+
+/**
+ * Kills replica 1 (SIGKILL) under the agents watching it and applies a change
+ * through replica 0 at once: how long until each of them is answered by
+ * another replica (resuming from its revision), and whether every agent
+ * sees the change.
+ */
+async function failover(api: AdminApi, replicas: readonly RunningController[], subscribe: (fn: () => void) => void): Promise<void> {
+  const moved = agents.filter((a) => a.replica === 1);
+  await replicas[1]!.proc.stop('SIGKILL');
+  const killedAt = performance.now();
+  const probe = validateResource({
+    apiVersion: API_VERSION, kind: 'Workload', metadata: { name: 'probe-failover', namespace: 'ns-0', labels: {} },
+    spec: { serviceAccount: 'probe', node: nodeName(0), address: '10.255.255.253', ports: [8080] },
+  }, 'probe-failover');
+  await api.call('Apply', api.client.apply, { resources: [resourceToWire(probe)], createOnly: false, dryRun: false });
+  const appliedAt = performance.now();
+  const done = (): boolean => moved.every((a) => a.rewatchedAt > 0) && agents.every((a) => a.seen.has('ns-0/probe-failover'));
+  await until(done, subscribe, 60_000, 'the failover').catch(() => undefined);
+  const rewatch = moved.filter((a) => a.rewatchedAt > 0).map((a) => a.rewatchedAt - killedAt).sort((a, b) => a - b);
+  const seen = agents.filter((a) => a.seen.has('ns-0/probe-failover')).map((a) => a.seen.get('ns-0/probe-failover')! - killedAt).sort((a, b) => a - b);
+  const worst = rewatch.length === moved.length ? rewatch[rewatch.length - 1]! : Number.POSITIVE_INFINITY;
+  out(`  replica 1 killed (SIGKILL) with ${moved.length} agents on it; a change applied through replica 0 ${(appliedAt - killedAt).toFixed(0)} ms later`);
+  out(`    re-watching on another replica: ${rewatch.length}/${moved.length}, after p50 ${percentile(rewatch, 50).toFixed(0)} ms, p99 ${percentile(rewatch, 99).toFixed(0)} ms, max ${worst.toFixed(0)} ms   target every one <= 5000 ms: ${verdict(worst <= 5000)}`);
+  out(`    the change, seen by ${seen.length}/${agents.length} agents (p99 ${percentile(seen, 99).toFixed(0)} ms after the kill)   target none missing: ${verdict(seen.length === agents.length)}`);
 }

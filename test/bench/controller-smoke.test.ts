@@ -37,13 +37,16 @@ t.test('bench/controller.ts --quick loads a mesh, watches it with simulated agen
   }
 });
 
-t.test('bench/controller.ts --quick --store etcd runs the same against a real etcd', async (t) => {
-  const r = await runBench('bench/controller.ts', ['--quick', '--store', 'etcd', '--agents', '10']);
+t.test('bench/controller.ts --quick --store etcd --replicas 3 runs the same against a real etcd, then kills a replica under its agents', async (t) => {
+  const r = await runBench('bench/controller.ts', ['--quick', '--store', 'etcd', '--replicas', '3', '--agents', '12']);
   t.equal(r.code, 0, `the bench exits 0 (stdout tail: ${r.stdout.slice(-1500)} stderr tail: ${r.stderr.slice(-1500)})`);
   t.notMatch(r.stdout, /ERROR/, 'no error');
   t.match(r.stdout, /load \(etcd store, 1 member\)/);
   t.match(r.stdout, /apply rate +\d+ resources\/s +target >= 5000: (PASS|FAIL)/);
   t.match(r.stdout, /p50 \d+ ms, p99 \d+ ms, max \d+ ms +target p99 <= 1000 ms: (PASS|FAIL)/);
+  t.match(r.stdout, /replica 1 killed \(SIGKILL\) with 4 agents on it/);
+  t.match(r.stdout, /re-watching on another replica: \d+\/4, .* target every one <= 5000 ms: (PASS|FAIL)/);
+  t.match(r.stdout, /the change, seen by \d+\/12 agents .* target none missing: (PASS|FAIL)/);
 });
 
 t.test('bench/cli.ts --quick times each program and gives the targets their verdicts', async (t) => {
