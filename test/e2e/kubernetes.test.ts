@@ -54,7 +54,7 @@ t.teardown(async () => {
 
 const agentPod = (n: string, ip: string): KubeObject => pod({ name: `ambit-agent-${n}`, namespace: 'ambit-system', node: `node-${n}`, ip, serviceAccount: 'ambit-agent', hostNetwork: true });
 const webPod = (labels: Record<string, string>): KubeObject =>
-  pod({ name: 'web', node: 'node-b', ip: WEB_IP, serviceAccount: 'web', labels, ports: [{ containerPort: WEB_PORT, name: 'http' }] });
+  pod({ name: 'web', node: 'node-b', ip: WEB_IP, serviceAccount: 'web', labels, ports: [{ containerPort: WEB_PORT, name: 'echo' }] });
 
 /** The cluster as it stands before the tests: nodes, agent pods, a client pod, the web Service (no web pod yet). */
 function seed(f: FakeKube, o: { web?: KubeObject; stale?: boolean } = {}): void {
@@ -65,7 +65,7 @@ function seed(f: FakeKube, o: { web?: KubeObject; stale?: boolean } = {}): void 
   f.put('pods', pod({ name: 'client', node: 'node-a', ip: CLIENT_IP, serviceAccount: 'client', labels: { app: 'client' } }));
   if (o.stale) f.put('pods', pod({ name: 'stale', node: 'node-a', ip: STALE_IP, serviceAccount: 'stale', labels: { app: 'stale' } }));
   if (o.web) f.put('pods', o.web);
-  f.put('services', service({ name: 'web', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }], clusterIP: '10.96.7.10' }));
+  f.put('services', service({ name: 'web', selector: { app: 'web' }, ports: [{ name: 'echo', port: 80, targetPort: 'echo' }], clusterIP: '10.96.7.10' }));
 }
 
 function tokenFile(name: string, token: string): string {
@@ -197,7 +197,10 @@ t.test('service endpoints change (pod labels change) → agents receive the delt
   }, 'node-a sees the relabelled pod');
   t.ok(after.revision > before.revision, `watch revision increased (${before.revision} → ${after.revision})`);
   const svc = after.resources.find((r) => r.kind === 'Service' && r.metadata.name === 'web');
-  t.same(svc?.spec['ports'], [{ name: 'http', port: 80, targetPort: WEB_PORT }], 'the Service\'s named targetPort now resolved through its endpoint pod');
+  const ports = (svc?.spec['ports'] ?? []) as { name: string; port: number; targetPort: number; appProtocol?: string }[];
+  t.same(ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort })), [{ name: 'echo', port: 80, targetPort: WEB_PORT }], 'the Service\'s named targetPort now resolved through its endpoint pod');
+  // The web pod is a byte echo: its port name carries no http-/grpc- prefix, so the port is TCP (L4), as Istio reads it.
+  t.equal(ports[0]?.appProtocol ?? 'tcp', 'tcp', 'an unprefixed port name declares TCP');
   const snapshots = ctl.proc.logs.filter((l) => l.msg === 'watch started with snapshot' && l.node === 'node-a').length;
   t.equal(snapshots, 1, 'delivered as a delta on the open watch (node-a\'s only snapshot is its first)');
 
