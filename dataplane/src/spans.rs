@@ -43,6 +43,11 @@ pub struct TraceHop {
 }
 
 impl TraceHop {
+    /// The trace id as W3C writes it (the access log's `trace_id`).
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
     /// The `traceparent` to forward: this hop's span as the next one's parent.
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-{}", hex(&self.trace_id), hex(&self.span_id), if self.sampled { "01" } else { "00" })

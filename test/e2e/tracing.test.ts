@@ -215,4 +215,6 @@ t.test('HTTP port: a request without a traceparent starts a trace at the destina
   t.equal(span.spanId, m?.[2], 'the app\'s parent is that span');
   t.equal(span.parentSpanId, '', 'which starts the trace');
   t.equal(span.attributes['url.path'], '/no-context');
+  const line = await agentB.proc.waitForLog((l) => l.msg === 'request' && l.path === '/no-context');
+  t.equal(line.trace_id, m?.[1], 'the destination agent\'s access-log line names the trace started for it');
 });

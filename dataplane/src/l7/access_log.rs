@@ -149,7 +149,10 @@ impl RequestObserver for AccessLog {
 /// The line of one request, in the agent's access-log format (JSON, the
 /// connection line's field names where they mean the same).
 pub fn line(o: &RequestOutcome, pid: u32, now: SystemTime) -> String {
-    let trace_id = o.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).filter(|t| t.len() == 32).unwrap_or("");
+    // The request's trace as its span has it (a trace started here for a
+    // request that came without one included), else the header's.
+    let hop_trace = o.trace.map(|h| h.trace_id_hex());
+    let trace_id = hop_trace.as_deref().or_else(|| o.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).filter(|t| t.len() == 32)).unwrap_or("");
     let mut v = serde_json::Map::new();
     let mut put = |k: &str, val: serde_json::Value| {
         v.insert(k.into(), val);
@@ -250,6 +253,16 @@ mod tests {
         assert_eq!((v["response_flags"].as_str(), v["protocol"].as_str()), (Some("-"), Some("HTTP/2")));
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["src.identity"], "spiffe://cluster.local/ns/shop/sa/client");
+    }
+
+    #[test]
+    fn the_trace_id_is_the_hops_when_there_is_one() {
+        let mut o = outcome();
+        o.traceparent = None;
+        o.trace = Some(crate::spans::Spans::default().hop(None));
+        let want = o.trace.unwrap().trace_id_hex();
+        let v: serde_json::Value = serde_json::from_str(&line(&o, 1, SystemTime::now())).unwrap();
+        assert_eq!(v["trace_id"], want.as_str(), "a trace started at this hop");
     }
 
     #[test]
