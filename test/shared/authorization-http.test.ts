@@ -22,6 +22,10 @@ t.test('paths are normalised as Istio normalises them (BASE), query kept apart',
   for (const c of vectors.normalize) {
     const n = normalizePath(c.in);
     t.equal(n === undefined ? null : n.path + n.query, c.out, JSON.stringify(c.in));
+    if (n !== undefined) {
+      const again = normalizePath(n.path + n.query);
+      t.equal(again && again.path + again.query, n.path + n.query, `idempotent on ${JSON.stringify(n.path + n.query)}`);
+    }
   }
 });
 

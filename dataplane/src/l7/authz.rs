@@ -242,6 +242,10 @@ mod tests {
             let input = case["in"].as_str().unwrap();
             let got = normalize_path(input).map(|(p, q)| format!("{p}{q}"));
             assert_eq!(got.as_deref(), case["out"].as_str(), "normalize {input:?}");
+            if let Some(out) = got {
+                // What the app receives is already normal: a second pass changes nothing.
+                assert_eq!(normalize_path(&out).map(|(p, q)| format!("{p}{q}")), Some(out.clone()), "idempotent on {out:?}");
+            }
         }
     }
 
