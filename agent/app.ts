@@ -134,7 +134,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       consecutiveFailures: cfg.outlierConsecutiveFailures, baseEjectionMs: cfg.outlierBaseEjection,
       maxEjectionMs: cfg.outlierMaxEjection, maxEjectionPercent: cfg.outlierMaxEjectionPercent, now,
     });
-    const metrics = createAgentMetrics(registry, { ejected: () => outlier.ejected() });
+    // The data plane's HTTP ejections join the connection-level ones once it is started.
+    let httpEjected: () => readonly { service: string; endpoint: string; workload: string }[] = () => [];
+    const metrics = createAgentMetrics(registry, { ejected: () => [...outlier.ejected(), ...httpEjected()] });
     metrics.persistHealthy.set(persister.healthy ? 1 : 0);
     persistState.failures = (path, code) => metrics.persistFailures.inc({ path, errno: code || 'unknown' });
     persistState.health = (healthy) => metrics.persistHealthy.set(healthy ? 1 : 0);
@@ -175,7 +177,14 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         ]
         : []),
     ];
-    const outbound = new NativeOutbound({ listeners, outbound: outboundDeps, agentAddress: cfg.address, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now });
+    const outbound = new NativeOutbound({
+      listeners, outbound: outboundDeps, agentAddress: cfg.address, trustDomain: info.trustDomain, bundle: bundleCertificates(bundlePem), logger: log, now,
+      http: {
+        consecutiveFailures: cfg.outlierConsecutiveFailures, baseEjectionMs: cfg.outlierBaseEjection, maxEjectionMs: cfg.outlierMaxEjection,
+        maxEjectionPercent: cfg.outlierMaxEjectionPercent, maxPendingRequests: cfg.httpMaxPendingRequests, maxConnections: cfg.httpMaxConnections,
+      },
+    });
+    httpEjected = () => outbound.httpEjections();
     const hbone = new NativeInbound({
       binary: dataplaneBinary,
       dataDir: cfg.dataDir,
@@ -307,6 +316,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         activeRoot = u.activeRoot;
         renewFromOldRoots();
       }
+      // HTTP services' endpoint tables follow every change (endpoints, nodes, services).
+      outbound.refreshHttpServices();
       if (effect.localWorkloadsChanged && capture) {
         const t = captureTargets();
         void capture.updateWorkloads(t.uids, t.workloads).catch((err: unknown) => log.error({ err }, 'updating capture rules failed'));
@@ -384,6 +395,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         tunnelPool: { connections: outbound.sessions },
         // Endpoints out of balancing now: which, why, since and until when.
         ejectedEndpoints: outlier.ejected().map((e) => ({ ...e, since: new Date(e.since).toISOString(), until: new Date(e.until).toISOString() })),
+        // HTTP endpoints the data plane ejected per request (5xx answers, failed connects).
+        ejectedHttpEndpoints: outbound.httpEjections().map((e) => ({ ...e, since: new Date(e.since).toISOString(), until: new Date(e.until).toISOString() })),
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
         ready: isReady(),

@@ -70,10 +70,17 @@ export const AGENT_OPTIONS = {
   // or restart race yet found within a handful of connections (each retried
   // elsewhere meanwhile); 10 s doubling to 5 min and 50 % are Envoy's base
   // and maximum ejection time and a cap that keeps half a service serving.
-  outlierConsecutiveFailures: intOption('connect failures in a row that eject a service endpoint from balancing', 3, 1, 1000),
-  outlierBaseEjection: durationOption('how long an endpoint is first ejected; each further ejection doubles it', 10_000, { minMs: 100, maxMs: 3_600_000 }),
+  // On HTTP ports the data plane applies the same numbers per request (5xx
+  // answers count as failures too), each ejection lasting base × its number
+  // (docs/l7.md).
+  outlierConsecutiveFailures: intOption('connect failures (on HTTP ports also 5xx answers) in a row that eject a service endpoint from balancing', 3, 1, 1000),
+  outlierBaseEjection: durationOption('how long an endpoint is first ejected; each further ejection doubles it (on HTTP ports: base × ejections)', 10_000, { minMs: 100, maxMs: 3_600_000 }),
   outlierMaxEjection: durationOption('the longest an endpoint stays ejected', 300_000, { minMs: 100, maxMs: 86_400_000 }),
   outlierMaxEjectionPercent: intOption('the share (percent) of a service\'s endpoints that may be ejected at once (at least one; 0: none)', 50, 0, 100),
+  // Circuit breaking on HTTP ports, per service and per agent: Envoy's
+  // defaults for a cluster's pending requests and connections.
+  httpMaxPendingRequests: intOption('HTTP requests per service waiting for their answer at once; beyond, 503 with response flag UO', 1024, 1, 1_000_000),
+  httpMaxConnections: intOption('upstream HTTP connections per service; beyond, 503 with response flag UO', 1024, 1, 1_000_000),
   // Istio's telemetry names (agent/proxy/istio-names.ts): its defaults, so
   // Istio's dashboards and Kiali see the values they expect.
   clusterDomain: stringOption('DNS domain of service host names in telemetry and logs (name.namespace.svc.DOMAIN), as Istio\'s domainSuffix', 'cluster.local', { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS name' }),

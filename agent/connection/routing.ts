@@ -3,7 +3,7 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { Logger } from '../../shared/logger.ts';
 import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
-import { pickEndpoint, type MeshState } from '../state/mesh-state.ts';
+import { pickEndpoint, type MeshState, type ResolvedService } from '../state/mesh-state.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
@@ -77,6 +77,8 @@ export interface TunnelRequest extends TunnelEndpoint {
   readonly service: string;
   /** How many endpoints the service has (the ejection cap's base). */
   readonly serviceSize: number;
+  /** The service port the destination resolved to, if it is a service: an HTTP one is served per request. */
+  readonly resolved?: ResolvedService;
 }
 
 /** Where an outbound connection goes, decided before any byte flows. */
@@ -157,6 +159,7 @@ export function planOutbound(d: OutboundDeps, req: OutboundSource): { record: Co
         attempts,
         service: svc ? record.service : '',
         serviceSize,
+        ...(svc ? { resolved: svc } : {}),
         headers: {
           traceparent: span.traceparent,
           baggage: `k8s.namespace.name=${req.source.metadata.namespace},k8s.workload.name=${req.source.metadata.name}`,

@@ -5,7 +5,9 @@ import type { Logger } from '../../shared/logger.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { verifyReportedChain } from './peer-chain.ts';
 import type { FromDataplane, ToDataplane } from './supervisor.ts';
-import { ListenerKind, RouteVerdict, type AttemptResult, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
+import { ListenerKind, RouteVerdict, type AttemptResult, type Ejection, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
+import { compileHttpService, httpTableKey, type HttpServiceTable, type HttpSettings } from '../connection/http-services.ts';
+import type { ResolvedService } from '../state/mesh-state.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
 import { PASSTHROUGH } from '../proxy/istio-names.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
@@ -33,12 +35,26 @@ export interface NativeOutboundOptions {
   readonly procRoot?: string;
   /** The agent's --address (the source proof's shared address). */
   readonly agentAddress: string;
+  /** Passive health and circuit breaking of HTTP services, sent with their tables. */
+  readonly http: HttpSettings;
+}
+
+/** An HTTP endpoint the data plane ejected (told with `ejection`), for /config_dump and metrics. */
+export interface HttpEjection {
+  readonly service: string;
+  readonly endpoint: string;
+  readonly workload: string;
+  readonly reason: string;
+  readonly since: number;
+  readonly until: number;
+  readonly ejections: number;
 }
 
 /** One outbound connection the data plane carries, from its route to its end. */
 interface NativeConnection {
   readonly record: ConnectionRecord;
-  readonly kind: 'tunnel' | 'direct';
+  /** http: served per request by the data plane (its own upstream connections, not one tunnel). */
+  readonly kind: 'tunnel' | 'direct' | 'http';
   readonly target: string;
   readonly finished: () => void;
   /** A tunnel's plan: the endpoints its attempts go to, in order. */
@@ -84,7 +100,7 @@ const endpoint = (e: Endpoint | undefined): { address: string; port: number } =>
 /** A route with nothing but its verdict said. */
 const route = (id: number, verdict: RouteVerdict, more: Partial<Omit<Extract<ToDataplane, { $case: 'route' }>['route'], 'id' | 'verdict'>> = {}): ToDataplane => ({
   $case: 'route',
-  route: { id, verdict, dial: '', source: '', attempts: [], timeoutMs: 0, reply: 0, tag: '', ...more },
+  route: { id, verdict, dial: '', source: '', attempts: [], timeoutMs: 0, reply: 0, tag: '', service: '', sourceWorkload: '', sourceNamespace: '', ...more },
 });
 
 /**
@@ -110,6 +126,10 @@ export class NativeOutbound {
   #sessions = 0;
   /** Counts data plane processes: a route decided for one must not reach the next (ids start again). */
   #generation = 0;
+  /** HTTP service tables the data plane holds, by key: what each was compiled from and what was sent. */
+  readonly #httpTables = new Map<string, { resolved: ResolvedService; locality: string; sent: string }>();
+  /** HTTP endpoints the data plane has ejected, by "service endpoint". */
+  readonly #httpEjections = new Map<string, HttpEjection>();
 
   constructor(o: NativeOutboundOptions) {
     this.#o = o;
@@ -119,6 +139,9 @@ export class NativeOutbound {
   listen(send: Send): Promise<string[]> {
     this.#send = send;
     this.#generation++;
+    // A data plane started again holds no table: each is sent again before its next route.
+    this.#httpTables.clear();
+    this.#httpEjections.clear();
     return Promise.all(this.#o.listeners.map((l, lid) => new Promise<string>((resolve, reject) => {
       this.#bound.set(lid, { resolve, reject });
       send({ $case: 'listen', listen: { lid, addr: l.addr, kind: KIND_OF[l.entry.kind] } });
@@ -158,6 +181,9 @@ export class NativeOutbound {
         return this.#opened(m.open.id);
       case 'end':
         return this.#end(m.end);
+      case 'ejection':
+        this.#ejection(m.ejection);
+        return true;
       default:
         return false;
     }
@@ -279,14 +305,25 @@ export class NativeOutbound {
         return;
       }
       const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
+      // An HTTP service port: the data plane serves the connection per request, over this table.
+      const table = plan.kind === 'tunnel' && plan.request.resolved ? this.#httpTable(plan.request.resolved, source.spec.locality) : undefined;
+      const kind = table === undefined ? plan.kind : 'http';
       // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
-      this.#track(id, { record, kind: plan.kind, target, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
+      this.#track(id, { record, kind, target, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
       if (plan.kind === 'direct') {
         this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
         return;
       }
       const r = plan.request;
       const headers = Object.entries(r.headers).flatMap(([name, v]) => (v === undefined ? [] : [{ name, value: String(v) }]));
+      if (table !== undefined) {
+        this.#send(route(id, RouteVerdict.ROUTE_VERDICT_HTTP, {
+          source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record), service: table,
+          sourceWorkload: source.metadata.name, sourceNamespace: source.metadata.namespace,
+          attempts: [{ hbone: '', sni: '', expect: '', authority: '', headers }],
+        }));
+        return;
+      }
       this.#send(route(id, RouteVerdict.ROUTE_VERDICT_TUNNEL, {
         source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
         attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
@@ -296,6 +333,83 @@ export class NativeOutbound {
       this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an outbound connection failed; refused');
       if (generation === this.#generation && !this.#conns.has(id)) this.#send(route(id, RouteVerdict.ROUTE_VERDICT_REFUSE, { reply: socks ? 1 : 0 }));
     });
+  }
+
+  /**
+   * The key of the data plane's table for an HTTP service port and sources
+   * of `locality`, sent first if the data plane does not hold it; undefined
+   * when the port is TCP.
+   */
+  #httpTable(resolved: ResolvedService, locality: string): string | undefined {
+    const state = this.#o.outbound.state;
+    const key = httpTableKey(state, resolved, locality);
+    if (this.#httpTables.has(key)) return key;
+    const table = compileHttpService(state, resolved, locality);
+    if (!table) return undefined;
+    this.#httpTables.set(key, { resolved, locality, sent: JSON.stringify(table) });
+    this.#sendHttp([table], []);
+    return key;
+  }
+
+  /**
+   * The mesh state changed: every table the data plane holds is compiled
+   * again, and those that changed are sent (a service gone, or no longer
+   * HTTP, is removed: its connections then answer 503). Connections follow
+   * at their next request.
+   */
+  refreshHttpServices(): void {
+    const state = this.#o.outbound.state;
+    const changed: HttpServiceTable[] = [];
+    const removed: string[] = [];
+    for (const [key, t] of this.#httpTables) {
+      const { service, port } = t.resolved;
+      const now = state.resolveService(`${service.metadata.name}.${service.metadata.namespace}`, port.port);
+      const table = now ? compileHttpService(state, now, t.locality) : undefined;
+      if (!now || !table || table.key !== key) {
+        this.#httpTables.delete(key);
+        removed.push(key);
+        continue;
+      }
+      const sent = JSON.stringify(table);
+      if (sent === t.sent) continue;
+      this.#httpTables.set(key, { resolved: now, locality: t.locality, sent });
+      changed.push(table);
+    }
+    if (changed.length > 0 || removed.length > 0) this.#sendHttp(changed, removed);
+  }
+
+  #sendHttp(services: readonly HttpServiceTable[], removed: string[]): void {
+    const h = this.#o.http;
+    this.#send({
+      $case: 'httpServices',
+      httpServices: {
+        services: services.map((s) => ({ ...s, endpoints: [...s.endpoints] })),
+        removed,
+        settings: {
+          consecutiveFailures: h.consecutiveFailures, baseEjectionMs: h.baseEjectionMs, maxEjectionMs: h.maxEjectionMs,
+          maxEjectionPercent: h.maxEjectionPercent, maxPendingRequests: h.maxPendingRequests, maxConnections: h.maxConnections,
+        },
+      },
+    });
+  }
+
+  /** HTTP endpoints ejected now, by the data plane's passive health. */
+  httpEjections(): HttpEjection[] {
+    const now = (this.#o.now ?? Date.now)();
+    return [...this.#httpEjections.values()].filter((e) => e.until > now);
+  }
+
+  /** The data plane ejected an HTTP endpoint (counted and logged), or it is back. */
+  #ejection(m: Ejection): void {
+    const key = `${m.service} ${m.endpoint}`;
+    if (m.untilMs === 0) {
+      this.#httpEjections.delete(key);
+      return;
+    }
+    const e: HttpEjection = { service: m.service, endpoint: m.endpoint, workload: m.workload, reason: m.reason, since: m.sinceMs, until: m.untilMs, ejections: m.ejections };
+    this.#httpEjections.set(key, e);
+    this.#o.outbound.metrics.endpointEjections.inc({ service: m.service });
+    this.#o.logger.warn({ service: e.service, endpoint: e.endpoint, workload: e.workload, reason: e.reason, until: new Date(e.until).toISOString(), ejections: e.ejections }, 'HTTP endpoint ejected after consecutive failures');
   }
 
   /**

@@ -22,8 +22,6 @@ mod control;
 mod core;
 mod hbone_head;
 mod inbound;
-// The request seam (l7/outcome.rs) is in place before the paths that fill it.
-#[allow(dead_code)]
 mod l7;
 mod linger;
 mod original_dst;
@@ -108,6 +106,7 @@ impl Dispatch {
                 Err(_) => self.outbox.send(listener_error(l.lid, format!("unknown listener kind {}", l.kind))),
             },
             In::Route(route) => self.outbound.route(route),
+            In::HttpServices(m) => self.outbound.l7.services.apply(m),
             In::Peer(pb::PeerVerdict { pid, ok }) => self.outbound.peer_verdict(pid, ok),
             In::Drain(_) => {
                 self.outbound.drain();

@@ -27,6 +27,7 @@ use crate::admission::{self, Admission, Pending, Refusal};
 use crate::control::pb::{self, Attempt, Route as RouteIn, RouteVerdict};
 use crate::control::{endpoint, Out};
 use crate::core::Core;
+use crate::l7::client_side::L7;
 use crate::inbound::{errno_name, CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_LOCAL_ERROR_RESETS, MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, STREAM_WINDOW};
 use crate::linger;
 use crate::original_dst::original_dst;
@@ -66,6 +67,8 @@ type Pool = Arc<Mutex<HashMap<String, Vec<Arc<Pooled>>>>>;
 
 pub struct Outbound {
     core: Arc<Core>,
+    /// The per-request path of connections routed `http` (l7/client_side.rs).
+    pub l7: Arc<L7>,
     tls: Arc<RwLock<Option<Arc<Tls>>>>,
     routes: Mutex<HashMap<u64, oneshot::Sender<RouteIn>>>,
     peers: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
@@ -76,10 +79,10 @@ pub struct Outbound {
 
 /// A refused or failed tunnel: the status the peer agent answered (0: none) and why.
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     status: u16,
-    reason: String,
-    message: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -90,7 +93,7 @@ impl Failure {
 
 impl Outbound {
     pub fn new(core: Arc<Core>, tls: Arc<RwLock<Option<Arc<Tls>>>>) -> Arc<Self> {
-        Arc::new(Outbound { core, tls, routes: Mutex::new(HashMap::new()), peers: Mutex::new(HashMap::new()), pool: Arc::new(Mutex::new(HashMap::new())), dialing: Mutex::new(HashMap::new()) })
+        Arc::new(Outbound { l7: L7::new(core.clone()), core, tls, routes: Mutex::new(HashMap::new()), peers: Mutex::new(HashMap::new()), pool: Arc::new(Mutex::new(HashMap::new())), dialing: Mutex::new(HashMap::new()) })
     }
 
     /// Binds an outbound listener for the agent and serves it until the drain.
@@ -202,6 +205,12 @@ impl Outbound {
         match route.verdict() {
             RouteVerdict::Tunnel => self.tunnel(id, front, route).await,
             RouteVerdict::Direct => self.direct(id, front, route).await,
+            RouteVerdict::Http => {
+                let Some(tcp) = front.opened().await else {
+                    return self.core.outbox.send(failed_end(id, 0, "client_gone".into(), "client went away before its connection opened".into()));
+                };
+                self.l7.clone().serve(self.clone(), id, route, tcp).await;
+            }
             // The agent counted and logged it. A reply beyond a byte is no SOCKS5 reply: general failure.
             RouteVerdict::Refuse => front.refuse(u8::try_from(route.reply).unwrap_or(socks5::reply::GENERAL_FAILURE)).await,
         }
@@ -254,7 +263,7 @@ impl Outbound {
 
     /// One attempt: the CONNECT on a pooled connection to the attempt's agent,
     /// and its answer, by `deadline`. Ok only with a 200.
-    async fn attempt(&self, source: &str, a: &Attempt, deadline: tokio::time::Instant) -> Result<(Release, Response<h2::RecvStream>, h2::SendStream<Bytes>), Failure> {
+    pub(crate) async fn attempt(&self, source: &str, a: &Attempt, deadline: tokio::time::Instant) -> Result<(Release, Response<h2::RecvStream>, h2::SendStream<Bytes>), Failure> {
         let late = || Failure::new("timeout", format!("no answer from {} for {} in time", a.hbone, a.authority));
         let (pooled, response, mut send) = tokio::time::timeout_at(deadline, self.open(source, a)).await.map_err(|_| late())??;
         // Gives the stream slot back however this attempt ends; an open tunnel keeps it until its relay is over.
@@ -467,8 +476,8 @@ impl Drop for Dialing<'_> {
     }
 }
 
-/// Gives a stream slot back to its connection when the tunnel is over.
-struct Release(Arc<Pooled>);
+/// Gives a stream slot back to its connection when the tunnel (or the upstream HTTP connection it carries) is over.
+pub(crate) struct Release(Arc<Pooled>);
 
 impl Drop for Release {
     fn drop(&mut self) {

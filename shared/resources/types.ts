@@ -50,7 +50,7 @@ export interface WorkloadSpec {
 export const APP_PROTOCOLS = ['tcp', 'http', 'http2', 'grpc'] as const;
 export type AppProtocol = (typeof APP_PROTOCOLS)[number];
 
-export function isHttpProtocol(p: AppProtocol): boolean {
+export function isHttpProtocol(p: AppProtocol): p is Exclude<AppProtocol, 'tcp'> {
   return p !== 'tcp';
 }
 

@@ -1,15 +1,24 @@
 //! L7: per-request handling on service ports that declare an HTTP protocol
-//! (docs/l7.md). `outcome` is what every finished request is reported as,
-//! to the observers (metrics, access log, spans) the core holds;
-//! `server_side` serves the destination side of such a port, authorizing
-//! each request (`authz`); `metrics` aggregates Istio's request metrics for
-//! the agent, `access_log` writes a line per request.
+//! (docs/l7.md). The source side (client_side.rs) serves the app's HTTP,
+//! balances each request over its service's endpoint table (balancer.rs)
+//! with passive health (health.rs) and circuit breaking (circuit.rs), and
+//! sends it on pooled upstream connections carried by HBONE streams
+//! (upstream.rs). `server_side` serves the destination side of such a port,
+//! authorizing each request (`authz`). `outcome` is what every finished
+//! request is reported as, to the observers the core holds; `metrics`
+//! aggregates Istio's request metrics for the agent, `access_log` writes a
+//! line per request.
 pub mod access_log;
 pub mod authz;
+pub mod balancer;
 pub mod body;
+pub mod circuit;
+pub mod client_side;
 mod counted;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
 pub mod server_limits;
 pub mod server_side;
 pub mod stream_io;
+pub mod upstream;

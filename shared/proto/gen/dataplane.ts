@@ -39,7 +39,7 @@ export const protobufFileName = "dataplane.proto";
  */
 export const ProtocolVersion = {
   PROTOCOL_VERSION_UNSPECIFIED: 0,
-  PROTOCOL_VERSION_CURRENT: 8,
+  PROTOCOL_VERSION_CURRENT: 9,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -122,6 +122,12 @@ export const RouteVerdict = {
   ROUTE_VERDICT_TUNNEL: 1,
   /** ROUTE_VERDICT_DIRECT - Dial `dial`: a destination outside the mesh. */
   ROUTE_VERDICT_DIRECT: 2,
+  /**
+   * ROUTE_VERDICT_HTTP - Serve HTTP on the client's connection: each request goes to an endpoint
+   * of the HTTP service table `service` (HttpServices), over HBONE streams
+   * presenting `source`'s certificate with `attempts[0].headers` on each CONNECT.
+   */
+  ROUTE_VERDICT_HTTP: 3,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -131,6 +137,7 @@ export namespace RouteVerdict {
   export type ROUTE_VERDICT_REFUSE = typeof RouteVerdict.ROUTE_VERDICT_REFUSE;
   export type ROUTE_VERDICT_TUNNEL = typeof RouteVerdict.ROUTE_VERDICT_TUNNEL;
   export type ROUTE_VERDICT_DIRECT = typeof RouteVerdict.ROUTE_VERDICT_DIRECT;
+  export type ROUTE_VERDICT_HTTP = typeof RouteVerdict.ROUTE_VERDICT_HTTP;
   export type UNRECOGNIZED = typeof RouteVerdict.UNRECOGNIZED;
 }
 
@@ -164,6 +171,7 @@ export interface AgentMessage {
     | { $case: "requestPolicy"; requestPolicy: RequestPolicyUpdate }
     | { $case: "requestTelemetry"; requestTelemetry: RequestTelemetry }
     | { $case: "tracing"; tracing: Tracing }
+    | { $case: "httpServices"; httpServices: HttpServices }
     | undefined;
 }
 
@@ -345,6 +353,67 @@ export interface Route {
   reply: number;
   /** Opaque to the data plane; see Decide.tag. */
   tag: string;
+  /** Http: the key of the service table (HttpService.key) requests are balanced over. */
+  service: string;
+  /** Http: the source workload, for what each request reports (RequestOutcome). */
+  sourceWorkload: string;
+  sourceNamespace: string;
+}
+
+/**
+ * The HTTP services the data plane balances requests over, changed:
+ * `services` replace the tables of the same key, `removed` keys are
+ * dropped (connections routed to one then answer 503 UH). Sent before any
+ * route naming a key, and again whenever its endpoints change.
+ */
+export interface HttpServices {
+  services: HttpService[];
+  removed: string[];
+  /** Passive health and circuit breaking, the same for every service. */
+  settings: HttpSettings | undefined;
+}
+
+export interface HttpSettings {
+  /** 5xx answers or failed connects in a row that eject an endpoint. */
+  consecutiveFailures: number;
+  /** An ejection lasts base_ejection_ms × its number of ejections, at most max_ejection_ms. */
+  baseEjectionMs: number;
+  maxEjectionMs: number;
+  /** The share (percent) of a service's endpoints that may be ejected at once. */
+  maxEjectionPercent: number;
+  /**
+   * Per service: requests waiting for an answer, and upstream HTTP connections;
+   * beyond either, a request is answered 503 with response flag UO.
+   */
+  maxPendingRequests: number;
+  maxConnections: number;
+}
+
+/** One HTTP service port's endpoint table, for the sources of one locality. */
+export interface HttpService {
+  key: string;
+  /** "name.namespace.svc.cluster.local". */
+  service: string;
+  /** "http" (HTTP/1.1 upstream), "http2" or "grpc" (HTTP/2 upstream). */
+  protocol: string;
+  endpoints: HttpEndpoint[];
+}
+
+export interface HttpEndpoint {
+  /** The workload "ip:port" (the CONNECT authority). */
+  authority: string;
+  /** Its node's agent (HBONE address), TLS server name and the identity its certificate must have. */
+  hbone: string;
+  sni: string;
+  expect: string;
+  weight: number;
+  /**
+   * 0: same region and zone as the sources; 1: same region; 2: elsewhere.
+   * Requests go to the lowest rank that has an endpoint not ejected.
+   */
+  rank: number;
+  workload: string;
+  namespace: string;
 }
 
 /**
@@ -423,7 +492,21 @@ export interface DataplaneMessage {
     | { $case: "denials"; denials: RequestDenials }
     | { $case: "requests"; requests: RequestStats }
     | { $case: "spans"; spans: SpanBatch }
+    | { $case: "ejection"; ejection: Ejection }
     | undefined;
+}
+
+/** An endpoint of an HTTP service ejected by passive health (or back, `until_ms` 0). */
+export interface Ejection {
+  service: string;
+  endpoint: string;
+  workload: string;
+  /** The last failure: "5xx" (with the status) or a connect failure's reason. */
+  reason: string;
+  /** Unix ms: since when, and until when (0: it is back). */
+  sinceMs: number;
+  untilMs: number;
+  ejections: number;
 }
 
 /**
@@ -876,6 +959,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "tracing":
         Tracing.encode(message.msg.tracing, writer.uint32(322).fork()).join();
         break;
+      case "httpServices":
+        HttpServices.encode(message.msg.httpServices, writer.uint32(82).fork()).join();
+        break;
     }
     return writer;
   },
@@ -995,6 +1081,14 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             message.msg = { $case: "tracing", tracing: Tracing.decode(reader, reader.uint32()) };
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.msg = { $case: "httpServices", httpServices: HttpServices.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1088,6 +1182,12 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "tracing": {
         if (object.msg?.tracing !== undefined && object.msg?.tracing !== null) {
           message.msg = { $case: "tracing", tracing: Tracing.fromPartial(object.msg.tracing) };
+        }
+        break;
+      }
+      case "httpServices": {
+        if (object.msg?.httpServices !== undefined && object.msg?.httpServices !== null) {
+          message.msg = { $case: "httpServices", httpServices: HttpServices.fromPartial(object.msg.httpServices) };
         }
         break;
       }
@@ -2264,7 +2364,19 @@ export const Listen: MessageFns<Listen> = {
 };
 
 function createBaseRoute(): Route {
-  return { id: 0, verdict: 0, dial: "", source: "", attempts: [], timeoutMs: 0, reply: 0, tag: "" };
+  return {
+    id: 0,
+    verdict: 0,
+    dial: "",
+    source: "",
+    attempts: [],
+    timeoutMs: 0,
+    reply: 0,
+    tag: "",
+    service: "",
+    sourceWorkload: "",
+    sourceNamespace: "",
+  };
 }
 
 export const Route: MessageFns<Route> = {
@@ -2292,6 +2404,15 @@ export const Route: MessageFns<Route> = {
     }
     if (message.tag !== "") {
       writer.uint32(66).string(message.tag);
+    }
+    if (message.service !== "") {
+      writer.uint32(74).string(message.service);
+    }
+    if (message.sourceWorkload !== "") {
+      writer.uint32(82).string(message.sourceWorkload);
+    }
+    if (message.sourceNamespace !== "") {
+      writer.uint32(90).string(message.sourceNamespace);
     }
     return writer;
   },
@@ -2373,6 +2494,30 @@ export const Route: MessageFns<Route> = {
             message.tag = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.sourceWorkload = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.sourceNamespace = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2398,6 +2543,442 @@ export const Route: MessageFns<Route> = {
     message.timeoutMs = object.timeoutMs ?? 0;
     message.reply = object.reply ?? 0;
     message.tag = object.tag ?? "";
+    message.service = object.service ?? "";
+    message.sourceWorkload = object.sourceWorkload ?? "";
+    message.sourceNamespace = object.sourceNamespace ?? "";
+    return message;
+  },
+};
+
+function createBaseHttpServices(): HttpServices {
+  return { services: [], removed: [], settings: undefined };
+}
+
+export const HttpServices: MessageFns<HttpServices> = {
+  encode(message: HttpServices, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.services) {
+      HttpService.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.removed) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.settings !== undefined) {
+      HttpSettings.encode(message.settings, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpServices {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpServices();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.services.push(HttpService.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.removed.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.settings = HttpSettings.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpServices>): HttpServices {
+    return HttpServices.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpServices>): HttpServices {
+    const message = createBaseHttpServices();
+    message.services = object.services?.map((e) => HttpService.fromPartial(e)) || [];
+    message.removed = object.removed?.map((e) => e) || [];
+    message.settings = (object.settings !== undefined && object.settings !== null)
+      ? HttpSettings.fromPartial(object.settings)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHttpSettings(): HttpSettings {
+  return {
+    consecutiveFailures: 0,
+    baseEjectionMs: 0,
+    maxEjectionMs: 0,
+    maxEjectionPercent: 0,
+    maxPendingRequests: 0,
+    maxConnections: 0,
+  };
+}
+
+export const HttpSettings: MessageFns<HttpSettings> = {
+  encode(message: HttpSettings, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.consecutiveFailures !== 0) {
+      writer.uint32(8).uint32(message.consecutiveFailures);
+    }
+    if (message.baseEjectionMs !== 0) {
+      writer.uint32(16).uint64(message.baseEjectionMs);
+    }
+    if (message.maxEjectionMs !== 0) {
+      writer.uint32(24).uint64(message.maxEjectionMs);
+    }
+    if (message.maxEjectionPercent !== 0) {
+      writer.uint32(32).uint32(message.maxEjectionPercent);
+    }
+    if (message.maxPendingRequests !== 0) {
+      writer.uint32(40).uint32(message.maxPendingRequests);
+    }
+    if (message.maxConnections !== 0) {
+      writer.uint32(48).uint32(message.maxConnections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpSettings {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpSettings();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.consecutiveFailures = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.baseEjectionMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxEjectionMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxEjectionPercent = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxPendingRequests = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxConnections = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpSettings>): HttpSettings {
+    return HttpSettings.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpSettings>): HttpSettings {
+    const message = createBaseHttpSettings();
+    message.consecutiveFailures = object.consecutiveFailures ?? 0;
+    message.baseEjectionMs = object.baseEjectionMs ?? 0;
+    message.maxEjectionMs = object.maxEjectionMs ?? 0;
+    message.maxEjectionPercent = object.maxEjectionPercent ?? 0;
+    message.maxPendingRequests = object.maxPendingRequests ?? 0;
+    message.maxConnections = object.maxConnections ?? 0;
+    return message;
+  },
+};
+
+function createBaseHttpService(): HttpService {
+  return { key: "", service: "", protocol: "", endpoints: [] };
+}
+
+export const HttpService: MessageFns<HttpService> = {
+  encode(message: HttpService, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.service !== "") {
+      writer.uint32(18).string(message.service);
+    }
+    if (message.protocol !== "") {
+      writer.uint32(26).string(message.protocol);
+    }
+    for (const v of message.endpoints) {
+      HttpEndpoint.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpService {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpService();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.protocol = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.endpoints.push(HttpEndpoint.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpService>): HttpService {
+    return HttpService.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpService>): HttpService {
+    const message = createBaseHttpService();
+    message.key = object.key ?? "";
+    message.service = object.service ?? "";
+    message.protocol = object.protocol ?? "";
+    message.endpoints = object.endpoints?.map((e) => HttpEndpoint.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHttpEndpoint(): HttpEndpoint {
+  return { authority: "", hbone: "", sni: "", expect: "", weight: 0, rank: 0, workload: "", namespace: "" };
+}
+
+export const HttpEndpoint: MessageFns<HttpEndpoint> = {
+  encode(message: HttpEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.authority !== "") {
+      writer.uint32(10).string(message.authority);
+    }
+    if (message.hbone !== "") {
+      writer.uint32(18).string(message.hbone);
+    }
+    if (message.sni !== "") {
+      writer.uint32(26).string(message.sni);
+    }
+    if (message.expect !== "") {
+      writer.uint32(34).string(message.expect);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(40).uint32(message.weight);
+    }
+    if (message.rank !== 0) {
+      writer.uint32(48).uint32(message.rank);
+    }
+    if (message.workload !== "") {
+      writer.uint32(58).string(message.workload);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(66).string(message.namespace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.authority = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hbone = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sni = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.expect = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.weight = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.rank = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.workload = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpEndpoint>): HttpEndpoint {
+    return HttpEndpoint.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpEndpoint>): HttpEndpoint {
+    const message = createBaseHttpEndpoint();
+    message.authority = object.authority ?? "";
+    message.hbone = object.hbone ?? "";
+    message.sni = object.sni ?? "";
+    message.expect = object.expect ?? "";
+    message.weight = object.weight ?? 0;
+    message.rank = object.rank ?? 0;
+    message.workload = object.workload ?? "";
+    message.namespace = object.namespace ?? "";
     return message;
   },
 };
@@ -2877,6 +3458,9 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
       case "spans":
         SpanBatch.encode(message.msg.spans, writer.uint32(330).fork()).join();
         break;
+      case "ejection":
+        Ejection.encode(message.msg.ejection, writer.uint32(162).fork()).join();
+        break;
     }
     return writer;
   },
@@ -3070,6 +3654,14 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
             message.msg = { $case: "spans", spans: SpanBatch.decode(reader, reader.uint32()) };
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.msg = { $case: "ejection", ejection: Ejection.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3220,7 +3812,140 @@ export const DataplaneMessage: MessageFns<DataplaneMessage> = {
         }
         break;
       }
+      case "ejection": {
+        if (object.msg?.ejection !== undefined && object.msg?.ejection !== null) {
+          message.msg = { $case: "ejection", ejection: Ejection.fromPartial(object.msg.ejection) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseEjection(): Ejection {
+  return { service: "", endpoint: "", workload: "", reason: "", sinceMs: 0, untilMs: 0, ejections: 0 };
+}
+
+export const Ejection: MessageFns<Ejection> = {
+  encode(message: Ejection, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(18).string(message.endpoint);
+    }
+    if (message.workload !== "") {
+      writer.uint32(26).string(message.workload);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.sinceMs !== 0) {
+      writer.uint32(40).uint64(message.sinceMs);
+    }
+    if (message.untilMs !== 0) {
+      writer.uint32(48).uint64(message.untilMs);
+    }
+    if (message.ejections !== 0) {
+      writer.uint32(56).uint32(message.ejections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Ejection {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEjection();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.workload = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.untilMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ejections = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Ejection>): Ejection {
+    return Ejection.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Ejection>): Ejection {
+    const message = createBaseEjection();
+    message.service = object.service ?? "";
+    message.endpoint = object.endpoint ?? "";
+    message.workload = object.workload ?? "";
+    message.reason = object.reason ?? "";
+    message.sinceMs = object.sinceMs ?? 0;
+    message.untilMs = object.untilMs ?? 0;
+    message.ejections = object.ejections ?? 0;
     return message;
   },
 };
