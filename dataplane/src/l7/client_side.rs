@@ -59,16 +59,17 @@ impl L7 {
         Arc::new(L7 { core, services: Arc::new(Services::default()), clients: Mutex::new(HashMap::new()) })
     }
 
-    fn client(&self, c: &Connector, http2: bool) -> Client<Connector, UpstreamBody> {
+    /// The pooled client of a connection's source and service towards `endpoint`.
+    fn client(&self, c: &Connector, endpoint: &str, http2: bool) -> Client<Connector, UpstreamBody> {
         let headers: Vec<String> = c.headers.iter().map(|h| format!("{}={}", h.name, h.value)).collect();
-        let key = format!("{}|{}|{}|{}", c.key, c.source, headers.join("&"), http2);
+        let key = format!("{}|{}|{}|{}|{}", c.key, c.source, headers.join("&"), endpoint, http2);
         let mut clients = self.clients.lock().unwrap();
         clients.entry(key).or_insert_with(|| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(UPSTREAM_IDLE)
                 .http2_only(http2)
-                .build(c.clone())
+                .build(Connector { endpoint: endpoint.to_string(), ..c.clone() })
         }).clone()
     }
 
@@ -88,7 +89,7 @@ impl L7 {
         let closed = self.core.live(id, &counts, route.tag.clone());
         let headers = route.attempts.first().map(|a| a.headers.clone()).unwrap_or_default();
         let connector = Connector {
-            outbound, services: self.services.clone(), key: route.service.clone(), source: route.source.clone(), headers,
+            endpoint: String::new(), outbound, services: self.services.clone(), key: route.service.clone(), source: route.source.clone(), headers,
             timeout: Duration::from_millis(route.timeout_ms.max(1)),
         };
         let source = Peer { identity: route.source, workload: route.source_workload, namespace: route.source_namespace };
@@ -182,20 +183,17 @@ impl AppConnection {
         }
 
         let (mut parts, body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST) && !table.http2 {
-            if let Ok(h) = HeaderValue::from_str(&o.authority) {
-                parts.headers.insert(header::HOST, h);
-            }
-        }
         parts.version = if table.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        // The app's authority stays the request's (Host, :authority); the client is the endpoint's.
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match Uri::builder().scheme("http").authority(ep.authority.as_str()).path_and_query(target).build() {
+        let authority = if o.authority.is_empty() { ep.authority.as_str() } else { o.authority.as_str() };
+        parts.uri = match Uri::builder().scheme("http").authority(authority).path_and_query(target).build() {
             Ok(u) => u,
-            Err(_) => return self.local(o, start, 400, "", "bad request target"),
+            Err(_) => return self.local(o, start, 400, "", "bad request authority or target"),
         };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream = Request::from_parts(parts, Counted::new(body, request_bytes.clone(), None, None));
-        let answered = l7.client(&self.connector, table.http2).request(upstream).await;
+        let answered = l7.client(&self.connector, &ep.authority, table.http2).request(upstream).await;
         drop(pending);
         let resp = match answered {
             Ok(r) => r,

@@ -42,10 +42,15 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Opens upstream connections for one (source, service): the endpoint is
-/// the request URI's authority, looked up in the service's current table.
+/// Opens upstream connections for one (source, service, endpoint): the
+/// endpoint is looked up in the service's current table at each connect.
+/// The request URI keeps the app's authority (`Host`, `:authority`), so a
+/// client (and its pool) is made per endpoint, and the URI says nothing of where it goes.
 #[derive(Clone)]
 pub struct Connector {
+    /// The endpoint "ip:port" (its CONNECT authority); empty for a connector
+    /// that is told its endpoint with each `connect`.
+    pub endpoint: String,
     pub outbound: Arc<Outbound>,
     pub services: Arc<Services>,
     pub key: String,
@@ -76,12 +81,9 @@ impl tower_service::Service<Uri> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
+    fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
-            this.connect(&authority).await
-        })
+        Box::pin(async move { this.connect(&this.endpoint).await })
     }
 }
 
