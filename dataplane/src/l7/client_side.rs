@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use crate::control::{pb, Out};
@@ -33,6 +32,7 @@ use crate::l7::body::{grpc_status, Counted, Done};
 use crate::l7::circuit::Slot;
 use crate::l7::counted::Counted as CountedIo;
 use crate::l7::outcome::{Peer, Protocol, RequestOutcome, Side};
+use crate::l7::server_limits;
 use crate::l7::upstream::{ConnectError, Connector};
 use crate::outbound::Outbound;
 use crate::relay::Counts;
@@ -99,7 +99,8 @@ impl L7 {
             let c = conn.clone();
             async move { Ok::<_, Infallible>(c.request(req).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        // The same limits as every HTTP server of the data plane: an app's bad input ends only its own connection.
+        let builder = server_limits::builder(false);
         let served = builder.serve_connection_with_upgrades(io, service);
         let error = tokio::select! {
             r = served => r.err().map(|e| e.to_string()),
