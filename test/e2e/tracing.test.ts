@@ -4,9 +4,10 @@
  * connection tunnelled from a client workload on node-a to a server workload
  * on node-b yields one trace: the source agent's span, and the destination
  * agent's span as its child (the traceparent carried in the HBONE CONNECT).
- * On a service port declaring HTTP, the destination agent's data plane
- * continues the client app's traceparent with a span per request and sends
- * the server app its own. The agents export over OTLP/HTTP (configured by
+ * On a service port declaring HTTP, each agent's data plane continues the
+ * request's traceparent with a span per request: the source agent's is the
+ * client app's span's child, the destination agent's the source agent's, and
+ * the server app is sent the destination agent's. The agents export over OTLP/HTTP (configured by
  * the standard OTEL_* variables), the controller over OTLP/gRPC (flags).
  */
 import t from 'tap';
@@ -179,16 +180,25 @@ function request(path: string, headers: Record<string, string>): Promise<number>
   });
 }
 
-t.test('HTTP port: client app → destination agent → server app in one trace, the app\'s traceparent continued', async (t) => {
+t.test('HTTP port: client app → source agent → destination agent → server app in one trace, the app\'s traceparent continued', async (t) => {
   // The client app's own span, as an instrumented app sends it.
   const clientTrace = '5b8efff798038103d269b633813fc60c';
   const clientSpan = 'eee19b7ec3c1b174';
   const before = appSaw.length;
   t.equal(await request('/orders/7?x=1', { traceparent: `00-${clientTrace}-${clientSpan}-01` }), 200, 'answered by the app');
+  const outbound = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.outbound' && s.traceId === clientTrace), 'the source agent\'s request span');
+  t.equal(outbound.resource['ambit.node'], 'node-a', 'made by the source agent (its data plane)');
+  t.equal(outbound.scope, 'ambit-dataplane');
+  t.equal(outbound.parentSpanId, clientSpan, 'its parent is the client app\'s span (the app\'s traceparent)');
+  t.equal(outbound.kind, 3, 'a client span');
+  t.equal(outbound.attributes['url.path'], '/orders/7?x=1');
+  t.equal(outbound.attributes['http.response.status_code'], 200);
+  t.equal(outbound.attributes['ambit.destination.workload'], 'web');
   const inbound = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.inbound' && s.traceId === clientTrace), 'the destination agent\'s request span');
   t.equal(inbound.resource['ambit.node'], 'node-b', 'made by the destination agent (its data plane)');
   t.equal(inbound.scope, 'ambit-dataplane');
-  t.equal(inbound.parentSpanId, clientSpan, 'its parent is the client app\'s span (the app\'s traceparent, carried through the source agent)');
+  t.equal(inbound.parentSpanId, outbound.spanId, 'its parent is the source agent\'s request span (the traceparent the source agent forwarded)');
+  t.not(inbound.spanId, outbound.spanId, 'a span of its own');
   t.equal(inbound.kind, 2, 'a server span');
   const seen = appSaw[before];
   t.equal(seen, `00-${clientTrace}-${inbound.spanId}-01`, 'the server app got a traceparent: the same trace, the destination agent\'s span as its parent');
@@ -200,21 +210,24 @@ t.test('HTTP port: client app → destination agent → server app in one trace,
   t.equal(inbound.attributes['ambit.destination.service'], 'web.default.svc.cluster.local');
   t.equal(inbound.status.code, 0);
   t.ok(inbound.endNs > inbound.startNs, 'a real duration');
-  // The source agent carries this port at L4: its span is the connection's.
-  const conn = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.outbound' && s.attributes['ambit.destination'] === 'web.default:81'), 'the source agent\'s connection span');
-  t.equal(conn.resource['ambit.node'], 'node-a');
+  const line = await agentA.proc.waitForLog((l) => l.msg === 'request' && l.path === '/orders/7?x=1');
+  t.equal(line.trace_id, clientTrace, 'the source agent\'s access-log line names the app\'s trace');
 });
 
-t.test('HTTP port: a request without a traceparent starts a trace at the destination agent, and the app gets it', async (t) => {
+t.test('HTTP port: a request without a traceparent starts a trace at the source agent, and the app gets it', async (t) => {
   const before = appSaw.length;
   t.equal(await request('/no-context', {}), 200);
   const seen = appSaw[before];
   const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(seen ?? '');
   t.ok(m, `the app got a traceparent: ${seen}`);
   const span = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.inbound' && s.traceId === m?.[1]), 'its span');
-  t.equal(span.spanId, m?.[2], 'the app\'s parent is that span');
-  t.equal(span.parentSpanId, '', 'which starts the trace');
+  t.equal(span.spanId, m?.[2], 'the app\'s parent is the destination agent\'s span');
   t.equal(span.attributes['url.path'], '/no-context');
+  const root = await httpRx.waitFor((spans) => spans.find((s) => s.name === 'ambit.request.outbound' && s.traceId === m?.[1]), 'the source agent\'s span');
+  t.equal(span.parentSpanId, root.spanId, 'whose parent is the source agent\'s span');
+  t.equal(root.parentSpanId, '', 'which starts the trace');
+  const lineA = await agentA.proc.waitForLog((l) => l.msg === 'request' && l.path === '/no-context');
+  t.equal(lineA.trace_id, m?.[1], 'the source agent\'s access-log line names the trace it started');
   const line = await agentB.proc.waitForLog((l) => l.msg === 'request' && l.path === '/no-context');
-  t.equal(line.trace_id, m?.[1], 'the destination agent\'s access-log line names the trace started for it');
+  t.equal(line.trace_id, m?.[1], 'the destination agent\'s access-log line names the same trace');
 });

@@ -139,7 +139,7 @@ fn connect_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Con
 }
 
 impl AppConnection {
-    async fn request(self: Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn request(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let start = Instant::now();
         let authority = req.uri().authority().map(|a| a.to_string())
             .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
@@ -154,9 +154,15 @@ impl AppConnection {
             request_bytes: 0, response_bytes: 0, upstream: String::new(), service: String::new(),
             source: self.source.clone(), destination: Peer::default(),
             traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
-            // The source side takes no hop of the trace: the app's traceparent goes on as it came.
             trace: None,
         };
+        // This request's hop of its trace (spans.rs): the child of the app's
+        // span (or a new trace's root), and the parent of the destination's.
+        let hop = self.l7.core.spans.hop(o.traceparent.as_deref());
+        o.trace = Some(hop);
+        if let Ok(v) = HeaderValue::from_str(&hop.traceparent()) {
+            req.headers_mut().insert("traceparent", v);
+        }
         let l7 = &self.l7;
         let Some(table) = l7.services.get(&self.key) else { return self.local(o, start, 503, "UH", "no healthy upstream") };
         o.service = table.service.clone();
