@@ -25,7 +25,7 @@ import { childEnv, DemoProcess, describeExit, runOnce } from './demo/processes.t
 import { Progress, styleFor, type Style } from './demo/progress.ts';
 import { savedNodeCredentials } from './demo/saved-credentials.ts';
 import { formatSummary, type IdentityRow } from './demo/summary.ts';
-import { clientRequest, intruderRequest, l7DeniedRequest, type Exchange, type TrafficDeps } from './demo/traffic.ts';
+import { clientRequest, intruderRequest, l7DeniedRequest, oneConnectionRequests, type Exchange, type TrafficDeps } from './demo/traffic.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ENTRY = {
@@ -38,6 +38,8 @@ const POLICY_FILE = 'examples/policy.yaml';
 const POLICY_NAME = 'demo/web-allow-client';
 /** Requests the client sends to the service (half by SOCKS5, half by the upstream listener). */
 const LB_REQUESTS = 20;
+/** Requests on one keep-alive connection: balanced per request across the web instances. */
+const ONE_CONNECTION_REQUESTS = 12;
 /** A path examples/policy.yaml's DENY (web-deny-admin) names: the client asks for it once. */
 const L7_DENIED_PATH = '/admin/config';
 const L7_POLICY_NAME = 'demo/web-deny-admin';
@@ -277,13 +279,14 @@ class Demo {
     if (!a?.upstream) throw new Error('no node with an upstream listener');
     const deps: TrafficDeps = { layout: this.#layout, source: { ...a, upstream: a.upstream }, agents: this.#agents };
     const exchanges: Exchange[] = [];
-    const { refusal, l7Denial } = await this.#progress.step(
-      `sending traffic: ${LB_REQUESTS + 1} requests ${this.#layout.client.name} → ${this.#layout.service.host}, 1 from ${this.#layout.intruder.name}`,
+    const { refusal, l7Denial, oneConnection } = await this.#progress.step(
+      `sending traffic: ${LB_REQUESTS + ONE_CONNECTION_REQUESTS + 1} requests ${this.#layout.client.name} → ${this.#layout.service.host}, 1 from ${this.#layout.intruder.name}`,
       async () => {
         for (let k = 0; k < LB_REQUESTS; k++) exchanges.push(await clientRequest(deps, k % 2 === 0 ? 'socks' : 'upstream', `/hello?n=${k + 1}`));
         const bad = exchanges.find((e) => e.status !== 200 || !e.answer);
         if (bad) throw new Error(`${bad.url} answered HTTP ${bad.status}`);
-        return { refusal: await intruderRequest(deps), l7Denial: await l7DeniedRequest(deps, L7_DENIED_PATH) };
+        const oneConnection = await oneConnectionRequests(deps, ONE_CONNECTION_REQUESTS);
+        return { refusal: await intruderRequest(deps), l7Denial: await l7DeniedRequest(deps, L7_DENIED_PATH), oneConnection };
       },
       () => {
         const per = this.#layout.web.map((w) => `${w.workload} ${exchanges.filter((e) => e.answer?.workload === w.workload).length}`).join(', ');
@@ -304,6 +307,7 @@ class Demo {
       showcase,
       refusal,
       l7Denial,
+      oneConnection,
       policy: { name: POLICY_NAME, file: POLICY_FILE, l7Name: L7_POLICY_NAME },
       paths: {
         root: ROOT, dir: this.#o.dir, credentials: this.#dirs.credentials, node: process.execPath, ambitctl: ENTRY.ambitctl,

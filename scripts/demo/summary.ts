@@ -8,7 +8,7 @@ import { AGENT_PORTS, CONTROLLER, type Layout, type NodeSpec } from './layout.ts
 import { SOCKS_REPLIES } from './http-client.ts';
 import type { Style } from './progress.ts';
 import type { LogLine } from './processes.ts';
-import type { Exchange, L7Denial, Refusal } from './traffic.ts';
+import type { Exchange, L7Denial, OneConnection, Refusal } from './traffic.ts';
 
 export interface IdentityRow {
   readonly identity: string;
@@ -29,6 +29,7 @@ export interface SummaryInput {
   readonly showcase: Exchange;
   readonly refusal: Refusal;
   readonly l7Denial: L7Denial;
+  readonly oneConnection: OneConnection;
   readonly policy: { readonly name: string; readonly file: string; readonly l7Name: string };
   readonly paths: { readonly root: string; readonly dir: string; readonly logs: readonly string[]; readonly credentials: string; readonly node: string; readonly ambitctl: string };
   readonly pids: readonly { readonly name: string; readonly pid: number | undefined }[];
@@ -111,6 +112,13 @@ export function formatSummary(i: SummaryInput): string {
   for (const wa of i.layout.web) {
     const n = counts.get(wa.workload) ?? 0;
     out.push(`  ${pad(wa.workload, 8)} on ${pad(wa.node, 7)} ${pad(`${wa.address}:${wa.port}`, 18)} ${String(n).padStart(3)} answered  ${s.cyan('█'.repeat(n))}`);
+  }
+
+  const oc = i.oneConnection;
+  h(`Per-request balancing: ${oc.requests} requests on ${oc.connections === 1 ? `ONE keep-alive connection (client port ${oc.clientPort})` : `${oc.connections} connections`} via the upstream listener (the port declares appProtocol http)`);
+  for (const wa of i.layout.web) {
+    const n = oc.answeredBy.get(wa.workload) ?? 0;
+    out.push(`  ${pad(wa.workload, 8)} on ${pad(wa.node, 7)} ${String(n).padStart(3)} of that connection's requests  ${s.cyan('█'.repeat(n))}`);
   }
 
   h('Endpoints');

@@ -6,6 +6,7 @@
  * outbound line, and the destination agent's inbound line with the same
  * trace id (the traceparent travels in the HBONE CONNECT).
  */
+import { Agent, get } from 'node:http';
 import { AGENT_PORTS, type Layout, type NodeSpec } from './layout.ts';
 import { httpGet, socks5Connect, SocksRefused, tcpConnect } from './http-client.ts';
 import { parseAnswer, type WebAnswer } from './apps.ts';
@@ -100,4 +101,48 @@ export async function l7DeniedRequest(d: TrafficDeps, path: string): Promise<L7D
   const res = await httpGet(socket, layout.service.host, path);
   if (res.status !== 403) throw new Error(`GET http://${layout.service.host}${path} answered HTTP ${res.status}, not 403 — is examples/policy.yaml applied?`);
   return { url: `http://${layout.service.host}${path}`, status: res.status, body: res.body.trim() };
+}
+
+/** Requests the client sent on one keep-alive connection, and which instance answered each. */
+export interface OneConnection {
+  readonly requests: number;
+  /** How many TCP connections carried them (1: the agent balanced each request, not the connection). */
+  readonly connections: number;
+  /** The client's local port of that connection. */
+  readonly clientPort: number;
+  readonly answeredBy: ReadonlyMap<string, number>;
+}
+
+/**
+ * `n` GETs on ONE keep-alive connection through the upstream listener: the
+ * service's port declares HTTP, so the source agent picks an endpoint per
+ * request, and one connection's requests spread over the instances.
+ */
+export async function oneConnectionRequests(d: TrafficDeps, n: number): Promise<OneConnection> {
+  const { layout, source } = d;
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const ports = new Set<number>();
+  const answeredBy = new Map<string, number>(layout.web.map((w) => [w.workload, 0]));
+  try {
+    for (let k = 0; k < n; k++) {
+      const path = `/one-connection?n=${k + 1}`;
+      const { status, body, port } = await new Promise<{ status: number; body: string; port: number }>((resolve, reject) => {
+        const req = get({ agent, host: source.address, port: source.upstream.port, localAddress: layout.client.address, path, headers: { host: layout.service.host, accept: 'application/json' }, timeout: 10_000 }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), port: res.socket?.localPort ?? 0 }));
+          res.on('error', reject);
+        });
+        req.on('timeout', () => req.destroy(new Error(`GET http://${layout.service.host}${path}: no answer within 10 s`)));
+        req.on('error', reject);
+      });
+      const answer = parseAnswer(body);
+      if (status !== 200 || !answer) throw new Error(`GET http://${layout.service.host}${path} on one connection answered HTTP ${status}`);
+      ports.add(port);
+      answeredBy.set(answer.workload, (answeredBy.get(answer.workload) ?? 0) + 1);
+    }
+  } finally {
+    agent.destroy();
+  }
+  return { requests: n, connections: ports.size, clientPort: [...ports][0] ?? 0, answeredBy };
 }

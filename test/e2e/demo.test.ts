@@ -153,6 +153,11 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.ok(counts.web! > 0 && counts['web-2']! > 0, `both web instances answered (${JSON.stringify(counts)})`);
   t.equal(counts.web! + counts['web-2']!, 20, 'every request was answered');
 
+  t.match(out, /Per-request balancing: 12 requests on ONE keep-alive connection \(client port \d+\)/, 'one connection\'s requests, balanced per request');
+  const perRequest = Object.fromEntries([...out.matchAll(/^\s+(web(?:-2)?)\s+on node-[ab]\s+(\d+) of that connection's requests/gm)].map((m) => [m[1], Number(m[2])]));
+  t.ok(perRequest.web! > 0 && perRequest['web-2']! > 0, `both instances answered requests of the one connection (${JSON.stringify(perRequest)})`);
+  t.equal(perRequest.web! + perRequest['web-2']!, 12, 'every request on the connection was answered');
+
   t.match(out, /http:\/\/127\.0\.10\.2:15020\/metrics/, 'metrics URL');
   t.match(out, /http:\/\/127\.0\.10\.2:15000\/config_dump/, 'admin URL');
   t.match(out, /export AMBIT_CONTROLLER=127\.0\.10\.1:15012 AMBIT_CREDENTIALS=\S+\/controller\/admin/, 'how to point ambitctl at the demo');
