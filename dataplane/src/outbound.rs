@@ -80,7 +80,8 @@ pub struct Outbound {
 /// A refused or failed tunnel: the status the peer agent answered (0: none) and why.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    status: u16,
+    /// The peer agent's HBONE answer when it answered (401: policy denied), else 0.
+    pub(crate) status: u16,
     pub(crate) reason: String,
     pub(crate) message: String,
 }

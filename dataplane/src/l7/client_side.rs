@@ -44,7 +44,7 @@ type UpstreamBody = Counted<Incoming>;
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// The response header naming the flags of a response the data plane made
-/// itself (503 UO, UF, UH, UC), so an app can tell them from its peer's.
+/// itself (503 UO, UF, UH, UC; 403 DENY), so an app can tell them from its peer's.
 pub const FLAGS_HEADER: &str = "x-ambit-response-flags";
 
 pub struct L7 {
@@ -230,11 +230,15 @@ impl AppConnection {
         Response::from_parts(parts, Counted::new(body, response_bytes, Some(grpc), Some(done)).boxed())
     }
 
-    /// No answer from the upstream: a full circuit (UO), a failed connect
-    /// (UF, counted against the endpoint's health) or a connection lost before the answer (UC).
+    /// No answer from the upstream: a full circuit (UO), the destination
+    /// agent's policy refusing this source (403 DENY, never counted against
+    /// the endpoint: another client's denial must not eject it), a failed
+    /// connect (UF, counted against the endpoint's health) or a connection
+    /// lost before the answer (UC).
     fn failed(&self, o: RequestOutcome, start: Instant, table: &Table, idx: usize, e: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
         match connect_error(e) {
             Some(ConnectError::Overflow) => self.local(o, start, 503, "UO", "upstream overflow: too many connections"),
+            Some(ConnectError::Denied { message }) => self.local(o, start, 403, "DENY", &format!("RBAC: access denied: {message}")),
             Some(ConnectError::Failed { reason, message }) => {
                 if let Some(ev) = self.l7.services.report(table, idx, Some(reason), Instant::now()) {
                     self.l7.tell(vec![ev]);
@@ -278,6 +282,7 @@ impl AppConnection {
         let io = match self.connector.connect(&authority).await {
             Ok(io) => io,
             Err(ConnectError::Overflow) => return self.local(o, start, 503, "UO", "upstream overflow: too many connections"),
+            Err(ConnectError::Denied { message }) => return self.local(o, start, 403, "DENY", &format!("RBAC: access denied: {message}")),
             Err(ConnectError::Failed { reason, message }) => {
                 if let Some(ev) = self.l7.services.report(&table, idx, Some(&reason), Instant::now()) {
                     self.l7.tell(vec![ev]);

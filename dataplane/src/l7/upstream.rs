@@ -29,13 +29,16 @@ pub enum ConnectError {
     Overflow,
     /// The endpoint could not be reached (UF): the failure's reason and detail.
     Failed { reason: String, message: String },
+    /// The destination agent's policy refused this source (its HBONE 401):
+    /// an answer about the client, not the endpoint's health.
+    Denied { message: String },
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Overflow => write!(f, "the service's upstream connection limit is reached"),
-            ConnectError::Failed { message, .. } => write!(f, "{message}"),
+            ConnectError::Failed { message, .. } | ConnectError::Denied { message } => write!(f, "{message}"),
         }
     }
 }
@@ -67,7 +70,7 @@ impl Connector {
         let slot = table.circuit.connection(self.services.settings().max_connections).ok_or(ConnectError::Overflow)?;
         let attempt = pb::Attempt { hbone: e.info.hbone.clone(), sni: e.info.sni.clone(), expect: e.info.expect.clone(), authority: authority.to_string(), headers: self.headers.clone() };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let (release, response, send) = self.outbound.attempt(&self.source, &attempt, deadline).await.map_err(|f| failed(&f.reason, f.message))?;
+        let (release, response, send) = self.outbound.attempt(&self.source, &attempt, deadline).await.map_err(|f| if f.status == 401 { ConnectError::Denied { message: f.message } } else { failed(&f.reason, f.message) })?;
         Ok(HboneIo { io: TokioIo::new(StreamIo::new(send, response.into_body())), _release: release, _slot: slot })
     }
 }
