@@ -96,7 +96,8 @@ export function formatSummary(i: SummaryInput): string {
   const r = i.refusal;
   h(`A request refused by ${i.policy.file} (AuthorizationPolicy ${i.policy.name}: ALLOW only ${i.layout.client.identity})`);
   out.push(`  ${i.layout.intruder.name} (${i.layout.intruder.identity}) → ${i.layout.service.host}:${i.layout.service.port} via SOCKS5`);
-  out.push(`  → SOCKS reply ${r.reply} "${SOCKS_REPLIES[r.reply] ?? '?'}": the connection was refused before any byte reached ${String(r.outbound['dst.workload'])}`);
+  if (r.http) out.push(`  → HTTP ${r.http.status} (${r.http.flags}) "${r.http.body}": the destination agent refused the tunnel before any byte reached ${String(r.outbound['dst.workload'])}`);
+  else out.push(`  → SOCKS reply ${r.reply} "${SOCKS_REPLIES[r.reply ?? 0] ?? '?'}": the connection was refused before any byte reached ${String(r.outbound['dst.workload'])}`);
   if (r.inbound) out.push(`  ${pad(`${r.refusedBy} (destination agent)`, 28)} ${logLine(r.inbound)}`);
   out.push(`  ${pad(`${a.name} (source agent)`, 28)} ${logLine(r.outbound)}`);
 

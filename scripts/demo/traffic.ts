@@ -28,8 +28,10 @@ export interface Exchange {
 }
 
 export interface Refusal {
-  /** SOCKS reply code the intruder got (2: not allowed by ruleset). */
-  readonly reply: number;
+  /** On a TCP port: the SOCKS reply code the intruder got (2: not allowed by ruleset). */
+  readonly reply: number | undefined;
+  /** On an HTTP port: the source agent's own answer to the request (403, flag DENY), naming why. */
+  readonly http: { readonly status: number; readonly flags: string; readonly body: string } | undefined;
   readonly outbound: LogLine;
   readonly inbound: LogLine | undefined;
   /** Node of the destination agent that refused. */
@@ -61,6 +63,19 @@ async function inboundFor(d: TrafficDeps, outbound: LogLine): Promise<{ line: Lo
   return { line, node };
 }
 
+/**
+ * The destination agent's line for a tunnel a source agent opened per
+ * request on an HTTP port: its trace is the request's, not the app
+ * connection's, so it is found by the source identity instead.
+ */
+async function inboundRefusalOf(d: TrafficDeps, identity: string): Promise<{ line: LogLine | undefined; node: string }> {
+  for (const w of d.layout.web) {
+    const line = d.agents.get(w.node)?.logs.find((l) => isConnection('inbound')(l) && l['src.identity'] === identity);
+    if (line) return { line, node: w.node };
+  }
+  return { line: undefined, node: '' };
+}
+
 /** One GET from the client to the service, through SOCKS5 or the upstream listener. */
 export async function clientRequest(d: TrafficDeps, via: Via, path: string): Promise<Exchange> {
   const { layout, source } = d;
@@ -80,18 +95,24 @@ export async function intruderRequest(d: TrafficDeps): Promise<Refusal> {
   const { layout, source } = d;
   const agent = d.agents.get(source.name)!;
   const from = agent.logs.length;
-  let reply = 0;
+  let reply: number | undefined;
+  let http: Refusal['http'];
   try {
     const socket = await socks5Connect({ proxy: { host: source.address, port: AGENT_PORTS.socks }, user: `${layout.intruder.namespace}/${layout.intruder.name}`, localAddress: layout.intruder.address, host: layout.service.host, port: layout.service.port });
+    // An HTTP port: the source agent accepts the connection and answers each
+    // request itself once the destination agent's policy refuses the source.
     const res = await httpGet(socket, layout.service.host, '/');
-    throw new Error(`the intruder was not refused: it got HTTP ${res.status} ${res.body.trim()} — is examples/policy.yaml applied?`);
+    if (res.status !== 403 || res.headers['x-ambit-response-flags'] !== 'DENY') {
+      throw new Error(`the intruder was not refused: it got HTTP ${res.status} ${res.body.trim()} — is examples/policy.yaml applied?`);
+    }
+    http = { status: res.status, flags: res.headers['x-ambit-response-flags'], body: res.body.trim() };
   } catch (err) {
     if (!(err instanceof SocksRefused)) throw err;
     reply = err.reply;
   }
   const outbound = await agent.waitForLog((l) => isConnection('outbound')(l) && l['src.identity'] === layout.intruder.identity, 'outbound access log line of the refused request', LOG_WAIT_MS, from);
-  const { line, node } = await inboundFor(d, outbound);
-  return { reply, outbound, inbound: line, refusedBy: node };
+  const { line, node } = http ? await inboundRefusalOf(d, layout.intruder.identity) : await inboundFor(d, outbound);
+  return { reply, http, outbound, inbound: line, refusedBy: node };
 }
 
 /** The client asks for a path a DENY names: answered 403 by the destination agent, naming the policy. */

@@ -143,7 +143,7 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.match(out, new RegExp(`${CLIENT_ID.replace(/[./]/g, '\\$&')} → ${WEB_ID.replace(/[./]/g, '\\$&')}\\s+\\[mutual_tls`), 'an access-log record of a request across the mesh, with both identities');
   t.match(out, /\(destination agent\)\s+spiffe:\/\/cluster\.local\/ns\/demo\/sa\/client → /, 'as the destination agent saw it');
 
-  t.match(out, /SOCKS reply 2 "connection not allowed by ruleset"/, 'the intruder was refused');
+  t.match(out, /→ HTTP 403 \(DENY\) "RBAC: access denied: .*denied: no_allow_match/, 'the intruder was refused: its agent answered 403 once the destination agent denied the tunnel');
   t.match(out, new RegExp(`\\(destination agent\\)\\s+${INTRUDER_ID.replace(/[./]/g, '\\$&')} → .*response_flags DENY, error "denied: no_allow_match"`), 'the destination agent logged the DENY and why');
 
   t.match(out, /client → GET http:\/\/web\.demo\/admin\/config via the upstream listener/, 'the client asked for a path a DENY names');
