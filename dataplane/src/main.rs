@@ -29,9 +29,6 @@ mod outbound;
 mod relay;
 mod socket_owner;
 mod socks5;
-// Spans::hop and TraceHop are the L7 request paths' API (a request's trace
-// context); no path that forwards requests calls them yet.
-#[allow(dead_code)]
 mod spans;
 mod tls;
 
