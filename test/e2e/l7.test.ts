@@ -260,6 +260,13 @@ t.test('gRPC: a real @grpc/grpc-js server answers calls end to end, statuses inc
   const failed = await grpcCall(session, 'fail');
   t.equal(failed.status, 200);
   t.equal(failed.grpcStatus, String(grpc.status.NOT_FOUND), 'the server\'s status reaches the client');
+
+  // Each data plane reads the answer's grpc-status (from trailers) into Istio's grpc_response_status, on both sides.
+  for (const [agent, reporter] of [[agentA, 'source'], [agentB, 'destination']] as const) {
+    const count = async (status: string): Promise<number> => metricValue((await httpGet(hostPortOf(agent.metrics), '/metrics')).body, 'istio_requests_total', { reporter, request_protocol: 'grpc', grpc_response_status: status });
+    await eventually(async () => (await count('5')) === 1 && (await count('0')) === 60, `${reporter} reporter: 60 calls with grpc_response_status 0, one with 5`, 10_000);
+    t.pass(`${reporter} reporter: istio_requests_total carries the gRPC statuses (0 ×60, NOT_FOUND ×1)`);
+  }
 });
 
 t.test('an endpoint answering 503 is ejected: the client then sees at least 99 % success', async (t) => {
