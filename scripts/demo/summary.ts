@@ -64,6 +64,9 @@ function pad(s: string, n: number): string {
 
 /** One access-log line as "src → dst [security, bytes from / to the source, duration, flags, error]". */
 function logLine(l: LogLine): string {
+  if (l.msg === 'request') {
+    return `${String(l['src.identity'])} → ${String(l['dst.identity'])}  [${String(l.method)} ${String(l.path)} → ${String(l.status)}, bytes_recv ${bytes(l.bytes_recv)}, bytes_sent ${bytes(l.bytes_sent)}, ${String(l.duration_ms)} ms]`;
+  }
   const flags = l.response_flags && l.response_flags !== '-' ? `, response_flags ${String(l.response_flags)}` : '';
   const err = l.error ? `, error "${String(l.error)}"` : '';
   return `${String(l['src.identity'])} → ${String(l['dst.identity'])}  [${String(l.security)}, bytes_recv ${bytes(l.bytes_recv)}, bytes_sent ${bytes(l.bytes_sent)}, ${String(l.duration_ms)} ms${flags}${err}]`;
@@ -91,7 +94,7 @@ export function formatSummary(i: SummaryInput): string {
   out.push(`  → HTTP ${x.status} from ${ans?.workload ?? '?'} (${ans?.listen ?? '?'} on ${dstNode}), which saw the connection come from ${ans?.peer ?? '?'} (its local agent)`);
   out.push(`  ${pad(`${a.name} (source agent)`, 28)} ${logLine(x.outbound)}`);
   if (x.inbound) out.push(`  ${pad(`${dstNode} (destination agent)`, 28)} ${logLine(x.inbound)}`);
-  out.push(s.dim(`  mutual TLS 1.3: ${a.name} presented the client's certificate, ${dstNode} the web certificate; both lines carry trace_id ${String(x.outbound.trace_id)}`));
+  out.push(s.dim(`  mutual TLS 1.3: ${a.name} presented the client's certificate, ${dstNode} the web certificate; both agents' lines of this request carry trace_id ${x.traceId}`));
 
   const r = i.refusal;
   h(`A request refused by ${i.policy.file} (AuthorizationPolicy ${i.policy.name}: ALLOW only ${i.layout.client.identity})`);

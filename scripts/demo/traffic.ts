@@ -23,8 +23,14 @@ export interface Exchange {
   readonly answer: WebAnswer | undefined;
   /** The source agent's access-log line ("direction":"outbound"). */
   readonly outbound: LogLine;
-  /** The destination agent's line ("direction":"inbound"), same trace id. */
+  /**
+   * The destination agent's line: on an HTTP port its request line (the
+   * request's trace, which the source agent's request line shares), else
+   * its connection line with the outbound line's trace id.
+   */
   readonly inbound: LogLine | undefined;
+  /** The trace id both agents' lines of this request carry. */
+  readonly traceId: string;
 }
 
 export interface Refusal {
@@ -86,8 +92,17 @@ export async function clientRequest(d: TrafficDeps, via: Via, path: string): Pro
     : await tcpConnect({ host: source.address, port: source.upstream.port, localAddress: layout.client.address });
   const res = await httpGet(socket, layout.service.host, path);
   const outbound = await agent.waitForLog((l) => isConnection('outbound')(l) && l['src.identity'] === layout.client.identity, 'outbound access log line', LOG_WAIT_MS, from);
+  // An HTTP port: each agent's data plane logs the request itself, and both
+  // lines carry the request's trace (the tunnel a request rides may be a
+  // pooled one, opened under another request's trace).
+  const request = await agent.waitForLog((l) => l.msg === 'request' && l.direction === 'outbound' && l.path === path, 'the source agent\'s request line', LOG_WAIT_MS, from).catch(() => undefined);
+  if (request?.trace_id) {
+    const node = layout.web.find((w) => w.workload === String(request['dst.workload'] ?? ''))?.node ?? '';
+    const inbound = await d.agents.get(node)?.waitForLog((l) => l.msg === 'request' && l.direction === 'inbound' && l.trace_id === request.trace_id, 'the destination agent\'s request line', LOG_WAIT_MS).catch(() => undefined);
+    return { via, url: `http://${layout.service.host}${path}`, status: res.status, answer: parseAnswer(res.body), outbound, inbound, traceId: String(request.trace_id) };
+  }
   const { line } = await inboundFor(d, outbound);
-  return { via, url: `http://${layout.service.host}${path}`, status: res.status, answer: parseAnswer(res.body), outbound, inbound: line };
+  return { via, url: `http://${layout.service.host}${path}`, status: res.status, answer: parseAnswer(res.body), outbound, inbound: line, traceId: String(outbound.trace_id ?? '') };
 }
 
 /** The intruder's attempt: expected to be refused by the destination agent's policy. */
