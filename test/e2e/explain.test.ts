@@ -41,6 +41,16 @@ spec:
   ports: [{ name: http, port: 80, targetPort: ${PORT}, appProtocol: http }]
   selector: { app: web }
 ---
+# The same workload behind a TCP port: a denied connection is refused at
+# connection time (SOCKS5 reply), where on the HTTP port each request is.
+apiVersion: ambit.dev/v1alpha1
+kind: Service
+metadata: { name: web-tcp, namespace: demo }
+spec:
+  addresses: ["${ip(101)}"]
+  ports: [{ name: tcp, port: 80, targetPort: ${PORT} }]
+  selector: { app: web }
+---
 apiVersion: ambit.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: { name: web-allow-client, namespace: demo }
@@ -193,12 +203,12 @@ t.test('a malformed query is a usage error (exit status 2), sent nowhere', async
 t.test('a real denied connection: both agents count and log it under the policy explain named', async (t) => {
   // The client's connection opening proves node-a holds the service, the policies' revision and node-b's address.
   await eventually(async () => {
-    const { socket, reply } = await socksConnect(agentA.socks, CLIENT, 'demo/client', 'web.demo', 80, 10_000);
+    const { socket, reply } = await socksConnect(agentA.socks, CLIENT, 'demo/client', 'web-tcp.demo', 80, 10_000);
     socket.destroy();
     return reply === 0;
-  }, 'node-a carries client → web.demo', 20_000);
-  // The spy's connection through node-a's SOCKS5 to web.demo:80 is tunnelled to node-b, which denies it.
-  const { socket: spy, reply } = await socksConnect(agentA.socks, SPY, 'demo/spy', 'web.demo', 80, 10_000);
+  }, 'node-a carries client → web-tcp.demo', 20_000);
+  // The spy's connection through node-a's SOCKS5 to web-tcp.demo:80 is tunnelled to node-b, which denies it.
+  const { socket: spy, reply } = await socksConnect(agentA.socks, SPY, 'demo/spy', 'web-tcp.demo', 80, 10_000);
   spy.destroy();
   t.not(reply, 0, 'the spy is refused');
   const inbound = await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l['src.workload'] === 'spy');
@@ -211,7 +221,7 @@ t.test('a real denied connection: both agents count and log it under the policy 
   t.ok(metricValue(metricsA, 'ambit_policy_denials_total', { direction: 'outbound', policy: 'demo/no-spy', reason: 'denied_by_policy' }) >= 1, 'node-a: ambit_policy_denials_total{policy="demo/no-spy"}');
 
   // The intruder, for want of an ALLOW.
-  const { socket, reply: r2 } = await socksConnect(agentA.socks, INTRUDER, 'demo/intruder', 'web.demo', 80, 10_000);
+  const { socket, reply: r2 } = await socksConnect(agentA.socks, INTRUDER, 'demo/intruder', 'web-tcp.demo', 80, 10_000);
   socket.destroy();
   t.not(r2, 0, 'the intruder is refused');
   t.match(await agentB.proc.waitForLog((l) => l.msg === 'connection' && l.direction === 'inbound' && l['src.workload'] === 'intruder'), { response_flags: 'DENY', policy: '(no ALLOW matched)' });

@@ -245,10 +245,13 @@ t.test('HTTP: per-request metrics from the data plane answer Istio\'s request da
 
   t.equal(await scalar(`sum(istio_requests_total{reporter="destination", destination_service="${API}"})`), 27, 'every request counted once, by the destination agent');
   t.equal(await scalar(`sum(istio_requests_total{reporter="destination", destination_service_name="api", destination_workload="web", destination_app="web", destination_version="v1", source_workload="client", source_app="client", source_version="v2", request_protocol="http", connection_security_policy="mutual_tls", response_flags="-", grpc_response_status=""})`), 27, 'with Istio\'s labels and values');
-  t.equal(await scalar(`sum(istio_request_duration_milliseconds_count{destination_service="${API}"})`), 27, 'a duration for each');
-  t.equal(await scalar(`sum(istio_response_bytes_sum{destination_service="${API}"})`), 2700, 'response body bytes, exactly');
-  t.equal(await scalar(`sum(istio_response_bytes_bucket{destination_service="${API}", le="100"}) - sum(istio_response_bytes_bucket{destination_service="${API}", le="50"})`), 27, 'each 100-byte body in the (50, 100] bucket');
-  t.equal(await scalar(`sum(istio_request_bytes_bucket{destination_service="${API}", le="0.5"})`), 27, 'empty request bodies in the first bucket');
+  t.equal(await scalar(`sum(istio_request_duration_milliseconds_count{reporter="destination", destination_service="${API}"})`), 27, 'a duration for each');
+  t.equal(await scalar(`sum(istio_response_bytes_sum{reporter="destination", destination_service="${API}"})`), 2700, 'response body bytes, exactly');
+  t.equal(await scalar(`sum(istio_response_bytes_bucket{reporter="destination", destination_service="${API}", le="100"}) - sum(istio_response_bytes_bucket{reporter="destination", destination_service="${API}", le="50"})`), 27, 'each 100-byte body in the (50, 100] bucket');
+  t.equal(await scalar(`sum(istio_request_bytes_bucket{reporter="destination", destination_service="${API}", le="0.5"})`), 27, 'empty request bodies in the first bucket');
+  // The source agent serves the same port per request too, and reports each request once as the source.
+  await eventually(async () => (await scalar(`sum(istio_requests_total{reporter="source", destination_service="${API}"})`)) === 27, 'the source reporter scraped');
+  t.equal(await scalar(`sum(istio_requests_total{reporter="source", destination_service="${API}", response_code="500", source_workload="client", destination_workload="web", request_protocol="http"})`), 6, 'the source agent counts the same requests, failures included');
 
   // At the moment the second burst was first scraped, both series' last two samples span it: 20 ok of 25.
   const [series] = await query(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="200"}[1m]`);
