@@ -75,11 +75,14 @@ async function inboundFor(d: TrafficDeps, outbound: LogLine): Promise<{ line: Lo
  * connection's, so it is found by the source identity instead.
  */
 async function inboundRefusalOf(d: TrafficDeps, identity: string): Promise<{ line: LogLine | undefined; node: string }> {
-  for (const w of d.layout.web) {
-    const line = d.agents.get(w.node)?.logs.find((l) => isConnection('inbound')(l) && l['src.identity'] === identity);
-    if (line) return { line, node: w.node };
-  }
-  return { line: undefined, node: '' };
+  // The source agent's 403 can reach the client before the destination agent
+  // has written its line: wait on every web node's agent, first line wins.
+  const waits = d.layout.web.map(async (w) => {
+    const agent = d.agents.get(w.node);
+    if (!agent) throw new Error(`no agent for ${w.node}`);
+    return { line: await agent.waitForLog((l) => isConnection('inbound')(l) && l['src.identity'] === identity, 'the destination agent\'s refusal line', LOG_WAIT_MS), node: w.node };
+  });
+  return Promise.any(waits).catch(() => ({ line: undefined, node: '' }));
 }
 
 /** One GET from the client to the service, through SOCKS5 or the upstream listener. */
