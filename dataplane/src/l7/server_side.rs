@@ -75,13 +75,18 @@ struct Conn {
     service: String,
 }
 
+/// A pooled client to one local app address, per upstream HTTP version.
+type AppClients = HashMap<(Arc<str>, Upstream), Client<Dial, CountedBody<Incoming>>>;
+/// A served connection: the HTTP/1.1 (with upgrades) or HTTP/2 server future.
+type Served<'a> = Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + 'a>>;
+
 /// The HTTP side of the inbound half: servers' limits, the pooled clients
 /// to local workloads, request policies of live connections, and denials
 /// counted since the last report.
 pub struct ServerSide {
     client_only: auto::Builder<TokioExecutor>,
     h2_only: auto::Builder<TokioExecutor>,
-    clients: Mutex<HashMap<(Arc<str>, Upstream), Client<Dial, CountedBody<Incoming>>>>,
+    clients: Mutex<AppClients>,
     policies: Mutex<HashMap<u64, Arc<RwLock<Arc<RequestPolicy>>>>>,
     denials: Mutex<HashMap<(String, &'static str), u64>>,
 }
@@ -129,6 +134,9 @@ impl ServerSide {
     /// Serves HTTP on an admitted connection (`io`: from the source) until
     /// it ends or the agent closes it; registered with the core like any
     /// tunnel (byte counts, tag, end).
+    // One call per admitted connection, from inbound.rs's two entry points; the
+    // arguments are that connection's facts, not options worth a struct.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve<IO>(self: Arc<Self>, core: Arc<Core>, id: u64, tag: String, http: pb::HttpInbound, dial: String, connect_timeout: Duration, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -151,7 +159,7 @@ impl ServerSide {
             async move { Ok::<_, Infallible>(side.handle(&conn, req).await) }
         });
         // HTTP/1.1 clients may upgrade (WebSocket): the bytes after a 101 are relayed as they are.
-        let served: Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + '_>> = if upstream == Upstream::Http2 {
+        let served: Served<'_> = if upstream == Upstream::Http2 {
             Box::pin(self.h2_only.serve_connection(TokioIo::new(io), svc))
         } else {
             Box::pin(self.client_only.serve_connection_with_upgrades(TokioIo::new(io), svc))
