@@ -84,7 +84,7 @@ t.test('root rotation prepare → activate → retire under traffic', async (t) 
   t.comment(`rotation took ${Date.now() - t0} ms; ${report.newOk} new connections ok; ${report.longRounds} long-lived echo rounds`);
   t.same(report.newFailures, [], 'zero failed connections throughout the rotation');
   t.same(report.longFailures, [], 'the long-lived connection survived the rotation intact');
-  t.ok(report.newOk > 100, `connections kept opening throughout (${report.newOk})`);
+  t.ok(report.newOk > 0 && report.longestOkGapMs < 3_000, `connections kept opening throughout: ${report.newOk} ok, never more than ${report.longestOkGapMs} ms without one (< 3 s)`);
   if (report.longFailures.length + report.newFailures.length > 0) t.comment(recentLogs(mesh, 20));
   for (const ag of agents) {
     t.ok((await certsOf(ag)).every((c) => c.state === 'valid' && !issuedBy(c.chainPem, oldRoot)), `${ag.node}: no certificate from the retired root left`);

@@ -35,7 +35,7 @@ t.test('traffic flows until the certificates expire; recovery after the controll
   t.comment(`until 2 s before expiry: ${report.newOk} new connections ok, ${report.longRounds} long-lived echo rounds`);
   t.same(report.newFailures, [], 'no new connection failed for the whole certificate lifetime, past the renewal point');
   t.same(report.longFailures, [], 'the long-lived connection kept echoing');
-  t.ok(report.newOk > 150, `new connections kept opening (${report.newOk})`);
+  t.ok(report.newOk > 0 && report.longestOkGapMs < 3_000, `new connections kept opening: ${report.newOk} ok, never more than ${report.longestOkGapMs} ms without one (< 3 s)`);
   if (report.newFailures.length + report.longFailures.length > 0) t.comment(recentLogs(mesh));
   t.ok(agentA.proc.logs.some((l) => l.msg === 'certificate request failed; will retry'), 'node-a tried to renew and kept retrying');
 

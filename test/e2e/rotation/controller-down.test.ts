@@ -37,7 +37,7 @@ t.test('traffic flows while the controller is down; agents reconnect and renew w
   t.equal(await traffic.oneNew(), '', 'a new connection ~20 s after the controller stopped works');
   t.same(at20.newFailures, [], 'no new connection failed while the controller was down');
   t.same(at20.longFailures, [], 'the long-lived connection kept echoing while the controller was down');
-  t.ok(at20.newOk > 60, `new connections kept opening while the controller was down (${at20.newOk})`);
+  t.ok(at20.newOk > 0 && at20.longestOkGapMs < 3_000, `new connections kept opening while the controller was down: ${at20.newOk} ok, never more than ${at20.longestOkGapMs} ms without one (< 3 s)`);
   const indep20 = { a: await metric(agentA, 'ambit_agent_controller_independence_seconds'), b: await metric(agentB, 'ambit_agent_controller_independence_seconds') };
   t.ok(indep20.a > 0 && indep20.b > 0, `still independent after ~20 s: node-a ${indep20.a} s, node-b ${indep20.b} s`);
   t.ok(indep20.a <= indep0.a - 15 && indep20.b <= indep0.b - 15, 'and the remaining time counted down');

@@ -144,6 +144,12 @@ export interface TrafficReport {
   /** New connections: how many opened, echoed and closed fine / failed (with why). */
   readonly newOk: number;
   readonly newFailures: string[];
+  /**
+   * The longest stretch without a new connection completing fine, from the
+   * start to now (or the stop): what "connections kept opening throughout"
+   * means, independent of how long the run took.
+   */
+  readonly longestOkGapMs: number;
 }
 
 /**
@@ -159,6 +165,9 @@ export class Traffic {
   readonly #longFailures: string[] = [];
   #newOk = 0;
   readonly #newFailures: string[] = [];
+  #lastOkAt = Date.now();
+  #longestOkGapMs = 0;
+  #stoppedAt: number | undefined;
   readonly #inflight = new Set<Promise<void>>();
   #loops: Promise<void>[] = [];
 
@@ -181,7 +190,14 @@ export class Traffic {
   }
 
   report(): TrafficReport {
-    return { longRounds: this.#longRounds, longFailures: [...this.#longFailures], newOk: this.#newOk, newFailures: [...this.#newFailures] };
+    const openGap = (this.#stoppedAt ?? Date.now()) - this.#lastOkAt;
+    return {
+      longRounds: this.#longRounds,
+      longFailures: [...this.#longFailures],
+      newOk: this.#newOk,
+      newFailures: [...this.#newFailures],
+      longestOkGapMs: Math.max(this.#longestOkGapMs, openGap),
+    };
   }
 
   async #longLoop(roundMs: number): Promise<void> {
@@ -201,7 +217,12 @@ export class Traffic {
     while (this.#running) {
       const p: Promise<void> = newConnection(this.#mesh).then((why) => {
         if (why) this.#newFailures.push(`${new Date().toISOString()} ${why}`);
-        else this.#newOk++;
+        else {
+          const now = Date.now();
+          this.#longestOkGapMs = Math.max(this.#longestOkGapMs, now - this.#lastOkAt);
+          this.#lastOkAt = now;
+          this.#newOk++;
+        }
       }).finally(() => this.#inflight.delete(p));
       this.#inflight.add(p);
       await new Promise((r) => setTimeout(r, everyMs));
@@ -211,6 +232,7 @@ export class Traffic {
   /** Stops generating, waits for connections in flight, checks the long-lived one once more and closes it. */
   async stop(): Promise<TrafficReport> {
     this.#running = false;
+    this.#stoppedAt = Date.now();
     await Promise.all(this.#loops);
     await Promise.all([...this.#inflight]);
     if (this.#longFailures.length === 0) {
