@@ -182,6 +182,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       http: {
         consecutiveFailures: cfg.outlierConsecutiveFailures, baseEjectionMs: cfg.outlierBaseEjection, maxEjectionMs: cfg.outlierMaxEjection,
         maxEjectionPercent: cfg.outlierMaxEjectionPercent, maxPendingRequests: cfg.httpMaxPendingRequests, maxConnections: cfg.httpMaxConnections,
+        retryBudgetPercent: cfg.retryBudgetPercent, minRetryConcurrency: cfg.retryBudgetMinConcurrency, maxBufferedBodyBytes: cfg.httpMaxBufferedBody,
       },
     });
     httpEjected = () => outbound.httpEjections();

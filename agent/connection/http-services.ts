@@ -84,4 +84,7 @@ export interface HttpSettings {
   readonly maxEjectionPercent: number;
   readonly maxPendingRequests: number;
   readonly maxConnections: number;
+  readonly retryBudgetPercent: number;
+  readonly minRetryConcurrency: number;
+  readonly maxBufferedBodyBytes: number;
 }

@@ -100,7 +100,7 @@ const endpoint = (e: Endpoint | undefined): { address: string; port: number } =>
 /** A route with nothing but its verdict said. */
 const route = (id: number, verdict: RouteVerdict, more: Partial<Omit<Extract<ToDataplane, { $case: 'route' }>['route'], 'id' | 'verdict'>> = {}): ToDataplane => ({
   $case: 'route',
-  route: { id, verdict, dial: '', source: '', attempts: [], timeoutMs: 0, reply: 0, tag: '', service: '', sourceWorkload: '', sourceNamespace: '', ...more },
+  route: { id, verdict, dial: '', source: '', attempts: [], timeoutMs: 0, reply: 0, tag: '', service: '', sourceWorkload: '', sourceNamespace: '', routeTable: '', ...more },
 });
 
 /**
@@ -385,10 +385,7 @@ export class NativeOutbound {
       httpServices: {
         services: services.map((s) => ({ ...s, endpoints: [...s.endpoints] })),
         removed,
-        settings: {
-          consecutiveFailures: h.consecutiveFailures, baseEjectionMs: h.baseEjectionMs, maxEjectionMs: h.maxEjectionMs,
-          maxEjectionPercent: h.maxEjectionPercent, maxPendingRequests: h.maxPendingRequests, maxConnections: h.maxConnections,
-        },
+        settings: { ...h },
       },
     });
   }

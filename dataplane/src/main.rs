@@ -104,6 +104,8 @@ impl Dispatch {
             },
             In::Route(route) => self.outbound.route(route),
             In::HttpServices(m) => self.outbound.l7.services.apply(m),
+            // Route tables are not served yet: said, so an agent pushing them knows.
+            In::HttpRoutes(_) => self.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_UNSUPPORTED".into(), message: "route tables are not served by this data plane yet".into() })),
             In::Peer(pb::PeerVerdict { pid, ok }) => self.outbound.peer_verdict(pid, ok),
             In::Drain(_) => {
                 self.outbound.drain();

@@ -39,7 +39,7 @@ export const protobufFileName = "dataplane.proto";
  */
 export const ProtocolVersion = {
   PROTOCOL_VERSION_UNSPECIFIED: 0,
-  PROTOCOL_VERSION_CURRENT: 9,
+  PROTOCOL_VERSION_CURRENT: 10,
   UNRECOGNIZED: -1,
 } as const;
 
@@ -141,6 +141,41 @@ export namespace RouteVerdict {
   export type UNRECOGNIZED = typeof RouteVerdict.UNRECOGNIZED;
 }
 
+export const MatchType = {
+  MATCH_TYPE_EXACT: 0,
+  /** MATCH_TYPE_PREFIX - Path: element-wise prefix ("/a" matches "/a", "/a/", "/a/b", not "/ab"). */
+  MATCH_TYPE_PREFIX: 1,
+  /** MATCH_TYPE_REGEX - RE2-style regular expression (Rust regex), matching the whole value. */
+  MATCH_TYPE_REGEX: 2,
+  UNRECOGNIZED: -1,
+} as const;
+
+export type MatchType = typeof MatchType[keyof typeof MatchType];
+
+export namespace MatchType {
+  export type MATCH_TYPE_EXACT = typeof MatchType.MATCH_TYPE_EXACT;
+  export type MATCH_TYPE_PREFIX = typeof MatchType.MATCH_TYPE_PREFIX;
+  export type MATCH_TYPE_REGEX = typeof MatchType.MATCH_TYPE_REGEX;
+  export type UNRECOGNIZED = typeof MatchType.UNRECOGNIZED;
+}
+
+export const PathModifierType = {
+  PATH_MODIFIER_NONE: 0,
+  PATH_MODIFIER_FULL: 1,
+  /** PATH_MODIFIER_PREFIX - Replace the prefix the rule's path match matched. */
+  PATH_MODIFIER_PREFIX: 2,
+  UNRECOGNIZED: -1,
+} as const;
+
+export type PathModifierType = typeof PathModifierType[keyof typeof PathModifierType];
+
+export namespace PathModifierType {
+  export type PATH_MODIFIER_NONE = typeof PathModifierType.PATH_MODIFIER_NONE;
+  export type PATH_MODIFIER_FULL = typeof PathModifierType.PATH_MODIFIER_FULL;
+  export type PATH_MODIFIER_PREFIX = typeof PathModifierType.PATH_MODIFIER_PREFIX;
+  export type UNRECOGNIZED = typeof PathModifierType.UNRECOGNIZED;
+}
+
 export const Direction = { DIRECTION_INBOUND: 0, DIRECTION_OUTBOUND: 1, UNRECOGNIZED: -1 } as const;
 
 export type Direction = typeof Direction[keyof typeof Direction];
@@ -172,6 +207,7 @@ export interface AgentMessage {
     | { $case: "requestTelemetry"; requestTelemetry: RequestTelemetry }
     | { $case: "tracing"; tracing: Tracing }
     | { $case: "httpServices"; httpServices: HttpServices }
+    | { $case: "httpRoutes"; httpRoutes: HttpRoutes }
     | undefined;
 }
 
@@ -358,6 +394,12 @@ export interface Route {
   /** Http: the source workload, for what each request reports (RequestOutcome). */
   sourceWorkload: string;
   sourceNamespace: string;
+  /**
+   * Http: the key of the route table (HttpRoutes) whose rules decide each
+   * request (backend, filters, timeouts, retries); "": every request goes to
+   * `service` as it is.
+   */
+  routeTable: string;
 }
 
 /**
@@ -387,6 +429,176 @@ export interface HttpSettings {
    */
   maxPendingRequests: number;
   maxConnections: number;
+  /**
+   * Retry budget, per service table: retries in flight stay under this
+   * percent of the requests in flight, but min_retry_concurrency retries
+   * are always allowed (Envoy's retry budget). A retry beyond the budget is
+   * not made: the last answer is returned, and the refusal counted.
+   */
+  retryBudgetPercent: number;
+  minRetryConcurrency: number;
+  /**
+   * The largest request body buffered so that it can be retried or
+   * mirrored; a request with a longer (or unknown-length, still streaming)
+   * body is sent once and not mirrored.
+   */
+  maxBufferedBodyBytes: number;
+}
+
+/**
+ * The route tables (Gateway API HTTPRoute and GRPCRoute, compiled by the
+ * agent) changed: `tables` replace the tables of the same key, `removed`
+ * keys are dropped (connections naming one then answer 503 NR). Sent after
+ * the HttpServices their backends name, and before any route naming a key.
+ */
+export interface HttpRoutes {
+  tables: HttpRouteTable[];
+  removed: string[];
+}
+
+/**
+ * The rules of the routes attached to one service port, as the clients of
+ * one namespace see them (GAMMA: that namespace's consumer routes if it has
+ * any, else the service's producer routes), in the Gateway API's precedence
+ * order: the first rule with a matching match decides. A request that no
+ * rule matches is answered 404 with response flag NR.
+ */
+export interface HttpRouteTable {
+  key: string;
+  rules: HttpRouteRule[];
+}
+
+export interface HttpRouteRule {
+  /**
+   * "HTTPRoute/<namespace>/<name>" or "GRPCRoute/...", then "#<rule index>":
+   * for the access log and spans.
+   */
+  route: string;
+  /** Any one matches; none: every request. */
+  matches: HttpRequestMatch[];
+  /** One is picked per request by weight. None, or all weights 0: 500. */
+  backends: HttpBackend[];
+  requestHeaders: HeaderModifier | undefined;
+  responseHeaders: HeaderModifier | undefined;
+  mirrors: Mirror[];
+  /** Answer a redirect instead of forwarding (no backend is used). */
+  redirect:
+    | Redirect
+    | undefined;
+  /** Rewrite the request before forwarding. */
+  rewrite:
+    | Rewrite
+    | undefined;
+  /** Ambit's FaultInjection, applied before the request is forwarded. */
+  fault:
+    | Fault
+    | undefined;
+  /**
+   * timeouts.request: the whole request, retries included; 0: none. On
+   * expiry: 504 with flag UT.
+   */
+  requestTimeoutMs: number;
+  /** timeouts.backendRequest: each attempt; 0: none. */
+  backendTimeoutMs: number;
+  /** Absent: no retry. */
+  retry: Retry | undefined;
+}
+
+export interface HttpRequestMatch {
+  /** Absent: any path. */
+  path:
+    | StringMatchRule
+    | undefined;
+  /** Every one must match. Header names are lower case. */
+  headers: NamedMatch[];
+  query: NamedMatch[];
+  /** "": any method. */
+  method: string;
+}
+
+export interface StringMatchRule {
+  type: MatchType;
+  value: string;
+}
+
+export interface NamedMatch {
+  name: string;
+  type: MatchType;
+  value: string;
+}
+
+export interface HttpBackend {
+  /**
+   * The HttpService table key of the backend's endpoints; "": the backend
+   * did not resolve (its route's ResolvedRefs is False), and requests that
+   * pick it are answered 500.
+   */
+  table: string;
+  weight: number;
+  requestHeaders: HeaderModifier | undefined;
+  responseHeaders: HeaderModifier | undefined;
+}
+
+export interface HeaderModifier {
+  set: Header[];
+  add: Header[];
+  remove: string[];
+}
+
+export interface Mirror {
+  /** The HttpService table key the copy goes to; its answer is discarded. */
+  table: string;
+  /** The share of requests mirrored, in millionths (1,000,000: all). */
+  millionths: number;
+}
+
+export interface PathModifier {
+  type: PathModifierType;
+  value: string;
+}
+
+export interface Redirect {
+  /** "" keeps the request's. */
+  scheme: string;
+  hostname: string;
+  path:
+    | PathModifier
+    | undefined;
+  /** 0 keeps the request's (and a scheme's default port is left out). */
+  port: number;
+  /** 301 or 302 (Gateway API also allows 303, 307, 308). */
+  status: number;
+}
+
+export interface Rewrite {
+  /** "": keep the request's authority. */
+  hostname: string;
+  path: PathModifier | undefined;
+}
+
+export interface Fault {
+  /** Delay this long for this share of requests (millionths). */
+  delayMs: number;
+  delayMillionths: number;
+  /**
+   * Answer this status (HTTP) or grpc-status (gRPC, when grpc_status is set)
+   * for this share of requests, with response flag FI.
+   */
+  abortStatus: number;
+  abortGrpcStatus: number;
+  abortGrpc: boolean;
+  abortMillionths: number;
+}
+
+export interface Retry {
+  /** Retries after the first attempt (the Gateway API's `attempts`). */
+  attempts: number;
+  /** HTTP statuses that are retried. */
+  codes: number[];
+  /** gRPC statuses (grpc-status in a trailers-only or header answer) that are retried. */
+  grpcCodes: number[];
+  /** The wait before retry n is backoff_ms × 2^(n-1), jittered ±25 %, capped at 10 × backoff_ms. */
+  backoffMs: number;
 }
 
 /** One HTTP service port's endpoint table, for the sources of one locality. */
@@ -765,6 +977,18 @@ export interface RequestStats {
    * passed the data plane's cap on series (l7/metrics.rs MAX_SERIES).
    */
   dropped: number;
+  /** Retries per service table since the last report. */
+  retries: RetryCount[];
+}
+
+export interface RetryCount {
+  /** "name.namespace.svc.cluster.local". */
+  service: string;
+  /** Retries made, and retries the budget refused. */
+  retried: number;
+  budgetExhausted: number;
+  /** Requests copied to this service as a mirror. */
+  mirrored: number;
 }
 
 /** What a series stands for: everything Istio's request labels are made of. */
@@ -962,6 +1186,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "httpServices":
         HttpServices.encode(message.msg.httpServices, writer.uint32(82).fork()).join();
         break;
+      case "httpRoutes":
+        HttpRoutes.encode(message.msg.httpRoutes, writer.uint32(90).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1089,6 +1316,14 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             message.msg = { $case: "httpServices", httpServices: HttpServices.decode(reader, reader.uint32()) };
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.msg = { $case: "httpRoutes", httpRoutes: HttpRoutes.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1188,6 +1423,12 @@ export const AgentMessage: MessageFns<AgentMessage> = {
       case "httpServices": {
         if (object.msg?.httpServices !== undefined && object.msg?.httpServices !== null) {
           message.msg = { $case: "httpServices", httpServices: HttpServices.fromPartial(object.msg.httpServices) };
+        }
+        break;
+      }
+      case "httpRoutes": {
+        if (object.msg?.httpRoutes !== undefined && object.msg?.httpRoutes !== null) {
+          message.msg = { $case: "httpRoutes", httpRoutes: HttpRoutes.fromPartial(object.msg.httpRoutes) };
         }
         break;
       }
@@ -2376,6 +2617,7 @@ function createBaseRoute(): Route {
     service: "",
     sourceWorkload: "",
     sourceNamespace: "",
+    routeTable: "",
   };
 }
 
@@ -2413,6 +2655,9 @@ export const Route: MessageFns<Route> = {
     }
     if (message.sourceNamespace !== "") {
       writer.uint32(90).string(message.sourceNamespace);
+    }
+    if (message.routeTable !== "") {
+      writer.uint32(98).string(message.routeTable);
     }
     return writer;
   },
@@ -2518,6 +2763,14 @@ export const Route: MessageFns<Route> = {
             message.sourceNamespace = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.routeTable = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2546,6 +2799,7 @@ export const Route: MessageFns<Route> = {
     message.service = object.service ?? "";
     message.sourceWorkload = object.sourceWorkload ?? "";
     message.sourceNamespace = object.sourceNamespace ?? "";
+    message.routeTable = object.routeTable ?? "";
     return message;
   },
 };
@@ -2639,6 +2893,9 @@ function createBaseHttpSettings(): HttpSettings {
     maxEjectionPercent: 0,
     maxPendingRequests: 0,
     maxConnections: 0,
+    retryBudgetPercent: 0,
+    minRetryConcurrency: 0,
+    maxBufferedBodyBytes: 0,
   };
 }
 
@@ -2661,6 +2918,15 @@ export const HttpSettings: MessageFns<HttpSettings> = {
     }
     if (message.maxConnections !== 0) {
       writer.uint32(48).uint32(message.maxConnections);
+    }
+    if (message.retryBudgetPercent !== 0) {
+      writer.uint32(56).uint32(message.retryBudgetPercent);
+    }
+    if (message.minRetryConcurrency !== 0) {
+      writer.uint32(64).uint32(message.minRetryConcurrency);
+    }
+    if (message.maxBufferedBodyBytes !== 0) {
+      writer.uint32(72).uint64(message.maxBufferedBodyBytes);
     }
     return writer;
   },
@@ -2726,6 +2992,30 @@ export const HttpSettings: MessageFns<HttpSettings> = {
             message.maxConnections = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.retryBudgetPercent = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.minRetryConcurrency = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxBufferedBodyBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2749,6 +3039,1306 @@ export const HttpSettings: MessageFns<HttpSettings> = {
     message.maxEjectionPercent = object.maxEjectionPercent ?? 0;
     message.maxPendingRequests = object.maxPendingRequests ?? 0;
     message.maxConnections = object.maxConnections ?? 0;
+    message.retryBudgetPercent = object.retryBudgetPercent ?? 0;
+    message.minRetryConcurrency = object.minRetryConcurrency ?? 0;
+    message.maxBufferedBodyBytes = object.maxBufferedBodyBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseHttpRoutes(): HttpRoutes {
+  return { tables: [], removed: [] };
+}
+
+export const HttpRoutes: MessageFns<HttpRoutes> = {
+  encode(message: HttpRoutes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tables) {
+      HttpRouteTable.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.removed) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpRoutes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpRoutes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tables.push(HttpRouteTable.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.removed.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpRoutes>): HttpRoutes {
+    return HttpRoutes.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpRoutes>): HttpRoutes {
+    const message = createBaseHttpRoutes();
+    message.tables = object.tables?.map((e) => HttpRouteTable.fromPartial(e)) || [];
+    message.removed = object.removed?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseHttpRouteTable(): HttpRouteTable {
+  return { key: "", rules: [] };
+}
+
+export const HttpRouteTable: MessageFns<HttpRouteTable> = {
+  encode(message: HttpRouteTable, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    for (const v of message.rules) {
+      HttpRouteRule.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpRouteTable {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpRouteTable();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rules.push(HttpRouteRule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpRouteTable>): HttpRouteTable {
+    return HttpRouteTable.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpRouteTable>): HttpRouteTable {
+    const message = createBaseHttpRouteTable();
+    message.key = object.key ?? "";
+    message.rules = object.rules?.map((e) => HttpRouteRule.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHttpRouteRule(): HttpRouteRule {
+  return {
+    route: "",
+    matches: [],
+    backends: [],
+    requestHeaders: undefined,
+    responseHeaders: undefined,
+    mirrors: [],
+    redirect: undefined,
+    rewrite: undefined,
+    fault: undefined,
+    requestTimeoutMs: 0,
+    backendTimeoutMs: 0,
+    retry: undefined,
+  };
+}
+
+export const HttpRouteRule: MessageFns<HttpRouteRule> = {
+  encode(message: HttpRouteRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.route !== "") {
+      writer.uint32(10).string(message.route);
+    }
+    for (const v of message.matches) {
+      HttpRequestMatch.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.backends) {
+      HttpBackend.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.requestHeaders !== undefined) {
+      HeaderModifier.encode(message.requestHeaders, writer.uint32(34).fork()).join();
+    }
+    if (message.responseHeaders !== undefined) {
+      HeaderModifier.encode(message.responseHeaders, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.mirrors) {
+      Mirror.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.redirect !== undefined) {
+      Redirect.encode(message.redirect, writer.uint32(58).fork()).join();
+    }
+    if (message.rewrite !== undefined) {
+      Rewrite.encode(message.rewrite, writer.uint32(66).fork()).join();
+    }
+    if (message.fault !== undefined) {
+      Fault.encode(message.fault, writer.uint32(74).fork()).join();
+    }
+    if (message.requestTimeoutMs !== 0) {
+      writer.uint32(80).uint64(message.requestTimeoutMs);
+    }
+    if (message.backendTimeoutMs !== 0) {
+      writer.uint32(88).uint64(message.backendTimeoutMs);
+    }
+    if (message.retry !== undefined) {
+      Retry.encode(message.retry, writer.uint32(98).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpRouteRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpRouteRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.route = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.matches.push(HttpRequestMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.backends.push(HttpBackend.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestHeaders = HeaderModifier.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.responseHeaders = HeaderModifier.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.mirrors.push(Mirror.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.redirect = Redirect.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.rewrite = Rewrite.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.fault = Fault.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.requestTimeoutMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.backendTimeoutMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.retry = Retry.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpRouteRule>): HttpRouteRule {
+    return HttpRouteRule.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpRouteRule>): HttpRouteRule {
+    const message = createBaseHttpRouteRule();
+    message.route = object.route ?? "";
+    message.matches = object.matches?.map((e) => HttpRequestMatch.fromPartial(e)) || [];
+    message.backends = object.backends?.map((e) => HttpBackend.fromPartial(e)) || [];
+    message.requestHeaders = (object.requestHeaders !== undefined && object.requestHeaders !== null)
+      ? HeaderModifier.fromPartial(object.requestHeaders)
+      : undefined;
+    message.responseHeaders = (object.responseHeaders !== undefined && object.responseHeaders !== null)
+      ? HeaderModifier.fromPartial(object.responseHeaders)
+      : undefined;
+    message.mirrors = object.mirrors?.map((e) => Mirror.fromPartial(e)) || [];
+    message.redirect = (object.redirect !== undefined && object.redirect !== null)
+      ? Redirect.fromPartial(object.redirect)
+      : undefined;
+    message.rewrite = (object.rewrite !== undefined && object.rewrite !== null)
+      ? Rewrite.fromPartial(object.rewrite)
+      : undefined;
+    message.fault = (object.fault !== undefined && object.fault !== null) ? Fault.fromPartial(object.fault) : undefined;
+    message.requestTimeoutMs = object.requestTimeoutMs ?? 0;
+    message.backendTimeoutMs = object.backendTimeoutMs ?? 0;
+    message.retry = (object.retry !== undefined && object.retry !== null) ? Retry.fromPartial(object.retry) : undefined;
+    return message;
+  },
+};
+
+function createBaseHttpRequestMatch(): HttpRequestMatch {
+  return { path: undefined, headers: [], query: [], method: "" };
+}
+
+export const HttpRequestMatch: MessageFns<HttpRequestMatch> = {
+  encode(message: HttpRequestMatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== undefined) {
+      StringMatchRule.encode(message.path, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.headers) {
+      NamedMatch.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.query) {
+      NamedMatch.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.method !== "") {
+      writer.uint32(34).string(message.method);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpRequestMatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpRequestMatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = StringMatchRule.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.headers.push(NamedMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.query.push(NamedMatch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpRequestMatch>): HttpRequestMatch {
+    return HttpRequestMatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpRequestMatch>): HttpRequestMatch {
+    const message = createBaseHttpRequestMatch();
+    message.path = (object.path !== undefined && object.path !== null)
+      ? StringMatchRule.fromPartial(object.path)
+      : undefined;
+    message.headers = object.headers?.map((e) => NamedMatch.fromPartial(e)) || [];
+    message.query = object.query?.map((e) => NamedMatch.fromPartial(e)) || [];
+    message.method = object.method ?? "";
+    return message;
+  },
+};
+
+function createBaseStringMatchRule(): StringMatchRule {
+  return { type: 0, value: "" };
+}
+
+export const StringMatchRule: MessageFns<StringMatchRule> = {
+  encode(message: StringMatchRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StringMatchRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStringMatchRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<StringMatchRule>): StringMatchRule {
+    return StringMatchRule.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StringMatchRule>): StringMatchRule {
+    const message = createBaseStringMatchRule();
+    message.type = object.type ?? 0;
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseNamedMatch(): NamedMatch {
+  return { name: "", type: 0, value: "" };
+}
+
+export const NamedMatch: MessageFns<NamedMatch> = {
+  encode(message: NamedMatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.value !== "") {
+      writer.uint32(26).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NamedMatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNamedMatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<NamedMatch>): NamedMatch {
+    return NamedMatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NamedMatch>): NamedMatch {
+    const message = createBaseNamedMatch();
+    message.name = object.name ?? "";
+    message.type = object.type ?? 0;
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseHttpBackend(): HttpBackend {
+  return { table: "", weight: 0, requestHeaders: undefined, responseHeaders: undefined };
+}
+
+export const HttpBackend: MessageFns<HttpBackend> = {
+  encode(message: HttpBackend, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.table !== "") {
+      writer.uint32(10).string(message.table);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(16).uint32(message.weight);
+    }
+    if (message.requestHeaders !== undefined) {
+      HeaderModifier.encode(message.requestHeaders, writer.uint32(26).fork()).join();
+    }
+    if (message.responseHeaders !== undefined) {
+      HeaderModifier.encode(message.responseHeaders, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HttpBackend {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHttpBackend();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.table = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.weight = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestHeaders = HeaderModifier.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.responseHeaders = HeaderModifier.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HttpBackend>): HttpBackend {
+    return HttpBackend.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HttpBackend>): HttpBackend {
+    const message = createBaseHttpBackend();
+    message.table = object.table ?? "";
+    message.weight = object.weight ?? 0;
+    message.requestHeaders = (object.requestHeaders !== undefined && object.requestHeaders !== null)
+      ? HeaderModifier.fromPartial(object.requestHeaders)
+      : undefined;
+    message.responseHeaders = (object.responseHeaders !== undefined && object.responseHeaders !== null)
+      ? HeaderModifier.fromPartial(object.responseHeaders)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHeaderModifier(): HeaderModifier {
+  return { set: [], add: [], remove: [] };
+}
+
+export const HeaderModifier: MessageFns<HeaderModifier> = {
+  encode(message: HeaderModifier, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.set) {
+      Header.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.add) {
+      Header.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.remove) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HeaderModifier {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHeaderModifier();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.set.push(Header.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.add.push(Header.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.remove.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<HeaderModifier>): HeaderModifier {
+    return HeaderModifier.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HeaderModifier>): HeaderModifier {
+    const message = createBaseHeaderModifier();
+    message.set = object.set?.map((e) => Header.fromPartial(e)) || [];
+    message.add = object.add?.map((e) => Header.fromPartial(e)) || [];
+    message.remove = object.remove?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseMirror(): Mirror {
+  return { table: "", millionths: 0 };
+}
+
+export const Mirror: MessageFns<Mirror> = {
+  encode(message: Mirror, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.table !== "") {
+      writer.uint32(10).string(message.table);
+    }
+    if (message.millionths !== 0) {
+      writer.uint32(16).uint32(message.millionths);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Mirror {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMirror();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.table = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.millionths = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Mirror>): Mirror {
+    return Mirror.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Mirror>): Mirror {
+    const message = createBaseMirror();
+    message.table = object.table ?? "";
+    message.millionths = object.millionths ?? 0;
+    return message;
+  },
+};
+
+function createBasePathModifier(): PathModifier {
+  return { type: 0, value: "" };
+}
+
+export const PathModifier: MessageFns<PathModifier> = {
+  encode(message: PathModifier, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PathModifier {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePathModifier();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<PathModifier>): PathModifier {
+    return PathModifier.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PathModifier>): PathModifier {
+    const message = createBasePathModifier();
+    message.type = object.type ?? 0;
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseRedirect(): Redirect {
+  return { scheme: "", hostname: "", path: undefined, port: 0, status: 0 };
+}
+
+export const Redirect: MessageFns<Redirect> = {
+  encode(message: Redirect, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.scheme !== "") {
+      writer.uint32(10).string(message.scheme);
+    }
+    if (message.hostname !== "") {
+      writer.uint32(18).string(message.hostname);
+    }
+    if (message.path !== undefined) {
+      PathModifier.encode(message.path, writer.uint32(26).fork()).join();
+    }
+    if (message.port !== 0) {
+      writer.uint32(32).uint32(message.port);
+    }
+    if (message.status !== 0) {
+      writer.uint32(40).uint32(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Redirect {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedirect();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.scheme = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.path = PathModifier.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.status = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Redirect>): Redirect {
+    return Redirect.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Redirect>): Redirect {
+    const message = createBaseRedirect();
+    message.scheme = object.scheme ?? "";
+    message.hostname = object.hostname ?? "";
+    message.path = (object.path !== undefined && object.path !== null)
+      ? PathModifier.fromPartial(object.path)
+      : undefined;
+    message.port = object.port ?? 0;
+    message.status = object.status ?? 0;
+    return message;
+  },
+};
+
+function createBaseRewrite(): Rewrite {
+  return { hostname: "", path: undefined };
+}
+
+export const Rewrite: MessageFns<Rewrite> = {
+  encode(message: Rewrite, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostname !== "") {
+      writer.uint32(10).string(message.hostname);
+    }
+    if (message.path !== undefined) {
+      PathModifier.encode(message.path, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Rewrite {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewrite();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = PathModifier.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Rewrite>): Rewrite {
+    return Rewrite.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Rewrite>): Rewrite {
+    const message = createBaseRewrite();
+    message.hostname = object.hostname ?? "";
+    message.path = (object.path !== undefined && object.path !== null)
+      ? PathModifier.fromPartial(object.path)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseFault(): Fault {
+  return { delayMs: 0, delayMillionths: 0, abortStatus: 0, abortGrpcStatus: 0, abortGrpc: false, abortMillionths: 0 };
+}
+
+export const Fault: MessageFns<Fault> = {
+  encode(message: Fault, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.delayMs !== 0) {
+      writer.uint32(8).uint64(message.delayMs);
+    }
+    if (message.delayMillionths !== 0) {
+      writer.uint32(16).uint32(message.delayMillionths);
+    }
+    if (message.abortStatus !== 0) {
+      writer.uint32(24).uint32(message.abortStatus);
+    }
+    if (message.abortGrpcStatus !== 0) {
+      writer.uint32(32).uint32(message.abortGrpcStatus);
+    }
+    if (message.abortGrpc !== false) {
+      writer.uint32(40).bool(message.abortGrpc);
+    }
+    if (message.abortMillionths !== 0) {
+      writer.uint32(48).uint32(message.abortMillionths);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Fault {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFault();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.delayMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.delayMillionths = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.abortStatus = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.abortGrpcStatus = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.abortGrpc = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.abortMillionths = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Fault>): Fault {
+    return Fault.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Fault>): Fault {
+    const message = createBaseFault();
+    message.delayMs = object.delayMs ?? 0;
+    message.delayMillionths = object.delayMillionths ?? 0;
+    message.abortStatus = object.abortStatus ?? 0;
+    message.abortGrpcStatus = object.abortGrpcStatus ?? 0;
+    message.abortGrpc = object.abortGrpc ?? false;
+    message.abortMillionths = object.abortMillionths ?? 0;
+    return message;
+  },
+};
+
+function createBaseRetry(): Retry {
+  return { attempts: 0, codes: [], grpcCodes: [], backoffMs: 0 };
+}
+
+export const Retry: MessageFns<Retry> = {
+  encode(message: Retry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.attempts !== 0) {
+      writer.uint32(8).uint32(message.attempts);
+    }
+    if (message.codes.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.codes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.grpcCodes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.grpcCodes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.backoffMs !== 0) {
+      writer.uint32(32).uint64(message.backoffMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Retry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.attempts = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.codes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.codes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.grpcCodes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.grpcCodes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.backoffMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Retry>): Retry {
+    return Retry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Retry>): Retry {
+    const message = createBaseRetry();
+    message.attempts = object.attempts ?? 0;
+    message.codes = object.codes?.map((e) => e) || [];
+    message.grpcCodes = object.grpcCodes?.map((e) => e) || [];
+    message.backoffMs = object.backoffMs ?? 0;
     return message;
   },
 };
@@ -6065,7 +7655,7 @@ export const RequestDenial: MessageFns<RequestDenial> = {
 };
 
 function createBaseRequestStats(): RequestStats {
-  return { series: [], deltas: [], dropped: 0 };
+  return { series: [], deltas: [], dropped: 0, retries: [] };
 }
 
 export const RequestStats: MessageFns<RequestStats> = {
@@ -6078,6 +7668,9 @@ export const RequestStats: MessageFns<RequestStats> = {
     }
     if (message.dropped !== 0) {
       writer.uint32(24).uint64(message.dropped);
+    }
+    for (const v of message.retries) {
+      RetryCount.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -6119,6 +7712,14 @@ export const RequestStats: MessageFns<RequestStats> = {
             message.dropped = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.retries.push(RetryCount.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6139,6 +7740,98 @@ export const RequestStats: MessageFns<RequestStats> = {
     message.series = object.series?.map((e) => RequestSeries.fromPartial(e)) || [];
     message.deltas = object.deltas?.map((e) => RequestDelta.fromPartial(e)) || [];
     message.dropped = object.dropped ?? 0;
+    message.retries = object.retries?.map((e) => RetryCount.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRetryCount(): RetryCount {
+  return { service: "", retried: 0, budgetExhausted: 0, mirrored: 0 };
+}
+
+export const RetryCount: MessageFns<RetryCount> = {
+  encode(message: RetryCount, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.retried !== 0) {
+      writer.uint32(16).uint64(message.retried);
+    }
+    if (message.budgetExhausted !== 0) {
+      writer.uint32(24).uint64(message.budgetExhausted);
+    }
+    if (message.mirrored !== 0) {
+      writer.uint32(32).uint64(message.mirrored);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetryCount {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetryCount();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.retried = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.budgetExhausted = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.mirrored = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RetryCount>): RetryCount {
+    return RetryCount.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RetryCount>): RetryCount {
+    const message = createBaseRetryCount();
+    message.service = object.service ?? "";
+    message.retried = object.retried ?? 0;
+    message.budgetExhausted = object.budgetExhausted ?? 0;
+    message.mirrored = object.mirrored ?? 0;
     return message;
   },
 };

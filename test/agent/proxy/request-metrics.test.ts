@@ -68,7 +68,7 @@ t.test('the buckets sent to the data plane are Istio\'s, for all three histogram
 t.test('every Istio request metric: name, type, exactly Istio\'s labels (and le), Istio\'s values', async (t) => {
   const { registry, metrics } = rig();
   // Through the wire format, as the data plane sends it.
-  const wire = DataplaneMessage.encode({ msg: { $case: 'requests', requests: { series: [SERIES], deltas: [{ id: 7, count: 3, durationBuckets: at([2, 2], [4, 1]), durationSumMs: 21.5, requestBytesBuckets: at([0, 3]), requestBytesSum: 0, responseBytesBuckets: at([5, 3]), responseBytesSum: 120 }], dropped: 0 } } }).finish();
+  const wire = DataplaneMessage.encode({ msg: { $case: 'requests', requests: { series: [SERIES], deltas: [{ id: 7, count: 3, durationBuckets: at([2, 2], [4, 1]), durationSumMs: 21.5, requestBytesBuckets: at([0, 3]), requestBytesSum: 0, responseBytesBuckets: at([5, 3]), responseBytesSum: 120 }], dropped: 0, retries: [] } } }).finish();
   const m = DataplaneMessage.decode(wire).msg;
   if (m?.$case !== 'requests') throw new Error('not a requests message');
   metrics.add(m.requests);
@@ -105,8 +105,8 @@ t.test('reports add up; a series is declared once; a new data plane declares its
   const { registry, metrics } = rig();
   const grpc: RequestSeries = { ...SERIES, id: 8, destinationSide: false, protocol: 'grpc', grpcStatus: '14', status: 200 };
   const delta = (id: number, count: number): RequestStats['deltas'][number] => ({ id, count, durationBuckets: at([0, count]), durationSumMs: 0.1 * count, requestBytesBuckets: at([0, count]), requestBytesSum: 0, responseBytesBuckets: at([0, count]), responseBytesSum: 0 });
-  metrics.add({ series: [SERIES, grpc], deltas: [delta(7, 1), delta(8, 2)], dropped: 0 });
-  metrics.add({ series: [], deltas: [delta(7, 4), delta(99, 1000)], dropped: 5 });
+  metrics.add({ series: [SERIES, grpc], deltas: [delta(7, 1), delta(8, 2)], dropped: 0, retries: [] });
+  metrics.add({ series: [], deltas: [delta(7, 4), delta(99, 1000)], dropped: 5, retries: [] });
   let { samples } = parse(await registry.metrics());
   const total = (labels: Record<string, string>) => samples.filter((s) => s.name === 'istio_requests_total' && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
   t.equal(total({ reporter: 'destination', request_protocol: 'http' }), 5, 'a later report adds to the series');
@@ -116,10 +116,10 @@ t.test('reports add up; a series is declared once; a new data plane declares its
   t.match(await registry.getSingleMetricAsString('ambit_requests_uncounted_total'), /ambit_requests_uncounted_total 5/, 'requests past the data plane\'s series cap are counted');
 
   metrics.attached();
-  metrics.add({ series: [], deltas: [delta(7, 1)], dropped: 0 });
+  metrics.add({ series: [], deltas: [delta(7, 1)], dropped: 0, retries: [] });
   ({ samples } = parse(await registry.metrics()));
   t.equal(total({}), 7, 'after an attach, ids of the earlier data plane mean nothing until declared');
-  metrics.add({ series: [{ ...SERIES, id: 1, status: 503, responseFlags: 'UO' }], deltas: [delta(1, 2)], dropped: 0 });
+  metrics.add({ series: [{ ...SERIES, id: 1, status: 503, responseFlags: 'UO' }], deltas: [delta(1, 2)], dropped: 0, retries: [] });
   ({ samples } = parse(await registry.metrics()));
   t.equal(total({ response_code: '503', response_flags: 'UO' }), 2);
 });
