@@ -2,7 +2,7 @@
  * Builders of the core route types (as validation leaves them: defaults
  * filled in) for the routes' unit tests.
  */
-import type { FaultInjection, FaultInjectionSpec, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPRouteRule, RouteParentRef } from '../../../shared/resources/route-types.ts';
+import type { FaultInjection, FaultInjectionSpec, GRPCBackendRef, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPRouteRule, RouteParentRef } from '../../../shared/resources/route-types.ts';
 import type { AppProtocol, Service, ServicePort } from '../../../shared/resources/types.ts';
 
 export function service(namespace: string, name: string, ports: readonly (Partial<ServicePort> & { port: number })[], selector: Record<string, string> = { app: name }): Service {
@@ -23,6 +23,10 @@ export function parent(namespace: string, name: string, port?: number): RoutePar
 
 export function backend(namespace: string, name: string, port: number, weight = 1, filters: HTTPBackendRef['filters'] = []): HTTPBackendRef {
   return { group: '', kind: 'Service', namespace, name, port, weight, filters };
+}
+
+export function grpcBackend(namespace: string, name: string, port: number, weight = 1): GRPCBackendRef {
+  return { group: '', kind: 'Service', namespace, name, port, weight, filters: [] };
 }
 
 export function match(m: Partial<HTTPRouteMatch> = {}): HTTPRouteMatch {
