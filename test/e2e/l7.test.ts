@@ -12,12 +12,13 @@
 import t, { type Test } from 'tap';
 import { once } from 'node:events';
 import { mkdtempSync } from 'node:fs';
-import http, { type IncomingMessage } from 'node:http';
+import http from 'node:http';
 import http2 from 'node:http2';
-import { connect, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { grpcCall, grpcServer, httpServer, tally } from './http-apps.ts';
 import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, metricValue, setUp, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const ip = (n: number): string => `127.0.121.${n}`;
@@ -43,40 +44,6 @@ let agentA: RunningAgent;
 let agentB: RunningAgent;
 /** The test servers' stops, run at teardown (setUp runs them only when the set-up fails). */
 const servers: (() => unknown)[] = [];
-
-/** An HTTP/1.1 server answering its own name, and echoing bytes after an `Upgrade: echo` is answered 101. */
-async function httpServer(host: string, port: number, handle: (req: IncomingMessage, res: http.ServerResponse) => void): Promise<http.Server> {
-  const s = http.createServer(handle);
-  s.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
-    if (head.length > 0) socket.write(head);
-    socket.pipe(socket);
-  });
-  s.listen(port, host);
-  await once(s, 'listening');
-  return s;
-}
-
-/** The echo service: every call answers `<name>:<request>`; a request "fail" ends with NOT_FOUND. */
-const ECHO = {
-  say: {
-    path: '/test.Echo/Say', requestStream: false, responseStream: false,
-    requestSerialize: (b: Buffer): Buffer => b, requestDeserialize: (b: Buffer): Buffer => b,
-    responseSerialize: (b: Buffer): Buffer => b, responseDeserialize: (b: Buffer): Buffer => b,
-  },
-} as const;
-
-async function grpcServer(host: string, port: number, name: string): Promise<grpc.Server> {
-  const s = new grpc.Server();
-  s.addService(ECHO, {
-    say: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
-      if (call.request.toString() === 'fail') cb({ code: grpc.status.NOT_FOUND, details: 'no such thing' });
-      else cb(null, Buffer.from(`${name}:${call.request.toString()}`));
-    },
-  });
-  await new Promise<void>((resolve, reject) => s.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
-  return s;
-}
 
 t.before(async () => {
   await setUp(async (registered) => {
@@ -171,8 +138,6 @@ function get(agent: http.Agent, port: number, host: string, path = '/'): Promise
   });
 }
 
-const tally = (names: readonly string[]): Record<string, number> => names.reduce<Record<string, number>>((m, n) => ({ ...m, [n]: (m[n] ?? 0) + 1 }), {});
-
 /** Each of the three endpoints got REQUESTS/3 ± 10 %. */
 function evenly(t: Test, counts: Record<string, number>, what: string): void {
   const even = REQUESTS / 3;
@@ -220,44 +185,18 @@ t.test('HTTP/2 with prior knowledge: 600 requests on one connection spread evenl
   evenly(t, tally(names), 'HTTP/2');
 });
 
-/** One unary call of the echo service with node:http2 (gRPC's framing by hand): its answer and grpc-status. */
-function grpcCall(session: http2.ClientHttp2Session, message: string): Promise<{ status: number; grpcStatus: string; body: string }> {
-  return new Promise((resolve, reject) => {
-    const payload = Buffer.from(message);
-    const frame = Buffer.alloc(5 + payload.length);
-    frame.writeUInt32BE(payload.length, 1);
-    payload.copy(frame, 5);
-    const s = session.request({ ':method': 'POST', ':path': ECHO.say.path, ':authority': `grpc.default:${GRPC_PORT}`, 'content-type': 'application/grpc', te: 'trailers' });
-    let status = 0;
-    let grpcStatus = '';
-    const chunks: Buffer[] = [];
-    s.on('response', (h) => {
-      status = Number(h[':status']);
-      if (h['grpc-status'] !== undefined) grpcStatus = String(h['grpc-status']);
-    });
-    s.on('trailers', (h) => (grpcStatus = String(h['grpc-status'])));
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('end', () => {
-      const all = Buffer.concat(chunks);
-      resolve({ status, grpcStatus, body: all.length >= 5 ? all.subarray(5, 5 + all.readUInt32BE(1)).toString() : '' });
-    });
-    s.on('error', reject);
-    s.end(frame);
-  });
-}
-
 t.test('gRPC: a real @grpc/grpc-js server answers calls end to end, statuses included, spread over its endpoints', async (t) => {
   const session = http2.connect(`http://${A}:${PORTS.grpc}`, { createConnection: () => connect({ host: A, port: PORTS.grpc, localAddress: CLIENT }) });
   t.teardown(() => session.close());
   const names: string[] = [];
   for (let i = 0; i < 60; i++) {
-    const r = await grpcCall(session, `hi-${i}`);
+    const r = await grpcCall(session, `grpc.default:${GRPC_PORT}`, `hi-${i}`);
     t.equal(r.grpcStatus, '0', `call ${i}: OK`);
     t.match(r.body, new RegExp(`^web-[123]:hi-${i}$`));
     names.push(r.body.split(':')[0]!);
   }
   t.same(Object.keys(tally(names)).sort(), ['web-1', 'web-2', 'web-3'], 'calls of one connection reached all three endpoints');
-  const failed = await grpcCall(session, 'fail');
+  const failed = await grpcCall(session, `grpc.default:${GRPC_PORT}`, 'fail');
   t.equal(failed.status, 200);
   t.equal(failed.grpcStatus, String(grpc.status.NOT_FOUND), 'the server\'s status reaches the client');
 
