@@ -5,6 +5,7 @@ import { canonicalIp } from '../../shared/net-address.ts';
 import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
 import { appProtocolAtWorkloadPort, serviceAtWorkloadPort, serviceKeyOfHost } from '../../shared/service-host.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type AppProtocol, type ServicePort, type Workload } from '../../shared/resources/types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute } from '../../shared/resources/route-types.ts';
 
 export interface NodeEndpoint {
   readonly name: string;
@@ -24,6 +25,8 @@ export interface UpdateEffect {
   readonly policiesChanged: boolean;
   readonly localWorkloadsChanged: boolean;
   readonly bundleChanged: boolean;
+  /** HTTPRoutes, GRPCRoutes or FaultInjections changed (revisions aside): route tables need recompiling. */
+  readonly routesChanged: boolean;
 }
 
 export interface ResolvedService {
@@ -51,6 +54,8 @@ export class MeshState {
   #servicesByVip = new Map<string, Service>();
   #servicesByName = new Map<string, Service>();
   #local: Workload[] = [];
+  #httpRoutes: readonly HTTPRoute[] = [];
+  #grpcRoutes: readonly GRPCRoute[] = [];
   #authorizer = new Authorizer([]);
   // Workload objects are immutable and replaced on every change, so an
   // identity computed once per object stays right; it is asked for on every
@@ -116,6 +121,11 @@ export class MeshState {
       }
     }
     local.sort((a, b) => resourceKey(a).localeCompare(resourceKey(b)));
+    const routes = [...next.values()].filter((r) => r.kind === 'HTTPRoute' || r.kind === 'GRPCRoute' || r.kind === 'FaultInjection');
+    const oldRoutes = [...this.#resources.values()].filter((r) => r.kind === 'HTTPRoute' || r.kind === 'GRPCRoute' || r.kind === 'FaultInjection');
+    const routesChanged = !isDeepStrictEqual(stripRev(byKey(routes)), stripRev(byKey(oldRoutes)));
+    const httpRoutes = routesChanged ? byKey(routes.filter((r) => r.kind === 'HTTPRoute')) : this.#httpRoutes;
+    const grpcRoutes = routesChanged ? byKey(routes.filter((r) => r.kind === 'GRPCRoute')) : this.#grpcRoutes;
     const localWorkloadsChanged = !isDeepStrictEqual(stripRev(local), stripRev(this.#local));
     const bundleChanged = u.bundlePem !== undefined && u.bundlePem !== '' && u.bundlePem !== this.#bundlePem;
 
@@ -125,11 +135,13 @@ export class MeshState {
     this.#servicesByVip = vips;
     this.#servicesByName = names;
     this.#local = local;
+    this.#httpRoutes = httpRoutes;
+    this.#grpcRoutes = grpcRoutes;
     this.#authorizer = authorizer;
     this.#revision = u.revision;
     if (bundleChanged) this.#bundlePem = u.bundlePem!;
     if (u.nodes) this.#nodes = new Map(u.nodes.map((n) => [n.name, n.hboneAddress]));
-    return { policiesChanged, localWorkloadsChanged, bundleChanged };
+    return { policiesChanged, localWorkloadsChanged, bundleChanged, routesChanged };
   }
 
   resources(): Resource[] {
@@ -138,6 +150,31 @@ export class MeshState {
 
   nodes(): NodeEndpoint[] {
     return [...this.#nodes].map(([name, hboneAddress]) => ({ name, hboneAddress }));
+  }
+
+  /**
+   * Every HTTPRoute of the mesh, ordered by namespace then name (the tie-break
+   * of the Gateway API's rule precedence, since Ambit keeps no creation time).
+   * Which apply to a client is shared/routes/attachment.ts's business.
+   */
+  httpRoutes(): readonly HTTPRoute[] {
+    return this.#httpRoutes;
+  }
+
+  /** Every GRPCRoute of the mesh, ordered as httpRoutes(). */
+  grpcRoutes(): readonly GRPCRoute[] {
+    return this.#grpcRoutes;
+  }
+
+  /** The FaultInjection an ExtensionRef filter names (in the route's namespace), if it exists. */
+  faultInjection(namespace: string, name: string): FaultInjection | undefined {
+    const r = this.#resources.get(keyString({ kind: 'FaultInjection', namespace, name }));
+    return r?.kind === 'FaultInjection' ? r : undefined;
+  }
+
+  /** A Service by namespace and name (a route's parentRef or backendRef names one this way). */
+  serviceByName(namespace: string, name: string): Service | undefined {
+    return this.#servicesByName.get(`${name}.${namespace}`);
   }
 
   /** Workloads scheduled on this node. */
@@ -249,6 +286,12 @@ export class MeshState {
     }
     return out;
   }
+}
+
+/** Resources ordered by namespace, then name (one kind per list, so the key order is that). */
+function byKey<T extends Resource>(rs: readonly T[]): T[] {
+  return [...rs].sort((a, b) => a.metadata.namespace.localeCompare(b.metadata.namespace) || a.metadata.name.localeCompare(b.metadata.name)
+    || a.kind.localeCompare(b.kind));
 }
 
 function stripRev(rs: readonly Resource[]): unknown[] {

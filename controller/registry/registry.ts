@@ -39,7 +39,7 @@ export class Registry {
   readonly #workloadsByNode = new Map<string, Map<string, Workload>>();
   /** address → keys of the workloads registered at it (several only when a store other than planApply's checks put them there). */
   readonly #holdersByAddress = new Map<string, Set<string>>();
-  readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0 };
+  readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 };
   /** list() of every kind, kept until the next change: what each Watch snapshot sends. */
   #allSorted: Resource[] | undefined;
   readonly #listeners = new Set<(cs: ChangeSet) => void>();

@@ -1,4 +1,5 @@
-import { API_VERSION } from './types.ts';
+import { apiVersionOf } from './types.ts';
+import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument } from './route-document.ts';
 import type { AuthorizationPolicySpec, PolicyOperation, PolicyRule, PolicySource, Resource, ServiceSpec, WorkloadSpec } from './types.ts';
 
 /**
@@ -11,11 +12,22 @@ import type { AuthorizationPolicySpec, PolicyOperation, PolicyRule, PolicySource
 export function toDocument(r: Resource): Record<string, unknown> {
   const { name, namespace, labels, revision } = r.metadata;
   return {
-    apiVersion: API_VERSION,
+    apiVersion: apiVersionOf(r.kind),
     kind: r.kind,
     metadata: { name, namespace, labels: { ...labels }, revision },
-    spec: r.kind === 'Workload' ? workloadSpec(r.spec) : r.kind === 'Service' ? serviceSpec(r.spec) : policySpec(r.spec),
+    spec: specDocument(r),
   };
+}
+
+function specDocument(r: Resource): Record<string, unknown> {
+  switch (r.kind) {
+    case 'Workload': return workloadSpec(r.spec);
+    case 'Service': return serviceSpec(r.spec);
+    case 'AuthorizationPolicy': return policySpec(r.spec);
+    case 'HTTPRoute': return httpRouteDocument(r.spec, r.metadata.namespace);
+    case 'GRPCRoute': return grpcRouteDocument(r.spec, r.metadata.namespace);
+    case 'FaultInjection': return faultInjectionDocument(r.spec);
+  }
 }
 
 function workloadSpec(s: WorkloadSpec): Record<string, unknown> {

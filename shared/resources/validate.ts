@@ -2,11 +2,12 @@ import { Buffer } from 'node:buffer';
 import { createRequire } from 'node:module';
 import type { YAMLError } from 'yaml';
 import { AmbitError, errorMessage } from '../errors.ts';
-import { API_VERSION, APP_PROTOCOLS, KINDS, resourceKey } from './types.ts';
+import { APP_PROTOCOLS, KINDS, apiVersionOf, resourceKey } from './types.ts';
 import type { Kind, ObjectMeta, Resource, ServicePort, ServiceSpec, WorkloadSpec } from './types.ts';
 import { Checker, describe, join } from './validate-fields.ts';
 import type { FieldError } from './validate-fields.ts';
 import { checkPolicySpec } from './validate-policy.ts';
+import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
 
 /**
  * Resource documents (YAML/JSON, Kubernetes style) in, validated core types
@@ -224,10 +225,12 @@ function check(doc: unknown, where: string): { resource: Resource } | { error: A
   const top = c.mapping(doc, '', ['apiVersion', 'kind', 'metadata', 'spec'], { status: 'status is not part of a resource; remove it' });
   if (top === undefined) return { error: invalidDocument(where, id, c.errors) };
   const apiVersion = c.required(top, 'apiVersion', '');
-  if (apiVersion !== undefined && apiVersion !== API_VERSION) c.bad('apiVersion', `must be "${API_VERSION}"`, apiVersion);
   const rawKind = c.required(top, 'kind', '');
   id.kind = KINDS.find((k) => k === rawKind);
   if (rawKind !== undefined && id.kind === undefined) c.bad('kind', `must be one of ${KINDS.join(', ')}`, rawKind);
+  // Each kind has its one apiVersion: the Gateway API's routes keep theirs so upstream files apply unchanged.
+  const wanted = id.kind === undefined ? undefined : apiVersionOf(id.kind);
+  if (apiVersion !== undefined && wanted !== undefined && apiVersion !== wanted) c.bad('apiVersion', `must be "${wanted}"`, apiVersion);
   const rawMeta = c.required(top, 'metadata', '');
   const metadata = rawMeta === undefined ? undefined : checkMetadata(c, rawMeta, id);
   const spec = c.required(top, 'spec', '');
@@ -242,6 +245,15 @@ function check(doc: unknown, where: string): { resource: Resource } | { error: A
     if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
   } else if (spec !== undefined && id.kind === 'AuthorizationPolicy') {
     const s = checkPolicySpec(c, spec, 'spec');
+    if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
+  } else if (spec !== undefined && id.kind === 'HTTPRoute') {
+    const s = checkHTTPRouteSpec(c, spec, 'spec', meta?.namespace ?? 'default');
+    if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
+  } else if (spec !== undefined && id.kind === 'GRPCRoute') {
+    const s = checkGRPCRouteSpec(c, spec, 'spec', meta?.namespace ?? 'default');
+    if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
+  } else if (spec !== undefined && id.kind === 'FaultInjection') {
+    const s = checkFaultInjectionSpec(c, spec, 'spec');
     if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
   }
   if (c.errors.length > 0 || resource === undefined) return { error: invalidDocument(where, id, c.errors) };

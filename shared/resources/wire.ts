@@ -1,5 +1,9 @@
 import { AmbitError } from '../errors.ts';
 import { HTTP_OPERATION_FIELDS } from '../authorization-http.ts';
+import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument } from './route-document.ts';
+import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
+import { Checker } from './validate-fields.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute } from './route-types.ts';
 import type * as pb from '../proto/gen/ambit.ts';
 import {
   KINDS,
@@ -21,7 +25,9 @@ import {
  * The only module (with the generated code) that knows the wire shape, so the
  * core never depends on protobuf (DESIGN §9 rule 5). fromWire does NOT
  * validate: callers that accept resources from outside (the Admin API) run
- * validateResource on the result.
+ * validateResource on the result. The exception is the kinds carried as a
+ * JSON document (routes, FaultInjection; see ambit.proto DocumentResource):
+ * turning that document into the core type is validation, so it is done here.
  */
 function metaToWire(m: ObjectMeta): pb.ObjectMeta {
   return { name: m.name, namespace: m.namespace, labels: { ...m.labels }, revision: m.revision };
@@ -79,7 +85,38 @@ export function resourceToWire(r: Resource): pb.Resource {
           },
         },
       };
+    case 'HTTPRoute':
+      return { kind: { $case: 'httpRoute', httpRoute: documentToWire(r, httpRouteDocument(r.spec, r.metadata.namespace)) } };
+    case 'GRPCRoute':
+      return { kind: { $case: 'grpcRoute', grpcRoute: documentToWire(r, grpcRouteDocument(r.spec, r.metadata.namespace)) } };
+    case 'FaultInjection':
+      return { kind: { $case: 'faultInjection', faultInjection: documentToWire(r, faultInjectionDocument(r.spec)) } };
   }
+}
+
+function documentToWire(r: Resource, spec: Record<string, unknown>): pb.DocumentResource {
+  return { metadata: metaToWire(r.metadata), specJson: JSON.stringify(spec) };
+}
+
+/** A DocumentResource's spec, validated into the core type by `check`; AMBIT_ERR_RESOURCE_INVALID naming the field otherwise. */
+function documentFromWire<T>(kind: Kind, d: pb.DocumentResource, check: (c: Checker, v: unknown, field: string, ns: string) => T | undefined): { metadata: ObjectMeta; spec: T } {
+  const metadata = metaFromWire(d.metadata);
+  const what = `${kind} ${metadata.namespace}/${metadata.name}`;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(d.specJson);
+  } catch (err) {
+    throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${what}: spec is not JSON`, { cause: err, details: { field: 'spec', kind } });
+  }
+  const c = new Checker();
+  const spec = check(c, raw, 'spec', metadata.namespace || 'default');
+  const first = c.errors[0];
+  if (first !== undefined || spec === undefined) {
+    throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `${what}: ${first?.field ?? 'spec'}: ${first?.message ?? 'invalid'}`, {
+      details: { field: first?.field, kind, value: first?.value, errors: c.errors.map((e) => `${what}: ${e.field}: ${e.message}`) },
+    });
+  }
+  return { metadata, spec };
 }
 
 function operationToWire(o: PolicyOperation): pb.PolicyOperation {
@@ -151,6 +188,18 @@ export function resourceFromWire(w: pb.Resource): Resource {
         },
       };
       return pol;
+    }
+    case 'httpRoute': {
+      const route: HTTPRoute = { kind: 'HTTPRoute', ...documentFromWire('HTTPRoute', k.httpRoute, checkHTTPRouteSpec) };
+      return route;
+    }
+    case 'grpcRoute': {
+      const route: GRPCRoute = { kind: 'GRPCRoute', ...documentFromWire('GRPCRoute', k.grpcRoute, checkGRPCRouteSpec) };
+      return route;
+    }
+    case 'faultInjection': {
+      const fault: FaultInjection = { kind: 'FaultInjection', ...documentFromWire('FaultInjection', k.faultInjection, (c, v, f) => checkFaultInjectionSpec(c, v, f)) };
+      return fault;
     }
   }
 }

@@ -134,15 +134,32 @@ export interface AuthorizationPolicy {
   spec: AuthorizationPolicySpec | undefined;
 }
 
+/**
+ * HTTPRoute, GRPCRoute and FaultInjection travel as their spec in the
+ * document shape users write (the Gateway API's for routes), JSON-encoded:
+ * that schema is large and is defined once, in
+ * shared/resources/validate-route.ts, rather than mirrored here field by
+ * field. Decoding re-validates the spec, so a peer cannot hand over a route
+ * that validation would refuse.
+ */
+export interface DocumentResource {
+  metadata: ObjectMeta | undefined;
+  specJson: string;
+}
+
 export interface Resource {
-  kind: { $case: "workload"; workload: Workload } | { $case: "service"; service: Service } | {
-    $case: "authorizationPolicy";
-    authorizationPolicy: AuthorizationPolicy;
-  } | undefined;
+  kind:
+    | { $case: "workload"; workload: Workload }
+    | { $case: "service"; service: Service }
+    | { $case: "authorizationPolicy"; authorizationPolicy: AuthorizationPolicy }
+    | { $case: "httpRoute"; httpRoute: DocumentResource }
+    | { $case: "grpcRoute"; grpcRoute: DocumentResource }
+    | { $case: "faultInjection"; faultInjection: DocumentResource }
+    | undefined;
 }
 
 export interface ResourceKey {
-  /** "Workload" | "Service" | "AuthorizationPolicy" */
+  /** "Workload" | "Service" | "AuthorizationPolicy" | "HTTPRoute" | "GRPCRoute" | "FaultInjection" */
   kind: string;
   namespace: string;
   name: string;
@@ -1955,6 +1972,75 @@ export const AuthorizationPolicy: MessageFns<AuthorizationPolicy> = {
   },
 };
 
+function createBaseDocumentResource(): DocumentResource {
+  return { metadata: undefined, specJson: "" };
+}
+
+export const DocumentResource: MessageFns<DocumentResource> = {
+  encode(message: DocumentResource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.metadata !== undefined) {
+      ObjectMeta.encode(message.metadata, writer.uint32(10).fork()).join();
+    }
+    if (message.specJson !== "") {
+      writer.uint32(18).string(message.specJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DocumentResource {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDocumentResource();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.metadata = ObjectMeta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.specJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<DocumentResource>): DocumentResource {
+    return DocumentResource.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DocumentResource>): DocumentResource {
+    const message = createBaseDocumentResource();
+    message.metadata = (object.metadata !== undefined && object.metadata !== null)
+      ? ObjectMeta.fromPartial(object.metadata)
+      : undefined;
+    message.specJson = object.specJson ?? "";
+    return message;
+  },
+};
+
 function createBaseResource(): Resource {
   return { kind: undefined };
 }
@@ -1970,6 +2056,15 @@ export const Resource: MessageFns<Resource> = {
         break;
       case "authorizationPolicy":
         AuthorizationPolicy.encode(message.kind.authorizationPolicy, writer.uint32(26).fork()).join();
+        break;
+      case "httpRoute":
+        DocumentResource.encode(message.kind.httpRoute, writer.uint32(34).fork()).join();
+        break;
+      case "grpcRoute":
+        DocumentResource.encode(message.kind.grpcRoute, writer.uint32(42).fork()).join();
+        break;
+      case "faultInjection":
+        DocumentResource.encode(message.kind.faultInjection, writer.uint32(50).fork()).join();
         break;
     }
     return writer;
@@ -2015,6 +2110,33 @@ export const Resource: MessageFns<Resource> = {
             };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kind = { $case: "httpRoute", httpRoute: DocumentResource.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.kind = { $case: "grpcRoute", grpcRoute: DocumentResource.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.kind = {
+              $case: "faultInjection",
+              faultInjection: DocumentResource.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2050,6 +2172,27 @@ export const Resource: MessageFns<Resource> = {
           message.kind = {
             $case: "authorizationPolicy",
             authorizationPolicy: AuthorizationPolicy.fromPartial(object.kind.authorizationPolicy),
+          };
+        }
+        break;
+      }
+      case "httpRoute": {
+        if (object.kind?.httpRoute !== undefined && object.kind?.httpRoute !== null) {
+          message.kind = { $case: "httpRoute", httpRoute: DocumentResource.fromPartial(object.kind.httpRoute) };
+        }
+        break;
+      }
+      case "grpcRoute": {
+        if (object.kind?.grpcRoute !== undefined && object.kind?.grpcRoute !== null) {
+          message.kind = { $case: "grpcRoute", grpcRoute: DocumentResource.fromPartial(object.kind.grpcRoute) };
+        }
+        break;
+      }
+      case "faultInjection": {
+        if (object.kind?.faultInjection !== undefined && object.kind?.faultInjection !== null) {
+          message.kind = {
+            $case: "faultInjection",
+            faultInjection: DocumentResource.fromPartial(object.kind.faultInjection),
           };
         }
         break;

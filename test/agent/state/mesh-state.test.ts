@@ -2,6 +2,7 @@ import t from 'tap';
 import { MeshState, pickEndpoint } from '../../../agent/state/mesh-state.ts';
 import { isAmbitError } from '../../../shared/errors.ts';
 import type { AuthorizationPolicy, PolicySource, Resource, Service, Workload } from '../../../shared/resources/types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute } from '../../../shared/resources/route-types.ts';
 import { workloadId } from '../../../shared/spiffe-id.ts';
 
 const TD = 'cluster.local';
@@ -50,7 +51,7 @@ t.test('a snapshot, then deltas', async (t) => {
   });
   t.equal(s.revision, 5);
   t.same(keys(s.resources()), ['Service/shop/web', 'Workload/shop/db', 'Workload/shop/web']);
-  t.same(e1, { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: true });
+  t.same(e1, { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: true, routesChanged: false });
   t.equal(s.bundlePem, 'BUNDLE-1');
   t.equal(s.hboneAddressOf('node-b'), '192.0.2.2:15008');
   t.same(s.nodes(), [{ name: 'node-b', hboneAddress: '192.0.2.2:15008' }]);
@@ -71,7 +72,7 @@ t.test('a snapshot, then deltas', async (t) => {
   t.equal(s.resolveService('10.96.0.10', 80), undefined, 'a deleted service no longer resolves');
   t.equal(s.bundlePem, 'BUNDLE-1', 'bundle kept');
   t.equal(s.hboneAddressOf('node-b'), '192.0.2.2:15008', 'nodes kept');
-  t.same(e2, { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: false });
+  t.same(e2, { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: false, routesChanged: false });
 
   // A new snapshot replaces everything.
   s.apply({ revision: 9, snapshot: [wl('solo', { address: '10.0.0.9' })], nodes: [] });
@@ -247,21 +248,21 @@ t.test('effects: which parts changed', async (t) => {
   const s = new MeshState(NODE, TD);
   const w = wl('web', { address: '10.0.0.1' });
   const p = policy('p');
-  t.same(s.apply({ revision: 1, snapshot: [w, p], bundlePem: 'B1' }), { policiesChanged: true, localWorkloadsChanged: true, bundleChanged: true });
+  t.same(s.apply({ revision: 1, snapshot: [w, p], bundlePem: 'B1' }), { policiesChanged: true, localWorkloadsChanged: true, bundleChanged: true, routesChanged: false });
   const authz = s.authorizer;
 
   // Same content at a new revision: nothing changed that matters.
   t.same(
     s.apply({ revision: 2, changes: [{ op: 'put', resource: { ...p, metadata: { ...p.metadata, revision: 2 } } }, { op: 'put', resource: { ...w, metadata: { ...w.metadata, revision: 2 } } }], bundlePem: 'B1' }),
-    { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false },
+    { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false, routesChanged: false },
     'a revision bump alone changes nothing',
   );
   t.equal(s.authorizer, authz, 'the authorizer is reused when policies did not change');
 
-  t.same(s.apply({ revision: 3, changes: [{ op: 'put', resource: wl('remote', { address: '10.0.0.9', node: 'node-b' }) }] }), { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false }, 'a remote workload is not a local change');
-  t.same(s.apply({ revision: 4, changes: [{ op: 'put', resource: svc('web') }] }), { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false }, 'a service is neither');
-  t.same(s.apply({ revision: 5, changes: [{ op: 'put', resource: wl('web', { address: '10.0.0.1', ports: [80] }) }] }), { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: false }, 'a local workload spec change');
-  t.same(s.apply({ revision: 6, changes: [{ op: 'put', resource: policy('p', [source({ namespaces: ['other'] })]) }] }), { policiesChanged: true, localWorkloadsChanged: false, bundleChanged: false }, 'a policy change');
+  t.same(s.apply({ revision: 3, changes: [{ op: 'put', resource: wl('remote', { address: '10.0.0.9', node: 'node-b' }) }] }), { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false, routesChanged: false }, 'a remote workload is not a local change');
+  t.same(s.apply({ revision: 4, changes: [{ op: 'put', resource: svc('web') }] }), { policiesChanged: false, localWorkloadsChanged: false, bundleChanged: false, routesChanged: false }, 'a service is neither');
+  t.same(s.apply({ revision: 5, changes: [{ op: 'put', resource: wl('web', { address: '10.0.0.1', ports: [80] }) }] }), { policiesChanged: false, localWorkloadsChanged: true, bundleChanged: false, routesChanged: false }, 'a local workload spec change');
+  t.same(s.apply({ revision: 6, changes: [{ op: 'put', resource: policy('p', [source({ namespaces: ['other'] })]) }] }), { policiesChanged: true, localWorkloadsChanged: false, bundleChanged: false, routesChanged: false }, 'a policy change');
   t.not(s.authorizer, authz, 'a new authorizer after a policy change');
   t.same(s.apply({ revision: 7, changes: [{ op: 'delete', key: { kind: 'AuthorizationPolicy', namespace: 'shop', name: 'p' } }] }).policiesChanged, true, 'a policy delete');
   t.same(s.apply({ revision: 8, bundlePem: '' }).bundleChanged, false, 'an empty bundle is no bundle');
@@ -346,4 +347,32 @@ t.test('pickEndpoint: ports filter; nothing serving → undefined', async (t) =>
   // A healthy endpoint that does not serve the port does not hide an unhealthy one that does.
   const downButServing = wl('downButServing', { ports: [443], healthy: false });
   t.equal(pickEndpoint([p80, downButServing], '', 443, () => 0.5), downButServing);
+});
+
+t.test('routes and fault injections: sorted accessors, lookups and routesChanged', async (t) => {
+  const route = (name: string, namespace: string, revision = 1): HTTPRoute => ({
+    kind: 'HTTPRoute',
+    metadata: { name, namespace, labels: {}, revision },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web' }], hostnames: [],
+      rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }], filters: [], backendRefs: [] }],
+    },
+  });
+  const grpc: GRPCRoute = { kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'shop', labels: {}, revision: 1 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web' }], hostnames: [], rules: [] } };
+  const fault: FaultInjection = { kind: 'FaultInjection', metadata: { name: 'slow', namespace: 'shop', labels: {}, revision: 1 }, spec: { delay: { fixedDelayMs: 100, percentage: 50 } } };
+  const s = new MeshState(NODE, TD);
+  const e = s.apply({ revision: 1, snapshot: [route('b', 'shop'), route('a', 'zoo'), route('a', 'shop'), grpc, fault, svc('web')] });
+  t.equal(e.routesChanged, true);
+  t.same(s.httpRoutes().map((r) => `${r.metadata.namespace}/${r.metadata.name}`), ['shop/a', 'shop/b', 'zoo/a'], 'by namespace, then name');
+  t.same(s.grpcRoutes().map((r) => r.metadata.name), ['g']);
+  t.equal(s.faultInjection('shop', 'slow'), fault);
+  t.equal(s.faultInjection('other', 'slow'), undefined);
+  t.equal(s.serviceByName('shop', 'web')?.metadata.name, 'web');
+  t.equal(s.serviceByName('shop', 'nope'), undefined);
+  t.equal(s.apply({ revision: 2, changes: [{ op: 'put', resource: route('a', 'shop', 2) }] }).routesChanged, false, 'a new revision of the same route is no change');
+  t.equal(s.apply({ revision: 3, changes: [{ op: 'put', resource: svc('web', { revision: 3, addresses: ['10.96.0.1'] }) }] }).routesChanged, false, 'a service is not a route');
+  t.equal(s.apply({ revision: 4, changes: [{ op: 'delete', key: { kind: 'FaultInjection', namespace: 'shop', name: 'slow' } }] }).routesChanged, true);
+  t.equal(s.faultInjection('shop', 'slow'), undefined);
+  t.equal(s.apply({ revision: 5, changes: [{ op: 'delete', key: { kind: 'HTTPRoute', namespace: 'zoo', name: 'a' } }] }).routesChanged, true);
+  t.same(s.httpRoutes().map((r) => r.metadata.name), ['a', 'b']);
 });

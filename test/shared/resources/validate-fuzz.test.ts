@@ -230,7 +230,7 @@ function broken(r: Resource): string[] {
     if (s.ports.length === 0 || !ascending(s.ports.map((p) => p.port))) out.push('ports');
     if (new Set(s.ports.map((p) => p.name)).size !== s.ports.length) out.push('port names');
     if (!s.addresses.every((a) => canonicalIp(a) === a) || new Set(s.addresses).size !== s.addresses.length) out.push('addresses');
-  } else {
+  } else if (r.kind === 'AuthorizationPolicy') {
     const s = r.spec;
     if (s.action !== 'ALLOW' && s.action !== 'DENY') out.push('action');
     for (const rule of s.rules) {
