@@ -27,6 +27,8 @@ export interface RouteInputs {
 /** A backend's (or a mirror's) service table, with how to compile it again. */
 export interface BackendService {
   readonly resolved: ResolvedService;
+  /** The sources' locality the table was compiled for. */
+  readonly locality: string;
   /** The protocol it is spoken to with when its own port declares none (tcp): the parent port's. */
   readonly as?: HttpProtocol;
   readonly table: HttpServiceTable;
@@ -50,10 +52,10 @@ export function routeTableKey(state: MeshState, parent: ResolvedService, localit
  */
 export function compileBackendService(state: MeshState, resolved: ResolvedService, locality: string, as: HttpProtocol | undefined): BackendService {
   const own = compileHttpService(state, resolved, locality);
-  if (own) return { resolved, table: own };
+  if (own) return { resolved, locality, table: own };
   const protocol = as ?? 'http';
   const table = compileHttpService(state, { service: resolved.service, port: { ...resolved.port, appProtocol: protocol } }, locality)!;
-  return { resolved, as: protocol, table: { ...table, key: `${table.key} as ${protocol}` } };
+  return { resolved, locality, as: protocol, table: { ...table, key: `${table.key} as ${protocol}` } };
 }
 
 /**

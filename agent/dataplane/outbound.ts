@@ -7,6 +7,8 @@ import { verifyReportedChain } from './peer-chain.ts';
 import type { FromDataplane, ToDataplane } from './supervisor.ts';
 import { ListenerKind, RouteVerdict, type AttemptResult, type Ejection, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
 import { compileHttpService, httpTableKey, type HttpServiceTable, type HttpSettings } from '../connection/http-services.ts';
+import { compileBackendService, compileHttpRoutes, routeTableKey, type BackendService, type RouteInputs } from '../connection/http-routes.ts';
+import type { HttpRouteTable } from '../../shared/proto/gen/dataplane.ts';
 import type { ResolvedService } from '../state/mesh-state.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
 import { PASSTHROUGH } from '../proxy/istio-names.ts';
@@ -37,6 +39,8 @@ export interface NativeOutboundOptions {
   readonly agentAddress: string;
   /** Passive health and circuit breaking of HTTP services, sent with their tables. */
   readonly http: HttpSettings;
+  /** The mesh's HTTPRoutes, GRPCRoutes and FaultInjections, read when route tables are compiled (absent: no routes). */
+  readonly routes?: () => RouteInputs;
 }
 
 /** An HTTP endpoint the data plane ejected (told with `ejection`), for /config_dump and metrics. */
@@ -59,6 +63,8 @@ interface NativeConnection {
   readonly finished: () => void;
   /** A tunnel's plan: the endpoints its attempts go to, in order. */
   readonly request?: TunnelRequest;
+  /** http: the route table its requests are decided by ('' or absent: none). */
+  readonly routeTable?: string;
   opened: boolean;
   /** Set when the agent closed it (drain deadline): the record ends with these. */
   closed?: { reason: string; flags: string };
@@ -97,6 +103,12 @@ function refusalMessage(kind: OutboundEntry['kind'], reason: SourceRefusal): str
 
 const endpoint = (e: Endpoint | undefined): { address: string; port: number } => ({ address: e?.address ?? '', port: e?.port ?? 0 });
 
+/** The one rule of a route table whose routes are gone while connections still name it: every request to the service as it is. */
+const passThrough = (table: string): HttpRouteTable['rules'][number] => ({
+  route: '', matches: [], backends: [{ table, weight: 1, requestHeaders: undefined, responseHeaders: undefined }], requestHeaders: undefined, responseHeaders: undefined,
+  mirrors: [], redirect: undefined, rewrite: undefined, fault: undefined, requestTimeoutMs: 0, backendTimeoutMs: 0, retry: undefined,
+});
+
 /** A route with nothing but its verdict said. */
 const route = (id: number, verdict: RouteVerdict, more: Partial<Omit<Extract<ToDataplane, { $case: 'route' }>['route'], 'id' | 'verdict'>> = {}): ToDataplane => ({
   $case: 'route',
@@ -127,7 +139,9 @@ export class NativeOutbound {
   /** Counts data plane processes: a route decided for one must not reach the next (ids start again). */
   #generation = 0;
   /** HTTP service tables the data plane holds, by key: what each was compiled from and what was sent. */
-  readonly #httpTables = new Map<string, { resolved: ResolvedService; locality: string; sent: string }>();
+  readonly #httpTables = new Map<string, { resolved: ResolvedService; locality: string; as?: BackendService['as']; sent: string }>();
+  /** Route tables the data plane holds, by key: the service port, clients and what was sent. */
+  readonly #routeTables = new Map<string, { parent: ResolvedService; locality: string; namespace: string; routed: boolean; sent: string }>();
   /** HTTP endpoints the data plane has ejected, by "service endpoint". */
   readonly #httpEjections = new Map<string, HttpEjection>();
 
@@ -141,6 +155,7 @@ export class NativeOutbound {
     this.#generation++;
     // A data plane started again holds no table: each is sent again before its next route.
     this.#httpTables.clear();
+    this.#routeTables.clear();
     this.#httpEjections.clear();
     return Promise.all(this.#o.listeners.map((l, lid) => new Promise<string>((resolve, reject) => {
       this.#bound.set(lid, { resolve, reject });
@@ -308,8 +323,10 @@ export class NativeOutbound {
       // An HTTP service port: the data plane serves the connection per request, over this table.
       const table = plan.kind === 'tunnel' && plan.request.resolved ? this.#httpTable(plan.request.resolved, source.spec.locality) : undefined;
       const kind = table === undefined ? plan.kind : 'http';
+      // Its routes (for the source's namespace), sent after the tables their backends name.
+      const routeTable = table !== undefined && plan.kind === 'tunnel' && plan.request.resolved ? this.#routeTable(plan.request.resolved, source.spec.locality, source.metadata.namespace) : '';
       // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
-      this.#track(id, { record, kind, target, opened: false, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
+      this.#track(id, { record, kind, target, opened: false, routeTable, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
       if (plan.kind === 'direct') {
         this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
         return;
@@ -318,7 +335,7 @@ export class NativeOutbound {
       const headers = Object.entries(r.headers).flatMap(([name, v]) => (v === undefined ? [] : [{ name, value: String(v) }]));
       if (table !== undefined) {
         this.#send(route(id, RouteVerdict.ROUTE_VERDICT_HTTP, {
-          source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record), service: table,
+          source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record), service: table, routeTable,
           sourceWorkload: source.metadata.name, sourceNamespace: source.metadata.namespace,
           attempts: [{ hbone: '', sni: '', expect: '', authority: '', headers }],
         }));
@@ -352,10 +369,48 @@ export class NativeOutbound {
   }
 
   /**
+   * The route table's key for clients of `namespace` and `locality` calling
+   * an HTTP service port, sent first (with the service tables its backends
+   * name, before it) if the data plane does not hold it; '' when no route
+   * applies to them there.
+   */
+  #routeTable(parent: ResolvedService, locality: string, namespace: string): string {
+    const state = this.#o.outbound.state;
+    const inputs = this.#o.routes?.();
+    if (!inputs) return '';
+    const key = routeTableKey(state, parent, locality, namespace);
+    // Kept current by refreshHttpServices.
+    if (this.#routeTables.get(key)?.routed) return key;
+    const compiled = compileHttpRoutes(state, parent, locality, namespace, inputs);
+    if (!compiled) return '';
+    const fresh = this.#newBackends(compiled.services);
+    if (fresh.length > 0) this.#sendHttp(fresh, []);
+    this.#routeTables.set(key, { parent, locality, namespace, routed: true, sent: JSON.stringify(compiled.table) });
+    this.#sendRoutes([compiled.table], []);
+    return key;
+  }
+
+  /** The backend tables of `services` the data plane does not hold yet, now recorded as held. */
+  #newBackends(services: readonly BackendService[]): HttpServiceTable[] {
+    const fresh: HttpServiceTable[] = [];
+    for (const b of services) {
+      if (this.#httpTables.has(b.table.key)) continue;
+      this.#httpTables.set(b.table.key, { resolved: b.resolved, locality: b.locality, ...(b.as ? { as: b.as } : {}), sent: JSON.stringify(b.table) });
+      fresh.push(b.table);
+    }
+    return fresh;
+  }
+
+  /**
    * The mesh state changed: every table the data plane holds is compiled
-   * again, and those that changed are sent (a service gone, or no longer
-   * HTTP, is removed: its connections then answer 503). Connections follow
-   * at their next request.
+   * again, and those that changed are sent — service tables first (new
+   * backends included), then route tables, then the service tables to
+   * remove, so that no route table ever names a table the data plane lacks.
+   * A service gone, or no longer HTTP, is removed: its connections then
+   * answer 503. A route table whose routes are all gone is removed when no
+   * connection names it, else it becomes one rule forwarding to the service
+   * as it is (what a port without routes does). Connections follow at their
+   * next request.
    */
   refreshHttpServices(): void {
     const state = this.#o.outbound.state;
@@ -364,7 +419,7 @@ export class NativeOutbound {
     for (const [key, t] of this.#httpTables) {
       const { service, port } = t.resolved;
       const now = state.resolveService(`${service.metadata.name}.${service.metadata.namespace}`, port.port);
-      const table = now ? compileHttpService(state, now, t.locality) : undefined;
+      const table = now ? (t.as ? compileBackendService(state, now, t.locality, t.as).table : compileHttpService(state, now, t.locality)) : undefined;
       if (!now || !table || table.key !== key) {
         this.#httpTables.delete(key);
         removed.push(key);
@@ -372,10 +427,37 @@ export class NativeOutbound {
       }
       const sent = JSON.stringify(table);
       if (sent === t.sent) continue;
-      this.#httpTables.set(key, { resolved: now, locality: t.locality, sent });
+      this.#httpTables.set(key, { ...t, resolved: now, sent });
       changed.push(table);
     }
-    if (changed.length > 0 || removed.length > 0) this.#sendHttp(changed, removed);
+    const routes: HttpRouteTable[] = [];
+    const routesRemoved: string[] = [];
+    const inputs = this.#o.routes?.() ?? { routes: [], fault: () => undefined };
+    const named = new Set([...this.#conns.values()].flatMap((c) => (c.routeTable ? [c.routeTable] : [])));
+    for (const [key, t] of this.#routeTables) {
+      const { service, port } = t.parent;
+      const now = state.resolveService(`${service.metadata.name}.${service.metadata.namespace}`, port.port);
+      const compiled = now ? compileHttpRoutes(state, now, t.locality, t.namespace, inputs) : undefined;
+      let table = compiled?.table;
+      if (compiled) changed.push(...this.#newBackends(compiled.services));
+      else if (now && named.has(key) && this.#httpTables.has(httpTableKey(state, now, t.locality))) table = { key, rules: [passThrough(httpTableKey(state, now, t.locality))] };
+      if (!now || !table) {
+        this.#routeTables.delete(key);
+        routesRemoved.push(key);
+        continue;
+      }
+      const sent = JSON.stringify(table);
+      if (sent === t.sent) continue;
+      this.#routeTables.set(key, { ...t, parent: now, routed: compiled !== undefined, sent });
+      routes.push(table);
+    }
+    if (changed.length > 0) this.#sendHttp(changed, []);
+    if (routes.length > 0 || routesRemoved.length > 0) this.#sendRoutes(routes, routesRemoved);
+    if (removed.length > 0) this.#sendHttp([], removed);
+  }
+
+  #sendRoutes(tables: readonly HttpRouteTable[], removed: string[]): void {
+    this.#send({ $case: 'httpRoutes', httpRoutes: { tables: [...tables], removed } });
   }
 
   #sendHttp(services: readonly HttpServiceTable[], removed: string[]): void {
