@@ -5,9 +5,10 @@
 //            applied through the Admin API (Apply, B resources a request, C
 //            requests in flight): resources applied per second, and the
 //            controller's RSS after the load (and its peak).
-//   watch    N simulated agents: lightweight Watch clients in this process,
-//            each with its own node certificate, obtained as an agent does
-//            (a join token from the Admin API, Bootstrap.Join with a CSR).
+//   watch    N simulated agents in this process, each the agent's own
+//            WatchClient (agent/state/watch-client.ts) with its own node
+//            certificate, obtained as an agent does (a join token from the
+//            Admin API, Bootstrap.Join with a CSR).
 //            Time until all of them hold their first state, then one change
 //            (a workload applied on node 0) and how long each agent takes to
 //            see it: p50, p99, max.
@@ -28,9 +29,12 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
+import { Metadata } from '@grpc/grpc-js';
 import { AdminApi } from '../controller/cli/client.ts';
-import { BootstrapClient, DiscoveryClient, WatchResponse, type JoinResponse, type WatchRequest } from '../shared/proto/gen/ambit.ts';
+import { BootstrapClient, WatchResponse, type JoinResponse } from '../shared/proto/gen/ambit.ts';
+import { WatchClient } from '../agent/state/watch-client.ts';
+import type { HostPort } from '../shared/config-parse.ts';
+import { createLogger } from '../shared/logger.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../shared/controller-client.ts';
 import { validateResource } from '../shared/resources/validate.ts';
 import { resourceToWire } from '../shared/resources/wire.ts';
@@ -45,6 +49,22 @@ const HOST = '127.0.128.20';
 /** What systemd/ambit-controller.service and daemonset/controller.yaml set. */
 const CONTROLLER_NODE_OPTIONS = '--max-semi-space-size=2';
 const MiB = 1024 * 1024;
+/**
+ * The simulated agents' logger: nothing is printed; of each warning that a
+ * stream was lost, the delay the agent's backoff chose before reconnecting is
+ * kept, by node, for the failover's breakdown.
+ */
+const retryInMs = new Map<string, number>();
+const SIM_LOGGER = createLogger({
+  name: 'sim-agent',
+  level: 'warn',
+  destination: {
+    write: (line: string) => {
+      const l = JSON.parse(line) as { node?: string; retryInMs?: number };
+      if (l.node !== undefined && l.retryInMs !== undefined) retryInMs.set(l.node, l.retryInMs);
+    },
+  },
+});
 
 const { values: args } = parseArgs({
   options: {
@@ -70,7 +90,7 @@ const STORE = args.store ?? 'sqlite';
 if (STORE !== 'sqlite' && STORE !== 'etcd') throw new Error(`--store ${STORE}: sqlite or etcd`);
 /** etcd members (Debian's /usr/bin/etcd) on 127.0.128.51 and up, with --store etcd. */
 const ETCD_MEMBERS = Number(args['etcd-members'] ?? 1);
-/** Controller replicas sharing the etcd store; with more than one, the watch phase ends by killing replica 1. */
+/** Controller replicas sharing the etcd store; with more than one, the watch phase ends by killing one. */
 const REPLICAS = Number(args.replicas ?? 1);
 if (REPLICAS > 1 && STORE !== 'etcd') throw new Error('--replicas needs --store etcd');
 const TARGET = { applyPerSecond: 5000, rssMiB: 300, changeP99Ms: 1000, agentGrowthMiB: 10 } as const;
@@ -83,6 +103,12 @@ function memoryOf(pid: number): { rssMiB: number; hwmMiB: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(status)?.[1] ?? Number.NaN);
   return { rssMiB: kib('VmRSS') / 1024, hwmMiB: kib('VmHWM') / 1024 };
+}
+
+/** CPU time (user + system) a process has used, in seconds. */
+function cpuSecondsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 function percentile(sorted: readonly number[], p: number): number {
@@ -160,93 +186,73 @@ async function joinNode(api: AdminApi, controller: RunningController, caPem: str
 }
 
 /**
- * A simulated agent: one Watch stream with its node's certificate; it counts
- * what it receives, acks each response, and records when a workload of a
+ * A simulated agent: the agent's own WatchClient (agent/state/watch-client.ts:
+ * the same target over every replica, channel options, backoff, validation
+ * and acks) with its node's certificate, applying nothing but recording what
+ * it receives: the revision, the resources held, and when a workload of a
  * given name first reaches it.
  */
 class SimAgent {
   readonly node: string;
-  readonly #addresses: readonly string[];
-  readonly #creds: NodeCreds;
-  #client: DiscoveryClient | undefined;
-  #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
-  #closed = false;
-  /** The replica (index into the addresses) the stream is on. */
-  replica: number;
+  readonly #watch: WatchClient;
   revision = 0;
   resources = 0;
   firstStateAt = 0;
-  /** When the stream last broke, and when it was answered again on another replica (0: not since). */
+  /** When the stream last broke, and when it was answered again (0: not since). */
   brokeAt = 0;
   rewatchedAt = 0;
-  error = '';
   snapshotBytes = 0;
   readonly seen = new Map<string, number>();
-  #onUpdate: (() => void) | undefined;
 
-  constructor(addresses: readonly string[], replica: number, creds: NodeCreds) {
+  /** measureSnapshot: encode the snapshot received once more to report its size (one agent is enough). */
+  constructor(controllers: readonly HostPort[], creds: NodeCreds, onUpdate: () => void, measureSnapshot = false) {
     this.node = creds.node;
-    this.#addresses = addresses;
-    this.#creds = creds;
-    this.replica = replica;
-  }
-
-  start(onUpdate: () => void): void {
-    this.#onUpdate = onUpdate;
-    this.#connect();
-  }
-
-  /**
-   * One Watch stream to the current replica, resumed from the revision held;
-   * when it breaks, the next replica at once (an agent's failover, without
-   * its backoff).
-   */
-  #connect(): void {
-    const c = this.#creds;
-    const client = new DiscoveryClient(this.#addresses[this.replica]!, controllerCredentials({ caPem: c.bundlePem, trustDomain: c.trustDomain, keyPem: c.keyPem, certChainPem: c.certChainPem }), CONTROLLER_CHANNEL_OPTIONS);
-    this.#client = client;
-    const call = client.watch();
-    this.#call = call;
-    let broken = false;
-    const broke = (err?: Error): void => {
-      if (broken || this.#closed) return;
-      broken = true;
-      if (err) this.error = err.message;
-      this.brokeAt = performance.now();
-      this.rewatchedAt = 0;
-      client.close();
-      this.replica = (this.replica + 1) % this.#addresses.length;
-      setTimeout(() => this.#connect(), 50);
-    };
-    call.on('data', (res: WatchResponse) => {
-      const at = performance.now();
-      if (res.snapshot) {
-        this.resources = res.resources.length;
-        this.snapshotBytes = WatchResponse.encode(res).finish().length;
-      }
-      for (const ch of res.changes) {
-        if (ch.change?.$case === 'put') {
-          this.resources++;
-          const k = ch.change.put.kind;
-          const m = k?.$case === 'workload' ? k.workload.metadata : undefined;
-          if (m) this.seen.set(`${m.namespace}/${m.name}`, at);
+    this.#watch = new WatchClient({
+      controller: controllers,
+      credentials: () => ({ ...creds, expiresAt: 0 }),
+      hboneAddress: '',
+      revision: () => this.revision,
+      certExpiresAt: () => 0,
+      logger: SIM_LOGGER.child({ node: creds.node }),
+      onStatus: (connected) => {
+        if (connected || this.firstStateAt === 0) return;
+        this.brokeAt = performance.now();
+        this.rewatchedAt = 0;
+      },
+      apply: (u) => {
+        const at = performance.now();
+        if (u.snapshot) {
+          this.resources = u.snapshot.length;
+          if (measureSnapshot) this.snapshotBytes = WatchResponse.encode(WatchResponse.fromPartial({ resources: u.snapshot.map(resourceToWire) })).finish().length;
         }
-      }
-      this.revision = res.revision;
-      if (this.firstStateAt === 0) this.firstStateAt = at;
-      if (this.brokeAt > 0 && this.rewatchedAt === 0) this.rewatchedAt = at;
-      call.write({ request: { $case: 'ack', ack: { revision: res.revision, ok: true, reason: '', certExpiresAtMs: 0, trustedRoots: [] } } });
-      this.#onUpdate?.();
+        for (const ch of u.changes ?? []) {
+          if (ch.op !== 'put') continue;
+          this.resources++;
+          if (ch.resource.kind === 'Workload') this.seen.set(`${ch.resource.metadata.namespace}/${ch.resource.metadata.name}`, at);
+        }
+        this.revision = u.revision;
+        if (this.firstStateAt === 0) this.firstStateAt = at;
+        if (this.brokeAt > 0 && this.rewatchedAt === 0) this.rewatchedAt = at;
+        onUpdate();
+      },
     });
-    call.on('error', (err: Error) => broke(err));
-    call.on('end', () => broke());
-    call.write({ request: { $case: 'start', start: { resumeRevision: this.revision, certExpiresAtMs: 0, hboneAddress: '' } } });
+  }
+
+  start(): void {
+    this.#watch.start();
+  }
+
+  /** The replica ("host:port") the stream is on, '' while none answers. */
+  get replica(): string {
+    return this.#watch.peer;
+  }
+
+  get error(): string {
+    return this.#watch.lastError;
   }
 
   close(): void {
-    this.#closed = true;
-    this.#call?.cancel();
-    this.#client?.close();
+    this.#watch.close();
   }
 }
 
@@ -359,9 +365,9 @@ async function watchPhase(api: AdminApi, replicas: readonly RunningController[],
   // out, and reconnect with jittered backoff).
   const watchStarted = performance.now();
   for (let k = 0; k < creds.length; k += 50) {
-    const wave = creds.slice(k, k + 50).map((c, x) => new SimAgent(replicas.map((r) => r.address), (k + x) % replicas.length, c));
+    const wave = creds.slice(k, k + 50).map((c, x) => new SimAgent(replicas.map((r) => r.grpc), c, notify, k + x === 0));
     agents.push(...wave);
-    for (const a of wave) a.start(notify);
+    for (const a of wave) a.start();
     await until(() => wave.every((a) => a.firstStateAt > 0), subscribe, 120_000, `the first state of agents ${k}-${k + wave.length - 1}`).catch((err: Error) => {
       const errors = wave.map((a) => a.error).filter(Boolean);
       throw new Error(`${err.message}; ${wave.filter((a) => a.firstStateAt === 0).length} without, ${errors.length} errors, the first: ${errors[0] ?? 'none'}`);
@@ -370,6 +376,7 @@ async function watchPhase(api: AdminApi, replicas: readonly RunningController[],
   listeners.clear();
   const firstState = agents.map((a) => a.firstStateAt - watchStarted).sort((a, b) => a - b);
   out(`  first state, all agents             ${(firstState[firstState.length - 1]! / 1000).toFixed(1)} s (p50 ${(percentile(firstState, 50) / 1000).toFixed(1)} s); resources held each ${agents[0]!.resources}, snapshot ${(agents[0]!.snapshotBytes / MiB).toFixed(1)} MiB`);
+  if (replicas.length > 1) out(`  agents on each replica (grpc-js picks one of the shuffled list)  ${replicas.map((r) => agents.filter((a) => a.replica === r.address).length).join(', ')}`);
   const afterWatch = memoryOf(pid);
   out(`  controller RSS with ${AGENTS} streams     ${afterWatch.rssMiB.toFixed(1)} MiB (peak ${afterWatch.hwmMiB.toFixed(1)} MiB)   target <= ${TARGET.rssMiB}: ${verdict(afterWatch.hwmMiB <= TARGET.rssMiB)}`);
 
@@ -452,15 +459,25 @@ async function agentMemory(api: AdminApi, controller: RunningController): Promis
 }
 
 /**
- * Kills replica 1 (SIGKILL) under the agents watching it and applies a change
- * through replica 0 at once: how long until each of them is answered by
- * another replica (resuming from its revision), and whether every agent
- * sees the change.
+ * Kills the replica other than 0 with the most agents (SIGKILL) under the
+ * agents watching it and applies a change through replica 0 at once: how
+ * long until each of them is answered by another replica (resuming from its
+ * revision), whether every agent sees the change, and where the time went.
  */
 async function failover(api: AdminApi, replicas: readonly RunningController[], subscribe: (fn: () => void) => void): Promise<void> {
-  const moved = agents.filter((a) => a.replica === 1);
-  await replicas[1]!.proc.stop('SIGKILL');
+  const onReplica = (r: RunningController): SimAgent[] => agents.filter((a) => a.replica === r.address);
+  const victim = replicas.slice(1).reduce((best, r) => (onReplica(r).length > onReplica(best).length ? r : best));
+  const v = replicas.indexOf(victim);
+  const moved = onReplica(victim);
+  const others = replicas.filter((r) => r !== victim);
+  const etcdPids = (etcd?.members ?? []).map((m) => m.child?.pid).filter((p): p is number => p !== undefined);
+  const cpu = (): number[] => [process.pid, ...others.map((r) => r.proc.child.pid!), ...etcdPids].map(cpuSecondsOf);
+  const cpuBefore = cpu();
+  const logsBefore = others.map((r) => r.proc.logs.length);
+  retryInMs.clear();
+  await victim.proc.stop('SIGKILL');
   const killedAt = performance.now();
+  const killedAtMs = Date.now();
   const probe = validateResource({
     apiVersion: API_VERSION, kind: 'Workload', metadata: { name: 'probe-failover', namespace: 'ns-0', labels: {} },
     spec: { serviceAccount: 'probe', node: nodeName(0), address: '10.255.255.253', ports: [8080] },
@@ -469,10 +486,19 @@ async function failover(api: AdminApi, replicas: readonly RunningController[], s
   const appliedAt = performance.now();
   const done = (): boolean => moved.every((a) => a.rewatchedAt > 0) && agents.every((a) => a.seen.has('ns-0/probe-failover'));
   await until(done, subscribe, 60_000, 'the failover').catch(() => undefined);
+  const window = (performance.now() - killedAt) / 1000;
+  const cpuUsed = cpu().map((c, i) => c - cpuBefore[i]!);
   const rewatch = moved.filter((a) => a.rewatchedAt > 0).map((a) => a.rewatchedAt - killedAt).sort((a, b) => a - b);
   const seen = agents.filter((a) => a.seen.has('ns-0/probe-failover')).map((a) => a.seen.get('ns-0/probe-failover')! - killedAt).sort((a, b) => a - b);
   const worst = rewatch.length === moved.length ? rewatch[rewatch.length - 1]! : Number.POSITIVE_INFINITY;
-  out(`  replica 1 killed (SIGKILL) with ${moved.length} agents on it; a change applied through replica 0 ${(appliedAt - killedAt).toFixed(0)} ms later`);
+  out(`  replica ${v} killed (SIGKILL) with ${moved.length} agents on it; a change applied through replica 0 ${(appliedAt - killedAt).toFixed(0)} ms later`);
   out(`    re-watching on another replica: ${rewatch.length}/${moved.length}, after p50 ${percentile(rewatch, 50).toFixed(0)} ms, p99 ${percentile(rewatch, 99).toFixed(0)} ms, max ${worst.toFixed(0)} ms   target every one <= 5000 ms: ${verdict(worst <= 5000)}`);
   out(`    the change, seen by ${seen.length}/${agents.length} agents (p99 ${percentile(seen, 99).toFixed(0)} ms after the kill)   target none missing: ${verdict(seen.length === agents.length)}`);
+  // Where the time went: the agents' backoff, then when the replicas answered (their log), and who used the CPU meanwhile.
+  const backoff = moved.map((a) => retryInMs.get(a.node) ?? Number.NaN).sort((a, b) => a - b);
+  if (moved.length === 0) return;
+  const answered = others.flatMap((r, i) => r.proc.logs.slice(logsBefore[i]).filter((l) => l.msg === 'watch resumed with deltas' || l.msg === 'watch started with snapshot'))
+    .map((l) => Date.parse(String(l.time)) - killedAtMs).sort((a, b) => a - b);
+  out(`    breakdown: the agents' backoff before reconnecting p50 ${percentile(backoff, 50).toFixed(0)} ms, max ${backoff[backoff.length - 1]!.toFixed(0)} ms; the replicas answered ${answered.length} WatchStarts after p50 ${percentile(answered, 50).toFixed(0)} ms, max ${answered[answered.length - 1]?.toFixed(0) ?? '-'} ms`);
+  out(`    CPU over those ${window.toFixed(1)} s: simulated agents (this process) ${cpuUsed[0]!.toFixed(1)} s, ${others.map((r, i) => `replica ${replicas.indexOf(r)} ${cpuUsed[1 + i]!.toFixed(1)} s`).join(', ')}, etcd ${cpuUsed.slice(1 + others.length).reduce((a, b) => a + b, 0).toFixed(1)} s; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }

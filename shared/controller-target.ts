@@ -6,20 +6,35 @@ import { formatHostPort, type HostPort } from './config-parse.ts';
  * The controller replicas a client talks to, as one grpc-js target: a list
  * of IP addresses becomes an `ipv4:`/`ipv6:` target of several addresses,
  * a DNS name a `dns:` target that resolves to all of its addresses. grpc-js
- * then owns fail-over: its pick_first policy connects to one address (the
- * list shuffled, so a fleet of agents spreads over the replicas), and when
- * that connection is lost the next call reconnects to another address that
- * answers. Several names in one list are refused (checkControllerList): a
- * grpc-js target resolves one name.
+ * then owns fail-over: its pick_first policy connects to the first address
+ * that answers, and when that connection is lost the next call reconnects to
+ * another address that answers. Several names in one list are refused
+ * (checkControllerList): a grpc-js target resolves one name.
+ *
+ * A list is shuffled here, at each call, so a fleet of agents spreads evenly
+ * over the replicas, and so do those of a lost replica when they move: the
+ * pick_first shuffle of grpc-js 1.14 stops one swap short (its loop ends at
+ * index 2), so of three addresses the second is never tried first, and a
+ * list of two is never shuffled at all.
  */
-export function controllerTarget(controllers: Controllers): string {
+export function controllerTarget(controllers: Controllers, random: () => number = Math.random): string {
   const list = controllerList(controllers);
   if (list.length === 1) {
     const only = list[0]!;
     return isIP(only.host) === 0 ? `dns:${only.host}:${only.port}` : formatHostPort(only);
   }
   const family = isIP(list[0]!.host);
-  return `${family === 6 ? 'ipv6' : 'ipv4'}:${list.map(formatHostPort).join(',')}`;
+  return `${family === 6 ? 'ipv6' : 'ipv4'}:${shuffled(list, random).map(formatHostPort).join(',')}`;
+}
+
+/** Fisher-Yates: every order equally likely. */
+function shuffled<T>(list: readonly T[], random: () => number): T[] {
+  const out = [...list];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
 }
 
 /** One controller address or the list of every replica's. */
@@ -38,7 +53,7 @@ export function controllerListProblem(list: readonly HostPort[]): string | undef
   return undefined;
 }
 
-/** pick_first over the shuffled address list (grpc's service config). */
+/** pick_first over the shuffled address list (grpc's service config): the only spread a DNS name's addresses get, which controllerTarget cannot shuffle. */
 export const SPREAD_OVER_REPLICAS: ChannelOptions = {
   'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ pick_first: { shuffleAddressList: true } }] }),
 };

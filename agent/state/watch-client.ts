@@ -90,6 +90,8 @@ export class WatchClient {
   #connected = false;
   lastError = '';
   lastUpdateAt = 0;
+  /** The replica ("host:port") the current stream is on, once it has answered; '' while none has. */
+  peer = '';
 
   constructor(o: WatchClientOptions) {
     this.#o = o;
@@ -134,11 +136,13 @@ export class WatchClient {
     this.#client = client;
     const call = client.watch(new Metadata());
     this.#call = call;
+    this.peer = '';
     let failed = false;
     const fail = (why: string): void => {
       if (failed || this.#call !== call) return;
       failed = true;
       clearTimeout(this.#firstResponseTimer);
+      this.peer = '';
       this.#setConnected(false);
       this.lastError = why;
       call.cancel();
@@ -152,6 +156,11 @@ export class WatchClient {
     this.#firstResponseTimer = setTimeout(() => fail(`no answer from the controller within ${firstResponseMs} ms of WatchStart`), firstResponseMs);
     call.on('data', (res: WatchResponse) => {
       if (this.#call === call) clearTimeout(this.#firstResponseTimer);
+      if (this.peer === '') {
+        // Which replica grpc-js picked: with several, the one to look at when this agent's updates lag.
+        this.peer = call.getPeer();
+        this.#o.logger.info({ controller: this.peer, revision: res.revision }, 'controller watch established');
+      }
       this.#setConnected(true);
       this.#backoff.reset();
       const answer = (ok: boolean, reason: string): void => {

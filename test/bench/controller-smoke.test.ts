@@ -44,9 +44,15 @@ t.test('bench/controller.ts --quick --store etcd --replicas 3 runs the same agai
   t.match(r.stdout, /load \(etcd store, 1 member\)/);
   t.match(r.stdout, /apply rate +\d+ resources\/s +target >= 5000: (PASS|FAIL)/);
   t.match(r.stdout, /p50 \d+ ms, p99 \d+ ms, max \d+ ms +target p99 <= 1000 ms: (PASS|FAIL)/);
-  t.match(r.stdout, /replica 1 killed \(SIGKILL\) with 4 agents on it/);
-  t.match(r.stdout, /re-watching on another replica: \d+\/4, .* target every one <= 5000 ms: (PASS|FAIL)/);
+  const spread = /agents on each replica .*? (\d+), (\d+), (\d+)$/m.exec(r.stdout);
+  t.ok(spread, 'reports how many agents landed on each replica');
+  t.equal(spread!.slice(1).reduce((n, x) => n + Number(x), 0), 12, 'every agent is on one replica');
+  const killed = /replica [12] killed \(SIGKILL\) with (\d+) agents on it/.exec(r.stdout);
+  t.ok(killed && Number(killed[1]) > 0, 'the replica killed had agents on it');
+  t.match(r.stdout, new RegExp(`re-watching on another replica: \\d+/${killed![1]}, .* target every one <= 5000 ms: (PASS|FAIL)`));
   t.match(r.stdout, /the change, seen by \d+\/12 agents .* target none missing: (PASS|FAIL)/);
+  t.match(r.stdout, /breakdown: the agents' backoff before reconnecting p50 \d+ ms, max \d+ ms; the replicas answered \d+ WatchStarts after p50 \d+ ms/);
+  t.match(r.stdout, /CPU over those [\d.]+ s: simulated agents \(this process\) [\d.]+ s, replica 0 [\d.]+ s, replica [12] [\d.]+ s, etcd [\d.]+ s/);
 });
 
 t.test('bench/cli.ts --quick times each program and gives the targets their verdicts', async (t) => {

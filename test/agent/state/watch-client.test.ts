@@ -113,6 +113,7 @@ t.test('failures back off exponentially to the cap; a stream that delivered rese
   let revision = 3; // as if loaded from the state cache
   const applied: StateUpdate[] = [];
   const statuses: boolean[] = [];
+  const peers: string[] = [];
   const w = new WatchClient({
     controller: { host: '127.0.0.1', port: fake.port },
     credentials: fake.credentials,
@@ -124,7 +125,10 @@ t.test('failures back off exponentially to the cap; a stream that delivered rese
       revision = u.revision;
     },
     logger,
-    onStatus: (c) => statuses.push(c),
+    onStatus: (c) => {
+      statuses.push(c);
+      peers.push(w.peer);
+    },
     backoff: new Backoff({ initialMs: 40, maxMs: 160, random: () => 1 }),
   });
   t.teardown(() => w.close());
@@ -139,6 +143,8 @@ t.test('failures back off exponentially to the cap; a stream that delivered rese
   await until('acks', () => fake.acks.length >= 2);
   t.same(fake.acks.map((a) => [a.revision, a.ok]), [[5, true], [9, true]], 'each applied response is acked with its revision');
   t.same(statuses, [true, false, true], 'connected → lost → connected again');
+  const at = `127.0.0.1:${fake.port}`;
+  t.same(peers, [at, '', at], 'the controller address the stream is on, none while lost');
   t.ok(w.connected);
 });
 
