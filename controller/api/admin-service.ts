@@ -1,7 +1,9 @@
 import type { ServerUnaryCall } from '@grpc/grpc-js';
 import type * as pb from '../../shared/proto/gen/ambit.ts';
 import { AmbitError } from '../../shared/errors.ts';
-import { keyFromWire, keyToWire, resourceFromWire, resourceToWire } from '../../shared/resources/wire.ts';
+import { keyFromWire, keyToWire, resourceFromWire, resourceToWire, routeStatusToWire } from '../../shared/resources/wire.ts';
+import { routeStatus } from '../../shared/routes/status.ts';
+import type { RouteResource } from '../../shared/resources/route-types.ts';
 import { toDocument, validateAll } from '../../shared/resources/validate.ts';
 import { KINDS, type Kind, type ResourceKey } from '../../shared/resources/types.ts';
 import { parsePhase } from '../ca/rotation-phase.ts';
@@ -192,6 +194,34 @@ export function adminService(d: AdminDeps): pb.AdminServer {
       resources: d.registry.list(parseKind(req.kind), req.namespace || undefined).map(resourceToWire),
       revision: d.registry.revision,
     })),
+
+    listRoutes: admin('ListRoutes', async (req: pb.ListRoutesRequest) => {
+      if (req.kind !== 'HTTPRoute' && req.kind !== 'GRPCRoute') {
+        throw new AmbitError('AMBIT_ERR_RESOURCE_INVALID', `kind ${JSON.stringify(req.kind)} has no route status; expected HTTPRoute or GRPCRoute`, { details: { field: 'kind', value: req.kind } });
+      }
+      let routes: RouteResource[];
+      if (req.name !== '') {
+        const key = { kind: req.kind, namespace: req.namespace || 'default', name: req.name } as const;
+        const r = d.registry.get(key);
+        if (!r) throw new AmbitError('AMBIT_ERR_RESOURCE_NOT_FOUND', `${key.kind} ${key.namespace}/${key.name} not found`, { details: { ...key } });
+        routes = [r as RouteResource];
+      } else routes = d.registry.list(req.kind, req.namespace || undefined) as RouteResource[];
+      // Status is read from the registry as it is now: one view for every route of the answer.
+      const mesh = {
+        service: (namespace: string, name: string) => {
+          const s = d.registry.get({ kind: 'Service', namespace, name });
+          return s?.kind === 'Service' ? s : undefined;
+        },
+        faultInjection: (namespace: string, name: string) => {
+          const f = d.registry.get({ kind: 'FaultInjection', namespace, name });
+          return f?.kind === 'FaultInjection' ? f : undefined;
+        },
+      };
+      return {
+        routes: routes.map((r) => ({ route: resourceToWire(r), parents: routeStatusToWire(routeStatus(r, mesh)) })),
+        revision: d.registry.revision,
+      };
+    }),
 
     getCa: admin('GetCa', async () => caResponse((await rotation()).status)),
 

@@ -7,6 +7,7 @@ import type { CliContext } from './context.ts';
 import { nodeCommand } from './commands/node.ts';
 import { policyCommand, serviceCommand, workloadCommand } from './commands/resources.ts';
 import { applyCommand, deleteCommand } from './commands/files.ts';
+import { getCommand } from './commands/get.ts';
 import { caCommand, statusCommand } from './commands/mesh.ts';
 import { explainCommand } from './commands/explain.ts';
 import { consoleCommand } from './commands/console.ts';
@@ -30,7 +31,7 @@ export function buildProgram(ctx: CliContext): Command {
     .option('--credentials <dir>', 'admin credentials dir with cert.pem, key.pem, ca.pem [AMBIT_CREDENTIALS] (default: <controller data dir>/admin)')
     .showHelpAfterError()
     .exitOverride();
-  for (const c of [nodeCommand(ctx), workloadCommand(ctx), serviceCommand(ctx), policyCommand(ctx), applyCommand(ctx), deleteCommand(ctx), caCommand(ctx), statusCommand(ctx), explainCommand(ctx), consoleCommand(ctx)]) {
+  for (const c of [nodeCommand(ctx), workloadCommand(ctx), serviceCommand(ctx), policyCommand(ctx), applyCommand(ctx), deleteCommand(ctx), getCommand(ctx), caCommand(ctx), statusCommand(ctx), explainCommand(ctx), consoleCommand(ctx)]) {
     program.addCommand(c);
   }
   const configure = (cmd: Command): void => {

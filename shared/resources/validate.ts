@@ -2,9 +2,9 @@ import { Buffer } from 'node:buffer';
 import { createRequire } from 'node:module';
 import type { YAMLError } from 'yaml';
 import { AmbitError, errorMessage } from '../errors.ts';
-import { APP_PROTOCOLS, KINDS, apiVersionOf, resourceKey } from './types.ts';
+import { APP_PROTOCOLS, KINDS, ROUTE_KINDS, apiVersionOf, resourceKey } from './types.ts';
 import type { Kind, ObjectMeta, Resource, ServicePort, ServiceSpec, WorkloadSpec } from './types.ts';
-import { Checker, describe, join } from './validate-fields.ts';
+import { Checker, describe, isMapping, join } from './validate-fields.ts';
 import type { FieldError } from './validate-fields.ts';
 import { checkPolicySpec } from './validate-policy.ts';
 import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
@@ -222,7 +222,11 @@ function checkServiceSpec(c: Checker, v: unknown, field: string): ServiceSpec | 
 function check(doc: unknown, where: string): { resource: Resource } | { error: AmbitError } {
   const c = new Checker();
   const id: Identity = {};
-  const top = c.mapping(doc, '', ['apiVersion', 'kind', 'metadata', 'spec'], { status: 'status is not part of a resource; remove it' });
+  const routeKind = isMapping(doc) && (ROUTE_KINDS as readonly unknown[]).includes(doc['kind']);
+  // A route's status is computed when read (shared/routes/status.ts), so as Kubernetes does the status `get -o yaml`
+  // printed is ignored and the output re-applies; other kinds have none to print.
+  const top = c.mapping(doc, '', ['apiVersion', 'kind', 'metadata', 'spec', ...(routeKind ? ['status'] : [])],
+    { status: 'status is not part of a resource; remove it' });
   if (top === undefined) return { error: invalidDocument(where, id, c.errors) };
   const apiVersion = c.required(top, 'apiVersion', '');
   const rawKind = c.required(top, 'kind', '');

@@ -3,7 +3,7 @@ import { HTTP_OPERATION_FIELDS } from '../authorization-http.ts';
 import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument } from './route-document.ts';
 import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
 import { Checker } from './validate-fields.ts';
-import type { FaultInjection, GRPCRoute, HTTPRoute } from './route-types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute, RouteStatus } from './route-types.ts';
 import type * as pb from '../proto/gen/ambit.ts';
 import {
   KINDS,
@@ -229,4 +229,23 @@ export function changeFromWire(c: pb.Change): Change {
   return c.change.$case === 'put'
     ? { op: 'put', resource: resourceFromWire(c.change.put) }
     : { op: 'delete', key: keyFromWire(c.change.delete) };
+}
+
+export function routeStatusToWire(s: RouteStatus): pb.RouteParentStatus[] {
+  return s.parents.map((p) => ({
+    namespace: p.parentRef.namespace, name: p.parentRef.name, port: p.parentRef.port ?? 0, controllerName: p.controllerName,
+    conditions: p.conditions.map((c) => ({ type: c.type, status: c.status, reason: c.reason, message: c.message })),
+  }));
+}
+
+export function routeStatusFromWire(parents: readonly pb.RouteParentStatus[]): RouteStatus {
+  return {
+    parents: parents.map((p) => ({
+      parentRef: { group: '', kind: 'Service', namespace: p.namespace, name: p.name, ...(p.port === 0 ? {} : { port: p.port }) },
+      controllerName: p.controllerName,
+      conditions: p.conditions.map((c) => ({
+        type: c.type === 'Accepted' ? 'Accepted' : 'ResolvedRefs', status: c.status === 'True' ? 'True' : 'False', reason: c.reason, message: c.message,
+      })),
+    })),
+  };
 }

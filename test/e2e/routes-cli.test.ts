@@ -7,6 +7,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parse } from 'yaml';
 import { ambitctl, startController, type RunningController } from './harness.ts';
 
 const HOST = '127.0.131.1';
@@ -69,7 +70,7 @@ spec:
   delay: {fixedDelay: 100ms, percentage: 10}
 `;
 
-t.test('apply -f, delete -f, and a bad file that changes nothing', async (t) => {
+t.test('apply -f, get with status, delete -f, and a bad file that changes nothing', async (t) => {
   ctl = await startController(join(dir, 'ctl'), [], HOST);
   await ok(['apply', '-f', file('mesh.yaml', MESH)]);
   const routes = file('routes.yaml', ROUTES);
@@ -82,6 +83,33 @@ t.test('apply -f, delete -f, and a bad file that changes nothing', async (t) => 
   t.match(r.stderr, /bad\.yaml#1 HTTPRoute shop\/canary: spec\.rules\[0\]\.backendRefs\[2\]\.kind: must be Service/);
   t.match(r.stderr, /AMBIT_ERR_RESOURCE_INVALID/);
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary unchanged\nGRPCRoute shop/rpc unchanged\nFaultInjection shop/slow unchanged\n', 'the bad file changed nothing');
+
+  t.equal(await ok(['get', 'httproute', '-n', 'shop']),
+    'NAMESPACE  NAME    PARENTS      ACCEPTED  RESOLVEDREFS\nshop       canary  shop/web:80  True      True\n', 'table');
+  const yaml = await ok(['get', 'httproute', 'canary', '-n', 'shop', '-o', 'yaml']);
+  const doc = parse(yaml) as Record<string, unknown>;
+  t.match(doc, {
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'canary', namespace: 'shop' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', port: 80 }], rules: [{ timeouts: { request: '1m30s' }, retry: { codes: [503], attempts: 3 } }] },
+    status: { parents: [{ parentRef: { name: 'web', port: 80 }, controllerName: 'ambit.dev/mesh', conditions: [{ type: 'Accepted', status: 'True' }, { type: 'ResolvedRefs', status: 'True' }] }] },
+  }, '-o yaml: the upstream shape with status');
+  t.match(await ok(['apply', '-f', file('got.yaml', yaml)]), /HTTPRoute shop\/canary unchanged/, 'what get -o yaml prints re-applies (status ignored)');
+  t.match(JSON.parse(await ok(['get', 'grpcroute', '-o', 'json'])), [{ kind: 'GRPCRoute', spec: { rules: [{ retry: { codes: ['UNAVAILABLE'] } }] }, status: { parents: [{ conditions: [{ status: 'True' }, { status: 'True' }] }] } }]);
+  t.equal(await ok(['get', 'faultinjection', 'slow', '-n', 'shop']), 'NAMESPACE  NAME  DELAY      ABORT\nshop       slow  100ms 10%  -\n');
+
+  // Status follows the mesh when read: the canary's Service gone, the route says so.
+  await ok(['delete', '-f', file('canary-svc.yaml', MESH.split('---\n')[1] ?? '')]);
+  t.equal(await ok(['get', 'httproute', 'canary', '-n', 'shop']),
+    'NAMESPACE  NAME    PARENTS      ACCEPTED  RESOLVEDREFS\nshop       canary  shop/web:80  True      False (BackendNotFound)\n');
+  t.match(parse(await ok(['get', 'httproute', 'canary', '-n', 'shop', '-o', 'yaml'])), {
+    status: { parents: [{ conditions: [{ type: 'Accepted' }, { type: 'ResolvedRefs', status: 'False', reason: 'BackendNotFound', message: 'spec.rules[0].backendRefs[1]: Service shop/web-canary does not exist' }] }] },
+  });
+  const missing = await ambitctl(ctl, ['get', 'httproute', 'nope', '-n', 'shop']);
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /HTTPRoute shop\/nope not found.*AMBIT_ERR_RESOURCE_NOT_FOUND/);
+  const usage = await ambitctl(ctl, ['get', 'gateway']);
+  t.equal(usage.code, 2);
+  t.match(usage.stderr, /unknown kind "gateway": use httproute, grpcroute or faultinjection/);
 
   t.equal(await ok(['delete', '-f', routes]), 'HTTPRoute shop/canary deleted\nGRPCRoute shop/rpc deleted\nFaultInjection shop/slow deleted\n');
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary created\nGRPCRoute shop/rpc created\nFaultInjection shop/slow created\n', 'gone after delete');

@@ -423,6 +423,46 @@ export interface GetRequest {
   key: ResourceKey | undefined;
 }
 
+export interface ListRoutesRequest {
+  /** "HTTPRoute" | "GRPCRoute" */
+  kind: string;
+  /** "": all namespaces */
+  namespace: string;
+  /** "": every route (of the namespace); else that one, or AMBIT_ERR_RESOURCE_NOT_FOUND */
+  name: string;
+}
+
+/**
+ * A status condition as the Gateway API writes it (type Accepted or
+ * ResolvedRefs, status "True" or "False", a CamelCase reason, a message).
+ */
+export interface RouteCondition {
+  type: string;
+  status: string;
+  reason: string;
+  message: string;
+}
+
+export interface RouteParentStatus {
+  /** The parentRef (always group "", kind Service). */
+  namespace: string;
+  name: string;
+  /** 0: every port of the Service */
+  port: number;
+  controllerName: string;
+  conditions: RouteCondition[];
+}
+
+export interface RouteWithStatus {
+  route: Resource | undefined;
+  parents: RouteParentStatus[];
+}
+
+export interface ListRoutesResponse {
+  routes: RouteWithStatus[];
+  revision: number;
+}
+
 export interface ListRequest {
   kind: string;
   /** "": all namespaces */
@@ -4749,6 +4789,415 @@ export const GetRequest: MessageFns<GetRequest> = {
   },
 };
 
+function createBaseListRoutesRequest(): ListRoutesRequest {
+  return { kind: "", namespace: "", name: "" };
+}
+
+export const ListRoutesRequest: MessageFns<ListRoutesRequest> = {
+  encode(message: ListRoutesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(18).string(message.namespace);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRoutesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRoutesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ListRoutesRequest>): ListRoutesRequest {
+    return ListRoutesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListRoutesRequest>): ListRoutesRequest {
+    const message = createBaseListRoutesRequest();
+    message.kind = object.kind ?? "";
+    message.namespace = object.namespace ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseRouteCondition(): RouteCondition {
+  return { type: "", status: "", reason: "", message: "" };
+}
+
+export const RouteCondition: MessageFns<RouteCondition> = {
+  encode(message: RouteCondition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.status !== "") {
+      writer.uint32(18).string(message.status);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(34).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RouteCondition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRouteCondition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RouteCondition>): RouteCondition {
+    return RouteCondition.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RouteCondition>): RouteCondition {
+    const message = createBaseRouteCondition();
+    message.type = object.type ?? "";
+    message.status = object.status ?? "";
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseRouteParentStatus(): RouteParentStatus {
+  return { namespace: "", name: "", port: 0, controllerName: "", conditions: [] };
+}
+
+export const RouteParentStatus: MessageFns<RouteParentStatus> = {
+  encode(message: RouteParentStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    if (message.controllerName !== "") {
+      writer.uint32(34).string(message.controllerName);
+    }
+    for (const v of message.conditions) {
+      RouteCondition.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RouteParentStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRouteParentStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.controllerName = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.conditions.push(RouteCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RouteParentStatus>): RouteParentStatus {
+    return RouteParentStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RouteParentStatus>): RouteParentStatus {
+    const message = createBaseRouteParentStatus();
+    message.namespace = object.namespace ?? "";
+    message.name = object.name ?? "";
+    message.port = object.port ?? 0;
+    message.controllerName = object.controllerName ?? "";
+    message.conditions = object.conditions?.map((e) => RouteCondition.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRouteWithStatus(): RouteWithStatus {
+  return { route: undefined, parents: [] };
+}
+
+export const RouteWithStatus: MessageFns<RouteWithStatus> = {
+  encode(message: RouteWithStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.route !== undefined) {
+      Resource.encode(message.route, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.parents) {
+      RouteParentStatus.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RouteWithStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRouteWithStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.route = Resource.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parents.push(RouteParentStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RouteWithStatus>): RouteWithStatus {
+    return RouteWithStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RouteWithStatus>): RouteWithStatus {
+    const message = createBaseRouteWithStatus();
+    message.route = (object.route !== undefined && object.route !== null)
+      ? Resource.fromPartial(object.route)
+      : undefined;
+    message.parents = object.parents?.map((e) => RouteParentStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListRoutesResponse(): ListRoutesResponse {
+  return { routes: [], revision: 0 };
+}
+
+export const ListRoutesResponse: MessageFns<ListRoutesResponse> = {
+  encode(message: ListRoutesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.routes) {
+      RouteWithStatus.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.revision !== 0) {
+      writer.uint32(16).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRoutesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRoutesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.routes.push(RouteWithStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ListRoutesResponse>): ListRoutesResponse {
+    return ListRoutesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListRoutesResponse>): ListRoutesResponse {
+    const message = createBaseListRoutesResponse();
+    message.routes = object.routes?.map((e) => RouteWithStatus.fromPartial(e)) || [];
+    message.revision = object.revision ?? 0;
+    return message;
+  },
+};
+
 function createBaseListRequest(): ListRequest {
   return { kind: "", namespace: "" };
 }
@@ -6994,6 +7443,19 @@ export const AdminService = {
     responseSerialize: (value: ListResponse): Buffer => Buffer.from(ListResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListResponse => ListResponse.decode(value),
   },
+  /**
+   * HTTPRoutes or GRPCRoutes with their status (Accepted, ResolvedRefs per
+   * parentRef), computed from the mesh at the time of the call.
+   */
+  listRoutes: {
+    path: "/ambit.v1.Admin/ListRoutes" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRoutesRequest): Buffer => Buffer.from(ListRoutesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRoutesRequest => ListRoutesRequest.decode(value),
+    responseSerialize: (value: ListRoutesResponse): Buffer => Buffer.from(ListRoutesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRoutesResponse => ListRoutesResponse.decode(value),
+  },
   getCa: {
     path: "/ambit.v1.Admin/GetCa" as const,
     requestStream: false as const,
@@ -7051,6 +7513,11 @@ export interface AdminServer extends UntypedServiceImplementation {
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
   get: handleUnaryCall<GetRequest, Resource>;
   list: handleUnaryCall<ListRequest, ListResponse>;
+  /**
+   * HTTPRoutes or GRPCRoutes with their status (Accepted, ResolvedRefs per
+   * parentRef), computed from the mesh at the time of the call.
+   */
+  listRoutes: handleUnaryCall<ListRoutesRequest, ListRoutesResponse>;
   getCa: handleUnaryCall<GetCaRequest, GetCaResponse>;
   rotateCa: handleUnaryCall<RotateCaRequest, RotateCaResponse>;
   status: handleUnaryCall<StatusRequest, StatusResponse>;
@@ -7143,6 +7610,25 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * HTTPRoutes or GRPCRoutes with their status (Accepted, ResolvedRefs per
+   * parentRef), computed from the mesh at the time of the call.
+   */
+  listRoutes(
+    request: ListRoutesRequest,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
   ): ClientUnaryCall;
   getCa(
     request: GetCaRequest,
