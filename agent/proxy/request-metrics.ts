@@ -103,6 +103,10 @@ export class RequestMetrics {
   readonly #requestBytes: BucketHistogram;
   readonly #responseBytes: BucketHistogram;
   readonly #dropped: Counter;
+  /** Routes' retries and mirrors, by the backend service they went to (RetryCount). */
+  readonly #retries: Counter<'destination_service'>;
+  readonly #retryBudgetExhausted: Counter<'destination_service'>;
+  readonly #mirrored: Counter<'destination_service'>;
 
   /** Told of each report's request counts per label set (the controller's console: request rates on the service graph). */
   readonly #onRequests: ((labels: RequestLabels, count: number) => void) | undefined;
@@ -121,6 +125,10 @@ export class RequestMetrics {
     this.#requestBytes = histogram('istio_request_bytes', 'Request body sizes (bytes).');
     this.#responseBytes = histogram('istio_response_bytes', 'Response body sizes (bytes).');
     this.#dropped = new Counter({ name: 'ambit_requests_uncounted_total', help: 'Finished requests the data plane did not count: their label set would have passed its cap on series.', registers });
+    const labelNames = ['destination_service'] as const;
+    this.#retries = new Counter({ name: 'ambit_http_retries_total', help: 'Requests a route retried (each retry counted once), by the service retried.', labelNames, registers });
+    this.#retryBudgetExhausted = new Counter({ name: 'ambit_http_retry_budget_exhausted_total', help: 'Retries a route asked for that the retry budget refused (the last answer was returned), by service.', labelNames, registers });
+    this.#mirrored = new Counter({ name: 'ambit_http_mirrored_requests_total', help: 'Requests copied to a service by a route\'s RequestMirror, by the mirror\'s service.', labelNames, registers });
   }
 
   /** A data plane attached: the series it declares from now on are its own (ids of an earlier one mean nothing). */
@@ -146,6 +154,13 @@ export class RequestMetrics {
       this.#responseBytes.add(series.key, series.labels, d.responseBytesBuckets, d.responseBytesSum);
     }
     if (stats.dropped > 0) this.#dropped.inc(stats.dropped);
+    for (const r of stats.retries) {
+      const labels = { destination_service: r.service || 'unknown' };
+      // A counter's series appears only once something happened to that service.
+      if (r.retried > 0) this.#retries.inc(labels, r.retried);
+      if (r.budgetExhausted > 0) this.#retryBudgetExhausted.inc(labels, r.budgetExhausted);
+      if (r.mirrored > 0) this.#mirrored.inc(labels, r.mirrored);
+    }
   }
 
   /** Istio's labels of a series: its peers' names from the mesh state, as the TCP metrics name them. */

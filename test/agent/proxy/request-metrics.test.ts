@@ -132,3 +132,22 @@ t.test('unknown peers are "unknown"; the namespace of an unnamed peer comes from
     destination_service: 'unknown', destination_service_name: 'unknown', connection_security_policy: 'none',
   });
 });
+
+t.test('routes\' retries, budget refusals and mirrors, by destination_service, added up across reports', async (t) => {
+  const { registry, metrics } = rig();
+  const wire = DataplaneMessage.encode({ msg: { $case: 'requests', requests: { series: [], deltas: [], dropped: 0, retries: [
+    { service: 'web.shop.svc.cluster.local', retried: 4, budgetExhausted: 2, mirrored: 0 },
+    { service: 'shadow.shop.svc.cluster.local', retried: 0, budgetExhausted: 0, mirrored: 9 },
+  ] } } }).finish();
+  const m = DataplaneMessage.decode(wire).msg;
+  if (m?.$case !== 'requests') throw new Error('not a requests message');
+  metrics.add(m.requests);
+  metrics.add({ series: [], deltas: [], dropped: 0, retries: [{ service: 'web.shop.svc.cluster.local', retried: 1, budgetExhausted: 3, mirrored: 0 }] });
+  const { types, samples } = parse(await registry.metrics());
+  const values = (name: string) => samples.filter((s) => s.name === name).map((s) => [s.labels.destination_service, s.value]);
+  t.same(values('ambit_http_retries_total'), [['web.shop.svc.cluster.local', 5]]);
+  t.same(values('ambit_http_retry_budget_exhausted_total'), [['web.shop.svc.cluster.local', 5]]);
+  t.same(values('ambit_http_mirrored_requests_total'), [['shadow.shop.svc.cluster.local', 9]], 'no series for a service nothing happened to');
+  for (const name of ['ambit_http_retries_total', 'ambit_http_retry_budget_exhausted_total', 'ambit_http_mirrored_requests_total']) t.equal(types.get(name), 'counter', name);
+  t.ok(samples.filter((s) => s.name.startsWith('ambit_http_')).every((s) => Object.keys(s.labels).join() === 'destination_service'), 'labelled by destination_service alone');
+});
