@@ -184,6 +184,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         maxEjectionPercent: cfg.outlierMaxEjectionPercent, maxPendingRequests: cfg.httpMaxPendingRequests, maxConnections: cfg.httpMaxConnections,
         retryBudgetPercent: cfg.retryBudgetPercent, minRetryConcurrency: cfg.retryBudgetMinConcurrency, maxBufferedBodyBytes: cfg.httpMaxBufferedBody,
       },
+      routes: () => ({ routes: [...state.httpRoutes(), ...state.grpcRoutes()], fault: (namespace, name) => state.faultInjection(namespace, name) }),
     });
     httpEjected = () => outbound.httpEjections();
     const hbone = new NativeInbound({
@@ -317,7 +318,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         activeRoot = u.activeRoot;
         renewFromOldRoots();
       }
-      // HTTP services' endpoint tables follow every change (endpoints, nodes, services).
+      // HTTP services' endpoint tables and route tables follow every change (endpoints, nodes, services, routes).
       outbound.refreshHttpServices();
       if (effect.localWorkloadsChanged && capture) {
         const t = captureTargets();
