@@ -96,6 +96,7 @@ export function explanationToWire(e: Explanation): pb.ExplainResponse {
       },
     })),
     error: e.error ?? undefined,
+    routes: e.routes === null ? undefined : { ...e.routes, rules: e.routes.rules.map((r) => ({ ...r, backends: r.backends.map((b) => ({ ...b })), actions: [...r.actions] })) },
   };
 }
 
@@ -135,5 +136,10 @@ export function explanationFromWire(r: pb.ExplainResponse): Explanation {
     },
     endpoints: r.endpoints.map((p) => ({ ...p, verdict: verdictFromWire(p.verdict) })),
     error: r.error === undefined ? null : { code: oneOf<ExplainErrorCode>(r.error.code, EXPLAIN_ERRORS, 'error code'), message: r.error.message },
+    routes: r.routes === undefined ? null : {
+      ...r.routes,
+      kind: oneOf(r.routes.kind, ['consumer', 'producer', 'none'] as const, 'routes kind'),
+      rules: r.routes.rules.map((x) => ({ ...x, backends: x.backends.map((b) => ({ ...b, unresolved: oneOf(b.unresolved, ['', 'BackendNotFound', 'RefNotPermitted'] as const, 'backend reason') })) })),
+    },
   };
 }

@@ -5,7 +5,8 @@ import { canonicalIp } from '../../shared/net-address.ts';
 import { appProtocolAtWorkloadPort, serviceKeyOfHost } from '../../shared/service-host.ts';
 import { evaluateRequest, isEmptyRequestPolicy, type HttpRequestFacts, type RequestDecisionReason, type RequestPolicy } from '../../shared/authorization-http.ts';
 import { parseSpiffeId, workloadId, type SpiffeId } from '../../shared/spiffe-id.ts';
-import { isHttpProtocol, type AppProtocol, type AuthorizationPolicy, type Resource, type Service, type Workload } from '../../shared/resources/types.ts';
+import { isHttpProtocol, type AppProtocol, type AuthorizationPolicy, type Resource, type Service, type ServicePort, type Workload } from '../../shared/resources/types.ts';
+import { explainRoutes, type ExplainedRoutes } from './explain-routes.ts';
 
 /*
  * `ambitctl explain`: how a connection from a source to host:port would be
@@ -149,6 +150,8 @@ export interface Explanation {
   readonly destination: ExplainedDestination | null;
   /** Each endpoint the connection could reach, with the policy verdict there; empty for passthrough. */
   readonly endpoints: readonly ExplainedEndpoint[];
+  /** On a service's HTTP port, the routes deciding the source's requests (explain-routes.ts); null otherwise, or for a source outside the mesh (no agent routes its requests). */
+  readonly routes: ExplainedRoutes | null;
   /** Set when the question has no answer: which part is unknown and why. */
   readonly error: { readonly code: ExplainErrorCode; readonly message: string } | null;
 }
@@ -192,8 +195,8 @@ export function explain(view: ExplainView, authorizer: Authorizer, q: ExplainQue
   const workloads = view.resources.filter((r): r is Workload => r.kind === 'Workload');
   const services = view.resources.filter((r): r is Service => r.kind === 'Service');
   const query = { from: fromText(q.from), to: hostPort(q.host, q.port), request: q.request ? requestText(q.request) : '' };
-  const answer = (source: ExplainedSource | null, destination: ExplainedDestination | null, endpoints: readonly ExplainedEndpoint[], error: Explanation['error']): Explanation =>
-    ({ revision: view.revision, query, source, destination, endpoints, error });
+  const answer = (source: ExplainedSource | null, destination: ExplainedDestination | null, endpoints: readonly ExplainedEndpoint[], error: Explanation['error'], routes: ExplainedRoutes | null = null): Explanation =>
+    ({ revision: view.revision, query, source, destination, endpoints, routes, error });
 
   const src = resolveSource(view.trustDomain, workloads, q.from);
   if (!src.ok) return answer(null, null, [], { code: 'AMBIT_ERR_EXPLAIN_UNKNOWN_SOURCE', message: src.message });
@@ -219,7 +222,9 @@ export function explain(view: ExplainView, authorizer: Authorizer, q: ExplainQue
       verdict: verdictOf(decision, authorizer, w, decision.allowed && httpPort ? requestOf(authorizer.requestPolicy(facts), q.request) : null),
     };
   });
-  return answer(src.source, dst.destination, endpoints, null);
+  const clientNamespace = src.identity?.namespace;
+  const routes = dst.service && clientNamespace !== undefined ? explainRoutes(view.resources, dst.service.svc, dst.service.port, clientNamespace) : null;
+  return answer(src.source, dst.destination, endpoints, null, routes);
 }
 
 type SourceResult =
@@ -269,7 +274,7 @@ function resolveSource(trustDomain: string, workloads: readonly Workload[], from
 }
 
 type DestinationResult =
-  | { readonly ok: true; readonly destination: ExplainedDestination; readonly targets: readonly Workload[]; readonly targetPort: number }
+  | { readonly ok: true; readonly destination: ExplainedDestination; readonly targets: readonly Workload[]; readonly targetPort: number; readonly service?: { readonly svc: Service; readonly port: ServicePort } }
   | { readonly ok: false; readonly message: string };
 
 /** The workloads a service selects: same namespace, every selector pair present; an empty selector selects none (as the agent). */
@@ -304,6 +309,7 @@ function resolveDestination(trustDomain: string, workloads: readonly Workload[],
       ok: true,
       targets: endpoints,
       targetPort: sp.targetPort,
+      service: { svc, port: sp },
       destination: {
         kind: 'service', host, port,
         service: `${name}.svc.${CLUSTER_DOMAIN}`,

@@ -30,7 +30,16 @@ export function explanationText(e: Explanation): string {
     const [first, ...rest] = e.destination ? destinationText(e.destination) : ['unknown'];
     lines.push(`destination  ${first}`, ...rest.map((l) => `             ${l}`));
   }
+  if (e.routes) lines.push(`routes       ${e.routes.summary}`);
   let out = `${lines.join('\n')}\n`;
+  if (e.routes && e.routes.rules.length > 0) {
+    out += `\n${table(['RULE', 'MATCH', 'BACKENDS', 'ALSO'], e.routes.rules.map((r) => [
+      r.rule,
+      r.match,
+      r.backends.map((b) => `${b.service} weight ${b.weight}${b.unresolved ? ` (${b.unresolved}: 500)` : ''}`).join(', ') || (r.actions.some((x) => x.startsWith('redirect')) ? '-' : 'none (500)'),
+      r.actions.join('; ') || '-',
+    ]))}`;
+  }
   if (e.endpoints.length > 0) {
     out += `\n${table(['ENDPOINT', 'ADDRESS', 'NODE', 'WEIGHT', 'HEALTHY', 'VERDICT'], e.endpoints.map((p) => [
       p.workload,

@@ -666,7 +666,40 @@ export interface ExplainResponse {
   destination: ExplainDestination | undefined;
   endpoints: ExplainEndpoint[];
   /** unset: answered */
-  error: ExplainError | undefined;
+  error:
+    | ExplainError
+    | undefined;
+  /** unset: not a service's HTTP port, or a source outside the mesh */
+  routes: ExplainRoutes | undefined;
+}
+
+/**
+ * The HTTPRoute/GRPCRoute rules deciding the source's requests to the port,
+ * in the order they are tried.
+ */
+export interface ExplainRoutes {
+  /** "consumer" | "producer" | "none" */
+  kind: string;
+  summary: string;
+  rules: ExplainRouteRule[];
+}
+
+export interface ExplainRouteRule {
+  /** "HTTPRoute/<namespace>/<name>#<rule index>" */
+  rule: string;
+  /** the match in words; "every request" */
+  match: string;
+  backends: ExplainBackend[];
+  /** filters, timeouts, retry: one phrase each */
+  actions: string[];
+}
+
+export interface ExplainBackend {
+  /** "name.namespace:port" */
+  service: string;
+  weight: number;
+  /** "" | "BackendNotFound" | "RefNotPermitted" */
+  unresolved: string;
 }
 
 function createBaseObjectMeta(): ObjectMeta {
@@ -7086,6 +7119,7 @@ function createBaseExplainResponse(): ExplainResponse {
     destination: undefined,
     endpoints: [],
     error: undefined,
+    routes: undefined,
   };
 }
 
@@ -7114,6 +7148,9 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
     }
     if (message.error !== undefined) {
       ExplainError.encode(message.error, writer.uint32(58).fork()).join();
+    }
+    if (message.routes !== undefined) {
+      ExplainRoutes.encode(message.routes, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -7195,6 +7232,14 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
             message.error = ExplainError.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.routes = ExplainRoutes.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7226,6 +7271,258 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
     message.error = (object.error !== undefined && object.error !== null)
       ? ExplainError.fromPartial(object.error)
       : undefined;
+    message.routes = (object.routes !== undefined && object.routes !== null)
+      ? ExplainRoutes.fromPartial(object.routes)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainRoutes(): ExplainRoutes {
+  return { kind: "", summary: "", rules: [] };
+}
+
+export const ExplainRoutes: MessageFns<ExplainRoutes> = {
+  encode(message: ExplainRoutes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.summary !== "") {
+      writer.uint32(18).string(message.summary);
+    }
+    for (const v of message.rules) {
+      ExplainRouteRule.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRoutes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRoutes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.summary = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rules.push(ExplainRouteRule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainRoutes>): ExplainRoutes {
+    return ExplainRoutes.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainRoutes>): ExplainRoutes {
+    const message = createBaseExplainRoutes();
+    message.kind = object.kind ?? "";
+    message.summary = object.summary ?? "";
+    message.rules = object.rules?.map((e) => ExplainRouteRule.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExplainRouteRule(): ExplainRouteRule {
+  return { rule: "", match: "", backends: [], actions: [] };
+}
+
+export const ExplainRouteRule: MessageFns<ExplainRouteRule> = {
+  encode(message: ExplainRouteRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rule !== "") {
+      writer.uint32(10).string(message.rule);
+    }
+    if (message.match !== "") {
+      writer.uint32(18).string(message.match);
+    }
+    for (const v of message.backends) {
+      ExplainBackend.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.actions) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRouteRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRouteRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rule = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.match = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.backends.push(ExplainBackend.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.actions.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainRouteRule>): ExplainRouteRule {
+    return ExplainRouteRule.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainRouteRule>): ExplainRouteRule {
+    const message = createBaseExplainRouteRule();
+    message.rule = object.rule ?? "";
+    message.match = object.match ?? "";
+    message.backends = object.backends?.map((e) => ExplainBackend.fromPartial(e)) || [];
+    message.actions = object.actions?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseExplainBackend(): ExplainBackend {
+  return { service: "", weight: 0, unresolved: "" };
+}
+
+export const ExplainBackend: MessageFns<ExplainBackend> = {
+  encode(message: ExplainBackend, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(16).uint32(message.weight);
+    }
+    if (message.unresolved !== "") {
+      writer.uint32(26).string(message.unresolved);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainBackend {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainBackend();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.weight = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.unresolved = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExplainBackend>): ExplainBackend {
+    return ExplainBackend.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExplainBackend>): ExplainBackend {
+    const message = createBaseExplainBackend();
+    message.service = object.service ?? "";
+    message.weight = object.weight ?? 0;
+    message.unresolved = object.unresolved ?? "";
     return message;
   },
 };
