@@ -4,7 +4,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { resourceKey } from '../../shared/resources/types.ts';
 import type { Kind, Resource } from '../../shared/resources/types.ts';
 import { ChangeFeed } from './change-feed.ts';
-import { localityOf, policyFromCustomResource, serviceFromKubernetes, workloadFromPod } from './kubernetes/convert.ts';
+import { localityOf, policyFromCustomResource, routeFromCustomResource, serviceFromKubernetes, workloadFromPod } from './kubernetes/convert.ts';
 import { diffResources, parseKey } from './kubernetes/diff.ts';
 import { KubeSources, type SourceName, type Verb } from './kubernetes/kube-sources.ts';
 import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
@@ -18,6 +18,8 @@ export interface KubernetesStoreOptions {
   readonly retainChangeSets?: number;
   /** How long open() waits for the first list of every resource (default 60 s). */
   readonly syncTimeoutMs?: number;
+  /** How often a CRD that is not installed (routes, FaultInjection) is looked for again (default 30 s). */
+  readonly absentCrdRetryMs?: number;
 }
 
 const REVISION_SETTING = 'kubernetes.revision';
@@ -25,16 +27,19 @@ const DEFAULT_RETAIN = 1000;
 const DEFAULT_SYNC_TIMEOUT_MS = 60_000;
 
 /** Which mesh kind each Kubernetes source feeds. */
-const KIND_OF: Record<Exclude<SourceName, 'nodes'>, Kind> = { pods: 'Workload', services: 'Service', policies: 'AuthorizationPolicy' };
+const KIND_OF: Record<Exclude<SourceName, 'nodes'>, Kind> = {
+  pods: 'Workload', services: 'Service', policies: 'AuthorizationPolicy', httproutes: 'HTTPRoute', grpcroutes: 'GRPCRoute', faultinjections: 'FaultInjection',
+};
 
 function keyOf(kind: Kind, obj: KubernetesObject): string {
   return `${kind}/${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
 }
 
 /**
- * The Kubernetes Store backend (DESIGN §4): workloads, services and policies
- * are derived, read-only, from Pods, Services and AuthorizationPolicy custom
- * resources (nodes supply locality). Every batch of API events becomes one
+ * The Kubernetes Store backend (DESIGN §4): workloads, services, policies
+ * and routes are derived, read-only, from Pods, Services, AuthorizationPolicy
+ * custom resources, the Gateway API's HTTPRoutes and GRPCRoutes and Ambit's
+ * FaultInjections (nodes supply locality). Every batch of API events becomes one
  * commit of a mesh-wide revision, so the registry, the watch stream and node
  * authorization work exactly as with SQLite. Admin writes of those kinds are
  * refused: kubectl is the way to change them.
@@ -76,7 +81,7 @@ export class KubernetesStore implements Store {
     this.#sources = new KubeSources(o.kubeConfig, this.#logger, {
       change: (source, obj, verb) => this.#onChange(source, obj, verb),
       listed: (source, items, initial) => this.#onListed(source, items, initial),
-    });
+    }, o.absentCrdRetryMs);
   }
 
   /** Lists everything once and derives the baseline state before resolving; the embedded store is closed if that fails. */
@@ -143,7 +148,7 @@ export class KubernetesStore implements Store {
     if (changes.length === 0) return { revision: this.#revision, changes: [] };
     const first = changes[0]!;
     const kind = first.op === 'put' ? first.resource.kind : first.key.kind;
-    throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `in Kubernetes mode workloads, services and policies come from the Kubernetes API (Pods, Services, AuthorizationPolicy resources); change them with kubectl`, {
+    throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `in Kubernetes mode workloads, services, policies and routes come from the Kubernetes API (Pods, Services, AuthorizationPolicy, HTTPRoute, GRPCRoute and FaultInjection resources); change them with kubectl`, {
       details: { reason: 'kubernetes-store', kind },
     });
   }
@@ -238,8 +243,9 @@ export class KubernetesStore implements Store {
 
   #markKind(kind: Kind, source: SourceName): void {
     for (const key of this.#resources.keys()) if (key.startsWith(`${kind}/`)) this.#mark(key);
-    const cache = source === 'pods' ? this.#sources.pods : source === 'services' ? this.#sources.services : this.#sources.policies;
-    for (const obj of cache.list()) this.#mark(keyOf(kind, obj));
+    const objects = source === 'pods' ? this.#sources.pods.list() : source === 'services' ? this.#sources.services.list()
+      : source === 'nodes' ? [] : this.#sources.customObjects(source).list();
+    for (const obj of objects) this.#mark(keyOf(kind, obj));
   }
 
   #markServicesWithNamedPorts(namespace: string | undefined): void {
@@ -268,6 +274,9 @@ export class KubernetesStore implements Store {
     this.#markKind('Workload', 'pods');
     this.#markKind('Service', 'services');
     this.#markKind('AuthorizationPolicy', 'policies');
+    this.#markKind('HTTPRoute', 'httproutes');
+    this.#markKind('GRPCRoute', 'grpcroutes');
+    this.#markKind('FaultInjection', 'faultinjections');
     const changes = this.#derive();
     for (const c of changes) {
       if (c.op === 'put') this.#resources.set(resourceKey(c.resource), { ...c.resource, metadata: { ...c.resource.metadata, revision: this.#revision } });
@@ -311,7 +320,15 @@ export class KubernetesStore implements Store {
       else this.#note(key, r.warnings.length > 0 ? `service ${r.warnings.join('; ')}` : undefined, 'warn');
       return r !== undefined && 'resource' in r ? r.resource : undefined;
     }
-    const cr = this.#sources.policies.get(name, namespace);
+    if (kind === 'HTTPRoute' || kind === 'GRPCRoute' || kind === 'FaultInjection') {
+      const source = kind === 'HTTPRoute' ? 'httproutes' : kind === 'GRPCRoute' ? 'grpcroutes' : 'faultinjections';
+      const cr = this.#sources.customObjects(source).get(name, namespace);
+      const r = cr === undefined ? undefined : routeFromCustomResource(kind, cr);
+      // Skipped whole when invalid, as `ambitctl apply` would refuse it; the message names the object and the field.
+      this.#note(key, r !== undefined && 'skip' in r ? `invalid ${kind} skipped: ${r.skip}` : undefined, 'warn');
+      return r !== undefined && 'resource' in r ? r.resource : undefined;
+    }
+    const cr = this.#sources.customObjects('policies').get(name, namespace);
     const r = cr === undefined ? undefined : policyFromCustomResource(cr);
     if (r === undefined || 'resource' in r) {
       this.#note(key, undefined);

@@ -1,6 +1,6 @@
 import type { V1Container, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { errorMessage } from '../../../shared/errors.ts';
-import { API_VERSION } from '../../../shared/resources/types.ts';
+import { API_VERSION, apiVersionOf } from '../../../shared/resources/types.ts';
 import type { AppProtocol, AuthorizationPolicy, Resource, Service, Workload } from '../../../shared/resources/types.ts';
 import { validateResource } from '../../../shared/resources/validate.ts';
 
@@ -204,4 +204,26 @@ export function policyFromCustomResource(cr: PolicyObject): Converted<Authorizat
     metadata: { name: cr.metadata?.name, namespace: cr.metadata?.namespace ?? 'default', labels: cr.metadata?.labels ?? {} },
     spec: cr.spec,
   }, where('AuthorizationPolicy', cr));
+}
+
+/** The Gateway API's route CRDs and Ambit's FaultInjection CRD. */
+export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+export const GATEWAY_VERSION = 'v1';
+export const HTTPROUTE_PLURAL = 'httproutes';
+export const GRPCROUTE_PLURAL = 'grpcroutes';
+export const FAULT_PLURAL = 'faultinjections';
+
+/**
+ * An HTTPRoute, GRPCRoute or FaultInjection from its custom resource: the
+ * spec as the API server stored it (with its defaults filled in) goes through
+ * the validation `ambitctl apply` uses; labels carry over, annotations and
+ * status do not (status is Ambit's to compute, shared/routes/status.ts).
+ */
+export function routeFromCustomResource<K extends 'HTTPRoute' | 'GRPCRoute' | 'FaultInjection'>(kind: K, cr: PolicyObject): Converted<Extract<Resource, { kind: K }>> {
+  return validated<Extract<Resource, { kind: K }>>({
+    apiVersion: apiVersionOf(kind),
+    kind,
+    metadata: { name: cr.metadata?.name, namespace: cr.metadata?.namespace ?? 'default', labels: cr.metadata?.labels ?? {} },
+    spec: cr.spec,
+  }, where(kind, cr));
 }

@@ -5,7 +5,9 @@ import {
 import { Backoff } from '../../../shared/backoff.ts';
 import { AmbitError, errorMessage } from '../../../shared/errors.ts';
 import type { Logger } from '../../../shared/logger.ts';
-import { POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, type PolicyObject } from './convert.ts';
+import {
+  FAULT_PLURAL, GATEWAY_GROUP, GATEWAY_VERSION, GRPCROUTE_PLURAL, HTTPROUTE_PLURAL, POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, type PolicyObject,
+} from './convert.ts';
 
 /**
  * The Kubernetes objects the store derives the mesh from, each kept by a
@@ -18,8 +20,24 @@ import { POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, type PolicyObject } from '
  * backoff after any other failure (API server down, 5xx, network).
  */
 
-export const SOURCES = ['pods', 'services', 'nodes', 'policies'] as const;
+export const SOURCES = ['pods', 'services', 'nodes', 'policies', 'httproutes', 'grpcroutes', 'faultinjections'] as const;
 export type SourceName = (typeof SOURCES)[number];
+
+/**
+ * Sources whose CRD a cluster may not have installed (the Gateway API's
+ * routes, Ambit's FaultInjection): a 404 means there are none of them — the
+ * source counts as listed, empty, is logged once, and is looked for again
+ * every ABSENT_RETRY_MS (by default) so that installing the CRD later is noticed.
+ */
+export const OPTIONAL_SOURCES: ReadonlySet<SourceName> = new Set(['httproutes', 'grpcroutes', 'faultinjections']);
+const ABSENT_RETRY_MS = 30_000;
+
+const CRD_NAMES: Partial<Record<SourceName, string>> = {
+  policies: `${POLICY_PLURAL}.${POLICY_GROUP}`,
+  httproutes: `${HTTPROUTE_PLURAL}.${GATEWAY_GROUP}`,
+  grpcroutes: `${GRPCROUTE_PLURAL}.${GATEWAY_GROUP}`,
+  faultinjections: `${FAULT_PLURAL}.${POLICY_GROUP}`,
+};
 
 export type Verb = 'add' | 'update' | 'delete';
 
@@ -35,13 +53,16 @@ const PATHS: Record<SourceName, string> = {
   services: '/api/v1/services',
   nodes: '/api/v1/nodes',
   policies: `/apis/${POLICY_GROUP}/${POLICY_VERSION}/${POLICY_PLURAL}`,
+  httproutes: `/apis/${GATEWAY_GROUP}/${GATEWAY_VERSION}/${HTTPROUTE_PLURAL}`,
+  grpcroutes: `/apis/${GATEWAY_GROUP}/${GATEWAY_VERSION}/${GRPCROUTE_PLURAL}`,
+  faultinjections: `/apis/${POLICY_GROUP}/${POLICY_VERSION}/${FAULT_PLURAL}`,
 };
 
 /** What an operator must fix when a list is refused, by HTTP status. */
 function hint(source: SourceName, status: number | undefined): string {
   if (status === 401) return '; the API server refused the credentials';
   if (status === 403) return `; the controller's service account may not list/watch ${source} (check its RBAC)`;
-  if (status === 404 && source === 'policies') return '; is the AuthorizationPolicy CRD (authorizationpolicies.ambit.dev) installed?';
+  if (status === 404 && source === 'policies') return `; is the AuthorizationPolicy CRD (${CRD_NAMES.policies}) installed?`;
   return '';
 }
 
@@ -89,6 +110,8 @@ interface Source {
   readonly informer: ListWatch<KubernetesObject>;
   readonly backoff: Backoff;
   listedOnce: boolean;
+  /** An optional source whose CRD answered 404: it holds nothing until a list succeeds. */
+  absent: boolean;
   lastError: string;
   restartTimer: NodeJS.Timeout | undefined;
 }
@@ -101,7 +124,10 @@ export class KubeSources {
   #closed = false;
   #onFirstList: (() => void) | undefined;
 
-  constructor(kc: KubeConfig, logger: Logger, events: SourceEvents) {
+  readonly #absentRetryMs: number;
+
+  constructor(kc: KubeConfig, logger: Logger, events: SourceEvents, absentRetryMs = ABSENT_RETRY_MS) {
+    this.#absentRetryMs = absentRetryMs;
     this.#logger = logger;
     this.#events = events;
     this.#server = kc.getCurrentCluster()?.server ?? '(no cluster)';
@@ -115,6 +141,9 @@ export class KubeSources {
       services: () => core.listServiceForAllNamespaces(),
       nodes: () => core.listNode(),
       policies: () => custom.listClusterCustomObject({ group: POLICY_GROUP, version: POLICY_VERSION, plural: POLICY_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
+      httproutes: () => custom.listClusterCustomObject({ group: GATEWAY_GROUP, version: GATEWAY_VERSION, plural: HTTPROUTE_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
+      grpcroutes: () => custom.listClusterCustomObject({ group: GATEWAY_GROUP, version: GATEWAY_VERSION, plural: GRPCROUTE_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
+      faultinjections: () => custom.listClusterCustomObject({ group: POLICY_GROUP, version: POLICY_VERSION, plural: FAULT_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
     };
     for (const name of SOURCES) {
       let source: Source | undefined;
@@ -126,6 +155,10 @@ export class KubeSources {
           if (this.#closed || source === undefined) return;
           const initial = !source.listedOnce;
           source.listedOnce = true;
+          if (source.absent) {
+            source.absent = false;
+            this.#logger.info({ resource: name, crd: CRD_NAMES[name] }, 'Kubernetes CRD now served; following its objects');
+          }
           source.backoff.reset();
           source.lastError = '';
           this.#events.listed(name, list.items.length, initial);
@@ -134,7 +167,7 @@ export class KubeSources {
         return list;
       };
       const informer = new ListWatch<KubernetesObject>(PATHS[name], watch, listFn, false);
-      source = { name, informer, backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }), listedOnce: false, lastError: '', restartTimer: undefined };
+      source = { name, informer, backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }), listedOnce: false, absent: false, lastError: '', restartTimer: undefined };
       const s = source;
       informer.on('add', (obj) => this.#change(s, obj, 'add'));
       informer.on('update', (obj) => this.#change(s, obj, 'update'));
@@ -158,6 +191,13 @@ export class KubeSources {
 
   get policies(): ObjectCache<PolicyObject> {
     return this.#informer('policies') as ObjectCache<PolicyObject>;
+  }
+
+  /** A custom-resource source's objects; none while its CRD is absent (the informer's cache may still hold what it saw before). */
+  customObjects(name: 'policies' | 'httproutes' | 'grpcroutes' | 'faultinjections'): ObjectCache<PolicyObject> {
+    const s = this.#sources.get(name)!;
+    if (s.absent) return { get: () => undefined, list: () => [] };
+    return s.informer as ObjectCache<PolicyObject>;
   }
 
   /**
@@ -210,6 +250,10 @@ export class KubeSources {
   #failed(s: Source, err: unknown): void {
     if (this.#closed) return;
     const status = statusOf(err);
+    if (status === 404 && OPTIONAL_SOURCES.has(s.name)) {
+      this.#absent(s);
+      return;
+    }
     const message = `${kubeErrorMessage(err)}${hint(s.name, status)}`;
     const delayMs = s.backoff.next();
     // One warning per streak of identical failures; the retries go to debug.
@@ -221,6 +265,27 @@ export class KubeSources {
       s.restartTimer = undefined;
       if (!this.#closed) this.#run(s);
     }, delayMs);
+  }
+
+  /** An optional source's CRD is not served: it holds nothing (reconciled as a list of none), and is looked for again later. */
+  #absent(s: Source): void {
+    const wasAbsent = s.absent;
+    s.absent = true;
+    if (!wasAbsent) {
+      this.#logger.warn({ resource: s.name, crd: CRD_NAMES[s.name], server: this.#server },
+        `Kubernetes CRD ${CRD_NAMES[s.name]} is not installed: no ${s.name} until it is (looked for again every ${this.#absentRetryMs / 1000} s)`);
+      const initial = !s.listedOnce;
+      s.listedOnce = true;
+      s.lastError = '';
+      this.#events.listed(s.name, 0, initial);
+      this.#onFirstList?.();
+    }
+    clearTimeout(s.restartTimer);
+    s.restartTimer = setTimeout(() => {
+      s.restartTimer = undefined;
+      if (!this.#closed) this.#run(s);
+    }, this.#absentRetryMs);
+    s.restartTimer.unref();
   }
 
   /** (Re)starts an informer; what it throws itself (not through its error callback, e.g. unreadable credentials) is a failure too. */

@@ -3,15 +3,17 @@
  * this one speaks the real wire protocol of the few paths Ambit's controller
  * uses, closely enough that @kubernetes/client-node cannot tell:
  *
- * - GET /api/v1/{pods,services,nodes} and
- *   /apis/ambit.dev/v1alpha1/authorizationpolicies: a List with
+ * - GET /api/v1/{pods,services,nodes},
+ *   /apis/ambit.dev/v1alpha1/{authorizationpolicies,faultinjections} and
+ *   /apis/gateway.networking.k8s.io/v1/{httproutes,grpcroutes}: a List with
  *   metadata.resourceVersion; with ?watch=true a chunked stream of
  *   newline-delimited {"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":…}
  *   events after ?resourceVersion, BOOKMARK events (only with
  *   allowWatchBookmarks=true) carrying the current resourceVersion, and —
  *   when the resume point is older than the retained history — a single
  *   ERROR event holding a 410 "Expired" Status, then the end of the stream,
- *   exactly as kube-apiserver does;
+ *   exactly as kube-apiserver does; a custom resource whose CRD is not
+ *   installed (uninstall()) answers 404 NotFound, as the API server does;
  * - GET /api/v1/namespaces/{ns}/pods/{name};
  * - GET /api/v1/namespaces/kube-system (its UID is the cluster's id, clusterUid);
  * - POST /apis/authentication.k8s.io/v1/tokenreviews, validating tokens this
@@ -31,8 +33,15 @@ export const RESOURCES = {
   services: { path: '/api/v1/services', kind: 'Service', apiVersion: 'v1', namespaced: true },
   nodes: { path: '/api/v1/nodes', kind: 'Node', apiVersion: 'v1', namespaced: false },
   authorizationpolicies: { path: '/apis/ambit.dev/v1alpha1/authorizationpolicies', kind: 'AuthorizationPolicy', apiVersion: 'ambit.dev/v1alpha1', namespaced: true },
+  httproutes: { path: '/apis/gateway.networking.k8s.io/v1/httproutes', kind: 'HTTPRoute', apiVersion: 'gateway.networking.k8s.io/v1', namespaced: true },
+  grpcroutes: { path: '/apis/gateway.networking.k8s.io/v1/grpcroutes', kind: 'GRPCRoute', apiVersion: 'gateway.networking.k8s.io/v1', namespaced: true },
+  faultinjections: { path: '/apis/ambit.dev/v1alpha1/faultinjections', kind: 'FaultInjection', apiVersion: 'ambit.dev/v1alpha1', namespaced: true },
 } as const;
 export type ResourceName = keyof typeof RESOURCES;
+
+function perResource<T>(make: () => T): Record<ResourceName, T> {
+  return Object.fromEntries(Object.keys(RESOURCES).map((r) => [r, make()])) as Record<ResourceName, T>;
+}
 
 /** A Kubernetes object as JSON; the server fills in metadata.resourceVersion, uid and creationTimestamp. */
 export interface KubeObject {
@@ -77,6 +86,8 @@ export interface FakeKubeOptions {
   readonly bookmarkIntervalMs?: number;
   /** The bearer token clients must present (default: random). */
   readonly token?: string;
+  /** Custom resources whose CRD is not installed at the start (their paths answer 404 until install()). */
+  readonly uninstalled?: readonly ResourceName[];
 }
 
 export interface RequestRecord {
@@ -99,12 +110,13 @@ export class FakeKube {
   readonly clusterUid = randomUUID();
   readonly requests: RequestRecord[] = [];
   /** BOOKMARK events sent, by resource. */
-  readonly bookmarksSent: Record<ResourceName, number> = { pods: 0, services: 0, nodes: 0, authorizationpolicies: 0 };
+  readonly bookmarksSent: Record<ResourceName, number> = perResource(() => 0);
   /** 410 Expired answers sent, by resource. */
-  readonly expiredSent: Record<ResourceName, number> = { pods: 0, services: 0, nodes: 0, authorizationpolicies: 0 };
+  readonly expiredSent: Record<ResourceName, number> = perResource(() => 0);
   readonly #server: Server;
   readonly #sockets = new Set<Socket>();
-  readonly #objects: Record<ResourceName, Map<string, KubeObject>> = { pods: new Map(), services: new Map(), nodes: new Map(), authorizationpolicies: new Map() };
+  readonly #objects: Record<ResourceName, Map<string, KubeObject>> = perResource(() => new Map<string, KubeObject>());
+  readonly #uninstalled = new Set<ResourceName>();
   readonly #history: WatchEvent[] = [];
   readonly #watchers = new Set<Watcher>();
   readonly #tokens = new Map<string, IssuedToken>();
@@ -122,6 +134,7 @@ export class FakeKube {
     this.#historyLimit = o.historyLimit ?? 10_000;
     this.#rv = (o.firstResourceVersion ?? 1) - 1;
     this.#compactedThrough = this.#rv;
+    for (const r of o.uninstalled ?? []) this.#uninstalled.add(r);
     this.#server = createServer((req, res) => this.#handle(req, res));
     this.#server.on('connection', (s) => {
       this.#sockets.add(s);
@@ -211,6 +224,25 @@ export class FakeKube {
     this.#compactedThrough = this.#rv + 1;
   }
 
+  /**
+   * Removes a custom resource's CRD: its objects are gone (without watch
+   * events: the API server ends the watches) and its paths answer 404.
+   */
+  uninstall(resource: ResourceName): void {
+    this.#uninstalled.add(resource);
+    this.#objects[resource].clear();
+    for (const w of [...this.#watchers]) {
+      if (w.resource !== resource) continue;
+      w.res.end();
+      this.#watchers.delete(w);
+    }
+  }
+
+  /** Installs a CRD uninstall() removed (or the options left out): its paths answer again, with no objects. */
+  install(resource: ResourceName): void {
+    this.#uninstalled.delete(resource);
+  }
+
   /** Open watch streams, by resource. */
   watching(resource: ResourceName): number {
     return [...this.#watchers].filter((w) => w.resource === resource).length;
@@ -251,6 +283,9 @@ export class FakeKube {
     };
     if (req.headers.authorization !== `Bearer ${this.token}`) return send(401, status(401, 'Unauthorized', 'Unauthorized'));
     const resource = (Object.keys(RESOURCES) as ResourceName[]).find((r) => RESOURCES[r].path === url.pathname);
+    if (req.method === 'GET' && resource && this.#uninstalled.has(resource)) {
+      return send(404, status(404, 'NotFound', 'the server could not find the requested resource'));
+    }
     if (req.method === 'GET' && resource) {
       if (query['watch'] === 'true' || query['watch'] === '1') return this.#watch(resource, query, res);
       return send(200, this.#list(resource));
@@ -386,6 +421,11 @@ export function service(o: { name: string; namespace?: string; selector: Record<
     metadata: { name: o.name, namespace: o.namespace ?? 'default' },
     spec: { type: 'ClusterIP', clusterIP: ip, clusterIPs: [ip], selector: o.selector, ports: o.ports.map((p) => ({ protocol: 'TCP', ...p })) },
   };
+}
+
+/** A custom resource (HTTPRoute, GRPCRoute, FaultInjection, AuthorizationPolicy) with `spec`. */
+export function customResource(name: string, namespace: string, spec: unknown): KubeObject {
+  return { metadata: { name, namespace }, spec };
 }
 
 export function node(name: string, labels: Record<string, string> = {}): KubeObject {
