@@ -310,6 +310,6 @@ mod tests {
         assert!(rest.is_empty());
         assert!(matches!(first.msg, Some(Out::Ack(pb::Ack { rev: 3 }))));
         assert!(matches!(second.msg, Some(Out::Drained(_))));
-        assert_eq!(PROTOCOL, 9);
+        assert_eq!(PROTOCOL, 10);
     }
 }

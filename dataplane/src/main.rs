@@ -104,8 +104,15 @@ impl Dispatch {
             },
             In::Route(route) => self.outbound.route(route),
             In::HttpServices(m) => self.outbound.l7.services.apply(m),
-            // Route tables are not served yet: said, so an agent pushing them knows.
-            In::HttpRoutes(_) => self.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_UNSUPPORTED".into(), message: "route tables are not served by this data plane yet".into() })),
+            // A table that does not compile is refused whole (its previous one
+            // stays): the agent validated it, so this is a bug worth its log.
+            In::HttpRoutes(m) => {
+                for (key, reason) in self.outbound.l7.routes.apply(m) {
+                    let message = format!("route table {key} refused, its previous one stays: {reason}");
+                    eprintln!("ambit-dataplane: {message}");
+                    self.outbox.send(Out::Error(pb::Error { lid: None, code: "AMBIT_ERR_INTERNAL".into(), message }));
+                }
+            }
             In::Peer(pb::PeerVerdict { pid, ok }) => self.outbound.peer_verdict(pid, ok),
             In::Drain(_) => {
                 self.outbound.drain();
@@ -240,7 +247,7 @@ async fn run(listen: String, control_path: String) {
     let access_log = Arc::new(AccessLog::new(Sink::stderr()));
     core.observers.add(requests.clone());
     core.observers.add(access_log.clone());
-    let (ticker, sweeper, http, reporter) = (core.clone(), outbound.clone(), inbound.http.clone(), requests.clone());
+    let (ticker, sweeper, http, reporter, retries) = (core.clone(), outbound.clone(), inbound.http.clone(), requests.clone(), outbound.l7.retries.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(BYTES_EVERY);
         loop {
@@ -251,7 +258,7 @@ async fn run(listen: String, control_path: String) {
             }
             // While no agent is attached requests keep aggregating, for the next.
             if ticker.attached() {
-                if let Some(stats) = reporter.report() {
+                if let Some(stats) = reporter.report_with(retries.take()) {
                     ticker.outbox.send(Out::Requests(stats));
                 }
             }

@@ -331,7 +331,7 @@ mod tests {
             request_bytes: 10, response_bytes: 20, upstream: "10.0.0.7:8080".into(), service: "web.default.svc.cluster.local".into(),
             source: Peer { identity: "spiffe://td/ns/default/sa/client".into(), workload: "client".into(), namespace: "default".into() },
             destination: Peer { identity: "spiffe://td/ns/default/sa/web".into(), workload: "web".into(), namespace: "default".into() },
-            traceparent: None, trace,
+            traceparent: None, trace, route: String::new(), attempts: 0,
         }
     }
 

@@ -186,6 +186,8 @@ pub fn line(o: &RequestOutcome, pid: u32, now: SystemTime) -> String {
     put("dst.identity", o.destination.identity.clone().into());
     put("dst.service", o.service.clone().into());
     put("trace_id", trace_id.into());
+    put("route", o.route.clone().into());
+    put("attempts", o.attempts.into());
     put("msg", "request".into());
     let mut s = serde_json::Value::Object(v).to_string();
     s.push('\n');
@@ -237,6 +239,8 @@ mod tests {
             destination: Peer { identity: "spiffe://cluster.local/ns/shop/sa/web".into(), workload: "web".into(), namespace: "shop".into() },
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             trace: None,
+            route: "HTTPRoute/shop/web#0".into(),
+            attempts: 3,
         }
     }
 
@@ -253,6 +257,7 @@ mod tests {
         assert_eq!((v["response_flags"].as_str(), v["protocol"].as_str()), (Some("-"), Some("HTTP/2")));
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["src.identity"], "spiffe://cluster.local/ns/shop/sa/client");
+        assert_eq!((v["route"].as_str(), v["attempts"].as_u64()), (Some("HTTPRoute/shop/web#0"), Some(3)));
     }
 
     #[test]

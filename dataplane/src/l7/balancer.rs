@@ -102,8 +102,9 @@ impl Services {
         circuits.retain(|k, _| services.contains(k));
     }
 
-    fn random(&self) -> u64 {
-        // xorshift64*, seeded on first use; quality is ample for picking endpoints.
+    /// A random number: xorshift64*, seeded on first use; quality is ample
+    /// for picking endpoints, backends by weight and shares of requests.
+    pub fn random(&self) -> u64 {
         let mut x = self.rng.load(Ordering::Relaxed);
         if x == 0 {
             x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9e37_79b9, |d| d.as_nanos() as u64) | 1;
@@ -118,6 +119,12 @@ impl Services {
     /// The endpoint for the next request of `table`, held in flight, and the
     /// returns from ejection noticed on the way (to tell the agent).
     pub fn pick(&self, table: &Table, now: Instant) -> (Option<(usize, InFlight)>, Vec<Event>) {
+        self.pick_excluding(table, now, &[])
+    }
+
+    /// As `pick`, avoiding the endpoints `tried` (a retry's earlier
+    /// attempts) while the candidates include another.
+    pub fn pick_excluding(&self, table: &Table, now: Instant, tried: &[usize]) -> (Option<(usize, InFlight)>, Vec<Event>) {
         let mut events = Vec::new();
         let mut up: Vec<usize> = Vec::with_capacity(table.endpoints.len());
         for (i, e) in table.endpoints.iter().enumerate() {
@@ -134,6 +141,9 @@ impl Services {
         }
         let Some(rank) = up.iter().map(|&i| table.endpoints[i].info.rank).min() else { return (None, events) };
         up.retain(|&i| table.endpoints[i].info.rank == rank);
+        if up.iter().any(|i| !tried.contains(i)) {
+            up.retain(|i| !tried.contains(i));
+        }
         let weight = |i: usize| u64::from(table.endpoints[i].info.weight.max(1));
         let total: u64 = up.iter().map(|&i| weight(i)).sum();
         let draw = |skip: Option<usize>| -> usize {
@@ -278,6 +288,11 @@ mod tests {
         drop(f);
         assert_eq!(t2.endpoints[0].live.outstanding.load(Ordering::SeqCst), 0);
         assert_eq!(spread(&s, &t2, 10, false), vec![0, 10], "still ejected after the update");
+        let (s3, t3) = services(vec![ep("a", 1, 0), ep("b", 1, 0), ep("c", 1, 0)]);
+        for _ in 0..20 {
+            assert_eq!(s3.pick_excluding(&t3, now, &[0, 2]).0.unwrap().0, 1, "an endpoint not yet tried");
+        }
+        assert!(s3.pick_excluding(&t3, now, &[0, 1, 2]).0.is_some(), "every one tried: any");
         s.apply(pb::HttpServices { removed: vec!["k".into()], ..Default::default() });
         assert!(s.get("k").is_none());
     }

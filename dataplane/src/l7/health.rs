@@ -20,6 +20,10 @@ pub struct Settings {
     pub max_ejection_percent: u32,
     pub max_pending_requests: usize,
     pub max_connections: usize,
+    /// Retry budget (retry.rs) and the longest request body buffered for retries and mirrors.
+    pub retry_budget_percent: u32,
+    pub min_retry_concurrency: u32,
+    pub max_buffered_body_bytes: u64,
 }
 
 impl Default for Settings {
@@ -32,6 +36,9 @@ impl Default for Settings {
             max_ejection_percent: 50,
             max_pending_requests: 1024,
             max_connections: 1024,
+            retry_budget_percent: 20,
+            min_retry_concurrency: 3,
+            max_buffered_body_bytes: 65_536,
         }
     }
 }
@@ -46,6 +53,9 @@ impl From<&pb::HttpSettings> for Settings {
             max_ejection_percent: s.max_ejection_percent.min(100),
             max_pending_requests: if s.max_pending_requests == 0 { d.max_pending_requests } else { s.max_pending_requests as usize },
             max_connections: if s.max_connections == 0 { d.max_connections } else { s.max_connections as usize },
+            retry_budget_percent: if s.retry_budget_percent == 0 { d.retry_budget_percent } else { s.retry_budget_percent.min(100) },
+            min_retry_concurrency: if s.min_retry_concurrency == 0 { d.min_retry_concurrency } else { s.min_retry_concurrency },
+            max_buffered_body_bytes: if s.max_buffered_body_bytes == 0 { d.max_buffered_body_bytes } else { s.max_buffered_body_bytes },
         }
     }
 }

@@ -119,6 +119,18 @@ impl RequestMetrics {
         }
     }
 
+    /// What grew since the last report, with `retries` (the retry counts
+    /// since then: retry.rs); None when nothing did.
+    pub fn report_with(&self, retries: Vec<pb::RetryCount>) -> Option<pb::RequestStats> {
+        match self.report() {
+            Some(mut stats) => {
+                stats.retries = retries;
+                Some(stats)
+            }
+            None => (!retries.is_empty()).then(|| pb::RequestStats { retries, ..Default::default() }),
+        }
+    }
+
     /// What grew since the last report (None: nothing did), and how many
     /// requests were not counted for want of room since the last.
     pub fn report(&self) -> Option<pb::RequestStats> {
@@ -214,6 +226,8 @@ mod tests {
             destination: Peer { identity: "spiffe://cluster.local/ns/shop/sa/web".into(), workload: "web".into(), namespace: "shop".into() },
             traceparent: None,
             trace: None,
+            route: String::new(),
+            attempts: 0,
         }
     }
 
@@ -290,6 +304,18 @@ mod tests {
         assert!(m.report().is_none(), "other bounds: aggregation starts afresh");
         m.observe(&outcome(200, 5, 0, 0));
         assert_eq!(m.report().unwrap().deltas[0].duration_buckets, vec![0, 1]);
+    }
+
+    #[test]
+    fn retry_counts_ride_with_the_report_or_alone() {
+        let m = configured();
+        let count = || vec![pb::RetryCount { service: "web.shop.svc.cluster.local".into(), retried: 2, budget_exhausted: 1, mirrored: 0 }];
+        assert!(m.report_with(vec![]).is_none());
+        let alone = m.report_with(count()).unwrap();
+        assert!(alone.deltas.is_empty() && alone.retries[0].retried == 2);
+        m.observe(&outcome(200, 1, 0, 0));
+        let both = m.report_with(count()).unwrap();
+        assert_eq!((both.deltas.len(), both.retries[0].budget_exhausted), (1, 1));
     }
 
     #[test]

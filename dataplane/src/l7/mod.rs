@@ -7,7 +7,10 @@
 //! authorizing each request (`authz`). `outcome` is what every finished
 //! request is reported as, to the observers the core holds; `metrics`
 //! aggregates Istio's request metrics for the agent, `access_log` writes a
-//! line per request.
+//! line per request. `routes` holds the route tables (Gateway API routes)
+//! that decide requests on the source side, `filters` and `fault` are their
+//! rules' filters, `retry` their retry budget and backoff, `request_body`
+//! the buffering that lets a request be retried or mirrored.
 pub mod access_log;
 pub mod authz;
 pub mod balancer;
@@ -15,9 +18,14 @@ pub mod body;
 pub mod circuit;
 pub mod client_side;
 mod counted;
+pub mod fault;
+pub mod filters;
 pub mod health;
 pub mod metrics;
 pub mod outcome;
+pub mod request_body;
+pub mod retry;
+pub mod routes;
 pub mod server_limits;
 pub mod server_side;
 pub mod stream_io;

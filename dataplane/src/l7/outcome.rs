@@ -86,6 +86,10 @@ pub struct RequestOutcome {
     /// the incoming traceparent, whose `traceparent()` the request was
     /// forwarded with); None when the path made none.
     pub trace: Option<crate::spans::TraceHop>,
+    /// The route rule that decided it ("HTTPRoute/<namespace>/<name>#<rule>"); "" when none did.
+    pub route: String,
+    /// Attempts made upstream: 1, plus its retries; 0 when none was made.
+    pub attempts: u32,
 }
 
 /// Hears of every finished request. Called on the request's task: it must
@@ -130,7 +134,7 @@ mod tests {
             side: Side::Source, protocol: Protocol::Grpc, method: "POST".into(), authority: "a".into(), path: "/x".into(), status,
             grpc_status: Some(0), response_flags: String::new(), start: SystemTime::now(), duration: Duration::ZERO,
             request_bytes: 0, response_bytes: 0, upstream: String::new(), service: String::new(), source: Peer::default(),
-            destination: Peer::default(), traceparent: None, trace: None,
+            destination: Peer::default(), traceparent: None, trace: None, route: String::new(), attempts: 0,
         }
     }
 

@@ -190,6 +190,8 @@ impl ServerSide {
             upstream: String::new(), service: conn.service.clone(), source: conn.source.clone(), destination: conn.destination.clone(),
             traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
             trace: None,
+            route: String::new(),
+            attempts: 0,
         };
         // This request's hop of its trace (spans.rs): the child of the
         // client's span, and the parent of what the app is sent.
