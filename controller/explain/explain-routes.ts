@@ -1,7 +1,7 @@
 import type { BackendObjectRef, HTTPRouteFilter, PathModifier, RouteResource } from '../../shared/resources/route-types.ts';
 import type { Resource, Service, ServicePort } from '../../shared/resources/types.ts';
 import { isHttpProtocol } from '../../shared/resources/types.ts';
-import { routesFor, orderRules, type AttachedRule } from '../../shared/routes/attachment.ts';
+import { attachesTo, orderRules, routesFor, type AttachedRule } from '../../shared/routes/attachment.ts';
 
 /*
  * The routes part of `ambitctl explain`: which HTTPRoute and GRPCRoute rules
@@ -44,7 +44,7 @@ export function explainRoutes(resources: readonly Resource[], svc: Service, port
   const chosen = routesFor(routes, svc, port, clientNamespace);
   const name = `${svc.metadata.namespace}/${svc.metadata.name}`;
   if (chosen.length === 0) {
-    const hidden = clientNamespace !== svc.metadata.namespace && routes.some((r) => r.metadata.namespace === clientNamespace && r.spec.parentRefs.some((p) => p.namespace === svc.metadata.namespace && p.name === svc.metadata.name));
+    const hidden = clientNamespace !== svc.metadata.namespace && routes.some((r) => r.metadata.namespace === clientNamespace && attachesTo(r, svc));
     return {
       kind: 'none', rules: [],
       summary: hidden

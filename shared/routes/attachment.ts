@@ -49,15 +49,18 @@ export type AttachedRule =
   | Attached<'HTTPRoute', HTTPRoute, HTTPRouteRule, HTTPRouteMatch>
   | Attached<'GRPCRoute', GRPCRoute, GRPCRouteRule, GRPCRouteMatch>;
 
-/** Whether a parentRef names `service`, on `port` (or on every port when it names none). */
+/**
+ * Whether a parentRef names `service`, on `port` (or on every port when it
+ * names none); `port` undefined: on any HTTP port of the Service (a route
+ * attached to TCP ports only is not Accepted, and changes nothing).
+ */
 function namesPort(ref: RouteParentRef, service: Service, port: number | undefined): boolean {
   if (ref.namespace !== service.metadata.namespace || ref.name !== service.metadata.name) return false;
-  if (ref.port === undefined) return true;
-  if (port === undefined) return service.spec.ports.some((p) => p.port === ref.port);
-  return ref.port === port;
+  if (port === undefined) return service.spec.ports.some((p) => isHttpProtocol(p.appProtocol) && (ref.port === undefined || p.port === ref.port));
+  return ref.port === undefined || ref.port === port;
 }
 
-/** Whether the route attaches to the Service's `port` (undefined: to any port the Service has). */
+/** Whether the route attaches to the Service's `port` (undefined: to any of its HTTP ports). */
 export function attachesTo(route: RouteResource, service: Service, port?: number): boolean {
   return route.spec.parentRefs.some((ref) => namesPort(ref, service, port));
 }

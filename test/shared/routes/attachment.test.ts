@@ -28,6 +28,8 @@ t.test('a producer route applies to every client; a consumer route replaces it f
   t.same(ids(rulesFor([producer, other], web, port(80), 'client-a')), ['HTTPRoute/shop/web-split#0'], 'a consumer route of another Service changes nothing');
   const stray = httpRoute('client-c', 'nowhere', [parent('shop', 'web', 9999)], [rule()]);
   t.same(ids(rulesFor([producer, stray], web, port(80), 'client-c')), ['HTTPRoute/shop/web-split#0'], 'a consumer parentRef naming a port the Service lacks attaches nowhere, and hides nothing');
+  const onTcp = httpRoute('client-d', 'tcp-only', [parent('shop', 'web', 82)], [rule()]);
+  t.same(ids(rulesFor([producer, onTcp], web, port(80), 'client-d')), ['HTTPRoute/shop/web-split#0'], 'a consumer route on a TCP port only is not accepted, and hides nothing');
 });
 
 t.test('a parentRef with a port attaches to that port only; without, to every HTTP port; a TCP port has no routes', async (t) => {
@@ -41,6 +43,7 @@ t.test('a parentRef with a port attaches to that port only; without, to every HT
   t.ok(attachesTo(only80, web, 80));
   t.notOk(attachesTo(only80, web, 81));
   t.ok(attachesTo(only80, web), 'attached to some port of the Service');
+  t.notOk(attachesTo(httpRoute('shop', 'tcp', [parent('shop', 'web', 82)], [rule()]), web), 'attached to no HTTP port');
   t.notOk(attachesTo(elsewhere, web), 'a Service of the same name in another namespace is another Service');
   const producerElsewhere = httpRoute('other', 'p', [parent('shop', 'web')], [rule()]);
   t.same(routesFor([producerElsewhere], web, port(80), 'shop'), [], 'a route in a third namespace is a consumer route: not for the Service\'s own clients');
