@@ -64,7 +64,7 @@ t.test('the manifests are the expected objects', async (tt) => {
   tt.not(ga(mutate(docs, 'DaemonSet', AGENT, (d) => { d.apiVersion = 'apps/v1beta2'; })).length, 0, 'detects: an apiVersion Kubernetes no longer serves');
   tt.same(kinds, [
     'ClusterRole/ambit-controller', 'ClusterRoleBinding/ambit-controller', 'ConfigMap/ambit-agent',
-    'CustomResourceDefinition/authorizationpolicies.ambit.dev', 'DaemonSet/ambit-agent', 'Deployment/ambit-controller',
+    'CustomResourceDefinition/authorizationpolicies.ambit.dev', 'CustomResourceDefinition/faultinjections.ambit.dev', 'DaemonSet/ambit-agent', 'Deployment/ambit-controller',
     'Namespace/ambit-system', 'PersistentVolumeClaim/ambit-controller-data', 'Service/ambit-controller',
     'ServiceAccount/ambit-agent', 'ServiceAccount/ambit-controller',
   ]);
