@@ -111,3 +111,20 @@ t.test('an unreadable cache is ignored with a warning', async (t) => {
     if (what === 'unknown version') t.match(JSON.stringify(warned[0]?.err), /unknown cache version 2/, 'the reason names the version');
   }
 });
+
+t.test('routes and fault injections survive the cache as validated', async (t) => {
+  const { validateResource } = await import('../../../shared/resources/validate.ts');
+  const route = { ...validateResource({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'canary', namespace: 'shop' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', port: 80 }], rules: [{ backendRefs: [{ name: 'web', port: 80, weight: 9 }], timeouts: { request: '1m30s' }, retry: { codes: [503] } }] },
+  }, 'x'), metadata: { name: 'canary', namespace: 'shop', labels: {}, revision: 12 } };
+  const grpc = { ...validateResource({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name: 'rpc', namespace: 'shop' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web' }], rules: [{ retry: { codes: ['UNAVAILABLE'] } }] },
+  }, 'x'), metadata: { name: 'rpc', namespace: 'shop', labels: {}, revision: 13 } };
+  const fault = { ...validateResource({ apiVersion: 'ambit.dev/v1alpha1', kind: 'FaultInjection', metadata: { name: 'slow', namespace: 'shop' }, spec: { abort: { httpStatus: 503, grpcStatus: 14, percentage: 2.5 } } }, 'x'), metadata: { name: 'slow', namespace: 'shop', labels: {}, revision: 14 } };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-cache-routes-'));
+  const state: CachedState = { revision: 14, storeId: 's', resources: [route, grpc, fault], nodes: [], bundlePem: '' };
+  saveState(dir, state);
+  t.same(loadState(dir, capture().logger), state);
+});
