@@ -1,5 +1,6 @@
-// Wall time of the programs as a user runs them: `node <entry>.ts` (what the
-// VM install's wrappers exec), one process per run, stdout to a pipe that is
+// Wall time of the programs as a user runs them: `node <entry>` (what the
+// VM install's wrappers exec: controller/cli/ambitctl.mjs for ambitctl,
+// the daemons' main.ts), one process per run, stdout to a pipe that is
 // read to the end. A real ambit-controller (SQLite, loopback) answers
 // `ambitctl status` and `ambitctl workload list`.
 //
@@ -16,7 +17,10 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { AGENT_MAIN, AMBITCTL_MAIN, CONTROLLER_MAIN, startController } from '../test/e2e/harness.ts';
+import { AGENT_MAIN, CONTROLLER_MAIN, ROOT, startController } from '../test/e2e/harness.ts';
+
+/** ambitctl's entry as systemd/install.sh's wrapper runs it. */
+const AMBITCTL = join(ROOT, 'controller/cli/ambitctl.mjs');
 
 const HOST = '127.0.128.10';
 const GNU_TIME = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
@@ -58,9 +62,9 @@ let failed = false;
 try {
   const conn = ['--controller', ctl.address, '--credentials', ctl.credentials];
   const cases: Case[] = [
-    { name: 'ambitctl --help', argv: [AMBITCTL_MAIN, '--help'], targetMs: 150 },
-    { name: 'ambitctl status', argv: [AMBITCTL_MAIN, ...conn, 'status'], targetMs: 300 },
-    { name: 'ambitctl workload list', argv: [AMBITCTL_MAIN, ...conn, 'workload', 'list'] },
+    { name: 'ambitctl --help', argv: [AMBITCTL, '--help'], targetMs: 150 },
+    { name: 'ambitctl status', argv: [AMBITCTL, ...conn, 'status'], targetMs: 300 },
+    { name: 'ambitctl workload list', argv: [AMBITCTL, ...conn, 'workload', 'list'] },
     { name: 'ambit-controller --help', argv: [CONTROLLER_MAIN, '--help'] },
     { name: 'ambit-agent --help', argv: [AGENT_MAIN, '--help'] },
   ];

@@ -31,7 +31,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ENTRY = {
   controller: join(ROOT, 'controller/main.ts'),
   agent: join(ROOT, 'agent/main.ts'),
-  ambitctl: join(ROOT, 'controller/cli/main.ts'),
+  ambitctl: join(ROOT, 'controller/cli/ambitctl.mjs'),
 } as const;
 const DEMO_FILE = 'examples/demo.yaml';
 const POLICY_FILE = 'examples/policy.yaml';

@@ -325,7 +325,7 @@ EOF
 }
 wrapper ambit-controller controller/main.ts "The Ambit controller"
 wrapper ambit-agent agent/main.ts "The Ambit agent"
-wrapper ambitctl controller/cli/main.ts "ambitctl, the Ambit CLI"
+wrapper ambitctl controller/cli/ambitctl.mjs "ambitctl, the Ambit CLI"
 wrapper ambit-wait-ready lib/wait-ready.mjs "The units' ExecStartPost= readiness gate"
 helper plan "$FROM" "$STAGE/gen" >"$STAGE/manifest" || die "cannot list the runtime files of $FROM"
 

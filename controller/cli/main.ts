@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
-import { enableCompileCache } from 'node:module';
+import { enableCompileCache, getCompileCacheDir } from 'node:module';
 import { join } from 'node:path';
 import { text } from 'node:stream/consumers';
 import type { CliContext } from './context.ts';
@@ -10,7 +10,10 @@ import type { CliContext } from './context.ts';
  * V8 code), in the user's own cache directory: a command run once before then
  * starts in a third of the time. Only a directory the user owns and no one
  * else may write is used, since code read from it is run; without one (no
- * home, a read-only one) ambitctl runs uncached.
+ * home, a read-only one) ambitctl runs uncached. ambitctl.mjs, the entry an
+ * install from the sources runs, applies the same rule before loading this
+ * file (so that this file too comes from the cache); run directly, or built
+ * to dist/, this file turns the cache on itself.
  */
 function compileCacheDir(env: Readonly<Record<string, string | undefined>>): string | undefined {
   const base = env.XDG_CACHE_HOME || (env.HOME ? join(env.HOME, '.cache') : undefined);
@@ -25,8 +28,10 @@ function compileCacheDir(env: Readonly<Record<string, string | undefined>>): str
   }
 }
 
-const cacheDir = compileCacheDir(process.env);
-if (cacheDir) enableCompileCache(cacheDir);
+if (getCompileCacheDir() === undefined) {
+  const cacheDir = compileCacheDir(process.env);
+  if (cacheDir) enableCompileCache(cacheDir);
+}
 
 const ctx: CliContext = {
   env: process.env,

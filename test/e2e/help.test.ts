@@ -157,3 +157,30 @@ t.test('the hook sees what a command loads: ambitctl status loads the gRPC clien
   t.not(code, 0);
   t.ok(loaded.some((u) => u.endsWith('/controller/cli/client.ts')), 'the client is loaded');
 });
+
+t.test('ambitctl.mjs, the entry an install runs: with its compile cache warm, Node\'s TypeScript stripper is never loaded', async (t) => {
+  const env = { ...process.env, XDG_CACHE_HOME: join(dir, 'cache-entry') };
+  // A preloaded hook that names, at exit, the stripper if it was loaded (an ES module as a data: URL: it is not stripped itself).
+  const hook = `--import=data:text/javascript,process.on('exit',()=>process.stderr.write('stripper:'+process.moduleLoadList.some((m)=>m.includes('amaro'))+'\\n'))`;
+  const runEntry = async (main: string): Promise<{ stdout: string; stripper: boolean }> => {
+    const child = spawn(process.execPath, [hook, main, 'node', 'list', '--help'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const [code] = (await once(child, 'exit')) as [number | null];
+    t.equal(code, 0, `${main} exits 0 (${stderr})`);
+    const m = /stripper:(true|false)/.exec(stderr);
+    t.ok(m, 'the hook reported');
+    return { stdout, stripper: m?.[1] === 'true' };
+  };
+  const entry = join(ROOT, 'controller/cli/ambitctl.mjs');
+  const first = await runEntry(entry);
+  t.ok(first.stripper, 'the first run strips the sources (an empty cache)');
+  const warm = await runEntry(entry);
+  t.notOk(warm.stripper, 'a later run reads every module, main.ts included, from the cache');
+  t.equal(warm.stdout, first.stdout, 'and prints the same');
+  const direct = await runEntry(AMBITCTL_MAIN);
+  t.ok(direct.stripper, 'main.ts as the entry loads the stripper whatever the cache holds (what ambitctl.mjs avoids)');
+  t.equal(direct.stdout, first.stdout, 'the same program');
+});

@@ -267,7 +267,7 @@ t.test('install.sh and the units', { skip: systemdAnalyzeVersion() ? false : 'sy
     const agentHelp = await run([node, join(lib, 'agent/main.ts'), '--help']);
     t.equal(agentHelp.code, 0, `ambit-agent --help: ${agentHelp.stderr}`);
     t.match(agentHelp.stdout, /Usage: ambit-agent/);
-    const ctlHelp = await run([node, join(lib, 'controller/cli/main.ts'), 'node', 'list', '--help']);
+    const ctlHelp = await run([node, join(lib, 'controller/cli/ambitctl.mjs'), 'node', 'list', '--help']);
     t.equal(ctlHelp.code, 0, `ambitctl node list --help: ${ctlHelp.stderr}`);
     // The readiness gate of the controller unit, against the real controller.
     const ready = await run([node, join(lib, 'lib/wait-ready.mjs'), 'controller', '--timeout', '10'], { AMBIT_MONITORING: `${ctl!.monitoring.host}:${ctl!.monitoring.port}` });
