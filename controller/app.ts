@@ -298,6 +298,20 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
 }
 
 /**
+ * --kubernetes-join on a store that is not Kubernetes: the API server is
+ * used for TokenReview and for the token's pod (a GET: there is no informer
+ * to ask first), nothing else, so agents on a Kubernetes cluster join a
+ * controller whose mesh lives in etcd or SQLite as they join one on the
+ * Kubernetes store.
+ */
+async function kubernetesJoinReviewer(cfg: ControllerConfig, logger: Logger): Promise<(token: string, node: string) => Promise<void>> {
+  const [{ loadKubeConfig }, { kubernetesTokenReviewer }] = await Promise.all([import('./store/kubernetes/kube-config.ts'), import('./api/token-review.ts')]);
+  const reviewer = kubernetesTokenReviewer({ kubeConfig: loadKubeConfig(cfg.kubeconfig), cache: { pod: () => undefined }, agentServiceAccount: cfg.agentServiceAccount, logger });
+  logger.info({ agentServiceAccount: cfg.agentServiceAccount }, 'agents may join with Kubernetes service-account tokens (TokenReview)');
+  return reviewer;
+}
+
+/**
  * Opens the configured store. SQLite: the file in the data directory, guarded
  * against a lost store under a surviving CA (store-guard.ts). Kubernetes:
  * mesh resources from the API, tokens, nodes and settings in the embedded
@@ -317,7 +331,12 @@ async function openStore(cfg: ControllerConfig, deps: ControllerDeps, now: () =>
       onFatal: (err) => deps.onFatal?.(err),
     });
     logger.info({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, revision: await store.revision() }, 'etcd store opened');
-    return { store };
+    try {
+      return { store, ...(cfg.kubernetesJoin ? { reviewKubernetesToken: await kubernetesJoinReviewer(cfg, logger) } : {}) };
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
   }
   // A CA without its store must not become an empty mesh served to every agent (store-guard.ts).
   const paths = storePaths(cfg.dataDir);
@@ -329,8 +348,8 @@ async function openStore(cfg: ControllerConfig, deps: ControllerDeps, now: () =>
     await local.close();
     throw err;
   }
-  if (cfg.store !== 'kubernetes') return { store: local };
   try {
+    if (cfg.store !== 'kubernetes') return { store: local, ...(cfg.kubernetesJoin ? { reviewKubernetesToken: await kubernetesJoinReviewer(cfg, logger) } : {}) };
     const [{ KubernetesStore }, { loadKubeConfig }, { kubernetesTokenReviewer }] = await Promise.all([
       import('./store/kubernetes-store.ts'), import('./store/kubernetes/kube-config.ts'), import('./api/token-review.ts'),
     ]);

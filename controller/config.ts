@@ -30,8 +30,9 @@ export const CONTROLLER_OPTIONS = {
   trustDomain: stringOption('SPIFFE trust domain', 'cluster.local', { re: /^[a-z0-9._-]{1,255}$/, what: 'lower-case letters, digits, ".", "-", "_"' }),
   reinitializeStore: boolOption('start a new, empty store even though the data directory holds a CA whose store is missing, empty or another one (agents keep their cached state and refuse the new store until told to accept it)'),
   store: enumOption('state store backend', ['sqlite', 'kubernetes', 'etcd'] as const, 'sqlite'),
-  kubeconfig: stringOption('--store kubernetes: kubeconfig file of the API server (default: the in-cluster service account)'),
-  agentServiceAccount: stringOption('--store kubernetes: NAMESPACE/NAME of the agents\' service account; only its tokens may join', 'ambit-system/ambit-agent', {
+  kubernetesJoin: boolOption('--store etcd or sqlite: let agents join with their Kubernetes service-account tokens (TokenReview against the API server of --kubeconfig; --store kubernetes always does)'),
+  kubeconfig: stringOption('--store kubernetes or --kubernetes-join: kubeconfig file of the API server (default: the in-cluster service account)'),
+  agentServiceAccount: stringOption('--store kubernetes or --kubernetes-join: NAMESPACE/NAME of the agents\' service account; only its tokens may join', 'ambit-system/ambit-agent', {
     re: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, what: 'NAMESPACE/NAME, e.g. ambit-system/ambit-agent',
   }),
   etcdEndpoints: stringOption('--store etcd: the etcd cluster\'s client URLs, comma-separated (https://10.0.0.1:2379,https://10.0.0.2:2379; host:port takes https with --etcd-ca, else http)'),
@@ -76,6 +77,10 @@ export function parseControllerConfig(sources: ConfigSources, readLimit: () => n
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--ca-cert and --ca-key must be given together', { details: { key: cfg.caCert === undefined ? 'ca-cert' : 'ca-key' } });
   }
   if (cfg.store === 'etcd' && !cfg.help) checkEtcdConfig(cfg);
+  if (cfg.kubeconfig !== undefined && cfg.store !== 'kubernetes' && !cfg.kubernetesJoin) {
+    // Said rather than ignored: the operator meant the controller to talk to a cluster.
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--kubeconfig is used by --store kubernetes or --kubernetes-join; --store ${cfg.store} without --kubernetes-join does not talk to Kubernetes`, { details: { key: 'kubeconfig' } });
+  }
   return cfg;
 }
 

@@ -70,7 +70,7 @@ export function bootstrapService(d: IdentityDeps): BootstrapServer {
           await d.tokens.consume(cred.joinToken, req.node, d.ca.roots().map((r) => r.fingerprint));
         } else if (cred?.$case === 'kubernetesToken') {
           if (!d.reviewKubernetesToken) {
-            throw new AmbitError('AMBIT_ERR_TOKEN_INVALID', 'Kubernetes token bootstrap needs the controller to run with --store kubernetes', { details: { reason: 'k8s-disabled' } });
+            throw new AmbitError('AMBIT_ERR_TOKEN_INVALID', 'Kubernetes token bootstrap needs the controller to run with --store kubernetes or --kubernetes-join', { details: { reason: 'k8s-disabled' } });
           }
           await d.reviewKubernetesToken(cred.kubernetesToken, req.node);
         } else {

@@ -27,3 +27,14 @@ t.test('--store etcd: what is missing or contradictory is named', async (t) => {
   for (const [argv, message] of cases) t.throws(() => parse(argv), { code: 'AMBIT_ERR_CONFIG_INVALID', message }, argv.slice(6).join(' ') || 'no endpoints');
   t.doesNotThrow(() => parse(['--data-dir', 'd', '--etcd-endpoints', 'x:2379']), 'etcd flags are ignored by the other stores');
 });
+
+t.test('--kubernetes-join: TokenReview for a store that is not Kubernetes; --kubeconfig without it is named, not ignored', async (t) => {
+  const cfg = parse([...base, '--etcd-endpoints', 'x:2379', '--kubernetes-join', '--kubeconfig', 'kc.yaml']);
+  t.equal(cfg.kubernetesJoin, true);
+  t.equal(cfg.kubeconfig, 'kc.yaml');
+  t.equal(parse([...base, '--etcd-endpoints', 'x:2379'], { AMBIT_KUBERNETES_JOIN: 'true' }).kubernetesJoin, true, 'also from its variable');
+  t.equal(parse(['--data-dir', 'd']).kubernetesJoin, false, 'off by default');
+  t.throws(() => parse([...base, '--etcd-endpoints', 'x:2379', '--kubeconfig', 'kc.yaml']), { code: 'AMBIT_ERR_CONFIG_INVALID', message: /--kubeconfig is used by --store kubernetes or --kubernetes-join; --store etcd without --kubernetes-join/ });
+  t.throws(() => parse(['--data-dir', 'd', '--kubeconfig', 'kc.yaml']), { code: 'AMBIT_ERR_CONFIG_INVALID', message: /--store sqlite without --kubernetes-join/ });
+  t.doesNotThrow(() => parse(['--data-dir', 'd', '--store', 'kubernetes', '--kubeconfig', 'kc.yaml']), 'the Kubernetes store uses it');
+});

@@ -18,7 +18,7 @@ export function loadKubeConfig(file: string | undefined): KubeConfig {
   }
   const server = kc.getCurrentCluster()?.server;
   if (file === undefined && (!existsSync(IN_CLUSTER_TOKEN) || server === undefined || server.includes('undefined'))) {
-    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--store kubernetes outside a Kubernetes pod needs --kubeconfig FILE', { details: { key: 'kubeconfig' } });
+    throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', '--store kubernetes or --kubernetes-join outside a Kubernetes pod needs --kubeconfig FILE', { details: { key: 'kubeconfig' } });
   }
   if (server === undefined) {
     throw new AmbitError('AMBIT_ERR_CONFIG_INVALID', `--kubeconfig ${file}: its current context names no cluster`, { details: { key: 'kubeconfig', value: file } });
