@@ -65,8 +65,10 @@ export class Proc {
   readonly #waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(file: string, args: readonly string[], env: Record<string, string> = {}) {
-    this.child = spawn(process.execPath, [file, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `prefix`: a command that execs the rest (e.g. unshare): the process is still node's, under that command's pid. */
+  constructor(file: string, args: readonly string[], env: Record<string, string> = {}, prefix: readonly string[] = []) {
+    const argv = [...prefix, process.execPath, file, ...args];
+    this.child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     readJsonLines(this.child.stderr!, (d) => (this.stderrText += d), (v) => {
       const l = v as LogLine;
       this.logs.push(l);
@@ -216,9 +218,11 @@ export async function startAgent(o: {
   readonly env?: Record<string, string>;
   /** The entry point: agent/main.ts (from source), or a built dist/agent/main.js. */
   readonly main?: string;
+  /** A command that execs node with the agent (Proc's prefix). */
+  readonly prefix?: readonly string[];
 }): Promise<RunningAgent> {
   const args = ['--node', o.node, '--controller', o.controller, '--address', o.address, '--data-dir', o.dataDir, '--capture', 'none', ...(o.join ? ['--join', o.join] : []), ...(o.extra ?? [])];
-  const proc = new Proc(o.main ?? AGENT_MAIN, args, o.env);
+  const proc = new Proc(o.main ?? AGENT_MAIN, args, o.env, o.prefix);
   const started = await proc.startedWhen((l) => l.msg === 'agent started');
   return {
     proc, node: o.node, address: o.address, dataDir: o.dataDir,
