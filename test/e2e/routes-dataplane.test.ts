@@ -7,7 +7,9 @@
  * matches nothing else. A retried request goes to the endpoint not tried
  * yet and carries the whole buffered body each time; a body longer than
  * --http-max-buffered-body is sent once; exhausted retries are flagged URX;
- * the access log names the rule and the attempts; no match is 404 NR.
+ * the access log names the rule and the attempts; no match is 404 NR. A
+ * request timeout covers the response body too: `trickle` sends its
+ * headers at once and the rest of its body after TRICKLE_MS, and is cut.
  */
 import t from 'tap';
 import { mkdtempSync } from 'node:fs';
@@ -24,6 +26,8 @@ const B = ip(3);
 const CLIENT = ip(10);
 const GOOD = ip(21);
 const BAD = ip(22);
+const TRICKLE = ip(23);
+const TRICKLE_MS = 1_500;
 const HTTP_PORT = 8080;
 const PORT = 19133;
 const MAX_BODY = 1024;
@@ -67,6 +71,9 @@ spec:
     - matches: [{path: {type: PathPrefix, value: /exhaust}}]
       retry: {codes: [503], attempts: 2, backoff: 1ms}
       backendRefs: [{name: bad, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /trickle}}]
+      timeouts: {request: 300ms}
+      backendRefs: [{name: trickle, port: 80}]
 `;
 
 t.before(async () => {
@@ -77,6 +84,16 @@ t.before(async () => {
         registered(stop);
         servers.push(stop);
       }
+    }
+    const trickle = await httpServer(TRICKLE, HTTP_PORT, (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first part;');
+      const later = setTimeout(() => res.end('the rest'), TRICKLE_MS);
+      res.on('close', () => clearTimeout(later));
+    });
+    for (const stop of [() => trickle.close(), () => trickle.closeAllConnections()]) {
+      registered(stop);
+      servers.push(stop);
     }
     ctl = await startController(join(root, 'ctl'), [], CTL);
     registered(() => ctl.proc.stop());
@@ -91,6 +108,8 @@ t.before(async () => {
       workload('bad', BAD, { app: 'pair', role: 'bad' }),
       service('pair', { app: 'pair' }),
       service('bad', { role: 'bad' }),
+      workload('trickle', TRICKLE, { app: 'trickle' }),
+      service('trickle', { app: 'trickle' }),
       service('rdp', { app: 'pair' }),
     ]));
     await ok(['apply', '-f', '-'], ROUTE);
@@ -164,4 +183,26 @@ t.test('exhausted retries answer the last 503 with URX; each attempt carries the
     return n >= 2 ? n : undefined;
   }, 'ambit_http_retries_total for bad', 10_000);
   t.ok(retries >= 2, `ambit_http_retries_total{destination_service="bad.mesh.svc.cluster.local"} = ${retries}`);
+});
+
+t.test('a request timeout cuts a response body still streaming at the deadline: UT', async (t) => {
+  const started = Date.now();
+  const outcome = await new Promise<{ status: number; body: string; ended: boolean }>((resolve, reject) => {
+    const req = http.request({ host: A, port: PORT, path: '/trickle', agent, headers: { host: 'rdp.mesh' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, ended: true }));
+      res.on('error', () => resolve({ status: res.statusCode ?? 0, body, ended: false }));
+      res.on('aborted', () => resolve({ status: res.statusCode ?? 0, body, ended: false }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const took = Date.now() - started;
+  t.equal(outcome.status, 200, 'the headers came in time');
+  t.equal(outcome.body, 'first part;', 'what came before the deadline was passed on');
+  t.notOk(outcome.ended, 'the body did not end normally');
+  t.ok(took < TRICKLE_MS, `cut after ${took} ms, before the rest came (${TRICKLE_MS} ms)`);
+  const line = await agentA.proc.waitForLog((l) => l.msg === 'request' && l.path === '/trickle');
+  t.equal(line.response_flags, 'UT', 'the access log says the timeout cut it');
 });

@@ -19,7 +19,7 @@
 //! `forward` runs `attempts`, which runs one `attempt` per try.
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +38,7 @@ use crate::l7::balancer::{Event, InFlight, Services, Table};
 use crate::l7::body::{grpc_status, Counted, Done};
 use crate::l7::circuit::Slot;
 use crate::l7::counted::Counted as CountedIo;
+use crate::l7::deadline::{BoxError, Deadline};
 use crate::l7::fault::{self, Abort};
 use crate::l7::filters;
 use crate::l7::outcome::{Peer, Protocol, RequestOutcome, Side};
@@ -49,7 +50,7 @@ use crate::l7::upstream::{ConnectError, Connector};
 use crate::outbound::Outbound;
 use crate::relay::Counts;
 
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
 type UpstreamBody = Counted<RequestBody>;
 
 /// How long an idle pooled upstream connection is kept.
@@ -382,13 +383,14 @@ impl AppConnection {
             }
             self.attempts(&table, &connector, &head, payload, target, &mut o).await
         };
-        let answer = match target.request_timeout {
-            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Answer::local(504, "UT", "upstream request timeout")),
+        let deadline = target.request_timeout.map(|t| tokio::time::Instant::now() + t);
+        let answer = match deadline {
+            Some(at) => tokio::time::timeout_at(at, sent).await.unwrap_or_else(|_| Answer::local(504, "UT", "upstream request timeout")),
             None => sent.await,
         };
         drop(pending);
         match answer {
-            Answer::Upstream { resp, in_flight, request_bytes } => self.respond(o, start, resp, request_bytes, in_flight),
+            Answer::Upstream { resp, in_flight, request_bytes } => self.respond(o, start, resp, request_bytes, in_flight, deadline),
             Answer::Local { status, flags, text, .. } => self.local(o, start, status, flags, &text),
         }
     }
@@ -526,14 +528,17 @@ impl AppConnection {
         }
     }
 
-    /// The upstream's response, passed on; the outcome is observed when its body is over.
-    fn respond(&self, mut o: RequestOutcome, start: Instant, resp: Response<Incoming>, request_bytes: Arc<AtomicU64>, in_flight: InFlight) -> Response<ResponseBody> {
+    /// The upstream's response, passed on (its body cut at the request's
+    /// `deadline`, if any: flag UT); the outcome is observed when its body is over.
+    fn respond(&self, mut o: RequestOutcome, start: Instant, resp: Response<Incoming>, request_bytes: Arc<AtomicU64>, in_flight: InFlight, deadline: Option<tokio::time::Instant>) -> Response<ResponseBody> {
         o.status = resp.status().as_u16();
         let grpc = Arc::new(Mutex::new(grpc_status(resp.headers())));
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::default();
         let response_bytes = Arc::new(AtomicU64::new(0));
         let (core, rb, g) = (self.l7.core.clone(), response_bytes.clone(), grpc.clone());
+        let expired = Arc::new(AtomicBool::new(false));
+        let cut = expired.clone();
         let done: Done = Box::new(move |complete| {
             drop(in_flight);
             o.duration = start.elapsed();
@@ -541,11 +546,16 @@ impl AppConnection {
             o.response_bytes = rb.load(Ordering::Relaxed);
             o.grpc_status = *g.lock().unwrap();
             if !complete {
-                add_flag(&mut o, "DC");
+                add_flag(&mut o, if cut.load(Ordering::SeqCst) { "UT" } else { "DC" });
             }
             core.observers.observe(&o);
         });
-        Response::from_parts(parts, Counted::new(body, response_bytes, Some(grpc), Some(done)).boxed())
+        let counted = Counted::new(body, response_bytes, Some(grpc), Some(done));
+        let body = match deadline {
+            Some(at) => Deadline::new(counted, at, expired).boxed(),
+            None => counted.map_err(BoxError::from).boxed(),
+        };
+        Response::from_parts(parts, body)
     }
 
     /// No answer from the upstream: a full circuit (UO), the destination
@@ -660,7 +670,7 @@ impl AppConnection {
         }
         let switched = status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success());
         if !switched {
-            return self.respond(o, start, resp, request_bytes, in_flight);
+            return self.respond(o, start, resp, request_bytes, in_flight, None);
         }
         let up = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {

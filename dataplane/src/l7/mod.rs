@@ -18,6 +18,7 @@ pub mod body;
 pub mod circuit;
 pub mod client_side;
 mod counted;
+pub mod deadline;
 pub mod fault;
 pub mod filters;
 pub mod health;
