@@ -1,3 +1,4 @@
+import { canonicalIp } from './net-address.ts';
 import type { AppProtocol, Service, Workload } from './resources/types.ts';
 
 /**
@@ -34,4 +35,13 @@ export function serviceAtWorkloadPort(services: Iterable<Service>, w: Workload, 
 /** What a workload's port speaks: the appProtocol its Service declares for it; `tcp` when no Service selects it. */
 export function appProtocolAtWorkloadPort(services: Iterable<Service>, w: Workload, port: number): AppProtocol {
   return serviceAtWorkloadPort(services, w, port)?.spec.ports.find((p) => p.targetPort === port)?.appProtocol ?? 'tcp';
+}
+
+/**
+ * A destination as a node-scoped watch subscribes to it (Subscribe.hosts): an
+ * IP address in canonical form, or a service's `name.namespace`; undefined
+ * when the host is neither (a name outside the mesh's service names).
+ */
+export function subscriptionHost(host: string): string | undefined {
+  return canonicalIp(host) ?? serviceKeyOfHost(host);
 }

@@ -4,7 +4,9 @@ import type { DiscoveryServer, WatchRequest, WatchResponse } from '../../shared/
 import { AmbitError } from '../../shared/errors.ts';
 import { toStatus } from '../../shared/grpc-errors.ts';
 import { changeToWire, resourceToWire } from '../../shared/resources/wire.ts';
-import type { ChangeSet } from '../../shared/resources/types.ts';
+import type { Change, ChangeSet, Resource } from '../../shared/resources/types.ts';
+import { subscriptionHost } from '../../shared/service-host.ts';
+import { ScopeIndex, type HostAnswer, type NodeScope } from './watch-scope.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import type { NodeTracker } from '../registry/node-tracker.ts';
@@ -58,8 +60,27 @@ function endWithStatus(call: Stream, message: string, st: Partial<StatusObject>)
   call.emit('error', Object.assign(new Error(message), st));
 }
 
-export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; closeAll: () => void } {
+/** Subscribed hosts in canonical form, and answers (not found) for those that are not hosts at all. */
+function canonicalHosts(hosts: readonly string[]): { hosts: string[]; invalid: HostAnswer[] } {
+  const out = new Set<string>();
+  const invalid: HostAnswer[] = [];
+  for (const h of hosts) {
+    const c = subscriptionHost(h);
+    if (c === undefined) invalid.push({ host: h, found: false });
+    else out.add(c);
+  }
+  return { hosts: [...out], invalid };
+}
+
+export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; closeAll: () => void; stop: () => void } {
   const open = new Set<Stream>();
+  // Node-scoped streams: one registry listener hands each change set only to the streams it concerns (watch-scope.ts).
+  const scopes = new ScopeIndex(d.registry);
+  const scoped = new Map<NodeScope, (cs: ChangeSet, before: ReadonlyMap<string, Resource | undefined>) => void>();
+  const stopScoped = d.registry.onChange((cs, before) => {
+    if (scoped.size === 0) return;
+    for (const s of scopes.concerned(cs, before)) scoped.get(s)?.(cs, before);
+  });
   const watch = (call: Stream): void => {
     let node: string;
     try {
@@ -77,10 +98,15 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     let sentRevision = 0;
     const pending: ChangeSet[] = [];
     let closed = false;
+    /** Set once a node-scoped stream has sent its snapshot. */
+    let scope: NodeScope | undefined;
+    let nodeScoped = false;
+    /** Hosts to subscribe asked for before the snapshot: it answers them. */
+    const early: { hosts: string[]; drop: string[] } = { hosts: [], drop: [] };
 
     const send = (partial: Partial<WatchResponse> & { revision: number }, type: 'snapshot' | 'delta'): void => {
       if (closed) return;
-      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', ...partial, storeId: d.storeId };
+      const res: WatchResponse = { snapshot: false, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', answers: [], ...partial, storeId: d.storeId };
       call.write(res);
       sentRevision = res.revision;
       d.metrics.watchPushes.inc({ type });
@@ -89,7 +115,24 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       if (cs.revision <= sentRevision) return;
       send({ revision: cs.revision, changes: cs.changes.map(changeToWire) }, 'delta');
     };
-    const unsubscribe = d.registry.onChange((cs) => (live ? sendChangeSet(cs) : pending.push(cs)));
+    // A full watch follows every change set (from its WatchStart on); a node-scoped one is handed its share through `scopes`.
+    let unsubscribe = (): void => undefined;
+    const sendScoped = (changes: readonly Change[], answers: readonly HostAnswer[]): void => {
+      // The registry's revision: this stream has been given every change set up to it, and skipped those that did not concern it.
+      if (changes.length > 0 || answers.length > 0) send({ revision: d.registry.revision, changes: changes.map(changeToWire), answers: [...answers] }, 'delta');
+    };
+    const subscribe = (hosts: readonly string[], drop: readonly string[]): void => {
+      if (!scope) {
+        early.hosts.push(...hosts);
+        early.drop.push(...drop);
+        return;
+      }
+      const want = canonicalHosts(hosts);
+      const out = new Map<string, Change>();
+      scope.drop(canonicalHosts(drop).hosts, out);
+      const answers = [...scope.subscribe(want.hosts, out), ...want.invalid];
+      sendScoped([...out.values()], answers);
+    };
     // Also fired when a rotation activates a new root (same bundle, new signer): the agent renews what the old root signed.
     const unsubscribeBundle = d.ca.onBundleChange((pem) => {
       if (live) send({ revision: sentRevision, trustBundlePem: pem, activeRootSha256: d.ca.activeRootFingerprint() }, 'delta');
@@ -106,6 +149,10 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       closed = true;
       clearTimeout(startTimer);
       unsubscribe();
+      if (scope) {
+        scoped.delete(scope);
+        scope.close();
+      }
       unsubscribeBundle();
       unsubscribeNodes();
       open.delete(call);
@@ -123,12 +170,26 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     call.on('cancelled', () => cleanup('cancelled'));
     call.on('close', () => cleanup('closed'));
 
-    const catchUp = async (resume: number): Promise<void> => {
+    const catchUp = async (resume: number, nodeScope: { subscriptions: readonly string[] } | undefined): Promise<void> => {
       // An agent coming from another replica may hold a revision this replica has not delivered yet: catch up first, never answer from behind it.
       if (resume > d.registry.revision && d.store.sync) await d.store.sync();
       const current = d.registry.revision;
       const bundle = d.ca.bundlePem();
       const activeRootSha256 = d.ca.activeRootFingerprint();
+      if (nodeScope) {
+        if (closed) return;
+        // Always a snapshot: it is small (the node's share), and it replaces whatever the agent held, so nothing it no longer needs stays.
+        // From here on (same tick) every change set reaches this stream through `scopes`.
+        const s = scopes.open(node);
+        scope = s;
+        scoped.set(s, (cs, before) => sendScoped(s.filter(cs, before), []));
+        const want = canonicalHosts([...nodeScope.subscriptions, ...early.hosts]);
+        const dropped = new Set(canonicalHosts(early.drop).hosts);
+        const snap = s.snapshot(want.hosts.filter((h) => !dropped.has(h)));
+        send({ revision: current, snapshot: true, resources: snap.resources.map(resourceToWire), answers: [...snap.answers, ...want.invalid], trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
+        log.info({ resume, revision: current, scope: 'node', resources: snap.resources.length, subscriptions: s.hosts.size }, 'watch started with a node-scoped snapshot');
+        return;
+      }
       if (resume > 0 && resume <= current) {
         const sets = resume === current ? [] : await d.store.changesSince(resume);
         if (sets !== undefined) {
@@ -149,11 +210,20 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
         if (started) return;
         started = true;
         clearTimeout(startTimer);
+        const scopeName = r.start.scope || 'full';
+        if (scopeName !== 'full' && scopeName !== 'node') {
+          const msg = `WatchStart.scope must be "full" or "node", not ${JSON.stringify(r.start.scope)}`;
+          endWithStatus(call, msg, { code: status.INVALID_ARGUMENT, details: msg });
+          return;
+        }
+        nodeScoped = scopeName === 'node';
+        const nodeScope = nodeScoped ? { subscriptions: r.start.subscriptions } : undefined;
+        if (!nodeScope) unsubscribe = d.registry.onChange((cs) => (live ? sendChangeSet(cs) : pending.push(cs)));
         void d.nodes.seen(node, r.start.certExpiresAtMs > 0 ? { certExpiresAt: r.start.certExpiresAtMs } : {}).catch(() => undefined);
         const endpoint = validEndpoint(r.start.hboneAddress);
         (endpoint ? d.nodes.setEndpoint(node, endpoint) : Promise.resolve())
           .catch((err: unknown) => log.warn({ err }, 'recording the node HBONE address failed'))
-          .then(() => catchUp(r.start.resumeRevision))
+          .then(() => catchUp(r.start.resumeRevision, nodeScope))
           .then(
           () => {
             live = true;
@@ -164,6 +234,11 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
             endWithStatus(call, 'catch-up failed', toStatus(err));
           },
         );
+        return;
+      }
+      if (r.$case === 'subscribe') {
+        // A full watch already sends everything.
+        if (nodeScoped) subscribe(r.subscribe.hosts, r.subscribe.drop);
         return;
       }
       if (r.$case === 'report') {
@@ -195,5 +270,6 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     closeAll: () => {
       for (const s of open) s.end();
     },
+    stop: stopScoped,
   };
 }

@@ -11,11 +11,16 @@ import {
   type Kind,
   type Resource,
   type ResourceKey,
+  type Service,
   type Workload,
 } from '../../shared/resources/types.ts';
+import { canonicalIp } from '../../shared/net-address.ts';
 import type { Store } from '../store/store.ts';
 
 export type ApplyOutcome = 'created' | 'configured' | 'unchanged';
+
+/** What each changed key of a change set held before it (undefined: it did not exist). */
+export type ChangeListener = (cs: ChangeSet, before: ReadonlyMap<string, Resource | undefined>) => void;
 
 export interface ApplyPlan {
   readonly changes: readonly Change[];
@@ -39,10 +44,14 @@ export class Registry {
   readonly #workloadsByNode = new Map<string, Map<string, Workload>>();
   /** address → keys of the workloads registered at it (several only when a store other than planApply's checks put them there). */
   readonly #holdersByAddress = new Map<string, Set<string>>();
+  /** "<kind>/<namespace>" → that namespace's resources of that kind: what a node-scoped watch looks through (api/watch-scope.ts). */
+  readonly #byKindNamespace = new Map<string, Map<string, Resource>>();
+  /** Canonical service address (VIP) → keys of the services that list it. */
+  readonly #servicesByAddress = new Map<string, Set<string>>();
   readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 };
   /** list() of every kind, kept until the next change: what each Watch snapshot sends. */
   #allSorted: Resource[] | undefined;
-  readonly #listeners = new Set<(cs: ChangeSet) => void>();
+  readonly #listeners = new Set<ChangeListener>();
 
   /** Loads the store's snapshot and follows its commits. Returns the registry and an unsubscribe function. */
   static async follow(store: Store): Promise<{ registry: Registry; stop: () => void }> {
@@ -63,6 +72,8 @@ export class Registry {
     this.#resources.clear();
     this.#workloadsByNode.clear();
     this.#holdersByAddress.clear();
+    this.#byKindNamespace.clear();
+    this.#servicesByAddress.clear();
     for (const kind of Object.keys(this.#counts) as Kind[]) this.#counts[kind] = 0;
     for (const r of resources) this.#put(resourceKey(r), r);
     this.#revision = revision;
@@ -74,16 +85,23 @@ export class Registry {
 
   applyChangeSet(cs: ChangeSet): void {
     if (cs.revision <= this.#revision) return; // already seen (snapshot overlap)
+    const before = new Map<string, Resource | undefined>();
     for (const c of cs.changes) {
-      if (c.op === 'put') this.#put(resourceKey(c.resource), c.resource);
-      else this.#remove(keyString(c.key));
+      const key = c.op === 'put' ? resourceKey(c.resource) : keyString(c.key);
+      if (!before.has(key)) before.set(key, this.#resources.get(key));
+      if (c.op === 'put') this.#put(key, c.resource);
+      else this.#remove(key);
     }
     this.#revision = cs.revision;
-    for (const l of this.#listeners) l(cs);
+    for (const l of this.#listeners) l(cs, before);
   }
 
-  /** Called after each applied change set, in revision order. */
-  onChange(listener: (cs: ChangeSet) => void): () => void {
+  /**
+   * Called after each applied change set, in revision order, with what each
+   * changed key held before the set (undefined: it did not exist): a scoped
+   * watch needs the old node, labels and addresses of what moved or went.
+   */
+  onChange(listener: ChangeListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
@@ -93,6 +111,18 @@ export class Registry {
     this.#resources.set(key, r);
     this.#counts[r.kind]++;
     this.#allSorted = undefined;
+    const kn = `${r.kind}/${r.metadata.namespace}`;
+    let inNs = this.#byKindNamespace.get(kn);
+    if (!inNs) this.#byKindNamespace.set(kn, (inNs = new Map()));
+    inNs.set(key, r);
+    if (r.kind === 'Service') {
+      for (const a of r.spec.addresses) {
+        const at = canonicalIp(a) ?? a;
+        let keys = this.#servicesByAddress.get(at);
+        if (!keys) this.#servicesByAddress.set(at, (keys = new Set()));
+        keys.add(key);
+      }
+    }
     if (r.kind !== 'Workload') return;
     let onNode = this.#workloadsByNode.get(r.spec.node);
     if (!onNode) this.#workloadsByNode.set(r.spec.node, (onNode = new Map()));
@@ -108,6 +138,18 @@ export class Registry {
     this.#resources.delete(key);
     this.#counts[old.kind]--;
     this.#allSorted = undefined;
+    const kn = `${old.kind}/${old.metadata.namespace}`;
+    const inNs = this.#byKindNamespace.get(kn);
+    inNs?.delete(key);
+    if (inNs?.size === 0) this.#byKindNamespace.delete(kn);
+    if (old.kind === 'Service') {
+      for (const a of old.spec.addresses) {
+        const at = canonicalIp(a) ?? a;
+        const keys = this.#servicesByAddress.get(at);
+        keys?.delete(key);
+        if (keys?.size === 0) this.#servicesByAddress.delete(at);
+      }
+    }
     if (old.kind !== 'Workload') return;
     const onNode = this.#workloadsByNode.get(old.spec.node);
     onNode?.delete(key);
@@ -119,6 +161,36 @@ export class Registry {
 
   get(key: ResourceKey): Resource | undefined {
     return this.#resources.get(keyString(key));
+  }
+
+  /** A resource by its key string (resourceKey / keyString). */
+  byKey(key: string): Resource | undefined {
+    return this.#resources.get(key);
+  }
+
+  /** The resources of one kind in one namespace (unordered; a live view: do not hold it across changes). */
+  inNamespace(kind: Kind, namespace: string): Iterable<Resource> {
+    return this.#byKindNamespace.get(`${kind}/${namespace}`)?.values() ?? [];
+  }
+
+  /** Workloads registered at an address (canonical form as validation stores it). */
+  workloadsAt(address: string): Workload[] {
+    const out: Workload[] = [];
+    for (const k of this.#holdersByAddress.get(address) ?? []) {
+      const r = this.#resources.get(k);
+      if (r?.kind === 'Workload') out.push(r);
+    }
+    return out;
+  }
+
+  /** Services listing `address` (canonical) among their VIPs. */
+  servicesAt(address: string): Service[] {
+    const out: Service[] = [];
+    for (const k of this.#servicesByAddress.get(canonicalIp(address) ?? address) ?? []) {
+      const r = this.#resources.get(k);
+      if (r?.kind === 'Service') out.push(r);
+    }
+    return out;
   }
 
   /** Resources of a kind (all kinds when undefined), optionally in one namespace, ordered by namespace then name. */

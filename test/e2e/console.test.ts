@@ -363,7 +363,7 @@ t.test('node authorization: a node\'s report about other nodes\' workloads is re
   t.teardown(() => call.cancel());
   call.on('error', () => undefined);
   const first = new Promise((r) => call.once('data', r));
-  call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '' } } });
+  call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '', scope: '', subscriptions: [] } } });
   await first;
   const principal = (sa: string): string => `spiffe://cluster.local/ns/demo/sa/${sa}`;
   // node-x runs no workload: it may speak for none. It claims client's outbound traffic (node-a's) and web's denial (node-b's).

@@ -47,7 +47,7 @@ function openWatch(creds: NodeCredentials, resume: number): { responses: WatchRe
     for (const w of [...waiters]) if (responses.length >= w.n) w.resolve();
   });
   call.on('error', () => undefined);
-  call.write({ request: { $case: 'start', start: { resumeRevision: resume, certExpiresAtMs: creds.expiresAt, hboneAddress: '' } } });
+  call.write({ request: { $case: 'start', start: { resumeRevision: resume, certExpiresAtMs: creds.expiresAt, hboneAddress: '', scope: '', subscriptions: [] } } });
   return {
     responses,
     next: (n) =>

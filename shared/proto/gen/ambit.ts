@@ -207,7 +207,26 @@ export interface WatchRequest {
    * own workloads (the source of an outbound edge, the destination of an
    * inbound one, the denying side of a denial).
    */
-  { $case: "report"; report: TelemetryReport } | undefined;
+  { $case: "report"; report: TelemetryReport } | //
+  /**
+   * A node-scoped watch (WatchStart.scope "node") asks for, or lets go of,
+   * destinations its workloads use. Ignored on a full watch.
+   */
+  { $case: "subscribe"; subscribe: Subscribe } | undefined;
+}
+
+/**
+ * Destinations a node-scoped agent asks to follow (hosts) or no longer needs
+ * (drop). A host is a service VIP, a service name ("name.namespace") or a
+ * workload address. The controller answers hosts in one WatchResponse
+ * (answers, with what they resolve to among its changes) at the revision it
+ * has sent, and from then on its deltas carry every change to them. Dropping
+ * a host removes from the agent, in one response, what nothing else it
+ * follows needs.
+ */
+export interface Subscribe {
+  hosts: string[];
+  drop: string[];
 }
 
 /**
@@ -279,6 +298,19 @@ export interface WatchStart {
    * certificate.
    */
   hboneAddress: string;
+  /**
+   * What the agent is sent: "full" (or empty) every resource of the mesh;
+   * "node" this node's workloads, the policies of their namespaces and of the
+   * mesh namespace, the services that select them, kinds other than
+   * Workload, Service and AuthorizationPolicy whole, and what it subscribes
+   * to (always as a snapshot, so it holds nothing it no longer needs).
+   */
+  scope: string;
+  /**
+   * The hosts the agent follows (Subscribe.hosts), so a resumed or failed-over
+   * watch restores them in its first response. Node scope only.
+   */
+  subscriptions: string[];
 }
 
 export interface WatchAck {
@@ -326,6 +358,20 @@ export interface WatchResponse {
    * wipe the mesh.
    */
   storeId: string;
+  /**
+   * Node scope: the subscribed hosts this response answers (the resources
+   * they resolve to are among its changes or snapshot).
+   */
+  answers: SubscribeAnswer[];
+}
+
+export interface SubscribeAnswer {
+  host: string;
+  /**
+   * false: no service or workload of the mesh has this host ("not in the
+   * mesh"); the controller still sends it when one comes to have it.
+   */
+  found: boolean;
 }
 
 export interface NodeEndpoint {
@@ -2793,6 +2839,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
       case "report":
         TelemetryReport.encode(message.request.report, writer.uint32(82).fork()).join();
         break;
+      case "subscribe":
+        Subscribe.encode(message.request.subscribe, writer.uint32(90).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2834,6 +2883,14 @@ export const WatchRequest: MessageFns<WatchRequest> = {
             message.request = { $case: "report", report: TelemetryReport.decode(reader, reader.uint32()) };
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.request = { $case: "subscribe", subscribe: Subscribe.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2870,7 +2927,80 @@ export const WatchRequest: MessageFns<WatchRequest> = {
         }
         break;
       }
+      case "subscribe": {
+        if (object.request?.subscribe !== undefined && object.request?.subscribe !== null) {
+          message.request = { $case: "subscribe", subscribe: Subscribe.fromPartial(object.request.subscribe) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseSubscribe(): Subscribe {
+  return { hosts: [], drop: [] };
+}
+
+export const Subscribe: MessageFns<Subscribe> = {
+  encode(message: Subscribe, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.hosts) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.drop) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Subscribe {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSubscribe();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hosts.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.drop.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<Subscribe>): Subscribe {
+    return Subscribe.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Subscribe>): Subscribe {
+    const message = createBaseSubscribe();
+    message.hosts = object.hosts?.map((e) => e) || [];
+    message.drop = object.drop?.map((e) => e) || [];
     return message;
   },
 };
@@ -3407,7 +3537,7 @@ export const TelemetryReport: MessageFns<TelemetryReport> = {
 };
 
 function createBaseWatchStart(): WatchStart {
-  return { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: "" };
+  return { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: "", scope: "", subscriptions: [] };
 }
 
 export const WatchStart: MessageFns<WatchStart> = {
@@ -3420,6 +3550,12 @@ export const WatchStart: MessageFns<WatchStart> = {
     }
     if (message.hboneAddress !== "") {
       writer.uint32(26).string(message.hboneAddress);
+    }
+    if (message.scope !== "") {
+      writer.uint32(34).string(message.scope);
+    }
+    for (const v of message.subscriptions) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -3461,6 +3597,22 @@ export const WatchStart: MessageFns<WatchStart> = {
             message.hboneAddress = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.subscriptions.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3481,6 +3633,8 @@ export const WatchStart: MessageFns<WatchStart> = {
     message.resumeRevision = object.resumeRevision ?? 0;
     message.certExpiresAtMs = object.certExpiresAtMs ?? 0;
     message.hboneAddress = object.hboneAddress ?? "";
+    message.scope = object.scope ?? "";
+    message.subscriptions = object.subscriptions?.map((e) => e) || [];
     return message;
   },
 };
@@ -3599,6 +3753,7 @@ function createBaseWatchResponse(): WatchResponse {
     nodes: [],
     activeRootSha256: "",
     storeId: "",
+    answers: [],
   };
 }
 
@@ -3630,6 +3785,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     }
     if (message.storeId !== "") {
       writer.uint32(74).string(message.storeId);
+    }
+    for (const v of message.answers) {
+      SubscribeAnswer.encode(v!, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -3719,6 +3877,14 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             message.storeId = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.answers.push(SubscribeAnswer.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3745,6 +3911,74 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     message.nodes = object.nodes?.map((e) => NodeEndpoint.fromPartial(e)) || [];
     message.activeRootSha256 = object.activeRootSha256 ?? "";
     message.storeId = object.storeId ?? "";
+    message.answers = object.answers?.map((e) => SubscribeAnswer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSubscribeAnswer(): SubscribeAnswer {
+  return { host: "", found: false };
+}
+
+export const SubscribeAnswer: MessageFns<SubscribeAnswer> = {
+  encode(message: SubscribeAnswer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.host !== "") {
+      writer.uint32(10).string(message.host);
+    }
+    if (message.found !== false) {
+      writer.uint32(16).bool(message.found);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SubscribeAnswer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSubscribeAnswer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.found = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SubscribeAnswer>): SubscribeAnswer {
+    return SubscribeAnswer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SubscribeAnswer>): SubscribeAnswer {
+    const message = createBaseSubscribeAnswer();
+    message.host = object.host ?? "";
+    message.found = object.found ?? false;
     return message;
   },
 };

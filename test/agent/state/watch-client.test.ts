@@ -56,7 +56,7 @@ async function fakeController(t: Test, script: (n: number, call: Stream) => void
 /** Ends a stream with an error status, the way the controller does (discovery-service.ts endWithStatus). */
 const refuse = (call: Stream): void => void call.emit('error', Object.assign(new Error('controller unavailable (test)'), { code: status.UNAVAILABLE }));
 
-const response = (revision: number): WatchResponse => ({ revision, snapshot: true, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', storeId: '' });
+const response = (revision: number): WatchResponse => ({ revision, snapshot: true, resources: [], changes: [], trustBundlePem: '', nodesSet: false, nodes: [], activeRootSha256: '', answers: [], storeId: '' });
 
 /** A logger whose warn lines (with retryInMs) the test reads. */
 function capturingLogger() {

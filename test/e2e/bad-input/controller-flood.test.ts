@@ -121,7 +121,7 @@ function watchFirstSnapshot(creds: { keyPem: string; certChainPem: string; caPem
     };
     call.on('data', () => finish());
     call.on('error', (err: ServiceError) => finish(err));
-    call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '' } } });
+    call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '', scope: '', subscriptions: [] } } });
   });
 }
 

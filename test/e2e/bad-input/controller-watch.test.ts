@@ -45,7 +45,7 @@ function watchOutcome(creds: { keyPem: string; certChainPem: string; caPem: stri
     call.on('data', () => undefined);
     call.on('error', (err: ServiceError) => done(err.code, String(err.metadata?.get('ambit-error-code')[0] ?? '')));
     call.on('end', () => done(0, ''));
-    if (sendStart) call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '' } } });
+    if (sendStart) call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '', scope: '', subscriptions: [] } } });
   });
 }
 
