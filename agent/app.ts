@@ -27,6 +27,7 @@ import { Persister } from './state/persister.ts';
 import { checkUpdate, type RefusalReason } from './state/store-guard.ts';
 import { AmbitError } from '../shared/errors.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
+import { destinationWait, Subscriptions } from './state/subscriptions.ts';
 import { bundleCertificates, certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 import type { X509Certificate } from 'node:crypto';
 
@@ -158,8 +159,12 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // --- data plane
     const tracker = new ConnectionTracker();
     const telemetry = new TelemetryReporter(metrics.tcp);
-    const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout, denials: telemetry };
-    const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout, outlier };
+    // Node scope (docs/scale.md): destinations are subscribed on first use; `watch` is made below, once the state it feeds is wired.
+    let watchRef: WatchClient | undefined;
+    const subscriptions = cfg.watchScope === 'node' ? new Subscriptions({ max: cfg.watchSubscriptions, send: (hosts, drop) => watchRef?.subscribe(hosts, drop) }) : undefined;
+    const awaitDestination = subscriptions ? destinationWait(subscriptions, { timeoutMs: cfg.connectTimeout, connected: () => watchRef?.connected ?? false, holds: (host) => state.holdsHost(host) }) : undefined;
+    const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout, denials: telemetry, ...(awaitDestination ? { awaitDestination } : {}) };
+    const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout, outlier, ...(awaitDestination ? { awaitDestination } : {}) };
     const loopback = loopbackAddressFor(cfg.address);
     const dataplaneBinary = cfg.dataplaneBinary ?? defaultDataplaneBinary();
     // Every data-path listener is ambit-dataplane's: SOCKS5 and the upstream
@@ -325,8 +330,12 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         void capture.updateWorkloads(t.uids, t.workloads).catch((err: unknown) => log.error({ err }, 'updating capture rules failed'));
       }
       persist();
+      // After the state holds what they resolve to: connections waiting on them go on now.
+      if (u.answers) subscriptions?.answered(u.answers);
     };
     const watch = new WatchClient({
+      scope: cfg.watchScope,
+      subscriptions: () => subscriptions?.hosts() ?? [],
       controller: cfg.controller,
       credentials: () => {
         const node = certs.get(nodeIdentity.uri);
@@ -353,6 +362,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         if (c) certs.retryFailed();
       },
     });
+    watchRef = watch;
     watch.start();
     cleanups.push(() => watch.close());
     // Certificates for cached workloads are requested (or reloaded) now, not only after the controller answers.

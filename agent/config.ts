@@ -65,6 +65,12 @@ export const AGENT_OPTIONS = {
   dataplaneBinary: stringOption('path of the ambit-dataplane executable, which carries every byte (default: dataplane/target/release/ambit-dataplane in the package)'),
   acceptStore: stringOption('take the controller\'s state from this store identity even when it is another store than the one whose state the agent holds, or behind it (after the controller\'s store was reinitialized or restored; remove once taken)', undefined, { re: /^[A-Za-z0-9._:\/-]{1,200}$/, what: 'a store identity as the agent logs it' }),
   connectTimeout: durationOption('timeout for dialling workloads and peer agents', 5_000, { minMs: 100, maxMs: 120_000 }),
+  // Full by default: an agent in node scope waits a round trip to the
+  // controller on the first connection to each destination, and cannot reach
+  // a destination it has not used before while the controller is away; a
+  // mesh that outgrows an agent's memory turns node scope on (docs/scale.md).
+  watchScope: enumOption('what the controller sends: full (the whole mesh) or node (this node\'s workloads, their policies and services, and the destinations its workloads use, subscribed on first use)', ['full', 'node'] as const, 'full'),
+  watchSubscriptions: intOption('node scope: most destinations followed at once (the least recently used beyond it is dropped)', 1_000, 1, 100_000),
   // Passive health (agent/connection/outlier.ts), Envoy's outlier detection
   // for consecutive connect failures: 3 in a row is past a single lost SYN
   // or restart race yet found within a handful of connections (each retried

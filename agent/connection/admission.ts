@@ -6,6 +6,7 @@ import type { DeniedConnection } from '../proxy/telemetry-reporter.ts';
 import { isHttpProtocol, type AppProtocol, type Workload } from '../../shared/resources/types.ts';
 import { deniedBy, type ConnectionFacts, type Decision } from '../../shared/authorization.ts';
 import type { MeshState } from '../state/mesh-state.ts';
+import type { DestinationWait } from '../state/subscriptions.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
 import type { PeerInfo } from '../proxy/hbone-names.ts';
@@ -35,6 +36,8 @@ export interface InboundDeps {
   readonly dialAddress?: (w: Workload) => string;
   /** Told of each policy denial (the console's recent denials). */
   readonly denials?: { denied(d: DeniedConnection): void };
+  /** Node scope: what judging a `Forwarded` claim waits for, so the claimed address is held (state/subscriptions.ts); absent on a full watch. */
+  readonly awaitDestination?: DestinationWait;
 }
 
 /** "ip:port" or "[v6]:port" → parts, or undefined when malformed. */

@@ -4,6 +4,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { SpanKind, startConnectionSpan, type Tracer } from '../../shared/tracing.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import { pickEndpoint, type MeshState, type ResolvedService } from '../state/mesh-state.ts';
+import type { DestinationWait } from '../state/subscriptions.ts';
 import type { SpiffeId } from '../../shared/spiffe-id.ts';
 import { ConnectionRecord, UNKNOWN_PEER, type Peer } from '../proxy/connection-record.ts';
 import type { ConnectionTracker } from '../proxy/connection-tracker.ts';
@@ -30,6 +31,8 @@ export interface OutboundDeps {
   /** Passive health of service endpoints: ejected ones are skipped, and every tunnel attempt is reported to it. */
   readonly outlier: OutlierDetector;
   readonly random?: () => number;
+  /** Node scope: what a connection to a destination waits for before it is resolved (state/subscriptions.ts); absent on a full watch. */
+  readonly awaitDestination?: DestinationWait;
 }
 
 /**

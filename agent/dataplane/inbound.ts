@@ -10,7 +10,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { bundleCertificates } from '../../shared/tls.ts';
 import type { CertManager } from '../identity/cert-manager.ts';
 import { serverNameFor, type PeerInfo } from '../proxy/hbone-names.ts';
-import { admitInbound, admitPlaintext, refuseRecord, reportDenial, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
+import { admitInbound, admitPlaintext, forwardedFor, refuseRecord, reportDenial, type Admitted, type InboundDeps, type Refused } from '../connection/admission.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { requestTelemetry, type RequestMetrics } from '../proxy/request-metrics.ts';
 import { verifyReportedChain } from './peer-chain.ts';
@@ -480,8 +480,17 @@ export class NativeInbound {
       this.#send({ $case: 'decide', decide: { id, status: 400, reason: 'unknown_session', dial: '', timeoutMs: 0, tag: '', http: undefined } });
       return;
     }
-    const admitted = admitInbound(this.#o.inbound, { method: m.method, authority: m.authority, forwarded: m.forwarded || undefined, baggage: m.baggage || undefined, traceparent: m.traceparent || undefined }, peer);
-    this.#admitted(id, admitted);
+    const admit = (): void => this.#admitted(id, admitInbound(this.#o.inbound, { method: m.method, authority: m.authority, forwarded: m.forwarded || undefined, baggage: m.baggage || undefined, traceparent: m.traceparent || undefined }, peer));
+    // Node scope: the claimed source address is judged once the state holds what is at it (a timeout leaves it unverified, as an unknown address is).
+    const claimed = forwardedFor(m.forwarded || undefined);
+    const wait = claimed === undefined ? undefined : this.#o.inbound.awaitDestination?.(claimed);
+    if (!wait) {
+      admit();
+      return;
+    }
+    void wait.catch(() => undefined).then(() => {
+      if (this.#sessions.get(m.sid) === peer) admit();
+    });
   }
 
   /** Answers the data plane's question about connection `id`, and tracks an admitted one until its end. */

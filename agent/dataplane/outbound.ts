@@ -10,6 +10,7 @@ import { compileHttpService, httpTableKey, type HttpServiceTable, type HttpSetti
 import { compileBackendService, compileHttpRoutes, routeTableKey, type BackendService, type RouteInputs } from '../connection/http-routes.ts';
 import type { HttpRouteTable } from '../../shared/proto/gen/dataplane.ts';
 import type { ResolvedService } from '../state/mesh-state.ts';
+import type { Workload } from '../../shared/resources/types.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
 import { PASSTHROUGH } from '../proxy/istio-names.ts';
 import { resolveOutboundSource, type OutboundEntry, type SourceRefusal } from '../connection/outbound-source.ts';
@@ -313,43 +314,62 @@ export class NativeOutbound {
         return;
       }
       const { source, destination } = verdict;
-      const { record, plan } = planOutbound(d, { source, srcAddr: arrival.remote.address, host: destination.address, port: destination.port });
-      if (plan.kind === 'refuse') {
-        refuseOutbound(d, record, plan.failure, plan.detail, plan.flags);
-        refuse(plan.failure);
+      // Node scope: a destination the agent does not follow yet is asked of the controller first, within the connect timeout.
+      const wait = d.awaitDestination?.(destination.address);
+      if (!wait) {
+        this.#route(id, source, arrival.remote.address, destination, refuse);
         return;
       }
-      const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
-      // An HTTP service port: the data plane serves the connection per request, over this table.
-      const table = plan.kind === 'tunnel' && plan.request.resolved ? this.#httpTable(plan.request.resolved, source.spec.locality) : undefined;
-      const kind = table === undefined ? plan.kind : 'http';
-      // Its routes (for the source's namespace), sent after the tables their backends name.
-      const routeTable = table !== undefined && plan.kind === 'tunnel' && plan.request.resolved ? this.#routeTable(plan.request.resolved, source.spec.locality, source.metadata.namespace) : '';
-      // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
-      this.#track(id, { record, kind, target, opened: false, routeTable, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
-      if (plan.kind === 'direct') {
-        this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
-        return;
-      }
-      const r = plan.request;
-      const headers = Object.entries(r.headers).flatMap(([name, v]) => (v === undefined ? [] : [{ name, value: String(v) }]));
-      if (table !== undefined) {
-        this.#send(route(id, RouteVerdict.ROUTE_VERDICT_HTTP, {
-          source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record), service: table, routeTable,
-          sourceWorkload: source.metadata.name, sourceNamespace: source.metadata.namespace,
-          attempts: [{ hbone: '', sni: '', expect: '', authority: '', headers }],
-        }));
-        return;
-      }
-      this.#send(route(id, RouteVerdict.ROUTE_VERDICT_TUNNEL, {
-        source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
-        attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
-      }));
+      return wait.then(() => {
+        if (generation === this.#generation) this.#route(id, source, arrival.remote.address, destination, refuse);
+      }, (err: unknown) => {
+        if (generation !== this.#generation) return;
+        d.metrics.refused.inc({ direction: 'outbound', reason: 'unreachable' });
+        this.#o.logger.warn({ listener: listener.label, source: `${source.metadata.namespace}/${source.metadata.name}`, destination: formatHostPort({ host: destination.address, port: destination.port }), err: (err as Error).message }, 'outbound connection refused: its destination is not known yet');
+        refuse('unreachable');
+      });
     }).catch((err: unknown) => {
       // A bug in deciding must not leave the client waiting, nor crash the agent.
       this.#o.logger.error({ err: (err as Error).message, id }, 'deciding an outbound connection failed; refused');
       if (generation === this.#generation && !this.#conns.has(id)) this.#send(route(id, RouteVerdict.ROUTE_VERDICT_REFUSE, { reply: socks ? 1 : 0 }));
     });
+  }
+
+  /** Plans a connection whose source is proven and sends the data plane its route. */
+  #route(id: number, source: Workload, srcAddr: string, destination: { address: string; port: number }, refuse: (reason: OutboundFailure | SourceRefusal) => void): void {
+    const d = this.#o.outbound;
+    const { record, plan } = planOutbound(d, { source, srcAddr, host: destination.address, port: destination.port });
+    if (plan.kind === 'refuse') {
+      refuseOutbound(d, record, plan.failure, plan.detail, plan.flags);
+      refuse(plan.failure);
+      return;
+    }
+    const target = plan.kind === 'direct' ? formatHostPort({ host: plan.host, port: plan.port }) : plan.request.hboneAddress;
+    // An HTTP service port: the data plane serves the connection per request, over this table.
+    const table = plan.kind === 'tunnel' && plan.request.resolved ? this.#httpTable(plan.request.resolved, source.spec.locality) : undefined;
+    const kind = table === undefined ? plan.kind : 'http';
+    // Its routes (for the source's namespace), sent after the tables their backends name.
+    const routeTable = table !== undefined && plan.kind === 'tunnel' && plan.request.resolved ? this.#routeTable(plan.request.resolved, source.spec.locality, source.metadata.namespace) : '';
+    // Tracked from the start: a drain waits for (or cuts) a tunnel still opening.
+    this.#track(id, { record, kind, target, opened: false, routeTable, ...(plan.kind === 'tunnel' ? { request: plan.request } : {}) });
+    if (plan.kind === 'direct') {
+      this.#send(route(id, RouteVerdict.ROUTE_VERDICT_DIRECT, { dial: target, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record) }));
+      return;
+    }
+    const r = plan.request;
+    const headers = Object.entries(r.headers).flatMap(([name, v]) => (v === undefined ? [] : [{ name, value: String(v) }]));
+    if (table !== undefined) {
+      this.#send(route(id, RouteVerdict.ROUTE_VERDICT_HTTP, {
+        source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record), service: table, routeTable,
+        sourceWorkload: source.metadata.name, sourceNamespace: source.metadata.namespace,
+        attempts: [{ hbone: '', sni: '', expect: '', authority: '', headers }],
+      }));
+      return;
+    }
+    this.#send(route(id, RouteVerdict.ROUTE_VERDICT_TUNNEL, {
+      source: r.source.uri, timeoutMs: d.connectTimeoutMs, tag: connectionTag(record),
+      attempts: r.attempts.map((a) => ({ hbone: a.hboneAddress, sni: serverNameFor(a.destination.uri), expect: a.destination.uri, authority: a.authority, headers })),
+    }));
   }
 
   /**

@@ -231,6 +231,14 @@ export class MeshState {
     return names;
   }
 
+  /** Whether `host` (a VIP, a service name, a workload address) names a service or a workload this state holds. */
+  holdsHost(host: string): boolean {
+    const ip = canonicalIp(host);
+    if (ip) return this.#servicesByVip.has(ip) || this.workloadByAddress(ip) !== undefined;
+    const key = serviceKeyOfHost(host);
+    return key !== undefined && this.#servicesByName.has(key);
+  }
+
   /** A service's host name, `name.namespace.svc.<cluster domain>`: how telemetry, logs and passive health name it. */
   serviceHost(svc: Service): string {
     return serviceHost(svc, this.clusterDomain);

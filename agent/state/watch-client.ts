@@ -36,6 +36,10 @@ export interface WatchClientOptions {
   /** The traffic report since the last one (undefined: nothing to say), sent every reportIntervalMs while the stream is up. */
   readonly report?: () => TelemetryReport | undefined;
   readonly reportIntervalMs?: number;
+  /** What the controller sends (WatchStart.scope): the whole mesh, or this node's share and what it subscribes to. Default full. */
+  readonly scope?: 'full' | 'node';
+  /** Node scope: the hosts followed, carried by every WatchStart so a resumed or failed-over watch restores them. */
+  readonly subscriptions?: () => readonly string[];
 }
 
 /**
@@ -51,6 +55,8 @@ export interface WatchUpdate extends StateUpdate {
   readonly activeRoot?: string;
   /** The identity of the controller's store ('' from a controller that sends none). */
   readonly storeId: string;
+  /** Node scope: subscribed hosts this response answers (what they resolve to is among its resources or changes). */
+  readonly answers?: readonly { readonly host: string; readonly found: boolean }[];
 }
 
 /** Resources from the wire are validated again: a nack is better than serving what the agent cannot understand. */
@@ -69,6 +75,7 @@ function toUpdate(res: WatchResponse): WatchUpdate {
     ...(res.trustBundlePem ? { bundlePem: res.trustBundlePem } : {}),
     ...(res.nodesSet ? { nodes: res.nodes.map((n) => ({ name: n.name, hboneAddress: n.hboneAddress })) } : {}),
     ...(res.activeRootSha256 ? { activeRoot: res.activeRootSha256 } : {}),
+    ...(res.answers.length > 0 ? { answers: res.answers.map((a) => ({ host: a.host, found: a.found })) } : {}),
   };
 }
 
@@ -141,6 +148,8 @@ export class WatchClient {
     const fail = (why: string): void => {
       if (failed || this.#call !== call) return;
       failed = true;
+      // Nothing more is written on it (subscriptions wait for the next WatchStart).
+      this.#call = undefined;
       clearTimeout(this.#firstResponseTimer);
       this.peer = '';
       this.#setConnected(false);
@@ -178,7 +187,19 @@ export class WatchClient {
     });
     call.on('error', (err: Error) => fail(err.message));
     call.on('end', () => fail('controller ended the stream'));
-    call.write({ request: { $case: 'start', start: { resumeRevision: this.#o.revision(), certExpiresAtMs: this.#o.certExpiresAt(), hboneAddress: this.#o.hboneAddress } } });
+    const scope = this.#o.scope ?? 'full';
+    const subscriptions = scope === 'node' ? [...(this.#o.subscriptions?.() ?? [])] : [];
+    call.write({ request: { $case: 'start', start: { resumeRevision: this.#o.revision(), certExpiresAtMs: this.#o.certExpiresAt(), hboneAddress: this.#o.hboneAddress, scope, subscriptions } } });
+  }
+
+  /**
+   * Node scope: asks the controller to follow `hosts` and to stop following
+   * `drop`, on the stream open now. Without one nothing is sent: the next
+   * WatchStart carries the hosts followed then.
+   */
+  subscribe(hosts: readonly string[], drop: readonly string[]): void {
+    if (this.#closed || (hosts.length === 0 && drop.length === 0)) return;
+    this.#call?.write({ request: { $case: 'subscribe', subscribe: { hosts: [...hosts], drop: [...drop] } } });
   }
 
   /** Reconnects now (e.g. after node certificate renewal). */

@@ -1,0 +1,158 @@
+import { subscriptionHost } from '../../shared/service-host.ts';
+/*
+ * The destinations a node-scoped agent follows (docs/scale.md, "The scoped
+ * watch"): a bounded least-recently-used set of hosts (service VIPs,
+ * `name.namespace` service names, workload addresses), each either waiting
+ * for the controller's answer or answered (found, or not in the mesh).
+ * Connections use it on first use of a destination; the watch client sends
+ * what it asks for and the start of every stream carries all of it.
+ */
+
+/** How many destinations an agent follows at most by default: its working set, not the mesh. */
+export const DEFAULT_MAX_SUBSCRIPTIONS = 1_000;
+
+export interface SubscriptionsOptions {
+  /** Most hosts followed; the least recently used one beyond it is dropped. */
+  readonly max?: number;
+  /**
+   * Sends a Subscribe on the open Watch stream (hosts to follow, hosts to
+   * drop). Without an open stream it does nothing: the next WatchStart
+   * carries every host followed, and dropped ones are simply not in it.
+   */
+  readonly send: (hosts: readonly string[], drop: readonly string[]) => void;
+}
+
+/** Why a destination could not be waited for. */
+export class SubscriptionTimeout extends Error {
+  readonly host: string;
+  constructor(host: string, ms: number) {
+    super(`the controller did not say within ${ms} ms what ${host} is`);
+    this.name = 'SubscriptionTimeout';
+    this.host = host;
+  }
+}
+
+interface Entry {
+  /** undefined: asked, not answered yet. */
+  found: boolean | undefined;
+  readonly waiters: (() => void)[];
+}
+
+export class Subscriptions {
+  readonly #max: number;
+  readonly #send: SubscriptionsOptions['send'];
+  /** In least- to most-recently-used order (a Map keeps insertion order; a use moves a host to the end). */
+  readonly #entries = new Map<string, Entry>();
+
+  constructor(o: SubscriptionsOptions) {
+    this.#max = Math.max(1, o.max ?? DEFAULT_MAX_SUBSCRIPTIONS);
+    this.#send = o.send;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Every host followed, answered or not, least recently used first: what a WatchStart carries. */
+  hosts(): string[] {
+    return [...this.#entries.keys()];
+  }
+
+  /** undefined: not followed; else whether the controller found it (undefined found: waiting). */
+  state(host: string): { found: boolean | undefined } | undefined {
+    const e = this.#entries.get(host);
+    return e ? { found: e.found } : undefined;
+  }
+
+  /**
+   * Marks `host` used. Returns undefined when it is answered (the mesh state
+   * holds what it resolves to, or it is not in the mesh), else a promise
+   * that resolves once the controller answers and rejects with a
+   * SubscriptionTimeout after `timeoutMs`. A host not followed yet is asked
+   * for now.
+   */
+  use(host: string, timeoutMs: number): Promise<void> | undefined {
+    let e = this.#entries.get(host);
+    if (e) {
+      this.#entries.delete(host);
+      this.#entries.set(host, e);
+      if (e.found !== undefined) return undefined;
+    } else {
+      e = { found: undefined, waiters: [] };
+      this.#entries.set(host, e);
+      const drop = this.#evict();
+      this.#send([host], drop);
+    }
+    const entry = e;
+    return new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        const i = entry.waiters.indexOf(done);
+        if (i >= 0) entry.waiters.splice(i, 1);
+        reject(new SubscriptionTimeout(host, timeoutMs));
+      }, timeoutMs);
+      entry.waiters.push(done);
+    });
+  }
+
+  /** The controller's answers (after the response carrying them is applied to the mesh state). */
+  answered(answers: readonly { readonly host: string; readonly found: boolean }[]): void {
+    for (const a of answers) {
+      const e = this.#entries.get(a.host);
+      // An answer for a host dropped meanwhile: the controller stops following it on the drop.
+      if (!e) continue;
+      e.found = a.found;
+      for (const w of e.waiters.splice(0)) w();
+    }
+  }
+
+  /** Least recently used hosts beyond the bound, removed (never one still waiting for its answer). */
+  #evict(): string[] {
+    const drop: string[] = [];
+    for (const [host, e] of this.#entries) {
+      if (this.#entries.size <= this.#max) break;
+      if (e.found === undefined) continue;
+      this.#entries.delete(host);
+      drop.push(host);
+    }
+    return drop;
+  }
+}
+
+/**
+ * What a connection to (or an inbound claim of) `host` waits for before the
+ * mesh state is read: undefined when nothing (a full watch, a host that is
+ * no mesh name, or one already answered), else the subscription's answer.
+ */
+export type DestinationWait = (host: string) => Promise<void> | undefined;
+
+export interface DestinationWaitOptions {
+  /** How long a connection waits for the answer: the connect timeout, as for an endpoint that does not answer. */
+  readonly timeoutMs: number;
+  /** Whether a Watch stream is up. */
+  readonly connected: () => boolean;
+  /** Whether the state held resolves `host` (a service or a workload), as cached before the controller went away. */
+  readonly holds: (host: string) => boolean;
+}
+
+/**
+ * Node scope's wait. With the controller away, a host the held (cached)
+ * state resolves is served from it at once (the next WatchStart carries the
+ * subscription): an agent keeps serving what it had, as a full one does.
+ */
+export function destinationWait(subs: Subscriptions, o: DestinationWaitOptions): DestinationWait {
+  return (host) => {
+    const key = subscriptionHost(host);
+    if (key === undefined) return undefined;
+    const p = subs.use(key, o.timeoutMs);
+    if (p === undefined) return undefined;
+    if (!o.connected() && o.holds(host)) {
+      p.catch(() => undefined);
+      return undefined;
+    }
+    return p;
+  };
+}

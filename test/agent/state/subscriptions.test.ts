@@ -1,0 +1,77 @@
+import t from 'tap';
+import { destinationWait, SubscriptionTimeout, Subscriptions } from '../../../agent/state/subscriptions.ts';
+
+function recording(max: number) {
+  const sent: { hosts: readonly string[]; drop: readonly string[] }[] = [];
+  const subs = new Subscriptions({ max, send: (hosts, drop) => sent.push({ hosts, drop }) });
+  return { subs, sent };
+}
+
+t.test('first use asks once and waits for the answer; later uses do not wait', async (t) => {
+  const { subs, sent } = recording(10);
+  const p1 = subs.use('web.shop', 1_000);
+  const p2 = subs.use('web.shop', 1_000);
+  t.ok(p1 && p2, 'both wait');
+  t.same(sent, [{ hosts: ['web.shop'], drop: [] }], 'asked once');
+  t.same(subs.state('web.shop'), { found: undefined });
+  subs.answered([{ host: 'web.shop', found: true }]);
+  await Promise.all([p1, p2]);
+  t.equal(subs.use('web.shop', 1_000), undefined, 'answered: no wait');
+  t.equal(sent.length, 1);
+  const p3 = subs.use('10.0.0.9', 1_000)!;
+  subs.answered([{ host: '10.0.0.9', found: false }]);
+  await p3;
+  t.same(subs.state('10.0.0.9'), { found: false }, '"not in the mesh" is kept like a service');
+  t.equal(subs.use('10.0.0.9', 1_000), undefined);
+});
+
+t.test('no answer within the timeout rejects; the host stays asked for', async (t) => {
+  const { subs } = recording(10);
+  await t.rejects(subs.use('db.data', 20)!, SubscriptionTimeout);
+  t.same(subs.hosts(), ['db.data'], 'still followed: the next WatchStart carries it');
+  const again = subs.use('db.data', 1_000);
+  t.ok(again, 'still waiting for an answer');
+  subs.answered([{ host: 'db.data', found: true }]);
+  await again;
+});
+
+t.test('the set is bounded: the least recently used answered host is dropped', async (t) => {
+  const { subs, sent } = recording(2);
+  for (const h of ['a.ns', 'b.ns']) {
+    const p = subs.use(h, 1_000);
+    subs.answered([{ host: h, found: true }]);
+    await p;
+  }
+  subs.use('a.ns', 1_000); // a is now the most recently used
+  const p = subs.use('c.ns', 1_000)!;
+  t.same(sent.at(-1), { hosts: ['c.ns'], drop: ['b.ns'] }, 'b, least recently used, goes with the request for c');
+  t.same(subs.hosts(), ['a.ns', 'c.ns']);
+  // A host still waiting is never dropped, even past the bound.
+  const q = subs.use('d.ns', 1_000)!;
+  t.same(sent.at(-1), { hosts: ['d.ns'], drop: ['a.ns'] });
+  t.same(subs.hosts().sort(), ['c.ns', 'd.ns'], 'c and d both wait: kept');
+  subs.answered([{ host: 'c.ns', found: true }, { host: 'd.ns', found: true }, { host: 'gone.ns', found: true }]);
+  await Promise.all([p, q]);
+  t.equal(subs.size, 2);
+});
+
+t.test('destinationWait: only mesh names and addresses are asked; with the controller away, held state serves at once', async (t) => {
+  const { subs, sent } = recording(10);
+  let connected = true;
+  const held = new Set(['10.96.0.1']);
+  const wait = destinationWait(subs, { timeoutMs: 1_000, connected: () => connected, holds: (h) => held.has(h) });
+  t.equal(wait('api.github.com'), undefined, 'a name outside the mesh\'s service names: passthrough, nothing asked');
+  t.equal(sent.length, 0);
+  const w = wait('web.shop.svc.cluster.local');
+  t.ok(w, 'a service name waits');
+  t.same(sent.at(-1), { hosts: ['web.shop'], drop: [] }, 'asked as name.namespace');
+  subs.answered([{ host: 'web.shop', found: true }]);
+  await w;
+  connected = false;
+  t.equal(wait('10.96.0.1'), undefined, 'controller away, cached state holds it: served now');
+  t.same(subs.hosts(), ['web.shop', '10.96.0.1'], 'and followed once the watch is back');
+  const unknown = wait('10.96.0.2');
+  t.ok(unknown, 'controller away and not held: waits (then times out)');
+  subs.answered([{ host: '10.96.0.2', found: false }]);
+  await unknown;
+});

@@ -1,0 +1,179 @@
+/**
+ * The node-scoped watch (docs/scale.md), end to end with real processes on
+ * 127.0.136.0/24: one etcd member (.31), two controller replicas on it
+ * (.21, .22), and two agents in `--watch-scope node` (.41 node-a with the
+ * client, .42 node-b with the services' endpoints), each given both
+ * replicas. An agent holds only its node's share until its workload calls a
+ * service: the first connection subscribes, changes to that service follow,
+ * changes to others do not, and a failover to the other replica restores
+ * the subscription.
+ */
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AdminApi } from '../../controller/cli/client.ts';
+import { resourceToWire } from '../../shared/resources/wire.ts';
+import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
+import { agentKnowsNode, agentsReady, eventually, hostPortOf, httpGet, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { EtcdCluster } from './fixtures/etcd-cluster.ts';
+import { writeMeshCa } from './fixtures/test-pki.ts';
+
+const NET = '127.0.136';
+const CONTROLLER_HOSTS = [`${NET}.21`, `${NET}.22`];
+const CONTROLLERS = CONTROLLER_HOSTS.map((h) => `${h}:15012`).join(',');
+const A = `${NET}.41`;
+const B = `${NET}.42`;
+const CLIENT_A = `${NET}.61`;
+const WEB_B = `${NET}.52`;
+const WEB_B2 = `${NET}.53`;
+const WEB_B3 = `${NET}.54`;
+const OTHER_B = `${NET}.55`;
+const PORT = 8080;
+
+const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-scoped-'));
+const etcd = new EtcdCluster({ hosts: [`${NET}.31`], dir: join(root, 'etcd') });
+const ca = writeMeshCa(root);
+let controllers: (RunningController | undefined)[] = [];
+let apis: AdminApi[] = [];
+let agents: RunningAgent[] = [];
+const servers: Server[] = [];
+
+t.teardown(async () => {
+  for (const a of apis) a.close();
+  await Promise.all(agents.map((a) => a.proc.stop()));
+  await Promise.all(controllers.map((c) => c?.proc.stop()));
+  await etcd.stop();
+  for (const s of servers) s.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+const workload = (name: string, node: string, address: string, app: string): Workload => ({
+  kind: 'Workload',
+  metadata: { name, namespace: 'default', labels: { app }, revision: 0 },
+  spec: { serviceAccount: name, node, address, ports: [], weight: 1, locality: '', healthy: true },
+});
+const service = (name: string, port = 80): Service => ({
+  kind: 'Service',
+  metadata: { name, namespace: 'default', labels: {}, revision: 0 },
+  spec: { addresses: [], ports: [{ name: 'tcp', port, targetPort: PORT, appProtocol: 'tcp' }], selector: { app: name } },
+});
+
+function startReplica(i: number): Promise<RunningController> {
+  return startController(join(root, `ctl${i + 1}`), [
+    '--store', 'etcd', '--etcd-endpoints', etcd.endpoints, '--ca-cert', ca.caCert, '--ca-key', ca.caKey,
+  ], CONTROLLER_HOSTS[i]!, { grpc: 15012, monitoring: 15014 });
+}
+
+async function echoServer(host: string): Promise<void> {
+  const s = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => undefined);
+    c.pipe(c);
+  });
+  await new Promise<void>((r) => s.listen(PORT, host, r));
+  servers.push(s);
+}
+
+/** One connection from client-a through both agents to `host`:`port`, echoed back intact. */
+async function roundTrip(host: string, port: number): Promise<void> {
+  const { socket, reply } = await socksConnect(agents[0]!.socks, CLIENT_A, 'default/client-a', host, port, 10_000);
+  try {
+    if (reply !== 0) throw new Error(`SOCKS reply ${reply}`);
+    const payload = randomBytes(4096);
+    const got: Buffer[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('echo timed out')), 5_000);
+      socket.on('data', (d: Buffer) => got.push(d));
+      socket.on('end', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.resume();
+      socket.end(payload);
+    });
+    if (!Buffer.concat(got).equals(payload)) throw new Error('echo differs');
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** The keys ("Kind/ns/name") agent `a` holds. */
+async function held(a: RunningAgent): Promise<Set<string>> {
+  const dump = JSON.parse((await httpGet(hostPortOf(a.admin), '/config_dump')).body) as { resources: { kind: string; metadata: { name: string; namespace: string } }[] };
+  return new Set(dump.resources.map((r) => `${r.kind}/${r.metadata.namespace}/${r.metadata.name}`));
+}
+
+const apply = async (api: AdminApi, ...resources: Resource[]): Promise<void> => {
+  await api.call('Apply', api.client.apply, { resources: resources.map(resourceToWire), createOnly: false, dryRun: false });
+};
+
+t.before(async () => {
+  await etcd.start();
+  controllers = [await startReplica(0)];
+  controllers.push(await startReplica(1));
+  apis = controllers.map((c) => new AdminApi({ controller: c!.grpc, credentialsDir: c!.credentials }));
+  await Promise.all([WEB_B, WEB_B2, WEB_B3, OTHER_B].map(echoServer));
+  await apply(apis[0]!,
+    workload('client-a', 'node-a', CLIENT_A, 'client'),
+    workload('web-b', 'node-b', WEB_B, 'web'),
+    workload('other-b', 'node-b', OTHER_B, 'other'),
+    service('web'), service('other'));
+  const ta = await apis[0]!.call('CreateJoinToken', apis[0]!.client.createJoinToken, { node: 'node-a', ttlMs: 600_000 });
+  const tb = await apis[1]!.call('CreateJoinToken', apis[1]!.client.createJoinToken, { node: 'node-b', ttlMs: 600_000 });
+  agents = await startAgentPair((stop) => t.teardown(stop), [
+    { node: 'node-a', address: A, controller: CONTROLLERS, dataDir: join(root, 'a'), join: ta.token, extra: ['--watch-scope', 'node'] },
+    { node: 'node-b', address: B, controller: CONTROLLERS, dataDir: join(root, 'b'), join: tb.token, extra: ['--watch-scope', 'node'] },
+  ]);
+  await agentsReady(agents);
+  await agentKnowsNode(agents[0]!, 'node-b');
+});
+
+t.test('node scope: an agent holds its node\'s share, not the mesh', async (t) => {
+  const a = await held(agents[0]!);
+  t.ok(a.has('Workload/default/client-a'), 'its own workload');
+  t.notOk(a.has('Service/default/web'), 'not a service none of its workloads uses yet');
+  t.notOk(a.has('Workload/default/web-b'), 'nor another node\'s workload');
+  const b = await held(agents[1]!);
+  t.ok(b.has('Service/default/web') && b.has('Service/default/other'), 'node-b holds the services selecting its workloads');
+  t.notOk(b.has('Workload/default/client-a'));
+});
+
+t.test('the first connection to a service it does not hold subscribes and goes through', async (t) => {
+  await roundTrip('web.default', 80);
+  const a = await held(agents[0]!);
+  t.ok(a.has('Service/default/web') && a.has('Workload/default/web-b'), 'the service and its endpoint came with the answer');
+  t.notOk(a.has('Service/default/other'), 'the other service did not');
+  t.ok((await held(agents[1]!)).has('Workload/default/client-a'), 'node-b subscribed to the Forwarded source address before judging the claim');
+  await roundTrip('web.default', 80);
+  const sub = agents[0]!.proc.logs.some((l) => l.msg === 'outbound connection refused: its destination is not known yet');
+  t.notOk(sub, 'no connection waited past the connect timeout');
+});
+
+t.test('a change to a subscribed service reaches the agent; a change to an unsubscribed one does not', async (t) => {
+  await apply(apis[1]!, service('other', 81));
+  await apply(apis[1]!, workload('web-b2', 'node-b', WEB_B2, 'web'));
+  await eventually(async () => (await held(agents[0]!)).has('Workload/default/web-b2'), 'node-a learns the new endpoint of web');
+  // Deltas arrive in revision order: had the change to `other` been sent, it would be here already.
+  t.notOk((await held(agents[0]!)).has('Service/default/other'), 'the change to other was not sent to node-a');
+  t.ok((await held(agents[1]!)).has('Service/default/other'), 'node-b (whose workload other selects) got it');
+});
+
+t.test('failover to the other replica restores the subscription', async (t) => {
+  const servedBy = controllers.findIndex((c) => c?.proc.logs.some((l) => l.msg === 'watch started with a node-scoped snapshot' && l.node === 'node-a'));
+  t.ok(servedBy >= 0, 'a replica serves node-a\'s watch');
+  const survivor = 1 - servedBy;
+  const before = controllers[survivor]!.proc.logs.length;
+  await controllers[servedBy]!.proc.stop('SIGKILL');
+  controllers[servedBy] = undefined;
+  const resumed = await controllers[survivor]!.proc.waitForLog((l) => l.msg === 'watch started with a node-scoped snapshot' && l.node === 'node-a' && controllers[survivor]!.proc.logs.indexOf(l) >= before, 30_000);
+  t.equal(resumed.subscriptions, 1, 'the WatchStart carried the subscription');
+  await apply(apis[survivor]!, workload('web-b3', 'node-b', WEB_B3, 'web'));
+  await eventually(async () => (await held(agents[0]!)).has('Workload/default/web-b3'), 'node-a follows web through the other replica');
+  await roundTrip('web.default', 80);
+});
