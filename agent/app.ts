@@ -27,7 +27,8 @@ import { Persister } from './state/persister.ts';
 import { checkUpdate, type RefusalReason } from './state/store-guard.ts';
 import { AmbitError } from '../shared/errors.ts';
 import { WatchClient, type WatchUpdate } from './state/watch-client.ts';
-import { destinationWait, Subscriptions } from './state/subscriptions.ts';
+import { destinationWait, followRelated, Subscriptions } from './state/subscriptions.ts';
+import { routeBackends } from './state/route-backends.ts';
 import { bundleCertificates, certificateFingerprint, parseCertificates } from '../shared/tls.ts';
 import type { X509Certificate } from 'node:crypto';
 
@@ -162,7 +163,11 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     // Node scope (docs/scale.md): destinations are subscribed on first use; `watch` is made below, once the state it feeds is wired.
     let watchRef: WatchClient | undefined;
     const subscriptions = cfg.watchScope === 'node' ? new Subscriptions({ max: cfg.watchSubscriptions, send: (hosts, drop) => watchRef?.subscribe(hosts, drop) }) : undefined;
-    const awaitDestination = subscriptions ? destinationWait(subscriptions, { timeoutMs: cfg.connectTimeout, connected: () => watchRef?.connected ?? false, holds: (host) => state.holdsHost(host) }) : undefined;
+    const related = (host: string): readonly string[] => {
+      const key = state.serviceKeyOf(host);
+      return key === undefined ? [] : routeBackends([...state.httpRoutes(), ...state.grpcRoutes()], key);
+    };
+    const awaitDestination = subscriptions ? destinationWait(subscriptions, { timeoutMs: cfg.connectTimeout, connected: () => watchRef?.connected ?? false, holds: (host) => state.holdsHost(host), related }) : undefined;
     const inboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, connectTimeoutMs: cfg.connectTimeout, denials: telemetry, ...(awaitDestination ? { awaitDestination } : {}) };
     const outboundDeps: OutboundDeps = { state, metrics, accessLog: deps.accessLog, tracer, tracker, passthrough: cfg.passthrough, connectTimeoutMs: cfg.connectTimeout, outlier, ...(awaitDestination ? { awaitDestination } : {}) };
     const loopback = loopbackAddressFor(cfg.address);
@@ -332,6 +337,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
       persist();
       // After the state holds what they resolve to: connections waiting on them go on now.
       if (u.answers) subscriptions?.answered(u.answers);
+      if (subscriptions && (u.answers || effect.routesChanged)) followRelated(subscriptions, related, cfg.connectTimeout);
     };
     const watch = new WatchClient({
       scope: cfg.watchScope,

@@ -231,6 +231,13 @@ export class MeshState {
     return names;
   }
 
+  /** The `name.namespace` of the service `host` (a VIP or a service name) names, if this state holds it. */
+  serviceKeyOf(host: string): string | undefined {
+    const ip = canonicalIp(host);
+    const svc = ip ? this.#servicesByVip.get(ip) : this.#servicesByName.get(serviceKeyOfHost(host) ?? '');
+    return svc ? `${svc.metadata.name}.${svc.metadata.namespace}` : undefined;
+  }
+
   /** Whether `host` (a VIP, a service name, a workload address) names a service or a workload this state holds. */
   holdsHost(host: string): boolean {
     const ip = canonicalIp(host);

@@ -136,6 +136,12 @@ export interface DestinationWaitOptions {
   readonly connected: () => boolean;
   /** Whether the state held resolves `host` (a service or a workload), as cached before the controller went away. */
   readonly holds: (host: string) => boolean;
+  /**
+   * Hosts to follow with `host` once it is answered (the backends and mirrors
+   * of routes attached to the service it names: state/route-backends.ts); a
+   * connection waits for them too, so its route table resolves.
+   */
+  readonly related?: (host: string) => readonly string[];
 }
 
 /**
@@ -147,12 +153,24 @@ export function destinationWait(subs: Subscriptions, o: DestinationWaitOptions):
   return (host) => {
     const key = subscriptionHost(host);
     if (key === undefined) return undefined;
+    const related = (): Promise<void> | undefined => {
+      const waits = (o.related?.(key) ?? []).map((h) => subs.use(h, o.timeoutMs)).filter((w) => w !== undefined);
+      return waits.length === 0 ? undefined : Promise.all(waits).then(() => undefined);
+    };
     const p = subs.use(key, o.timeoutMs);
-    if (p === undefined) return undefined;
+    if (p === undefined) return related();
     if (!o.connected() && o.holds(host)) {
       p.catch(() => undefined);
       return undefined;
     }
-    return p;
+    return p.then(related);
   };
+}
+
+/** Follows, without waiting, what hosts already followed pull in (after an update: a route may have gained a backend). */
+export function followRelated(subs: Subscriptions, related: (host: string) => readonly string[], timeoutMs: number): void {
+  for (const h of subs.hosts()) {
+    if (subs.state(h)?.found !== true) continue;
+    for (const r of related(h)) if (subs.state(r) === undefined) subs.use(r, timeoutMs)?.catch(() => undefined);
+  }
 }

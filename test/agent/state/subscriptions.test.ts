@@ -1,5 +1,6 @@
 import t from 'tap';
-import { destinationWait, SubscriptionTimeout, Subscriptions } from '../../../agent/state/subscriptions.ts';
+import { destinationWait, followRelated, SubscriptionTimeout, Subscriptions } from '../../../agent/state/subscriptions.ts';
+import { routeBackends } from '../../../agent/state/route-backends.ts';
 
 function recording(max: number) {
   const sent: { hosts: readonly string[]; drop: readonly string[] }[] = [];
@@ -74,4 +75,39 @@ t.test('destinationWait: only mesh names and addresses are asked; with the contr
   t.ok(unknown, 'controller away and not held: waits (then times out)');
   subs.answered([{ host: '10.96.0.2', found: false }]);
   await unknown;
+});
+
+t.test('routeBackends: backends and mirrors of the routes attached to a service', async (t) => {
+  const ref = (name: string, namespace = 'shop') => ({ group: '', kind: 'Service', namespace, name, port: 80 });
+  const routes = [
+    { kind: 'HTTPRoute', metadata: { name: 'split', namespace: 'shop', labels: {}, revision: 1 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web' }], hostnames: [], rules: [
+      { matches: [], filters: [{ type: 'RequestMirror', requestMirror: { backendRef: ref('shadow'), percent: 10 } }], backendRefs: [{ ...ref('web'), weight: 1, filters: [] }, { ...ref('web-v2'), weight: 1, filters: [] }] },
+    ] } },
+    { kind: 'GRPCRoute', metadata: { name: 'other', namespace: 'shop', labels: {}, revision: 1 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'api' }], hostnames: [], rules: [
+      { matches: [], filters: [], backendRefs: [{ ...ref('api-v2'), weight: 1, filters: [] }] },
+    ] } },
+  ] as unknown as Parameters<typeof routeBackends>[0];
+  t.same(routeBackends(routes, 'web.shop').sort(), ['shadow.shop', 'web-v2.shop'], 'the parent itself left out');
+  t.same(routeBackends(routes, 'api.shop'), ['api-v2.shop']);
+  t.same(routeBackends(routes, 'db.shop'), []);
+});
+
+t.test('destinationWait waits for a service\'s route backends too; followRelated follows backends a route gains', async (t) => {
+  const { subs, sent } = recording(10);
+  let backends: Record<string, string[]> = { 'web.shop': ['web-v2.shop'] };
+  const related = (h: string) => backends[h] ?? [];
+  const wait = destinationWait(subs, { timeoutMs: 1_000, connected: () => true, holds: () => false, related });
+  let done = false;
+  const w = wait('web.shop')!.then(() => (done = true));
+  subs.answered([{ host: 'web.shop', found: true }]);
+  await new Promise((r) => setImmediate(r));
+  t.same(sent.at(-1), { hosts: ['web-v2.shop'], drop: [] }, 'the backend is asked for once the parent is answered');
+  t.notOk(done, 'the connection still waits for the backend');
+  subs.answered([{ host: 'web-v2.shop', found: true }]);
+  await w;
+  t.ok(done);
+  backends = { 'web.shop': ['web-v2.shop', 'web-v3.shop'] };
+  followRelated(subs, related, 1_000);
+  t.same(sent.at(-1), { hosts: ['web-v3.shop'], drop: [] }, 'a backend a route gained is followed without a connection');
+  subs.answered([{ host: 'web-v3.shop', found: true }]);
 });

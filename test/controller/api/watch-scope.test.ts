@@ -148,3 +148,14 @@ t.test('a closed stream leaves the index; the subscription bound holds', async (
   t.equal(b.s.hosts.size, MAX_SUBSCRIPTIONS_PER_STREAM);
   t.same(answers.at(-1), { host: hosts.at(-1), found: false });
 });
+
+t.test('kinds other than Workload, Service and AuthorizationPolicy reach every stream whole', async (t) => {
+  const route = { kind: 'HTTPRoute', metadata: { name: 'split', namespace: 'data', labels: {}, revision: 0 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'data', name: 'db' }], hostnames: [], rules: [] } } as unknown as Resource;
+  const m = setup([...mesh(), route]);
+  const a = m.open('node-1');
+  t.ok(names(a.snap.resources).includes('HTTPRoute/data/split'), 'in the snapshot, though nothing of data is on node-1');
+  m.apply(put({ ...route, metadata: { ...route.metadata, labels: { v: '2' } } } as Resource));
+  t.same(described(a.sent.at(-1)!), ['put HTTPRoute/split']);
+  m.apply(del(route));
+  t.same(described(a.sent.at(-1)!), ['delete HTTPRoute/split']);
+});
