@@ -215,6 +215,7 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
       () =>
         new Promise<void>((resolve) => {
           discovery.closeAll();
+          discovery.stop();
           const force = setTimeout(() => {
             server.forceShutdown();
             resolve();

@@ -30,6 +30,13 @@ export interface DiscoveryDeps {
   readonly telemetry?: TelemetryWindow;
   /** How long a new stream may take to send its WatchStart. */
   readonly startTimeoutMs?: number;
+  /**
+   * Node scope: how often a stream that was sent nothing while the mesh moved
+   * on is told the revision it is now current at (an empty response), so its
+   * acked revision (ambitctl node list) follows the mesh at a cost bounded
+   * by streams per interval, not by changes. Default 1 s.
+   */
+  readonly progressIntervalMs?: number;
 }
 
 type Stream = ServerDuplexStream<WatchRequest, WatchResponse>;
@@ -81,6 +88,11 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     if (scoped.size === 0) return;
     for (const s of scopes.concerned(cs, before)) scoped.get(s)?.(cs, before);
   });
+  const progress = new Set<() => void>();
+  const progressTimer = setInterval(() => {
+    for (const p of progress) p();
+  }, d.progressIntervalMs ?? 1_000);
+  progressTimer.unref();
   const watch = (call: Stream): void => {
     let node: string;
     try {
@@ -121,6 +133,9 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       // The registry's revision: this stream has been given every change set up to it, and skipped those that did not concern it.
       if (changes.length > 0 || answers.length > 0) send({ revision: d.registry.revision, changes: changes.map(changeToWire), answers: [...answers] }, 'delta');
     };
+    const markProgress = (): void => {
+      if (sentRevision < d.registry.revision) send({ revision: d.registry.revision }, 'delta');
+    };
     const subscribe = (hosts: readonly string[], drop: readonly string[]): void => {
       if (!scope) {
         early.hosts.push(...hosts);
@@ -151,6 +166,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       unsubscribe();
       if (scope) {
         scoped.delete(scope);
+        progress.delete(markProgress);
         scope.close();
       }
       unsubscribeBundle();
@@ -183,6 +199,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
         const s = scopes.open(node);
         scope = s;
         scoped.set(s, (cs, before) => sendScoped(s.filter(cs, before), []));
+        progress.add(markProgress);
         const want = canonicalHosts([...nodeScope.subscriptions, ...early.hosts]);
         const dropped = new Set(canonicalHosts(early.drop).hosts);
         const snap = s.snapshot(want.hosts.filter((h) => !dropped.has(h)));
@@ -270,6 +287,9 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     closeAll: () => {
       for (const s of open) s.end();
     },
-    stop: stopScoped,
+    stop: () => {
+      stopScoped();
+      clearInterval(progressTimer);
+    },
   };
 }

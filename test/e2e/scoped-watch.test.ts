@@ -162,6 +162,13 @@ t.test('a change to a subscribed service reaches the agent; a change to an unsub
   // Deltas arrive in revision order: had the change to `other` been sent, it would be here already.
   t.notOk((await held(agents[0]!)).has('Service/default/other'), 'the change to other was not sent to node-a');
   t.ok((await held(agents[1]!)).has('Service/default/other'), 'node-b (whose workload other selects) got it');
+  // Sent nothing by a change that does not concern it, node-a is still told the revision it is current at.
+  const res = await apis[1]!.call('Apply', apis[1]!.client.apply, { resources: [resourceToWire(service('other', 82))], createOnly: false, dryRun: false });
+  await eventually(async () => {
+    const nodes = await apis[1]!.call('ListNodes', apis[1]!.client.listNodes, {});
+    return nodes.nodes.find((n) => n.name === 'node-a')!.ackedRevision >= res.revision;
+  }, 'node-a acknowledges the mesh revision');
+  t.notOk((await held(agents[0]!)).has('Service/default/other'));
 });
 
 t.test('failover to the other replica restores the subscription', async (t) => {
