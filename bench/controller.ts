@@ -17,7 +17,10 @@
 //            whose node has 10 workloads, in a mesh of those 10 workloads
 //            and 20 services, then in the same mesh grown to W workloads and
 //            S services on other nodes: the agent's RSS in each, once it has
-//            acknowledged the mesh's revision.
+//            acknowledged the mesh's revision. In the large mesh its workloads
+//            call 20 of its services (svc-0 … svc-19, two SOCKS5 connections
+//            each: the first and the second connection's reply time);
+//            --watch-scope node (the default here) or full.
 //
 // Every figure is printed with PASS/FAIL against its target; informational:
 // the exit status is 0 whatever the numbers (1 when the bench cannot run).
@@ -43,7 +46,7 @@ import { nodeId } from '../shared/spiffe-id.ts';
 import { createCsr } from '../shared/x509.ts';
 import { EtcdCluster } from '../test/e2e/fixtures/etcd-cluster.ts';
 import { writeMeshCa } from '../test/e2e/fixtures/test-pki.ts';
-import { agentsReady, childPids, CONTROLLER_MAIN, Proc, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
+import { agentsReady, childPids, CONTROLLER_MAIN, Proc, socksConnect, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 
 const HOST = '127.0.128.20';
 /** What systemd/ambit-controller.service and daemonset/controller.yaml set. */
@@ -69,11 +72,11 @@ const SIM_LOGGER = createLogger({
 const { values: args } = parseArgs({
   options: {
     workloads: { type: 'string' }, services: { type: 'string' }, agents: { type: 'string' }, nodes: { type: 'string' },
-    batch: { type: 'string' }, concurrency: { type: 'string' }, store: { type: 'string' }, 'etcd-members': { type: 'string' }, replicas: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' },
+    batch: { type: 'string' }, concurrency: { type: 'string' }, store: { type: 'string' }, 'etcd-members': { type: 'string' }, replicas: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean' }, 'agent-memory': { type: 'boolean' }, 'watch-scope': { type: 'string' },
   },
 });
 if (args.help) {
-  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--store sqlite|etcd] [--etcd-members 1] [--replicas 1] [--quick] [--agent-memory]\n');
+  process.stdout.write('Usage: node bench/controller.ts [--workloads 100000] [--services 10000] [--agents 1000] [--nodes 1000] [--batch 1000] [--concurrency 2] [--store sqlite|etcd] [--etcd-members 1] [--replicas 1] [--quick] [--agent-memory [--watch-scope node|full]]\n');
   process.exit(0);
 }
 const WORKLOADS = Number(args.workloads ?? (args.quick ? 2000 : 100_000));
@@ -425,14 +428,33 @@ async function acked(api: AdminApi, node: string, timeoutMs: number): Promise<nu
   }
 }
 
+/**
+ * The agent's workloads call 20 services of the large mesh (each local-k one
+ * connection to svc-j.ns-j): in node scope, what it subscribes to. Their
+ * endpoints' nodes run no agent, so each connection ends refused; what
+ * matters is what the agent then holds. Returns how long the first
+ * connection to each took to be answered (the cost of a subscription).
+ */
+async function callServices(agent: RunningAgent): Promise<number[]> {
+  const took: number[] = [];
+  for (let j = 0; j < 20; j++) {
+    const start = performance.now();
+    const { socket } = await socksConnect(agent.socks, `127.0.128.${100 + (j % 10)}`, `mem/local-${j % 10}`, `svc-${j}.ns-${j % NAMESPACES}`, 80, 10_000);
+    took.push(performance.now() - start);
+    socket.destroy();
+  }
+  return took.sort((a, b) => a - b);
+}
+
 async function agentMemory(api: AdminApi, controller: RunningController): Promise<void> {
   const node = 'mem-1';
-  out(`\nagent memory: one ambit-agent (--capture none) with 10 local workloads and 20 services over them`);
+  const scope = args['watch-scope'] ?? 'node';
+  out(`\nagent memory: one ambit-agent (--capture none, --watch-scope ${scope}) with 10 local workloads, 20 services over them, calling 20 services of the mesh`);
   await api.call('Apply', api.client.apply, { resources: agentMesh(node).map(resourceToWire), createOnly: false, dryRun: false });
   const token = await api.call('CreateJoinToken', api.client.createJoinToken, { node, ttlMs: 600_000 });
   let agent: RunningAgent | undefined;
   try {
-    agent = await startAgent({ node, address: '127.0.128.30', controller: controller.address, dataDir: join(dir, 'agent'), join: token.token });
+    agent = await startAgent({ node, address: '127.0.128.30', controller: controller.address, dataDir: join(dir, 'agent'), join: token.token, extra: ['--watch-scope', scope] });
     await agentsReady([agent], 60_000);
     const pid = agent.proc.child.pid!;
     const measure = async (): Promise<{ agent: number; dataplane: number; hwm: number }> => {
@@ -447,6 +469,9 @@ async function agentMemory(api: AdminApi, controller: RunningController): Promis
     out(`  mesh of 10 workloads, 20 services (revision ${small})`);
     out(`    agent RSS ${inSmall.agent.toFixed(1)} MiB (peak ${inSmall.hwm.toFixed(1)}), its ambit-dataplane ${inSmall.dataplane.toFixed(1)} MiB`);
     const load = await loadMesh(api);
+    const first = await callServices(agent);
+    const again = await callServices(agent);
+    out(`  its workloads call 20 services of the mesh: SOCKS5 reply after p50 ${percentile(first, 50).toFixed(1)} ms, max ${first[first.length - 1]!.toFixed(1)} ms (first connection to each); p50 ${percentile(again, 50).toFixed(1)} ms, max ${again[again.length - 1]!.toFixed(1)} ms (second)`);
     const large = await acked(api, node, 900_000);
     const inLarge = await measure();
     out(`  mesh grown by ${WORKLOADS} workloads and ${SERVICES} services on other nodes (revision ${large}, applied in ${load.seconds.toFixed(1)} s)`);
