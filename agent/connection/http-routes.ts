@@ -36,6 +36,8 @@ export interface BackendService {
 
 export interface CompiledRoutes {
   readonly table: HttpRouteTable;
+  /** False: no rule applies to these clients, and the table's one rule forwards every request to the port's own service table. */
+  readonly routed: boolean;
   /** Every service table the rules name, once each. */
   readonly services: readonly BackendService[];
 }
@@ -60,14 +62,21 @@ export function compileBackendService(state: MeshState, resolved: ResolvedServic
 
 /**
  * The route table for clients of `clientNamespace` and `locality` calling
- * the `parent` service port, or undefined when no rule applies (the port
- * then works as it does without routes: route_table "").
+ * the `parent` service port (undefined when the port is TCP). When no rule
+ * applies to them, the table has one rule sending every request to the
+ * port's own service table — what a connection without a route table
+ * does — so that a connection opened before a route was applied follows
+ * the route once it is.
  */
 export function compileHttpRoutes(state: MeshState, parent: ResolvedService, locality: string, clientNamespace: string, inputs: RouteInputs): CompiledRoutes | undefined {
   const protocol = parent.port.appProtocol;
   if (!isHttpProtocol(protocol)) return undefined;
+  const key = routeTableKey(state, parent, locality, clientNamespace);
   const attached = rulesFor(inputs.routes, parent.service, parent.port, clientNamespace);
-  if (attached.length === 0) return undefined;
+  if (attached.length === 0) {
+    const own = compileBackendService(state, parent, locality, undefined);
+    return { table: { key, rules: [plainRule(own.table.key)] }, routed: false, services: [own] };
+  }
   const services = new Map<string, BackendService>();
   /** The table key of a backend, "" when it does not resolve (its requests then get 500). */
   const tableOf = (route: RouteResource, ref: BackendObjectRef): string => {
@@ -80,9 +89,14 @@ export function compileHttpRoutes(state: MeshState, parent: ResolvedService, loc
     return b.table.key;
   };
   const rules = attached.map((a) => compileRule(a, tableOf, inputs));
+  return { table: { key, rules }, routed: true, services: [...services.values()] };
+}
+
+/** A rule sending every request to `table` as it is: no match, one backend, nothing else. */
+function plainRule(table: string): HttpRouteRule {
   return {
-    table: { key: routeTableKey(state, parent, locality, clientNamespace), rules },
-    services: [...services.values()],
+    route: '', matches: [], backends: [{ table, weight: 1, requestHeaders: undefined, responseHeaders: undefined }], requestHeaders: undefined, responseHeaders: undefined,
+    mirrors: [], redirect: undefined, rewrite: undefined, fault: undefined, requestTimeoutMs: 0, backendTimeoutMs: 0, retry: undefined,
   };
 }
 

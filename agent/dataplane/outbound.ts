@@ -104,12 +104,6 @@ function refusalMessage(kind: OutboundEntry['kind'], reason: SourceRefusal): str
 
 const endpoint = (e: Endpoint | undefined): { address: string; port: number } => ({ address: e?.address ?? '', port: e?.port ?? 0 });
 
-/** The one rule of a route table whose routes are gone while connections still name it: every request to the service as it is. */
-const passThrough = (table: string): HttpRouteTable['rules'][number] => ({
-  route: '', matches: [], backends: [{ table, weight: 1, requestHeaders: undefined, responseHeaders: undefined }], requestHeaders: undefined, responseHeaders: undefined,
-  mirrors: [], redirect: undefined, rewrite: undefined, fault: undefined, requestTimeoutMs: 0, backendTimeoutMs: 0, retry: undefined,
-});
-
 /** A route with nothing but its verdict said. */
 const route = (id: number, verdict: RouteVerdict, more: Partial<Omit<Extract<ToDataplane, { $case: 'route' }>['route'], 'id' | 'verdict'>> = {}): ToDataplane => ({
   $case: 'route',
@@ -142,7 +136,7 @@ export class NativeOutbound {
   /** HTTP service tables the data plane holds, by key: what each was compiled from and what was sent. */
   readonly #httpTables = new Map<string, { resolved: ResolvedService; locality: string; as?: BackendService['as']; sent: string }>();
   /** Route tables the data plane holds, by key: the service port, clients and what was sent. */
-  readonly #routeTables = new Map<string, { parent: ResolvedService; locality: string; namespace: string; routed: boolean; sent: string }>();
+  readonly #routeTables = new Map<string, { parent: ResolvedService; locality: string; namespace: string; sent: string }>();
   /** HTTP endpoints the data plane has ejected, by "service endpoint". */
   readonly #httpEjections = new Map<string, HttpEjection>();
 
@@ -390,9 +384,11 @@ export class NativeOutbound {
 
   /**
    * The route table's key for clients of `namespace` and `locality` calling
-   * an HTTP service port, sent first (with the service tables its backends
-   * name, before it) if the data plane does not hold it; '' when no route
-   * applies to them there.
+   * an HTTP service port, sent first (after the service tables it names) if
+   * the data plane does not hold it; '' when the agent has no routes to
+   * give. A port without rules for these clients gets a table too, whose
+   * one rule forwards to the service as it is: a route applied later then
+   * reaches live connections at their next request.
    */
   #routeTable(parent: ResolvedService, locality: string, namespace: string): string {
     const state = this.#o.outbound.state;
@@ -400,12 +396,12 @@ export class NativeOutbound {
     if (!inputs) return '';
     const key = routeTableKey(state, parent, locality, namespace);
     // Kept current by refreshHttpServices.
-    if (this.#routeTables.get(key)?.routed) return key;
+    if (this.#routeTables.has(key)) return key;
     const compiled = compileHttpRoutes(state, parent, locality, namespace, inputs);
     if (!compiled) return '';
     const fresh = this.#newBackends(compiled.services);
     if (fresh.length > 0) this.#sendHttp(fresh, []);
-    this.#routeTables.set(key, { parent, locality, namespace, routed: true, sent: JSON.stringify(compiled.table) });
+    this.#routeTables.set(key, { parent, locality, namespace, sent: JSON.stringify(compiled.table) });
     this.#sendRoutes([compiled.table], []);
     return key;
   }
@@ -458,18 +454,19 @@ export class NativeOutbound {
       const { service, port } = t.parent;
       const now = state.resolveService(`${service.metadata.name}.${service.metadata.namespace}`, port.port);
       const compiled = now ? compileHttpRoutes(state, now, t.locality, t.namespace, inputs) : undefined;
-      let table = compiled?.table;
-      if (compiled) changed.push(...this.#newBackends(compiled.services));
-      else if (now && named.has(key) && this.#httpTables.has(httpTableKey(state, now, t.locality))) table = { key, rules: [passThrough(httpTableKey(state, now, t.locality))] };
-      if (!now || !table) {
+      // Gone with its service (or its port's HTTP protocol); a table without
+      // rules is kept only while a connection names it, so that tables do
+      // not pile up for every namespace that ever called the port.
+      if (!now || !compiled || (!compiled.routed && !named.has(key))) {
         this.#routeTables.delete(key);
         routesRemoved.push(key);
         continue;
       }
-      const sent = JSON.stringify(table);
+      changed.push(...this.#newBackends(compiled.services));
+      const sent = JSON.stringify(compiled.table);
       if (sent === t.sent) continue;
-      this.#routeTables.set(key, { ...t, parent: now, routed: compiled !== undefined, sent });
-      routes.push(table);
+      this.#routeTables.set(key, { ...t, parent: now, sent });
+      routes.push(compiled.table);
     }
     if (changed.length > 0) this.#sendHttp(changed, []);
     if (routes.length > 0 || routesRemoved.length > 0) this.#sendRoutes(routes, routesRemoved);

@@ -3,7 +3,7 @@
  * (agent/connection/http-routes.ts): every field of a rule from the
  * HTTPRoute or GRPCRoute it comes from, the backends' service tables named
  * by key (unresolved ones kept with their weight and no table), and a port
- * without rules has no table.
+ * without rules gets one rule forwarding to its own service table.
  */
 import t from 'tap';
 import { compileBackendService, compileHttpRoutes, millionths, routeTableKey, type RouteInputs } from '../../../agent/connection/http-routes.ts';
@@ -41,12 +41,23 @@ const inputs = (routes: RouteResource[], faults: FaultInjection[] = []): RouteIn
 
 const WEB = 'web.shop.svc.cluster.local';
 
-t.test('no rule for the port: no table; a TCP port: none either', async (t) => {
+t.test('no rule for the port: one rule to the port\'s own service table; a TCP port: no table', async (t) => {
   const s = state();
   const r = httpRoute('shop', 'r', [parent('shop', 'web', 80)], [rule()]);
-  t.equal(compileHttpRoutes(s, s.resolveService('web.shop', 81)!, '', 'shop', inputs([r])), undefined);
+  const web81 = s.resolveService('web.shop', 81)!;
+  const plain = compileHttpRoutes(s, web81, 'eu/a', 'shop', inputs([r]))!;
+  t.equal(plain.routed, false);
+  t.same(plain.table, {
+    key: `${WEB}:81@eu/a for shop`,
+    rules: [{
+      route: '', matches: [], backends: [{ table: `${WEB}:81@eu/a`, weight: 1, requestHeaders: undefined, responseHeaders: undefined }], requestHeaders: undefined, responseHeaders: undefined,
+      mirrors: [], redirect: undefined, rewrite: undefined, fault: undefined, requestTimeoutMs: 0, backendTimeoutMs: 0, retry: undefined,
+    }],
+  });
+  t.same(plain.services.map((b) => [b.table.key, b.table.protocol]), [[`${WEB}:81@eu/a`, 'grpc']], 'the port\'s own table');
+  t.equal(compileHttpRoutes(s, s.resolveService('web.shop', 80)!, '', 'shop', inputs([]))?.routed, false);
+  t.equal(compileHttpRoutes(s, s.resolveService('web.shop', 80)!, '', 'shop', inputs([r]))?.routed, true);
   t.equal(compileHttpRoutes(s, s.resolveService('web.shop', 82)!, '', 'shop', inputs([httpRoute('shop', 't', [parent('shop', 'web')], [rule()])])), undefined);
-  t.equal(compileHttpRoutes(s, s.resolveService('web.shop', 80)!, '', 'shop', inputs([])), undefined);
 });
 
 t.test('matches, weighted backends and their service tables; unresolved backends keep their weight with no table', async (t) => {

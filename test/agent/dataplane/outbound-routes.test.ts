@@ -1,11 +1,13 @@
 /**
  * How the outbound edge (agent/dataplane/outbound.ts) gives the data plane
- * the route tables of HTTP service ports: a connection to a port with rules
- * for its client's namespace gets the backends' service tables, then the
- * route table, then its route naming it; a port without rules keeps
- * route_table ""; every mesh change resends what changed in that order
- * (service tables, route tables, removals), and a table whose routes are
- * gone forwards as a plain port while a connection names it, then is removed.
+ * the route tables of HTTP service ports: a connection gets the backends'
+ * service tables, then its port's route table for its client's namespace,
+ * then its route naming it; a port without rules gets a table whose one
+ * rule forwards to the service, so that routes applied later reach live
+ * connections; every mesh change resends what changed in that order
+ * (service tables, route tables, removals), and a table without rules is
+ * removed once no connection names it. Without routes to give (no
+ * `routes` option) connections name no table.
  */
 import t from 'tap';
 import { Registry } from 'prom-client';
@@ -38,12 +40,13 @@ const BASE: Resource[] = [
   wl('web-v2-1', 'shop', 'web-v2', 'node-b', '10.0.1.2'),
 ];
 
-function rig() {
+function rig(o: { routes?: boolean } = {}) {
   const state = new MeshState('node-a', 'cluster.local');
   let revision = 1;
   const apply = (resources: Resource[]) => state.apply({ revision: revision++, snapshot: resources, nodes: [{ name: 'node-b', hboneAddress: '10.9.0.2:15008' }] });
   apply(BASE);
   const mesh = { routes: [] as RouteResource[] };
+  const withRoutes = o.routes ?? true;
   const sent: ToDataplane[] = [];
   const waiters: (() => void)[] = [];
   const outbound = new NativeOutbound({
@@ -55,7 +58,7 @@ function rig() {
     },
     trustDomain: 'cluster.local', bundle: () => [], logger: createLogger({ name: 'agent', level: 'silent' }), agentAddress: '10.0.0.100',
     http: { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectionMs: 300_000, maxEjectionPercent: 10, maxPendingRequests: 1024, maxConnections: 1024, retryBudgetPercent: 20, minRetryConcurrency: 3, maxBufferedBodyBytes: 65536 },
-    routes: () => ({ routes: mesh.routes, fault: () => undefined }),
+    ...(withRoutes ? { routes: () => ({ routes: mesh.routes, fault: () => undefined }) } : {}),
   });
   const send = (m: ToDataplane) => {
     sent.push(m);
@@ -96,9 +99,14 @@ function summary(ms: readonly ToDataplane[]): unknown[] {
 
 const split = (v1: number, v2: number, more: Parameters<typeof backend>[] = []) => httpRoute('shop', 'split', [parent('shop', 'web')], [rule({ backendRefs: [backend('shop', 'web', 80, v1), backend('shop', 'web-v2', 80, v2), ...more.map((b) => backend(...b))] })]);
 
-t.test('a port without rules: its service table, then route_table ""', async (t) => {
+t.test('a port without rules: its service table, then a table forwarding to it, then the route naming that table', async (t) => {
   const { connect } = rig();
-  t.same(summary(await connect(1, '10.0.0.1')), [{ services: [WEB], removed: [] }, { route: 1, service: WEB, routeTable: '' }]);
+  const sent = await connect(1, '10.0.0.1');
+  t.same(summary(sent), [{ services: [WEB], removed: [] }, { routes: [`${WEB} for shop`], removed: [] }, { route: 1, service: WEB, routeTable: `${WEB} for shop` }]);
+  const table = sent[1]!.$case === 'httpRoutes' ? sent[1]!.httpRoutes.tables[0]! : undefined;
+  t.same(table?.rules.map((r) => [r.matches, r.backends.map((b) => [b.table, b.weight]), r.retry, r.mirrors]), [[[], [[WEB, 1]], undefined, []]], 'one rule: every request to the service as it is');
+  const none = rig({ routes: false });
+  t.same(summary(await none.connect(1, '10.0.0.1')), [{ services: [WEB], removed: [] }, { route: 1, service: WEB, routeTable: '' }], 'no routes to give: no table');
 });
 
 t.test('a port with rules: backends\' service tables, then the route table, then the route naming it; held tables are not sent again', async (t) => {
@@ -115,6 +123,15 @@ t.test('a port with rules: backends\' service tables, then the route table, then
   t.same(routes?.$case === 'httpRoutes' && routes.httpRoutes.tables[0]!.rules[0]!.backends.map((b) => [b.table, b.weight]), [[WEB, 90], [V2, 10]]);
   t.same(summary(await connect(2, '10.0.0.1')), [{ route: 2, service: WEB, routeTable: `${WEB} for shop` }], 'the second connection: everything already held');
   t.same(summary(await connect(3, '10.0.0.2')), [{ routes: [`${WEB} for client-a`], removed: [] }, { route: 3, service: WEB, routeTable: `${WEB} for client-a` }], 'another namespace: a table of its own');
+});
+
+t.test('a connection opened before any route follows a route applied later', async (t) => {
+  const { connect, change } = rig();
+  t.same(summary(await connect(1, '10.0.0.1')), [{ services: [WEB], removed: [] }, { routes: [`${WEB} for shop`], removed: [] }, { route: 1, service: WEB, routeTable: `${WEB} for shop` }]);
+  const applied = change(BASE, [split(90, 10)]);
+  t.same(summary(applied), [{ services: [V2], removed: [] }, { routes: [`${WEB} for shop`], removed: [] }], 'the new backend\'s table, then the table connection 1 names');
+  const table = applied[1]!.$case === 'httpRoutes' ? applied[1]!.httpRoutes.tables[0]! : undefined;
+  t.same(table?.rules.map((r) => [r.route, r.backends.map((b) => [b.table, b.weight])]), [['HTTPRoute/shop/split#0', [[WEB, 90], [V2, 10]]]]);
 });
 
 t.test('mesh changes: changed tables resent in order, a route table whose routes are gone forwards plainly while named, then is removed', async (t) => {
@@ -145,13 +162,18 @@ t.test('mesh changes: changed tables resent in order, a route table whose routes
   t.same(summary(plain), [{ services: [V2], removed: [] }, { routes: [`${WEB} for shop`], removed: [] }]);
   const rules = plain[1]!.$case === 'httpRoutes' ? plain[1]!.httpRoutes.tables[0]!.rules : [];
   t.same(rules.map((r) => [r.matches, r.backends.map((b) => [b.table, b.weight])]), [[[], [[WEB, 1]]]]);
-  t.same(summary(await connect(2, '10.0.0.1')), [{ route: 2, service: WEB, routeTable: '' }], 'a new connection to a port without rules names no table');
+  t.same(summary(await connect(2, '10.0.0.1')), [{ route: 2, service: WEB, routeTable: `${WEB} for shop` }], 'a new connection names the held table');
   end(1);
-  t.same(summary(change(BASE, [])), [{ routes: [], removed: [`${WEB} for shop`] }], 'no connection names it: removed');
+  t.same(summary(change(BASE, [])), [], 'connection 2 still names it: kept');
+  end(2);
+  t.same(summary(change(BASE, [])), [{ routes: [], removed: [`${WEB} for shop`] }], 'a table without rules no connection names: removed');
 
   // Routes back: compiled afresh for the next connection.
   mesh.routes = [split(1, 1)];
   t.same(summary(await connect(3, '10.0.0.1')), [{ routes: [`${WEB} for shop`], removed: [] }, { route: 3, service: WEB, routeTable: `${WEB} for shop` }]);
+  end(3);
+  t.same(summary(change(BASE, [split(1, 1)])), [], 'a table with rules is kept though no connection names it');
+  t.same(summary(change(BASE.filter((r) => !(r.kind === 'Service' && r.metadata.name === 'web')), [split(1, 1)])), [{ routes: [], removed: [`${WEB} for shop`] }, { services: [], removed: [WEB] }], 'its service gone: the route table goes, then the service table');
 });
 
 t.test('a data plane started again holds no table: all sent again', async (t) => {
