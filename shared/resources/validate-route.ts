@@ -72,12 +72,15 @@ export function formatDuration(ms: number): string {
   return out;
 }
 
+/** The letter escapes regex-syntax 0.8 knows: special characters, hex and Unicode, classes, assertions. */
+const RUST_LETTER_ESCAPES = 'aftnrvxuUdDsSwWpPbBAz';
+
 /**
  * Why the Rust `regex` crate, which runs route regular expressions in the
  * data plane, would refuse `re` — or undefined. It has no look-around, no
- * backreferences and no atomic groups; those are found here, outside
- * character classes and escapes, so a route is refused when written rather
- * than failing on every agent.
+ * backreferences, no atomic groups and fewer letter escapes than PCRE (no
+ * \Z, \h, \K, …); those are found here, outside character classes, so a
+ * route is refused when written rather than failing on every agent.
  */
 export function rustRegexProblem(re: string): string | undefined {
   let inClass = false;
@@ -86,9 +89,10 @@ export function rustRegexProblem(re: string): string | undefined {
     const ch = re[i];
     if (ch === '\\') {
       const next = re[i + 1];
-      if (!inClass && next !== undefined && /[1-9]/.test(next)) return `backreferences (\\${next}) are not supported`;
-      if (!inClass && next === 'k' && re[i + 2] === '<') return 'named backreferences (\\k<…>) are not supported';
       if (next === undefined) return 'ends with a lone "\\"';
+      if (/[0-9]/.test(next)) return `backreferences and octal escapes (\\${next}) are not supported`;
+      if (next === 'k' && re[i + 2] === '<') return 'named backreferences (\\k<…>) are not supported';
+      if (/[A-Za-z]/.test(next) && !RUST_LETTER_ESCAPES.includes(next)) return `the escape \\${next} is not supported (known: \\${RUST_LETTER_ESCAPES.split('').join(' \\')})`;
       i++;
       continue;
     }
@@ -586,6 +590,13 @@ function routeSpec<R extends { readonly name?: string; readonly matches: readonl
   if (m === undefined) return undefined;
   const parentRefs = c.req(m, 'parentRefs', field, (x, f) => items(c, x, f, ROUTE_LIMITS.parentRefs, (y, at) => parentRef(c, y, at, routeNs), 1));
   if (parentRefs !== undefined) {
+    // Upstream CEL: a parent named twice must say which part each reference means (here: a port on each).
+    parentRefs.forEach((p, i) => {
+      const same = parentRefs.findIndex((q) => q.namespace === p.namespace && q.name === p.name);
+      if (same !== i && (p.port === undefined || parentRefs[same]?.port === undefined)) {
+        c.fail(join(join(field, 'parentRefs'), i), `names Service ${p.namespace}/${p.name} again (also at ${join(join(field, 'parentRefs'), same)}): each reference to the same Service needs its own port`, p.name);
+      }
+    });
     c.unique(parentRefs.map((p, i) => ({ key: `${p.namespace}/${p.name}:${p.port ?? ''}`, field: join(join(field, 'parentRefs'), i), shown: `${p.namespace}/${p.name}${p.port === undefined ? '' : `:${p.port}`}` })), 'parentRef');
   }
   const hostnames = c.opt(m, 'hostnames', field,

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { readFileSync } from 'node:fs';
 import { AmbitError } from '../../../shared/errors.ts';
 import type { FaultInjection, GRPCRoute, HTTPRoute } from '../../../shared/resources/route-types.ts';
 import { formatDuration, parseDuration, rustRegexProblem } from '../../../shared/resources/validate-route.ts';
@@ -44,6 +45,8 @@ t.test('an HTTPRoute gets the upstream defaults', async (t) => {
     filters: [],
     backendRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web', port: 80, weight: 1, filters: [] }],
   });
+  const twoPorts = validateResource(httpRoute({ parentRefs: [PARENT, { ...PARENT, port: 81 }] }), 'x') as HTTPRoute;
+  t.same(twoPorts.spec.parentRefs.map((p) => p.port), [80, 81], 'one Service twice, a port each');
   const noRules = validateResource(httpRoute({ rules: undefined }), 'x') as HTTPRoute;
   t.same(noRules.spec.rules, [{ matches: [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }], filters: [], backendRefs: [] }], 'no rules: one rule matching everything');
   const full = validateResource(ruleDoc({
@@ -83,7 +86,12 @@ t.test('durations follow the Gateway API format', async (t) => {
 });
 
 t.test('regular expressions the data plane cannot run are refused', async (t) => {
-  for (const ok of ['^/api/v[0-9]+$', '(?i)abc', '(?<name>x)', '[(?=]', '\\(?=', 'a\\d+']) t.equal(rustRegexProblem(ok), undefined, ok);
+  // The vectors the data plane's own engine is tested against too (dataplane/tests/regex_vectors.rs).
+  const vectors = JSON.parse(readFileSync(new URL('./regex-vectors.json', import.meta.url), 'utf8')) as { accepted: string[]; refused: string[] };
+  for (const ok of vectors.accepted) t.equal(rustRegexProblem(ok), undefined, `${ok} accepted`);
+  for (const bad of vectors.refused) t.type(rustRegexProblem(bad), 'string', `${bad} refused`);
+  t.match(rustRegexProblem('a\\Z'), /the escape \\Z is not supported/);
+  t.match(rustRegexProblem('\\0'), /octal/);
   t.match(rustRegexProblem('foo(?=bar)'), /look-ahead/);
   t.match(rustRegexProblem('foo(?!bar)'), /look-ahead/);
   t.match(rustRegexProblem('(?<=a)b'), /look-behind/);
@@ -106,6 +114,7 @@ const REFUSED: [string, Doc, string, RegExp][] = [
   ['sectionName', httpRoute({ parentRefs: [{ ...PARENT, sectionName: 'http' }] }), 'spec.parentRefs[0].sectionName', /use port/],
   ['parent port out of range', httpRoute({ parentRefs: [{ ...PARENT, port: 0 }] }), 'spec.parentRefs[0].port', /1-65535/],
   ['duplicate parentRef', httpRoute({ parentRefs: [PARENT, PARENT] }), 'spec.parentRefs[1]', /duplicate parentRef/],
+  ['a parent named twice, once without a port', httpRoute({ parentRefs: [PARENT, { ...PARENT, port: undefined }] }), 'spec.parentRefs[1]', /needs its own port/],
   ['33 parentRefs', httpRoute({ parentRefs: Array.from({ length: 33 }, (_, i) => ({ ...PARENT, port: i + 1 })) }), 'spec.parentRefs', /at most 32/],
   ['17 rules', httpRoute({ rules: Array.from({ length: 17 }, () => ({})) }), 'spec.rules', /at most 16/],
   ['65 matches', ruleDoc({ matches: Array.from({ length: 65 }, () => ({})) }), 'spec.rules[0].matches', /at most 64/],
