@@ -583,7 +583,7 @@ function grpcRule(c: Checker, v: unknown, field: string, routeNs: string): GRPCR
 interface CommonSpec<R> { parentRefs: RouteParentRef[]; hostnames: string[]; rules: R[] }
 
 function routeSpec<R extends { readonly name?: string; readonly matches: readonly unknown[] }>(
-  c: Checker, v: unknown, field: string, routeNs: string, rule: (x: unknown, at: string) => R | undefined, defaultRules: R[] | undefined,
+  c: Checker, v: unknown, field: string, routeNs: string, rule: (x: unknown, at: string) => R | undefined, defaultRules: R[],
 ): CommonSpec<R> | undefined {
   const before = c.errors.length;
   const m = c.mapping(v, field, ['parentRefs', 'hostnames', 'rules'], { useDefaultGateways: 'Ambit has no gateways' });
@@ -601,12 +601,8 @@ function routeSpec<R extends { readonly name?: string; readonly matches: readonl
   }
   const hostnames = c.opt(m, 'hostnames', field,
     (x, f) => items(c, x, f, ROUTE_LIMITS.hostnames, (y, at) => sized(c, y, at, 1, 253, (s) => HOSTNAME.test(s), 'a lower-case host name, optionally starting with "*."')), []);
-  const rawRules = c.optional(m, 'rules');
-  let rules: R[] | undefined;
-  if (rawRules === undefined) {
-    if (defaultRules === undefined) c.fail(join(field, 'rules'), 'is required', undefined);
-    rules = defaultRules;
-  } else rules = items(c, rawRules, join(field, 'rules'), ROUTE_LIMITS.rules, rule, 1);
+  // An empty list is allowed (the route then routes nothing), as upstream; absent means the default.
+  const rules = c.opt(m, 'rules', field, (x, f) => items(c, x, f, ROUTE_LIMITS.rules, rule), defaultRules);
   if (rules !== undefined) {
     const named = rules.flatMap((r, i) => (r.name === undefined ? [] : [{ key: r.name, field: join(join(join(field, 'rules'), i), 'name'), shown: r.name }]));
     c.unique(named, 'rule name');
@@ -624,7 +620,8 @@ export function checkHTTPRouteSpec(c: Checker, v: unknown, field: string, routeN
 }
 
 export function checkGRPCRouteSpec(c: Checker, v: unknown, field: string, routeNs: string): GRPCRouteSpec | undefined {
-  return routeSpec(c, v, field, routeNs, (x, at) => grpcRule(c, x, at, routeNs), undefined);
+  // Upstream GRPCRoute has no default rule: without rules a route matches no call.
+  return routeSpec(c, v, field, routeNs, (x, at) => grpcRule(c, x, at, routeNs), []);
 }
 
 function percentage(c: Checker, m: Mapping, field: string): number | undefined {

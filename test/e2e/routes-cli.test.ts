@@ -67,7 +67,7 @@ apiVersion: ambit.dev/v1alpha1
 kind: FaultInjection
 metadata: {name: slow, namespace: shop}
 spec:
-  delay: {fixedDelay: 100ms, percentage: 10}
+  delay: {fixedDelay: 1m30s, percentage: 10}
 `;
 
 t.test('apply -f, get with status, delete -f, and a bad file that changes nothing', async (t) => {
@@ -77,10 +77,11 @@ t.test('apply -f, get with status, delete -f, and a bad file that changes nothin
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary created\nGRPCRoute shop/rpc created\nFaultInjection shop/slow created\n');
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary unchanged\nGRPCRoute shop/rpc unchanged\nFaultInjection shop/slow unchanged\n', 'stored as applied');
 
-  const bad = file('bad.yaml', ROUTES.replace('weight: 10}', 'weight: 10}, {name: other, port: 80, kind: Gateway}').replace('fixedDelay: 100ms', 'fixedDelay: 100'));
+  const bad = file('bad.yaml', ROUTES.replace('weight: 10}', 'weight: 10}, {name: other, port: 80, kind: Gateway}').replace('fixedDelay: 1m30s', 'fixedDelay: 90'));
   const r = await ambitctl(ctl, ['apply', '-f', bad]);
   t.equal(r.code, 1, 'a bad file fails');
   t.match(r.stderr, /bad\.yaml#1 HTTPRoute shop\/canary: spec\.rules\[0\]\.backendRefs\[2\]\.kind: must be Service/);
+  t.match(r.stderr, /2 of 3 documents are invalid; nothing was applied/);
   t.match(r.stderr, /AMBIT_ERR_RESOURCE_INVALID/);
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary unchanged\nGRPCRoute shop/rpc unchanged\nFaultInjection shop/slow unchanged\n', 'the bad file changed nothing');
 
@@ -95,7 +96,7 @@ t.test('apply -f, get with status, delete -f, and a bad file that changes nothin
   }, '-o yaml: the upstream shape with status');
   t.match(await ok(['apply', '-f', file('got.yaml', yaml)]), /HTTPRoute shop\/canary unchanged/, 'what get -o yaml prints re-applies (status ignored)');
   t.match(JSON.parse(await ok(['get', 'grpcroute', '-o', 'json'])), [{ kind: 'GRPCRoute', spec: { rules: [{ retry: { codes: ['UNAVAILABLE'] } }] }, status: { parents: [{ conditions: [{ status: 'True' }, { status: 'True' }] }] } }]);
-  t.equal(await ok(['get', 'faultinjection', 'slow', '-n', 'shop']), 'NAMESPACE  NAME  DELAY      ABORT\nshop       slow  100ms 10%  -\n');
+  t.equal(await ok(['get', 'faultinjection', 'slow', '-n', 'shop']), 'NAMESPACE  NAME  DELAY      ABORT\nshop       slow  1m30s 10%  -\n');
 
   // Status follows the mesh when read: the canary's Service gone, the route says so.
   await ok(['delete', '-f', file('canary-svc.yaml', MESH.split('---\n')[1] ?? '')]);

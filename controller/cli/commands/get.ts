@@ -37,11 +37,11 @@ function parentsText(r: RouteResource): string {
   return r.spec.parentRefs.map((p) => `${p.namespace}/${p.name}${p.port === undefined ? '' : `:${p.port}`}`).join(',');
 }
 
-function faultText(f: FaultInjection): [string, string] {
+function faultText(f: FaultInjection, duration: (ms: number) => string): [string, string] {
   const d = f.spec.delay;
   const a = f.spec.abort;
   return [
-    d === undefined ? '-' : `${d.fixedDelayMs}ms ${d.percentage}%`,
+    d === undefined ? '-' : `${duration(d.fixedDelayMs)} ${d.percentage}%`,
     a === undefined ? '-' : `${a.httpStatus}${a.grpcStatus === undefined ? '' : `/grpc ${a.grpcStatus}`} ${a.percentage}%`,
   ];
 }
@@ -59,8 +59,8 @@ export function getCommand(ctx: CliContext): Command {
       const format = outputOf(cmd);
       const namespace = o.namespace ?? (name === undefined ? '' : 'default');
       await withApi(ctx, cmd, async (api) => {
-        const [{ resourceFromWire, routeStatusFromWire }, { toDocument }] = await Promise.all([
-          import('../../../shared/resources/wire.ts'), import('../../../shared/resources/validate.ts'),
+        const [{ resourceFromWire, routeStatusFromWire }, { toDocument }, { formatDuration }] = await Promise.all([
+          import('../../../shared/resources/wire.ts'), import('../../../shared/resources/validate.ts'), import('../../../shared/resources/validate-route.ts'),
         ]);
         let items: { resource: Resource; status?: RouteStatus }[];
         if (kind === 'FaultInjection') {
@@ -77,7 +77,7 @@ export function getCommand(ctx: CliContext): Command {
         }
         if (format === 'table') {
           if (kind === 'FaultInjection') {
-            ctx.out(table(['NAMESPACE', 'NAME', 'DELAY', 'ABORT'], items.map(({ resource: r }) => r.kind !== 'FaultInjection' ? [] : [r.metadata.namespace, r.metadata.name, ...faultText(r)])));
+            ctx.out(table(['NAMESPACE', 'NAME', 'DELAY', 'ABORT'], items.map(({ resource: r }) => r.kind !== 'FaultInjection' ? [] : [r.metadata.namespace, r.metadata.name, ...faultText(r, formatDuration)])));
           } else {
             ctx.out(table(['NAMESPACE', 'NAME', 'PARENTS', 'ACCEPTED', 'RESOLVEDREFS'], items.map(({ resource: r, status }) => (r.kind !== 'HTTPRoute' && r.kind !== 'GRPCRoute') || status === undefined ? [] : [
               r.metadata.namespace, r.metadata.name, parentsText(r), summary(status, 'Accepted'), summary(status, 'ResolvedRefs'),

@@ -189,6 +189,7 @@ t.test('GRPCRoute', async (t) => {
   t.same(rule.retry, { codes: [4, 14], attempts: 2, backoffMs: 50 }, 'gRPC codes by name or number, stored as numbers');
   t.same(rule.timeouts, { requestMs: 2000 });
   t.same((validateResource(grpcRoute(), 'x') as GRPCRoute).spec.rules[0]?.matches, [], 'no matches: every call');
+  t.same((validateResource(grpcRoute({ rules: undefined }), 'x') as GRPCRoute).spec.rules, [], 'no rules: none (no upstream default)');
   const refusals: [Doc, string, RegExp][] = [
     [grpcRoute({ rules: [{ retry: { codes: ['UNAVAILABLEE'] } }] }), 'spec.rules[0].retry.codes[0]', /gRPC status code 0-16 or its name/],
     [grpcRoute({ rules: [{ retry: { codes: [17] } }] }), 'spec.rules[0].retry.codes[0]', /0-16/],
@@ -196,7 +197,6 @@ t.test('GRPCRoute', async (t) => {
     [grpcRoute({ rules: [{ matches: [{ method: { service: 'a/b' } }] }] }), 'spec.rules[0].matches[0].method.service', /gRPC service name/],
     [grpcRoute({ rules: [{ matches: [{ path: { value: '/' } }] }] }), 'spec.rules[0].matches[0].path', /unknown field/],
     [grpcRoute({ rules: [{ filters: [{ type: 'URLRewrite', urlRewrite: { hostname: 'a' } }] }] }), 'spec.rules[0].filters[0].type', /on a GRPCRoute rule/],
-    [grpcRoute({ rules: undefined }), 'spec.rules', /required/],
   ];
   for (const [doc, field, message] of refusals) {
     const x = refusal(doc);
@@ -228,6 +228,8 @@ t.test('FaultInjection', async (t) => {
 const ROUND_TRIP: Doc[] = [
   httpRoute(),
   httpRoute({ rules: undefined, hostnames: ['web.example.com'] }),
+  httpRoute({ rules: [] }),
+  grpcRoute({ rules: undefined }),
   httpRoute({
     rules: [{
       name: 'canary',
@@ -261,7 +263,7 @@ t.test('document, core and wire forms round-trip', async (t) => {
     const back = resourceFromWire(resourceToWire({ ...r, metadata: { ...r.metadata, revision: 7 } } as Resource));
     t.same(back, { ...r, metadata: { ...r.metadata, revision: 7 } }, `${r.kind}: through the wire`);
   }
-  const printed = toDocument(validateResource(ROUND_TRIP[2]!, 'x'));
+  const printed = toDocument(validateResource(ROUND_TRIP[4]!, 'x'));
   t.match(printed, { spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web', port: 80 }], rules: [{ timeouts: { request: '1m30s', backendRequest: '1s' } }] } }, 'upstream shape');
 });
 
