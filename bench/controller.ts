@@ -46,7 +46,7 @@ import { nodeId } from '../shared/spiffe-id.ts';
 import { createCsr } from '../shared/x509.ts';
 import { EtcdCluster } from '../test/e2e/fixtures/etcd-cluster.ts';
 import { writeMeshCa } from '../test/e2e/fixtures/test-pki.ts';
-import { agentsReady, childPids, CONTROLLER_MAIN, Proc, socksConnect, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
+import { agentsReady, childPids, CONTROLLER_MAIN, hostPortOf, httpGet, Proc, socksConnect, startAgent, type RunningAgent, type RunningController } from '../test/e2e/harness.ts';
 
 const HOST = '127.0.128.20';
 /** What systemd/ambit-controller.service and daemonset/controller.yaml set. */
@@ -446,6 +446,11 @@ async function callServices(agent: RunningAgent): Promise<number[]> {
   return took.sort((a, b) => a - b);
 }
 
+/** How many resources the agent holds (its /config_dump). */
+async function heldCount(agent: RunningAgent): Promise<number> {
+  return (JSON.parse((await httpGet(hostPortOf(agent.admin), '/config_dump')).body) as { resources: unknown[] }).resources.length;
+}
+
 async function agentMemory(api: AdminApi, controller: RunningController): Promise<void> {
   const node = 'mem-1';
   const scope = args['watch-scope'] ?? 'node';
@@ -467,15 +472,15 @@ async function agentMemory(api: AdminApi, controller: RunningController): Promis
     const small = await acked(api, node, 60_000);
     const inSmall = await measure();
     out(`  mesh of 10 workloads, 20 services (revision ${small})`);
-    out(`    agent RSS ${inSmall.agent.toFixed(1)} MiB (peak ${inSmall.hwm.toFixed(1)}), its ambit-dataplane ${inSmall.dataplane.toFixed(1)} MiB`);
+    out(`    agent RSS ${inSmall.agent.toFixed(1)} MiB (peak ${inSmall.hwm.toFixed(1)}), its ambit-dataplane ${inSmall.dataplane.toFixed(1)} MiB; resources held ${await heldCount(agent)}`);
     const load = await loadMesh(api);
+    out(`  mesh grown by ${WORKLOADS} workloads and ${SERVICES} services on other nodes (applied in ${load.seconds.toFixed(1)} s)`);
     const first = await callServices(agent);
     const again = await callServices(agent);
-    out(`  its workloads call 20 services of the mesh: SOCKS5 reply after p50 ${percentile(first, 50).toFixed(1)} ms, max ${first[first.length - 1]!.toFixed(1)} ms (first connection to each); p50 ${percentile(again, 50).toFixed(1)} ms, max ${again[again.length - 1]!.toFixed(1)} ms (second)`);
+    out(`    its workloads call 20 services of the mesh: SOCKS5 reply after p50 ${percentile(first, 50).toFixed(1)} ms, max ${first[first.length - 1]!.toFixed(1)} ms (first connection to each); p50 ${percentile(again, 50).toFixed(1)} ms, max ${again[again.length - 1]!.toFixed(1)} ms (second)`);
     const large = await acked(api, node, 900_000);
     const inLarge = await measure();
-    out(`  mesh grown by ${WORKLOADS} workloads and ${SERVICES} services on other nodes (revision ${large}, applied in ${load.seconds.toFixed(1)} s)`);
-    out(`    agent RSS ${inLarge.agent.toFixed(1)} MiB (peak ${inLarge.hwm.toFixed(1)}), its ambit-dataplane ${inLarge.dataplane.toFixed(1)} MiB`);
+    out(`    at revision ${large}: agent RSS ${inLarge.agent.toFixed(1)} MiB (peak ${inLarge.hwm.toFixed(1)}), its ambit-dataplane ${inLarge.dataplane.toFixed(1)} MiB; resources held ${await heldCount(agent)}`);
     const growth = inLarge.agent + inLarge.dataplane - (inSmall.agent + inSmall.dataplane);
     out(`  growth (agent + data plane)         ${growth.toFixed(1)} MiB   target <= +${TARGET.agentGrowthMiB} MiB: ${verdict(growth <= TARGET.agentGrowthMiB)}`);
   } finally {
