@@ -415,6 +415,8 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         ejectedEndpoints: outlier.ejected().map((e) => ({ ...e, since: new Date(e.since).toISOString(), until: new Date(e.until).toISOString() })),
         // HTTP endpoints the data plane ejected per request (5xx answers, failed connects).
         ejectedHttpEndpoints: outbound.httpEjections().map((e) => ({ ...e, since: new Date(e.since).toISOString(), until: new Date(e.until).toISOString() })),
+        // The route tables the data plane decides HTTP requests by, as sent (key: service port, locality, client namespace).
+        httpRouteTables: outbound.httpRouteTables(),
         connections: tracker.size,
         captureRules: capture?.rules() ?? [],
         ready: isReady(),

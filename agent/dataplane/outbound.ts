@@ -136,7 +136,7 @@ export class NativeOutbound {
   /** HTTP service tables the data plane holds, by key: what each was compiled from and what was sent. */
   readonly #httpTables = new Map<string, { resolved: ResolvedService; locality: string; as?: BackendService['as']; sent: string }>();
   /** Route tables the data plane holds, by key: the service port, clients and what was sent. */
-  readonly #routeTables = new Map<string, { parent: ResolvedService; locality: string; namespace: string; sent: string }>();
+  readonly #routeTables = new Map<string, { parent: ResolvedService; locality: string; namespace: string; table: HttpRouteTable; sent: string }>();
   /** HTTP endpoints the data plane has ejected, by "service endpoint". */
   readonly #httpEjections = new Map<string, HttpEjection>();
 
@@ -401,7 +401,7 @@ export class NativeOutbound {
     if (!compiled) return '';
     const fresh = this.#newBackends(compiled.services);
     if (fresh.length > 0) this.#sendHttp(fresh, []);
-    this.#routeTables.set(key, { parent, locality, namespace, sent: JSON.stringify(compiled.table) });
+    this.#routeTables.set(key, { parent, locality, namespace, table: compiled.table, sent: JSON.stringify(compiled.table) });
     this.#sendRoutes([compiled.table], []);
     return key;
   }
@@ -465,7 +465,7 @@ export class NativeOutbound {
       changed.push(...this.#newBackends(compiled.services));
       const sent = JSON.stringify(compiled.table);
       if (sent === t.sent) continue;
-      this.#routeTables.set(key, { ...t, parent: now, sent });
+      this.#routeTables.set(key, { ...t, parent: now, table: compiled.table, sent });
       routes.push(compiled.table);
     }
     if (changed.length > 0) this.#sendHttp(changed, []);
@@ -487,6 +487,11 @@ export class NativeOutbound {
         settings: { ...h },
       },
     });
+  }
+
+  /** The route tables the data plane holds, as sent (for /config_dump). */
+  httpRouteTables(): HttpRouteTable[] {
+    return [...this.#routeTables.values()].map((t) => t.table);
   }
 
   /** HTTP endpoints ejected now, by the data plane's passive health. */

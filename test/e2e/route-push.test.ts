@@ -15,7 +15,7 @@ import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { httpServer } from './http-apps.ts';
-import { agentKnowsNode, agentsReady, ambitctl, eventually, setUp, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, setUp, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 
 const ip = (n: number): string => `127.0.132.${n}`;
 const CTL = ip(1);
@@ -133,6 +133,8 @@ t.test('routes applied, overridden and deleted reach connections already open', 
   await ok(['apply', '-f', file('producer.yaml', PRODUCER)]);
   await eventually(async () => (await c.get({ 'x-canary': 'yes' })).body === 'v2', 'the producer route on the open connection', 10_000);
   t.same(await c.get(), { status: 200, body: 'v1' }, 'its second rule: everything else to web');
+  const dump = JSON.parse((await httpGet(hostPortOf(agentA.admin), '/config_dump')).body) as { httpRouteTables: { key: string; rules: { route: string }[] }[] };
+  t.same(dump.httpRouteTables.find((x) => x.key === 'web.default.svc.cluster.local:80@ for default')?.rules.map((r) => r.route), ['HTTPRoute/default/web-canary#0', 'HTTPRoute/default/web-canary#1'], '/config_dump shows the table the data plane holds');
   await eventually(async () => (await team.get({ 'x-canary': 'yes' })).body === 'v2', 'the producer route for team too', 10_000);
 
   await ok(['apply', '-f', file('consumer.yaml', CONSUMER)]);

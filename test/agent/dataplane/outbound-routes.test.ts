@@ -110,7 +110,7 @@ t.test('a port without rules: its service table, then a table forwarding to it, 
 });
 
 t.test('a port with rules: backends\' service tables, then the route table, then the route naming it; held tables are not sent again', async (t) => {
-  const { connect, mesh } = rig();
+  const { connect, mesh, outbound } = rig();
   mesh.routes = [split(90, 10)];
   const first = await connect(1, '10.0.0.1');
   t.same(summary(first), [
@@ -122,6 +122,7 @@ t.test('a port with rules: backends\' service tables, then the route table, then
   const routes = first.find((m) => m.$case === 'httpRoutes');
   t.same(routes?.$case === 'httpRoutes' && routes.httpRoutes.tables[0]!.rules[0]!.backends.map((b) => [b.table, b.weight]), [[WEB, 90], [V2, 10]]);
   t.same(summary(await connect(2, '10.0.0.1')), [{ route: 2, service: WEB, routeTable: `${WEB} for shop` }], 'the second connection: everything already held');
+  t.same(outbound.httpRouteTables(), routes?.$case === 'httpRoutes' ? routes.httpRoutes.tables : [], 'the tables held, as sent');
   t.same(summary(await connect(3, '10.0.0.2')), [{ routes: [`${WEB} for client-a`], removed: [] }, { route: 3, service: WEB, routeTable: `${WEB} for client-a` }], 'another namespace: a table of its own');
 });
 
