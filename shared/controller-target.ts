@@ -1,3 +1,4 @@
+import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { ChannelOptions } from '@grpc/grpc-js';
 import { formatHostPort, type HostPort } from './config-parse.ts';
@@ -25,6 +26,29 @@ export function controllerTarget(controllers: Controllers, random: () => number 
   }
   const family = isIP(list[0]!.host);
   return `${family === 6 ? 'ipv6' : 'ipv4'}:${shuffled(list, random).map(formatHostPort).join(',')}`;
+}
+
+/** The addresses a name resolves to (getaddrinfo, as grpc-js's own resolver asks). */
+export type ResolveName = (host: string) => Promise<readonly string[]>;
+
+export const lookupAll: ResolveName = async (host) => (await lookup(host, { all: true })).map((a) => a.address);
+
+/**
+ * controllerTarget for a client that connects anew at each attempt: a DNS
+ * name is resolved here, at each call, and its addresses shuffled as a
+ * list's are, where grpc-js's resolver would hand them to its uneven shuffle
+ * (see controllerTarget). A name that does not resolve, or only to nothing,
+ * stays a `dns:` target, so grpc-js reports (and retries) the failure.
+ */
+export async function resolvedControllerTarget(controllers: Controllers, resolve: ResolveName = lookupAll, random: () => number = Math.random): Promise<string> {
+  const list = controllerList(controllers);
+  const only = list[0];
+  if (list.length !== 1 || only === undefined || isIP(only.host) !== 0) return controllerTarget(list, random);
+  const addresses = await resolve(only.host).catch(() => []);
+  // One family per target: those of the first address (the resolver's preference).
+  const family = isIP(addresses[0] ?? '');
+  const usable = addresses.filter((a) => family !== 0 && isIP(a) === family);
+  return usable.length > 0 ? controllerTarget(usable.map((host) => ({ host, port: only.port })), random) : controllerTarget(list, random);
 }
 
 /** Fisher-Yates: every order equally likely. */

@@ -2,7 +2,7 @@ import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
 import { DiscoveryClient, type TelemetryReport, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { Backoff } from '../../shared/backoff.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
-import { controllerTarget, type Controllers } from '../../shared/controller-target.ts';
+import { resolvedControllerTarget, type Controllers, type ResolveName } from '../../shared/controller-target.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { changeFromWire, resourceFromWire } from '../../shared/resources/wire.ts';
@@ -40,6 +40,8 @@ export interface WatchClientOptions {
   readonly scope?: 'full' | 'node';
   /** Node scope: the hosts followed, carried by every WatchStart so a resumed or failed-over watch restores them. */
   readonly subscriptions?: () => readonly string[];
+  /** Resolves a controller DNS name at each (re)connect (default: getaddrinfo). */
+  readonly resolve?: ResolveName;
 }
 
 /**
@@ -95,6 +97,8 @@ export class WatchClient {
   #reportTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #connected = false;
+  /** Counts connects: a resolution that finishes after a newer connect (reconnect()) or close() opens nothing. */
+  #attempt = 0;
   lastError = '';
   lastUpdateAt = 0;
   /** The replica ("host:port") the current stream is on, once it has answered; '' while none has. */
@@ -132,11 +136,18 @@ export class WatchClient {
 
   #connect(): void {
     if (this.#closed) return;
+    const attempt = ++this.#attempt;
+    void resolvedControllerTarget(this.#o.controller, this.#o.resolve).then((target) => {
+      if (!this.#closed && attempt === this.#attempt) this.#open(target);
+    });
+  }
+
+  #open(target: string): void {
     const creds = this.#o.credentials();
     this.#client?.close();
     // A fresh client per attempt picks up renewed node credentials and bundle.
     const client = new DiscoveryClient(
-      controllerTarget(this.#o.controller),
+      target,
       controllerCredentials({ caPem: creds.bundlePem, trustDomain: creds.trustDomain, keyPem: creds.keyPem, certChainPem: creds.certChainPem }),
       CONTROLLER_CHANNEL_OPTIONS,
     );

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { credentials, makeGenericClientConstructor, Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
-import { controllerListProblem, controllerTarget, SPREAD_OVER_REPLICAS } from '../../shared/controller-target.ts';
+import { controllerListProblem, controllerTarget, resolvedControllerTarget, SPREAD_OVER_REPLICAS } from '../../shared/controller-target.ts';
 
 /** random() at its top: Fisher-Yates then swaps nothing, the list keeps its order. */
 const KEEP_ORDER = (): number => 0.999_999;
@@ -59,4 +59,33 @@ t.test('lists grpc-js cannot resolve as one target are named', async (t) => {
   t.equal(controllerListProblem([{ host: '10.0.0.1', port: 1 }, { host: '10.0.0.2', port: 1 }]), undefined);
   t.match(controllerListProblem([{ host: 'a.example', port: 1 }, { host: '10.0.0.2', port: 1 }]), /IP addresses/);
   t.match(controllerListProblem([{ host: '10.0.0.1', port: 1 }, { host: 'fd00::2', port: 1 }]), /IPv4 or all IPv6/);
+});
+
+t.test('a DNS name is resolved at each call and its addresses shuffled as a list', async (t) => {
+  const asked: string[] = [];
+  const resolve = async (host: string): Promise<readonly string[]> => {
+    asked.push(host);
+    if (host === 'ctl.example') return ['10.0.0.1', '10.0.0.2', '10.0.0.3'];
+    if (host === 'mixed.example') return ['fd00::1', '10.0.0.9', 'fd00::2'];
+    if (host === 'empty.example') return [];
+    throw new Error('ENOTFOUND');
+  };
+  const name = (host: string) => ({ host, port: 15012 });
+  t.equal(await resolvedControllerTarget(name('ctl.example'), resolve, KEEP_ORDER), 'ipv4:10.0.0.1:15012,10.0.0.2:15012,10.0.0.3:15012');
+  t.equal(await resolvedControllerTarget([name('ctl.example')], resolve, () => 0), 'ipv4:10.0.0.2:15012,10.0.0.3:15012,10.0.0.1:15012', 'shuffled with the random source given');
+  t.equal(await resolvedControllerTarget(name('mixed.example'), resolve, KEEP_ORDER), 'ipv6:[fd00::1]:15012,[fd00::2]:15012', 'the first address\'s family only');
+  t.equal(await resolvedControllerTarget(name('empty.example'), resolve), 'dns:empty.example:15012', 'nothing resolved: grpc-js resolves and reports');
+  t.equal(await resolvedControllerTarget(name('missing.example'), resolve), 'dns:missing.example:15012', 'a failed resolution too');
+  t.same(asked, ['ctl.example', 'ctl.example', 'mixed.example', 'empty.example', 'missing.example'], 'once per call');
+  t.equal(await resolvedControllerTarget([{ host: '10.0.0.1', port: 1 }, { host: '10.0.0.2', port: 1 }], resolve, KEEP_ORDER), 'ipv4:10.0.0.1:1,10.0.0.2:1', 'addresses are not resolved');
+  t.equal(asked.length, 5);
+  const first = new Map<string, number>();
+  for (let k = 0; k < 3000; k++) {
+    const head = (await resolvedControllerTarget(name('ctl.example'), resolve)).slice('ipv4:'.length).split(',')[0]!;
+    first.set(head, (first.get(head) ?? 0) + 1);
+  }
+  for (const a of ['10.0.0.1', '10.0.0.2', '10.0.0.3']) {
+    const share = (first.get(`${a}:15012`) ?? 0) / 3000;
+    t.ok(Math.abs(share - 1 / 3) < 0.05, `${a} first in ${(share * 100).toFixed(1)}% of the targets`);
+  }
 });

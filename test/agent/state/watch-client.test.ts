@@ -209,3 +209,27 @@ t.test('close() stops reconnecting', async (t) => {
   t.ok(fake.attempts.length <= n + 1, `no attempts after close (${fake.attempts.length - n} in flight at close)`);
   t.notOk(w.connected);
 });
+
+t.test('a controller DNS name is resolved at every connect, through the resolver given', async (t) => {
+  // Stream 1 delivers then ends; stream 2 delivers.
+  const fake = await fakeController(t, (n, call) => {
+    call.write(response(n));
+    if (n === 1) setTimeout(() => call.end(), 50);
+  });
+  const { logger } = capturingLogger();
+  const asked: string[] = [];
+  const w = new WatchClient({
+    controller: { host: 'controllers.test', port: fake.port }, credentials: fake.credentials, hboneAddress: '127.0.0.1:15008',
+    revision: () => 0, certExpiresAt: () => 0, apply: () => undefined, logger,
+    resolve: async (host) => {
+      asked.push(host);
+      return ['127.0.0.1'];
+    },
+    backoff: new Backoff({ initialMs: 20, maxMs: 20, random: () => 1 }),
+  });
+  t.teardown(() => w.close());
+  w.start();
+  await until('the second stream', () => fake.attempts.length >= 2 && w.connected);
+  t.same(asked, ['controllers.test', 'controllers.test'], 'resolved once for each connect');
+  t.equal(w.peer, `127.0.0.1:${fake.port}`, 'connected to the address it resolved to');
+});
