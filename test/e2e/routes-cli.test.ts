@@ -1,13 +1,21 @@
 /**
  * HTTPRoute, GRPCRoute and FaultInjection through ambitctl and a real
- * controller (SQLite store): apply -f, get with status, delete -f, and a bad
- * file that changes nothing.
+ * controller (SQLite store): apply -f, get with status, delete -f, a bad file
+ * that changes nothing, and a node's Watch stream carrying them to an agent's
+ * mesh state.
  */
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
+import { Metadata } from '@grpc/grpc-js';
+import { DiscoveryClient, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
+import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
+import { parseJoinToken } from '../../controller/registry/join-tokens.ts';
+import { joinWithToken } from '../../agent/identity/ca-client.ts';
+import { MeshState } from '../../agent/state/mesh-state.ts';
+import { resourceFromWire } from '../../shared/resources/wire.ts';
 import { ambitctl, startController, type RunningController } from './harness.ts';
 
 const HOST = '127.0.131.1';
@@ -114,4 +122,29 @@ t.test('apply -f, get with status, delete -f, and a bad file that changes nothin
 
   t.equal(await ok(['delete', '-f', routes]), 'HTTPRoute shop/canary deleted\nGRPCRoute shop/rpc deleted\nFaultInjection shop/slow deleted\n');
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary created\nGRPCRoute shop/rpc created\nFaultInjection shop/slow created\n', 'gone after delete');
+});
+
+t.test('an agent\'s watch receives the routes, decoded and validated into its mesh state', async (t) => {
+  const node = 'node-r';
+  const token = (await ok(['node', 'token', 'create', '--node', node])).trim();
+  const creds = await joinWithToken({ controller: ctl.grpc, node, token, caFingerprint: parseJoinToken(token).caFingerprint });
+  const client = new DiscoveryClient(ctl.address, controllerCredentials({ caPem: creds.bundlePem, trustDomain: 'cluster.local', keyPem: creds.keyPem, certChainPem: creds.certChainPem }), CONTROLLER_CHANNEL_OPTIONS);
+  const call = client.watch(new Metadata());
+  t.teardown(() => {
+    call.cancel();
+    client.close();
+  });
+  const first = await new Promise<WatchResponse>((resolve, reject) => {
+    call.once('data', resolve);
+    call.once('error', reject);
+    call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: creds.expiresAt, hboneAddress: '', scope: '', subscriptions: [] } } });
+  });
+  t.ok(first.snapshot, 'a snapshot');
+  const mesh = new MeshState(node, 'cluster.local');
+  const effect = mesh.apply({ revision: first.revision, snapshot: first.resources.map(resourceFromWire) });
+  t.equal(effect.routesChanged, true);
+  t.same(mesh.httpRoutes().map((r) => `${r.metadata.namespace}/${r.metadata.name}`), ['shop/canary']);
+  t.same(mesh.httpRoutes()[0]?.spec.rules[0]?.backendRefs.map((b) => `${b.name}:${b.weight}`), ['web:90', 'web-canary:10']);
+  t.same(mesh.grpcRoutes()[0]?.spec.rules[0]?.retry?.codes, [14], 'UNAVAILABLE as its code');
+  t.same(mesh.faultInjection('shop', 'slow')?.spec.delay, { fixedDelayMs: 90_000, percentage: 10 });
 });
