@@ -277,6 +277,11 @@ pub fn span_of(o: &RequestOutcome, hop: &TraceHop) -> pb::Span {
     if let Some(g) = o.grpc_status {
         attributes.push(attr("rpc.grpc.status_code", pb::attribute::Value::IntValue(g.into())));
     }
+    // A routed request: the rule that decided it, and its attempts (1 + retries).
+    if !o.route.is_empty() {
+        attributes.push(text("ambit.route", &o.route));
+        attributes.push(attr("ambit.attempts", pb::attribute::Value::IntValue(o.attempts.into())));
+    }
     let error = o.status == 0 || o.status >= 500;
     let start = unix_micros(o.start);
     pb::Span {
@@ -427,7 +432,15 @@ mod tests {
         assert_eq!(get("ambit.source.workload"), Some(pb::attribute::Value::StringValue("client".into())));
         assert_eq!(get("ambit.destination.principal"), Some(pb::attribute::Value::StringValue("spiffe://td/ns/default/sa/web".into())));
         assert_eq!(get("ambit.bytes_sent"), Some(pb::attribute::Value::IntValue(20)));
+        assert_eq!(get("ambit.route"), None, "no route decided it");
         assert!(spans.take().is_none(), "taken once");
+        let mut routed = outcome(Side::Source, 200, Some(spans.hop(Some(TP))));
+        (routed.route, routed.attempts) = ("HTTPRoute/default/web#0".into(), 2);
+        spans.observe(&routed);
+        let s = &spans.take().unwrap().spans[0];
+        let get = |k: &str| s.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone());
+        assert_eq!(get("ambit.route"), Some(pb::attribute::Value::StringValue("HTTPRoute/default/web#0".into())));
+        assert_eq!(get("ambit.attempts"), Some(pb::attribute::Value::IntValue(2)));
     }
 
     #[tokio::test]
