@@ -30,7 +30,7 @@ t.teardown(async () => {
 });
 
 /** Opens Watch with `creds`, optionally sends nothing, and resolves with how the stream ended (or 'open' after waitMs). */
-function watchOutcome(creds: { keyPem: string; certChainPem: string; caPem: string }, waitMs: number, sendStart: boolean): Promise<{ code: number | 'open'; ambitCode: string; ms: number }> {
+function watchOutcome(creds: { keyPem: string; certChainPem: string; caPem: string }, waitMs: number, sendStart: boolean, scope = ''): Promise<{ code: number | 'open'; ambitCode: string; ms: number }> {
   const client = new DiscoveryClient(ctl.address, controllerCredentials({ ...creds, trustDomain: TD }), CONTROLLER_CHANNEL_OPTIONS);
   const started = Date.now();
   return new Promise((resolve) => {
@@ -45,7 +45,7 @@ function watchOutcome(creds: { keyPem: string; certChainPem: string; caPem: stri
     call.on('data', () => undefined);
     call.on('error', (err: ServiceError) => done(err.code, String(err.metadata?.get('ambit-error-code')[0] ?? '')));
     call.on('end', () => done(0, ''));
-    if (sendStart) call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '', scope: '', subscriptions: [] } } });
+    if (sendStart) call.write({ request: { $case: 'start', start: { resumeRevision: 0, certExpiresAtMs: 0, hboneAddress: '', scope, subscriptions: [] } } });
   });
 }
 
@@ -65,4 +65,12 @@ t.test('a node stream without a WatchStart ends with DEADLINE_EXCEEDED after 15 
   t.equal(r.code, 4, `the stream ends with DEADLINE_EXCEEDED after ${r.ms} ms`);
   t.ok(r.ms >= 14_000 && r.ms < 20_000, 'at the 15 s WatchStart deadline');
   t.equal((await ambitctl(ctl, ['status'])).code, 0, 'the controller keeps serving');
+});
+
+t.test('a WatchStart asking for an unknown scope ends with INVALID_ARGUMENT, at once', async (t) => {
+  const token = (await ambitctl(ctl, ['node', 'token', 'create', '--node', 'node-s'])).stdout.trim();
+  const node = await joinWithToken({ controller: ctl.grpc, node: 'node-s', token, caFingerprint: parseJoinToken(token).caFingerprint });
+  const r = await watchOutcome({ keyPem: node.keyPem, certChainPem: node.certChainPem, caPem: node.bundlePem }, 10_000, true, 'cluster');
+  t.equal(r.code, 3, `the stream ends with INVALID_ARGUMENT after ${r.ms} ms`);
+  t.ok(r.ms < 5_000, 'promptly');
 });
