@@ -5,10 +5,9 @@ import type { Logger } from '../../shared/logger.ts';
 import type { ConnectionRecord } from '../proxy/connection-record.ts';
 import { verifyReportedChain } from './peer-chain.ts';
 import type { FromDataplane, ToDataplane } from './supervisor.ts';
-import { ListenerKind, RouteVerdict, type AttemptResult, type Ejection, type End, type Endpoint, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
+import { ListenerKind, RouteVerdict, type AttemptResult, type Ejection, type End, type Endpoint, type HttpRouteTable, type Live, type Out, type PeerQuestion } from '../../shared/proto/gen/dataplane.ts';
 import { compileHttpService, httpTableKey, type HttpServiceTable, type HttpSettings } from '../connection/http-services.ts';
 import { compileBackendService, compileHttpRoutes, routeTableKey, type BackendService, type RouteInputs } from '../connection/http-routes.ts';
-import type { HttpRouteTable } from '../../shared/proto/gen/dataplane.ts';
 import type { ResolvedService } from '../state/mesh-state.ts';
 import type { Workload } from '../../shared/resources/types.ts';
 import { connectionTag, fromConnectionTag } from '../proxy/connection-tag.ts';
@@ -423,10 +422,9 @@ export class NativeOutbound {
    * backends included), then route tables, then the service tables to
    * remove, so that no route table ever names a table the data plane lacks.
    * A service gone, or no longer HTTP, is removed: its connections then
-   * answer 503. A route table whose routes are all gone is removed when no
-   * connection names it, else it becomes one rule forwarding to the service
-   * as it is (what a port without routes does). Connections follow at their
-   * next request.
+   * answer 503. A route table without rules (its routes deleted, or never
+   * any) forwards to the service as it is while a connection names it, and
+   * is removed once none does. Connections follow at their next request.
    */
   refreshHttpServices(): void {
     const state = this.#o.outbound.state;
