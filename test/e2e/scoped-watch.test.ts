@@ -5,19 +5,21 @@
  * client, .42 node-b with the services' endpoints), each given both
  * replicas. An agent holds only its node's share until its workload calls a
  * service: the first connection subscribes, changes to that service follow,
- * changes to others do not, and a failover to the other replica restores
- * the subscription.
+ * changes to others do not, a route's backend is followed with the service
+ * it is attached to, and a failover to the other replica restores the
+ * subscriptions.
  */
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdminApi } from '../../controller/cli/client.ts';
 import { resourceToWire } from '../../shared/resources/wire.ts';
 import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
-import { agentKnowsNode, agentsReady, eventually, hostPortOf, httpGet, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { httpServer } from './http-apps.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
 import { EtcdCluster } from './fixtures/etcd-cluster.ts';
 import { writeMeshCa } from './fixtures/test-pki.ts';
 
@@ -31,6 +33,8 @@ const WEB_B = `${NET}.52`;
 const WEB_B2 = `${NET}.53`;
 const WEB_B3 = `${NET}.54`;
 const OTHER_B = `${NET}.55`;
+const SHOP_B = `${NET}.56`;
+const SHOP_V2_B = `${NET}.57`;
 const PORT = 8080;
 
 const root = mkdtempSync(join(tmpdir(), 'ambit-e2e-scoped-'));
@@ -39,7 +43,7 @@ const ca = writeMeshCa(root);
 let controllers: (RunningController | undefined)[] = [];
 let apis: AdminApi[] = [];
 let agents: RunningAgent[] = [];
-const servers: Server[] = [];
+const servers: { close: () => unknown }[] = [];
 
 t.teardown(async () => {
   for (const a of apis) a.close();
@@ -55,10 +59,10 @@ const workload = (name: string, node: string, address: string, app: string): Wor
   metadata: { name, namespace: 'default', labels: { app }, revision: 0 },
   spec: { serviceAccount: name, node, address, ports: [], weight: 1, locality: '', healthy: true },
 });
-const service = (name: string, port = 80): Service => ({
+const service = (name: string, port = 80, appProtocol: 'tcp' | 'http' = 'tcp'): Service => ({
   kind: 'Service',
   metadata: { name, namespace: 'default', labels: {}, revision: 0 },
-  spec: { addresses: [], ports: [{ name: 'tcp', port, targetPort: PORT, appProtocol: 'tcp' }], selector: { app: name } },
+  spec: { addresses: [], ports: [{ name: appProtocol, port, targetPort: PORT, appProtocol }], selector: { app: name } },
 });
 
 function startReplica(i: number): Promise<RunningController> {
@@ -119,11 +123,14 @@ t.before(async () => {
   controllers.push(await startReplica(1));
   apis = controllers.map((c) => new AdminApi({ controller: c!.grpc, credentialsDir: c!.credentials }));
   await Promise.all([WEB_B, WEB_B2, WEB_B3, OTHER_B].map(echoServer));
+  for (const [addr, body] of [[SHOP_B, 'v1'], [SHOP_V2_B, 'v2']] as const) servers.push(await httpServer(addr, PORT, (_req, res) => res.end(body)));
   await apply(apis[0]!,
     workload('client-a', 'node-a', CLIENT_A, 'client'),
     workload('web-b', 'node-b', WEB_B, 'web'),
     workload('other-b', 'node-b', OTHER_B, 'other'),
-    service('web'), service('other'));
+    service('web'), service('other'),
+    workload('shop-1', 'node-b', SHOP_B, 'shop'), workload('shop-v2-1', 'node-b', SHOP_V2_B, 'shop-v2'),
+    service('shop', 80, 'http'), service('shop-v2', 80, 'http'));
   const ta = await apis[0]!.call('CreateJoinToken', apis[0]!.client.createJoinToken, { node: 'node-a', ttlMs: 600_000 });
   const tb = await apis[1]!.call('CreateJoinToken', apis[1]!.client.createJoinToken, { node: 'node-b', ttlMs: 600_000 });
   agents = await startAgentPair((stop) => t.teardown(stop), [
@@ -171,6 +178,64 @@ t.test('a change to a subscribed service reaches the agent; a change to an unsub
   t.notOk((await held(agents[0]!)).has('Service/default/other'));
 });
 
+/** One HTTP/1.1 request from client-a through node-a's SOCKS5 to `host`:80: the answer's status line and body. */
+async function httpThroughSocks(host: string, headers: Record<string, string>): Promise<{ status: string; body: string }> {
+  const { socket, reply } = await socksConnect(agents[0]!.socks, CLIENT_A, 'default/client-a', host, 80, 10_000);
+  try {
+    if (reply !== 0) throw new Error(`SOCKS reply ${reply}`);
+    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    socket.write(`GET / HTTP/1.1\r\nhost: ${host}\r\n${extra}connection: close\r\n\r\n`);
+    const chunks: Buffer[] = [];
+    // Complete once the head and Content-Length bytes of body are in (whether or not the connection then closes).
+    const complete = (): boolean => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const end = text.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, end));
+      return end >= 0 && length !== null && text.length - end - 4 >= Number(length[1]);
+    };
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no complete answer: ${JSON.stringify(Buffer.concat(chunks).toString('utf8'))}`)), 10_000);
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      socket.on('data', (d: Buffer) => {
+        chunks.push(d);
+        if (complete()) done();
+      });
+      socket.on('end', done);
+      socket.on('error', (err) => { clearTimeout(timer); reject(err); });
+      socket.resume();
+    });
+    const text = Buffer.concat(chunks).toString('utf8');
+    return { status: text.split('\r\n')[0] ?? '', body: text.slice(text.indexOf('\r\n\r\n') + 4) };
+  } finally {
+    socket.destroy();
+  }
+}
+
+t.test('a route\'s backend is followed with its service: the first request already reaches it', async (t) => {
+  const route = join(root, 'route.yaml');
+  writeFileSync(route, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop-canary, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: shop, port: 80}]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: shop-v2, port: 80}]
+  - backendRefs: [{name: shop, port: 80}]
+`);
+  const applied = await ambitctl(controllers[0]!, ['apply', '-f', route]);
+  t.equal(applied.code, 0, applied.stderr);
+  await eventually(async () => (await held(agents[0]!)).has('HTTPRoute/default/shop-canary'), 'node-a holds the route (routes reach every agent)');
+  t.notOk((await held(agents[0]!)).has('Service/default/shop-v2'), 'but not its backend yet');
+  const canary = await httpThroughSocks('shop.default', { 'x-canary': 'yes' });
+  t.same(canary, { status: 'HTTP/1.1 200 OK', body: 'v2' }, 'the first request to shop, matched by the route, reaches shop-v2');
+  t.ok((await held(agents[0]!)).has('Workload/default/shop-v2-1'), 'the backend and its endpoint came with shop');
+  t.same(await httpThroughSocks('shop.default', {}), { status: 'HTTP/1.1 200 OK', body: 'v1' });
+});
+
 t.test('failover to the other replica restores the subscription', async (t) => {
   const servedBy = controllers.findIndex((c) => c?.proc.logs.some((l) => l.msg === 'watch started with a node-scoped snapshot' && l.node === 'node-a'));
   t.ok(servedBy >= 0, 'a replica serves node-a\'s watch');
@@ -179,7 +244,7 @@ t.test('failover to the other replica restores the subscription', async (t) => {
   await controllers[servedBy]!.proc.stop('SIGKILL');
   controllers[servedBy] = undefined;
   const resumed = await controllers[survivor]!.proc.waitForLog((l) => l.msg === 'watch started with a node-scoped snapshot' && l.node === 'node-a' && controllers[survivor]!.proc.logs.indexOf(l) >= before, 30_000);
-  t.equal(resumed.subscriptions, 1, 'the WatchStart carried the subscription');
+  t.equal(resumed.subscriptions, 3, 'the WatchStart carried the subscriptions (web, shop, shop-v2)');
   await apply(apis[survivor]!, workload('web-b3', 'node-b', WEB_B3, 'web'));
   await eventually(async () => (await held(agents[0]!)).has('Workload/default/web-b3'), 'node-a follows web through the other replica');
   await roundTrip('web.default', 80);
