@@ -206,3 +206,33 @@ t.test('a request timeout cuts a response body still streaming at the deadline: 
   const line = await agentA.proc.waitForLog((l) => l.msg === 'request' && l.path === '/trickle');
   t.equal(line.response_flags, 'UT', 'the access log says the timeout cut it');
 });
+
+/** A POST whose body goes chunked (no content-length): `parts` written `pauseMs` apart. */
+function chunked(path: string, parts: string[], pauseMs: number): Promise<{ status: number; id: string }> {
+  const id = `r${++ids}`;
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: A, port: PORT, path, method: 'POST', agent, headers: { host: 'rdp.mesh', 'x-request-id': id } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, id }));
+    });
+    req.on('error', reject);
+    const write = (i: number): void => {
+      if (i === parts.length) {
+        req.end();
+        return;
+      }
+      req.write(parts[i]);
+      setTimeout(() => write(i + 1), pauseMs);
+    };
+    write(0);
+  });
+}
+
+t.test('a body of unknown length is buffered when it keeps coming, and sent once when it pauses', async (t) => {
+  const quick = await chunked('/exhaust', ['a'.repeat(100), 'b'.repeat(100), 'c'.repeat(100)], 5);
+  t.equal(quick.status, 503);
+  t.same(got.bad.get(quick.id), [300, 300, 300], 'parts 5 ms apart: buffered, retried whole');
+  const slow = await chunked('/exhaust', ['a'.repeat(100), 'b'.repeat(100)], 400);
+  t.equal(slow.status, 503);
+  t.same(got.bad.get(slow.id), [200], 'a pause longer than the grace: streamed once, whole');
+});
