@@ -110,16 +110,23 @@ export interface TopologyOptions {
 }
 
 export class Topology {
-  readonly prefix = `amb${process.pid}`;
+  /** Every namespace's name starts with it: `amb<pid>` unless a suite names its own. */
+  readonly prefix: string;
   readonly dir = mkdtempSync(join(tmpdir(), 'ambit-netns-'));
-  readonly netNs = `${this.prefix}-net`;
-  readonly ctlNs = `${this.prefix}-ctl`;
+  readonly netNs: string;
+  readonly ctlNs: string;
   readonly ctlDataDir = join(this.dir, 'ctl');
   readonly hosts = new Map<number, HostState>();
   controller: NsProc | undefined;
   readonly #namespaces: string[] = [];
   readonly #procs = new Set<NsProc>();
   readonly #children = new Set<ChildProcess>();
+
+  constructor(o: { prefix?: string } = {}) {
+    this.prefix = o.prefix ?? `amb${process.pid}`;
+    this.netNs = `${this.prefix}-net`;
+    this.ctlNs = `${this.prefix}-ctl`;
+  }
 
   podNs(h: number, i: number): string {
     return `${this.prefix}-h${h}p${i}`;
