@@ -19,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { parseCertificates } from '../shared/tls.ts';
 import { RunningWebApp } from './demo/apps.ts';
 import { eventually, getJson, type CertStatus } from './demo/http-poll.ts';
-import { AGENT_PORTS, CONTROLLER, demoEndpoints, layoutFrom, NODES, TRUST_DOMAIN, type Layout, type NodeSpec } from './demo/layout.ts';
+import { canaryFrom, canaryTraffic, describeCanary, type Canary } from './demo/canary.ts';
+import { AGENT_PORTS, CONTROLLER, demoEndpoints, layoutFrom, NODES, TRUST_DOMAIN, upstreamsOf, type Layout, type NodeSpec } from './demo/layout.ts';
 import { busyEndpoints, describeBusy, describeBusyByHolder, isOrphanedDaemon, isRunningDemo, type Endpoint } from './demo/ports.ts';
 import { childEnv, DemoProcess, describeExit, runOnce } from './demo/processes.ts';
 import { Progress, styleFor, type Style } from './demo/progress.ts';
@@ -35,6 +36,11 @@ const ENTRY = {
 } as const;
 const DEMO_FILE = 'examples/demo.yaml';
 const POLICY_FILE = 'examples/policy.yaml';
+const CANARY_FILE = 'examples/canary.yaml';
+/** Requests the client sends to the canary's Service to measure its split (and half as many with a failing instance). */
+const CANARY_REQUESTS = 200;
+/** The failing instance answers 503 to every FAIL_EVERY-th request it gets. */
+const FAIL_EVERY = 3;
 const POLICY_NAME = 'demo/web-allow-client';
 /** Requests the client sends to the service (half by SOCKS5, half by the upstream listener). */
 const LB_REQUESTS = 20;
@@ -43,7 +49,7 @@ const ONE_CONNECTION_REQUESTS = 12;
 /** A path examples/policy.yaml's DENY (web-deny-admin) names: the client asks for it once. */
 const L7_DENIED_PATH = '/admin/config';
 const L7_POLICY_NAME = 'demo/web-deny-admin';
-const STEPS = 9;
+const STEPS = 11;
 
 interface DemoOptions {
   readonly dir: string;
@@ -69,6 +75,7 @@ class Demo {
   readonly #style: Style;
   readonly #progress: Progress;
   readonly #layout: Layout;
+  readonly #canary: Canary;
   readonly #endpoints: Endpoint[];
   readonly #dirs: { readonly controller: string; readonly credentials: string; readonly logs: string };
   #ctlLog: WriteStream | undefined;
@@ -84,7 +91,8 @@ class Demo {
     this.#style = styleFor(o.tty, !o.color);
     this.#progress = new Progress({ total: STEPS, write: (t) => process.stdout.write(t), tty: o.tty, style: this.#style });
     this.#layout = layoutFrom(readFileSync(join(ROOT, DEMO_FILE), 'utf8'), DEMO_FILE);
-    this.#endpoints = demoEndpoints(this.#layout);
+    this.#canary = canaryFrom(readFileSync(join(ROOT, CANARY_FILE), 'utf8'), CANARY_FILE);
+    this.#endpoints = demoEndpoints(this.#layout, this.#canary.apps);
     this.#dirs = { controller: join(o.dir, 'controller'), credentials: join(o.dir, 'controller', 'admin'), logs: join(o.dir, 'logs') };
   }
 
@@ -178,7 +186,7 @@ class Demo {
     const launches = NODES.map((n) => ({ n, since: performance.now(), done: this.#launchAgent(n, fresh) }));
     for (const l of launches) l.done.catch(() => undefined); // awaited below; one failing early is not "unhandled"
 
-    for (const file of [DEMO_FILE, POLICY_FILE]) {
+    for (const file of [DEMO_FILE, POLICY_FILE, CANARY_FILE]) {
       await p.step(`ambitctl apply -f ${file}`, () => this.#ambitctl(['apply', '-f', join(ROOT, file)]), (out) => {
         const lines = out.trim().split('\n').filter(Boolean);
         const changed = lines.filter((l) => !l.endsWith(' unchanged'));
@@ -188,8 +196,9 @@ class Demo {
       });
     }
 
-    await p.step(`starting the demo apps ${this.#layout.web.map((w) => `${w.workload} (${w.address}:${w.port})`).join(' and ')}`, async () => {
-      for (const w of this.#layout.web) {
+    const apps = [...this.#layout.web, ...this.#canary.apps];
+    await p.step(`starting the demo apps ${apps.map((w) => `${w.workload} (${w.address}:${w.port})`).join(', ')}`, async () => {
+      for (const w of apps) {
         const app = new RunningWebApp(w);
         this.#apps.push(app);
         await app.listen();
@@ -226,7 +235,7 @@ class Demo {
     const args = [
       '--node', n.name, '--controller', `${CONTROLLER.host}:${CONTROLLER.grpcPort}`, '--address', n.address,
       '--data-dir', dir, '--capture', 'none',
-      ...(n.upstream ? ['--upstreams', `${n.upstream.workload}:${n.upstream.port}=${n.upstream.destination}`] : []),
+      ...(upstreamsOf(n) ? ['--upstreams', upstreamsOf(n)!] : []),
     ];
     // The token goes in the environment, not the arguments, where every local user could read it (ps).
     const env = { ...childEnv(process.env), ...(token ? { AMBIT_JOIN: token } : {}) };
@@ -248,7 +257,7 @@ class Demo {
 
   #workloadsOn(node: string): { identity: string }[] {
     const l = this.#layout;
-    return [l.client, l.intruder, ...l.web].filter((w) => w.node === node);
+    return [l.client, l.intruder, ...l.web, ...this.#canary.apps].filter((w) => w.node === node);
   }
 
   /** Every agent holds valid certificates for its workloads and knows every node's HBONE address; returns the number of certificates. */
@@ -292,6 +301,17 @@ class Demo {
         const per = this.#layout.web.map((w) => `${w.workload} ${exchanges.filter((e) => e.answer?.workload === w.workload).length}`).join(', ');
         return { status: 'done', notes: [`${exchanges.length} answered (${per}); ${this.#layout.intruder.name} refused; GET ${L7_DENIED_PATH} denied`] };
       },
+    );
+    const canaryUpstream = a.canaryUpstream;
+    if (!canaryUpstream) throw new Error('no node with the canary\'s upstream listener');
+    const c = this.#canary;
+    await this.#progress.step(
+      `canary: ${CANARY_REQUESTS} requests ${this.#layout.client.name} → ${c.host} (HTTPRoute ${c.route}), then ${CANARY_REQUESTS / 2} with ${c.failing} failing`,
+      () => canaryTraffic({
+        canary: c, upstream: { host: a.address, port: canaryUpstream.port }, clientAddress: this.#layout.client.address,
+        metricsUrl: `http://${a.address}:${AGENT_PORTS.metrics}/metrics`, apps: new Map(this.#apps.map((x) => [x.app.workload, x])),
+      }, CANARY_REQUESTS, FAIL_EVERY),
+      (r) => ({ status: 'done', notes: describeCanary(c, r, a.name) }),
     );
     const showcase = exchanges.find((e) => e.via === 'socks' && e.answer && e.answer.node !== a.name)
       ?? exchanges.find((e) => e.answer && e.answer.node !== a.name) ?? exchanges[0]!;

@@ -29,11 +29,20 @@ export class RunningWebApp {
   readonly app: WebApp;
   readonly server: Server;
   requests = 0;
+  /** When set to n > 0, every n-th request is answered 503 (a failing instance, for the retry part of the demo). */
+  failEvery = 0;
+  /** Requests answered 503 because of failEvery. */
+  failed = 0;
 
   constructor(app: WebApp) {
     this.app = app;
     this.server = createServer((req, res) => {
       this.requests++;
+      if (this.failEvery > 0 && this.requests % this.failEvery === 0) {
+        this.failed++;
+        res.writeHead(503, { 'content-type': 'text/plain' }).end(`${app.workload} is failing this request on purpose\n`);
+        return;
+      }
       const answer: WebAnswer = {
         workload: app.workload,
         node: app.node,

@@ -19,13 +19,31 @@ export interface NodeSpec {
   readonly name: string;
   readonly address: string;
   /** An upstream listener (--upstreams): port on the agent's address, tunnelled as `workload` to `destination`. */
-  readonly upstream?: { readonly port: number; readonly workload: string; readonly destination: string };
+  readonly upstream?: Upstream;
+  /** The client's upstream listener for the canary's Service (examples/canary.yaml). */
+  readonly canaryUpstream?: Upstream;
+}
+
+export interface Upstream {
+  readonly port: number;
+  readonly workload: string;
+  readonly destination: string;
 }
 
 export const NODES: readonly NodeSpec[] = [
-  { name: 'node-a', address: '127.0.10.2', upstream: { port: 18080, workload: 'demo/client', destination: 'web.demo:80' } },
+  {
+    name: 'node-a', address: '127.0.10.2',
+    upstream: { port: 18080, workload: 'demo/client', destination: 'web.demo:80' },
+    canaryUpstream: { port: 18081, workload: 'demo/client', destination: 'web.shop:80' },
+  },
   { name: 'node-b', address: '127.0.10.3' },
 ];
+
+/** The --upstreams value of a node: "workload:port=destination", comma-separated. */
+export function upstreamsOf(n: NodeSpec): string | undefined {
+  const all = [n.upstream, n.canaryUpstream].filter((u): u is Upstream => u !== undefined);
+  return all.length === 0 ? undefined : all.map((u) => `${u.workload}:${u.port}=${u.destination}`).join(',');
+}
 
 export interface DemoWorkload {
   readonly name: string;
@@ -83,7 +101,7 @@ export function layoutFrom(yamlText: string, source: string): Layout {
 }
 
 /** Every address:port the demo listens on, for the check before anything starts. */
-export function demoEndpoints(layout: Layout): Endpoint[] {
+export function demoEndpoints(layout: Layout, canaryApps: readonly WebApp[]): Endpoint[] {
   const out: Endpoint[] = [
     { host: CONTROLLER.host, port: CONTROLLER.grpcPort, what: 'controller gRPC' },
     { host: CONTROLLER.host, port: CONTROLLER.monitoringPort, what: 'controller monitoring' },
@@ -92,7 +110,8 @@ export function demoEndpoints(layout: Layout): Endpoint[] {
   for (const n of NODES) {
     for (const [what, port] of Object.entries(AGENT_PORTS)) out.push({ host: n.address, port, what: `${n.name} ${what}` });
     if (n.upstream) out.push({ host: n.address, port: n.upstream.port, what: `${n.name} upstream listener` });
+    if (n.canaryUpstream) out.push({ host: n.address, port: n.canaryUpstream.port, what: `${n.name} canary upstream listener` });
   }
-  for (const w of layout.web) out.push({ host: w.address, port: w.port, what: `demo app ${w.workload}` });
+  for (const w of [...layout.web, ...canaryApps]) out.push({ host: w.address, port: w.port, what: `demo app ${w.workload}` });
   return out;
 }

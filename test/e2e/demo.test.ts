@@ -3,7 +3,9 @@
  * process with its real controller and agents on 127.0.10.x (reserved for
  * the demo; other tests use 127.0.1.x–127.0.9.x), in a temporary data dir.
  * First run: exits 0 after a summary showing the issued identities, a
- * refused request and both web instances answering. Second run on the same
+ * refused request, both web instances answering, and the canary of
+ * examples/canary.yaml: its measured split, then a retry hiding a failing
+ * instance. Second run on the same
  * dir: reuses the node credentials, keeps running until SIGINT, then stops
  * cleanly. After each run no process of it remains and its ports are free.
  */
@@ -26,7 +28,8 @@ const INTRUDER_ID = 'spiffe://cluster.local/ns/demo/sa/intruder';
 const ENDPOINTS: readonly [string, number][] = [
   ['127.0.10.1', 15012], ['127.0.10.1', 15014], ['127.0.10.1', 15015],
   ...['127.0.10.2', '127.0.10.3'].flatMap((h) => [15008, 15020, 15021, 15000, 15080].map((p): [string, number] => [h, p])),
-  ['127.0.10.2', 18080], ['127.0.10.13', 8080], ['127.0.10.14', 8080],
+  ['127.0.10.2', 18080], ['127.0.10.2', 18081], ['127.0.10.13', 8080], ['127.0.10.14', 8080],
+  ['127.0.10.16', 8080], ['127.0.10.17', 8080], ['127.0.10.18', 8080],
 ];
 
 interface DemoRun {
@@ -132,9 +135,9 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.equal(run.code, 0, 'exit status 0');
   if (run.code !== 0) t.comment(transcript(run));
   const out = run.stdout;
-  t.match(out, /\[1\/9\] checking/, 'numbered progress steps');
+  t.match(out, /\[1\/11\] checking/, 'numbered progress steps');
   t.notOk(out.includes('\r'), 'no carriage-return animation when stdout is not a terminal');
-  t.match(out, /\[2\/9\] starting the controller on 127\.0\.10\.1:15012 … ready \(\d+ ms\)/, 'each step reports its outcome and time');
+  t.match(out, /\[2\/11\] starting the controller on 127\.0\.10\.1:15012 … ready \(\d+ ms\)/, 'each step reports its outcome and time');
   t.match(out, /joined with a single-use token from `ambitctl node token create --node node-a`/, 'node-a joined with a token');
   t.match(out, /joined with a single-use token from `ambitctl node token create --node node-b`/, 'node-b joined with a token');
 
@@ -158,12 +161,22 @@ t.test('first run: a working mesh, summarised, then a clean exit', async (t) => 
   t.ok(perRequest.web! > 0 && perRequest['web-2']! > 0, `both instances answered requests of the one connection (${JSON.stringify(perRequest)})`);
   t.equal(perRequest.web! + perRequest['web-2']!, 12, 'every request on the connection was answered');
 
+  t.match(out, /ambitctl apply -f examples\/canary\.yaml … applied \(\d+ ms\)\n(?:\s+.*\n)*?\s+HTTPRoute shop\/web-canary created/, 'the canary\'s route was applied from examples/canary.yaml');
+  const split = /split over 200 requests: web-v1 (\d+) \([\d.]+ %\), web-v2 (\d+) \([\d.]+ %\) \(the route's weights: web-v1 90, web-v2 10\)\n/.exec(out);
+  t.ok(split, 'the measured split is printed');
+  const [v1, v2] = [Number(split?.[1]), Number(split?.[2])];
+  t.equal(v1 + v2, 200, 'every canary request was answered');
+  t.ok(v2 >= 4 && v2 <= 40, `web-v2 got ${v2} of 200 (the route's 10 %, loosely: 200 requests)`);
+  t.match(out, /web-v1-b now answers 503 to every 3rd request it gets: 100 more requests, 100 of 100 answered 200 to the client/, 'the retry hid the failing instance from the client');
+  const retried = /web-v1-b answered 503 (\d+) times; node-a retried them \(retry codes \[503\], attempts 3\): ambit_http_retries_total \+(\d+)/.exec(out);
+  t.ok(retried && Number(retried[1]) > 0, `the failing instance did fail requests (${retried?.[1]})`);
+  t.ok(retried && Number(retried[2]) >= Number(retried[1]), `and the retry counter shows them retried (${retried?.[2]})`);
   t.match(out, /http:\/\/127\.0\.10\.2:15020\/metrics/, 'metrics URL');
   t.match(out, /http:\/\/127\.0\.10\.2:15000\/config_dump/, 'admin URL');
   t.match(out, /export AMBIT_CONTROLLER=127\.0\.10\.1:15012 AMBIT_CREDENTIALS=\S+\/controller\/admin/, 'how to point ambitctl at the demo');
   t.match(out, /ambitctl status/, 'commands to explore');
   t.match(out, /Web console: https:\/\/127\.0\.10\.1:15015\//, 'the console\'s address');
-  t.match(out, /controller\/cli\/main\.ts --controller 127\.0\.10\.1:15012 --credentials \S+ console$/m, 'and how to log in (ambitctl console)');
+  t.match(out, /controller\/cli\/ambitctl\.mjs --controller 127\.0\.10\.1:15012 --credentials \S+ console$/m, 'and how to log in (ambitctl console)');
   t.match(out, /Stopped: no demo process or listener is left/, 'it says it stopped cleanly');
   const log = readFileSync(join(dir, 'logs', 'node-b.log'), 'utf8');
   t.ok(log.includes('"msg":"connection"'), 'agent logs are kept in <dir>/logs/');
@@ -176,8 +189,8 @@ t.test('second run: reuses the data dir, runs until SIGINT, then stops cleanly',
   if (run.code !== 0) t.comment(transcript(run));
   const out = run.stdout;
   t.match(out, /reused the CA/, 'controller state reused');
-  t.match(out, /\[\d\/9\] starting agent node-a .*\n.*reused the saved node credentials/, 'node-a reused its saved node credentials');
-  t.match(out, /\[\d\/9\] starting agent node-b .*\n.*reused the saved node credentials/, 'node-b reused its saved node credentials');
+  t.match(out, /\[\d\/11\] starting agent node-a .*\n.*reused the saved node credentials/, 'node-a reused its saved node credentials');
+  t.match(out, /\[\d\/11\] starting agent node-b .*\n.*reused the saved node credentials/, 'node-b reused its saved node credentials');
   t.notMatch(out, /joined with a single-use token/, 'no join token was needed');
   t.match(out, /ambitctl apply -f examples\/demo\.yaml … unchanged/, 'the example resources were already there');
   t.match(out, /Stopping the demo mesh \(SIGINT received\)/, 'the signal started the shutdown');
@@ -194,6 +207,6 @@ t.test('a port in use: says which and by whom, starts nothing, exits 1', async (
   const run = await runDemo({ AMBIT_DEMO_EXIT_AFTER_SUMMARY: '1' });
   t.equal(run.code, 1, 'exit status 1');
   t.match(run.stderr, new RegExp(`127\\.0\\.10\\.3:15021 \\(node-b ready\\) is in use by pid ${process.pid}:`), 'names the port and the process holding it');
-  t.notMatch(run.stdout, /\[2\/9\]/, 'started nothing');
+  t.notMatch(run.stdout, /\[2\/11\]/, 'started nothing');
   t.equal(run.descendants.size, 0, 'no child process was spawned');
 });
