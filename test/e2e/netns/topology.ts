@@ -250,14 +250,18 @@ export class Topology {
 
   // ---------------------------------------------------------------- agents
 
-  /** Starts host h's agent (pod capture) and waits for "agent started"; with join, bootstraps with a fresh token. */
-  async startAgent(h: number, o: { mode?: 'strict' | 'permissive'; join?: boolean } = {}): Promise<NsProc> {
+  /**
+   * Starts host h's agent (transparent capture of its pods' traffic, or with
+   * captureMode 'vm' of its registered workloads' uids) and waits for "agent
+   * started"; with join, bootstraps with a fresh token.
+   */
+  async startAgent(h: number, o: { mode?: 'strict' | 'permissive'; join?: boolean; captureMode?: 'pod' | 'vm' } = {}): Promise<NsProc> {
     const host = this.host(h);
     if (host.agent?.running) throw new Error(`agent on h${h} is already running`);
     const join = o.join ? ['--join', (await this.ambitctlOk(['node', 'token', 'create', '--node', host.node])).trim()] : [];
     const agent = this.spawn(host.ns, AGENT_MAIN, [
       '--node', host.node, '--address', host.address, '--controller', CONTROLLER_GRPC, '--data-dir', host.dataDir,
-      '--capture', 'transparent', '--capture-mode', 'pod', '--pod-cidrs', podCidr(h), '--mode', o.mode ?? 'strict',
+      '--capture', 'transparent', ...(o.captureMode === 'vm' ? ['--capture-mode', 'vm'] : ['--capture-mode', 'pod', '--pod-cidrs', podCidr(h)]), '--mode', o.mode ?? 'strict',
       '--drain-timeout', '2s', ...join,
     ]);
     host.agent = agent;
