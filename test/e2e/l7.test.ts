@@ -102,17 +102,17 @@ t.before(async () => {
     [agentA, agentB] = await startAgentPair(registered, [
       {
         node: 'node-a', address: A, controller: ctl.address, dataDir: join(root, 'a'), join: ta,
-        extra: ['--upstreams', upstreams, '--outlier-base-ejection', '120s', '--outlier-consecutive-failures', '3', '--http-max-pending-requests', String(MAX_PENDING)],
+        extra: ['--upstreams', upstreams, '--outlier-base-ejection', '120s', '--outlier-consecutive-failures', '3', '--http-max-pending-requests', String(MAX_PENDING), '--drain-timeout', '1s'],
       },
-      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb },
+      // A short drain (both): the teardown need not wait for the data planes' idle pooled connections.
+      { node: 'node-b', address: B, controller: ctl.address, dataDir: join(root, 'b'), join: tb, extra: ['--drain-timeout', '1s'] },
     ]);
     await agentsReady([agentA, agentB], 20_000);
     await agentKnowsNode(agentA, 'node-b');
   });
 });
 t.teardown(async () => {
-  await agentA?.proc.stop();
-  await agentB?.proc.stop();
+  await Promise.all([agentA?.proc.stop(), agentB?.proc.stop()]);
   await ctl?.proc.stop();
   for (const stop of servers) await Promise.resolve().then(stop).catch(() => undefined);
 });
