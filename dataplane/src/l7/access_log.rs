@@ -227,7 +227,7 @@ pub fn iso_time(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::l7::outcome::Peer;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::time::Duration;
 
     fn outcome() -> RequestOutcome {
