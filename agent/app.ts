@@ -194,7 +194,9 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
         maxEjectionPercent: cfg.outlierMaxEjectionPercent, maxPendingRequests: cfg.httpMaxPendingRequests, maxConnections: cfg.httpMaxConnections,
         retryBudgetPercent: cfg.retryBudgetPercent, minRetryConcurrency: cfg.retryBudgetMinConcurrency, maxBufferedBodyBytes: cfg.httpMaxBufferedBody,
       },
-      routes: () => ({ routes: [...state.httpRoutes(), ...state.grpcRoutes()], fault: (namespace, name) => state.faultInjection(namespace, name) }),
+      routes: () => ({
+        routes: [...state.httpRoutes(), ...state.grpcRoutes()], fault: (namespace, name) => state.faultInjection(namespace, name), grants: (namespace) => state.referenceGrants(namespace),
+      }),
     });
     httpEjected = () => outbound.httpEjections();
     const hbone = new NativeInbound({

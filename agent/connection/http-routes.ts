@@ -1,6 +1,7 @@
 import { isHttpProtocol } from '../../shared/resources/types.ts';
-import type { BackendObjectRef, FaultInjection, HeaderModifier, HTTPRouteFilter, PathModifier, RouteResource } from '../../shared/resources/route-types.ts';
+import type { BackendObjectRef, FaultInjection, HeaderModifier, HTTPRouteFilter, PathModifier, ReferenceGrant, RouteResource } from '../../shared/resources/route-types.ts';
 import { rulesFor, type AttachedRule } from '../../shared/routes/attachment.ts';
+import { backendPermitted } from '../../shared/routes/references.ts';
 import { MatchType, PathModifierType, type Fault, type HeaderModifier as WireHeaderModifier, type HttpBackend, type HttpRequestMatch, type HttpRouteRule, type HttpRouteTable, type Mirror, type NamedMatch, type PathModifier as WirePathModifier } from '../../shared/proto/gen/dataplane.ts';
 import type { MeshState, ResolvedService } from '../state/mesh-state.ts';
 import { compileHttpService, httpTableKey, type HttpServiceTable } from './http-services.ts';
@@ -18,10 +19,12 @@ import { compileHttpService, httpTableKey, type HttpServiceTable } from './http-
 /** The HTTP protocols a backend can be spoken to with. */
 type HttpProtocol = HttpServiceTable['protocol'];
 
-/** What route compilation reads beyond the services: the mesh's routes and its FaultInjections. */
+/** What route compilation reads beyond the services: the mesh's routes, its FaultInjections and its ReferenceGrants. */
 export interface RouteInputs {
   readonly routes: readonly RouteResource[];
   readonly fault: (namespace: string, name: string) => FaultInjection | undefined;
+  /** The ReferenceGrants of a namespace (which other namespaces' routes may use its Services). */
+  readonly grants: (namespace: string) => readonly ReferenceGrant[];
 }
 
 /** A backend's (or a mirror's) service table, with how to compile it again. */
@@ -80,8 +83,8 @@ export function compileHttpRoutes(state: MeshState, parent: ResolvedService, loc
   const services = new Map<string, BackendService>();
   /** The table key of a backend, "" when it does not resolve (its requests then get 500). */
   const tableOf = (route: RouteResource, ref: BackendObjectRef): string => {
-    // No ReferenceGrant in Ambit: a backend in another namespace is RefNotPermitted.
-    if (ref.namespace !== route.metadata.namespace) return '';
+    // A backend in another namespace that no ReferenceGrant there allows is RefNotPermitted.
+    if (!backendPermitted(route, ref, inputs.grants(ref.namespace))) return '';
     const resolved = state.resolveService(`${ref.name}.${ref.namespace}`, ref.port);
     if (!resolved) return '';
     const b = compileBackendService(state, resolved, locality, protocol);

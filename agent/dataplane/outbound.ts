@@ -39,7 +39,7 @@ export interface NativeOutboundOptions {
   readonly agentAddress: string;
   /** Passive health and circuit breaking of HTTP services, sent with their tables. */
   readonly http: HttpSettings;
-  /** The mesh's HTTPRoutes, GRPCRoutes and FaultInjections, read when route tables are compiled (absent: no routes). */
+  /** The mesh's HTTPRoutes, GRPCRoutes, FaultInjections and ReferenceGrants, read when route tables are compiled (absent: no routes). */
   readonly routes?: () => RouteInputs;
 }
 
@@ -446,7 +446,7 @@ export class NativeOutbound {
     }
     const routes: HttpRouteTable[] = [];
     const routesRemoved: string[] = [];
-    const inputs = this.#o.routes?.() ?? { routes: [], fault: () => undefined };
+    const inputs = this.#o.routes?.() ?? { routes: [], fault: () => undefined, grants: () => [] };
     const named = new Set([...this.#conns.values()].flatMap((c) => (c.routeTable ? [c.routeTable] : [])));
     for (const [key, t] of this.#routeTables) {
       const { service, port } = t.parent;

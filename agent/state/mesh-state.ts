@@ -5,7 +5,7 @@ import { canonicalIp } from '../../shared/net-address.ts';
 import { DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID, serviceHost, workloadNames, type WorkloadNames } from '../proxy/istio-names.ts';
 import { appProtocolAtWorkloadPort, serviceAtWorkloadPort, serviceKeyOfHost } from '../../shared/service-host.ts';
 import { keyString, resourceKey, type Change, type Resource, type Service, type AppProtocol, type ServicePort, type Workload } from '../../shared/resources/types.ts';
-import type { FaultInjection, GRPCRoute, HTTPRoute } from '../../shared/resources/route-types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute, ReferenceGrant } from '../../shared/resources/route-types.ts';
 
 export interface NodeEndpoint {
   readonly name: string;
@@ -25,7 +25,7 @@ export interface UpdateEffect {
   readonly policiesChanged: boolean;
   readonly localWorkloadsChanged: boolean;
   readonly bundleChanged: boolean;
-  /** HTTPRoutes, GRPCRoutes or FaultInjections changed (revisions aside): route tables need recompiling. */
+  /** HTTPRoutes, GRPCRoutes, FaultInjections or ReferenceGrants changed (revisions aside): route tables need recompiling. */
   readonly routesChanged: boolean;
 }
 
@@ -56,6 +56,7 @@ export class MeshState {
   #local: Workload[] = [];
   #httpRoutes: readonly HTTPRoute[] = [];
   #grpcRoutes: readonly GRPCRoute[] = [];
+  #grants: readonly ReferenceGrant[] = [];
   #authorizer = new Authorizer([]);
   // Workload objects are immutable and replaced on every change, so an
   // identity computed once per object stays right; it is asked for on every
@@ -121,11 +122,12 @@ export class MeshState {
       }
     }
     local.sort((a, b) => resourceKey(a).localeCompare(resourceKey(b)));
-    const routes = [...next.values()].filter((r) => r.kind === 'HTTPRoute' || r.kind === 'GRPCRoute' || r.kind === 'FaultInjection');
-    const oldRoutes = [...this.#resources.values()].filter((r) => r.kind === 'HTTPRoute' || r.kind === 'GRPCRoute' || r.kind === 'FaultInjection');
+    const routes = [...next.values()].filter(isRouteInput);
+    const oldRoutes = [...this.#resources.values()].filter(isRouteInput);
     const routesChanged = !isDeepStrictEqual(stripRev(byKey(routes)), stripRev(byKey(oldRoutes)));
     const httpRoutes = routesChanged ? byKey(routes.filter((r) => r.kind === 'HTTPRoute')) : this.#httpRoutes;
     const grpcRoutes = routesChanged ? byKey(routes.filter((r) => r.kind === 'GRPCRoute')) : this.#grpcRoutes;
+    const grants = routesChanged ? byKey(routes.filter((r) => r.kind === 'ReferenceGrant')) : this.#grants;
     const localWorkloadsChanged = !isDeepStrictEqual(stripRev(local), stripRev(this.#local));
     const bundleChanged = u.bundlePem !== undefined && u.bundlePem !== '' && u.bundlePem !== this.#bundlePem;
 
@@ -137,6 +139,7 @@ export class MeshState {
     this.#local = local;
     this.#httpRoutes = httpRoutes;
     this.#grpcRoutes = grpcRoutes;
+    this.#grants = grants;
     this.#authorizer = authorizer;
     this.#revision = u.revision;
     if (bundleChanged) this.#bundlePem = u.bundlePem!;
@@ -170,6 +173,14 @@ export class MeshState {
   faultInjection(namespace: string, name: string): FaultInjection | undefined {
     const r = this.#resources.get(keyString({ kind: 'FaultInjection', namespace, name }));
     return r?.kind === 'FaultInjection' ? r : undefined;
+  }
+
+  /**
+   * The ReferenceGrants of `namespace`: which routes of other namespaces may
+   * use its Services as backends (shared/routes/references.ts decides).
+   */
+  referenceGrants(namespace: string): readonly ReferenceGrant[] {
+    return this.#grants.filter((g) => g.metadata.namespace === namespace);
   }
 
   /** A Service by namespace and name (a route's parentRef or backendRef names one this way). */
@@ -301,6 +312,11 @@ export class MeshState {
     }
     return out;
   }
+}
+
+/** The kinds route tables are compiled from. */
+function isRouteInput(r: Resource): boolean {
+  return r.kind === 'HTTPRoute' || r.kind === 'GRPCRoute' || r.kind === 'FaultInjection' || r.kind === 'ReferenceGrant';
 }
 
 /** Resources ordered by namespace, then name (one kind per list, so the key order is that). */

@@ -216,6 +216,7 @@ export function adminService(d: AdminDeps): pb.AdminServer {
           const f = d.registry.get({ kind: 'FaultInjection', namespace, name });
           return f?.kind === 'FaultInjection' ? f : undefined;
         },
+        referenceGrants: (namespace: string) => d.registry.list('ReferenceGrant', namespace).flatMap((g) => (g.kind === 'ReferenceGrant' ? [g] : [])),
       };
       return {
         routes: routes.map((r) => ({ route: resourceToWire(r), parents: routeStatusToWire(routeStatus(r, mesh)) })),

@@ -1,7 +1,8 @@
-import type { BackendObjectRef, HTTPRouteFilter, PathModifier, RouteResource } from '../../shared/resources/route-types.ts';
+import type { BackendObjectRef, HTTPRouteFilter, PathModifier, ReferenceGrant, RouteResource } from '../../shared/resources/route-types.ts';
 import type { Resource, Service, ServicePort } from '../../shared/resources/types.ts';
 import { isHttpProtocol } from '../../shared/resources/types.ts';
 import { attachesTo, orderRules, routesFor, type AttachedRule } from '../../shared/routes/attachment.ts';
+import { backendPermitted } from '../../shared/routes/references.ts';
 
 /*
  * The routes part of `ambitctl explain`: which HTTPRoute and GRPCRoute rules
@@ -53,7 +54,8 @@ export function explainRoutes(resources: readonly Resource[], svc: Service, port
     };
   }
   const consumer = chosen[0]!.metadata.namespace !== svc.metadata.namespace;
-  const rules = orderRules(chosen).map((a) => explainRule(a, resources, services));
+  const grants = resources.filter((r): r is ReferenceGrant => r.kind === 'ReferenceGrant');
+  const rules = orderRules(chosen).map((a) => explainRule(a, resources, services, grants));
   const names = [...new Set(chosen.map((r) => `${r.kind}/${r.metadata.namespace}/${r.metadata.name}`))].join(', ');
   return {
     kind: consumer ? 'consumer' : 'producer',
@@ -62,9 +64,9 @@ export function explainRoutes(resources: readonly Resource[], svc: Service, port
   };
 }
 
-function backendOf(route: RouteResource, ref: BackendObjectRef, weight: number, services: readonly Service[]): ExplainedBackend {
+function backendOf(route: RouteResource, ref: BackendObjectRef, weight: number, services: readonly Service[], grants: readonly ReferenceGrant[]): ExplainedBackend {
   const service = `${ref.name}.${ref.namespace}:${ref.port}`;
-  if (ref.namespace !== route.metadata.namespace) return { service, weight, unresolved: 'RefNotPermitted' };
+  if (!backendPermitted(route, ref, grants)) return { service, weight, unresolved: 'RefNotPermitted' };
   const svc = services.find((s) => s.metadata.namespace === ref.namespace && s.metadata.name === ref.name);
   return { service, weight, unresolved: svc?.spec.ports.some((p) => p.port === ref.port) ? '' : 'BackendNotFound' };
 }
@@ -81,7 +83,7 @@ function matchText(a: AttachedRule): string {
 
 const pathText = (p: PathModifier | undefined): string => (p === undefined ? '' : p.type === 'ReplaceFullPath' ? ` path ${p.replaceFullPath}` : ` prefix ${p.replacePrefixMatch}`);
 
-function explainRule(a: AttachedRule, resources: readonly Resource[], services: readonly Service[]): ExplainedRouteRule {
+function explainRule(a: AttachedRule, resources: readonly Resource[], services: readonly Service[], grants: readonly ReferenceGrant[]): ExplainedRouteRule {
   const actions: string[] = [];
   const filters: readonly HTTPRouteFilter[] = a.rule.filters;
   for (const f of filters) {
@@ -89,7 +91,7 @@ function explainRule(a: AttachedRule, resources: readonly Resource[], services: 
       case 'RequestHeaderModifier': actions.push('request headers modified'); break;
       case 'ResponseHeaderModifier': actions.push('response headers modified'); break;
       case 'RequestMirror': {
-        const m = backendOf(a.route, f.requestMirror.backendRef, 0, services);
+        const m = backendOf(a.route, f.requestMirror.backendRef, 0, services, grants);
         actions.push(`mirror ${f.requestMirror.percent} % to ${m.service}${m.unresolved ? ` (${m.unresolved}: not mirrored)` : ''}`);
         break;
       }
@@ -112,5 +114,5 @@ function explainRule(a: AttachedRule, resources: readonly Resource[], services: 
   if (t?.backendRequestMs !== undefined) actions.push(`backend timeout ${t.backendRequestMs}ms`);
   const r = a.rule.retry;
   if (r) actions.push(`retry up to ${r.attempts} on ${a.kind === 'GRPCRoute' ? 'grpc-status ' : ''}${r.codes.join(', ')}`);
-  return { rule: a.id, match: matchText(a), backends: a.rule.backendRefs.map((b) => backendOf(a.route, b, b.weight, services)), actions };
+  return { rule: a.id, match: matchText(a), backends: a.rule.backendRefs.map((b) => backendOf(a.route, b, b.weight, services, grants)), actions };
 }

@@ -48,7 +48,7 @@ export class Registry {
   readonly #byKindNamespace = new Map<string, Map<string, Resource>>();
   /** Canonical service address (VIP) → keys of the services that list it. */
   readonly #servicesByAddress = new Map<string, Set<string>>();
-  readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 };
+  readonly #counts: Record<Kind, number> = { Workload: 0, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 };
   /** list() of every kind, kept until the next change: what each Watch snapshot sends. */
   #allSorted: Resource[] | undefined;
   readonly #listeners = new Set<ChangeListener>();

@@ -18,7 +18,7 @@ export interface KubernetesStoreOptions {
   readonly retainChangeSets?: number;
   /** How long open() waits for the first list of every resource (default 60 s). */
   readonly syncTimeoutMs?: number;
-  /** How often a CRD that is not installed (routes, FaultInjection) is looked for again (default 30 s). */
+  /** How often a CRD that is not installed (routes, ReferenceGrant, FaultInjection) is looked for again (default 30 s). */
   readonly absentCrdRetryMs?: number;
 }
 
@@ -28,7 +28,7 @@ const DEFAULT_SYNC_TIMEOUT_MS = 60_000;
 
 /** Which mesh kind each Kubernetes source feeds. */
 const KIND_OF: Record<Exclude<SourceName, 'nodes'>, Kind> = {
-  pods: 'Workload', services: 'Service', policies: 'AuthorizationPolicy', httproutes: 'HTTPRoute', grpcroutes: 'GRPCRoute', faultinjections: 'FaultInjection',
+  pods: 'Workload', services: 'Service', policies: 'AuthorizationPolicy', httproutes: 'HTTPRoute', grpcroutes: 'GRPCRoute', faultinjections: 'FaultInjection', referencegrants: 'ReferenceGrant',
 };
 
 function keyOf(kind: Kind, obj: KubernetesObject): string {
@@ -38,8 +38,8 @@ function keyOf(kind: Kind, obj: KubernetesObject): string {
 /**
  * The Kubernetes Store backend (DESIGN §4): workloads, services, policies
  * and routes are derived, read-only, from Pods, Services, AuthorizationPolicy
- * custom resources, the Gateway API's HTTPRoutes and GRPCRoutes and Ambit's
- * FaultInjections (nodes supply locality). Every batch of API events becomes one
+ * custom resources, the Gateway API's HTTPRoutes, GRPCRoutes and
+ * ReferenceGrants and Ambit's FaultInjections (nodes supply locality). Every batch of API events becomes one
  * commit of a mesh-wide revision, so the registry, the watch stream and node
  * authorization work exactly as with SQLite. Admin writes of those kinds are
  * refused: kubectl is the way to change them.
@@ -148,7 +148,7 @@ export class KubernetesStore implements Store {
     if (changes.length === 0) return { revision: this.#revision, changes: [] };
     const first = changes[0]!;
     const kind = first.op === 'put' ? first.resource.kind : first.key.kind;
-    throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `in Kubernetes mode workloads, services, policies and routes come from the Kubernetes API (Pods, Services, AuthorizationPolicy, HTTPRoute, GRPCRoute and FaultInjection resources); change them with kubectl`, {
+    throw new AmbitError('AMBIT_ERR_AUTH_DENIED', `in Kubernetes mode workloads, services, policies and routes come from the Kubernetes API (Pods, Services, AuthorizationPolicy, HTTPRoute, GRPCRoute, FaultInjection and ReferenceGrant resources); change them with kubectl`, {
       details: { reason: 'kubernetes-store', kind },
     });
   }
@@ -277,6 +277,7 @@ export class KubernetesStore implements Store {
     this.#markKind('HTTPRoute', 'httproutes');
     this.#markKind('GRPCRoute', 'grpcroutes');
     this.#markKind('FaultInjection', 'faultinjections');
+    this.#markKind('ReferenceGrant', 'referencegrants');
     const changes = this.#derive();
     for (const c of changes) {
       if (c.op === 'put') this.#resources.set(resourceKey(c.resource), { ...c.resource, metadata: { ...c.resource.metadata, revision: this.#revision } });
@@ -320,8 +321,8 @@ export class KubernetesStore implements Store {
       else this.#note(key, r.warnings.length > 0 ? `service ${r.warnings.join('; ')}` : undefined, 'warn');
       return r !== undefined && 'resource' in r ? r.resource : undefined;
     }
-    if (kind === 'HTTPRoute' || kind === 'GRPCRoute' || kind === 'FaultInjection') {
-      const source = kind === 'HTTPRoute' ? 'httproutes' : kind === 'GRPCRoute' ? 'grpcroutes' : 'faultinjections';
+    if (kind === 'HTTPRoute' || kind === 'GRPCRoute' || kind === 'FaultInjection' || kind === 'ReferenceGrant') {
+      const source = kind === 'HTTPRoute' ? 'httproutes' : kind === 'GRPCRoute' ? 'grpcroutes' : kind === 'FaultInjection' ? 'faultinjections' : 'referencegrants';
       const cr = this.#sources.customObjects(source).get(name, namespace);
       const r = cr === undefined ? undefined : routeFromCustomResource(kind, cr);
       // Skipped whole when invalid, as `ambitctl apply` would refuse it; the message names the object and the field.

@@ -1,5 +1,5 @@
 import { apiVersionOf } from './types.ts';
-import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument } from './route-document.ts';
+import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument, referenceGrantDocument } from './route-document.ts';
 import type { AuthorizationPolicySpec, PolicyOperation, PolicyRule, PolicySource, Resource, ServiceSpec, WorkloadSpec } from './types.ts';
 
 /**
@@ -27,6 +27,7 @@ function specDocument(r: Resource): Record<string, unknown> {
     case 'HTTPRoute': return httpRouteDocument(r.spec, r.metadata.namespace);
     case 'GRPCRoute': return grpcRouteDocument(r.spec, r.metadata.namespace);
     case 'FaultInjection': return faultInjectionDocument(r.spec);
+    case 'ReferenceGrant': return referenceGrantDocument(r.spec);
   }
 }
 

@@ -1,11 +1,11 @@
 import type {
   BackendObjectRef, FaultInjectionSpec, GRPCRouteSpec, HTTPBackendRef, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRetry, HTTPRouteSpec,
-  HeaderModifier, NamedValueMatch, PathModifier, RouteParentRef, RouteTimeouts,
+  HeaderModifier, NamedValueMatch, PathModifier, ReferenceGrantSpec, RouteParentRef, RouteTimeouts,
 } from './route-types.ts';
 import { DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BACKOFF_MS, GRPC_CODE_NAMES, formatDuration } from './validate-route.ts';
 
 /**
- * Route and FaultInjection specs back to the upstream document shape (the
+ * Route, FaultInjection and ReferenceGrant specs back to the upstream document shape (the
  * inverse of ./validate-route.ts): durations as Gateway API Durations, gRPC
  * codes by name, defaults and empty lists left out except where the upstream
  * default differs from Ambit's (parentRefs always say group "" and kind
@@ -150,4 +150,11 @@ export function faultInjectionDocument(s: FaultInjectionSpec): Doc {
     };
   }
   return out;
+}
+
+export function referenceGrantDocument(s: ReferenceGrantSpec): Doc {
+  return {
+    from: s.from.map((f) => ({ group: f.group, kind: f.kind, namespace: f.namespace })),
+    to: s.to.map((t) => ({ group: t.group, kind: t.kind, ...(t.name === undefined ? {} : { name: t.name }) })),
+  };
 }

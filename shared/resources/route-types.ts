@@ -11,6 +11,8 @@ import type { ObjectMeta } from './types.ts';
 
 export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
 export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+/** ReferenceGrant is still v1beta1 upstream (it never moved to v1). */
+export const REFERENCE_GRANT_API_VERSION = 'gateway.networking.k8s.io/v1beta1';
 /** The controllerName routes' status conditions are written under. */
 export const MESH_CONTROLLER_NAME = 'ambit.dev/mesh';
 
@@ -208,6 +210,38 @@ export interface FaultInjection {
 }
 
 export type RouteResource = HTTPRoute | GRPCRoute;
+
+/**
+ * The Gateway API's ReferenceGrant, as written: it lets objects of the kinds
+ * and namespaces in `from` refer to the objects of `to` in the grant's own
+ * namespace. Any group and kind is kept (upstream files, which also grant
+ * Gateways access to Secrets, apply unchanged); only a `from` of an
+ * HTTPRoute or GRPCRoute and a `to` of core Services mean something to Ambit
+ * (shared/routes/references.ts).
+ */
+export interface ReferenceGrantFrom {
+  readonly group: string;
+  readonly kind: string;
+  readonly namespace: string;
+}
+
+export interface ReferenceGrantTo {
+  readonly group: string;
+  readonly kind: string;
+  /** Undefined: every object of the kind in the grant's namespace. */
+  readonly name?: string;
+}
+
+export interface ReferenceGrantSpec {
+  readonly from: readonly ReferenceGrantFrom[];
+  readonly to: readonly ReferenceGrantTo[];
+}
+
+export interface ReferenceGrant {
+  readonly kind: 'ReferenceGrant';
+  readonly metadata: ObjectMeta;
+  readonly spec: ReferenceGrantSpec;
+}
 
 /** A route's status as the Gateway API shows it (computed from the mesh, never stored). */
 export interface RouteCondition {

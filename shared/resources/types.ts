@@ -4,11 +4,11 @@
  * lists sorted where order has no meaning) — what the registry stores and what
  * agents receive. Parsing/validation lives in ./validate.ts.
  */
-import { GATEWAY_API_VERSION, type FaultInjection, type GRPCRoute, type HTTPRoute } from './route-types.ts';
+import { GATEWAY_API_VERSION, REFERENCE_GRANT_API_VERSION, type FaultInjection, type GRPCRoute, type HTTPRoute, type ReferenceGrant } from './route-types.ts';
 
 export const API_VERSION = 'ambit.dev/v1alpha1';
 
-export const KINDS = ['Workload', 'Service', 'AuthorizationPolicy', 'HTTPRoute', 'GRPCRoute', 'FaultInjection'] as const;
+export const KINDS = ['Workload', 'Service', 'AuthorizationPolicy', 'HTTPRoute', 'GRPCRoute', 'FaultInjection', 'ReferenceGrant'] as const;
 export type Kind = (typeof KINDS)[number];
 
 /**
@@ -153,13 +153,14 @@ export interface AuthorizationPolicy {
   readonly spec: AuthorizationPolicySpec;
 }
 
-export type Resource = Workload | Service | AuthorizationPolicy | HTTPRoute | GRPCRoute | FaultInjection;
+export type Resource = Workload | Service | AuthorizationPolicy | HTTPRoute | GRPCRoute | FaultInjection | ReferenceGrant;
 
 /** The Gateway API route kinds (their apiVersion is gateway.networking.k8s.io/v1, shared/resources/route-types.ts). */
 export const ROUTE_KINDS = ['HTTPRoute', 'GRPCRoute'] as const satisfies readonly Kind[];
 
-/** The apiVersion documents of a kind carry: the Gateway API's for its routes, Ambit's for the rest. */
+/** The apiVersion documents of a kind carry: the Gateway API's for its kinds (ReferenceGrant is still v1beta1 there), Ambit's for the rest. */
 export function apiVersionOf(kind: Kind): string {
+  if (kind === 'ReferenceGrant') return REFERENCE_GRANT_API_VERSION;
   return kind === 'HTTPRoute' || kind === 'GRPCRoute' ? GATEWAY_API_VERSION : API_VERSION;
 }
 

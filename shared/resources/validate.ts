@@ -8,6 +8,7 @@ import { Checker, describe, isMapping, join } from './validate-fields.ts';
 import type { FieldError } from './validate-fields.ts';
 import { checkPolicySpec } from './validate-policy.ts';
 import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
+import { checkReferenceGrantSpec } from './validate-reference-grant.ts';
 
 /**
  * Resource documents (YAML/JSON, Kubernetes style) in, validated core types
@@ -258,6 +259,9 @@ function check(doc: unknown, where: string): { resource: Resource } | { error: A
     if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
   } else if (spec !== undefined && id.kind === 'FaultInjection') {
     const s = checkFaultInjectionSpec(c, spec, 'spec');
+    if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
+  } else if (spec !== undefined && id.kind === 'ReferenceGrant') {
+    const s = checkReferenceGrantSpec(c, spec, 'spec');
     if (s !== undefined && meta !== undefined) resource = { kind: id.kind, metadata: meta, spec: s };
   }
   if (c.errors.length > 0 || resource === undefined) return { error: invalidDocument(where, id, c.errors) };

@@ -1,9 +1,10 @@
 import { AmbitError } from '../errors.ts';
 import { HTTP_OPERATION_FIELDS } from '../authorization-http.ts';
-import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument } from './route-document.ts';
+import { faultInjectionDocument, grpcRouteDocument, httpRouteDocument, referenceGrantDocument } from './route-document.ts';
 import { checkFaultInjectionSpec, checkGRPCRouteSpec, checkHTTPRouteSpec } from './validate-route.ts';
+import { checkReferenceGrantSpec } from './validate-reference-grant.ts';
 import { Checker } from './validate-fields.ts';
-import type { FaultInjection, GRPCRoute, HTTPRoute, RouteStatus } from './route-types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute, ReferenceGrant, RouteStatus } from './route-types.ts';
 import type * as pb from '../proto/gen/ambit.ts';
 import {
   KINDS,
@@ -26,7 +27,7 @@ import {
  * core never depends on protobuf (DESIGN §9 rule 5). fromWire does NOT
  * validate: callers that accept resources from outside (the Admin API) run
  * validateResource on the result. The exception is the kinds carried as a
- * JSON document (routes, FaultInjection; see ambit.proto DocumentResource):
+ * JSON document (routes, FaultInjection, ReferenceGrant; see ambit.proto DocumentResource):
  * turning that document into the core type is validation, so it is done here.
  */
 function metaToWire(m: ObjectMeta): pb.ObjectMeta {
@@ -91,6 +92,8 @@ export function resourceToWire(r: Resource): pb.Resource {
       return { kind: { $case: 'grpcRoute', grpcRoute: documentToWire(r, grpcRouteDocument(r.spec, r.metadata.namespace)) } };
     case 'FaultInjection':
       return { kind: { $case: 'faultInjection', faultInjection: documentToWire(r, faultInjectionDocument(r.spec)) } };
+    case 'ReferenceGrant':
+      return { kind: { $case: 'referenceGrant', referenceGrant: documentToWire(r, referenceGrantDocument(r.spec)) } };
   }
 }
 
@@ -200,6 +203,10 @@ export function resourceFromWire(w: pb.Resource): Resource {
     case 'faultInjection': {
       const fault: FaultInjection = { kind: 'FaultInjection', ...documentFromWire('FaultInjection', k.faultInjection, (c, v, f) => checkFaultInjectionSpec(c, v, f)) };
       return fault;
+    }
+    case 'referenceGrant': {
+      const grant: ReferenceGrant = { kind: 'ReferenceGrant', ...documentFromWire('ReferenceGrant', k.referenceGrant, (c, v, f) => checkReferenceGrantSpec(c, v, f)) };
+      return grant;
     }
   }
 }

@@ -2,8 +2,9 @@ import { isHttpProtocol, type Service } from '../resources/types.ts';
 import {
   MESH_CONTROLLER_NAME,
   type BackendObjectRef, type FaultInjection, type HTTPRouteFilter, type RouteCondition, type RouteParentRef, type RouteParentStatus,
-  type RouteResource, type RouteStatus,
+  type ReferenceGrant, type RouteResource, type RouteStatus,
 } from '../resources/route-types.ts';
+import { backendPermitted } from './references.ts';
 
 /**
  * A route's status as the Gateway API reports it, computed from the mesh when
@@ -17,16 +18,19 @@ import {
  *   would attach to carry TCP only (routes need requests to route).
  * - ResolvedRefs (the same on every parent, as it is about the route's own
  *   references): False with RefNotPermitted for a backend or mirror in
- *   another namespace (Ambit has no ReferenceGrant), BackendNotFound for a
+ *   another namespace that no ReferenceGrant there lets the route use
+ *   (./references.ts), BackendNotFound for a
  *   Service or port that does not exist, or FilterNotFound (Ambit's reason)
  *   for a FaultInjection an ExtensionRef names that does not exist; the
  *   first problem gives the reason and the message lists every one.
  *
- * Pure: the mesh is read through the two lookups given.
+ * Pure: the mesh is read through the lookups given.
  */
 export interface RouteStatusMesh {
   service(namespace: string, name: string): Service | undefined;
   faultInjection(namespace: string, name: string): FaultInjection | undefined;
+  /** The ReferenceGrants of a namespace. */
+  referenceGrants(namespace: string): readonly ReferenceGrant[];
 }
 
 export const ROUTE_REASONS = {
@@ -73,8 +77,11 @@ interface Problem {
 
 function backendProblem(route: RouteResource, ref: BackendObjectRef, field: string, mesh: RouteStatusMesh): Problem | undefined {
   const what = serviceName(ref.namespace, ref.name);
-  if (ref.namespace !== route.metadata.namespace) {
-    return { reason: ROUTE_REASONS.refNotPermitted, message: `${field}: ${what} is in another namespace and Ambit has no ReferenceGrant` };
+  if (!backendPermitted(route, ref, mesh.referenceGrants(ref.namespace))) {
+    return {
+      reason: ROUTE_REASONS.refNotPermitted,
+      message: `${field}: ${what} is in another namespace and no ReferenceGrant in namespace ${ref.namespace} lets ${route.kind}s of namespace ${route.metadata.namespace} use it`,
+    };
   }
   const svc = mesh.service(ref.namespace, ref.name);
   if (svc === undefined) return { reason: ROUTE_REASONS.backendNotFound, message: `${field}: ${what} does not exist` };

@@ -26,7 +26,7 @@ export const CONTROLLER_PERMISSIONS = [
   ...['pods', 'services', 'namespaces', 'serviceaccounts', 'nodes'].flatMap((r) => ['get', 'list', 'watch'].map((v) => `core/${r} ${v}`)),
   ...['get', 'list', 'watch'].map((v) => `discovery.k8s.io/endpointslices ${v}`),
   ...['authorizationpolicies', 'faultinjections'].flatMap((r) => ['get', 'list', 'watch'].map((v) => `ambit.dev/${r} ${v}`)),
-  ...['httproutes', 'grpcroutes'].flatMap((r) => ['get', 'list', 'watch'].map((v) => `gateway.networking.k8s.io/${r} ${v}`)),
+  ...['httproutes', 'grpcroutes', 'referencegrants'].flatMap((r) => ['get', 'list', 'watch'].map((v) => `gateway.networking.k8s.io/${r} ${v}`)),
   'authentication.k8s.io/tokenreviews create',
 ].sort();
 const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding', 'CustomResourceDefinition']);

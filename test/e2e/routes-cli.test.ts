@@ -1,6 +1,7 @@
 /**
- * HTTPRoute, GRPCRoute and FaultInjection through ambitctl and a real
- * controller (SQLite store): apply -f, get with status, delete -f, a bad file
+ * HTTPRoute, GRPCRoute, ReferenceGrant and FaultInjection through ambitctl
+ * and a real controller (SQLite store): apply -f, get with status (a
+ * consumer route's cross-namespace backend resolved by a grant), delete -f, a bad file
  * that changes nothing, and a node's Watch stream carrying them to an agent's
  * mesh state.
  */
@@ -118,10 +119,50 @@ t.test('apply -f, get with status, delete -f, and a bad file that changes nothin
   t.match(missing.stderr, /HTTPRoute shop\/nope not found.*AMBIT_ERR_RESOURCE_NOT_FOUND/);
   const usage = await ambitctl(ctl, ['get', 'gateway']);
   t.equal(usage.code, 2);
-  t.match(usage.stderr, /unknown kind "gateway": use httproute, grpcroute or faultinjection/);
+  t.match(usage.stderr, /unknown kind "gateway": use httproute, grpcroute, referencegrant or faultinjection/);
 
   t.equal(await ok(['delete', '-f', routes]), 'HTTPRoute shop/canary deleted\nGRPCRoute shop/rpc deleted\nFaultInjection shop/slow deleted\n');
   t.equal(await ok(['apply', '-f', routes]), 'HTTPRoute shop/canary created\nGRPCRoute shop/rpc created\nFaultInjection shop/slow created\n', 'gone after delete');
+});
+
+const CONSUMER = `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: timeouts, namespace: client}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: shop}]
+  rules: [{backendRefs: [{name: web, namespace: shop, port: 80}], timeouts: {request: 2s}}]
+`;
+
+const GRANT = `apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: client-routes, namespace: shop}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: client}]
+  to: [{group: "", kind: Service, name: web}]
+`;
+
+t.test('a ReferenceGrant: apply -f, get, and the consumer route\'s status following it', async (t) => {
+  await ok(['apply', '-f', file('consumer.yaml', CONSUMER)]);
+  const status = () => ok(['get', 'httproute', 'timeouts', '-n', 'client']);
+  t.equal(await status(), 'NAMESPACE  NAME      PARENTS   ACCEPTED  RESOLVEDREFS\nclient     timeouts  shop/web  True      False (RefNotPermitted)\n', 'no grant');
+  const grant = file('grant.yaml', GRANT);
+  t.equal(await ok(['apply', '-f', grant]), 'ReferenceGrant shop/client-routes created\n');
+  t.equal(await ok(['get', 'referencegrant', '-n', 'shop']), 'NAMESPACE  NAME           FROM              TO\nshop       client-routes  HTTPRoute/client  Service/web\n');
+  const yaml = await ok(['get', 'referencegrant', 'client-routes', '-n', 'shop', '-o', 'yaml']);
+  t.same(parse(yaml), {
+    apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'client-routes', namespace: 'shop', labels: {}, revision: (parse(yaml) as { metadata: { revision: number } }).metadata.revision },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'client' }], to: [{ group: '', kind: 'Service', name: 'web' }] },
+  });
+  t.match(await ok(['apply', '-f', file('grant-got.yaml', yaml)]), /ReferenceGrant shop\/client-routes unchanged/, 'what get -o yaml prints re-applies');
+  t.equal(await status(), 'NAMESPACE  NAME      PARENTS   ACCEPTED  RESOLVEDREFS\nclient     timeouts  shop/web  True      True\n', 'granted');
+  const bad = await ambitctl(ctl, ['apply', '-f', file('bad-grant.yaml', GRANT.replace('name: web}', 'name: web, port: 80}'))]);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /ReferenceGrant shop\/client-routes: spec\.to\[0\]\.port: unknown field/);
+  t.equal(await ok(['delete', '-f', grant]), 'ReferenceGrant shop/client-routes deleted\n');
+  t.equal(await status(), 'NAMESPACE  NAME      PARENTS   ACCEPTED  RESOLVEDREFS\nclient     timeouts  shop/web  True      False (RefNotPermitted)\n', 'revoked');
+  // The grant stays for the next test to find in an agent's mesh state; the consumer route goes.
+  await ok(['apply', '-f', grant]);
+  await ok(['delete', '-f', file('consumer.yaml', CONSUMER)]);
 });
 
 t.test('an agent\'s watch receives the routes, decoded and validated into its mesh state', async (t) => {
@@ -147,4 +188,5 @@ t.test('an agent\'s watch receives the routes, decoded and validated into its me
   t.same(mesh.httpRoutes()[0]?.spec.rules[0]?.backendRefs.map((b) => `${b.name}:${b.weight}`), ['web:90', 'web-canary:10']);
   t.same(mesh.grpcRoutes()[0]?.spec.rules[0]?.retry?.codes, [14], 'UNAVAILABLE as its code');
   t.same(mesh.faultInjection('shop', 'slow')?.spec.delay, { fixedDelayMs: 90_000, percentage: 10 });
+  t.same(mesh.referenceGrants('shop').map((g) => g.spec.from), [[{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'client' }]], 'the ReferenceGrant too');
 });

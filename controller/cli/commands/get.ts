@@ -1,13 +1,13 @@
 import { Command } from 'commander';
 import { AmbitError } from '../../../shared/errors.ts';
-import type { FaultInjection, RouteCondition, RouteResource, RouteStatus } from '../../../shared/resources/route-types.ts';
+import { GATEWAY_GROUP, type FaultInjection, type ReferenceGrant, type RouteCondition, type RouteResource, type RouteStatus } from '../../../shared/resources/route-types.ts';
 import type { Resource } from '../../../shared/resources/types.ts';
 import { example, outputOf, withApi, type CliContext } from '../context.ts';
 import { formatList, formatOne, table } from '../output.ts';
 
 /**
- * `ambitctl get httproute|grpcroute|faultinjection [NAME]`: the Gateway API's
- * kinds (and Ambit's filter) as kubectl shows them. Routes come with their
+ * `ambitctl get httproute|grpcroute|referencegrant|faultinjection [NAME]`:
+ * the Gateway API's kinds (and Ambit's filter) as kubectl shows them. Routes come with their
  * status, computed by the controller from the mesh at the time of the call;
  * -o yaml|json prints each in the upstream shape with status.parents.
  */
@@ -15,13 +15,14 @@ const KIND_NAMES = {
   httproute: 'HTTPRoute', httproutes: 'HTTPRoute',
   grpcroute: 'GRPCRoute', grpcroutes: 'GRPCRoute',
   faultinjection: 'FaultInjection', faultinjections: 'FaultInjection',
+  referencegrant: 'ReferenceGrant', referencegrants: 'ReferenceGrant',
 } as const;
 type GetKind = (typeof KIND_NAMES)[keyof typeof KIND_NAMES];
 
 function kindOf(arg: string): GetKind {
   const k = (KIND_NAMES as Readonly<Record<string, GetKind>>)[arg.toLowerCase()];
   if (k === undefined) {
-    throw new AmbitError('AMBIT_ERR_CLI_USAGE', `unknown kind ${JSON.stringify(arg)}: use httproute, grpcroute or faultinjection (other kinds: ambitctl workload|service|policy list)`, { details: { field: 'kind', value: arg } });
+    throw new AmbitError('AMBIT_ERR_CLI_USAGE', `unknown kind ${JSON.stringify(arg)}: use httproute, grpcroute, referencegrant or faultinjection (other kinds: ambitctl workload|service|policy list)`, { details: { field: 'kind', value: arg } });
   }
   return k;
 }
@@ -46,10 +47,22 @@ function faultText(f: FaultInjection, duration: (ms: number) => string): [string
   ];
 }
 
+/** A group and kind as kubectl writes them: "Service" for the core group, "HTTPRoute" for the Gateway API's, else "Kind.group". */
+function groupKind(group: string, kind: string): string {
+  return group === '' || group === GATEWAY_GROUP ? kind : `${kind}.${group}`;
+}
+
+function grantText(g: ReferenceGrant): [string, string] {
+  return [
+    g.spec.from.map((f) => `${groupKind(f.group, f.kind)}/${f.namespace}`).join(','),
+    g.spec.to.map((x) => `${groupKind(x.group, x.kind)}${x.name === undefined ? '' : `/${x.name}`}`).join(','),
+  ];
+}
+
 export function getCommand(ctx: CliContext): Command {
   return new Command('get')
-    .description('show HTTPRoutes or GRPCRoutes with their status (Accepted, ResolvedRefs per parent), or FaultInjections')
-    .argument('<kind>', 'httproute, grpcroute or faultinjection')
+    .description('show HTTPRoutes or GRPCRoutes with their status (Accepted, ResolvedRefs per parent), ReferenceGrants or FaultInjections')
+    .argument('<kind>', 'httproute, grpcroute, referencegrant or faultinjection')
     .argument('[name]', 'one resource; without it, every one')
     .option('-n, --namespace <ns>', 'namespace; without it, default with a NAME and every namespace without')
     .option('-o, --output <format>', 'table, json or yaml', 'table')
@@ -63,7 +76,7 @@ export function getCommand(ctx: CliContext): Command {
           import('../../../shared/resources/wire.ts'), import('../../../shared/resources/validate.ts'), import('../../../shared/resources/validate-route.ts'),
         ]);
         let items: { resource: Resource; status?: RouteStatus }[];
-        if (kind === 'FaultInjection') {
+        if (kind === 'FaultInjection' || kind === 'ReferenceGrant') {
           const wire = name === undefined
             ? (await api.call('List', api.client.list, { kind, namespace })).resources
             : [await api.call('Get', api.client.get, { key: { kind, namespace, name } })];
@@ -78,6 +91,8 @@ export function getCommand(ctx: CliContext): Command {
         if (format === 'table') {
           if (kind === 'FaultInjection') {
             ctx.out(table(['NAMESPACE', 'NAME', 'DELAY', 'ABORT'], items.map(({ resource: r }) => r.kind !== 'FaultInjection' ? [] : [r.metadata.namespace, r.metadata.name, ...faultText(r, formatDuration)])));
+          } else if (kind === 'ReferenceGrant') {
+            ctx.out(table(['NAMESPACE', 'NAME', 'FROM', 'TO'], items.map(({ resource: r }) => r.kind !== 'ReferenceGrant' ? [] : [r.metadata.namespace, r.metadata.name, ...grantText(r)])));
           } else {
             ctx.out(table(['NAMESPACE', 'NAME', 'PARENTS', 'ACCEPTED', 'RESOLVEDREFS'], items.map(({ resource: r, status }) => (r.kind !== 'HTTPRoute' && r.kind !== 'GRPCRoute') || status === undefined ? [] : [
               r.metadata.namespace, r.metadata.name, parentsText(r), summary(status, 'Accepted'), summary(status, 'ResolvedRefs'),

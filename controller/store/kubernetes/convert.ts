@@ -209,17 +209,20 @@ export function policyFromCustomResource(cr: PolicyObject): Converted<Authorizat
 /** The Gateway API's route CRDs and Ambit's FaultInjection CRD. */
 export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
 export const GATEWAY_VERSION = 'v1';
+/** ReferenceGrant is served as v1beta1 only (the Gateway API never moved it to v1). */
+export const REFERENCE_GRANT_VERSION = 'v1beta1';
+export const REFERENCE_GRANT_PLURAL = 'referencegrants';
 export const HTTPROUTE_PLURAL = 'httproutes';
 export const GRPCROUTE_PLURAL = 'grpcroutes';
 export const FAULT_PLURAL = 'faultinjections';
 
 /**
- * An HTTPRoute, GRPCRoute or FaultInjection from its custom resource: the
+ * An HTTPRoute, GRPCRoute, FaultInjection or ReferenceGrant from its custom resource: the
  * spec as the API server stored it (with its defaults filled in) goes through
  * the validation `ambitctl apply` uses; labels carry over, annotations and
  * status do not (status is Ambit's to compute, shared/routes/status.ts).
  */
-export function routeFromCustomResource<K extends 'HTTPRoute' | 'GRPCRoute' | 'FaultInjection'>(kind: K, cr: PolicyObject): Converted<Extract<Resource, { kind: K }>> {
+export function routeFromCustomResource<K extends 'HTTPRoute' | 'GRPCRoute' | 'FaultInjection' | 'ReferenceGrant'>(kind: K, cr: PolicyObject): Converted<Extract<Resource, { kind: K }>> {
   return validated<Extract<Resource, { kind: K }>>({
     apiVersion: apiVersionOf(kind),
     kind,

@@ -6,7 +6,8 @@ import { Backoff } from '../../../shared/backoff.ts';
 import { AmbitError, errorMessage } from '../../../shared/errors.ts';
 import type { Logger } from '../../../shared/logger.ts';
 import {
-  FAULT_PLURAL, GATEWAY_GROUP, GATEWAY_VERSION, GRPCROUTE_PLURAL, HTTPROUTE_PLURAL, POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, type PolicyObject,
+  FAULT_PLURAL, GATEWAY_GROUP, GATEWAY_VERSION, GRPCROUTE_PLURAL, HTTPROUTE_PLURAL, POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, REFERENCE_GRANT_PLURAL,
+  REFERENCE_GRANT_VERSION, type PolicyObject,
 } from './convert.ts';
 
 /**
@@ -20,16 +21,16 @@ import {
  * backoff after any other failure (API server down, 5xx, network).
  */
 
-export const SOURCES = ['pods', 'services', 'nodes', 'policies', 'httproutes', 'grpcroutes', 'faultinjections'] as const;
+export const SOURCES = ['pods', 'services', 'nodes', 'policies', 'httproutes', 'grpcroutes', 'faultinjections', 'referencegrants'] as const;
 export type SourceName = (typeof SOURCES)[number];
 
 /**
  * Sources whose CRD a cluster may not have installed (the Gateway API's
- * routes, Ambit's FaultInjection): a 404 means there are none of them — the
+ * routes and ReferenceGrants, Ambit's FaultInjection): a 404 means there are none of them — the
  * source counts as listed, empty, is logged once, and is looked for again
  * every ABSENT_RETRY_MS (by default) so that installing the CRD later is noticed.
  */
-export const OPTIONAL_SOURCES: ReadonlySet<SourceName> = new Set(['httproutes', 'grpcroutes', 'faultinjections']);
+export const OPTIONAL_SOURCES: ReadonlySet<SourceName> = new Set(['httproutes', 'grpcroutes', 'faultinjections', 'referencegrants']);
 const ABSENT_RETRY_MS = 30_000;
 
 const CRD_NAMES: Partial<Record<SourceName, string>> = {
@@ -37,6 +38,7 @@ const CRD_NAMES: Partial<Record<SourceName, string>> = {
   httproutes: `${HTTPROUTE_PLURAL}.${GATEWAY_GROUP}`,
   grpcroutes: `${GRPCROUTE_PLURAL}.${GATEWAY_GROUP}`,
   faultinjections: `${FAULT_PLURAL}.${POLICY_GROUP}`,
+  referencegrants: `${REFERENCE_GRANT_PLURAL}.${GATEWAY_GROUP}`,
 };
 
 export type Verb = 'add' | 'update' | 'delete';
@@ -56,6 +58,7 @@ const PATHS: Record<SourceName, string> = {
   httproutes: `/apis/${GATEWAY_GROUP}/${GATEWAY_VERSION}/${HTTPROUTE_PLURAL}`,
   grpcroutes: `/apis/${GATEWAY_GROUP}/${GATEWAY_VERSION}/${GRPCROUTE_PLURAL}`,
   faultinjections: `/apis/${POLICY_GROUP}/${POLICY_VERSION}/${FAULT_PLURAL}`,
+  referencegrants: `/apis/${GATEWAY_GROUP}/${REFERENCE_GRANT_VERSION}/${REFERENCE_GRANT_PLURAL}`,
 };
 
 /** What an operator must fix when a list is refused, by HTTP status. */
@@ -144,6 +147,7 @@ export class KubeSources {
       httproutes: () => custom.listClusterCustomObject({ group: GATEWAY_GROUP, version: GATEWAY_VERSION, plural: HTTPROUTE_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
       grpcroutes: () => custom.listClusterCustomObject({ group: GATEWAY_GROUP, version: GATEWAY_VERSION, plural: GRPCROUTE_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
       faultinjections: () => custom.listClusterCustomObject({ group: POLICY_GROUP, version: POLICY_VERSION, plural: FAULT_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
+      referencegrants: () => custom.listClusterCustomObject({ group: GATEWAY_GROUP, version: REFERENCE_GRANT_VERSION, plural: REFERENCE_GRANT_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
     };
     for (const name of SOURCES) {
       let source: Source | undefined;
@@ -194,7 +198,7 @@ export class KubeSources {
   }
 
   /** A custom-resource source's objects; none while its CRD is absent (the informer's cache may still hold what it saw before). */
-  customObjects(name: 'policies' | 'httproutes' | 'grpcroutes' | 'faultinjections'): ObjectCache<PolicyObject> {
+  customObjects(name: 'policies' | 'httproutes' | 'grpcroutes' | 'faultinjections' | 'referencegrants'): ObjectCache<PolicyObject> {
     const s = this.#sources.get(name)!;
     if (s.absent) return { get: () => undefined, list: () => [] };
     return s.informer as ObjectCache<PolicyObject>;

@@ -135,7 +135,7 @@ export interface AuthorizationPolicy {
 }
 
 /**
- * HTTPRoute, GRPCRoute and FaultInjection travel as their spec in the
+ * HTTPRoute, GRPCRoute, FaultInjection and ReferenceGrant travel as their spec in the
  * document shape users write (the Gateway API's for routes), JSON-encoded:
  * that schema is large and is defined once, in
  * shared/resources/validate-route.ts, rather than mirrored here field by
@@ -155,11 +155,12 @@ export interface Resource {
     | { $case: "httpRoute"; httpRoute: DocumentResource }
     | { $case: "grpcRoute"; grpcRoute: DocumentResource }
     | { $case: "faultInjection"; faultInjection: DocumentResource }
+    | { $case: "referenceGrant"; referenceGrant: DocumentResource }
     | undefined;
 }
 
 export interface ResourceKey {
-  /** "Workload" | "Service" | "AuthorizationPolicy" | "HTTPRoute" | "GRPCRoute" | "FaultInjection" */
+  /** "Workload" | "Service" | "AuthorizationPolicy" | "HTTPRoute" | "GRPCRoute" | "FaultInjection" | "ReferenceGrant" */
   kind: string;
   namespace: string;
   name: string;
@@ -2185,6 +2186,9 @@ export const Resource: MessageFns<Resource> = {
       case "faultInjection":
         DocumentResource.encode(message.kind.faultInjection, writer.uint32(50).fork()).join();
         break;
+      case "referenceGrant":
+        DocumentResource.encode(message.kind.referenceGrant, writer.uint32(58).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2256,6 +2260,17 @@ export const Resource: MessageFns<Resource> = {
             };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.kind = {
+              $case: "referenceGrant",
+              referenceGrant: DocumentResource.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2312,6 +2327,15 @@ export const Resource: MessageFns<Resource> = {
           message.kind = {
             $case: "faultInjection",
             faultInjection: DocumentResource.fromPartial(object.kind.faultInjection),
+          };
+        }
+        break;
+      }
+      case "referenceGrant": {
+        if (object.kind?.referenceGrant !== undefined && object.kind?.referenceGrant !== null) {
+          message.kind = {
+            $case: "referenceGrant",
+            referenceGrant: DocumentResource.fromPartial(object.kind.referenceGrant),
           };
         }
         break;

@@ -9,9 +9,9 @@ import t from 'tap';
 import { compileBackendService, compileHttpRoutes, millionths, routeTableKey, type RouteInputs } from '../../../agent/connection/http-routes.ts';
 import { MeshState } from '../../../agent/state/mesh-state.ts';
 import { MatchType, PathModifierType } from '../../../shared/proto/gen/dataplane.ts';
-import type { FaultInjection, HTTPRouteFilter, RouteResource } from '../../../shared/resources/route-types.ts';
+import type { FaultInjection, HTTPRouteFilter, ReferenceGrant, RouteResource } from '../../../shared/resources/route-types.ts';
 import type { Resource, Workload } from '../../../shared/resources/types.ts';
-import { backend, fault, grpcBackend, grpcMatch, grpcRoute, grpcRule, httpRoute, match, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
+import { backend, fault, grant, grpcBackend, grpcMatch, grpcRoute, grpcRule, httpRoute, match, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
 
 function wl(name: string, namespace: string, app: string, address: string): Workload {
   return { kind: 'Workload', metadata: { name, namespace, labels: { app }, revision: 1 }, spec: { serviceAccount: app, node: 'node-b', address, ports: [], weight: 1, locality: '', healthy: true } };
@@ -34,9 +34,10 @@ function state(): MeshState {
   return s;
 }
 
-const inputs = (routes: RouteResource[], faults: FaultInjection[] = []): RouteInputs => ({
+const inputs = (routes: RouteResource[], faults: FaultInjection[] = [], grants: ReferenceGrant[] = []): RouteInputs => ({
   routes,
   fault: (ns, name) => faults.find((f) => f.metadata.namespace === ns && f.metadata.name === name),
+  grants: (ns) => grants.filter((g) => g.metadata.namespace === ns),
 });
 
 const WEB = 'web.shop.svc.cluster.local';
@@ -91,7 +92,7 @@ t.test('matches, weighted backends and their service tables; unresolved backends
     ['web-v2.shop.svc.cluster.local:80@eu/a', 10],
     ['', 5], // no such Service
     ['', 3], // no such port
-    ['', 2], // another namespace: RefNotPermitted (no ReferenceGrant)
+    ['', 2], // another namespace with no ReferenceGrant: RefNotPermitted
   ]);
   t.same(item!.matches[0]!.path, { type: MatchType.MATCH_TYPE_REGEX, value: '/item/[0-9]+' });
   t.same(item!.backends.map((b) => b.table), ['raw.shop.svc.cluster.local:9000@eu/a as http'], 'a tcp backend port is spoken to with the parent port\'s protocol, under its own key');
@@ -214,6 +215,16 @@ t.test('a consumer route gives its namespace a table of its own', async (t) => {
   const b = compileHttpRoutes(s, web80, '', 'client-b', inputs([producer, consumer]))!;
   t.equal(a.table.key, `${WEB}:80@ for client-a`);
   t.same(a.table.rules.map((r) => r.route), ['HTTPRoute/client-a/c#0']);
-  t.same(a.table.rules[0]!.backends.map((x) => x.table), [''], 'a consumer route\'s backend in the Service\'s namespace is another namespace: not permitted');
+  t.same(a.table.rules[0]!.backends.map((x) => x.table), [''], 'a consumer route\'s backend in the Service\'s namespace is another namespace: not permitted without a grant');
   t.same(b.table.rules.map((r) => r.route), ['HTTPRoute/shop/p#0']);
+  const granted = compileHttpRoutes(s, web80, '', 'client-a', inputs([producer, consumer], [], [grant('shop', 'g', 'client-a', 'HTTPRoute', { name: 'web-v2' })]))!;
+  t.same(granted.table.rules[0]!.backends.map((x) => x.table), ['web-v2.shop.svc.cluster.local:80@'], 'a ReferenceGrant in shop from client-a\'s HTTPRoutes: permitted');
+  t.same(granted.services.map((x) => x.table.key), ['web-v2.shop.svc.cluster.local:80@'], 'and its service table compiled');
+  const wrongKind = compileHttpRoutes(s, web80, '', 'client-a', inputs([producer, consumer], [], [grant('shop', 'g', 'client-a', 'GRPCRoute')]))!;
+  t.same(wrongKind.table.rules[0]!.backends.map((x) => x.table), [''], 'a grant for GRPCRoutes does not cover an HTTPRoute');
+  const mirrored = httpRoute('client-a', 'm', [parent('shop', 'web')], [rule({
+    backendRefs: [backend('client-a', 'nothing', 80)], filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { group: '', kind: 'Service', namespace: 'shop', name: 'web-v2', port: 80 }, percent: 100 } }],
+  })]);
+  t.same(compileHttpRoutes(s, web80, '', 'client-a', inputs([mirrored]))!.table.rules[0]!.mirrors, [], 'a mirror to another namespace without a grant: not mirrored');
+  t.same(compileHttpRoutes(s, web80, '', 'client-a', inputs([mirrored], [], [grant('shop', 'g', 'client-a')]))!.table.rules[0]!.mirrors.map((m) => m.table), ['web-v2.shop.svc.cluster.local:80@'], 'with one: mirrored');
 });

@@ -21,7 +21,7 @@ import { createLogger } from '../../../shared/logger.ts';
 import type { RouteResource } from '../../../shared/resources/route-types.ts';
 import type { Resource, Workload } from '../../../shared/resources/types.ts';
 import { getTracer } from '../../../shared/tracing.ts';
-import { backend, httpRoute, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
+import { backend, grant, httpRoute, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
 
 const WEB = 'web.shop.svc.cluster.local:80@';
 const V2 = 'web-v2.shop.svc.cluster.local:80@';
@@ -58,7 +58,7 @@ function rig(o: { routes?: boolean } = {}) {
     },
     trustDomain: 'cluster.local', bundle: () => [], logger: createLogger({ name: 'agent', level: 'silent' }), agentAddress: '10.0.0.100',
     http: { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectionMs: 300_000, maxEjectionPercent: 10, maxPendingRequests: 1024, maxConnections: 1024, retryBudgetPercent: 20, minRetryConcurrency: 3, maxBufferedBodyBytes: 65536 },
-    ...(withRoutes ? { routes: () => ({ routes: mesh.routes, fault: () => undefined }) } : {}),
+    ...(withRoutes ? { routes: () => ({ routes: mesh.routes, fault: () => undefined, grants: (ns: string) => state.referenceGrants(ns) }) } : {}),
   });
   const send = (m: ToDataplane) => {
     sent.push(m);
@@ -175,6 +175,23 @@ t.test('mesh changes: changed tables resent in order, a route table whose routes
   end(3);
   t.same(summary(change(BASE, [split(1, 1)])), [], 'a table with rules is kept though no connection names it');
   t.same(summary(change(BASE.filter((r) => !(r.kind === 'Service' && r.metadata.name === 'web')), [split(1, 1)])), [{ routes: [], removed: [`${WEB} for shop`] }, { services: [], removed: [WEB] }], 'its service gone: the route table goes, then the service table');
+});
+
+t.test('a ReferenceGrant applied or deleted: the consumer route table naming the other namespace\'s backend is resent', async (t) => {
+  const { connect, change, mesh } = rig();
+  // client-a's consumer route of shop/web, whose backend is shop/web itself (to add a timeout, say).
+  const consumer = httpRoute('client-a', 'c', [parent('shop', 'web')], [rule({ backendRefs: [backend('shop', 'web', 80)], timeouts: { requestMs: 500 } })]);
+  mesh.routes = [consumer];
+  const backends = (ms: readonly ToDataplane[]) => ms.flatMap((m) => (m.$case === 'httpRoutes' ? m.httpRoutes.tables.map((x) => x.rules[0]!.backends.map((b) => b.table)) : []));
+  const first = await connect(1, '10.0.0.2');
+  t.same(backends(first), [['']], 'no grant: the backend is not permitted (500)');
+  const granted = change([...BASE, grant('shop', 'client-a-routes', 'client-a')], [consumer]);
+  t.same(summary(granted), [{ routes: [`${WEB} for client-a`], removed: [] }], 'granted: the route table is resent (the backend\'s table is the one the connection already holds)');
+  t.same(backends(granted), [[WEB]]);
+  t.same(change([...BASE, grant('shop', 'client-a-routes', 'client-a')], [consumer]), [], 'nothing changed: nothing sent');
+  const revoked = change(BASE, [consumer]);
+  t.same(backends(revoked), [['']], 'the grant deleted: not permitted again');
+  t.same(backends(change([...BASE, grant('client-a', 'self', 'client-a')], [consumer])), [], 'a grant in the route\'s own namespace changes nothing');
 });
 
 t.test('a data plane started again holds no table: all sent again', async (t) => {

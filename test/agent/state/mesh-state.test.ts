@@ -2,7 +2,7 @@ import t from 'tap';
 import { MeshState, pickEndpoint } from '../../../agent/state/mesh-state.ts';
 import { isAmbitError } from '../../../shared/errors.ts';
 import type { AuthorizationPolicy, PolicySource, Resource, Service, Workload } from '../../../shared/resources/types.ts';
-import type { FaultInjection, GRPCRoute, HTTPRoute } from '../../../shared/resources/route-types.ts';
+import type { FaultInjection, GRPCRoute, HTTPRoute, ReferenceGrant } from '../../../shared/resources/route-types.ts';
 import { workloadId } from '../../../shared/spiffe-id.ts';
 
 const TD = 'cluster.local';
@@ -375,4 +375,21 @@ t.test('routes and fault injections: sorted accessors, lookups and routesChanged
   t.equal(s.faultInjection('shop', 'slow'), undefined);
   t.equal(s.apply({ revision: 5, changes: [{ op: 'delete', key: { kind: 'HTTPRoute', namespace: 'zoo', name: 'a' } }] }).routesChanged, true);
   t.same(s.httpRoutes().map((r) => r.metadata.name), ['a', 'b']);
+});
+
+t.test('ReferenceGrants: by namespace, and a change to one recompiles route tables', async (t) => {
+  const grant = (name: string, namespace: string, from: string, revision = 1): ReferenceGrant => ({
+    kind: 'ReferenceGrant', metadata: { name, namespace, labels: {}, revision },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: from }], to: [{ group: '', kind: 'Service' }] },
+  });
+  const s = new MeshState(NODE, TD);
+  t.equal(s.apply({ revision: 1, snapshot: [svc('web'), grant('b', 'shop', 'client'), grant('a', 'shop', 'client'), grant('a', 'other', 'client')] }).routesChanged, true);
+  t.same(s.referenceGrants('shop').map((g) => g.metadata.name), ['a', 'b'], 'the namespace\'s own, by name');
+  t.same(s.referenceGrants('other').map((g) => g.metadata.name), ['a']);
+  t.same(s.referenceGrants('client'), []);
+  t.equal(s.apply({ revision: 2, changes: [{ op: 'put', resource: grant('a', 'shop', 'client', 2) }] }).routesChanged, false, 'a new revision of the same grant is no change');
+  t.equal(s.apply({ revision: 3, changes: [{ op: 'put', resource: grant('a', 'shop', 'elsewhere', 3) }] }).routesChanged, true, 'a grant changed');
+  t.same(s.referenceGrants('shop').find((g) => g.metadata.name === 'a')?.spec.from[0]?.namespace, 'elsewhere');
+  t.equal(s.apply({ revision: 4, changes: [{ op: 'delete', key: { kind: 'ReferenceGrant', namespace: 'shop', name: 'b' } }] }).routesChanged, true, 'a grant deleted');
+  t.same(s.referenceGrants('shop').map((g) => g.metadata.name), ['a']);
 });

@@ -11,7 +11,7 @@ import { explanationFromWire, explanationToWire } from '../../../controller/api/
 import { explanationText } from '../../../controller/cli/commands/explain.ts';
 import { ExplainResponse } from '../../../shared/proto/gen/ambit.ts';
 import type { Resource, Workload } from '../../../shared/resources/types.ts';
-import { backend, fault, grpcMatch, grpcRoute, grpcRule, httpRoute, match, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
+import { backend, fault, grant, grpcMatch, grpcRoute, grpcRule, httpRoute, match, parent, rule, service } from '../../shared/routes/route-fixtures.ts';
 
 function wl(name: string, ns: string, app: string, address: string): Workload {
   return { kind: 'Workload', metadata: { name, namespace: ns, labels: { app }, revision: 1 }, spec: { serviceAccount: app, node: 'node-a', address, ports: [], weight: 1, locality: '', healthy: true } };
@@ -62,6 +62,10 @@ t.test('a consumer route for its namespace only; no route; TCP ports and sources
   t.equal(a.routes?.kind, 'consumer');
   t.same(a.routes?.rules.map((r) => r.rule), ['HTTPRoute/client-a/mine#0']);
   t.same(a.routes?.rules[0]?.backends, [{ service: 'web.shop:80', weight: 1, unresolved: 'RefNotPermitted' }]);
+  const granted = ask({ from: from('client-a', 'client-a'), host: 'web.shop', port: 80 }, [...RESOURCES, grant('shop', 'consumers', 'client-a', 'HTTPRoute', { name: 'web' })]);
+  t.same(granted.routes?.rules[0]?.backends, [{ service: 'web.shop:80', weight: 1, unresolved: '' }], 'a ReferenceGrant in shop from client-a\'s HTTPRoutes: resolved');
+  const elsewhere = ask({ from: from('client-a', 'client-a'), host: 'web.shop', port: 80 }, [...RESOURCES, grant('client-a', 'self', 'client-a')]);
+  t.same(elsewhere.routes?.rules[0]?.backends, [{ service: 'web.shop:80', weight: 1, unresolved: 'RefNotPermitted' }], 'a grant in the route\'s own namespace: still not permitted');
   const a81 = ask({ from: from('client-a', 'client-a'), host: 'web.shop', port: 81 });
   t.equal(a81.routes?.kind, 'none');
   t.match(a81.routes?.summary, /namespace client-a's routes of shop\/web replace its producer routes and leave this port unrouted/);

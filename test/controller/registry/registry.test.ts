@@ -101,7 +101,7 @@ t.test('applyChangeSet: revision order, stale sets skipped, listeners told', asy
   off();
   reg.applyChangeSet(put(7, policy('p')));
   t.same(seen, [6], 'unsubscribed');
-  t.same(reg.counts(), { Workload: 1, Service: 1, AuthorizationPolicy: 1, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 });
+  t.same(reg.counts(), { Workload: 1, Service: 1, AuthorizationPolicy: 1, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 });
   t.same(reg.list().map((r) => r.kind), ['AuthorizationPolicy', 'Service', 'Workload']);
   t.same(reg.list('Workload', 'other'), []);
   t.equal(reg.all().length, 3);
@@ -181,7 +181,7 @@ t.test('planApply: an address another workload holds is a conflict', async (t) =
 t.test('the indexes follow moves and deletes: addresses freed, node authorization and counts updated', async (t) => {
   const reg = new Registry();
   reg.load(1, [at(workload('web', { address: '10.0.0.1', node: 'node-1' }), 1), at(workload('db', { address: '10.0.0.2', node: 'node-1' }), 1), at(service('web'), 1)]);
-  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 });
+  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 });
   t.same(reg.workloadsOnNode('node-1').map((w) => w.metadata.name), ['db', 'web']);
   // web moves to node-2 and to another address: its old address is free, node-1 may no longer hold its identity.
   reg.applyChangeSet(put(2, workload('web', { address: '10.0.0.3', node: 'node-2' })));
@@ -191,13 +191,13 @@ t.test('the indexes follow moves and deletes: addresses freed, node authorizatio
   t.ok(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')), 'the new node has it');
   t.same(reg.planApply([workload('api', { address: '10.0.0.1' })], false).results.map((r) => r.outcome), ['created'], 'the old address is free');
   t.throws(() => reg.planApply([workload('api', { address: '10.0.0.3' })], false), { code: 'AMBIT_ERR_RESOURCE_CONFLICT', details: { owner: 'Workload/default/web' } }, 'the new one is taken');
-  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 }, 'a move counts once');
+  t.same(reg.counts(), { Workload: 2, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 }, 'a move counts once');
   // Deleted: its address and identity go with it.
   reg.applyChangeSet({ revision: 3, changes: [{ op: 'delete', key: key(workload('web')) }, { op: 'delete', key: key(service('web')) }] });
   t.same(reg.workloadsOnNode('node-2'), []);
   t.notOk(reg.mayIssue('node-2', workloadId(TD, 'default', 'web')));
   t.same(reg.planApply([workload('api', { address: '10.0.0.3' })], false).results.map((r) => r.outcome), ['created']);
-  t.same(reg.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 });
+  t.same(reg.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 });
   t.same(reg.all().map((r) => r.metadata.name), ['db'], 'the listing follows too');
   // Two workloads of one identity on a node: removing one keeps the node's right to the identity.
   reg.applyChangeSet(put(4, workload('a1', { sa: 'shared', address: '10.0.1.1' }), workload('a2', { sa: 'shared', address: '10.0.1.2' })));
@@ -244,7 +244,7 @@ t.test('Registry.follow: snapshot, then every commit of a real SqliteStore', asy
 
   await store.commit(registry.planDelete([{ kind: 'Service', namespace: 'default', name: 'web' }], false).changes);
   t.equal(registry.revision, 4);
-  t.same(registry.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0 });
+  t.same(registry.counts(), { Workload: 1, Service: 0, AuthorizationPolicy: 0, HTTPRoute: 0, GRPCRoute: 0, FaultInjection: 0, ReferenceGrant: 0 });
 
   stop();
   await store.commit([{ op: 'put', resource: policy('p') }]);
@@ -302,14 +302,19 @@ t.test('planApply: a policy whose HTTP fields reach its workloads only on TCP po
   t.equal(reg.planApply([l7({ ports: [5432] })], false).changes.length, 1, 'port-only operations are not concerned');
 });
 
-t.test('routes and fault injections are counted and listed by kind', async (t) => {
+t.test('routes, fault injections and reference grants are counted and listed by kind', async (t) => {
   const reg = new Registry();
   const route: Resource = { kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'shop', labels: {}, revision: 0 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web' }], hostnames: [], rules: [] } };
   const grpc: Resource = { kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'shop', labels: {}, revision: 0 }, spec: { parentRefs: [{ group: '', kind: 'Service', namespace: 'shop', name: 'web' }], hostnames: [], rules: [] } };
   const fault: Resource = { kind: 'FaultInjection', metadata: { name: 'f', namespace: 'shop', labels: {}, revision: 0 }, spec: { abort: { httpStatus: 503, percentage: 1 } } };
-  reg.applyChangeSet(put(1, route, grpc, fault, service('web', 'shop')));
-  t.same(reg.counts(), { Workload: 0, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 1, GRPCRoute: 1, FaultInjection: 1 });
+  const grant: Resource = {
+    kind: 'ReferenceGrant', metadata: { name: 'rg', namespace: 'shop', labels: {}, revision: 0 },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'client' }], to: [{ group: '', kind: 'Service' }] },
+  };
+  reg.applyChangeSet(put(1, route, grpc, fault, grant, service('web', 'shop')));
+  t.same(reg.counts(), { Workload: 0, Service: 1, AuthorizationPolicy: 0, HTTPRoute: 1, GRPCRoute: 1, FaultInjection: 1, ReferenceGrant: 1 });
   t.same(reg.list('HTTPRoute', 'shop').map((r) => r.metadata.name), ['r']);
+  t.same(reg.list('ReferenceGrant', 'shop').map((r) => r.metadata.name), ['rg']);
   reg.applyChangeSet({ revision: 2, changes: [{ op: 'delete', key: key(route) }] });
   t.equal(reg.counts().HTTPRoute, 0);
 });

@@ -1,6 +1,6 @@
 /**
- * The Kubernetes store's routes: HTTPRoute and GRPCRoute from the Gateway
- * API's CRDs and FaultInjection from Ambit's, through a FAKE API server that
+ * The Kubernetes store's routes: HTTPRoute, GRPCRoute and ReferenceGrant
+ * from the Gateway API's CRDs and FaultInjection from Ambit's, through a FAKE API server that
  * speaks the real list/watch protocol (test/e2e/fake-kube/server.ts).
  */
 import t from 'tap';
@@ -65,12 +65,16 @@ function seed(f: FakeKube): void {
   f.put('httproutes', customResource('via-gateway', 'shop', { parentRefs: [{ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'gw' }], rules: [{}] }));
   f.put('grpcroutes', customResource('rpc', 'shop', { parentRefs: [PARENT], rules: [{ backendRefs: [{ name: 'web', port: 80 }], retry: { codes: ['UNAVAILABLE'] } }] }));
   f.put('faultinjections', customResource('slow', 'shop', { delay: { fixedDelay: '100ms', percentage: 10 } }));
+  f.put('referencegrants', customResource('client-routes', 'shop', { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'client' }], to: [{ group: '', kind: 'Service' }] }));
+  f.put('referencegrants', customResource('empty', 'shop', { from: [], to: [{ group: '', kind: 'Service' }] }));
 }
 
 t.test('routes and fault injections come from their CRDs; an invalid one is skipped, logged once with its field', async (t) => {
   const { fake, store, logs } = await setup(t, {}, seed);
   const snap = await store.snapshot();
-  t.same(names(snap.resources), ['FaultInjection/shop/slow', 'GRPCRoute/shop/rpc', 'HTTPRoute/shop/canary']);
+  t.same(names(snap.resources), ['FaultInjection/shop/slow', 'GRPCRoute/shop/rpc', 'HTTPRoute/shop/canary', 'ReferenceGrant/shop/client-routes']);
+  t.same(snap.resources.find((r) => r.kind === 'ReferenceGrant')?.spec, { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'client' }], to: [{ group: '', kind: 'Service' }] });
+  t.match(logs.find((l) => typeof l['problem'] === 'string' && (l['problem'] as string).includes('ReferenceGrant shop/empty'))?.['problem'], /invalid ReferenceGrant skipped: .*spec\.from: must list 1 to 16 entries/);
   const canary = snap.resources.find((r) => r.kind === 'HTTPRoute') as HTTPRoute;
   t.same(canary.spec.rules[0]?.backendRefs.map((b) => `${b.name}:${b.weight}`), ['web:90', 'web-v2:10'], 'the validated core form');
   const skipped = logs.filter((l) => typeof l['problem'] === 'string' && (l['problem'] as string).includes('via-gateway'));
@@ -82,6 +86,7 @@ t.test('routes and fault injections come from their CRDs; an invalid one is skip
   fake.put('httproutes', customResource('canary', 'shop', { parentRefs: [PARENT], rules: [{ backendRefs: [{ name: 'web', port: 80 }] }] }));
   fake.put('httproutes', customResource('via-gateway', 'shop', { parentRefs: [PARENT] }));
   fake.remove('faultinjections', 'shop', 'slow');
+  fake.remove('referencegrants', 'shop', 'client-routes');
   const after = await waitFor(async () => {
     const s = await store.snapshot();
     return names(s.resources).join() === 'GRPCRoute/shop/rpc,HTTPRoute/shop/canary,HTTPRoute/shop/via-gateway' && s;
@@ -94,12 +99,13 @@ t.test('routes and fault injections come from their CRDs; an invalid one is skip
 });
 
 t.test('absent CRDs mean no routes, logged once; installed later, they are followed; removed, their routes go', async (t) => {
-  const uninstalled = ['httproutes', 'grpcroutes', 'faultinjections'] as const;
+  const uninstalled = ['httproutes', 'grpcroutes', 'faultinjections', 'referencegrants'] as const;
   const { fake, store, logs } = await setup(t, { uninstalled }, (f) => f.put('services', service({ name: 'web', namespace: 'shop', selector: { app: 'web' }, ports: [{ port: 80 }] })));
   t.same(names((await store.snapshot()).resources), [], 'open() succeeds with no routes');
   const warned = (r: string) => logs.filter((l) => l['resource'] === r && /is not installed/.test(l.msg));
   for (const r of uninstalled) t.equal(warned(r).length, 1, `${r}: one warning`);
   t.match(warned('httproutes')[0]?.msg, /httproutes\.gateway\.networking\.k8s\.io is not installed/);
+  t.match(warned('referencegrants')[0]?.msg, /referencegrants\.gateway\.networking\.k8s\.io is not installed/);
   // Several retries later, still one warning each.
   await waitFor(() => fake.requests.filter((q) => q.path.endsWith('/httproutes')).length >= 4, 'retries');
   for (const r of uninstalled) t.equal(warned(r).length, 1, `${r}: still one warning after retries`);

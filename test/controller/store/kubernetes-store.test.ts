@@ -268,7 +268,7 @@ t.test('an unreachable API server fails open() within the sync timeout, naming w
   const local = SqliteStore.open({ path: path.join(dir, 'ambit.db') });
   const err = await KubernetesStore.open({ kubeConfig, local, logger: captureLogger(logs), syncTimeoutMs: 1_500 }).then(() => undefined, (e: unknown) => e);
   t.ok(isAmbitError(err, 'AMBIT_ERR_STORE_IO'), `STORE_IO (got ${String(err)})`);
-  t.match((err as Error).message, /cannot list pods, services, nodes, policies, httproutes, grpcroutes, faultinjections from the Kubernetes API at http:\/\/127\.0\.0\.1:\d+/);
+  t.match((err as Error).message, /cannot list pods, services, nodes, policies, httproutes, grpcroutes, faultinjections, referencegrants from the Kubernetes API at http:\/\/127\.0\.0\.1:\d+/);
   t.ok(logs.some((l) => l.msg === 'Kubernetes list/watch failed; retrying'), 'failures logged while retrying');
   t.rejects(local.getSetting('x'), 'the embedded store was closed');
 

@@ -5,7 +5,8 @@
  *
  * - GET /api/v1/{pods,services,nodes},
  *   /apis/ambit.dev/v1alpha1/{authorizationpolicies,faultinjections} and
- *   /apis/gateway.networking.k8s.io/v1/{httproutes,grpcroutes}: a List with
+ *   /apis/gateway.networking.k8s.io/v1/{httproutes,grpcroutes},
+ *   /apis/gateway.networking.k8s.io/v1beta1/referencegrants: a List with
  *   metadata.resourceVersion; with ?watch=true a chunked stream of
  *   newline-delimited {"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":…}
  *   events after ?resourceVersion, BOOKMARK events (only with
@@ -36,6 +37,7 @@ export const RESOURCES = {
   httproutes: { path: '/apis/gateway.networking.k8s.io/v1/httproutes', kind: 'HTTPRoute', apiVersion: 'gateway.networking.k8s.io/v1', namespaced: true },
   grpcroutes: { path: '/apis/gateway.networking.k8s.io/v1/grpcroutes', kind: 'GRPCRoute', apiVersion: 'gateway.networking.k8s.io/v1', namespaced: true },
   faultinjections: { path: '/apis/ambit.dev/v1alpha1/faultinjections', kind: 'FaultInjection', apiVersion: 'ambit.dev/v1alpha1', namespaced: true },
+  referencegrants: { path: '/apis/gateway.networking.k8s.io/v1beta1/referencegrants', kind: 'ReferenceGrant', apiVersion: 'gateway.networking.k8s.io/v1beta1', namespaced: true },
 } as const;
 export type ResourceName = keyof typeof RESOURCES;
 
@@ -423,7 +425,7 @@ export function service(o: { name: string; namespace?: string; selector: Record<
   };
 }
 
-/** A custom resource (HTTPRoute, GRPCRoute, FaultInjection, AuthorizationPolicy) with `spec`. */
+/** A custom resource (HTTPRoute, GRPCRoute, ReferenceGrant, FaultInjection, AuthorizationPolicy) with `spec`. */
 export function customResource(name: string, namespace: string, spec: unknown): KubeObject {
   return { metadata: { name, namespace }, spec };
 }

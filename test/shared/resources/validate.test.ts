@@ -219,7 +219,7 @@ const BAD: readonly BadCase[] = [
   // document
   bad('wrong apiVersion', workloadDoc, 'apiVersion', 'v1', 'apiVersion', /must be "ambit\.dev\/v1alpha1", got "v1"/),
   bad('missing apiVersion', workloadDoc, 'apiVersion', DELETE, 'apiVersion', /is required/),
-  bad('unknown kind', workloadDoc, 'kind', 'Pod', 'kind', /must be one of Workload, Service, AuthorizationPolicy, HTTPRoute, GRPCRoute, FaultInjection, got "Pod"/),
+  bad('unknown kind', workloadDoc, 'kind', 'Pod', 'kind', /must be one of Workload, Service, AuthorizationPolicy, HTTPRoute, GRPCRoute, FaultInjection, ReferenceGrant, got "Pod"/),
   bad('missing spec', workloadDoc, 'spec', DELETE, 'spec', /is required/),
   bad('unknown top-level field', workloadDoc, 'status', {}, 'status', /unknown field/),
   bad('spec not a mapping', workloadDoc, 'spec', [1], 'spec', /must be a mapping, got a list of 1 item/),

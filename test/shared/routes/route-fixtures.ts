@@ -2,7 +2,7 @@
  * Builders of the core route types (as validation leaves them: defaults
  * filled in) for the routes' unit tests.
  */
-import type { FaultInjection, FaultInjectionSpec, GRPCBackendRef, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPRouteRule, RouteParentRef } from '../../../shared/resources/route-types.ts';
+import type { FaultInjection, FaultInjectionSpec, GRPCBackendRef, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPRouteRule, ReferenceGrant, RouteParentRef } from '../../../shared/resources/route-types.ts';
 import type { AppProtocol, Service, ServicePort } from '../../../shared/resources/types.ts';
 
 export function service(namespace: string, name: string, ports: readonly (Partial<ServicePort> & { port: number })[], selector: Record<string, string> = { app: name }): Service {
@@ -55,4 +55,12 @@ export function grpcRoute(namespace: string, name: string, parentRefs: readonly 
 
 export function fault(namespace: string, name: string, spec: FaultInjectionSpec): FaultInjection {
   return { kind: 'FaultInjection', metadata: { name, namespace, labels: {}, revision: 1 }, spec };
+}
+
+/** A ReferenceGrant in `namespace` from routes of `kind` in `fromNamespace` to core Services (all, or the one `name`d). */
+export function grant(namespace: string, name: string, fromNamespace: string, kind = 'HTTPRoute', to: { name?: string } = {}): ReferenceGrant {
+  return {
+    kind: 'ReferenceGrant', metadata: { name, namespace, labels: {}, revision: 1 },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind, namespace: fromNamespace }], to: [{ group: '', kind: 'Service', ...to }] },
+  };
 }

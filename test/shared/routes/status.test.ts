@@ -1,7 +1,8 @@
 import t from 'tap';
 import { routeStatus, type RouteStatusMesh } from '../../../shared/routes/status.ts';
 import { validateResource } from '../../../shared/resources/validate.ts';
-import type { FaultInjection, RouteResource } from '../../../shared/resources/route-types.ts';
+import { grant } from './route-fixtures.ts';
+import type { FaultInjection, ReferenceGrant, RouteResource } from '../../../shared/resources/route-types.ts';
 import type { AppProtocol, Service } from '../../../shared/resources/types.ts';
 
 function svc(namespace: string, name: string, ports: [number, AppProtocol][]): Service {
@@ -12,10 +13,11 @@ function svc(namespace: string, name: string, ports: [number, AppProtocol][]): S
 }
 const slow: FaultInjection = { kind: 'FaultInjection', metadata: { name: 'slow', namespace: 'shop', labels: {}, revision: 1 }, spec: { delay: { fixedDelayMs: 10, percentage: 1 } } };
 
-function mesh(services: Service[], faults: FaultInjection[] = [slow]): RouteStatusMesh {
+function mesh(services: Service[], faults: FaultInjection[] = [slow], grants: ReferenceGrant[] = []): RouteStatusMesh {
   return {
     service: (ns, name) => services.find((s) => s.metadata.namespace === ns && s.metadata.name === name),
     faultInjection: (ns, name) => faults.find((f) => f.metadata.namespace === ns && f.metadata.name === name),
+    referenceGrants: (ns) => grants.filter((g) => g.metadata.namespace === ns),
   };
 }
 
@@ -70,7 +72,7 @@ t.test('ResolvedRefs: False names every unresolved reference, the first one\'s r
     'spec.rules[0].filters[1].requestMirror.backendRef: Service shop/shadow does not exist',
     'spec.rules[0].backendRefs[1]: Service shop/gone does not exist',
     'spec.rules[0].backendRefs[2]: Service shop/web has no port 81',
-    'spec.rules[0].backendRefs[3]: Service other/web is in another namespace and Ambit has no ReferenceGrant',
+    'spec.rules[0].backendRefs[3]: Service other/web is in another namespace and no ReferenceGrant in namespace other lets HTTPRoutes of namespace shop use it',
   ].join('; '));
   const cross = routeStatus(route({ parentRefs: [parent()], rules: [{ backendRefs: [{ name: 'web', namespace: 'other', port: 80 }] }] }), MESH);
   t.match(cross.parents[0]?.conditions[1], { status: 'False', reason: 'RefNotPermitted' });
@@ -81,4 +83,24 @@ t.test('ResolvedRefs: False names every unresolved reference, the first one\'s r
 t.test('GRPCRoute too', async (t) => {
   const s = routeStatus(route({ parentRefs: [parent({ port: 80 })], rules: [{ backendRefs: [{ name: 'gone', port: 80 }] }] }, 'shop', 'GRPCRoute'), MESH);
   t.match(s.parents[0]?.conditions, [{ type: 'Accepted', status: 'True' }, { type: 'ResolvedRefs', status: 'False', reason: 'BackendNotFound' }]);
+});
+
+t.test('a consumer route whose backend is the producer Service: RefNotPermitted until a ReferenceGrant in its namespace allows it', async (t) => {
+  const services = [svc('shop', 'web', [[80, 'http']]), svc('shop', 'shadow', [[80, 'http']])];
+  const consumer = route({
+    parentRefs: [parent({ namespace: 'shop' })],
+    rules: [{ backendRefs: [{ name: 'web', namespace: 'shop', port: 80 }], filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'shadow', namespace: 'shop', port: 80 } } }] }],
+  }, 'client');
+  const refs = (grants: ReferenceGrant[]) => routeStatus(consumer, mesh(services, [], grants)).parents[0]?.conditions.find((c) => c.type === 'ResolvedRefs');
+  t.match(refs([]), {
+    status: 'False', reason: 'RefNotPermitted',
+    message: 'spec.rules[0].filters[0].requestMirror.backendRef: Service shop/shadow is in another namespace and no ReferenceGrant in namespace shop lets HTTPRoutes of namespace client use it; '
+      + 'spec.rules[0].backendRefs[0]: Service shop/web is in another namespace and no ReferenceGrant in namespace shop lets HTTPRoutes of namespace client use it',
+  });
+  t.match(refs([grant('shop', 'g', 'client')]), { status: 'True', reason: 'ResolvedRefs' }, 'a grant to every Service of shop');
+  t.match(refs([grant('shop', 'g', 'client', 'HTTPRoute', { name: 'web' })]), { status: 'False', reason: 'RefNotPermitted', message: /Service shop\/shadow is in another namespace/ }, 'a grant naming web only: the mirror stays refused');
+  t.match(refs([grant('client', 'g', 'client')]), { status: 'False', reason: 'RefNotPermitted' }, 'a grant in the route\'s namespace does not count');
+  t.match(refs([grant('shop', 'g', 'client', 'GRPCRoute')]), { status: 'False', reason: 'RefNotPermitted' }, 'a grant for GRPCRoutes does not cover HTTPRoutes');
+  const granted = routeStatus(consumer, mesh([svc('shop', 'web', [[80, 'http']])], [], [grant('shop', 'g', 'client')])).parents[0]?.conditions.find((c) => c.type === 'ResolvedRefs');
+  t.match(granted, { status: 'False', reason: 'BackendNotFound', message: 'spec.rules[0].filters[0].requestMirror.backendRef: Service shop/shadow does not exist' }, 'permitted, then looked up');
 });
