@@ -159,3 +159,15 @@ t.test('kinds other than Workload, Service and AuthorizationPolicy reach every s
   m.apply(del(route));
   t.same(described(a.sent.at(-1)!), ['delete HTTPRoute/split']);
 });
+
+t.test('a ReferenceGrant reaches every stream whole: an agent decides routes of any namespace with it', async (t) => {
+  const grant: Resource = {
+    kind: 'ReferenceGrant', metadata: { name: 'g', namespace: 'data', labels: {}, revision: 0 },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'web' }], to: [{ group: '', kind: 'Service' }] },
+  };
+  const m = setup([...mesh(), grant]);
+  const a = m.open('node-1');
+  t.ok(names(a.snap.resources).includes('ReferenceGrant/data/g'), 'in the snapshot, though nothing of data is on node-1');
+  m.apply(del(grant));
+  t.same(described(a.sent.at(-1)!), ['delete ReferenceGrant/g']);
+});
