@@ -8,7 +8,8 @@
  * Service, reached by the client through its own upstream listener of
  * node-a, so that the routes of one subtest cannot decide another's
  * requests. Clients live in namespace `app` (which sees the producer
- * routes of namespace `mesh`) and `team` (which has a consumer route).
+ * routes of namespace `mesh`) and `team` (which has consumer routes, one of
+ * them using a Service of `mesh` once a ReferenceGrant allows it).
  */
 import t, { type Test } from 'tap';
 import { once } from 'node:events';
@@ -39,6 +40,7 @@ const GRPC_SERVERS = { 'grpc-v1': ip(31), 'grpc-v2': ip(32), 'grpc-flaky': ip(33
 /** node-a's upstream listeners: one per parent Service, from app/client (and one from team/client). */
 const PORTS = {
   split: 19101, match: 19102, filters: 19103, timeout: 19104, retry: 19105, budget: 19106, grpc: 19107, fault: 19108, echo: 19109, dangling: 19110, teamEcho: 19111,
+  teamDangling: 19112,
 } as const;
 const SLOW_MS = 1_000;
 const BROKEN_MS = 30;
@@ -321,6 +323,7 @@ t.before(async () => {
       ...(['split', 'match', 'filters', 'timeout', 'retry', 'budget', 'fault', 'echo', 'dangling'] as const).map((p) => `app/client:${PORTS[p]}=${p}.mesh:80`),
       `app/client:${PORTS.grpc}=grpc.mesh:${GRPC_PORT}`,
       `team/client:${PORTS.teamEcho}=echo.mesh:80`,
+      `team/client:${PORTS.teamDangling}=dangling.mesh:80`,
     ].join(',');
     [agentA, agentB] = await startAgentPair(registered, [
       // Ejection would hide the servers that fail on purpose: the retries, not passive health, must hide them here.
@@ -609,5 +612,41 @@ t.test('status: a backendRef naming a missing Service is ResolvedRefs False in a
   await routed(agent, PORTS.dangling, 'dangling.mesh', (x) => x.status === 500);
   t.pass('a request to it is answered 500');
   const cross = await ambitctl(ctl, ['get', 'httproute', 'cross', '-n', 'team', '-o', 'yaml']);
-  t.match(cross.stdout, /type: ResolvedRefs\s+status: "?False"?\s+reason: RefNotPermitted/, 'a backend in another namespace: ResolvedRefs False, RefNotPermitted (Ambit has no ReferenceGrant)');
+  t.match(cross.stdout, /type: ResolvedRefs\s+status: "?False"?\s+reason: RefNotPermitted/, 'a backend in another namespace without a ReferenceGrant: ResolvedRefs False, RefNotPermitted');
+});
+
+const GRANT = `apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: team-routes, namespace: mesh}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team}]
+  to: [{group: "", kind: Service, name: echo-v1}]
+`;
+
+t.test('ReferenceGrant: team\'s consumer route to a Service of mesh gets 500 without a grant, reaches it with one, and 500 again once it is deleted', async (t) => {
+  const team = client(t, TEAM_CLIENT);
+  const apply = async (verb: 'apply' | 'delete', text: string): Promise<string> => {
+    const r = await ambitctl(ctl, [verb, '-f', '-'], text);
+    if (r.code !== 0) throw new Error(`ambitctl ${verb}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const resolvedRefs = async (): Promise<string> => (await ambitctl(ctl, ['get', 'httproute', 'cross', '-n', 'team'])).stdout.split('\n')[1]?.trim().split(/\s+/).slice(4).join(' ') ?? '';
+  // team/cross: attached to mesh/dangling, its backend mesh/echo-v1.
+  await routed(team, PORTS.teamDangling, 'dangling.mesh', (r) => r.status === 500);
+  t.pass('no grant: 500');
+  t.equal(await resolvedRefs(), 'False (RefNotPermitted)', 'get httproute: ResolvedRefs False (RefNotPermitted)');
+
+  t.equal(await apply('apply', GRANT), 'ReferenceGrant mesh/team-routes created\n', 'applied with ambitctl apply -f');
+  await routed(team, PORTS.teamDangling, 'dangling.mesh', (r) => r.status === 200 && seen(r).name === 'echo-v1');
+  const names: string[] = [];
+  for (let i = 0; i < 10; i++) names.push(seen(await request(team, to(PORTS.teamDangling), 'dangling.mesh')).name);
+  t.same(tally(names), { 'echo-v1': 10 }, 'granted: every request reaches mesh/echo-v1');
+  t.equal(await resolvedRefs(), 'True', 'get httproute: ResolvedRefs True');
+  const app = client(t, CLIENT);
+  t.equal((await request(app, to(PORTS.dangling), 'dangling.mesh')).status, 500, 'app/client still follows mesh\'s producer route (its missing backend): the grant is about team\'s route only');
+
+  t.equal(await apply('delete', GRANT), 'ReferenceGrant mesh/team-routes deleted\n', 'deleted with ambitctl delete -f');
+  await routed(team, PORTS.teamDangling, 'dangling.mesh', (r) => r.status === 500);
+  t.pass('the grant deleted: 500 again');
+  t.equal(await resolvedRefs(), 'False (RefNotPermitted)', 'get httproute: RefNotPermitted again');
 });
