@@ -24,7 +24,7 @@
 //
 // Run: npm run bench:dataplane   (node bench/dataplane.ts --help for options)
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -197,6 +197,15 @@ The capture path needs root: the bench then runs itself again inside a network n
 own (${NETNS_PREFIX}<pid>-host, passing --in-netns NAME) and deletes it at the end; without root
 it skips capture.
 `;
+
+/** A process's command name ("" once it is gone). */
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
 
 function intArg(v: string | undefined, def: number, min: number, max: number, what: string): number {
   if (v === undefined) return def;
@@ -411,7 +420,8 @@ async function main(): Promise<void> {
       // Every byte goes through each agent's ambit-dataplane child: its CPU and
       // memory are the agent's too.
       const dataplaneOf = (ag: typeof a): { label: string; pid: number }[] => {
-        const pids = childPids(ag.proc.child.pid ?? 0);
+        // By name: the agent may have a short-lived helper child too (iptables while capture is set up).
+        const pids = childPids(ag.proc.child.pid ?? 0).filter((pid) => commOf(pid) === 'ambit-dataplane');
         if (pids.length !== 1) throw new Error(`${ag.node} should have one ambit-dataplane child, has ${pids.length}`);
         return [{ label: `agent-${ag.node.slice(-1)}-dataplane`, pid: pids[0]! }];
       };
