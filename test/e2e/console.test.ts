@@ -404,12 +404,17 @@ t.test('a flood of idle connections does not keep the admin out', async (t) => {
   }
   await Promise.all(flood.map((s) => new Promise((r) => (s.connecting ? s.once('connect', r).once('close', r) : r(undefined)))));
   for (const s of flood) s.resume();
+  const open = (): number => flood.filter((s) => !s.closed).length;
+  // The flood is connected once the kernel has it; the console takes it when it
+  // accepts. Until then a later connection — the admin's, still in its TLS
+  // handshake and so idle — could be the oldest idle one when the flood's
+  // accepts catch up: the admin comes once the console holds the flood.
+  await eventually(async () => open() <= 64, 'the console to hold at most 64 connections', 10_000).catch(() => undefined);
+  t.ok(open() <= 64, `the console keeps at most 64 connections open: ${flood.length - open()} of ${flood.length} idle ones closed`);
   const started = performance.now();
   const r = await fetchConsole('/api/nodes', { admin: true });
-  t.equal(r.status, 200, `the admin is served during the flood (${Math.round(performance.now() - started)} ms)`);
-  const open = (): number => flood.filter((s) => !s.closed).length;
-  await eventually(async () => open() <= 64, 'the console to hold at most 64 connections', 10_000);
-  t.ok(open() <= 64, `the console keeps at most 64 connections open: ${flood.length - open()} of ${flood.length} idle ones closed`);
+  t.equal(r.status, 200, `the admin is served during the flood (${Math.round(performance.now() - started)} ms), ${open()} idle connections still open`);
+  t.ok(open() > 0, 'the flood is still there');
 });
 
 t.test('--console none: no console, and ambitctl console says so', async (t) => {
