@@ -6,9 +6,8 @@
  * test traffic crosses both agents' data planes.
  */
 import t from 'tap';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
@@ -19,7 +18,7 @@ import { AmbitError } from '../../shared/errors.ts';
 import { resourceFromWire, resourceToWire } from '../../shared/resources/wire.ts';
 import { toDocument } from '../../shared/resources/validate.ts';
 import type { Resource, Service } from '../../shared/resources/types.ts';
-import { agentKnowsNode, agentsReady, ambitctl, CONTROLLER_MAIN, eventually, Proc, hostPortOf, httpGet, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, CONTROLLER_MAIN, eventually, Proc, hostPortOf, httpGet, socksEchoRoundTrip, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from './harness.ts';
 import { EtcdCluster } from './fixtures/etcd-cluster.ts';
 import { writeMeshCa } from './fixtures/test-pki.ts';
 
@@ -64,41 +63,9 @@ function startReplica(i: number): Promise<RunningController> {
 }
 
 async function echoServer(host: string): Promise<Server> {
-  const s = createServer({ allowHalfOpen: true }, (c) => {
-    c.on('error', () => undefined);
-    c.pipe(c);
-  });
-  await new Promise<void>((r) => s.listen(WEB_PORT, host, r));
+  const s = await startEchoServer(host, WEB_PORT);
   webs.push(s);
   return s;
-}
-
-/** One connection through both agents: SOCKS5 on the client's agent, HBONE to the other, echoed back intact. */
-async function roundTrip(proxy: string, client: string, user: string, web: string): Promise<void> {
-  const { socket, reply } = await socksConnect(proxy, client, user, web, WEB_PORT, 5_000);
-  try {
-    if (reply !== 0) throw new Error(`SOCKS reply ${reply}`);
-    const payload = randomBytes(4096);
-    const got: Buffer[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('echo timed out')), 5_000);
-      socket.on('data', (d: Buffer) => got.push(d));
-      socket.on('end', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      socket.resume();
-      socket.end(payload);
-    });
-    const back = Buffer.concat(got);
-    if (!back.equals(payload)) throw new Error(`echo differs: ${back.length} bytes back of ${payload.length}`);
-  } finally {
-    socket.destroy();
-  }
 }
 
 async function configDump(a: RunningAgent): Promise<{ revision: number; resources: { kind: string; metadata: { name: string; namespace: string; revision: number } }[] }> {
@@ -213,7 +180,7 @@ t.test('an etcd member and then a controller replica killed during traffic and a
     for (let i = 0; i < 3000 && Date.now() < stopAt; i++) {
       const [proxy, client, user, web] = i % 2 === 0 ? [agents[0]!.socks, CLIENT_A, 'default/client-a', WEB_B] : [agents[1]!.socks, CLIENT_B, 'default/client-b', WEB_A];
       try {
-        await roundTrip(proxy, client, user, web);
+        await socksEchoRoundTrip(proxy, client, user, web, WEB_PORT);
       } catch (err) {
         failures.push(`connection ${i}: ${(err as Error).message}`);
       }

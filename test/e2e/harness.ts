@@ -331,6 +331,39 @@ export function hostPortOf(s: string): HostPort {
 }
 
 /**
+ * One connection through the mesh: SOCKS5 CONNECT through `proxy` as
+ * `user` from `localAddress` to `host`:`port` (an echo server behind the
+ * mesh), 4 KiB sent and the write side closed; resolves once the same bytes
+ * came back and the echo ended, rejects with why not.
+ */
+export async function socksEchoRoundTrip(proxy: string, localAddress: string, user: string, host: string, port: number, timeoutMs = 5_000): Promise<void> {
+  const { socket, reply } = await socksConnect(proxy, localAddress, user, host, port, timeoutMs);
+  try {
+    if (reply !== 0) throw new Error(`SOCKS reply ${reply}`);
+    const payload = randomBytes(4096);
+    const got: Buffer[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('echo timed out')), 5_000);
+      socket.on('data', (d: Buffer) => got.push(d));
+      socket.on('end', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.resume();
+      socket.end(payload);
+    });
+    const back = Buffer.concat(got);
+    if (!back.equals(payload)) throw new Error(`echo differs: ${back.length} bytes back of ${payload.length}`);
+  } finally {
+    socket.destroy();
+  }
+}
+
+/**
  * SOCKS5 CONNECT through an agent as `user` (username/password auth), the
  * client socket bound to `localAddress` (the workload's address, which the
  * agent checks). Resolves with the SOCKS reply code and the socket, paused:

@@ -10,16 +10,15 @@
  * subscriptions.
  */
 import t from 'tap';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdminApi } from '../../controller/cli/client.ts';
 import { resourceToWire } from '../../shared/resources/wire.ts';
 import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
 import { httpServer } from './http-apps.ts';
-import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, socksConnect, startAgentPair, startController, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, socksConnect, socksEchoRoundTrip, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from './harness.ts';
 import { EtcdCluster } from './fixtures/etcd-cluster.ts';
 import { writeMeshCa } from './fixtures/test-pki.ts';
 
@@ -72,39 +71,12 @@ function startReplica(i: number): Promise<RunningController> {
 }
 
 async function echoServer(host: string): Promise<void> {
-  const s = createServer({ allowHalfOpen: true }, (c) => {
-    c.on('error', () => undefined);
-    c.pipe(c);
-  });
-  await new Promise<void>((r) => s.listen(PORT, host, r));
-  servers.push(s);
+  servers.push(await startEchoServer(host, PORT));
 }
 
 /** One connection from client-a through both agents to `host`:`port`, echoed back intact. */
-async function roundTrip(host: string, port: number): Promise<void> {
-  const { socket, reply } = await socksConnect(agents[0]!.socks, CLIENT_A, 'default/client-a', host, port, 10_000);
-  try {
-    if (reply !== 0) throw new Error(`SOCKS reply ${reply}`);
-    const payload = randomBytes(4096);
-    const got: Buffer[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('echo timed out')), 5_000);
-      socket.on('data', (d: Buffer) => got.push(d));
-      socket.on('end', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      socket.resume();
-      socket.end(payload);
-    });
-    if (!Buffer.concat(got).equals(payload)) throw new Error('echo differs');
-  } finally {
-    socket.destroy();
-  }
+function roundTrip(host: string, port: number): Promise<void> {
+  return socksEchoRoundTrip(agents[0]!.socks, CLIENT_A, 'default/client-a', host, port, 10_000);
 }
 
 /** The keys ("Kind/ns/name") agent `a` holds. */
