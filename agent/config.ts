@@ -88,10 +88,11 @@ export const AGENT_OPTIONS = {
   httpMaxPendingRequests: intOption('HTTP requests per service waiting for their answer at once; beyond, 503 with response flag UO', 1024, 1, 1_000_000),
   httpMaxConnections: intOption('upstream HTTP connections per service; beyond, 503 with response flag UO', 1024, 1, 1_000_000),
   // Retry budget (Envoy's): a brown-out must not become an outage because
-  // every client retries it.
-  retryBudgetPercent: intOption('retries in flight to a service, as a percent of its requests in flight, beyond which a route\'s retry is not made', 20, 0, 100),
-  retryBudgetMinConcurrency: intOption('retries in flight to a service always allowed, whatever the budget (so that low traffic still retries)', 3, 0, 10_000),
-  httpMaxBufferedBody: intOption('the largest request body (bytes) buffered so that it can be retried or mirrored; longer bodies are sent once', 65_536, 0, 16_777_216),
+  // every client retries it. At least 1 each: the control protocol's 0 means
+  // "the data plane's default" (proto3 has no unset), so 0 cannot be asked for.
+  retryBudgetPercent: intOption('retries in flight to a service, as a percent of its requests in flight, beyond which a route\'s retry is not made', 20, 1, 100),
+  retryBudgetMinConcurrency: intOption('retries in flight to a service always allowed, whatever the budget (so that low traffic still retries)', 3, 1, 10_000),
+  httpMaxBufferedBody: intOption('the largest request body (bytes) buffered so that it can be retried or mirrored; longer bodies are sent once', 65_536, 1, 16_777_216),
   // Istio's telemetry names (agent/proxy/istio-names.ts): its defaults, so
   // Istio's dashboards and Kiali see the values they expect.
   clusterDomain: stringOption('DNS domain of service host names in telemetry and logs (name.namespace.svc.DOMAIN), as Istio\'s domainSuffix', 'cluster.local', { re: /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, what: 'a DNS name' }),

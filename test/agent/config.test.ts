@@ -158,3 +158,12 @@ t.test('loopbackAddressFor', async (t) => {
   t.equal(loopbackAddressFor('0.0.0.0'), '127.0.0.1');
   t.equal(loopbackAddressFor('127.example.com'), '127.0.0.1', 'a name is not an address');
 });
+
+t.test('the retry budget and body buffer flags refuse 0, which the control protocol reads as "the data plane\'s default"', async (t) => {
+  const env = { AMBIT_NODE: 'n1', AMBIT_ADDRESS: '10.0.0.9', AMBIT_DATA_DIR: '/d', AMBIT_CONTROLLER: '10.0.0.1' };
+  for (const flag of ['--retry-budget-percent', '--retry-budget-min-concurrency', '--http-max-buffered-body']) {
+    t.throws(() => parseAgentConfig({ argv: [flag, '0'], env }), { code: 'AMBIT_ERR_CONFIG_INVALID', message: new RegExp(`${flag}.*from 1 to`) }, flag);
+  }
+  const cfg = parseAgentConfig({ argv: ['--retry-budget-percent', '1', '--retry-budget-min-concurrency', '1', '--http-max-buffered-body', '1'], env });
+  t.same([cfg.retryBudgetPercent, cfg.retryBudgetMinConcurrency, cfg.httpMaxBufferedBody], [1, 1, 1]);
+});
