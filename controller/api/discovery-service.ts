@@ -4,6 +4,7 @@ import type { DiscoveryServer, WatchRequest, WatchResponse } from '../../shared/
 import { AmbitError } from '../../shared/errors.ts';
 import { toStatus } from '../../shared/grpc-errors.ts';
 import { changeToWire, resourceToWire } from '../../shared/resources/wire.ts';
+import { CatchUp } from './catch-up.ts';
 import type { Change, ChangeSet, Resource } from '../../shared/resources/types.ts';
 import { subscriptionHost } from '../../shared/service-host.ts';
 import { ScopeIndex, type HostAnswer, type NodeScope } from './watch-scope.ts';
@@ -88,6 +89,13 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     if (scoped.size === 0) return;
     for (const s of scopes.concerned(cs, before)) scoped.get(s)?.(cs, before);
   });
+  const catchUps = new CatchUp(d.registry, d.store);
+  // The node → HBONE address map every start sends, sorted once per change (this listener runs before the streams').
+  let endpoints: ReturnType<NodeTracker['endpoints']> | undefined;
+  const stopEndpoints = d.nodes.onEndpointsChange(() => {
+    endpoints = undefined;
+  });
+  const nodeEndpoints = (): ReturnType<NodeTracker['endpoints']> => (endpoints ??= d.nodes.endpoints());
   const progress = new Set<() => void>();
   const progressTimer = setInterval(() => {
     for (const p of progress) p();
@@ -153,7 +161,7 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
       if (live) send({ revision: sentRevision, trustBundlePem: pem, activeRootSha256: d.ca.activeRootFingerprint() }, 'delta');
     });
     const unsubscribeNodes = d.nodes.onEndpointsChange(() => {
-      if (live) send({ revision: sentRevision, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
+      if (live) send({ revision: sentRevision, nodesSet: true, nodes: nodeEndpoints() }, 'delta');
     });
     const startTimer = setTimeout(() => {
       if (!started) endWithStatus(call, 'no WatchStart within the deadline', { code: status.DEADLINE_EXCEEDED, details: 'no WatchStart within the deadline' });
@@ -203,21 +211,23 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
         const want = canonicalHosts([...nodeScope.subscriptions, ...early.hosts]);
         const dropped = new Set(canonicalHosts(early.drop).hosts);
         const snap = s.snapshot(want.hosts.filter((h) => !dropped.has(h)));
-        send({ revision: current, snapshot: true, resources: snap.resources.map(resourceToWire), answers: [...snap.answers, ...want.invalid], trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
+        send({ revision: current, snapshot: true, resources: snap.resources.map(resourceToWire), answers: [...snap.answers, ...want.invalid], trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: nodeEndpoints() }, 'snapshot');
         log.info({ resume, revision: current, scope: 'node', resources: snap.resources.length, subscriptions: s.hosts.size }, 'watch started with a node-scoped snapshot');
         return;
       }
       if (resume > 0 && resume <= current) {
-        const sets = resume === current ? [] : await d.store.changesSince(resume);
-        if (sets !== undefined) {
-          const changes = sets.filter((cs) => cs.revision <= current).flatMap((cs) => cs.changes.map(changeToWire));
-          send({ revision: current, changes, trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'delta');
+        const changes = await catchUps.deltasSince(resume);
+        if (closed) return;
+        // Sets that arrived during the store read reach the stream through `pending`.
+        if (changes !== undefined) {
+          send({ revision: current, changes, trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: nodeEndpoints() }, 'delta');
           log.info({ resume, revision: current, changes: changes.length }, 'watch resumed with deltas');
           return;
         }
       }
-      send({ revision: current, snapshot: true, resources: d.registry.all().map(resourceToWire), trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: d.nodes.endpoints() }, 'snapshot');
-      log.info({ resume, revision: current }, 'watch started with snapshot');
+      // The registry may have moved on during a store read: the snapshot is of now, and the pending sets it already holds are skipped by revision.
+      send({ revision: d.registry.revision, snapshot: true, resources: catchUps.snapshot(), trustBundlePem: bundle, activeRootSha256, nodesSet: true, nodes: nodeEndpoints() }, 'snapshot');
+      log.info({ resume, revision: sentRevision }, 'watch started with snapshot');
     };
 
     call.on('data', (req: WatchRequest) => {
@@ -289,6 +299,8 @@ export function discoveryService(d: DiscoveryDeps): { server: DiscoveryServer; c
     },
     stop: () => {
       stopScoped();
+      stopEndpoints();
+      catchUps.stop();
       clearInterval(progressTimer);
     },
   };

@@ -52,6 +52,23 @@ export class Registry {
   /** list() of every kind, kept until the next change: what each Watch snapshot sends. */
   #allSorted: Resource[] | undefined;
   readonly #listeners = new Set<ChangeListener>();
+  /**
+   * The latest change sets, oldest first, holding at most #historyLimit
+   * changes: what a resuming watch is sent without reading the store. Every
+   * change set after #historyFrom is here. After a replica dies, each of its
+   * agents resumes on another from nearly the same revision; answering them
+   * from memory keeps that failover to the replicas' CPU, not one store read
+   * per agent.
+   */
+  readonly #history: ChangeSet[] = [];
+  #historyChanges = 0;
+  #historyFrom = 0;
+  readonly #historyLimit: number;
+
+  /** `historyChanges`: how many changes the resume history keeps (the latest change sets holding at most that many). */
+  constructor(historyChanges = 10_000) {
+    this.#historyLimit = historyChanges;
+  }
 
   /** Loads the store's snapshot and follows its commits. Returns the registry and an unsubscribe function. */
   static async follow(store: Store): Promise<{ registry: Registry; stop: () => void }> {
@@ -77,6 +94,9 @@ export class Registry {
     for (const kind of Object.keys(this.#counts) as Kind[]) this.#counts[kind] = 0;
     for (const r of resources) this.#put(resourceKey(r), r);
     this.#revision = revision;
+    this.#history.length = 0;
+    this.#historyChanges = 0;
+    this.#historyFrom = revision;
   }
 
   get revision(): number {
@@ -93,7 +113,30 @@ export class Registry {
       else this.#remove(key);
     }
     this.#revision = cs.revision;
+    this.#remember(cs);
     for (const l of this.#listeners) l(cs, before);
+  }
+
+  #remember(cs: ChangeSet): void {
+    this.#history.push(cs);
+    this.#historyChanges += cs.changes.length;
+    while (this.#historyChanges > this.#historyLimit && this.#history.length > 0) {
+      const old = this.#history.shift()!;
+      this.#historyChanges -= old.changes.length;
+      this.#historyFrom = old.revision;
+    }
+  }
+
+  /**
+   * The change sets after `revision`, up to this view's revision, when this
+   * view still holds all of them (see #history); undefined when it does not
+   * (older, or from before this view loaded its snapshot): ask the store.
+   */
+  changesSince(revision: number): readonly ChangeSet[] | undefined {
+    if (revision < this.#historyFrom || revision > this.#revision) return undefined;
+    let i = this.#history.length;
+    while (i > 0 && this.#history[i - 1]!.revision > revision) i--;
+    return this.#history.slice(i);
   }
 
   /**

@@ -318,3 +318,27 @@ t.test('routes, fault injections and reference grants are counted and listed by 
   reg.applyChangeSet({ revision: 2, changes: [{ op: 'delete', key: key(route) }] });
   t.equal(reg.counts().HTTPRoute, 0);
 });
+
+// ------------------------------------------------------------------ resume history
+
+t.test('changesSince: the change sets after a revision, while the history holds them all', async (t) => {
+  const reg = new Registry(3);
+  reg.load(10, [workload('a', { address: '10.0.0.1' })]);
+  t.same(reg.changesSince(10), [], 'current: nothing to send');
+  t.equal(reg.changesSince(9), undefined, 'from before the snapshot it loaded: ask the store');
+  t.equal(reg.changesSince(11), undefined, 'from beyond its revision');
+  const s11 = put(11, workload('b', { address: '10.0.0.2' }));
+  const s12 = put(12, workload('c', { address: '10.0.0.3' }), workload('d', { address: '10.0.0.4' }));
+  reg.applyChangeSet(s11);
+  reg.applyChangeSet(s12);
+  t.same(reg.changesSince(10)?.map((cs) => cs.revision), [11, 12]);
+  t.same(reg.changesSince(11)?.map((cs) => cs.revision), [12]);
+  t.same(reg.changesSince(12), []);
+  // 3 changes held at most: a fourth evicts revision 11, so revision 10 can no longer be answered.
+  reg.applyChangeSet(put(13, workload('e', { address: '10.0.0.5' })));
+  t.equal(reg.changesSince(10), undefined, 'evicted: the store answers (or a snapshot)');
+  t.same(reg.changesSince(11)?.map((cs) => cs.revision), [12, 13], 'still whole from 11 on');
+  reg.load(20, []);
+  t.equal(reg.changesSince(13), undefined, 'a reload starts the history again');
+  t.same(reg.changesSince(20), []);
+});
