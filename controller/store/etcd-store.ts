@@ -7,7 +7,8 @@ import { ChangeFeed } from './change-feed.ts';
 import { EtcdKeys, prefixEnd } from './etcd-keys.ts';
 import { callWithRetry, storeIo, type EtcdCall } from './etcd-calls.ts';
 import { EtcdFollower, parseChangeSet } from './etcd-follower.ts';
-import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+import type { Change, ChangeSet, NodeFields, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+import { mergeNodeRecord, newNodeRecord } from './node-record.ts';
 
 export interface EtcdStoreOptions {
   /** etcd3 client options: hosts and TLS credentials (etcd-connection.ts builds them from the flags). */
@@ -49,6 +50,20 @@ const PAGE = 1000;
 const TOKEN_RETENTION_MS = 24 * 60 * 60 * 1000;
 /** A replica's "node watches from me" records outlive it by at most this (its etcd lease). */
 const WATCHING_LEASE_S = 10;
+
+/** Node records written in one transaction: under etcd's default --max-txn-ops (128). */
+const NODE_TXN_OPS = 100;
+/** And at most this many bytes of records, under etcd's default --max-request-bytes (1.5 MiB); a single larger record goes alone. */
+const NODE_TXN_BYTES = 1024 * 1024;
+/** Node writes retried when other replicas wrote the same records in between. */
+const NODE_WRITE_ATTEMPTS = 20;
+
+function nodeWriteConflict(nodes: readonly string[]): AmbitError {
+  const shown = nodes.slice(0, 5).join(', ') + (nodes.length > 5 ? ` and ${nodes.length - 5} more` : '');
+  return new AmbitError('AMBIT_ERR_RESOURCE_CONFLICT', `node records ${shown} were changed by other replicas ${NODE_WRITE_ATTEMPTS} times while this write was retried; try again`, {
+    details: { nodes: nodes.slice(0, 100), attempts: NODE_WRITE_ATTEMPTS },
+  });
+}
 
 function tokenInvalid(id: string, reason: 'unknown' | 'mismatch' | 'used' | 'expired'): AmbitError {
   return new AmbitError('AMBIT_ERR_TOKEN_INVALID', `join token ${id} is ${reason === 'mismatch' ? 'not valid' : reason}`, { details: { id, reason } });
@@ -376,29 +391,50 @@ export class EtcdStore implements Store {
     }).sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
   }
 
-  async upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord> {
+  async upsertNode(name: string, fields: NodeFields): Promise<NodeRecord> {
     this.#assertOpen();
     const key = this.#keys.node(name);
-    for (;;) {
+    for (let attempt = 1; ; attempt++) {
       const kv = (await this.#call('upsertNode', () => this.#client.kv.range({ key }))).kvs[0];
-      const base: NodeRecord = kv === undefined
-        ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] }
-        : JSON.parse(kv.value.toString()) as NodeRecord;
-      const merged: NodeRecord = {
-        name,
-        registeredAt: fields.registeredAt ?? base.registeredAt,
-        lastSeen: fields.lastSeen ?? base.lastSeen,
-        ackedRevision: fields.ackedRevision ?? base.ackedRevision,
-        nackedRevision: fields.nackedRevision ?? base.nackedRevision,
-        nackReason: fields.nackReason ?? base.nackReason,
-        certExpiresAt: fields.certExpiresAt ?? base.certExpiresAt,
-        hboneAddress: fields.hboneAddress ?? base.hboneAddress,
-        trustedRoots: [...(fields.trustedRoots ?? base.trustedRoots)],
-        certificates: (fields.certificates ?? base.certificates).map((c) => ({ identity: c.identity, root: c.root, notAfter: c.notAfter })),
-      };
+      const merged = mergeNodeRecord(name, kv === undefined ? newNodeRecord(name, this.#now()) : JSON.parse(kv.value.toString()) as NodeRecord, fields);
       // Compare-and-swap: two replicas updating one node (an ack and a CSR) never lose each other's fields.
       const res = await this.#call('upsertNode', () => this.#client.kv.txn({ compare: [cmpMod(key, kv)], success: [put(key, JSON.stringify(merged))] }));
       if (res.succeeded) return merged;
+      if (attempt >= NODE_WRITE_ATTEMPTS) throw nodeWriteConflict([name]);
+    }
+  }
+
+  async upsertNodes(updates: ReadonlyMap<string, NodeFields>): Promise<void> {
+    this.#assertOpen();
+    let rest = [...updates];
+    while (rest.length > 0) rest = rest.slice(await this.#upsertNodeChunk(rest.slice(0, NODE_TXN_OPS)));
+  }
+
+  /**
+   * One read transaction of the chunk's records, then one compare-and-swap
+   * transaction writing them merged (re-read and retried when another replica
+   * wrote one of them in between, as upsertNode). Returns how many it wrote:
+   * all of the chunk, or the first ones whose records fit NODE_TXN_BYTES.
+   */
+  async #upsertNodeChunk(chunk: readonly (readonly [string, NodeFields])[]): Promise<number> {
+    const keys = chunk.map(([name]) => this.#keys.node(name));
+    for (let attempt = 1; ; attempt++) {
+      const read = await this.#call('upsertNodes', () => this.#client.kv.txn({ success: keys.map((key): IRequestOp => ({ request_range: { key } })) }));
+      const compare: ICompare[] = [];
+      const success: IRequestOp[] = [];
+      let bytes = 0;
+      for (const [i, [name, fields]] of chunk.entries()) {
+        const kv = read.responses[i]?.response_range.kvs[0];
+        const value = JSON.stringify(mergeNodeRecord(name, kv === undefined ? newNodeRecord(name, this.#now()) : JSON.parse(kv.value.toString()) as NodeRecord, fields));
+        if (success.length > 0 && bytes + value.length > NODE_TXN_BYTES) break;
+        bytes += value.length;
+        compare.push(cmpMod(keys[i]!, kv));
+        success.push(put(keys[i]!, value));
+      }
+      // A compare per key: a record another replica wrote since the read fails the whole transaction, and no field of its is lost.
+      const res = await this.#call('upsertNodes', () => this.#client.kv.txn({ compare, success }));
+      if (res.succeeded) return success.length;
+      if (attempt >= NODE_WRITE_ATTEMPTS) throw nodeWriteConflict(chunk.slice(0, success.length).map(([name]) => name));
     }
   }
 

@@ -7,7 +7,7 @@ import { ChangeFeed } from './change-feed.ts';
 import { localityOf, policyFromCustomResource, routeFromCustomResource, serviceFromKubernetes, workloadFromPod } from './kubernetes/convert.ts';
 import { diffResources, parseKey } from './kubernetes/diff.ts';
 import { KubeSources, type SourceName, type Verb } from './kubernetes/kube-sources.ts';
-import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+import type { Change, ChangeSet, NodeFields, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
 
 export interface KubernetesStoreOptions {
   readonly kubeConfig: KubeConfig;
@@ -170,8 +170,12 @@ export class KubernetesStore implements Store {
     return this.#local.listTokens();
   }
 
-  upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord> {
+  upsertNode(name: string, fields: NodeFields): Promise<NodeRecord> {
     return this.#local.upsertNode(name, fields);
+  }
+
+  upsertNodes(updates: ReadonlyMap<string, NodeFields>): Promise<void> {
+    return this.#local.upsertNodes(updates);
   }
 
   getNode(name: string): Promise<NodeRecord | undefined> {

@@ -5,7 +5,8 @@ import Database from 'better-sqlite3';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import { keyString, resourceKey } from '../../shared/resources/types.ts';
 import type { Resource } from '../../shared/resources/types.ts';
-import type { Change, ChangeSet, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+import type { Change, ChangeSet, NodeFields, NodeRecord, Snapshot, Store, TokenRecord } from './store.ts';
+import { mergeNodeRecord, newNodeRecord } from './node-record.ts';
 import { changeSetsFromRows, migrate, nodeFromRow, nodeToRow, prepareStatements, tokenFromRow, tokenToRow } from './sqlite-schema.ts';
 import type { Statements } from './sqlite-schema.ts';
 
@@ -220,31 +221,26 @@ export class SqliteStore implements Store {
     return this.#io('listTokens', () => this.#stmt.listTokens.all().map(tokenFromRow));
   }
 
-  async upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord> {
-    return this.#io('upsertNode', () =>
+  async upsertNode(name: string, fields: NodeFields): Promise<NodeRecord> {
+    return this.#io('upsertNode', () => this.#write(() => this.#mergeNode(name, fields)));
+  }
+
+  async upsertNodes(updates: ReadonlyMap<string, NodeFields>): Promise<void> {
+    this.#io('upsertNodes', () => {
+      if (updates.size === 0) return;
+      // One transaction: all of them or, on an error, none.
       this.#write(() => {
-        const existing = this.#stmt.getNode.get(name);
-        const base: NodeRecord =
-          existing === undefined
-            ? { name, registeredAt: this.#now(), lastSeen: 0, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: [], certificates: [] }
-            : nodeFromRow(existing);
-        // Listed field by field so stray keys (a `name` smuggled in) cannot change the record.
-        const merged: NodeRecord = {
-          name,
-          registeredAt: fields.registeredAt ?? base.registeredAt,
-          lastSeen: fields.lastSeen ?? base.lastSeen,
-          ackedRevision: fields.ackedRevision ?? base.ackedRevision,
-          nackedRevision: fields.nackedRevision ?? base.nackedRevision,
-          nackReason: fields.nackReason ?? base.nackReason,
-          certExpiresAt: fields.certExpiresAt ?? base.certExpiresAt,
-          hboneAddress: fields.hboneAddress ?? base.hboneAddress,
-          trustedRoots: fields.trustedRoots ?? base.trustedRoots,
-          certificates: fields.certificates ?? base.certificates,
-        };
-        this.#stmt.putNode.run(nodeToRow(merged));
-        return merged;
-      }),
-    );
+        for (const [name, fields] of updates) this.#mergeNode(name, fields);
+      });
+    });
+  }
+
+  /** Inside a write transaction. */
+  #mergeNode(name: string, fields: NodeFields): NodeRecord {
+    const existing = this.#stmt.getNode.get(name);
+    const merged = mergeNodeRecord(name, existing === undefined ? newNodeRecord(name, this.#now()) : nodeFromRow(existing), fields);
+    this.#stmt.putNode.run(nodeToRow(merged));
+    return merged;
   }
 
   async getNode(name: string): Promise<NodeRecord | undefined> {

@@ -50,6 +50,9 @@ export interface NodeRecord {
   readonly certificates: readonly IssuedCertificateRecord[];
 }
 
+/** Fields of a node record to write; the ones left out keep their stored value. */
+export type NodeFields = Partial<Omit<NodeRecord, 'name'>>;
+
 export interface IssuedCertificateRecord {
   /** SPIFFE ID URI */
   readonly identity: string;
@@ -133,7 +136,16 @@ export interface Store {
   listTokens(): Promise<readonly TokenRecord[]>;
 
   /** Inserts or merges (given fields win) a node record. */
-  upsertNode(name: string, fields: Partial<Omit<NodeRecord, 'name'>>): Promise<NodeRecord>;
+  upsertNode(name: string, fields: NodeFields): Promise<NodeRecord>;
+  /**
+   * Inserts or merges many node records, each as upsertNode does: what the
+   * controller's write-behind of acks, CSRs and addresses flushes. SQLite
+   * (and the Kubernetes store's local file) writes them in one transaction;
+   * etcd in one read and one compare-and-swap transaction per at most 100
+   * nodes, so on a failure the chunks before the failing one may be written
+   * (writing them again is harmless: a merge of the same fields).
+   */
+  upsertNodes(updates: ReadonlyMap<string, NodeFields>): Promise<void>;
   getNode(name: string): Promise<NodeRecord | undefined>;
   listNodes(): Promise<readonly NodeRecord[]>;
 

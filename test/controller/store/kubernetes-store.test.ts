@@ -169,6 +169,8 @@ t.test('admin writes are refused; the empty commit and its revision check are no
   await env.store.putSetting('k', 'v');
   t.equal(await env.store.getSetting('k'), 'v');
   t.equal((await env.store.upsertNode('node-a', { lastSeen: 5 })).lastSeen, 5);
+  await env.store.upsertNodes(new Map([['node-a', { ackedRevision: 1 }], ['node-b', { lastSeen: 6 }]]));
+  t.match(await env.store.listNodes(), [{ name: 'node-a', lastSeen: 5, ackedRevision: 1 }, { name: 'node-b', lastSeen: 6 }], 'upsertNodes merges into the embedded store');
   t.equal(env.store.backend, 'kubernetes');
 });
 

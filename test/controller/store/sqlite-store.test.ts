@@ -393,6 +393,35 @@ t.test('upsertNode merges given fields into the record', async (t) => {
   t.strictSame((await store.listNodes()).map((n) => [n.name, n.registeredAt]), [['n1', 1], ['n2', 100]]);
 });
 
+t.test('upsertNodes merges many records in one transaction, as upsertNode merges one; a bad one writes none', async (t) => {
+  let clock = 100;
+  const file = dbPath(t);
+  const store = open(t, { path: file, now: () => clock });
+  await store.upsertNode('n1', { lastSeen: 5, hboneAddress: '127.0.0.2:15008', ackedRevision: 1 });
+  clock = 200;
+  const cert = { identity: 'spiffe://cluster.local/ambit/node/n2', root: 'a'.repeat(64), notAfter: 9_000 };
+  await store.upsertNodes(new Map([
+    ['n1', { ackedRevision: 4, nackedRevision: 0, nackReason: '' }],
+    ['n2', { lastSeen: 7, certificates: [cert], trustedRoots: ['b'.repeat(64)] }],
+  ]));
+  t.strictSame(await store.getNode('n1'), { name: 'n1', registeredAt: 100, lastSeen: 5, ackedRevision: 4, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '127.0.0.2:15008', trustedRoots: [], certificates: [] }, 'an existing record keeps the fields not given');
+  t.strictSame(await store.getNode('n2'), { name: 'n2', registeredAt: 200, lastSeen: 7, ackedRevision: 0, nackedRevision: 0, nackReason: '', certExpiresAt: 0, hboneAddress: '', trustedRoots: ['b'.repeat(64)], certificates: [cert] }, 'a new record is created');
+  await store.upsertNodes(new Map());
+
+  // Another connection on the file: each write merges into what the other wrote.
+  const other = open(t, { path: file, now: () => clock });
+  await other.upsertNodes(new Map([['n1', { certExpiresAt: 99 }], ['n2', { ackedRevision: 3 }]]));
+  await store.upsertNodes(new Map([['n1', { lastSeen: 8 }], ['n2', { nackReason: 'x', nackedRevision: 4 }]]));
+  t.match(await other.getNode('n1'), { ackedRevision: 4, certExpiresAt: 99, lastSeen: 8, hboneAddress: '127.0.0.2:15008' });
+  t.match(await other.getNode('n2'), { ackedRevision: 3, nackedRevision: 4, nackReason: 'x', lastSeen: 7 });
+
+  const before = await store.listNodes();
+  // A value SQLite cannot bind fails the transaction: the valid record before it is not written either.
+  const err = await store.upsertNodes(new Map([['n1', { ackedRevision: 50 }], ['n3', { nackReason: {} as unknown as string }]])).then(() => undefined, (e: unknown) => e);
+  t.match(err, { code: 'AMBIT_ERR_STORE_IO', message: /upsertNodes/ });
+  t.strictSame(await store.listNodes(), before, 'nothing of a failed batch is written');
+});
+
 t.test('rotation facts per node: trusted roots and issued certificates round-trip; a v1 database migrates keeping its nodes', async (t) => {
   const file = dbPath(t);
   const store = SqliteStore.open({ path: file, now: () => 100 });
@@ -483,6 +512,8 @@ t.test('every call after close fails with AMBIT_ERR_STORE_IO', async (t) => {
   await t.rejects(store.consumeToken('t', 's', 0), io);
   await t.rejects(store.listTokens(), io);
   await t.rejects(store.upsertNode('n', {}), io);
+  await t.rejects(store.upsertNodes(new Map([['n', {}]])), io);
+  await t.rejects(store.upsertNodes(new Map()), io);
   await t.rejects(store.getNode('n'), io);
   await t.rejects(store.listNodes(), io);
   await t.rejects(store.getSetting('k'), io);
