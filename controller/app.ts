@@ -155,7 +155,9 @@ export async function startController(cfg: ControllerConfig, deps: ControllerDep
 
     // --- gRPC API
     const auth = peerAuthenticator(ca, now);
-    const nodes = new NodeTracker(store, now);
+    const nodes = new NodeTracker({ store, now, logger });
+    // Runs after the gRPC server has ended its calls (cleanups added later run first), before the store closes: what agents reported last is written.
+    cleanups.unshift(() => nodes.close());
     // With a shared store, records other replicas write arrive here too (subscribed before the load, so none falls between).
     const stopNodes = store.onNodeChange?.((n) => nodes.recordChanged(n));
     if (stopNodes) cleanups.unshift(stopNodes);

@@ -1,22 +1,56 @@
-import type { IssuedCertificateRecord, NodeRecord, Store } from '../store/store.ts';
+import { errorMessage } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import type { IssuedCertificateRecord, NodeFields, NodeRecord, Store } from '../store/store.ts';
 
 export interface NodeView extends NodeRecord {
   readonly connected: boolean;
 }
 
+export interface NodeTrackerOptions {
+  readonly store: Store;
+  readonly now: () => number;
+  readonly logger: Logger;
+  /** Fields-less seen() calls of one node write lastSeen at most once per this (default 10 s). */
+  readonly throttleMs?: number;
+  /** Node record fields are written behind, batched, at most this late (default 250 ms). */
+  readonly flushMs?: number;
+}
+
+const DEFAULT_THROTTLE_MS = 10_000;
+const DEFAULT_FLUSH_MS = 250;
+
 /**
  * What the controller knows of each node's agent: connected streams (in
  * memory: a restarted controller starts with none), and last seen / acked
  * revision / certificate expiry (persisted, so `ambitctl node list` survives
- * a restart). lastSeen writes are throttled so a busy node costs one store
- * write per interval, not one per CSR.
+ * a restart).
+ *
+ * Record writes go behind: every update merges its fields into one pending
+ * entry per node (later fields win), and one flush every flushMs writes all
+ * pending nodes with one upsertNodes. After a change, a thousand agents'
+ * acks cost one batched write instead of a thousand read-and-swap pairs on
+ * etcd (and every replica's watch parses a thousand fewer events). Writes
+ * whose callers rely on the record (issued certificates, HBONE addresses)
+ * flush at once and resolve once written. A failed flush keeps its fields
+ * pending (newer ones win) for the next one. lastSeen alone is throttled, so
+ * a busy node costs one field update per interval, not one per CSR.
  */
 export class NodeTracker {
   readonly #store: Store;
   readonly #now: () => number;
+  readonly #logger: Logger;
   readonly #streams = new Map<string, number>();
   readonly #lastWrite = new Map<string, number>();
   readonly #throttleMs: number;
+  readonly #flushMs: number;
+  /** node → fields not written yet (bounded: one entry per node). */
+  #pending = new Map<string, NodeFields>();
+  /** The batch being written now. */
+  #writing: ReadonlyMap<string, NodeFields> = new Map();
+  #timer: NodeJS.Timeout | undefined;
+  /** The flushes in order: one write at a time, so a later one never overtakes an earlier one (its fields are newer). */
+  #flushes: Promise<void> = Promise.resolve();
+  #closed = false;
   /** node → HBONE address, the map every agent receives. */
   readonly #endpoints = new Map<string, string>();
   readonly #endpointListeners = new Set<() => void>();
@@ -28,10 +62,12 @@ export class NodeTracker {
    */
   readonly #certificates = new Map<string, readonly IssuedCertificateRecord[]>();
 
-  constructor(store: Store, now: () => number, throttleMs = 10_000) {
-    this.#store = store;
-    this.#now = now;
-    this.#throttleMs = throttleMs;
+  constructor(o: NodeTrackerOptions) {
+    this.#store = o.store;
+    this.#now = o.now;
+    this.#logger = o.logger;
+    this.#throttleMs = o.throttleMs ?? DEFAULT_THROTTLE_MS;
+    this.#flushMs = o.flushMs ?? DEFAULT_FLUSH_MS;
   }
 
   /** Loads persisted HBONE addresses so agents get them even before their peers reconnect. */
@@ -64,19 +100,74 @@ export class NodeTracker {
   }
 
   /** Records where a node's agent accepts HBONE; tells listeners when it changed. */
+  /** Resolves once the address is written (other replicas learn it from the record). */
   async setEndpoint(node: string, hboneAddress: string): Promise<void> {
     if (this.#endpoints.get(node) === hboneAddress) return;
     this.#endpoints.set(node, hboneAddress);
-    await this.#store.upsertNode(node, { hboneAddress, lastSeen: this.#now() });
+    this.#queue(node, { hboneAddress, lastSeen: this.#now() });
+    await this.flush();
     for (const l of this.#endpointListeners) l();
   }
 
-  async seen(node: string, fields: Partial<Omit<NodeRecord, 'name'>> = {}): Promise<void> {
+  /** Queues the fields (and lastSeen) for the next flush; resolves at once. */
+  async seen(node: string, fields: NodeFields = {}): Promise<void> {
     const now = this.#now();
     const last = this.#lastWrite.get(node) ?? 0;
     if (Object.keys(fields).length === 0 && now - last < this.#throttleMs) return;
     this.#lastWrite.set(node, now);
-    await this.#store.upsertNode(node, { lastSeen: now, ...fields });
+    this.#queue(node, { lastSeen: now, ...fields });
+  }
+
+  /**
+   * Writes every pending field now (after the flushes already under way);
+   * rejects when that write fails, the fields then staying pending. Also what
+   * a graceful shutdown runs before it closes the store.
+   */
+  flush(): Promise<void> {
+    const run = this.#flushes.then(() => this.#write());
+    this.#flushes = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Stops the timer and writes what is pending (the store is closed next). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.flush();
+  }
+
+  #queue(node: string, fields: NodeFields): void {
+    this.#pending.set(node, { ...this.#pending.get(node), ...fields });
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined || this.#closed) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      // Failures are logged (and kept pending) by #write.
+      this.flush().catch(() => undefined);
+    }, this.#flushMs);
+    this.#timer.unref();
+  }
+
+  async #write(): Promise<void> {
+    if (this.#pending.size === 0) return;
+    const batch = this.#pending;
+    this.#pending = new Map();
+    this.#writing = batch;
+    try {
+      await this.#store.upsertNodes(batch);
+    } catch (err) {
+      // Nothing is dropped: the fields go back, under any queued since (newer wins), for the next flush.
+      for (const [node, fields] of batch) this.#pending.set(node, { ...fields, ...this.#pending.get(node) });
+      this.#logger.warn({ err: errorMessage(err), nodes: batch.size }, 'writing node records failed; retrying with the next flush');
+      this.#schedule();
+      throw err;
+    } finally {
+      this.#writing = new Map();
+    }
   }
 
   streamOpened(node: string): void {
@@ -111,22 +202,35 @@ export class NodeTracker {
     await this.seen(node, { nackedRevision: revision, nackReason: reason.slice(0, 1024), ...rootsField(trustedRoots) });
   }
 
-  /** Records a certificate just issued to `node`: it replaces the previous one of that identity; expired ones are dropped. */
+  /**
+   * Records a certificate just issued to `node`: it replaces the previous one
+   * of that identity; expired ones are dropped. Resolves once written
+   * (rotation readiness on every replica reads the records).
+   */
   async issued(node: string, cert: IssuedCertificateRecord): Promise<void> {
     const now = this.#now();
     const kept = (this.#certificates.get(node) ?? []).filter((c) => c.identity !== cert.identity && c.notAfter > now);
     const next = [...kept, { identity: cert.identity, root: cert.root, notAfter: cert.notAfter }];
     this.#certificates.set(node, next);
     this.#lastWrite.set(node, now);
-    await this.#store.upsertNode(node, { lastSeen: now, certificates: next });
+    this.#queue(node, { lastSeen: now, certificates: next });
+    await this.flush();
   }
 
   async list(): Promise<NodeView[]> {
     const records = await this.#store.listNodes();
     // A shared store also knows the nodes watching from other replicas.
     const elsewhere = await this.#store.connectedNodes?.().catch(() => undefined);
-    // The in-memory list is authoritative (see #certificates): a record write that failed does not hide a certificate.
-    return records.map((r) => ({ ...r, certificates: this.#certificates.get(r.name) ?? r.certificates, connected: this.isConnected(r.name) || (elsewhere?.has(r.name) ?? false) }));
+    // This replica's fields not written yet show at once. The in-memory list is
+    // authoritative (see #certificates): a record write that failed does not hide a certificate.
+    return records.map((r) => ({
+      ...r,
+      ...this.#writing.get(r.name),
+      ...this.#pending.get(r.name),
+      name: r.name,
+      certificates: this.#certificates.get(r.name) ?? r.certificates,
+      connected: this.isConnected(r.name) || (elsewhere?.has(r.name) ?? false),
+    }));
   }
 }
 

@@ -1,0 +1,191 @@
+/**
+ * NodeTracker's write-behind: node record fields batched per flush, writes
+ * callers rely on flushed at once, failed flushes kept and retried, and a
+ * final flush at shutdown. A fake store counts the writes.
+ */
+import t from 'tap';
+import { createLogger } from '../../../shared/logger.ts';
+import { NodeTracker } from '../../../controller/registry/node-tracker.ts';
+import { mergeNodeRecord, newNodeRecord } from '../../../controller/store/node-record.ts';
+import type { NodeFields, NodeRecord, Store } from '../../../controller/store/store.ts';
+
+const ROOT = 'a'.repeat(64);
+
+/** The node-record part of a Store, in memory: counts upsertNodes calls, can hold one back or fail it. */
+class FakeNodeStore {
+  readonly records = new Map<string, NodeRecord>();
+  readonly batches: Map<string, NodeFields>[] = [];
+  upsertNodeCalls = 0;
+  /** Calls to fail before succeeding again. */
+  failures = 0;
+  /** When set, writes wait for it. */
+  gate: Promise<void> | undefined;
+  #written: (() => void)[] = [];
+
+  async upsertNodes(updates: ReadonlyMap<string, NodeFields>): Promise<void> {
+    this.batches.push(new Map(updates));
+    await this.gate;
+    if (this.failures > 0) {
+      this.failures--;
+      throw new Error('etcd unavailable');
+    }
+    for (const [name, fields] of updates) this.records.set(name, mergeNodeRecord(name, this.records.get(name) ?? newNodeRecord(name, 0), fields));
+    for (const w of this.#written.splice(0)) w();
+  }
+
+  async upsertNode(): Promise<NodeRecord> {
+    this.upsertNodeCalls++;
+    throw new Error('the tracker writes through upsertNodes');
+  }
+
+  async listNodes(): Promise<readonly NodeRecord[]> {
+    return [...this.records.values()];
+  }
+
+  /** Resolves after the next successful write. */
+  written(): Promise<void> {
+    return new Promise((resolve) => this.#written.push(resolve));
+  }
+
+  asStore(): Store {
+    return this as unknown as Store;
+  }
+}
+
+/** The tracker's flush timer is unref'd (it must not keep a controller alive), so the test keeps the process alive while it awaits a timed flush. */
+async function timed<T>(p: Promise<T>): Promise<T> {
+  const keep = setInterval(() => undefined, 1_000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(keep);
+  }
+}
+
+function setup(flushMs: number, clock = { now: 1_000 }): { store: FakeNodeStore; nodes: NodeTracker; warnings: Record<string, unknown>[]; clock: { now: number } } {
+  const store = new FakeNodeStore();
+  const warnings: Record<string, unknown>[] = [];
+  const logger = createLogger({ name: 'test', level: 'warn', destination: { write: (line: string) => void warnings.push(JSON.parse(line) as Record<string, unknown>) } });
+  const nodes = new NodeTracker({ store: store.asStore(), now: () => clock.now, logger, flushMs });
+  t.teardown(() => nodes.close().catch(() => undefined));
+  return { store, nodes, warnings, clock };
+}
+
+t.test('acks, nacks and seen of 1,000 nodes within one flush window are one upsertNodes call; later fields win per field', async (t) => {
+  const { store, nodes } = setup(50);
+  const written = store.written();
+  for (let i = 0; i < 1_000; i++) {
+    await nodes.seen(`n${i}`, { certExpiresAt: 5_000 });
+    await nodes.ack(`n${i}`, 7, 6_000, [ROOT]);
+  }
+  await nodes.nack('n1', 8, 'bad route');
+  await nodes.ack('n2', 8, 0);
+  t.equal(store.batches.length, 0, 'nothing written before the flush');
+  await timed(written);
+  t.equal(store.batches.length, 1, 'one write');
+  t.equal(store.batches[0]!.size, 1_000, 'of every node');
+  t.equal(store.upsertNodeCalls, 0);
+  t.strictSame(store.batches[0]!.get('n0'), { lastSeen: 1_000, certExpiresAt: 6_000, ackedRevision: 7, nackedRevision: 0, nackReason: '', trustedRoots: [ROOT] });
+  t.match(store.records.get('n1'), { ackedRevision: 7, nackedRevision: 8, nackReason: 'bad route', certExpiresAt: 6_000, trustedRoots: [ROOT] }, 'a nack after an ack keeps the ack\'s other fields');
+  t.match(store.records.get('n2'), { ackedRevision: 8, certExpiresAt: 6_000 }, 'an ack without an expiry keeps the last one');
+  await nodes.flush();
+  t.equal(store.batches.length, 1, 'a flush with nothing pending writes nothing');
+});
+
+t.test('seen() without fields keeps its throttle; node list shows fields not written yet', async (t) => {
+  const { store, nodes, clock } = setup(60_000);
+  store.records.set('n1', newNodeRecord('n1', 1));
+  await nodes.seen('n1');
+  clock.now = 2_000;
+  await nodes.seen('n1');
+  await nodes.ack('n1', 4, 0);
+  t.match(await nodes.list(), [{ name: 'n1', lastSeen: 2_000, ackedRevision: 4, connected: false }], 'this replica\'s pending fields show at once');
+  t.equal(store.records.get('n1')?.ackedRevision, 0, 'though not written yet');
+  await nodes.flush();
+  t.strictSame(store.batches, [new Map([['n1', { lastSeen: 2_000, ackedRevision: 4, nackedRevision: 0, nackReason: '' }]])]);
+  clock.now = 5_000;
+  await nodes.seen('n1');
+  await nodes.flush();
+  t.equal(store.batches.length, 1, 'a fields-less seen within the throttle (10 s) writes nothing');
+  clock.now = 12_001;
+  await nodes.seen('n1');
+  await nodes.flush();
+  t.strictSame(store.batches[1], new Map([['n1', { lastSeen: 12_001 }]]), 'after it, lastSeen is written');
+});
+
+t.test('issued() and setEndpoint() resolve only once their record is written, without waiting for the flush timer', async (t) => {
+  const { store, nodes } = setup(60_000);
+  let open!: () => void;
+  store.gate = new Promise((resolve) => (open = resolve));
+  await nodes.ack('n1', 3, 0);
+  let issued = false;
+  const p = nodes.issued('n1', { identity: 'spiffe://cluster.local/ambit/node/n1', root: ROOT, notAfter: 9_000 }).then(() => (issued = true));
+  let notified = 0;
+  nodes.onEndpointsChange(() => notified++);
+  let endpointSet = false;
+  const e = nodes.setEndpoint('n2', '127.0.140.2:15008').then(() => (endpointSet = true));
+  await new Promise((r) => setImmediate(r));
+  t.equal(store.batches.length, 1, 'written at once (the timer is a minute away)');
+  t.notOk(issued, 'issued() waits for the write');
+  t.notOk(endpointSet, 'setEndpoint() too');
+  t.equal(notified, 0, 'listeners hear of the address once it is written');
+  open();
+  await p;
+  await e;
+  t.ok(issued);
+  t.equal(notified, 1);
+  t.match(store.records.get('n1'), { ackedRevision: 3, certificates: [{ identity: 'spiffe://cluster.local/ambit/node/n1', root: ROOT, notAfter: 9_000 }] }, 'with the fields queued before it');
+  t.match(store.records.get('n2'), { hboneAddress: '127.0.140.2:15008' });
+  t.ok(store.batches.length <= 2, `writes queued while one is under way go together (${store.batches.length} writes)`);
+});
+
+t.test('a failed flush is logged and its fields kept (newer ones win) for the next one: nothing is lost', async (t) => {
+  const { store, nodes, warnings } = setup(20);
+  store.failures = 1;
+  await nodes.ack('n1', 5, 0, [ROOT]);
+  await nodes.ack('n2', 5, 0);
+  await t.rejects(nodes.flush(), /etcd unavailable/, 'flush() reports the failure');
+  t.match(warnings, [{ msg: 'writing node records failed; retrying with the next flush', err: 'etcd unavailable', nodes: 2 }]);
+  t.equal(store.records.size, 0);
+  // Newer fields arrive before the retry.
+  await nodes.ack('n1', 6, 0);
+  await nodes.nack('n3', 6, 'refused');
+  const written = store.written();
+  await timed(written); // by the timer, rescheduled after the failure
+  t.equal(store.batches.length, 2);
+  t.match(store.records.get('n1'), { ackedRevision: 6, trustedRoots: [ROOT] }, 'the newer revision wins; the failed write\'s other fields are kept');
+  t.match(store.records.get('n2'), { ackedRevision: 5 }, 'a node with nothing newer is written from the failed batch');
+  t.match(store.records.get('n3'), { nackedRevision: 6, nackReason: 'refused' });
+
+  // issued() whose write fails rejects, and its certificate is still written by a later flush.
+  store.failures = 1;
+  await t.rejects(nodes.issued('n4', { identity: 'spiffe://cluster.local/ambit/node/n4', root: ROOT, notAfter: 9_000 }), /etcd unavailable/);
+  await timed(store.written());
+  t.match(store.records.get('n4'), { certificates: [{ identity: 'spiffe://cluster.local/ambit/node/n4' }] });
+});
+
+t.test('close() writes what is pending at once', async (t) => {
+  const { store, nodes } = setup(60_000);
+  await nodes.ack('n1', 9, 0);
+  await nodes.nack('n2', 9, 'no');
+  await nodes.close();
+  t.equal(store.batches.length, 1, 'one write at close, without waiting for the flush timer');
+  t.match(store.records.get('n1'), { ackedRevision: 9 });
+  t.match(store.records.get('n2'), { nackedRevision: 9 });
+});
+
+t.test('list() shows the pending and in-flight fields over the stored record', async (t) => {
+  const { store, nodes } = setup(60_000);
+  store.records.set('n1', newNodeRecord('n1', 1));
+  let open!: () => void;
+  store.gate = new Promise((resolve) => (open = resolve));
+  await nodes.ack('n1', 2, 0);
+  const flushing = nodes.flush();
+  await new Promise((r) => setImmediate(r));
+  await nodes.nack('n1', 3, 'later');
+  t.match(await nodes.list(), [{ name: 'n1', ackedRevision: 2, nackedRevision: 3, nackReason: 'later' }]);
+  open();
+  await flushing;
+  await nodes.flush();
+  t.match(store.records.get('n1'), { ackedRevision: 2, nackedRevision: 3, nackReason: 'later' });
+});
