@@ -34,21 +34,55 @@ export type ResolveName = (host: string) => Promise<readonly string[]>;
 export const lookupAll: ResolveName = async (host) => (await lookup(host, { all: true })).map((a) => a.address);
 
 /**
- * controllerTarget for a client that connects anew at each attempt: a DNS
- * name is resolved here, at each call, and its addresses shuffled as a
- * list's are, where grpc-js's resolver would hand them to its uneven shuffle
- * (see controllerTarget). A name that does not resolve, or only to nothing,
- * stays a `dns:` target, so grpc-js reports (and retries) the failure.
+ * The replica a client that connects anew at each attempt (the agent's
+ * watch) tries: one address per attempt, in an order shuffled once per set
+ * of addresses, moving to the next after a failed attempt or a broken
+ * stream. Not a target of several addresses: grpc-js's pick_first opens a
+ * second connection, to the next address, whenever the first has not become
+ * ready within 250 ms, so in a reconnect storm (the agents of a dead
+ * replica, all at once) slow handshakes doubled the TLS work of the
+ * surviving replicas, and slowed them further. A DNS name is resolved at
+ * each attempt; one that does not resolve stays a `dns:` target, so grpc-js
+ * reports (and retries) the failure.
  */
-export async function resolvedControllerTarget(controllers: Controllers, resolve: ResolveName = lookupAll, random: () => number = Math.random): Promise<string> {
-  const list = controllerList(controllers);
-  const only = list[0];
-  if (list.length !== 1 || only === undefined || isIP(only.host) !== 0) return controllerTarget(list, random);
-  const addresses = await resolve(only.host).catch(() => []);
-  // One family per target: those of the first address (the resolver's preference).
-  const family = isIP(addresses[0] ?? '');
-  const usable = addresses.filter((a) => family !== 0 && isIP(a) === family);
-  return usable.length > 0 ? controllerTarget(usable.map((host) => ({ host, port: only.port })), random) : controllerTarget(list, random);
+export class ReplicaRotation {
+  readonly #controllers: Controllers;
+  readonly #resolve: ResolveName;
+  readonly #random: () => number;
+  #order: string[] = [];
+  #next = 0;
+
+  constructor(controllers: Controllers, resolve: ResolveName = lookupAll, random: () => number = Math.random) {
+    this.#controllers = controllers;
+    this.#resolve = resolve;
+    this.#random = random;
+  }
+
+  /** The target of the next attempt: one replica's address. */
+  async target(): Promise<string> {
+    const targets = await this.#targets();
+    const known = new Set(this.#order);
+    if (targets.length !== known.size || targets.some((t) => !known.has(t))) {
+      this.#order = shuffled(targets, this.#random);
+      this.#next = 0;
+    }
+    return this.#order[this.#next % this.#order.length]!;
+  }
+
+  /** The attempt failed or its stream broke: the next attempt goes to the next replica. */
+  advance(): void {
+    this.#next++;
+  }
+
+  async #targets(): Promise<string[]> {
+    const list = controllerList(this.#controllers);
+    const only = list[0];
+    if (list.length !== 1 || only === undefined || isIP(only.host) !== 0) return [...new Set(list.map(formatHostPort))];
+    const addresses = await this.#resolve(only.host).catch(() => []);
+    const family = isIP(addresses[0] ?? '');
+    const usable = [...new Set(addresses.filter((a) => family !== 0 && isIP(a) === family))];
+    return usable.length > 0 ? usable.map((host) => formatHostPort({ host, port: only.port })) : [`dns:${only.host}:${only.port}`];
+  }
 }
 
 /** Fisher-Yates: every order equally likely. */

@@ -2,7 +2,7 @@ import { Metadata, type ClientDuplexStream } from '@grpc/grpc-js';
 import { DiscoveryClient, type TelemetryReport, type WatchRequest, type WatchResponse } from '../../shared/proto/gen/ambit.ts';
 import { Backoff } from '../../shared/backoff.ts';
 import { CONTROLLER_CHANNEL_OPTIONS, controllerCredentials } from '../../shared/controller-client.ts';
-import { resolvedControllerTarget, type Controllers, type ResolveName } from '../../shared/controller-target.ts';
+import { ReplicaRotation, type Controllers, type ResolveName } from '../../shared/controller-target.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { changeFromWire, resourceFromWire } from '../../shared/resources/wire.ts';
@@ -12,7 +12,7 @@ import type { NodeCredentials } from '../identity/ca-client.ts';
 import type { StateUpdate } from './mesh-state.ts';
 
 export interface WatchClientOptions {
-  /** Every controller replica; each (re)connect lets grpc-js pick one that answers (controller-target.ts). */
+  /** Every controller replica (or a name resolving to each): each attempt goes to one, the next after a failure (ReplicaRotation). */
   readonly controller: Controllers;
   readonly credentials: () => NodeCredentials;
   readonly hboneAddress: string;
@@ -90,6 +90,8 @@ function toUpdate(res: WatchResponse): WatchUpdate {
 export class WatchClient {
   readonly #o: WatchClientOptions;
   readonly #backoff: Backoff;
+  /** Which replica each attempt goes to: the next one after a failure. */
+  readonly #replicas: ReplicaRotation;
   #client: DiscoveryClient | undefined;
   #call: ClientDuplexStream<WatchRequest, WatchResponse> | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -107,6 +109,7 @@ export class WatchClient {
   constructor(o: WatchClientOptions) {
     this.#o = o;
     this.#backoff = o.backoff ?? new Backoff(WATCH_BACKOFF);
+    this.#replicas = new ReplicaRotation(o.controller, o.resolve);
   }
 
   get connected(): boolean {
@@ -137,7 +140,7 @@ export class WatchClient {
   #connect(): void {
     if (this.#closed) return;
     const attempt = ++this.#attempt;
-    void resolvedControllerTarget(this.#o.controller, this.#o.resolve).then((target) => {
+    void this.#replicas.target().then((target) => {
       if (!this.#closed && attempt === this.#attempt) this.#open(target);
     });
   }
@@ -167,6 +170,7 @@ export class WatchClient {
       this.lastError = why;
       call.cancel();
       if (this.#closed) return;
+      this.#replicas.advance();
       const delay = this.#backoff.next();
       this.#o.logger.warn({ err: why, retryInMs: delay }, 'controller watch lost; serving cached state');
       this.#timer = setTimeout(() => this.#connect(), delay);

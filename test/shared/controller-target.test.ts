@@ -1,6 +1,6 @@
 import t from 'tap';
 import { credentials, makeGenericClientConstructor, Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
-import { controllerListProblem, controllerTarget, resolvedControllerTarget, SPREAD_OVER_REPLICAS } from '../../shared/controller-target.ts';
+import { controllerListProblem, controllerTarget, ReplicaRotation, SPREAD_OVER_REPLICAS } from '../../shared/controller-target.ts';
 
 /** random() at its top: Fisher-Yates then swaps nothing, the list keeps its order. */
 const KEEP_ORDER = (): number => 0.999_999;
@@ -61,31 +61,49 @@ t.test('lists grpc-js cannot resolve as one target are named', async (t) => {
   t.match(controllerListProblem([{ host: '10.0.0.1', port: 1 }, { host: 'fd00::2', port: 1 }]), /IPv4 or all IPv6/);
 });
 
-t.test('a DNS name is resolved at each call and its addresses shuffled as a list', async (t) => {
+t.test('a watch tries one replica per attempt, the next after a failure; a DNS name is resolved at each attempt', async (t) => {
   const asked: string[] = [];
+  let answer: readonly string[] = ['10.0.0.1', '10.0.0.2', '10.0.0.3'];
   const resolve = async (host: string): Promise<readonly string[]> => {
     asked.push(host);
-    if (host === 'ctl.example') return ['10.0.0.1', '10.0.0.2', '10.0.0.3'];
+    if (host === 'ctl.example') return answer;
     if (host === 'mixed.example') return ['fd00::1', '10.0.0.9', 'fd00::2'];
     if (host === 'empty.example') return [];
     throw new Error('ENOTFOUND');
   };
   const name = (host: string) => ({ host, port: 15012 });
-  t.equal(await resolvedControllerTarget(name('ctl.example'), resolve, KEEP_ORDER), 'ipv4:10.0.0.1:15012,10.0.0.2:15012,10.0.0.3:15012');
-  t.equal(await resolvedControllerTarget([name('ctl.example')], resolve, () => 0), 'ipv4:10.0.0.2:15012,10.0.0.3:15012,10.0.0.1:15012', 'shuffled with the random source given');
-  t.equal(await resolvedControllerTarget(name('mixed.example'), resolve, KEEP_ORDER), 'ipv6:[fd00::1]:15012,[fd00::2]:15012', 'the first address\'s family only');
-  t.equal(await resolvedControllerTarget(name('empty.example'), resolve), 'dns:empty.example:15012', 'nothing resolved: grpc-js resolves and reports');
-  t.equal(await resolvedControllerTarget(name('missing.example'), resolve), 'dns:missing.example:15012', 'a failed resolution too');
-  t.same(asked, ['ctl.example', 'ctl.example', 'mixed.example', 'empty.example', 'missing.example'], 'once per call');
-  t.equal(await resolvedControllerTarget([{ host: '10.0.0.1', port: 1 }, { host: '10.0.0.2', port: 1 }], resolve, KEEP_ORDER), 'ipv4:10.0.0.1:1,10.0.0.2:1', 'addresses are not resolved');
-  t.equal(asked.length, 5);
+  const r = new ReplicaRotation(name('ctl.example'), resolve, KEEP_ORDER);
+  t.equal(await r.target(), '10.0.0.1:15012', 'one address, not a list grpc-js would race');
+  t.equal(await r.target(), '10.0.0.1:15012', 'the same replica until an attempt fails');
+  r.advance();
+  t.equal(await r.target(), '10.0.0.2:15012', 'the next one');
+  r.advance();
+  r.advance();
+  t.equal(await r.target(), '10.0.0.1:15012', 'round the list');
+  answer = ['10.0.0.4', '10.0.0.1'];
+  t.equal(await r.target(), '10.0.0.4:15012', 'the name now resolves to other replicas: a new order, from its start');
+  t.equal(asked.length, 5, 'resolved at each attempt');
+  t.equal(await new ReplicaRotation(name('mixed.example'), resolve, KEEP_ORDER).target(), '[fd00::1]:15012', 'the first address\'s family only');
+  const mixed = new ReplicaRotation(name('mixed.example'), resolve, KEEP_ORDER);
+  await mixed.target();
+  mixed.advance();
+  t.equal(await mixed.target(), '[fd00::2]:15012');
+  t.equal(await new ReplicaRotation(name('empty.example'), resolve).target(), 'dns:empty.example:15012', 'nothing resolved: grpc-js resolves and reports');
+  t.equal(await new ReplicaRotation(name('missing.example'), resolve).target(), 'dns:missing.example:15012', 'a failed resolution too');
+  const list = new ReplicaRotation([{ host: '10.0.0.1', port: 1 }, { host: '10.0.0.2', port: 1 }], async () => {
+    t.fail('addresses are not resolved');
+    return [];
+  }, KEEP_ORDER);
+  t.equal(await list.target(), '10.0.0.1:1');
+  list.advance();
+  t.equal(await list.target(), '10.0.0.2:1');
   const first = new Map<string, number>();
   for (let k = 0; k < 3000; k++) {
-    const head = (await resolvedControllerTarget(name('ctl.example'), resolve)).slice('ipv4:'.length).split(',')[0]!;
+    const head = await new ReplicaRotation(name('ctl.example'), async () => ['10.0.0.1', '10.0.0.2', '10.0.0.3']).target();
     first.set(head, (first.get(head) ?? 0) + 1);
   }
   for (const a of ['10.0.0.1', '10.0.0.2', '10.0.0.3']) {
     const share = (first.get(`${a}:15012`) ?? 0) / 3000;
-    t.ok(Math.abs(share - 1 / 3) < 0.05, `${a} first in ${(share * 100).toFixed(1)}% of the targets`);
+    t.ok(Math.abs(share - 1 / 3) < 0.05, `${a} first for ${(share * 100).toFixed(1)}% of the agents`);
   }
 });
