@@ -45,6 +45,8 @@ export class NodeTracker {
   readonly #flushMs: number;
   /** node → fields not written yet (bounded: one entry per node). */
   #pending = new Map<string, NodeFields>();
+  /** node → whether it watches from this replica, not written yet (shared stores). */
+  #connected = new Map<string, boolean>();
   /** The batch being written now. */
   #writing: ReadonlyMap<string, NodeFields> = new Map();
   #timer: NodeJS.Timeout | undefined;
@@ -153,6 +155,7 @@ export class NodeTracker {
   }
 
   async #write(): Promise<void> {
+    await this.#writeConnected();
     if (this.#pending.size === 0) return;
     const batch = this.#pending;
     this.#pending = new Map();
@@ -170,6 +173,20 @@ export class NodeTracker {
     }
   }
 
+  /** Failures are logged and the states kept for the next flush (newer win); they never fail the flush of the records. */
+  async #writeConnected(): Promise<void> {
+    if (this.#connected.size === 0 || this.#store.markConnectedNodes === undefined) return;
+    const batch = this.#connected;
+    this.#connected = new Map();
+    try {
+      await this.#store.markConnectedNodes(batch);
+    } catch (err) {
+      for (const [node, connected] of batch) if (!this.#connected.has(node)) this.#connected.set(node, connected);
+      this.#logger.warn({ err: errorMessage(err), nodes: batch.size }, 'writing which nodes watch from this replica failed; retrying with the next flush');
+      this.#schedule();
+    }
+  }
+
   streamOpened(node: string): void {
     const n = (this.#streams.get(node) ?? 0) + 1;
     this.#streams.set(node, n);
@@ -184,9 +201,15 @@ export class NodeTracker {
     } else this.#streams.set(node, n);
   }
 
-  /** With a shared store, other replicas learn which nodes watch from this one (best effort: a failed write only affects `node list`). */
+  /**
+   * With a shared store, other replicas learn which nodes watch from this one,
+   * written with the next flush (the latest state of a node wins, so a close
+   * is never written after a later open); a failed write only affects `node list`.
+   */
   #shareConnected(node: string, connected: boolean): void {
-    void this.#store.markConnected?.(node, connected).catch(() => undefined);
+    if (this.#store.markConnectedNodes === undefined) return;
+    this.#connected.set(node, connected);
+    this.#schedule();
   }
 
   isConnected(node: string): boolean {

@@ -1,5 +1,5 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
-import { Etcd3, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Lease } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type Lease } from 'etcd3';
 import { AmbitError, errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { keyString, resourceKey, type Resource } from '../../shared/resources/types.ts';
@@ -302,13 +302,32 @@ export class EtcdStore implements Store {
   }
 
   async markConnected(node: string, connected: boolean): Promise<void> {
+    await this.markConnectedNodes(new Map([[node, connected]]));
+  }
+
+  /** One transaction per 100 nodes; the connected ones' records are held by this replica's lease. */
+  async markConnectedNodes(states: ReadonlyMap<string, boolean>): Promise<void> {
     this.#assertOpen();
-    if (connected) {
-      this.#watching.add(node);
-      await this.#call('markConnected', () => this.#watchingLease().put(this.#keys.watching(node, this.#replica)).value('1').exec());
-    } else {
-      this.#watching.delete(node);
-      await this.#call('markConnected', () => this.#client.kv.deleteRange({ key: this.#keys.watching(node, this.#replica) }));
+    for (const [node, connected] of states) {
+      if (connected) this.#watching.add(node);
+      else this.#watching.delete(node);
+    }
+    let lease: Lease | undefined;
+    // Asked of the current lease on every attempt: a lost one is replaced meanwhile.
+    const id = [...states.values()].some(Boolean) ? await this.#call('markConnected', () => (lease = this.#watchingLease()).grant()) : '0';
+    const ops = [...states].map(([node, connected]): IRequestOp => {
+      const key = this.#keys.watching(node, this.#replica);
+      return connected ? { request_put: { key, value: Buffer.from('1'), lease: id } } : del(key);
+    });
+    try {
+      for (let i = 0; i < ops.length; i += NODE_TXN_OPS) {
+        const chunk = ops.slice(i, i + NODE_TXN_OPS);
+        await this.#call('markConnected', () => this.#client.kv.txn({ success: chunk }));
+      }
+    } catch (err) {
+      // The lease expired before its keepalive noticed (etcd unreachable past its TTL): replaced now.
+      if (lease !== undefined && err instanceof AmbitError && err.cause instanceof EtcdLeaseInvalidError) this.#leaseLost(lease, err.cause);
+      throw err;
     }
   }
 
@@ -323,14 +342,19 @@ export class EtcdStore implements Store {
   #watchingLease(): Lease {
     if (this.#lease !== undefined && !this.#lease.revoked()) return this.#lease;
     const lease = this.#client.lease(WATCHING_LEASE_S);
-    lease.on('lost', (err) => {
-      if (this.#closed || this.#lease !== lease) return;
-      this.#logger.warn({ err: errorMessage(err) }, 'etcd lease of this replica\'s connected nodes lost; renewing');
-      this.#lease = undefined;
-      for (const node of this.#watching) void this.markConnected(node, true).catch(() => undefined);
-    });
+    lease.on('lost', (err) => this.#leaseLost(lease, err));
     this.#lease = lease;
     return lease;
+  }
+
+  #leaseLost(lease: Lease, err: unknown): void {
+    // Stops its keepalive (when the loss was found by a write, not by the lease itself); etcd holds no such lease any more.
+    void lease.revoke().catch(() => undefined);
+    if (this.#closed || this.#lease !== lease) return;
+    this.#logger.warn({ err: errorMessage(err) }, 'etcd lease of this replica\'s connected nodes lost; renewing');
+    this.#lease = undefined;
+    const all = new Map([...this.#watching].map((node) => [node, true] as const));
+    if (all.size > 0) void this.markConnectedNodes(all).catch(() => undefined);
   }
 
   async putToken(token: TokenRecord): Promise<void> {

@@ -121,6 +121,8 @@ export interface Store {
    * vanish with it, so every replica can tell which nodes are connected to any.
    */
   markConnected?(node: string, connected: boolean): Promise<void>;
+  /** Shared stores only (etcd): markConnected for many nodes at once (the controller's write-behind flush). */
+  markConnectedNodes?(states: ReadonlyMap<string, boolean>): Promise<void>;
   /** Shared stores only (etcd): the nodes with a watch stream on any replica. */
   connectedNodes?(): Promise<ReadonlySet<string>>;
 

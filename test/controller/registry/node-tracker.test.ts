@@ -52,6 +52,20 @@ class FakeNodeStore {
   }
 }
 
+/** A shared store (etcd): also records which nodes watch from this replica. */
+class SharedFakeNodeStore extends FakeNodeStore {
+  readonly connectedCalls: Map<string, boolean>[] = [];
+  connectedFailures = 0;
+
+  async markConnectedNodes(states: ReadonlyMap<string, boolean>): Promise<void> {
+    this.connectedCalls.push(new Map(states));
+    if (this.connectedFailures > 0) {
+      this.connectedFailures--;
+      throw new Error('lease lost');
+    }
+  }
+}
+
 /** The tracker's flush timer is unref'd (it must not keep a controller alive), so the test keeps the process alive while it awaits a timed flush. */
 async function timed<T>(p: Promise<T>): Promise<T> {
   const keep = setInterval(() => undefined, 1_000);
@@ -62,8 +76,7 @@ async function timed<T>(p: Promise<T>): Promise<T> {
   }
 }
 
-function setup(flushMs: number, clock = { now: 1_000 }): { store: FakeNodeStore; nodes: NodeTracker; warnings: Record<string, unknown>[]; clock: { now: number } } {
-  const store = new FakeNodeStore();
+function setup<S extends FakeNodeStore = FakeNodeStore>(flushMs: number, clock = { now: 1_000 }, store: S = new FakeNodeStore() as S): { store: S; nodes: NodeTracker; warnings: Record<string, unknown>[]; clock: { now: number } } {
   const warnings: Record<string, unknown>[] = [];
   const logger = createLogger({ name: 'test', level: 'warn', destination: { write: (line: string) => void warnings.push(JSON.parse(line) as Record<string, unknown>) } });
   const nodes = new NodeTracker({ store: store.asStore(), now: () => clock.now, logger, flushMs });
@@ -188,4 +201,41 @@ t.test('list() shows the pending and in-flight fields over the stored record', a
   await flushing;
   await nodes.flush();
   t.match(store.records.get('n1'), { ackedRevision: 2, nackedRevision: 3, nackReason: 'later' });
+});
+
+t.test('with a shared store, which nodes watch from this replica goes with the flush: one call, the latest state of each node', async (t) => {
+  const { store, nodes, warnings } = setup(60_000, { now: 1_000 }, new SharedFakeNodeStore());
+  const calls = store.connectedCalls;
+  nodes.streamOpened('n1');
+  nodes.streamClosed('n1');
+  nodes.streamOpened('n1');
+  nodes.streamOpened('n2');
+  nodes.streamOpened('n2');
+  nodes.streamClosed('n2');
+  nodes.streamOpened('n3');
+  nodes.streamClosed('n3');
+  t.ok(nodes.isConnected('n1') && nodes.isConnected('n2') && !nodes.isConnected('n3'), 'this replica knows at once');
+  t.equal(calls.length, 0, 'nothing written before the flush');
+  await nodes.flush();
+  t.strictSame(calls, [new Map([['n1', true], ['n2', true], ['n3', false]])], 'a close followed by an open is written as open');
+  t.equal(store.batches.length, 0, 'no node record to write');
+
+  // A failed write is kept (newer states win) and does not fail the records' flush.
+  store.connectedFailures = 1;
+  nodes.streamClosed('n1');
+  nodes.streamOpened('n4');
+  await nodes.issued('n2', { identity: 'spiffe://cluster.local/ambit/node/n2', root: ROOT, notAfter: 9_000 });
+  t.match(warnings, [{ msg: 'writing which nodes watch from this replica failed; retrying with the next flush', err: 'lease lost', nodes: 2 }]);
+  t.ok(store.records.has('n2'), 'the record was written all the same');
+  nodes.streamOpened('n1');
+  await nodes.flush();
+  t.strictSame(calls.at(-1), new Map([['n1', true], ['n4', true]]), 'retried, the newer state winning');
+});
+
+t.test('with a store that does not share connections (SQLite), a flush writes none', async (t) => {
+  const { store, nodes } = setup(60_000);
+  nodes.streamOpened('n1');
+  await nodes.close();
+  t.equal(store.batches.length, 0);
+  t.ok(nodes.isConnected('n1'));
 });

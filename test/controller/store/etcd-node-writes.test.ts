@@ -5,6 +5,7 @@
  * against other replicas writing the same records.
  */
 import t from 'tap';
+import { Etcd3 } from 'etcd3';
 import { InterceptingCall, type Interceptor } from '@grpc/grpc-js';
 import { createLogger } from '../../../shared/logger.ts';
 import { EtcdStore } from '../../../controller/store/etcd-store.ts';
@@ -149,4 +150,34 @@ t.test('retries are bounded: a record changed before every swap fails with a con
   t.match(await b.getNode('node-0000'), { ackedRevision: 3, lastSeen: 20 });
   await a.close();
   await t.rejects(a.upsertNodes(new Map([['node-0000', {}]])), { code: 'AMBIT_ERR_STORE_IO' }, 'a closed store refuses');
+});
+
+t.test('which nodes watch from a replica: written 100 to a transaction under its lease, seen by the others, put again on a new lease when it is lost', async (t) => {
+  const prefix = '/watching/';
+  const tap = new CallTap();
+  const a = await open(prefix, tap);
+  const b = await open(prefix);
+  tap.calls.length = 0;
+  await a.markConnectedNodes(new Map(names(150).map((name) => [name, true])));
+  t.equal(tap.count('Txn'), 2, 'two transactions for 150 nodes');
+  t.equal(tap.count('Put'), 0, 'no per-node put');
+  t.same([...await b.connectedNodes()].sort(), names(150));
+  await a.markConnectedNodes(new Map([...names(100).map((name) => [name, false] as const), ['node-0500', true]]));
+  t.same([...await b.connectedNodes()].sort(), [...names(50, 100), 'node-0500']);
+
+  // The lease goes (as when etcd forgot it while the replica was cut off): the replica puts its records again on a new one.
+  const raw = new Etcd3({ hosts: cluster.endpoints.split(',') });
+  t.teardown(() => raw.close());
+  const leases = (await raw.leaseClient.leaseLeases()).leases;
+  for (const l of leases) await raw.leaseClient.leaseRevoke({ ID: l.ID });
+  t.same([...await b.connectedNodes()], [], 'the records went with the lease');
+  await a.markConnectedNodes(new Map([['node-0600', true]])).catch(() => undefined);
+  const deadline = Date.now() + 10_000;
+  let now: string[] = [];
+  while (Date.now() < deadline) {
+    now = [...await b.connectedNodes()].sort();
+    if (now.length === 52) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.same(now, [...names(50, 100), 'node-0500', 'node-0600'], 'every node watching from the replica is recorded again');
 });
