@@ -81,12 +81,16 @@ export class NodeTracker {
   }
 
   /**
-   * A node record written elsewhere (another replica of a shared store): its
-   * HBONE address reaches this replica's agents, and its issued certificates
-   * replace what this replica held for it.
+   * A node record written elsewhere (another replica of a shared store, or
+   * this one's earlier write coming back through the watch): its HBONE
+   * address reaches this replica's agents, and its issued certificates
+   * replace what this replica held for it — unless this replica has newer
+   * ones of its own not yet written, which the record would take back.
    */
   recordChanged(n: NodeRecord): void {
-    this.#certificates.set(n.name, n.certificates);
+    const mine = { ...this.#writing.get(n.name), ...this.#pending.get(n.name) };
+    if (mine.certificates === undefined) this.#certificates.set(n.name, n.certificates);
+    if (mine.hboneAddress !== undefined) return;
     if (!n.hboneAddress || this.#endpoints.get(n.name) === n.hboneAddress) return;
     this.#endpoints.set(n.name, n.hboneAddress);
     for (const l of this.#endpointListeners) l();

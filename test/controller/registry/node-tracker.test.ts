@@ -239,3 +239,26 @@ t.test('with a store that does not share connections (SQLite), a flush writes no
   t.equal(store.batches.length, 0);
   t.ok(nodes.isConnected('n1'));
 });
+
+t.test('a record coming back through the watch does not take back certificates or an address not yet written', async (t) => {
+  const { store, nodes } = setup(60_000, { now: 1_000 }, new SharedFakeNodeStore());
+  const cert = (i: string): { identity: string; root: string; notAfter: number } => ({ identity: `spiffe://cluster.local/ns/default/sa/${i}`, root: ROOT, notAfter: 9_000 });
+  await nodes.issued('n1', cert('a'));
+  await nodes.setEndpoint('n1', '127.0.140.2:15008');
+  const written = store.records.get('n1')!;
+  let open!: () => void;
+  store.gate = new Promise((resolve) => (open = resolve));
+  // b is being written when a's record (older) arrives from the store's watch.
+  const b = nodes.issued('n1', cert('b'));
+  const moved = nodes.setEndpoint('n1', '127.0.140.3:15008');
+  nodes.recordChanged(written);
+  const c = nodes.issued('n1', cert('c'));
+  open();
+  await Promise.all([b, moved, c]);
+  t.same(store.records.get('n1')?.certificates.map((x) => x.identity.split('/').pop()), ['a', 'b', 'c'], 'no certificate lost');
+  t.same(nodes.endpoints(), [{ name: 'n1', hboneAddress: '127.0.140.3:15008' }], 'the newer address kept');
+  // Once written, a record from elsewhere replaces them as before.
+  nodes.recordChanged({ ...written, certificates: [cert('d')], hboneAddress: '127.0.140.4:15008' });
+  t.same((await nodes.list())[0]?.certificates.map((x) => x.identity.split('/').pop()), ['d']);
+  t.same(nodes.endpoints(), [{ name: 'n1', hboneAddress: '127.0.140.4:15008' }]);
+});
