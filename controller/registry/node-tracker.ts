@@ -29,7 +29,7 @@ const DEFAULT_FLUSH_MS = 250;
  * entry per node (later fields win), and one flush every flushMs writes all
  * pending nodes with one upsertNodes. After a change, a thousand agents'
  * acks cost one batched write instead of a thousand read-and-swap pairs on
- * etcd (and every replica's watch parses a thousand fewer events). Writes
+ * etcd. Writes
  * whose callers rely on the record (issued certificates, HBONE addresses)
  * flush at once and resolve once written. A failed flush keeps its fields
  * pending (newer ones win) for the next one. lastSeen alone is throttled, so
@@ -105,8 +105,10 @@ export class NodeTracker {
     return () => this.#endpointListeners.delete(listener);
   }
 
-  /** Records where a node's agent accepts HBONE; tells listeners when it changed. */
-  /** Resolves once the address is written (other replicas learn it from the record). */
+  /**
+   * Records where a node's agent accepts HBONE; once it is written (other
+   * replicas learn it from the record), tells listeners it changed and resolves.
+   */
   async setEndpoint(node: string, hboneAddress: string): Promise<void> {
     if (this.#endpoints.get(node) === hboneAddress) return;
     this.#endpoints.set(node, hboneAddress);
