@@ -109,7 +109,7 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
 
     // --- state: last good state from disk first
     const state = new MeshState(cfg.node, info.trustDomain, { clusterDomain: cfg.clusterDomain, clusterId: cfg.clusterId });
-    const cached = loadState(cfg.dataDir, log);
+    const cached = loadState(cfg.dataDir, log, { maxSubscriptions: cfg.watchSubscriptions });
     // Ready needs *some* state (cached or from the controller), not a
     // non-zero revision: an empty mesh's first snapshot is revision 0.
     let haveState = cached !== undefined;
@@ -162,7 +162,21 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     const telemetry = new TelemetryReporter(metrics.tcp);
     // Node scope (docs/scale.md): destinations are subscribed on first use; `watch` is made below, once the state it feeds is wired.
     let watchRef: WatchClient | undefined;
-    const subscriptions = cfg.watchScope === 'node' ? new Subscriptions({ max: cfg.watchSubscriptions, send: (hosts, drop) => watchRef?.subscribe(hosts, drop) }) : undefined;
+    // A change of the followed set is saved with the state (only once there is state: a cache must never stand for a mesh not yet received).
+    const subscriptions = cfg.watchScope === 'node' ? new Subscriptions({ max: cfg.watchSubscriptions, send: (hosts, drop) => watchRef?.subscribe(hosts, drop), changed: () => { if (haveState) persist(); } }) : undefined;
+    // What the workloads used before a restart: the first WatchStart asks for it again, so its snapshot keeps what they call.
+    if (subscriptions && cached && cached.subscriptions.length > 0) {
+      subscriptions.restore(cached.subscriptions, (host) => state.holdsHost(host));
+      log.info({ subscriptions: subscriptions.size }, 'following the destinations cached before the restart');
+    }
+    let saveTimer: NodeJS.Timeout | undefined;
+    // Serialized at each attempt, so a retry after a full disk writes the state held then, not a stale one.
+    const stateNow = (): string => serializeState({ revision: state.revision, storeId, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem, subscriptions: subscriptions?.hosts() ?? [] });
+    // One writer of state.json, batched: the state and the followed set are written together, 100 ms after the last change of either.
+    const persist = (): void => {
+      clearTimeout(saveTimer);
+      saveTimer = setTimeout(() => void persister.write(statePath(cfg.dataDir), stateNow), 100);
+    };
     const related = (host: string): readonly string[] => {
       const key = state.serviceKeyOf(host);
       return key === undefined ? [] : routeBackends([...state.httpRoutes(), ...state.grpcRoutes()], key);
@@ -268,13 +282,6 @@ export async function startAgent(cfg: AgentConfig, deps: AgentDeps): Promise<Age
     }
 
     // --- controller watch
-    let saveTimer: NodeJS.Timeout | undefined;
-    // Serialized at each attempt, so a retry after a full disk writes the state held then, not a stale one.
-    const stateNow = (): string => serializeState({ revision: state.revision, storeId, resources: state.resources(), nodes: state.nodes(), bundlePem: state.bundlePem });
-    const persist = (): void => {
-      clearTimeout(saveTimer);
-      saveTimer = setTimeout(() => void persister.write(statePath(cfg.dataDir), stateNow), 100);
-    };
     cleanups.push(() => {
       clearTimeout(saveTimer);
       if (haveState) persister.write(statePath(cfg.dataDir), stateNow);

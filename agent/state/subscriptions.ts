@@ -20,6 +20,8 @@ export interface SubscriptionsOptions {
    * carries every host followed, and dropped ones are simply not in it.
    */
   readonly send: (hosts: readonly string[], drop: readonly string[]) => void;
+  /** Called when the set of hosts changes (one followed, some dropped), so it is saved with the cached state. */
+  readonly changed?: () => void;
 }
 
 /** Why a destination could not be waited for. */
@@ -41,12 +43,14 @@ interface Entry {
 export class Subscriptions {
   readonly #max: number;
   readonly #send: SubscriptionsOptions['send'];
+  readonly #changed: () => void;
   /** In least- to most-recently-used order (a Map keeps insertion order; a use moves a host to the end). */
   readonly #entries = new Map<string, Entry>();
 
   constructor(o: SubscriptionsOptions) {
     this.#max = Math.max(1, o.max ?? DEFAULT_MAX_SUBSCRIPTIONS);
     this.#send = o.send;
+    this.#changed = o.changed ?? (() => undefined);
   }
 
   get size(): number {
@@ -82,6 +86,7 @@ export class Subscriptions {
       this.#entries.set(host, e);
       const drop = this.#evict();
       this.#send([host], drop);
+      this.#changed();
     }
     const entry = e;
     return new Promise<void>((resolve, reject) => {
@@ -96,6 +101,27 @@ export class Subscriptions {
       }, timeoutMs);
       entry.waiters.push(done);
     });
+  }
+
+  /**
+   * Follows `hosts` (least recently used first, as hosts() gave them before
+   * a restart) without asking: the next WatchStart carries them. One the
+   * held (cached) state resolves counts as answered, so a connection to it
+   * goes on at once from that state, as it did before the restart, and the
+   * controller's first snapshot, which holds it again, refreshes it; any
+   * other waits for that snapshot's answer like a first use. Hosts already
+   * followed keep their place; beyond the bound only the most recently used
+   * are kept.
+   */
+  restore(hosts: readonly string[], held: (host: string) => boolean): void {
+    const fresh = hosts.filter((h) => !this.#entries.has(h));
+    const room = Math.max(0, this.#max - this.#entries.size);
+    const restored = new Map<string, Entry>();
+    for (const h of fresh.slice(Math.max(0, fresh.length - room))) restored.set(h, { found: held(h) ? true : undefined, waiters: [] });
+    // Restored hosts were used before anything used since this start: they go at the least recently used end.
+    for (const [h, e] of this.#entries) restored.set(h, e);
+    this.#entries.clear();
+    for (const [h, e] of restored) this.#entries.set(h, e);
   }
 
   /** The controller's answers (after the response carrying them is applied to the mesh state). */

@@ -48,6 +48,7 @@ const state: CachedState = {
   resources: [web, db, svc, pol],
   nodes: [{ name: 'node-b', hboneAddress: '192.0.2.2:15008' }],
   bundlePem: '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
+  subscriptions: ['db.data', '10.96.0.10', '2001:db8::7', 'web.shop'],
 };
 
 t.test('save then load gives back the same state, revisions included', async (t) => {
@@ -77,6 +78,53 @@ t.test('a cache written before store identities loads with an empty identity (no
   delete raw.storeId;
   fs.writeFileSync(file, JSON.stringify(raw));
   t.equal(loadState(dir, capture().logger)?.storeId, '');
+});
+
+t.test('the followed hosts round-trip in their order; a cache written before them loads with none', async (t) => {
+  const dir = t.testdir();
+  const { logger, lines } = capture();
+  saveState(dir, state);
+  const file = path.join(dir, 'state.json');
+  const raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  t.same(raw.subscriptions, state.subscriptions, 'written with the state, least recently used first');
+  t.strictSame(loadState(dir, logger)?.subscriptions, state.subscriptions);
+  delete raw.subscriptions;
+  fs.writeFileSync(file, JSON.stringify(raw));
+  const old = loadState(dir, logger);
+  t.strictSame(old?.subscriptions, [], 'none');
+  t.equal(old?.revision, 42, 'the rest of the state still loads');
+  t.same(lines(), [], 'nothing logged');
+});
+
+t.test('invalid cached subscriptions are dropped with a warning naming them; the state and the good ones load', async (t) => {
+  const dir = t.testdir();
+  saveState(dir, state);
+  const file = path.join(dir, 'state.json');
+  const raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  fs.writeFileSync(file, JSON.stringify({ ...raw, subscriptions: ['web.shop', 'api.github.com', 42, '2001:DB8:0::7', 'localhost', '10.0.0.1', '2001:db8::7', 'db.data.svc.cluster.local', null] }));
+  const { logger, lines } = capture();
+  const loaded = loadState(dir, logger);
+  t.equal(loaded?.revision, 42, 'the state loads');
+  t.strictSame(loaded?.subscriptions, ['web.shop', '10.0.0.1', '2001:db8::7', 'db.data'], 'valid ones, canonical as the live path makes them, in order; a host written twice counts at its later place');
+  const warned = lines();
+  t.equal(warned.length, 1, 'one warning');
+  t.equal(warned[0]?.level, 'warn');
+  t.match(warned[0]?.msg, /cached subscriptions that are neither an IP address nor a service name/);
+  t.same(warned[0]?.invalid, ['api.github.com', 42, 'localhost', null], 'naming each dropped entry');
+
+  fs.writeFileSync(file, JSON.stringify({ ...raw, subscriptions: 'web.shop' }));
+  const { logger: l2, lines: lines2 } = capture();
+  t.strictSame(loadState(dir, l2)?.subscriptions, [], 'not a list: none');
+  t.match(lines2()[0]?.msg, /cached subscriptions are not a list/);
+});
+
+t.test('never more cached subscriptions than the bound: the most recently used are kept', async (t) => {
+  const dir = t.testdir();
+  saveState(dir, state);
+  const { logger, lines } = capture();
+  t.strictSame(loadState(dir, logger, { maxSubscriptions: 2 })?.subscriptions, ['2001:db8::7', 'web.shop'], 'the last two (most recently used)');
+  t.match(lines()[0], { level: 'warn', cached: 4, max: 2 });
+  t.strictSame(loadState(dir, capture().logger, { maxSubscriptions: 4 })?.subscriptions, state.subscriptions, 'at the bound: all');
 });
 
 t.test('no cache: undefined, silently', async (t) => {
@@ -124,7 +172,7 @@ t.test('routes and fault injections survive the cache as validated', async (t) =
   }, 'x'), metadata: { name: 'rpc', namespace: 'shop', labels: {}, revision: 13 } };
   const fault = { ...validateResource({ apiVersion: 'ambit.dev/v1alpha1', kind: 'FaultInjection', metadata: { name: 'slow', namespace: 'shop' }, spec: { abort: { httpStatus: 503, grpcStatus: 14, percentage: 2.5 } } }, 'x'), metadata: { name: 'slow', namespace: 'shop', labels: {}, revision: 14 } };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-cache-routes-'));
-  const state: CachedState = { revision: 14, storeId: 's', resources: [route, grpc, fault], nodes: [], bundlePem: '' };
+  const state: CachedState = { revision: 14, storeId: 's', resources: [route, grpc, fault], nodes: [], bundlePem: '', subscriptions: [] };
   saveState(dir, state);
   t.same(loadState(dir, capture().logger), state);
 });

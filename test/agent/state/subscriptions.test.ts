@@ -77,6 +77,64 @@ t.test('destinationWait: only mesh names and addresses are asked; with the contr
   await unknown;
 });
 
+t.test('a change of the followed set is reported (a new host, a drop); a use of one followed is not', async (t) => {
+  let changes = 0;
+  const subs = new Subscriptions({ max: 1, send: () => undefined, changed: () => void changes++ });
+  const p = subs.use('a.ns', 1_000)!;
+  t.equal(changes, 1, 'a new host');
+  subs.answered([{ host: 'a.ns', found: true }]);
+  await p;
+  t.equal(changes, 1, 'an answer changes no host');
+  t.equal(subs.use('a.ns', 1_000), undefined);
+  t.equal(changes, 1, 'a use of a followed host neither');
+  subs.use('b.ns', 1_000)?.catch(() => undefined);
+  t.same(subs.hosts(), ['b.ns'], 'a dropped for b');
+  t.equal(changes, 2, 'one change for the new host and its drop');
+  subs.answered([{ host: 'b.ns', found: true }]);
+});
+
+t.test('restore: cached hosts are followed in their use order without asking; held ones do not wait, others wait for the first answer', async (t) => {
+  const { subs, sent } = recording(10);
+  let changes = 0;
+  const counted = new Subscriptions({ max: 10, send: () => undefined, changed: () => void changes++ });
+  counted.restore(['a.ns'], () => true);
+  t.equal(changes, 0, 'restoring is no change to save: the cache holds it already');
+  const held = new Set(['web.shop', '10.96.0.1']);
+  subs.restore(['db.data', 'web.shop', '10.96.0.1'], (h) => held.has(h));
+  t.same(subs.hosts(), ['db.data', 'web.shop', '10.96.0.1'], 'least recently used first, as cached');
+  t.same(sent, [], 'nothing sent: the next WatchStart carries them');
+  t.same(subs.state('web.shop'), { found: true }, 'held: answered by the cached state');
+  t.same(subs.state('db.data'), { found: undefined }, 'not held: waiting for the controller');
+  // Connected (the stream is up, its first snapshot not applied yet): a held host still goes on at once from the cached state.
+  const wait = destinationWait(subs, { timeoutMs: 1_000, connected: () => true, holds: (h) => held.has(h) });
+  t.equal(wait('web.shop.svc.cluster.local'), undefined, 'a connection to a restored, held service does not wait');
+  t.equal(wait('10.96.0.1'), undefined, 'nor to a restored, held address');
+  const w = wait('db.data');
+  t.ok(w, 'a restored host the cache does not hold waits for the answer');
+  t.same(sent, [], 'without asking again: the WatchStart asks');
+  subs.answered([{ host: 'db.data', found: true }, { host: 'web.shop', found: false }]);
+  await w;
+  t.same(subs.state('web.shop'), { found: false }, 'the snapshot\'s answer replaces the cached one');
+  t.same(subs.hosts(), ['web.shop', '10.96.0.1', 'db.data'], 'in the order the connections used them since');
+});
+
+t.test('restore keeps LRU order with hosts used since start, and the bound (most recently used kept)', async (t) => {
+  const { subs, sent } = recording(3);
+  const p = subs.use('new.ns', 1_000)!;
+  subs.restore(['old1.ns', 'old2.ns', 'new.ns', 'old3.ns'], () => true);
+  t.same(subs.hosts(), ['old2.ns', 'old3.ns', 'new.ns'], 'room for two: the two most recently used cached hosts, before the one used since start; a host already followed keeps its place');
+  t.same(subs.state('new.ns'), { found: undefined }, 'the one used since start still waits for its own answer');
+  t.equal(sent.length, 1, 'only the use asked');
+  subs.answered([{ host: 'new.ns', found: true }]);
+  await p;
+  subs.use('next.ns', 1_000)?.catch(() => undefined);
+  t.same(sent.at(-1), { hosts: ['next.ns'], drop: ['old2.ns'] }, 'eviction takes the least recently used restored host first');
+  const full = recording(2).subs;
+  full.restore(['a.ns', 'b.ns', 'c.ns'], () => false);
+  t.same(full.hosts(), ['b.ns', 'c.ns'], 'beyond the bound: the most recently used');
+  full.answered([{ host: 'b.ns', found: true }, { host: 'c.ns', found: true }]);
+});
+
 t.test('routeBackends: backends and mirrors of the routes attached to a service', async (t) => {
   const ref = (name: string, namespace = 'shop') => ({ group: '', kind: 'Service', namespace, name, port: 80 });
   const routes = [
