@@ -7,6 +7,9 @@
  * and node-a is started again on the same data directory: its first
  * WatchStart asks for web again and the snapshot that replaces its cached
  * state holds web with the new endpoint before any connection uses it.
+ * Then, with the controller down, node-a restarts once more: it serves web
+ * from its cache, a new destination is saved as followed although no answer
+ * comes, and the controller, back, is asked for both.
  */
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -15,7 +18,7 @@ import { join } from 'node:path';
 import { AdminApi } from '../../controller/cli/client.ts';
 import { resourceToWire } from '../../shared/resources/wire.ts';
 import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
-import { agentKnowsNode, agentsReady, eventually, hostPortOf, httpGet, socksEchoRoundTrip, startAgent, startAgentPair, startController, startEchoServer, type LogLine, type RunningAgent, type RunningController } from './harness.ts';
+import { agentKnowsNode, agentsReady, eventually, hostPortOf, httpGet, socksConnect, socksEchoRoundTrip, startAgent, startAgentPair, startController, startEchoServer, type LogLine, type RunningAgent, type RunningController } from './harness.ts';
 
 const NET = '127.0.141';
 const CTL = `${NET}.21`;
@@ -118,4 +121,32 @@ t.test('a restarted node-scoped agent asks again for what its workloads used, an
   // Connections to web go through from what it holds, none waiting for a subscription round trip.
   for (let i = 0; i < 4; i++) await socksEchoRoundTrip(agents[0].socks, CLIENT_A, 'default/client-a', 'web.default', 80, 10_000);
   t.notOk(agents[0].proc.logs.some((l) => l.msg === 'outbound connection refused: its destination is not known yet'), 'no connection waited past the connect timeout');
+});
+
+t.test('restarted while the controller is down: served from the cache, a new destination saved unanswered, both asked for once it is back', async (t) => {
+  const ctlDir = ctl!.dataDir;
+  await ctl!.proc.stop();
+  ctl = undefined;
+  await agents[0]!.proc.stop();
+  agents[0] = await startAgent({ node: 'node-a', address: A, controller: `${CTL}:15012`, dataDir: dataA, extra: ['--watch-scope', 'node', '--connect-timeout', '1s'] });
+  t.equal((await agents[0].proc.waitForLog((l) => l.msg === 'following the destinations cached before the restart')).subscriptions, 1, 'node-a restores web from its cache');
+  await agentsReady([agents[0]]);
+  await socksEchoRoundTrip(agents[0].socks, CLIENT_A, 'default/client-a', 'web.default', 80, 10_000);
+  t.pass('web is served from the cache with the controller down');
+
+  // `other` is in the mesh but node-a never held it: with no controller to answer, the connection is refused after the connect timeout.
+  const { socket, reply } = await socksConnect(agents[0].socks, CLIENT_A, 'default/client-a', 'other.default', 80, 10_000);
+  socket.destroy();
+  t.not(reply, 0, 'a destination never held is refused while the controller is away');
+  await eventually(async () => {
+    const subs = cachedSubscriptions();
+    return Array.isArray(subs) && subs.length === 2;
+  }, 'node-a saves the new subscription though no update came');
+  t.same(cachedSubscriptions(), ['web.default', 'other.default'], 'least recently used first');
+
+  ctl = await startController(ctlDir, [], CTL, { grpc: 15012, monitoring: 15014 });
+  const start = await ctl.proc.waitForLog((l) => l.msg === 'watch started with a node-scoped snapshot' && l.node === 'node-a', 30_000);
+  t.equal(start.subscriptions, 2, 'the controller, back, is asked for both');
+  await eventually(async () => (await held(agents[0]!)).has('Service/default/other'), 'node-a holds other now');
+  t.ok((await held(agents[0]!)).has('Workload/default/web-b2'), 'and still web');
 });
