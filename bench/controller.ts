@@ -379,9 +379,11 @@ async function watchPhase(api: AdminApi, replicas: readonly RunningController[],
   listeners.clear();
   const firstState = agents.map((a) => a.firstStateAt - watchStarted).sort((a, b) => a - b);
   out(`  first state, all agents             ${(firstState[firstState.length - 1]! / 1000).toFixed(1)} s (p50 ${(percentile(firstState, 50) / 1000).toFixed(1)} s); resources held each ${agents[0]!.resources}, snapshot ${(agents[0]!.snapshotBytes / MiB).toFixed(1)} MiB`);
-  if (replicas.length > 1) out(`  agents on each replica (grpc-js picks one of the shuffled list)  ${replicas.map((r) => agents.filter((a) => a.replica === r.address).length).join(', ')}`);
+  if (replicas.length > 1) out(`  agents on each replica (each agent's watch starts on the first of its shuffled list)  ${replicas.map((r) => agents.filter((a) => a.replica === r.address).length).join(', ')}`);
   const afterWatch = memoryOf(pid);
-  out(`  controller RSS with ${AGENTS} streams     ${afterWatch.rssMiB.toFixed(1)} MiB (peak ${afterWatch.hwmMiB.toFixed(1)} MiB)   target <= ${TARGET.rssMiB}: ${verdict(afterWatch.hwmMiB <= TARGET.rssMiB)}`);
+  // With several replicas, `pid` is replica 0's: the streams it holds are its agents'.
+  const streams = replicas.length > 1 ? agents.filter((a) => a.replica === controller.address).length : AGENTS;
+  out(`  controller RSS with ${streams} streams${replicas.length > 1 ? ' (replica 0)' : ''}     ${afterWatch.rssMiB.toFixed(1)} MiB (peak ${afterWatch.hwmMiB.toFixed(1)} MiB)   target <= ${TARGET.rssMiB}: ${verdict(afterWatch.hwmMiB <= TARGET.rssMiB)}`);
 
   // One change, seen by every agent: a new workload on node 0.
   const probe = validateResource({
