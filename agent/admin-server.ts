@@ -68,6 +68,7 @@ export function adminEndpoint(d: AdminDeps): HttpEndpoint {
           notBefore: s.notBefore ? new Date(s.notBefore).toISOString() : '',
           notAfter: s.notAfter ? new Date(s.notAfter).toISOString() : '',
           secondsLeft: s.notAfter ? Math.max(0, Math.round((s.notAfter - now) / 1000)) : 0,
+          renewsAt: s.renewsAt ? new Date(s.renewsAt).toISOString() : '',
           lastError: s.lastError,
           chainPem: entry?.chainPem ?? '',
         };

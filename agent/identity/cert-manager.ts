@@ -116,8 +116,9 @@ export class CertManager {
     return [...this.#slots.values()].flatMap((s) => (s.entry ? [s.entry] : []));
   }
 
-  status(): { identity: string; notBefore: number; notAfter: number; lastError: string }[] {
-    return [...this.#slots].map(([uri, s]) => ({ identity: uri, notBefore: s.entry?.notBefore ?? 0, notAfter: s.entry?.notAfter ?? 0, lastError: s.lastError }));
+  /** Per identity: the held certificate's validity, when it is next renewed or retried (0: nothing scheduled), and the last error. */
+  status(): { identity: string; notBefore: number; notAfter: number; renewsAt: number; lastError: string }[] {
+    return [...this.#slots].map(([uri, s]) => ({ identity: uri, notBefore: s.entry?.notBefore ?? 0, notAfter: s.entry?.notAfter ?? 0, renewsAt: s.dueAt ?? 0, lastError: s.lastError }));
   }
 
   /** Earliest expiry among held certificates: how long the node survives without the controller. */

@@ -311,8 +311,10 @@ export function agentSuite(o: AgentSuiteOptions): void {
     t.same(dump.dataplane.listeners.map((l) => l.what), ['SOCKS5', 'upstream (default/client)'], 'and the listeners it binds for the agent');
     t.ok(dump.revision > 0 && dump.resources.length >= 3, 'holds the mesh state');
     const certsText = (await httpGet(admin, '/certs')).body;
-    const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number }[];
+    const certs = JSON.parse(certsText) as { identity: string; state: string; secondsLeft: number; notAfter: string; renewsAt: string }[];
     t.ok(certs.some((c) => c.identity === CLIENT_ID && c.state === 'valid' && c.secondsLeft > 3600), 'workload certificate listed with its lifetime');
+    const client = certs.find((c) => c.identity === CLIENT_ID);
+    t.ok(client && Date.parse(client.renewsAt) > Date.now() && Date.parse(client.renewsAt) < Date.parse(client.notAfter), 'and when it is renewed: before it expires');
     t.ok(certs.some((c) => c.identity === `spiffe://${TD}/ambit/node/node-a`), 'node certificate listed');
     t.notMatch(certsText, /PRIVATE KEY/, 'no private key is ever shown');
     const wl = JSON.parse((await httpGet(admin, '/workloads')).body) as { local: { identity: string }[] };
