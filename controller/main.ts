@@ -1,15 +1,9 @@
 #!/usr/bin/env node
-import { setFlagsFromString } from 'node:v8';
 import { runDaemon } from '../shared/daemon.ts';
 import { CONTROLLER_OPTIONS, parseControllerConfig } from './config.ts';
+import { optimizeHeapForSize } from './v8-heap.ts';
 
-// The controller holds the whole mesh in memory; a bounded footprint matters
-// more to it than peak apply throughput. V8's size-optimized mode grows the
-// heap conservatively after a burst of applies instead of keeping what the
-// burst's garbage needed (bench/controller.ts, 110,000 resources: RSS after
-// the load 333 → 227 MiB, applies 17,600 → 12,600/s). NODE_OPTIONS cannot
-// carry this V8 flag, so it is set here, before the controller is loaded.
-setFlagsFromString('--optimize-for-size');
+optimizeHeapForSize();
 
 void runDaemon({
   name: 'ambit-controller',
