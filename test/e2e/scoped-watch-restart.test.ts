@@ -19,6 +19,7 @@ import { AdminApi } from '../../controller/cli/client.ts';
 import { resourceToWire } from '../../shared/resources/wire.ts';
 import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
 import { agentKnowsNode, agentsReady, eventually, hostPortOf, httpGet, socksConnect, socksEchoRoundTrip, startAgent, startAgentPair, startController, startEchoServer, type LogLine, type RunningAgent, type RunningController } from './harness.ts';
+import { service as meshService, workload } from './fixtures/scoped-mesh.ts';
 
 const NET = '127.0.141';
 const CTL = `${NET}.21`;
@@ -44,16 +45,7 @@ t.teardown(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const workload = (name: string, node: string, address: string, app: string): Workload => ({
-  kind: 'Workload',
-  metadata: { name, namespace: 'default', labels: { app }, revision: 0 },
-  spec: { serviceAccount: name, node, address, ports: [], weight: 1, locality: '', healthy: true },
-});
-const service = (name: string): Service => ({
-  kind: 'Service',
-  metadata: { name, namespace: 'default', labels: {}, revision: 0 },
-  spec: { addresses: [], ports: [{ name: 'tcp', port: 80, targetPort: PORT, appProtocol: 'tcp' }], selector: { app: name } },
-});
+const service = (name: string): Service => meshService(name, PORT);
 
 /** Applies `resources`: the mesh revision they made. */
 const apply = async (...resources: Resource[]): Promise<number> => {

@@ -19,6 +19,7 @@ import { resourceToWire } from '../../shared/resources/wire.ts';
 import type { Resource, Service, Workload } from '../../shared/resources/types.ts';
 import { httpServer } from './http-apps.ts';
 import { agentKnowsNode, agentsReady, ambitctl, eventually, hostPortOf, httpGet, socksConnect, socksEchoRoundTrip, startAgentPair, startController, startEchoServer, type RunningAgent, type RunningController } from './harness.ts';
+import { service as meshService, workload } from './fixtures/scoped-mesh.ts';
 import { EtcdCluster } from './fixtures/etcd-cluster.ts';
 import { writeMeshCa } from './fixtures/test-pki.ts';
 
@@ -53,16 +54,7 @@ t.teardown(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const workload = (name: string, node: string, address: string, app: string): Workload => ({
-  kind: 'Workload',
-  metadata: { name, namespace: 'default', labels: { app }, revision: 0 },
-  spec: { serviceAccount: name, node, address, ports: [], weight: 1, locality: '', healthy: true },
-});
-const service = (name: string, port = 80, appProtocol: 'tcp' | 'http' = 'tcp'): Service => ({
-  kind: 'Service',
-  metadata: { name, namespace: 'default', labels: {}, revision: 0 },
-  spec: { addresses: [], ports: [{ name: appProtocol, port, targetPort: PORT, appProtocol }], selector: { app: name } },
-});
+const service = (name: string, port = 80, appProtocol: 'tcp' | 'http' = 'tcp'): Service => meshService(name, PORT, port, appProtocol);
 
 function startReplica(i: number): Promise<RunningController> {
   return startController(join(root, `ctl${i + 1}`), [
