@@ -40,8 +40,8 @@ export const lookupAll: ResolveName = async (host) => (await lookup(host, { all:
  * stream. Not a target of several addresses: grpc-js's pick_first opens a
  * second connection, to the next address, whenever the first has not become
  * ready within 250 ms, so in a reconnect storm (the agents of a dead
- * replica, all at once) slow handshakes doubled the TLS work of the
- * surviving replicas, and slowed them further. A DNS name is resolved at
+ * replica, all at once) slow handshakes would double the TLS work of the
+ * surviving replicas, and slow them further. A DNS name is resolved at
  * each attempt; one that does not resolve stays a `dns:` target, so grpc-js
  * reports (and retries) the failure.
  */

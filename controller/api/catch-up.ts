@@ -8,7 +8,7 @@ import type { Store } from '../store/store.ts';
  * revision and shared by every stream that starts at it: the deltas since an
  * agent's revision, or the whole mesh. When a replica dies its agents all
  * resume on the others within a second or two, from nearly the same revision;
- * without this each of them cost its replica a store read and an encoding of
+ * without this each of them would cost its replica a store read and an encoding of
  * the same changes. What is kept is dropped when the mesh moves on, and after
  * `idleMs` without a start (a whole-mesh snapshot is as large as the mesh).
  */
